@@ -1,2 +1,18 @@
-//! placeholder
+//! gridwork-core: what a grid worker's phone does, offline.
+//!
+//! - [`store`]: the encrypted SQLite store and its one handle, [`Store`]: case capture, edits,
+//!   lifecycle events, photos, patrols and check-ins, lists and search, the outbox.
+//! - [`evidence`]: the photo pipeline (decode, orient, resize, strip, encode).
+//! - [`clock`]: where time comes from.
+//!
+//! The shared, I/O-free part (model, lifecycle fold, document mapping) is `gridwork-model`,
+//! re-exported here as [`model`].
+
+pub mod clock;
+pub mod error;
 pub mod evidence;
+pub mod store;
+
+pub use error::{CoreError, Result};
+pub use gridwork_model as model;
+pub use store::{Identity, OpenOptions, OpenReport, Store};

@@ -355,6 +355,8 @@ pub struct CaseState {
     pub urges: u32,
     pub escalated_to: Option<Level>,
     pub visit: Option<Visit>,
+    /// Users explicitly assigned and departments dispatched to. The reporter is not an assignee:
+    /// their own case is theirs again when it awaits the follow-up visit, derived from the status.
     pub assignees: BTreeSet<Assignee>,
 }
 
@@ -697,9 +699,6 @@ fn state_of(ordered: &[&Event], nodes: &[Node], mask: &[bool]) -> CaseState {
         if live {
             state.assignees.insert(Assignee::User(user));
         }
-    }
-    if let Some(r) = &state.reporter {
-        state.assignees.insert(Assignee::User(r.clone()));
     }
     for d in state.dispatched.keys() {
         state.assignees.insert(Assignee::Department(d.clone()));

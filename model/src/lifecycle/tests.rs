@@ -115,7 +115,7 @@ fn full_chain_reaches_closed() {
     assert_eq!(s.status, settled(S::Closed));
     assert_eq!(s.visit.as_ref().map(|v| v.satisfaction), Some(4));
     assert!(s.assignees.contains(&Assignee::Department("police".into())));
-    assert!(s.assignees.contains(&Assignee::User("w1".into())));
+    assert_eq!(s.reporter, Some(UserId::from("w1")));
 }
 
 #[test]

@@ -1,0 +1,61 @@
+//! The core's error type: one enum, variants that say what went wrong with the data needed to
+//! act on it. The FFI crate maps these to a few actionable variants, once.
+
+use std::path::PathBuf;
+
+use gridwork_model::ModelError;
+
+use crate::evidence::EvidenceError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("the store at {path} cannot be opened with this key (wrong key, or not a Gridwork store); the file was not changed")]
+    WrongKey { path: PathBuf },
+    #[error("the store was written by a newer app (schema {found}, this app knows {supported}): update the app")]
+    NewerSchema { found: i64, supported: i64 },
+    #[error("the store key must be 32 bytes, got {len}")]
+    BadKeyLength { len: usize },
+    #[error(transparent)]
+    Invalid(#[from] ModelError),
+    #[error("unknown category {category_id}: sync to refresh the catalogue")]
+    UnknownCategory { category_id: String },
+    #[error("category {category_id} is retired: choose another category")]
+    RetiredCategory { category_id: String },
+    #[error("unknown grid {grid_id}: sync to refresh the catalogue")]
+    UnknownGrid { grid_id: String },
+    #[error("unknown department {department_id}")]
+    UnknownDepartment { department_id: String },
+    #[error("unknown patrol point {point_id} in grid {grid_id}")]
+    UnknownPoint { grid_id: String, point_id: String },
+    #[error("no case {case_id} on this device")]
+    UnknownCase { case_id: String },
+    #[error("no patrol {patrol_id} on this device")]
+    UnknownPatrol { patrol_id: String },
+    #[error("patrol {patrol_id} is already finished: start a new patrol")]
+    PatrolFinished { patrol_id: String },
+    #[error("{kind} is not allowed for a {role} when the case is {from}: {reason}")]
+    TransitionNotAllowed { kind: String, from: String, role: String, reason: String },
+    #[error("nothing to change")]
+    NothingToChange,
+    #[error(transparent)]
+    Evidence(#[from] EvidenceError),
+    #[error("evidence file {sha256} is missing or damaged: {reason}")]
+    EvidenceFile { sha256: String, reason: String },
+    #[error("invalid page token: start the list again from the first page")]
+    InvalidPageToken,
+    #[error("received change bytes are not a valid Automerge change: {reason}")]
+    BadChange { reason: String },
+    #[error("storage error: {0}")]
+    Storage(#[from] rusqlite::Error),
+    #[error("I/O error on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("stored document {doc_id} could not be loaded: {reason}")]
+    CorruptDocument { doc_id: String, reason: String },
+}
+
+pub type Result<T, E = CoreError> = std::result::Result<T, E>;
+
+pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> CoreError {
+    let path = path.into();
+    move |source| CoreError::Io { path, source }
+}

@@ -1,0 +1,344 @@
+//! The device store: one encrypted SQLite database plus an evidence directory.
+//!
+//! [`Store`] is the one handle an app holds. It is `Send + Sync` and cheap to clone: the UI
+//! thread and a background sync worker can call it at once. Writes go through one writer
+//! connection, each user action in one `BEGIN IMMEDIATE` transaction (document chunk, index row,
+//! outbox entry and evidence references together, or none of them); reads use a second
+//! connection, so a list never waits behind a write (WAL).
+//!
+//! Opening runs migrations, loads the catalogue, picks a fresh Automerge actor (never reused, so
+//! a restored backup or a reinstalled app cannot fork an actor's history) and moves aside
+//! evidence files no transaction references.
+
+mod cases;
+pub(crate) mod documents;
+mod files;
+mod outbox;
+mod patrols;
+mod queries;
+pub(crate) mod schema;
+pub(crate) mod search;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use automerge::ActorId;
+use gridwork_model::catalog::{Actor, Catalog, Category, Department, Grid, Role};
+use gridwork_model::ids::{DepartmentId, DeviceId, UserId};
+use gridwork_model::time::{ClockStamp, DistrictCalendar};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+pub use cases::{CaseDetail, CaseSummary, NewCase, ReceiveReport};
+pub use outbox::{OutboxItem, OutboxKind};
+pub use patrols::{CheckInInput, PointCoverage};
+pub use queries::{CasePage, CaseQuery, SortOrder};
+
+use crate::clock::{DeviceClock, SystemClock};
+use crate::error::{io, CoreError, Result};
+use files::EvidenceFiles;
+
+/// Who the app is acting for. Every event and record the store writes carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user: UserId,
+    pub role: Role,
+    pub device: DeviceId,
+    /// Short code the server gave this device at enrolment; prefixes readable case codes.
+    pub device_code: String,
+    /// For department handlers.
+    pub department: Option<DepartmentId>,
+}
+
+impl Identity {
+    pub fn actor(&self) -> Actor {
+        Actor { user: self.user.clone(), role: self.role, device: self.device.clone(), department: self.department.clone() }
+    }
+}
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    pub dir: PathBuf,
+    /// 32 random bytes from Android Keystore / iOS Keychain.
+    pub key: Vec<u8>,
+    pub identity: Identity,
+    pub clock: Arc<dyn DeviceClock>,
+    /// IANA zone "today" and deadlines are counted in.
+    pub time_zone: String,
+}
+
+impl OpenOptions {
+    pub fn new(dir: impl Into<PathBuf>, key: &[u8], identity: Identity) -> Self {
+        OpenOptions {
+            dir: dir.into(),
+            key: key.to_vec(),
+            identity,
+            clock: Arc::new(SystemClock),
+            time_zone: "Asia/Shanghai".into(),
+        }
+    }
+}
+
+/// What opening found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenReport {
+    /// The schema version the file had before this open (0 for a new store).
+    pub migrated_from: i64,
+    /// Evidence files no transaction referenced, moved to `evidence-unreferenced/`.
+    pub unreferenced_files_moved: usize,
+}
+
+pub(crate) struct Inner {
+    dir: PathBuf,
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+    identity: Identity,
+    actor: ActorId,
+    catalog: RwLock<Arc<Catalog>>,
+    clock: Arc<dyn DeviceClock>,
+    server_offset_ms: AtomicI64,
+    has_server_offset: std::sync::atomic::AtomicBool,
+    calendar: DistrictCalendar,
+    files: EvidenceFiles,
+    report: OpenReport,
+}
+
+/// The device store. See the module documentation.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.inner.dir).field("identity", &self.inner.identity).finish_non_exhaustive()
+    }
+}
+
+const DB_FILE: &str = "gridwork.db";
+
+fn open_connection(path: &Path, key: &[u8; 32]) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    // A raw key (x'…') skips SQLCipher's PBKDF2 on every open; the key is already random.
+    conn.execute_batch(&format!("PRAGMA key = \"x'{}'\";", hex::encode(key)))?;
+    // The first read tells a wrong key from a good one; nothing has been written yet.
+    if conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)).is_err() {
+        return Err(CoreError::WrongKey { path: path.to_owned() });
+    }
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = NORMAL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA busy_timeout = 5000;",
+    )?;
+    Ok(conn)
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `options.dir`.
+    pub fn open(options: OpenOptions) -> Result<Store> {
+        let key: [u8; 32] = options.key.as_slice().try_into().map_err(|_| CoreError::BadKeyLength { len: options.key.len() })?;
+        std::fs::create_dir_all(&options.dir).map_err(io(&options.dir))?;
+        let path = options.dir.join(DB_FILE);
+        let mut writer = open_connection(&path, &key)?;
+        let migrated_from = schema::migrate(&mut writer)?;
+        let reader = open_connection(&path, &key)?;
+        let calendar = DistrictCalendar::new(&options.time_zone).map_err(|e| {
+            CoreError::Invalid(gridwork_model::ModelError::MalformedDocument { reason: e.to_string() })
+        })?;
+
+        let actor = ActorId::random();
+        let now = options.clock.now();
+        writer.execute("INSERT INTO actors (actor_id, created_ms) VALUES (?1, ?2)", params![actor.to_hex_string(), now.wall_ms])?;
+        let catalog = load_catalog(&writer)?;
+        let offset: Option<i64> = writer
+            .query_row("SELECT value FROM meta WHERE key = 'server_offset_ms'", [], |r| r.get::<_, String>(0))
+            .optional()?
+            .and_then(|v| v.parse().ok());
+
+        let files = EvidenceFiles::open(&options.dir, &key)?;
+        let referenced: std::collections::HashSet<String> = {
+            let mut stmt = writer.prepare("SELECT sha256 FROM evidence_files")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let unreferenced_files_moved = files.sweep(&referenced)?;
+
+        Ok(Store {
+            inner: Arc::new(Inner {
+                dir: options.dir,
+                writer: Mutex::new(writer),
+                reader: Mutex::new(reader),
+                identity: options.identity,
+                actor,
+                catalog: RwLock::new(Arc::new(catalog)),
+                clock: options.clock,
+                server_offset_ms: AtomicI64::new(offset.unwrap_or(0)),
+                has_server_offset: std::sync::atomic::AtomicBool::new(offset.is_some()),
+                calendar,
+                files,
+                report: OpenReport { migrated_from, unreferenced_files_moved },
+            }),
+        })
+    }
+
+    pub fn open_report(&self) -> &OpenReport {
+        &self.inner.report
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.inner.identity
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// This store instance's Automerge actor (hex).
+    pub fn actor_id(&self) -> String {
+        self.inner.actor.to_hex_string()
+    }
+
+    /// The reference data currently on the device.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        match self.inner.catalog.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the reference data (the sync client calls this when the catalog version moves).
+    pub fn import_catalog(&self, catalog: &Catalog) -> Result<()> {
+        let mut conn = self.writer();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM catalog_items", [])?;
+        {
+            let mut ins = tx.prepare("INSERT INTO catalog_items (kind, id, json) VALUES (?1, ?2, ?3)")?;
+            for g in &catalog.grids {
+                ins.execute(params!["grid", g.id.0, to_json(g)?])?;
+            }
+            for c in &catalog.categories {
+                ins.execute(params!["category", c.id.0, to_json(c)?])?;
+            }
+            for d in &catalog.departments {
+                ins.execute(params!["department", d.id.0, to_json(d)?])?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('catalog_version', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [catalog.version.to_string()],
+        )?;
+        tx.commit()?;
+        let mut guard = match self.inner.catalog.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *guard = Arc::new(catalog.clone());
+        Ok(())
+    }
+
+    /// Records the last known `server_time - device_time`, stamped on every later event.
+    pub fn set_server_offset(&self, offset_ms: i64) -> Result<()> {
+        self.writer().execute(
+            "INSERT INTO meta (key, value) VALUES ('server_offset_ms', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [offset_ms.to_string()],
+        )?;
+        self.inner.server_offset_ms.store(offset_ms, Ordering::SeqCst);
+        self.inner.has_server_offset.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Decrypted bytes of an evidence file (a stored photo or a thumbnail).
+    pub fn read_evidence(&self, sha256: &str) -> Result<Vec<u8>> {
+        self.inner.files.get(sha256)
+    }
+
+    pub(crate) fn writer(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves the connection usable: SQLite rolled back.
+        self.inner.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn reader(&self) -> MutexGuard<'_, Connection> {
+        self.inner.reader.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn stamp(&self) -> ClockStamp {
+        let r = self.inner.clock.now();
+        ClockStamp {
+            device_ms: r.wall_ms,
+            since_boot_ms: r.since_boot_ms,
+            boot_id: r.boot_id,
+            server_offset_ms: self
+                .inner
+                .has_server_offset
+                .load(Ordering::SeqCst)
+                .then(|| self.inner.server_offset_ms.load(Ordering::SeqCst)),
+        }
+    }
+
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.inner.clock.now().wall_ms
+    }
+
+    pub(crate) fn grid(&self, id: &str) -> Result<Grid> {
+        self.catalog()
+            .grids
+            .iter()
+            .find(|g| g.id.0 == id)
+            .cloned()
+            .ok_or_else(|| CoreError::UnknownGrid { grid_id: id.to_owned() })
+    }
+
+    pub(crate) fn category(&self, id: &str) -> Result<Category> {
+        self.catalog()
+            .categories
+            .iter()
+            .find(|c| c.id.0 == id)
+            .cloned()
+            .ok_or_else(|| CoreError::UnknownCategory { category_id: id.to_owned() })
+    }
+
+    pub(crate) fn department(&self, id: &str) -> Result<Department> {
+        self.catalog()
+            .departments
+            .iter()
+            .find(|d| d.id.0 == id)
+            .cloned()
+            .ok_or_else(|| CoreError::UnknownDepartment { department_id: id.to_owned() })
+    }
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v)
+        .map_err(|e| CoreError::Invalid(gridwork_model::ModelError::MalformedDocument { reason: e.to_string() }))
+}
+
+fn load_catalog(conn: &Connection) -> Result<Catalog> {
+    let mut catalog = Catalog::default();
+    catalog.version = conn
+        .query_row("SELECT value FROM meta WHERE key = 'catalog_version'", [], |r| r.get::<_, String>(0))
+        .optional()?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut stmt = conn.prepare("SELECT kind, json FROM catalog_items ORDER BY kind, id")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let kind: String = r.get(0)?;
+        let json: String = r.get(1)?;
+        // An item this build cannot parse is skipped, not fatal: the next sync replaces it.
+        match kind.as_str() {
+            "grid" => catalog.grids.extend(serde_json::from_str::<Grid>(&json).ok()),
+            "category" => catalog.categories.extend(serde_json::from_str::<Category>(&json).ok()),
+            "department" => catalog.departments.extend(serde_json::from_str::<Department>(&json).ok()),
+            _ => {}
+        }
+    }
+    Ok(catalog)
+}

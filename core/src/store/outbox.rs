@@ -1,0 +1,97 @@
+//! The outbox: local changes and records that no server has acknowledged yet.
+//!
+//! An entry is written in the same transaction as the action that produced it and removed only
+//! when a server acknowledges it, so a crash, a kill or a failed upload can never lose one. Entries
+//! are keyed by change hash or record id, so the server can store them idempotently.
+
+use rusqlite::{params, Connection};
+
+use super::Store;
+use crate::error::Result;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxKind {
+    /// An Automerge change of a case document.
+    Change,
+    /// An immutable record (JSON): patrol start/finish, check-in.
+    Record,
+}
+
+impl OutboxKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            OutboxKind::Change => "change",
+            OutboxKind::Record => "record",
+        }
+    }
+}
+
+/// One unacknowledged item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxItem {
+    pub seq: i64,
+    pub kind: OutboxKind,
+    pub doc_id: Option<String>,
+    /// Change hash (hex) or record id.
+    pub key: String,
+    pub bytes: Vec<u8>,
+    pub created_ms: i64,
+}
+
+pub(crate) fn push(conn: &Connection, kind: OutboxKind, doc_id: Option<&str>, key: &str, bytes: &[u8], now_ms: i64) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO outbox (kind, doc_id, item_key, bytes, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(item_key) DO NOTHING",
+    )?
+    .execute(params![kind.as_str(), doc_id, key, bytes, now_ms])?;
+    Ok(())
+}
+
+impl Store {
+    /// How many items wait for a server.
+    pub fn outbox_len(&self) -> Result<usize> {
+        let n: i64 = self.reader().query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
+        Ok(n as usize)
+    }
+
+    /// The oldest items, up to about `max_bytes` (always at least one), in the order they were made.
+    pub fn outbox_page(&self, max_bytes: usize) -> Result<Vec<OutboxItem>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached("SELECT seq, kind, doc_id, item_key, bytes, created_ms FROM outbox ORDER BY seq")?;
+        let mut rows = stmt.query([])?;
+        let mut out = vec![];
+        let mut total = 0;
+        while let Some(r) = rows.next()? {
+            let bytes: Vec<u8> = r.get(4)?;
+            if !out.is_empty() && total + bytes.len() > max_bytes {
+                break;
+            }
+            total += bytes.len();
+            let kind: String = r.get(1)?;
+            out.push(OutboxItem {
+                seq: r.get(0)?,
+                kind: if kind == "record" { OutboxKind::Record } else { OutboxKind::Change },
+                doc_id: r.get(2)?,
+                key: r.get(3)?,
+                bytes,
+                created_ms: r.get(5)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Removes items a server has acknowledged. Returns how many were removed.
+    pub fn acknowledge(&self, seqs: &[i64]) -> Result<usize> {
+        let mut conn = self.writer();
+        let tx = conn.transaction()?;
+        let mut n = 0;
+        {
+            let mut del = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
+            for s in seqs {
+                n += del.execute([s])?;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+}

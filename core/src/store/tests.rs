@@ -1,0 +1,567 @@
+//! Store tests through the public API (plus a peek at SQLite where a test must prove that
+//! nothing changed).
+
+use std::sync::Arc;
+
+use gridwork_model::catalog::{Catalog, Category, Department, Grid, PatrolPoint, Role};
+use gridwork_model::doc::CasePatch;
+use gridwork_model::geo::{wgs84_to_gcj02, Datum, Location, Polygon};
+use gridwork_model::ids::{CaseId, CategoryId, DepartmentId, DeviceId, GridId, PointId, UserId};
+use gridwork_model::lifecycle::{EventKind, Status};
+
+use super::*;
+use crate::clock::FixedClock;
+use crate::evidence::synthetic::{camera_like_jpeg, ExifSpec};
+
+const KEY: [u8; 32] = [7; 32];
+/// 2026-11-26 10:00 in Shanghai.
+const NOW: i64 = 1_795_658_400_000;
+
+pub(crate) fn catalog() -> Catalog {
+    let square = |lat: f64, lon: f64| Polygon { ring: vec![(lat, lon), (lat, lon + 0.01), (lat + 0.01, lon + 0.01), (lat + 0.01, lon)] };
+    Catalog {
+        version: 3,
+        grids: vec![
+            Grid {
+                id: "g1".into(),
+                name: "Grid 1".into(),
+                community: "Lotus".into(),
+                street: "East".into(),
+                boundary: square(31.20, 121.40),
+                points: vec![
+                    PatrolPoint { id: "p1".into(), name: "Gate".into(), lat: 31.201, lon: 121.401 },
+                    PatrolPoint { id: "p2".into(), name: "Boiler room".into(), lat: 31.205, lon: 121.405 },
+                ],
+            },
+            Grid {
+                id: "g2".into(),
+                name: "Grid 2".into(),
+                community: "Lotus".into(),
+                street: "East".into(),
+                boundary: square(31.21, 121.40),
+                points: vec![],
+            },
+        ],
+        categories: vec![
+            Category { id: "hazard".into(), names: [("zh".to_owned(), "安全隐患".to_owned())].into(), default_deadline_hours: 24, retired: false },
+            Category { id: "noise".into(), names: Default::default(), default_deadline_hours: 72, retired: false },
+            Category { id: "old".into(), names: Default::default(), default_deadline_hours: 72, retired: true },
+        ],
+        departments: vec![Department { id: "police".into(), name: "Police".into() }, Department { id: "housing".into(), name: "Housing".into() }],
+    }
+}
+
+pub(crate) fn identity(user: &str, role: Role) -> Identity {
+    Identity {
+        user: UserId::from(user),
+        role,
+        device: DeviceId::from(format!("dev-{user}").as_str()),
+        device_code: user.to_uppercase(),
+        department: (role == Role::DepartmentHandler).then(|| DepartmentId::from("police")),
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Store,
+    clock: Arc<FixedClock>,
+}
+
+fn open_in(dir: &std::path::Path, user: &str, role: Role, clock: Arc<FixedClock>) -> Store {
+    let mut o = OpenOptions::new(dir, &KEY, identity(user, role));
+    o.clock = clock;
+    let store = Store::open(o).expect("open");
+    store.import_catalog(&catalog()).expect("catalog");
+    store
+}
+
+fn fixture(user: &str, role: Role) -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(FixedClock::new(NOW));
+    let store = open_in(dir.path(), user, role, clock.clone());
+    Fixture { _dir: dir, store, clock }
+}
+
+fn new_case(title: &str) -> NewCase {
+    NewCase {
+        title: title.into(),
+        description: "E-bike charging in the stairwell".into(),
+        category: "hazard".into(),
+        grid: "g1".into(),
+        location: Location::gps(31.203, 121.403, 6.0, NOW),
+        photos: vec![],
+    }
+}
+
+/// Everything the store holds, as text: what "nothing changed" is checked against.
+fn snapshot(store: &Store) -> Vec<String> {
+    let conn = store.reader();
+    let mut out = vec![];
+    for table in ["cases", "documents", "doc_chunks", "outbox", "evidence_files", "evidence_links", "records", "patrols", "case_assignees"] {
+        let mut stmt = conn.prepare(&format!("SELECT * FROM {table}")).expect("table");
+        let cols = stmt.column_count();
+        let rows = stmt
+            .query_map([], |r| {
+                let mut row = vec![table.to_owned()];
+                for i in 0..cols {
+                    row.push(format!("{:?}", r.get_ref(i)?));
+                }
+                Ok(row.join("|"))
+            })
+            .expect("query");
+        out.extend(rows.map(|r| r.expect("row")));
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn captured_case_is_stored_with_document_index_outbox_and_photo() {
+    let f = fixture("w1", Role::Worker);
+    let photo = camera_like_jpeg(1200, 900, &ExifSpec::default(), 1);
+    let summary = f.store.capture_case(NewCase { photos: vec![photo], ..new_case("Blocked fire exit") }).expect("capture");
+    assert_eq!(summary.code, "W1-0001");
+    assert_eq!(summary.status, "reported");
+    assert!(summary.flags.is_empty(), "{:?}", summary.flags);
+
+    let detail = f.store.get_case(&summary.id).expect("get");
+    assert_eq!(detail.case.title.value, "Blocked fire exit");
+    assert_eq!(detail.case.timeline.entries.len(), 1);
+    let ev = &detail.case.timeline.entries[0].event;
+    assert_eq!((ev.actor.user.as_str(), ev.actor.role, ev.actor.device.as_str()), ("w1", Role::Worker, "dev-w1"));
+    assert_eq!(ev.clock.device_ms, NOW);
+    assert_eq!(detail.case.evidence.len(), 1);
+    let photo = &detail.case.evidence[0];
+    let stored = f.store.read_evidence(&photo.sha256).expect("decrypts");
+    assert_eq!(crate::evidence::sha256_hex(&stored), photo.sha256);
+    // Files on disk are encrypted: the JPEG magic is nowhere in them.
+    let raw = std::fs::read(f.store.dir().join("evidence").join(&photo.sha256)).expect("file");
+    assert!(!raw.starts_with(&[0xFF, 0xD8]));
+
+    assert_eq!(f.store.outbox_len().expect("outbox"), 1);
+    let item = &f.store.outbox_page(1 << 20).expect("page")[0];
+    assert_eq!(item.kind, OutboxKind::Change);
+    assert_eq!(item.doc_id.as_deref(), Some(summary.id.to_string().as_str()));
+
+    let second = f.store.capture_case(new_case("Second")).expect("capture");
+    assert_eq!(second.code, "W1-0002");
+}
+
+#[test]
+fn gcj02_location_is_converted_on_capture() {
+    let f = fixture("w1", Role::Worker);
+    let (glat, glon) = wgs84_to_gcj02(31.203, 121.403);
+    let mut loc = Location::gps(glat, glon, 5.0, NOW);
+    loc.datum = Datum::Gcj02;
+    let s = f.store.capture_case(NewCase { location: loc, ..new_case("GCJ") }).expect("capture");
+    let got = f.store.get_case(&s.id).expect("get").case.location.value;
+    assert_eq!(got.datum, Datum::Wgs84);
+    assert_eq!(got.converted_from, Some(Datum::Gcj02));
+    assert!((got.lat - 31.203).abs() < 1e-7 && (got.lon - 121.403).abs() < 1e-7);
+}
+
+#[test]
+fn wrong_key_is_refused_and_the_file_is_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(FixedClock::new(NOW));
+    let store = open_in(dir.path(), "w1", Role::Worker, clock);
+    store.capture_case(new_case("Keep me")).expect("capture");
+    drop(store);
+    let db = dir.path().join("gridwork.db");
+    let before = std::fs::read(&db).expect("db");
+    assert!(!before.starts_with(b"SQLite format 3"), "the database is encrypted at rest");
+    let err = Store::open(OpenOptions::new(dir.path(), &[9; 32], identity("w1", Role::Worker))).expect_err("wrong key");
+    assert!(matches!(err, CoreError::WrongKey { .. }), "{err}");
+    assert!(matches!(Store::open(OpenOptions::new(dir.path(), &[9; 16], identity("w1", Role::Worker))), Err(CoreError::BadKeyLength { len: 16 })));
+    assert_eq!(std::fs::read(&db).expect("db"), before, "the file was not modified");
+    let reopened = Store::open(OpenOptions::new(dir.path(), &KEY, identity("w1", Role::Worker))).expect("right key");
+    assert_eq!(reopened.list_cases(&CaseQuery { limit: 10, ..Default::default() }).expect("list").items.len(), 1);
+}
+
+#[test]
+fn bad_input_is_a_typed_error_and_changes_nothing() {
+    let f = fixture("w1", Role::Worker);
+    let case = f.store.capture_case(new_case("Existing")).expect("capture");
+    let before = snapshot(&f.store);
+    let long = "字".repeat(10_001);
+    let attempts: Vec<(&str, Result<CaseSummary>)> = vec![
+        ("nan", f.store.capture_case(NewCase { location: Location::gps(f64::NAN, 121.0, 5.0, NOW), ..new_case("x") })),
+        ("range", f.store.capture_case(NewCase { location: Location::gps(31.0, 181.0, 5.0, NOW), ..new_case("x") })),
+        ("empty title", f.store.capture_case(new_case("   "))),
+        ("long title", f.store.capture_case(new_case(&long))),
+        ("long description", f.store.capture_case(NewCase { description: long.clone(), ..new_case("x") })),
+        ("unknown category", f.store.capture_case(NewCase { category: "nope".into(), ..new_case("x") })),
+        ("retired category", f.store.capture_case(NewCase { category: "old".into(), ..new_case("x") })),
+        ("unknown grid", f.store.capture_case(NewCase { grid: "g9".into(), ..new_case("x") })),
+        ("corrupt photo", f.store.capture_case(NewCase { photos: vec![vec![0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3]], ..new_case("x") })),
+        ("worker accepts", f.store.record_event(&case.id, EventKind::Accept { note: String::new() })),
+        ("unknown case", f.store.record_event(&CaseId::generate(), EventKind::Note { text: "x".into() })),
+        ("empty edit title", f.store.edit_case(&case.id, CasePatch { title: Some(String::new()), ..Default::default() })),
+        ("edit to unknown grid", f.store.edit_case(&case.id, CasePatch { grid: Some("zz".into()), ..Default::default() })),
+    ];
+    for (what, result) in attempts {
+        let err = result.expect_err(what);
+        let expected = match what {
+            "nan" | "range" => matches!(err, CoreError::Invalid(ModelError::InvalidCoordinates { .. })),
+            "empty title" | "empty edit title" => matches!(err, CoreError::Invalid(ModelError::EmptyTitle)),
+            "long title" | "long description" => matches!(err, CoreError::Invalid(ModelError::TextTooLong { chars: 10_001, .. })),
+            "unknown category" => matches!(err, CoreError::UnknownCategory { .. }),
+            "retired category" => matches!(err, CoreError::RetiredCategory { .. }),
+            "unknown grid" | "edit to unknown grid" => matches!(err, CoreError::UnknownGrid { .. }),
+            "corrupt photo" => matches!(err, CoreError::Evidence(_)),
+            "worker accepts" => matches!(err, CoreError::TransitionNotAllowed { .. }),
+            "unknown case" => matches!(err, CoreError::UnknownCase { .. }),
+            _ => false,
+        };
+        assert!(expected, "{what}: unexpected error {err:?}");
+    }
+    assert!(matches!(f.store.attach_photo(&case.id, b"not an image"), Err(CoreError::Evidence(_))));
+    assert!(matches!(f.store.receive_changes(&case.id, &[b"garbage".to_vec()]), Err(CoreError::BadChange { .. })));
+    assert_eq!(snapshot(&f.store), before, "a refused action left a trace");
+}
+
+use gridwork_model::ModelError;
+
+fn exchange(a: &Store, b: &Store) {
+    for id in a.document_ids().expect("ids") {
+        b.receive_changes(&id, &a.export_changes(&id).expect("export")).expect("receive");
+    }
+    for id in b.document_ids().expect("ids") {
+        a.receive_changes(&id, &b.export_changes(&id).expect("export")).expect("receive");
+    }
+}
+
+#[test]
+fn unrelated_edit_keeps_open_conflict() {
+    let w = fixture("w1", Role::Worker);
+    let s = fixture("s1", Role::Supervisor);
+    let case = w.store.capture_case(new_case("Original")).expect("capture");
+    exchange(&w.store, &s.store);
+    w.store.edit_case(&case.id, CasePatch { title: Some("Worker's title".into()), ..Default::default() }).expect("edit");
+    s.store.edit_case(&case.id, CasePatch { title: Some("Supervisor's title".into()), ..Default::default() }).expect("edit");
+    exchange(&w.store, &s.store);
+    let detail = w.store.get_case(&case.id).expect("get");
+    let mut values = detail.case.title.conflicts.clone();
+    values.sort();
+    assert_eq!(values, vec!["Supervisor's title".to_owned(), "Worker's title".to_owned()]);
+    assert!(w.store.list_cases(&CaseQuery { limit: 5, ..Default::default() }).expect("list").items[0].has_conflicts);
+
+    // An edit of another field — and a patch that repeats the standing value — keeps it open.
+    let shown = detail.case.title.value.clone();
+    w.store
+        .edit_case(&case.id, CasePatch { description: Some("more detail".into()), title: None, ..Default::default() })
+        .expect("edit");
+    w.store.record_event(&case.id, EventKind::Note { text: "still there".into() }).expect("note");
+    exchange(&w.store, &s.store);
+    for store in [&w.store, &s.store] {
+        let d = store.get_case(&case.id).expect("get");
+        assert_eq!(d.case.title.conflicts.len(), 2, "the unrelated edit must not resolve the conflict");
+        assert_eq!(d.case.description, "more detail");
+    }
+
+    // Choosing a value is a normal change that resolves it everywhere.
+    let _ = shown;
+    s.store.edit_case(&case.id, CasePatch { title: Some("Worker's title".into()), ..Default::default() }).expect("resolve");
+    exchange(&w.store, &s.store);
+    for store in [&w.store, &s.store] {
+        let d = store.get_case(&case.id).expect("get");
+        assert!(!d.case.title.in_conflict());
+        assert_eq!(d.case.title.value, "Worker's title");
+    }
+}
+
+#[test]
+fn lifecycle_through_the_store_with_roles_and_overdue() {
+    let w = fixture("w1", Role::Worker);
+    let s = fixture("s1", Role::Supervisor);
+    let h = fixture("h1", Role::DepartmentHandler);
+    let case = w.store.capture_case(new_case("Gas smell")).expect("capture");
+    exchange(&w.store, &s.store);
+    s.store.record_event(&case.id, EventKind::Accept { note: String::new() }).expect("accept");
+    let deadline = NOW + 3_600_000;
+    let err = s.store.record_event(&case.id, EventKind::Dispatch { departments: vec!["fire-brigade".into()], deadline_ms: deadline });
+    assert!(matches!(err, Err(CoreError::UnknownDepartment { .. })));
+    s.store.record_event(&case.id, EventKind::Dispatch { departments: vec!["police".into()], deadline_ms: deadline }).expect("dispatch");
+    exchange(&s.store, &h.store);
+    let mine = h.store.list_cases(&CaseQuery { assigned_to_me: true, limit: 10, ..Default::default() }).expect("list");
+    assert_eq!(mine.items.len(), 1, "dispatched to my department");
+    h.store.record_event(&case.id, EventKind::Start { department: "police".into() }).expect("start");
+
+    h.clock.set(deadline + 1);
+    let overdue = h.store.list_cases(&CaseQuery { overdue: true, limit: 10, ..Default::default() }).expect("list");
+    assert_eq!(overdue.items.len(), 1);
+    assert!(overdue.items[0].overdue);
+    assert!(h.store.get_case(&case.id).expect("get").overdue);
+
+    h.store
+        .record_event(&case.id, EventKind::HandlerReport { department: "police".into(), note: "ventilated".into(), evidence: vec![] })
+        .expect("report");
+    assert!(h.store.list_cases(&CaseQuery { overdue: true, limit: 10, ..Default::default() }).expect("list").items.is_empty());
+    exchange(&h.store, &w.store);
+    let awaiting = w.store.list_cases(&CaseQuery { assigned_to_me: true, limit: 10, ..Default::default() }).expect("list");
+    assert_eq!(awaiting.items.len(), 1, "my report awaits my follow-up visit");
+    assert_eq!(awaiting.items[0].status, "handled");
+    assert!(matches!(
+        w.store.record_event(&case.id, EventKind::FollowUp { satisfaction: 6, note: String::new() }),
+        Err(CoreError::Invalid(ModelError::InvalidSatisfaction { value: 6 }))
+    ));
+    w.store.record_event(&case.id, EventKind::FollowUp { satisfaction: 5, note: "thanks".into() }).expect("visit");
+    exchange(&w.store, &s.store);
+    let closed = s.store.record_event(&case.id, EventKind::Close { note: String::new() }).expect("close");
+    assert_eq!(closed.status, Status::Closed.as_str());
+}
+
+#[test]
+fn lists_filter_sort_page_and_search_chinese() {
+    let f = fixture("w1", Role::Worker);
+    let titles = ["楼道漏水", "广场舞噪音", "电动车楼道充电", "Illegal parking", "垃圾堆放", "水管破裂漏水严重"];
+    let mut ids = vec![];
+    for (i, t) in titles.iter().enumerate() {
+        f.clock.set(NOW + i as i64 * 1000);
+        let grid = if i % 2 == 0 { "g1" } else { "g2" };
+        let loc = if i % 2 == 0 { Location::gps(31.203, 121.403, 5.0, NOW) } else { Location::gps(31.213, 121.403, 5.0, NOW) };
+        let category = if t.contains("噪音") { "noise" } else { "hazard" };
+        ids.push(f.store.capture_case(NewCase { grid: grid.into(), location: loc, category: category.into(), ..new_case(t) }).expect("capture").id);
+    }
+    let list = |q: CaseQuery| f.store.list_cases(&CaseQuery { limit: if q.limit == 0 { 50 } else { q.limit }, ..q }).expect("list").items;
+
+    let leaks = list(CaseQuery { text: Some("漏水".into()), ..Default::default() });
+    let mut got: Vec<&str> = leaks.iter().map(|c| c.title.as_str()).collect();
+    got.sort();
+    assert_eq!(got, vec!["楼道漏水", "水管破裂漏水严重"], "a two-character Chinese query");
+    assert_eq!(list(CaseQuery { text: Some("噪音".into()), ..Default::default() }).len(), 1);
+    assert_eq!(list(CaseQuery { text: Some("楼道".into()), ..Default::default() }).len(), 2);
+    assert_eq!(list(CaseQuery { text: Some("park".into()), ..Default::default() }).len(), 1, "word prefix");
+    assert_eq!(list(CaseQuery { text: Some("stairwell".into()), ..Default::default() }).len(), 6, "description is searched");
+    assert!(list(CaseQuery { text: Some("消防".into()), ..Default::default() }).is_empty());
+
+    assert_eq!(list(CaseQuery { grid: Some("g2".into()), ..Default::default() }).len(), 3);
+    assert_eq!(list(CaseQuery { category: Some("noise".into()), ..Default::default() }).len(), 1);
+    assert_eq!(list(CaseQuery { statuses: vec![Status::Reported], ..Default::default() }).len(), 6);
+    assert!(list(CaseQuery { statuses: vec![Status::Closed], ..Default::default() }).is_empty());
+
+    // Newest first, paged two at a time, every case exactly once.
+    let mut seen = vec![];
+    let mut after = None;
+    loop {
+        let page = f.store.list_cases(&CaseQuery { limit: 2, after: after.clone(), ..Default::default() }).expect("page");
+        seen.extend(page.items.iter().map(|c| c.id));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    let mut expected = ids.clone();
+    expected.reverse();
+    assert_eq!(seen, expected);
+    assert!(matches!(
+        f.store.list_cases(&CaseQuery { limit: 2, after: Some("garbage".into()), ..Default::default() }),
+        Err(CoreError::InvalidPageToken)
+    ));
+}
+
+#[test]
+fn patrol_check_ins_are_flagged_outside_the_grid_and_counted_per_day() {
+    let f = fixture("w1", Role::Worker);
+    let patrol = f.store.start_patrol(&GridId::from("g1")).expect("start");
+    let near_gate = Location::gps(31.2011, 121.4011, 5.0, NOW);
+    let c1 = f
+        .store
+        .check_in(CheckInInput { patrol, point: Some(PointId::from("p1")), location: near_gate, note: "gate ok".into(), photo: None })
+        .expect("check in");
+    assert!(c1.inside_grid);
+    assert!(c1.distance_to_point_m.is_some_and(|d| d < 20.0));
+    let outside = Location::gps(31.30, 121.50, 5.0, NOW);
+    let photo = camera_like_jpeg(640, 480, &ExifSpec::default(), 2);
+    let c2 = f
+        .store
+        .check_in(CheckInInput { patrol, point: None, location: outside, note: String::new(), photo: Some(photo) })
+        .expect("outside is accepted");
+    assert!(!c2.inside_grid, "flagged, not refused");
+    assert!(c2.photo.is_some());
+    assert!(matches!(
+        f.store.check_in(CheckInInput { patrol, point: Some("p9".into()), location: Location::gps(31.2, 121.4, 5.0, NOW), note: String::new(), photo: None }),
+        Err(CoreError::UnknownPoint { .. })
+    ));
+    f.store.finish_patrol(&patrol).expect("finish");
+    assert!(matches!(
+        f.store.check_in(CheckInInput { patrol, point: None, location: Location::gps(31.2, 121.4, 5.0, NOW), note: String::new(), photo: None }),
+        Err(CoreError::PatrolFinished { .. })
+    ));
+    assert!(matches!(f.store.finish_patrol(&patrol), Err(CoreError::PatrolFinished { .. })));
+
+    let today = f.store.day_of(NOW);
+    assert_eq!(today, "2026-11-26");
+    let checkins = f.store.checkins_for_day(&GridId::from("g1"), &today).expect("day");
+    assert_eq!(checkins.iter().map(|c| c.id).collect::<Vec<_>>(), vec![c1.id, c2.id]);
+    assert!(f.store.checkins_for_day(&GridId::from("g1"), "2026-11-25").expect("day").is_empty());
+    let coverage = f.store.patrol_coverage(&GridId::from("g1"), &today).expect("coverage");
+    assert_eq!(coverage.len(), 2);
+    assert_eq!(coverage[0].visits.len(), 1);
+    assert_eq!(coverage[0].visits[0].0, UserId::from("w1"));
+    assert!(coverage[1].visits.is_empty(), "the boiler room was missed");
+    // start + 2 check-ins + finish
+    assert_eq!(f.store.outbox_len().expect("outbox"), 4);
+}
+
+#[test]
+fn every_open_gets_a_fresh_actor_and_the_counter_survives() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(FixedClock::new(NOW));
+    let a = open_in(dir.path(), "w1", Role::Worker, clock.clone());
+    let first = a.actor_id();
+    a.capture_case(new_case("one")).expect("capture");
+    drop(a);
+    let b = open_in(dir.path(), "w1", Role::Worker, clock);
+    assert_ne!(b.actor_id(), first);
+    assert_eq!(b.capture_case(new_case("two")).expect("capture").code, "W1-0002");
+    assert_eq!(b.open_report().migrated_from, schema::CURRENT_VERSION);
+}
+
+#[test]
+fn unreferenced_evidence_files_are_moved_aside_not_deleted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(FixedClock::new(NOW));
+    let a = open_in(dir.path(), "w1", Role::Worker, clock.clone());
+    let photo = camera_like_jpeg(320, 240, &ExifSpec::default(), 5);
+    a.capture_case(NewCase { photos: vec![photo], ..new_case("with photo") }).expect("capture");
+    drop(a);
+    // A crash between writing a file and committing its transaction leaves this behind.
+    std::fs::write(dir.path().join("evidence").join("deadbeef"), b"orphan").expect("write");
+    let b = open_in(dir.path(), "w1", Role::Worker, clock);
+    assert_eq!(b.open_report().unreferenced_files_moved, 1);
+    assert!(dir.path().join("evidence-unreferenced").join("deadbeef").exists());
+    let case = &b.list_cases(&CaseQuery { limit: 1, ..Default::default() }).expect("list").items[0];
+    let detail = b.get_case(&case.id).expect("get");
+    assert!(b.read_evidence(&detail.case.evidence[0].sha256).is_ok(), "referenced files stay");
+}
+
+#[test]
+fn many_edits_compact_the_document_without_losing_anything() {
+    let f = fixture("w1", Role::Worker);
+    let case = f.store.capture_case(new_case("v0")).expect("capture");
+    for i in 1..=80 {
+        f.store.edit_case(&case.id, CasePatch { title: Some(format!("v{i}")), ..Default::default() }).expect("edit");
+    }
+    let chunks: i64 = f
+        .store
+        .reader()
+        .query_row("SELECT count(*) FROM doc_chunks WHERE doc_id = ?1", [case.id.to_string()], |r| r.get(0))
+        .expect("count");
+    assert!(chunks <= documents::COMPACT_AFTER + 1, "{chunks} chunks");
+    assert_eq!(f.store.get_case(&case.id).expect("get").case.title.value, "v80");
+    assert_eq!(f.store.export_changes(&case.id).expect("changes").len(), 81);
+    assert_eq!(f.store.outbox_len().expect("outbox"), 81, "compaction never touches the outbox");
+}
+
+#[test]
+fn receiving_the_same_changes_twice_stores_them_once() {
+    let a = fixture("w1", Role::Worker);
+    let b = fixture("s1", Role::Supervisor);
+    let case = a.store.capture_case(new_case("dup")).expect("capture");
+    let changes = a.store.export_changes(&case.id).expect("export");
+    let first = b.store.receive_changes(&case.id, &changes).expect("receive");
+    let again = b.store.receive_changes(&case.id, &changes).expect("receive");
+    assert_eq!((first.new_changes, first.duplicates), (1, 0));
+    assert_eq!((again.new_changes, again.duplicates), (0, 1));
+    assert_eq!(b.store.outbox_len().expect("outbox"), 0, "received changes are not ours to send");
+}
+
+#[test]
+fn store_is_send_and_sync_and_serves_threads_at_once() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Store>();
+    let f = fixture("w1", Role::Worker);
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let store = f.store.clone();
+            std::thread::spawn(move || {
+                for i in 0..10 {
+                    store.capture_case(new_case(&format!("t{t}-{i}"))).expect("capture");
+                    store.list_cases(&CaseQuery { limit: 5, ..Default::default() }).expect("list");
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("thread");
+    }
+    let all = f.store.list_cases(&CaseQuery { limit: 100, ..Default::default() }).expect("list");
+    assert_eq!(all.items.len(), 40);
+    let mut codes: Vec<_> = all.items.iter().map(|c| c.code.clone()).collect();
+    codes.sort();
+    codes.dedup();
+    assert_eq!(codes.len(), 40, "case codes are unique");
+}
+
+#[test]
+fn every_old_schema_upgrades_to_the_current_one() {
+    let fresh_dir = tempfile::tempdir().expect("tempdir");
+    let fresh = open_in(fresh_dir.path(), "w1", Role::Worker, Arc::new(FixedClock::new(NOW)));
+    let schema_of = |conn: &rusqlite::Connection| -> Vec<String> {
+        let mut stmt = conn.prepare("SELECT type, name, coalesce(sql, '') FROM sqlite_master ORDER BY type, name").expect("master");
+        let rows = stmt.query_map([], |r| Ok(format!("{}|{}|{}", r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))).expect("q");
+        rows.map(|r| r.expect("row").split_whitespace().collect::<Vec<_>>().join(" ")).collect()
+    };
+    let expected = schema_of(&fresh.reader());
+
+    for old in 0..schema::CURRENT_VERSION {
+        // Build a store at version `old`, with a case in it when the schema has cases.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(DB_FILE);
+        {
+            let mut conn = open_connection(&path, &KEY).expect("conn");
+            schema::migrate_to(&mut conn, old).expect("old schema");
+            if old >= 1 {
+                let mut am = automerge::Automerge::new();
+                let new_doc = gridwork_model::doc::NewCaseDoc {
+                    id: CaseId::generate(),
+                    code: "OLD-0001".into(),
+                    created_ms: NOW,
+                    reporter: "w1".into(),
+                    title: "旧的漏水".into(),
+                    description: "from an old app".into(),
+                    category: CategoryId::from("hazard"),
+                    grid: GridId::from("g1"),
+                    location: Location::gps(31.203, 121.403, 5.0, NOW),
+                };
+                let report = gridwork_model::lifecycle::Event {
+                    id: gridwork_model::ids::EventId::generate(),
+                    parents: vec![],
+                    lamport: 1,
+                    actor: identity("w1", Role::Worker).actor(),
+                    clock: Default::default(),
+                    kind: EventKind::Report,
+                };
+                am.transact::<_, _, ModelError>(|t| gridwork_model::doc::init_case(t, &new_doc, &report)).expect("doc");
+                let id = new_doc.id.to_string();
+                documents::append(&conn, &id, &[&am.save()], &am).expect("doc row");
+                conn.execute(
+                    "INSERT INTO cases (id, code, title, status, grid_id, category_id, reporter, created_ms, updated_ms)
+                     VALUES (?1, 'OLD-0001', '旧的漏水', 'reported', 'g1', 'hazard', 'w1', ?2, ?2)",
+                    rusqlite::params![id, NOW],
+                )
+                .expect("v1 index row");
+            }
+        }
+        let store = open_in(dir.path(), "w1", Role::Worker, Arc::new(FixedClock::new(NOW)));
+        assert_eq!(store.open_report().migrated_from, old);
+        assert_eq!(schema_of(&store.reader()), expected, "schema upgraded from version {old} differs from a fresh one");
+        if old >= 1 {
+            let hits = store.list_cases(&CaseQuery { text: Some("漏水".into()), limit: 5, ..Default::default() }).expect("search");
+            assert_eq!(hits.items.len(), 1, "data from version {old} is searchable after the upgrade");
+            let d = store.get_case(&hits.items[0].id).expect("get");
+            assert_eq!(d.case.description, "from an old app");
+        }
+    }
+
+    // A store from a newer app is refused, untouched.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(DB_FILE);
+    {
+        let conn = open_connection(&path, &KEY).expect("conn");
+        conn.pragma_update(None, "user_version", schema::CURRENT_VERSION + 1).expect("bump");
+    }
+    let err = Store::open(OpenOptions::new(dir.path(), &KEY, identity("w1", Role::Worker))).expect_err("newer");
+    assert!(matches!(err, CoreError::NewerSchema { .. }), "{err}");
+}
