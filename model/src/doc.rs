@@ -247,14 +247,15 @@ fn read_str<R: ReadDoc>(doc: &R, key: &str) -> Result<String, ModelError> {
         .ok_or_else(|| ModelError::MalformedDocument { reason: format!("`{key}` is missing or not a string") })
 }
 
-fn read_field<R: ReadDoc, T>(doc: &R, key: &str, parse: impl Fn(&str) -> Result<T, ModelError>) -> Result<Field<T>, ModelError> {
+fn read_field<R: ReadDoc, T>(
+    doc: &R,
+    key: &str,
+    parse: impl Fn(&str) -> Result<T, ModelError>,
+) -> Result<Field<T>, ModelError> {
     let value = parse(&read_str(doc, key)?)?;
     let all = doc.get_all(ROOT, key)?;
     let conflicts = if all.len() > 1 {
-        all.iter()
-            .filter_map(|(v, _)| scalar_str(v))
-            .map(|s| parse(&s))
-            .collect::<Result<Vec<T>, _>>()?
+        all.iter().filter_map(|(v, _)| scalar_str(v)).map(|s| parse(&s)).collect::<Result<Vec<T>, _>>()?
     } else {
         vec![]
     };
@@ -283,7 +284,8 @@ pub fn read_events<R: ReadDoc>(doc: &R) -> Result<(Vec<Event>, usize), ModelErro
 /// Parents and Lamport number for the next event: the current heads of the event graph.
 pub fn next_event_position<R: ReadDoc>(doc: &R) -> Result<(Vec<EventId>, u64), ModelError> {
     let (events, _) = read_events(doc)?;
-    let referenced: std::collections::HashSet<EventId> = events.iter().flat_map(|e| e.parents.iter().copied()).collect();
+    let referenced: std::collections::HashSet<EventId> =
+        events.iter().flat_map(|e| e.parents.iter().copied()).collect();
     let mut heads: Vec<EventId> = events.iter().map(|e| e.id).filter(|id| !referenced.contains(id)).collect();
     heads.sort();
     let lamport = events.iter().map(|e| e.lamport).max().unwrap_or(0) + 1;
@@ -292,7 +294,8 @@ pub fn next_event_position<R: ReadDoc>(doc: &R) -> Result<(Vec<EventId>, u64), M
 
 /// Reads a whole case: fields with their conflicts, evidence, and the folded timeline.
 pub fn read_case<R: ReadDoc>(doc: &R) -> Result<CaseDoc, ModelError> {
-    let id = CaseId::parse(&read_str(doc, keys::ID)?).map_err(|e| ModelError::MalformedDocument { reason: format!("id: {e}") })?;
+    let id = CaseId::parse(&read_str(doc, keys::ID)?)
+        .map_err(|e| ModelError::MalformedDocument { reason: format!("id: {e}") })?;
     let created_ms = doc.get(ROOT, keys::CREATED_MS)?.and_then(|(v, _)| scalar_i64(&v)).unwrap_or(0);
     let description = match doc.get(ROOT, keys::DESCRIPTION)? {
         Some((Value::Object(ObjType::Text), t)) => doc.text(&t)?,

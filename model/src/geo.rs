@@ -227,7 +227,9 @@ mod tests {
         assert!(square.contains(0.5, 0.5));
         assert!(!square.contains(1.5, 0.5));
         assert!(!square.contains(0.5, -0.1));
-        let concave = Polygon { ring: vec![(0.0, 0.0), (0.0, 3.0), (3.0, 3.0), (3.0, 2.0), (1.0, 2.0), (1.0, 1.0), (3.0, 1.0), (3.0, 0.0)] };
+        let concave = Polygon {
+            ring: vec![(0.0, 0.0), (0.0, 3.0), (3.0, 3.0), (3.0, 2.0), (1.0, 2.0), (1.0, 1.0), (3.0, 1.0), (3.0, 0.0)],
+        };
         assert!(concave.contains(0.5, 1.5));
         assert!(!concave.contains(2.0, 1.5), "inside the notch");
     }

@@ -277,11 +277,7 @@ pub const ROLE_TABLE: &[(KindTag, &[Role], &[Status])] = &[
 ];
 
 fn table_row(tag: KindTag) -> (&'static [Role], &'static [Status]) {
-    ROLE_TABLE
-        .iter()
-        .find(|(t, _, _)| *t == tag)
-        .map(|(_, roles, from)| (*roles, *from))
-        .unwrap_or((&[], &[]))
+    ROLE_TABLE.iter().find(|(t, _, _)| *t == tag).map(|(_, roles, from)| (*roles, *from)).unwrap_or((&[], &[]))
 }
 
 /// The status as the fold sees it: settled, or contested between several decisions.
@@ -290,8 +286,12 @@ fn table_row(tag: KindTag) -> (&'static [Role], &'static [Status]) {
 pub enum StatusView {
     /// No report yet (an empty or foreign document).
     Empty,
-    Settled { status: Status },
-    Contested { candidates: Vec<Candidate> },
+    Settled {
+        status: Status,
+    },
+    Contested {
+        candidates: Vec<Candidate>,
+    },
 }
 
 /// One side of a contest: the decision event and the status it leads to.
@@ -374,7 +374,9 @@ impl CaseState {
 pub enum Verdict {
     Applied,
     /// Kept, shown, and ignored by the fold: not allowed in the state its author saw.
-    Invalid { reason: String },
+    Invalid {
+        reason: String,
+    },
     /// A kind from a newer app: kept and skipped.
     Unknown,
     /// Names a parent this replica does not hold (never produced by a correct device).
@@ -483,13 +485,8 @@ fn decision_target(kind: &EventKind, seen: &CaseState, targets: &HashMap<EventId
         EventKind::Report => S::Reported,
         EventKind::Accept { .. } => S::Accepted,
         EventKind::Reject { .. } => S::Rejected,
-        EventKind::Dispatch { .. } => {
-            if seen.status == (StatusView::Settled { status: S::Accepted }) {
-                S::Dispatched
-            } else {
-                return None;
-            }
-        }
+        // Only the first dispatch moves the status; later ones add departments.
+        EventKind::Dispatch { .. } if seen.status == (StatusView::Settled { status: S::Accepted }) => S::Dispatched,
         EventKind::Start { .. } => S::InProgress,
         EventKind::FollowUp { .. } => S::FollowedUp,
         EventKind::Close { .. } => S::Closed,
@@ -591,7 +588,9 @@ pub fn fold(events: impl IntoIterator<Item = Event>) -> Timeline {
                     });
                     (true, decision, Verdict::Applied)
                 }
-                Err(r) => (false, None, Verdict::Invalid { reason: format!("{} from {}: {}", r.kind, r.from, r.reason) }),
+                Err(r) => {
+                    (false, None, Verdict::Invalid { reason: format!("{} from {}: {}", r.kind, r.from, r.reason) })
+                }
             }
         };
         if let Some((t, _)) = &decision {
@@ -603,11 +602,8 @@ pub fn fold(events: impl IntoIterator<Item = Event>) -> Timeline {
 
     let all = vec![true; n];
     let state = state_of(&ordered, &nodes, &all);
-    let mut entries: Vec<TimelineEntry> = ordered
-        .iter()
-        .zip(verdicts)
-        .map(|(e, verdict)| TimelineEntry { event: (*e).clone(), verdict })
-        .collect();
+    let mut entries: Vec<TimelineEntry> =
+        ordered.iter().zip(verdicts).map(|(e, verdict)| TimelineEntry { event: (*e).clone(), verdict }).collect();
     for i in in_cycle {
         entries.push(TimelineEntry {
             event: events[i].clone(),
@@ -663,9 +659,8 @@ fn state_of(ordered: &[&Event], nodes: &[Node], mask: &[bool]) -> CaseState {
         assignees: BTreeSet::new(),
     };
     // Returns (and unassigns) cancel only what their author had seen.
-    let returns: Vec<usize> = (0..nodes.len())
-        .filter(|&p| inside(p) && matches!(ordered[p].kind, EventKind::Return { .. }))
-        .collect();
+    let returns: Vec<usize> =
+        (0..nodes.len()).filter(|&p| inside(p) && matches!(ordered[p].kind, EventKind::Return { .. })).collect();
     let cancelled_by_return = |p: usize| returns.iter().any(|&r| nodes[r].ancestors[p]);
     let mut assigned: BTreeMap<UserId, Vec<usize>> = BTreeMap::new();
     let mut unassigns: Vec<(UserId, usize)> = vec![];
@@ -703,12 +698,8 @@ fn state_of(ordered: &[&Event], nodes: &[Node], mask: &[bool]) -> CaseState {
     for d in state.dispatched.keys() {
         state.assignees.insert(Assignee::Department(d.clone()));
     }
-    state.deadline_ms = state
-        .dispatched
-        .iter()
-        .filter(|(d, _)| !state.reported.contains(*d))
-        .map(|(_, deadline)| *deadline)
-        .min();
+    state.deadline_ms =
+        state.dispatched.iter().filter(|(d, _)| !state.reported.contains(*d)).map(|(_, deadline)| *deadline).min();
 
     let current = current_decisions(ordered, nodes, mask);
     let mut candidates: Vec<Candidate> = current

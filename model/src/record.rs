@@ -13,9 +13,20 @@ use crate::time::ClockStamp;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record {
-    PatrolStarted { id: RecordId, grid: GridId, actor: Actor, clock: ClockStamp },
-    PatrolFinished { id: RecordId, patrol: RecordId, actor: Actor, clock: ClockStamp },
-    CheckIn(CheckIn),
+    PatrolStarted {
+        id: RecordId,
+        grid: GridId,
+        actor: Actor,
+        clock: ClockStamp,
+    },
+    PatrolFinished {
+        id: RecordId,
+        patrol: RecordId,
+        actor: Actor,
+        clock: ClockStamp,
+    },
+    /// Boxed: a check-in is several times larger than the patrol records.
+    CheckIn(Box<CheckIn>),
 }
 
 impl Record {

@@ -46,8 +46,8 @@ impl Default for DistrictCalendar {
     fn default() -> Self {
         // The bundled tz database always has Asia/Shanghai; the fixed +08:00 fallback is the same
         // zone (no DST since 1991) and keeps this constructor infallible.
-        let tz = jiff::tz::TimeZone::get("Asia/Shanghai")
-            .unwrap_or_else(|_| jiff::tz::TimeZone::fixed(jiff::tz::offset(8)));
+        let tz =
+            jiff::tz::TimeZone::get("Asia/Shanghai").unwrap_or_else(|_| jiff::tz::TimeZone::fixed(jiff::tz::offset(8)));
         DistrictCalendar { tz }
     }
 }

@@ -65,7 +65,12 @@ pub fn district(grids: usize) -> Catalog {
             let points = (0..4)
                 .map(|p| {
                     let f = 0.2 + 0.2 * p as f64;
-                    PatrolPoint { id: format!("g{i}-p{p}").as_str().into(), name: format!("Point {p}"), lat: lat + GRID_DEG * f, lon: lon + GRID_DEG * f }
+                    PatrolPoint {
+                        id: format!("g{i}-p{p}").as_str().into(),
+                        name: format!("Point {p}"),
+                        lat: lat + GRID_DEG * f,
+                        lon: lon + GRID_DEG * f,
+                    }
                 })
                 .collect();
             Grid {
@@ -90,7 +95,10 @@ pub fn district(grids: usize) -> Catalog {
                 retired: false,
             })
             .collect(),
-        departments: DEPARTMENTS.iter().map(|(id, name)| Department { id: DepartmentId::from(*id), name: name.to_string() }).collect(),
+        departments: DEPARTMENTS
+            .iter()
+            .map(|(id, name)| Department { id: DepartmentId::from(*id), name: name.to_string() })
+            .collect(),
     }
 }
 
@@ -111,7 +119,12 @@ pub fn identity(user: &str, role: Role, department: Option<&str>) -> Identity {
 }
 
 /// Opens (or creates) a simulated device's store with the district catalogue.
-pub fn open_device(dir: &Path, identity: Identity, catalog: &Catalog, clock: Option<Arc<dyn DeviceClock>>) -> gridwork_core::Result<Store> {
+pub fn open_device(
+    dir: &Path,
+    identity: Identity,
+    catalog: &Catalog,
+    clock: Option<Arc<dyn DeviceClock>>,
+) -> gridwork_core::Result<Store> {
     let mut options = OpenOptions::new(dir, &DEMO_KEY, identity);
     if let Some(c) = clock {
         options.clock = c;
@@ -150,10 +163,19 @@ pub fn random_case(rng: &mut Rng, catalog: &Catalog, grid: usize, now_ms: i64) -
     let (lat, lon) = grid_centre(catalog, grid);
     NewCase {
         title: TITLES[rng.below(TITLES.len())].to_owned(),
-        description: format!("巡查发现，位置在{}号楼附近。Reported on patrol near block {}.", rng.below(40) + 1, rng.below(40) + 1),
+        description: format!(
+            "巡查发现，位置在{}号楼附近。Reported on patrol near block {}.",
+            rng.below(40) + 1,
+            rng.below(40) + 1
+        ),
         category: catalog.categories[rng.below(catalog.categories.len())].id.clone(),
         grid: catalog.grids[grid].id.clone(),
-        location: Location::gps(lat + (rng.unit() - 0.5) * GRID_DEG * 0.8, lon + (rng.unit() - 0.5) * GRID_DEG * 0.8, 3.0 + rng.unit() * 20.0, now_ms),
+        location: Location::gps(
+            lat + (rng.unit() - 0.5) * GRID_DEG * 0.8,
+            lon + (rng.unit() - 0.5) * GRID_DEG * 0.8,
+            3.0 + rng.unit() * 20.0,
+            now_ms,
+        ),
         photos: vec![],
     }
 }

@@ -67,8 +67,11 @@ fn concurrent_transitions_converge_in_any_order() {
     // Offline at the same time: one supervisor accepts, the other rejects; both retitle it, and
     // the worker adds a note and edits the description.
     s1.record_event(&case, EventKind::Accept { note: String::new() }).expect("accept");
-    s2.record_event(&case, EventKind::Reject { reason: RejectReason::OutOfScope, duplicate_of: None, note: String::new() })
-        .expect("reject");
+    s2.record_event(
+        &case,
+        EventKind::Reject { reason: RejectReason::OutOfScope, duplicate_of: None, note: String::new() },
+    )
+    .expect("reject");
     s1.edit_case(&case, CasePatch { title: Some("标题一".into()), ..Default::default() }).expect("edit");
     s2.edit_case(&case, CasePatch { title: Some("标题二".into()), ..Default::default() }).expect("edit");
     w.record_event(&case, EventKind::Note { text: "居民已通知".into() }).expect("note");
@@ -107,7 +110,10 @@ fn concurrent_transitions_converge_in_any_order() {
         }
     }
     for s in &sources {
-        assert_eq!(s.list_cases(&CaseQuery { limit: 5, ..Default::default() }).expect("list").items[0].status, "accepted");
+        assert_eq!(
+            s.list_cases(&CaseQuery { limit: 5, ..Default::default() }).expect("list").items[0].status,
+            "accepted"
+        );
     }
     assert_eq!(view(w), view(s1));
     assert_eq!(view(w), view(s2));
@@ -145,7 +151,9 @@ fn event_for(store: &Store, case: &CaseId, role: Role, kind: u8) -> Option<Event
             4 => EventKind::Return { reason: "again".into() },
             5 => EventKind::Urge { note: String::new() },
             _ => match store.get_case(case).ok()?.case.timeline.state.status {
-                StatusView::Contested { candidates } => EventKind::Settle { chosen: candidates[kind as usize % candidates.len()].event },
+                StatusView::Contested { candidates } => {
+                    EventKind::Settle { chosen: candidates[kind as usize % candidates.len()].event }
+                }
                 _ => EventKind::Escalate { to: gridwork_core::model::lifecycle::Level::Street, note: String::new() },
             },
         },

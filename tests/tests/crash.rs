@@ -109,10 +109,19 @@ fn sigkill_mid_write_loses_no_acknowledged_action_and_leaves_no_half_action() {
     for id in &documents {
         let detail = store.get_case(id).expect("every stored case opens");
         let changes = store.export_changes(id).expect("changes").len();
-        assert_eq!(per_doc.get(&id.to_string()).copied().unwrap_or(0), changes, "case {id}: outbox and document disagree");
+        assert_eq!(
+            per_doc.get(&id.to_string()).copied().unwrap_or(0),
+            changes,
+            "case {id}: outbox and document disagree"
+        );
         for note in acked.notes.get(id).into_iter().flatten() {
             assert!(
-                detail.case.timeline.entries.iter().any(|e| matches!(&e.event.kind, EventKind::Note { text } if text == note)),
+                detail
+                    .case
+                    .timeline
+                    .entries
+                    .iter()
+                    .any(|e| matches!(&e.event.kind, EventKind::Note { text } if text == note)),
                 "acknowledged {note} on {id} was lost"
             );
         }
@@ -130,5 +139,10 @@ fn sigkill_mid_write_loses_no_acknowledged_action_and_leaves_no_half_action() {
             assert!(got >= n, "case {id}: acknowledged title {n} replaced by older {got}");
         }
     }
-    eprintln!("acknowledged {} cases across 4 kills; {} documents, {} outbox entries", acked.cases.len(), documents.len(), outbox.len());
+    eprintln!(
+        "acknowledged {} cases across 4 kills; {} documents, {} outbox entries",
+        acked.cases.len(),
+        documents.len(),
+        outbox.len()
+    );
 }

@@ -120,10 +120,9 @@ fn read_exif(bytes: &[u8]) -> ExifFacts {
         };
         v.is_finite().then_some(sign * v)
     };
-    if let (Some(lat), Some(lon)) = (
-        coord(Tag::GPSLatitude, Tag::GPSLatitudeRef, b'S'),
-        coord(Tag::GPSLongitude, Tag::GPSLongitudeRef, b'W'),
-    ) {
+    if let (Some(lat), Some(lon)) =
+        (coord(Tag::GPSLatitude, Tag::GPSLatitudeRef, b'S'), coord(Tag::GPSLongitude, Tag::GPSLongitudeRef, b'W'))
+    {
         if gridwork_model::geo::check_coordinates(lat, lon).is_ok() {
             facts.gps = Some((lat, lon));
         }
@@ -187,9 +186,8 @@ fn decode_jpeg(bytes: &[u8]) -> Result<Rgb, EvidenceError> {
     check_pixels(u32::from(info.width), u32::from(info.height))?;
     let (tw, th) = fit(u32::from(info.width), u32::from(info.height), STORED_LONG_EDGE);
     // Decode at the smallest DCT scale (1/8 … 1) that is still at least the target size.
-    let (w, h) = decoder
-        .scale(u16::try_from(tw).unwrap_or(u16::MAX), u16::try_from(th).unwrap_or(u16::MAX))
-        .map_err(corrupt)?;
+    let (w, h) =
+        decoder.scale(u16::try_from(tw).unwrap_or(u16::MAX), u16::try_from(th).unwrap_or(u16::MAX)).map_err(corrupt)?;
     let raw = decoder.decode().map_err(corrupt)?;
     let info = decoder.info().ok_or_else(|| corrupt("no frame header"))?;
     let (width, height) = (u32::from(w), u32::from(h));

@@ -21,7 +21,8 @@ fn large_photo_is_stored_at_1600_with_thumbnail_and_hashes() {
 
 #[test]
 fn exif_orientation_is_applied_and_metadata_recorded_then_stripped() {
-    let spec = ExifSpec { orientation: Some(6), time: Some("2026:11:26 09:15:00".into()), gps: Some((31.2304, 121.4737)) };
+    let spec =
+        ExifSpec { orientation: Some(6), time: Some("2026:11:26 09:15:00".into()), gps: Some((31.2304, 121.4737)) };
     let original = camera_like_jpeg(400, 200, &spec, 3);
     let p = process_photo(&original).expect("accepted");
     // Orientation 6 = rotate 90° clockwise: a landscape sensor frame becomes portrait.
@@ -74,7 +75,11 @@ fn truncated_and_corrupt_jpegs_are_refused() {
     for b in garbage.iter_mut().skip(600).take(4000) {
         *b = 0xFF;
     }
-    assert!(matches!(process_photo(&garbage), Err(EvidenceError::Corrupt { .. })), "{:?}", process_photo(&garbage).err());
+    assert!(
+        matches!(process_photo(&garbage), Err(EvidenceError::Corrupt { .. })),
+        "{:?}",
+        process_photo(&garbage).err()
+    );
 }
 
 #[test]
@@ -88,7 +93,9 @@ fn decompression_bombs_are_refused_before_decoding() {
 
     // A PNG header claiming 60000×1000 (60 MP).
     let mut png = std::io::Cursor::new(Vec::new());
-    image::DynamicImage::ImageRgb8(image::RgbImage::new(4, 4)).write_to(&mut png, image::ImageFormat::Png).expect("png");
+    image::DynamicImage::ImageRgb8(image::RgbImage::new(4, 4))
+        .write_to(&mut png, image::ImageFormat::Png)
+        .expect("png");
     let mut png = png.into_inner();
     png[16..20].copy_from_slice(&60_000u32.to_be_bytes());
     png[20..24].copy_from_slice(&1_000u32.to_be_bytes());

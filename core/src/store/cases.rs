@@ -132,7 +132,8 @@ impl Store {
             grid: new.grid,
             location,
         };
-        let report = Event { id: EventId::generate(), parents: vec![], lamport: 1, actor, clock, kind: EventKind::Report };
+        let report =
+            Event { id: EventId::generate(), parents: vec![], lamport: 1, actor, clock, kind: EventKind::Report };
         let mut am = Automerge::new().with_actor(self.inner.actor.clone());
         am.transact::<_, _, ModelError>(|t| {
             doc::init_case(t, &new_doc, &report)?;
@@ -148,7 +149,13 @@ impl Store {
     }
 
     /// Stores the change just made to `am` and everything that goes with it, inside `tx`.
-    fn commit_local_change(&self, tx: &Connection, id: &CaseId, am: &Automerge, photos: &[ProcessedPhoto]) -> Result<CaseSummary> {
+    fn commit_local_change(
+        &self,
+        tx: &Connection,
+        id: &CaseId,
+        am: &Automerge,
+        photos: &[ProcessedPhoto],
+    ) -> Result<CaseSummary> {
         let mut change = am.get_last_local_change().ok_or(CoreError::NothingToChange)?;
         let hash = change.hash();
         let bytes = change.bytes().into_owned();
@@ -162,7 +169,13 @@ impl Store {
         self.reindex(tx, &case)
     }
 
-    pub(crate) fn link_evidence(&self, tx: &Connection, owner_kind: &str, owner_id: &str, p: &ProcessedPhoto) -> Result<()> {
+    pub(crate) fn link_evidence(
+        &self,
+        tx: &Connection,
+        owner_kind: &str,
+        owner_id: &str,
+        p: &ProcessedPhoto,
+    ) -> Result<()> {
         let now = self.now_ms();
         let mut ins = tx.prepare_cached(
             "INSERT INTO evidence_files (sha256, role, size, created_ms) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(sha256) DO NOTHING",
@@ -181,7 +194,8 @@ impl Store {
 
     /// Loads a document for a change, with this store's actor.
     fn load_for_change(&self, conn: &Connection, id: &CaseId) -> Result<Automerge> {
-        let doc = documents::load(conn, &id.to_string())?.ok_or_else(|| CoreError::UnknownCase { case_id: id.to_string() })?;
+        let doc = documents::load(conn, &id.to_string())?
+            .ok_or_else(|| CoreError::UnknownCase { case_id: id.to_string() })?;
         Ok(doc.with_actor(self.inner.actor.clone()))
     }
 
@@ -277,7 +291,8 @@ impl Store {
     /// Opens a case: fields with their conflicts, evidence, and the timeline with verdicts.
     pub fn get_case(&self, id: &CaseId) -> Result<CaseDetail> {
         let conn = self.reader();
-        let am = documents::load(&conn, &id.to_string())?.ok_or_else(|| CoreError::UnknownCase { case_id: id.to_string() })?;
+        let am = documents::load(&conn, &id.to_string())?
+            .ok_or_else(|| CoreError::UnknownCase { case_id: id.to_string() })?;
         drop(conn);
         let case = doc::read_case(&am)?;
         let flags = self.flags_for(&case);
@@ -300,7 +315,8 @@ impl Store {
     /// Every change of a document, for a peer that has none of it.
     pub fn export_changes(&self, id: &CaseId) -> Result<Vec<Vec<u8>>> {
         let conn = self.reader();
-        let am = documents::load(&conn, &id.to_string())?.ok_or_else(|| CoreError::UnknownCase { case_id: id.to_string() })?;
+        let am = documents::load(&conn, &id.to_string())?
+            .ok_or_else(|| CoreError::UnknownCase { case_id: id.to_string() })?;
         Ok(am.get_changes(&[]).into_iter().map(|mut c| c.bytes().into_owned()).collect())
     }
 
@@ -331,8 +347,10 @@ impl Store {
         let chunks: Vec<Vec<u8>> = fresh.iter_mut().map(|c| c.bytes().into_owned()).collect();
         am.apply_changes(fresh).map_err(|e| CoreError::BadChange { reason: e.to_string() })?;
         report.new_changes = chunks.len();
-        report.waiting_for_dependencies =
-            chunks.iter().filter(|b| Change::from_bytes(b.to_vec()).is_ok_and(|c| am.get_change_by_hash(&c.hash()).is_none())).count();
+        report.waiting_for_dependencies = chunks
+            .iter()
+            .filter(|b| Change::from_bytes(b.to_vec()).is_ok_and(|c| am.get_change_by_hash(&c.hash()).is_none()))
+            .count();
         let refs: Vec<&[u8]> = chunks.iter().map(|c| c.as_slice()).collect();
         documents::append(&tx, &doc_id, &refs, &am)?;
         // A document whose first change has not arrived yet has nothing to index.
@@ -371,7 +389,8 @@ impl Store {
     /// Writes a case's index row, search terms and assignees from its document.
     fn reindex(&self, tx: &Connection, case: &CaseDoc) -> Result<CaseSummary> {
         let state = &case.timeline.state;
-        let due = state.status.statuses().into_iter().any(|s| s.awaits_handling()).then_some(state.deadline_ms).flatten();
+        let due =
+            state.status.statuses().into_iter().any(|s| s.awaits_handling()).then_some(state.deadline_ms).flatten();
         let flags = self.flags_for(case);
         let has_conflicts = !case.conflicts().is_empty();
         let updated_ms = self.now_ms();

@@ -44,19 +44,19 @@ pub(crate) fn append(conn: &Connection, doc_id: &str, chunks: &[&[u8]], doc: &Au
         .prepare_cached("SELECT chunk_count FROM documents WHERE doc_id = ?1")?
         .query_row([doc_id], |r| r.get(0))
         .optional()?;
-    let mut next: i64 = match count {
+    let first: i64 = match count {
         Some(_) => conn
             .prepare_cached("SELECT coalesce(max(seq), -1) + 1 FROM doc_chunks WHERE doc_id = ?1")?
             .query_row([doc_id], |r| r.get(0))?,
         None => {
-            conn.prepare_cached("INSERT INTO documents (doc_id, chunk_count, heads) VALUES (?1, 0, '')")?.execute([doc_id])?;
+            conn.prepare_cached("INSERT INTO documents (doc_id, chunk_count, heads) VALUES (?1, 0, '')")?
+                .execute([doc_id])?;
             0
         }
     };
     let mut insert = conn.prepare_cached("INSERT INTO doc_chunks (doc_id, seq, bytes) VALUES (?1, ?2, ?3)")?;
-    for chunk in chunks {
-        insert.execute(params![doc_id, next, chunk])?;
-        next += 1;
+    for (seq, chunk) in (first..).zip(chunks) {
+        insert.execute(params![doc_id, seq, chunk])?;
     }
     let total = count.unwrap_or(0) + chunks.len() as i64;
     let queued = !doc.get_missing_deps(&[]).is_empty();

@@ -59,7 +59,8 @@ impl EvidenceFiles {
             return Ok(sha);
         }
         let mut nonce = [0u8; NONCE_LEN];
-        getrandom::fill(&mut nonce).map_err(|e| CoreError::EvidenceFile { sha256: sha.clone(), reason: format!("no randomness: {e}") })?;
+        getrandom::fill(&mut nonce)
+            .map_err(|e| CoreError::EvidenceFile { sha256: sha.clone(), reason: format!("no randomness: {e}") })?;
         let sealed = self
             .cipher
             .encrypt(&XNonce::from(nonce), plain)

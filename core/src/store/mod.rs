@@ -55,7 +55,12 @@ pub struct Identity {
 
 impl Identity {
     pub fn actor(&self) -> Actor {
-        Actor { user: self.user.clone(), role: self.role, device: self.device.clone(), department: self.department.clone() }
+        Actor {
+            user: self.user.clone(),
+            role: self.role,
+            device: self.device.clone(),
+            department: self.department.clone(),
+        }
     }
 }
 
@@ -115,7 +120,10 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("dir", &self.inner.dir).field("identity", &self.inner.identity).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("dir", &self.inner.dir)
+            .field("identity", &self.inner.identity)
+            .finish_non_exhaustive()
     }
 }
 
@@ -132,9 +140,11 @@ fn open_connection(path: &Path, key: &[u8; 32]) -> Result<Connection> {
     if conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)).is_err() {
         return Err(CoreError::WrongKey { path: path.to_owned() });
     }
+    // synchronous = FULL: an acknowledged action must survive the battery dying, not only the
+    // app being killed (NORMAL in WAL mode can lose the last commits on power loss).
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
-         PRAGMA synchronous = NORMAL;
+         PRAGMA synchronous = FULL;
          PRAGMA foreign_keys = ON;
          PRAGMA busy_timeout = 5000;",
     )?;
@@ -144,19 +154,22 @@ fn open_connection(path: &Path, key: &[u8; 32]) -> Result<Connection> {
 impl Store {
     /// Opens (creating if needed) the store in `options.dir`.
     pub fn open(options: OpenOptions) -> Result<Store> {
-        let key: [u8; 32] = options.key.as_slice().try_into().map_err(|_| CoreError::BadKeyLength { len: options.key.len() })?;
+        let key: [u8; 32] =
+            options.key.as_slice().try_into().map_err(|_| CoreError::BadKeyLength { len: options.key.len() })?;
         std::fs::create_dir_all(&options.dir).map_err(io(&options.dir))?;
         let path = options.dir.join(DB_FILE);
         let mut writer = open_connection(&path, &key)?;
         let migrated_from = schema::migrate(&mut writer)?;
         let reader = open_connection(&path, &key)?;
-        let calendar = DistrictCalendar::new(&options.time_zone).map_err(|e| {
-            CoreError::Invalid(gridwork_model::ModelError::MalformedDocument { reason: e.to_string() })
-        })?;
+        let calendar = DistrictCalendar::new(&options.time_zone)
+            .map_err(|e| CoreError::Invalid(gridwork_model::ModelError::MalformedDocument { reason: e.to_string() }))?;
 
         let actor = ActorId::random();
         let now = options.clock.now();
-        writer.execute("INSERT INTO actors (actor_id, created_ms) VALUES (?1, ?2)", params![actor.to_hex_string(), now.wall_ms])?;
+        writer.execute(
+            "INSERT INTO actors (actor_id, created_ms) VALUES (?1, ?2)",
+            params![actor.to_hex_string(), now.wall_ms],
+        )?;
         let catalog = load_catalog(&writer)?;
         let offset: Option<i64> = writer
             .query_row("SELECT value FROM meta WHERE key = 'server_offset_ms'", [], |r| r.get::<_, String>(0))
@@ -321,12 +334,12 @@ pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
 }
 
 fn load_catalog(conn: &Connection) -> Result<Catalog> {
-    let mut catalog = Catalog::default();
-    catalog.version = conn
+    let version = conn
         .query_row("SELECT value FROM meta WHERE key = 'catalog_version'", [], |r| r.get::<_, String>(0))
         .optional()?
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    let mut catalog = Catalog { version, ..Default::default() };
     let mut stmt = conn.prepare("SELECT kind, json FROM catalog_items ORDER BY kind, id")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {

@@ -38,7 +38,14 @@ pub struct OutboxItem {
     pub created_ms: i64,
 }
 
-pub(crate) fn push(conn: &Connection, kind: OutboxKind, doc_id: Option<&str>, key: &str, bytes: &[u8], now_ms: i64) -> Result<()> {
+pub(crate) fn push(
+    conn: &Connection,
+    kind: OutboxKind,
+    doc_id: Option<&str>,
+    key: &str,
+    bytes: &[u8],
+    now_ms: i64,
+) -> Result<()> {
     conn.prepare_cached(
         "INSERT INTO outbox (kind, doc_id, item_key, bytes, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT(item_key) DO NOTHING",
@@ -57,7 +64,8 @@ impl Store {
     /// The oldest items, up to about `max_bytes` (always at least one), in the order they were made.
     pub fn outbox_page(&self, max_bytes: usize) -> Result<Vec<OutboxItem>> {
         let conn = self.reader();
-        let mut stmt = conn.prepare_cached("SELECT seq, kind, doc_id, item_key, bytes, created_ms FROM outbox ORDER BY seq")?;
+        let mut stmt =
+            conn.prepare_cached("SELECT seq, kind, doc_id, item_key, bytes, created_ms FROM outbox ORDER BY seq")?;
         let mut rows = stmt.query([])?;
         let mut out = vec![];
         let mut total = 0;

@@ -30,7 +30,14 @@ pub struct PointCoverage {
 }
 
 impl Store {
-    fn write_record(&self, tx: &Connection, record: &Record, grid: &GridId, patrol: &RecordId, at_ms: i64) -> Result<()> {
+    fn write_record(
+        &self,
+        tx: &Connection,
+        record: &Record,
+        grid: &GridId,
+        patrol: &RecordId,
+        at_ms: i64,
+    ) -> Result<()> {
         let json = to_json(record)?;
         let typ = match record {
             Record::PatrolStarted { .. } => "patrol_started",
@@ -38,8 +45,18 @@ impl Store {
             Record::CheckIn(_) => "check_in",
         };
         let id = record.id().to_string();
-        tx.prepare_cached("INSERT INTO records (id, type, grid_id, patrol_id, day, at_ms, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?
-            .execute(params![id, typ, grid.0, patrol.to_string(), self.inner.calendar.day_of(at_ms), at_ms, json])?;
+        tx.prepare_cached(
+            "INSERT INTO records (id, type, grid_id, patrol_id, day, at_ms, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            id,
+            typ,
+            grid.0,
+            patrol.to_string(),
+            self.inner.calendar.day_of(at_ms),
+            at_ms,
+            json
+        ])?;
         outbox::push(tx, outbox::OutboxKind::Record, None, &id, json.as_bytes(), self.now_ms())
     }
 
@@ -63,7 +80,9 @@ impl Store {
 
     fn open_patrol(&self, conn: &Connection, patrol: &RecordId) -> Result<GridId> {
         let row: Option<(String, Option<i64>)> = conn
-            .query_row("SELECT grid_id, finished_ms FROM patrols WHERE id = ?1", [patrol.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row("SELECT grid_id, finished_ms FROM patrols WHERE id = ?1", [patrol.to_string()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?;
         match row {
             None => Err(CoreError::UnknownPatrol { patrol_id: patrol.to_string() }),
@@ -81,10 +100,11 @@ impl Store {
         let grid = self.grid(&grid_id.0)?;
         let distance_to_point_m = match &input.point {
             Some(p) => {
-                let point = grid.points.iter().find(|pt| pt.id == *p).ok_or_else(|| CoreError::UnknownPoint {
-                    grid_id: grid.id.0.clone(),
-                    point_id: p.0.clone(),
-                })?;
+                let point = grid
+                    .points
+                    .iter()
+                    .find(|pt| pt.id == *p)
+                    .ok_or_else(|| CoreError::UnknownPoint { grid_id: grid.id.0.clone(), point_id: p.0.clone() })?;
                 Some(distance_m((point.lat, point.lon), (location.lat, location.lon)))
             }
             None => None,
@@ -117,7 +137,7 @@ impl Store {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Checked again under the write lock: the patrol may have been finished meanwhile.
         self.open_patrol(&tx, &checkin.patrol)?;
-        self.write_record(&tx, &Record::CheckIn(checkin.clone()), &grid_id, &checkin.patrol, at)?;
+        self.write_record(&tx, &Record::CheckIn(Box::new(checkin.clone())), &grid_id, &checkin.patrol, at)?;
         if let Some(p) = &photo {
             self.link_evidence(&tx, "check_in", &checkin.id.to_string(), p)?;
         }
@@ -131,7 +151,8 @@ impl Store {
         let mut conn = self.writer();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let grid = self.open_patrol(&tx, patrol)?;
-        let record = Record::PatrolFinished { id: RecordId::generate(), patrol: *patrol, actor: self.identity().actor(), clock };
+        let record =
+            Record::PatrolFinished { id: RecordId::generate(), patrol: *patrol, actor: self.identity().actor(), clock };
         tx.execute("UPDATE patrols SET finished_ms = ?2 WHERE id = ?1", params![patrol.to_string(), at])?;
         self.write_record(&tx, &record, &grid, patrol, at)?;
         tx.commit()?;
@@ -148,7 +169,7 @@ impl Store {
         let mut out = vec![];
         for json in rows {
             if let Ok(Record::CheckIn(c)) = serde_json::from_str::<Record>(&json?) {
-                out.push(c);
+                out.push(*c);
             }
         }
         Ok(out)

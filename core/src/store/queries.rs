@@ -98,13 +98,18 @@ impl Store {
         }
         if let Some(text) = q.text.as_deref().filter(|t| !t.trim().is_empty()) {
             match search::match_expression(text) {
-                Some(expr) => clauses.push(format!("rowid IN (SELECT rowid FROM case_search WHERE case_search MATCH {})", arg(Value::Text(expr)))),
+                Some(expr) => clauses.push(format!(
+                    "rowid IN (SELECT rowid FROM case_search WHERE case_search MATCH {})",
+                    arg(Value::Text(expr))
+                )),
                 None => return Ok(CasePage { items: vec![], next: None }),
             }
         }
         let (key_expr, order) = match q.sort {
             SortOrder::Updated => ("updated_ms", "updated_ms DESC, id DESC"),
-            SortOrder::Deadline => ("coalesce(deadline_ms, 9223372036854775807)", "coalesce(deadline_ms, 9223372036854775807) ASC, id ASC"),
+            SortOrder::Deadline => {
+                ("coalesce(deadline_ms, 9223372036854775807)", "coalesce(deadline_ms, 9223372036854775807) ASC, id ASC")
+            }
         };
         if let Some(token) = &q.after {
             let (k, id) = parse_token(token, q.sort)?;

@@ -18,7 +18,9 @@ const KEY: [u8; 32] = [7; 32];
 const NOW: i64 = 1_795_658_400_000;
 
 pub(crate) fn catalog() -> Catalog {
-    let square = |lat: f64, lon: f64| Polygon { ring: vec![(lat, lon), (lat, lon + 0.01), (lat + 0.01, lon + 0.01), (lat + 0.01, lon)] };
+    let square = |lat: f64, lon: f64| Polygon {
+        ring: vec![(lat, lon), (lat, lon + 0.01), (lat + 0.01, lon + 0.01), (lat + 0.01, lon)],
+    };
     Catalog {
         version: 3,
         grids: vec![
@@ -43,11 +45,19 @@ pub(crate) fn catalog() -> Catalog {
             },
         ],
         categories: vec![
-            Category { id: "hazard".into(), names: [("zh".to_owned(), "安全隐患".to_owned())].into(), default_deadline_hours: 24, retired: false },
+            Category {
+                id: "hazard".into(),
+                names: [("zh".to_owned(), "安全隐患".to_owned())].into(),
+                default_deadline_hours: 24,
+                retired: false,
+            },
             Category { id: "noise".into(), names: Default::default(), default_deadline_hours: 72, retired: false },
             Category { id: "old".into(), names: Default::default(), default_deadline_hours: 72, retired: true },
         ],
-        departments: vec![Department { id: "police".into(), name: "Police".into() }, Department { id: "housing".into(), name: "Housing".into() }],
+        departments: vec![
+            Department { id: "police".into(), name: "Police".into() },
+            Department { id: "housing".into(), name: "Housing".into() },
+        ],
     }
 }
 
@@ -97,7 +107,17 @@ fn new_case(title: &str) -> NewCase {
 fn snapshot(store: &Store) -> Vec<String> {
     let conn = store.reader();
     let mut out = vec![];
-    for table in ["cases", "documents", "doc_chunks", "outbox", "evidence_files", "evidence_links", "records", "patrols", "case_assignees"] {
+    for table in [
+        "cases",
+        "documents",
+        "doc_chunks",
+        "outbox",
+        "evidence_files",
+        "evidence_links",
+        "records",
+        "patrols",
+        "case_assignees",
+    ] {
         let mut stmt = conn.prepare(&format!("SELECT * FROM {table}")).expect("table");
         let cols = stmt.column_count();
         let rows = stmt
@@ -119,7 +139,8 @@ fn snapshot(store: &Store) -> Vec<String> {
 fn captured_case_is_stored_with_document_index_outbox_and_photo() {
     let f = fixture("w1", Role::Worker);
     let photo = camera_like_jpeg(1200, 900, &ExifSpec::default(), 1);
-    let summary = f.store.capture_case(NewCase { photos: vec![photo], ..new_case("Blocked fire exit") }).expect("capture");
+    let summary =
+        f.store.capture_case(NewCase { photos: vec![photo], ..new_case("Blocked fire exit") }).expect("capture");
     assert_eq!(summary.code, "W1-0001");
     assert_eq!(summary.status, "reported");
     assert!(summary.flags.is_empty(), "{:?}", summary.flags);
@@ -172,7 +193,10 @@ fn wrong_key_is_refused_and_the_file_is_untouched() {
     assert!(!before.starts_with(b"SQLite format 3"), "the database is encrypted at rest");
     let err = Store::open(OpenOptions::new(dir.path(), &[9; 32], identity("w1", Role::Worker))).expect_err("wrong key");
     assert!(matches!(err, CoreError::WrongKey { .. }), "{err}");
-    assert!(matches!(Store::open(OpenOptions::new(dir.path(), &[9; 16], identity("w1", Role::Worker))), Err(CoreError::BadKeyLength { len: 16 })));
+    assert!(matches!(
+        Store::open(OpenOptions::new(dir.path(), &[9; 16], identity("w1", Role::Worker))),
+        Err(CoreError::BadKeyLength { len: 16 })
+    ));
     assert_eq!(std::fs::read(&db).expect("db"), before, "the file was not modified");
     let reopened = Store::open(OpenOptions::new(dir.path(), &KEY, identity("w1", Role::Worker))).expect("right key");
     assert_eq!(reopened.list_cases(&CaseQuery { limit: 10, ..Default::default() }).expect("list").items.len(), 1);
@@ -193,18 +217,29 @@ fn bad_input_is_a_typed_error_and_changes_nothing() {
         ("unknown category", f.store.capture_case(NewCase { category: "nope".into(), ..new_case("x") })),
         ("retired category", f.store.capture_case(NewCase { category: "old".into(), ..new_case("x") })),
         ("unknown grid", f.store.capture_case(NewCase { grid: "g9".into(), ..new_case("x") })),
-        ("corrupt photo", f.store.capture_case(NewCase { photos: vec![vec![0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3]], ..new_case("x") })),
+        (
+            "corrupt photo",
+            f.store.capture_case(NewCase { photos: vec![vec![0xFF, 0xD8, 0xFF, 0xE0, 1, 2, 3]], ..new_case("x") }),
+        ),
         ("worker accepts", f.store.record_event(&case.id, EventKind::Accept { note: String::new() })),
         ("unknown case", f.store.record_event(&CaseId::generate(), EventKind::Note { text: "x".into() })),
-        ("empty edit title", f.store.edit_case(&case.id, CasePatch { title: Some(String::new()), ..Default::default() })),
-        ("edit to unknown grid", f.store.edit_case(&case.id, CasePatch { grid: Some("zz".into()), ..Default::default() })),
+        (
+            "empty edit title",
+            f.store.edit_case(&case.id, CasePatch { title: Some(String::new()), ..Default::default() }),
+        ),
+        (
+            "edit to unknown grid",
+            f.store.edit_case(&case.id, CasePatch { grid: Some("zz".into()), ..Default::default() }),
+        ),
     ];
     for (what, result) in attempts {
         let err = result.expect_err(what);
         let expected = match what {
             "nan" | "range" => matches!(err, CoreError::Invalid(ModelError::InvalidCoordinates { .. })),
             "empty title" | "empty edit title" => matches!(err, CoreError::Invalid(ModelError::EmptyTitle)),
-            "long title" | "long description" => matches!(err, CoreError::Invalid(ModelError::TextTooLong { chars: 10_001, .. })),
+            "long title" | "long description" => {
+                matches!(err, CoreError::Invalid(ModelError::TextTooLong { chars: 10_001, .. }))
+            }
             "unknown category" => matches!(err, CoreError::UnknownCategory { .. }),
             "retired category" => matches!(err, CoreError::RetiredCategory { .. }),
             "unknown grid" | "edit to unknown grid" => matches!(err, CoreError::UnknownGrid { .. }),
@@ -237,8 +272,12 @@ fn unrelated_edit_keeps_open_conflict() {
     let s = fixture("s1", Role::Supervisor);
     let case = w.store.capture_case(new_case("Original")).expect("capture");
     exchange(&w.store, &s.store);
-    w.store.edit_case(&case.id, CasePatch { title: Some("Worker's title".into()), ..Default::default() }).expect("edit");
-    s.store.edit_case(&case.id, CasePatch { title: Some("Supervisor's title".into()), ..Default::default() }).expect("edit");
+    w.store
+        .edit_case(&case.id, CasePatch { title: Some("Worker's title".into()), ..Default::default() })
+        .expect("edit");
+    s.store
+        .edit_case(&case.id, CasePatch { title: Some("Supervisor's title".into()), ..Default::default() })
+        .expect("edit");
     exchange(&w.store, &s.store);
     let detail = w.store.get_case(&case.id).expect("get");
     let mut values = detail.case.title.conflicts.clone();
@@ -261,7 +300,9 @@ fn unrelated_edit_keeps_open_conflict() {
 
     // Choosing a value is a normal change that resolves it everywhere.
     let _ = shown;
-    s.store.edit_case(&case.id, CasePatch { title: Some("Worker's title".into()), ..Default::default() }).expect("resolve");
+    s.store
+        .edit_case(&case.id, CasePatch { title: Some("Worker's title".into()), ..Default::default() })
+        .expect("resolve");
     exchange(&w.store, &s.store);
     for store in [&w.store, &s.store] {
         let d = store.get_case(&case.id).expect("get");
@@ -279,9 +320,14 @@ fn lifecycle_through_the_store_with_roles_and_overdue() {
     exchange(&w.store, &s.store);
     s.store.record_event(&case.id, EventKind::Accept { note: String::new() }).expect("accept");
     let deadline = NOW + 3_600_000;
-    let err = s.store.record_event(&case.id, EventKind::Dispatch { departments: vec!["fire-brigade".into()], deadline_ms: deadline });
+    let err = s.store.record_event(
+        &case.id,
+        EventKind::Dispatch { departments: vec!["fire-brigade".into()], deadline_ms: deadline },
+    );
     assert!(matches!(err, Err(CoreError::UnknownDepartment { .. })));
-    s.store.record_event(&case.id, EventKind::Dispatch { departments: vec!["police".into()], deadline_ms: deadline }).expect("dispatch");
+    s.store
+        .record_event(&case.id, EventKind::Dispatch { departments: vec!["police".into()], deadline_ms: deadline })
+        .expect("dispatch");
     exchange(&s.store, &h.store);
     let mine = h.store.list_cases(&CaseQuery { assigned_to_me: true, limit: 10, ..Default::default() }).expect("list");
     assert_eq!(mine.items.len(), 1, "dispatched to my department");
@@ -294,11 +340,20 @@ fn lifecycle_through_the_store_with_roles_and_overdue() {
     assert!(h.store.get_case(&case.id).expect("get").overdue);
 
     h.store
-        .record_event(&case.id, EventKind::HandlerReport { department: "police".into(), note: "ventilated".into(), evidence: vec![] })
+        .record_event(
+            &case.id,
+            EventKind::HandlerReport { department: "police".into(), note: "ventilated".into(), evidence: vec![] },
+        )
         .expect("report");
-    assert!(h.store.list_cases(&CaseQuery { overdue: true, limit: 10, ..Default::default() }).expect("list").items.is_empty());
+    assert!(h
+        .store
+        .list_cases(&CaseQuery { overdue: true, limit: 10, ..Default::default() })
+        .expect("list")
+        .items
+        .is_empty());
     exchange(&h.store, &w.store);
-    let awaiting = w.store.list_cases(&CaseQuery { assigned_to_me: true, limit: 10, ..Default::default() }).expect("list");
+    let awaiting =
+        w.store.list_cases(&CaseQuery { assigned_to_me: true, limit: 10, ..Default::default() }).expect("list");
     assert_eq!(awaiting.items.len(), 1, "my report awaits my follow-up visit");
     assert_eq!(awaiting.items[0].status, "handled");
     assert!(matches!(
@@ -319,11 +374,22 @@ fn lists_filter_sort_page_and_search_chinese() {
     for (i, t) in titles.iter().enumerate() {
         f.clock.set(NOW + i as i64 * 1000);
         let grid = if i % 2 == 0 { "g1" } else { "g2" };
-        let loc = if i % 2 == 0 { Location::gps(31.203, 121.403, 5.0, NOW) } else { Location::gps(31.213, 121.403, 5.0, NOW) };
+        let loc = if i % 2 == 0 {
+            Location::gps(31.203, 121.403, 5.0, NOW)
+        } else {
+            Location::gps(31.213, 121.403, 5.0, NOW)
+        };
         let category = if t.contains("噪音") { "noise" } else { "hazard" };
-        ids.push(f.store.capture_case(NewCase { grid: grid.into(), location: loc, category: category.into(), ..new_case(t) }).expect("capture").id);
+        ids.push(
+            f.store
+                .capture_case(NewCase { grid: grid.into(), location: loc, category: category.into(), ..new_case(t) })
+                .expect("capture")
+                .id,
+        );
     }
-    let list = |q: CaseQuery| f.store.list_cases(&CaseQuery { limit: if q.limit == 0 { 50 } else { q.limit }, ..q }).expect("list").items;
+    let list = |q: CaseQuery| {
+        f.store.list_cases(&CaseQuery { limit: if q.limit == 0 { 50 } else { q.limit }, ..q }).expect("list").items
+    };
 
     let leaks = list(CaseQuery { text: Some("漏水".into()), ..Default::default() });
     let mut got: Vec<&str> = leaks.iter().map(|c| c.title.as_str()).collect();
@@ -332,7 +398,11 @@ fn lists_filter_sort_page_and_search_chinese() {
     assert_eq!(list(CaseQuery { text: Some("噪音".into()), ..Default::default() }).len(), 1);
     assert_eq!(list(CaseQuery { text: Some("楼道".into()), ..Default::default() }).len(), 2);
     assert_eq!(list(CaseQuery { text: Some("park".into()), ..Default::default() }).len(), 1, "word prefix");
-    assert_eq!(list(CaseQuery { text: Some("stairwell".into()), ..Default::default() }).len(), 6, "description is searched");
+    assert_eq!(
+        list(CaseQuery { text: Some("stairwell".into()), ..Default::default() }).len(),
+        6,
+        "description is searched"
+    );
     assert!(list(CaseQuery { text: Some("消防".into()), ..Default::default() }).is_empty());
 
     assert_eq!(list(CaseQuery { grid: Some("g2".into()), ..Default::default() }).len(), 3);
@@ -344,7 +414,8 @@ fn lists_filter_sort_page_and_search_chinese() {
     let mut seen = vec![];
     let mut after = None;
     loop {
-        let page = f.store.list_cases(&CaseQuery { limit: 2, after: after.clone(), ..Default::default() }).expect("page");
+        let page =
+            f.store.list_cases(&CaseQuery { limit: 2, after: after.clone(), ..Default::default() }).expect("page");
         seen.extend(page.items.iter().map(|c| c.id));
         match page.next {
             Some(n) => after = Some(n),
@@ -367,7 +438,13 @@ fn patrol_check_ins_are_flagged_outside_the_grid_and_counted_per_day() {
     let near_gate = Location::gps(31.2011, 121.4011, 5.0, NOW);
     let c1 = f
         .store
-        .check_in(CheckInInput { patrol, point: Some(PointId::from("p1")), location: near_gate, note: "gate ok".into(), photo: None })
+        .check_in(CheckInInput {
+            patrol,
+            point: Some(PointId::from("p1")),
+            location: near_gate,
+            note: "gate ok".into(),
+            photo: None,
+        })
         .expect("check in");
     assert!(c1.inside_grid);
     assert!(c1.distance_to_point_m.is_some_and(|d| d < 20.0));
@@ -380,12 +457,24 @@ fn patrol_check_ins_are_flagged_outside_the_grid_and_counted_per_day() {
     assert!(!c2.inside_grid, "flagged, not refused");
     assert!(c2.photo.is_some());
     assert!(matches!(
-        f.store.check_in(CheckInInput { patrol, point: Some("p9".into()), location: Location::gps(31.2, 121.4, 5.0, NOW), note: String::new(), photo: None }),
+        f.store.check_in(CheckInInput {
+            patrol,
+            point: Some("p9".into()),
+            location: Location::gps(31.2, 121.4, 5.0, NOW),
+            note: String::new(),
+            photo: None
+        }),
         Err(CoreError::UnknownPoint { .. })
     ));
     f.store.finish_patrol(&patrol).expect("finish");
     assert!(matches!(
-        f.store.check_in(CheckInInput { patrol, point: None, location: Location::gps(31.2, 121.4, 5.0, NOW), note: String::new(), photo: None }),
+        f.store.check_in(CheckInInput {
+            patrol,
+            point: None,
+            location: Location::gps(31.2, 121.4, 5.0, NOW),
+            note: String::new(),
+            photo: None
+        }),
         Err(CoreError::PatrolFinished { .. })
     ));
     assert!(matches!(f.store.finish_patrol(&patrol), Err(CoreError::PatrolFinished { .. })));
@@ -499,8 +588,14 @@ fn every_old_schema_upgrades_to_the_current_one() {
     let fresh_dir = tempfile::tempdir().expect("tempdir");
     let fresh = open_in(fresh_dir.path(), "w1", Role::Worker, Arc::new(FixedClock::new(NOW)));
     let schema_of = |conn: &rusqlite::Connection| -> Vec<String> {
-        let mut stmt = conn.prepare("SELECT type, name, coalesce(sql, '') FROM sqlite_master ORDER BY type, name").expect("master");
-        let rows = stmt.query_map([], |r| Ok(format!("{}|{}|{}", r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))).expect("q");
+        let mut stmt = conn
+            .prepare("SELECT type, name, coalesce(sql, '') FROM sqlite_master ORDER BY type, name")
+            .expect("master");
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(format!("{}|{}|{}", r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+            })
+            .expect("q");
         rows.map(|r| r.expect("row").split_whitespace().collect::<Vec<_>>().join(" ")).collect()
     };
     let expected = schema_of(&fresh.reader());
@@ -548,7 +643,9 @@ fn every_old_schema_upgrades_to_the_current_one() {
         assert_eq!(store.open_report().migrated_from, old);
         assert_eq!(schema_of(&store.reader()), expected, "schema upgraded from version {old} differs from a fresh one");
         if old >= 1 {
-            let hits = store.list_cases(&CaseQuery { text: Some("漏水".into()), limit: 5, ..Default::default() }).expect("search");
+            let hits = store
+                .list_cases(&CaseQuery { text: Some("漏水".into()), limit: 5, ..Default::default() })
+                .expect("search");
             assert_eq!(hits.items.len(), 1, "data from version {old} is searchable after the upgrade");
             let d = store.get_case(&hits.items[0].id).expect("get");
             assert_eq!(d.case.description, "from an old app");

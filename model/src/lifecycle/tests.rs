@@ -102,9 +102,17 @@ fn full_chain_reaches_closed() {
     assert_eq!(g.state().status, settled(S::Dispatched));
     assert_eq!(g.state().deadline_ms, Some(5_000));
     let st = g.add(&[d], handler("police"), EventKind::Start { department: "police".into() });
-    let p = g.add(&[st], handler("police"), EventKind::HandlerReport { department: "police".into(), note: "done".into(), evidence: vec![] });
+    let p = g.add(
+        &[st],
+        handler("police"),
+        EventKind::HandlerReport { department: "police".into(), note: "done".into(), evidence: vec![] },
+    );
     assert_eq!(g.state().status, settled(S::InProgress), "housing has not reported");
-    let h = g.add(&[p], handler("housing"), EventKind::HandlerReport { department: "housing".into(), note: "ok".into(), evidence: vec![] });
+    let h = g.add(
+        &[p],
+        handler("housing"),
+        EventKind::HandlerReport { department: "housing".into(), note: "ok".into(), evidence: vec![] },
+    );
     let s = g.state();
     assert_eq!(s.status, settled(S::Handled));
     assert_eq!(s.deadline_ms, None);
@@ -124,7 +132,11 @@ fn return_sends_a_handled_case_back_until_departments_report_again() {
     let r = g.add(&[], worker(), EventKind::Report);
     let a = g.add(&[r], sup("s1"), EventKind::Accept { note: String::new() });
     let d = g.add(&[a], sup("s1"), dispatch(&["police"], 5_000));
-    let p = g.add(&[d], handler("police"), EventKind::HandlerReport { department: "police".into(), note: String::new(), evidence: vec![] });
+    let p = g.add(
+        &[d],
+        handler("police"),
+        EventKind::HandlerReport { department: "police".into(), note: String::new(), evidence: vec![] },
+    );
     assert_eq!(g.state().status, settled(S::Handled));
     let ret = g.add(&[p], sup("s1"), EventKind::Return { reason: "photo missing".into() });
     let s = g.state();
@@ -133,7 +145,11 @@ fn return_sends_a_handled_case_back_until_departments_report_again() {
     assert_eq!(s.deadline_ms, Some(5_000));
     assert!(s.is_overdue(6_000));
     assert!(!s.is_overdue(4_000));
-    g.add(&[ret], handler("police"), EventKind::HandlerReport { department: "police".into(), note: String::new(), evidence: vec![] });
+    g.add(
+        &[ret],
+        handler("police"),
+        EventKind::HandlerReport { department: "police".into(), note: String::new(), evidence: vec![] },
+    );
     assert_eq!(g.state().status, settled(S::Handled));
     assert!(!g.state().is_overdue(6_000), "handled cases are not overdue");
 }
@@ -143,8 +159,14 @@ fn concurrent_accept_and_reject_are_contested_until_settled() {
     let mut g = Graph::default();
     let r = g.add(&[], worker(), EventKind::Report);
     let a = g.add(&[r], sup("s1"), EventKind::Accept { note: String::new() });
-    let j = g.add(&[r], sup("s2"), EventKind::Reject { reason: RejectReason::Duplicate, duplicate_of: None, note: String::new() });
-    let StatusView::Contested { candidates } = g.state().status else { panic!("expected a contest, got {:?}", g.state().status) };
+    let j = g.add(
+        &[r],
+        sup("s2"),
+        EventKind::Reject { reason: RejectReason::Duplicate, duplicate_of: None, note: String::new() },
+    );
+    let StatusView::Contested { candidates } = g.state().status else {
+        panic!("expected a contest, got {:?}", g.state().status)
+    };
     let statuses: Vec<Status> = candidates.iter().map(|c| c.status).collect();
     assert_eq!(statuses, vec![S::Accepted, S::Rejected]);
 
@@ -176,7 +198,10 @@ fn identical_concurrent_decisions_agree_without_a_contest() {
         assert_eq!(g.state().status, settled(S::Accepted));
         let d = g.add(&[a1], sup("s1"), dispatch(&["police"], 1));
         // a2 has the same Lamport number as d: the tie-break by id varies across iterations.
-        assert_eq!(g.events.iter().find(|e| e.id == a2).map(|e| e.lamport), g.events.iter().find(|e| e.id == d).map(|e| e.lamport));
+        assert_eq!(
+            g.events.iter().find(|e| e.id == a2).map(|e| e.lamport),
+            g.events.iter().find(|e| e.id == d).map(|e| e.lamport)
+        );
         assert_eq!(g.state().status, settled(S::Dispatched));
     }
 }
@@ -187,7 +212,11 @@ fn concurrent_close_and_return_are_contested() {
     let r = g.add(&[], worker(), EventKind::Report);
     let a = g.add(&[r], sup("s1"), EventKind::Accept { note: String::new() });
     let d = g.add(&[a], sup("s1"), dispatch(&["police"], 1));
-    let p = g.add(&[d], handler("police"), EventKind::HandlerReport { department: "police".into(), note: String::new(), evidence: vec![] });
+    let p = g.add(
+        &[d],
+        handler("police"),
+        EventKind::HandlerReport { department: "police".into(), note: String::new(), evidence: vec![] },
+    );
     let f = g.add(&[p], worker(), EventKind::FollowUp { satisfaction: 2, note: String::new() });
     g.add(&[f], sup("s1"), EventKind::Close { note: String::new() });
     g.add(&[f], sup("s2"), EventKind::Return { reason: "unhappy resident".into() });

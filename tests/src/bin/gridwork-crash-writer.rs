@@ -18,7 +18,8 @@ fn main() {
         std::process::exit(2);
     };
     let catalog = district(4);
-    let store = match open_device(std::path::Path::new(&dir), identity("crash-w1", Role::Worker, None), &catalog, None) {
+    let store = match open_device(std::path::Path::new(&dir), identity("crash-w1", Role::Worker, None), &catalog, None)
+    {
         Ok(s) => s,
         Err(e) => {
             eprintln!("open failed: {e}");
@@ -34,7 +35,9 @@ fn main() {
         let line = match (i % 4, cases.last()) {
             (1, Some(id)) => {
                 let n = i;
-                store.record_event(id, EventKind::Note { text: format!("note {n}") }).map(|_| format!("ACK note {id} {n}"))
+                store
+                    .record_event(id, EventKind::Note { text: format!("note {n}") })
+                    .map(|_| format!("ACK note {id} {n}"))
             }
             (2, Some(id)) => store.attach_photo(id, &photo).map(|e| format!("ACK photo {id} {}", e.sha256)),
             (3, Some(id)) => store
