@@ -396,10 +396,10 @@ impl Store {
         let updated_ms = self.now_ms();
         let id = case.id.to_string();
         tx.prepare_cached(
-            "INSERT INTO cases (id, code, title, description, status, grid_id, category_id, reporter, created_ms, updated_ms,
+            "INSERT INTO cases (id, code, title, status, grid_id, category_id, reporter, created_ms, updated_ms,
                                 deadline_ms, due_ms, has_conflicts, flags)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
-             ON CONFLICT(id) DO UPDATE SET code = excluded.code, title = excluded.title, description = excluded.description,
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+             ON CONFLICT(id) DO UPDATE SET code = excluded.code, title = excluded.title,
                 status = excluded.status, grid_id = excluded.grid_id, category_id = excluded.category_id,
                 updated_ms = excluded.updated_ms, deadline_ms = excluded.deadline_ms, due_ms = excluded.due_ms,
                 has_conflicts = excluded.has_conflicts, flags = excluded.flags",
@@ -408,7 +408,6 @@ impl Store {
             id,
             case.code,
             case.title.value,
-            case.description,
             state.status.label(),
             case.grid.value.0,
             case.category.value.0,

@@ -17,8 +17,8 @@ pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
 /// Data moves that SQL alone cannot do, run after the SQL of the version they belong to.
 fn after(version: i64, tx: &Transaction<'_>) -> Result<()> {
     if version == 2 {
-        // Fill the new search index and description column from the documents' index rows.
-        // Version-1 stores kept no description in the index, so take it from each document.
+        // Fill the new search index. The index rows have no description, so take it from each
+        // case's document.
         let mut rows = vec![];
         {
             let mut stmt = tx.prepare("SELECT rowid, id, title FROM cases")?;
@@ -33,7 +33,6 @@ fn after(version: i64, tx: &Transaction<'_>) -> Result<()> {
                 // A document that cannot be read keeps its index row; search just misses it.
                 _ => String::new(),
             };
-            tx.execute("UPDATE cases SET description = ?1 WHERE rowid = ?2", rusqlite::params![description, rowid])?;
             super::search::index(tx, rowid, &title, &description)?;
         }
     }

@@ -605,7 +605,7 @@ fn every_old_schema_upgrades_to_the_current_one() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(DB_FILE);
         {
-            let mut conn = open_connection(&path, &KEY).expect("conn");
+            let mut conn = open_connection(&path, &KEY, 1024).expect("conn");
             schema::migrate_to(&mut conn, old).expect("old schema");
             if old >= 1 {
                 let mut am = automerge::Automerge::new();
@@ -656,7 +656,7 @@ fn every_old_schema_upgrades_to_the_current_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join(DB_FILE);
     {
-        let conn = open_connection(&path, &KEY).expect("conn");
+        let conn = open_connection(&path, &KEY, 1024).expect("conn");
         conn.pragma_update(None, "user_version", schema::CURRENT_VERSION + 1).expect("bump");
     }
     let err = Store::open(OpenOptions::new(dir.path(), &KEY, identity("w1", Role::Worker))).expect_err("newer");

@@ -161,6 +161,8 @@ fn device(args: Args) -> Result<(), String> {
 
     // list_cases: a page of 50 with filters, rotating through the shapes the app uses.
     progress("listing");
+    let shape_names =
+        ["status_grid", "category_by_deadline", "text_漏水", "assigned_to_me", "overdue", "all_by_updated"];
     let shapes: Vec<CaseQuery> = vec![
         CaseQuery { statuses: vec![Status::Reported], grid: Some(GridId::from("g7")), limit: 50, ..Default::default() },
         CaseQuery {
@@ -175,8 +177,9 @@ fn device(args: Args) -> Result<(), String> {
         CaseQuery { limit: 50, ..Default::default() },
     ];
     let mut samples = vec![];
+    let mut by_shape: Vec<Vec<f64>> = vec![vec![]; shapes.len()];
     for round in 0..100 {
-        for q in &shapes {
+        for (si, q) in shapes.iter().enumerate() {
             let mut q = q.clone();
             // Second pages too: keyset paging must cost the same as the first page.
             if round % 2 == 1 {
@@ -184,11 +187,25 @@ fn device(args: Args) -> Result<(), String> {
             }
             let t = Instant::now();
             let page = store.list_cases(&q).map_err(|e| e.to_string())?;
-            samples.push(ms_since(t));
+            let ms = ms_since(t);
+            samples.push(ms);
+            by_shape[si].push(ms);
             std::hint::black_box(page);
         }
     }
-    line("list_cases", &stats(samples), &[("cases", args.cases.into()), ("page", 50.into())]);
+    let p99_by_shape: serde_json::Map<String, serde_json::Value> = shape_names
+        .iter()
+        .zip(by_shape)
+        .map(|(name, v)| {
+            let st = stats(v);
+            ((*name).to_owned(), serde_json::json!([round3(st.p50), round3(st.p99)]))
+        })
+        .collect();
+    line(
+        "list_cases",
+        &stats(samples),
+        &[("cases", args.cases.into()), ("page", 50.into()), ("p50_p99_ms_by_shape", p99_by_shape.into())],
+    );
 
     // open_store: a store of N cases, reopened.
     progress("reopening");

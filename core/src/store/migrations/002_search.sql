@@ -2,4 +2,3 @@
 -- The tokens column holds text pre-split by store::search (Chinese runs as overlapping
 -- bigrams), so unicode61 only has to split on spaces.
 CREATE VIRTUAL TABLE case_search USING fts5 (tokens, tokenize = 'unicode61');
-ALTER TABLE cases ADD COLUMN description TEXT NOT NULL DEFAULT '';
