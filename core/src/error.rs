@@ -41,6 +41,8 @@ pub enum CoreError {
     Evidence(#[from] EvidenceError),
     #[error("evidence file {sha256} is missing or damaged: {reason}")]
     EvidenceFile { sha256: String, reason: String },
+    #[error("photo {sha256} was removed from this device after the server confirmed it: download it from the server")]
+    EvidenceEvicted { sha256: String },
     #[error("invalid page token: start the list again from the first page")]
     InvalidPageToken,
     #[error("received change bytes are not a valid Automerge change: {reason}")]

@@ -93,6 +93,17 @@ impl EvidenceFiles {
         Ok(plain)
     }
 
+    /// Removes a file the server has confirmed it holds (space reclaim, not error recovery).
+    pub(crate) fn remove(&self, sha256: &str) -> Result<u64> {
+        let path = self.path(sha256);
+        let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(size),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(CoreError::Io { path, source: e }),
+        }
+    }
+
     /// Moves every file not in `referenced` aside. Returns how many were moved.
     pub(crate) fn sweep(&self, referenced: &std::collections::HashSet<String>) -> Result<usize> {
         let mut moved = 0;

@@ -12,6 +12,7 @@
 
 mod cases;
 pub(crate) mod documents;
+mod evidence;
 mod files;
 mod outbox;
 mod patrols;
@@ -33,6 +34,7 @@ use gridwork_model::time::{ClockStamp, DistrictCalendar};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 pub use cases::{CaseDetail, CaseSummary, NewCase, ReceiveReport};
+pub use evidence::EvictionReport;
 pub use outbox::{OutboxItem, OutboxKind};
 pub use patrols::{CheckInInput, PointCoverage};
 pub use queries::{CasePage, CaseQuery, SortOrder};
@@ -272,11 +274,6 @@ impl Store {
         self.inner.server_offset_ms.store(offset_ms, Ordering::SeqCst);
         self.inner.has_server_offset.store(true, Ordering::SeqCst);
         Ok(())
-    }
-
-    /// Decrypted bytes of an evidence file (a stored photo or a thumbnail).
-    pub fn read_evidence(&self, sha256: &str) -> Result<Vec<u8>> {
-        self.inner.files.get(sha256)
     }
 
     pub(crate) fn writer(&self) -> MutexGuard<'_, Connection> {

@@ -662,3 +662,40 @@ fn every_old_schema_upgrades_to_the_current_one() {
     let err = Store::open(OpenOptions::new(dir.path(), &KEY, identity("w1", Role::Worker))).expect_err("newer");
     assert!(matches!(err, CoreError::NewerSchema { .. }), "{err}");
 }
+
+#[test]
+fn confirmed_photos_can_be_evicted_and_thumbnails_stay() {
+    let f = fixture("w1", Role::Worker);
+    let photo = camera_like_jpeg(800, 600, &ExifSpec::default(), 4);
+    let case = f.store.capture_case(NewCase { photos: vec![photo], ..new_case("evict") }).expect("capture");
+    let ev = f.store.get_case(&case.id).expect("get").case.evidence[0].clone();
+    let thumb = ev.thumb_sha256.clone().expect("thumb");
+    // Nothing is evicted before the server confirms it.
+    assert_eq!(f.store.evict_confirmed_photos().expect("evict").files, 0);
+    assert_eq!(f.store.confirm_evidence(&[ev.sha256.clone(), thumb.clone()]).expect("confirm"), 2);
+    let report = f.store.evict_confirmed_photos().expect("evict");
+    assert_eq!(report.files, 1, "only the full-size photo leaves");
+    assert!(report.bytes > ev.size, "encrypted file is larger than the plaintext");
+    assert!(matches!(f.store.read_evidence(&ev.sha256), Err(CoreError::EvidenceEvicted { .. })));
+    assert!(f.store.read_evidence(&thumb).is_ok());
+    assert_eq!(f.store.get_case(&case.id).expect("get").case.evidence.len(), 1, "the reference stays");
+}
+
+#[test]
+fn a_transition_the_state_does_not_allow_is_refused_and_changes_nothing() {
+    let w = fixture("w1", Role::Worker);
+    let s = fixture("s1", Role::Supervisor);
+    let case = w.store.capture_case(new_case("Fresh")).expect("capture");
+    exchange(&w.store, &s.store);
+    let before = snapshot(&s.store);
+    for kind in [
+        EventKind::Close { note: String::new() },
+        EventKind::Return { reason: "no".into() },
+        EventKind::Dispatch { departments: vec!["police".into()], deadline_ms: NOW },
+        EventKind::Settle { chosen: gridwork_model::ids::EventId::generate() },
+    ] {
+        let err = s.store.record_event(&case.id, kind).expect_err("not from reported");
+        assert!(matches!(&err, CoreError::TransitionNotAllowed { from, .. } if from == "reported"), "{err}");
+    }
+    assert_eq!(snapshot(&s.store), before);
+}
