@@ -47,6 +47,10 @@ pub enum CoreError {
     InvalidPageToken,
     #[error("received change bytes are not a valid Automerge change: {reason}")]
     BadChange { reason: String },
+    #[error("network error talking to the sync server ({message}){}", if *retryable { "; it will be retried" } else { "" })]
+    Network { message: String, retryable: bool },
+    #[error("the sync server answered {status} {code}: {message}")]
+    Server { status: u16, code: String, message: String },
     #[error("storage error: {0}")]
     Storage(#[from] rusqlite::Error),
     #[error("I/O error on {path}: {source}")]

@@ -4,6 +4,7 @@
 //!   lifecycle events, photos, patrols and check-ins, lists and search, the outbox.
 //! - [`evidence`]: the photo pipeline (decode, orient, resize, strip, encode).
 //! - [`clock`]: where time comes from.
+//! - [`sync`]: the device side of the sync protocol: enrolment and `Store::sync`.
 //!
 //! The shared, I/O-free part (model, lifecycle fold, document mapping) is `gridwork-model`,
 //! re-exported here as [`model`].
@@ -12,6 +13,7 @@ pub mod clock;
 pub mod error;
 pub mod evidence;
 pub mod store;
+pub mod sync;
 
 pub use error::{CoreError, Result};
 pub use gridwork_model as model;

@@ -9,6 +9,7 @@
 //! - [`doc`]: how a case maps onto one Automerge document.
 //! - [`record`]: immutable records (patrols and check-ins) that sync idempotently by id.
 //! - [`time`]: clock readings that do not trust the device clock, and the district's time zone.
+//! - [`wire`]: the sync protocol's request and response types (docs/PROTOCOL.md).
 
 pub mod catalog;
 pub mod doc;
@@ -19,6 +20,7 @@ pub mod ids;
 pub mod lifecycle;
 pub mod record;
 pub mod time;
+pub mod wire;
 
 pub use error::ModelError;
 

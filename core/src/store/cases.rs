@@ -67,6 +67,14 @@ pub struct ReceiveReport {
     pub waiting_for_dependencies: usize,
 }
 
+/// Checks every change's bytes before anything is written.
+pub(crate) fn parse_changes(changes: &[Vec<u8>]) -> Result<Vec<Change>> {
+    changes
+        .iter()
+        .map(|b| Change::from_bytes(b.clone()).map_err(|e| CoreError::BadChange { reason: e.to_string() }))
+        .collect()
+}
+
 fn validate_title(title: &str) -> Result<(), ModelError> {
     if title.trim().is_empty() {
         return Err(ModelError::EmptyTitle);
@@ -324,14 +332,18 @@ impl Store {
     /// before anything is written; a change already held is counted, not stored twice; a change
     /// whose dependencies are missing is stored and waits.
     pub fn receive_changes(&self, id: &CaseId, changes: &[Vec<u8>]) -> Result<ReceiveReport> {
-        let parsed = changes
-            .iter()
-            .map(|b| Change::from_bytes(b.clone()).map_err(|e| CoreError::BadChange { reason: e.to_string() }))
-            .collect::<Result<Vec<_>>>()?;
-        let doc_id = id.to_string();
+        let parsed = parse_changes(changes)?;
         let mut conn = self.writer();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut am = documents::load(&tx, &doc_id)?.unwrap_or_default();
+        let report = self.receive_in(&tx, id, parsed)?;
+        tx.commit()?;
+        Ok(report)
+    }
+
+    /// Applies already-parsed changes to one document inside the caller's transaction.
+    pub(crate) fn receive_in(&self, tx: &Connection, id: &CaseId, parsed: Vec<Change>) -> Result<ReceiveReport> {
+        let doc_id = id.to_string();
+        let mut am = documents::load(tx, &doc_id)?.unwrap_or_default();
         let mut report = ReceiveReport::default();
         let mut fresh: Vec<Change> = vec![];
         for c in parsed {
@@ -352,12 +364,11 @@ impl Store {
             .filter(|b| Change::from_bytes(b.to_vec()).is_ok_and(|c| am.get_change_by_hash(&c.hash()).is_none()))
             .count();
         let refs: Vec<&[u8]> = chunks.iter().map(|c| c.as_slice()).collect();
-        documents::append(&tx, &doc_id, &refs, &am)?;
+        documents::append(tx, &doc_id, &refs, &am)?;
         // A document whose first change has not arrived yet has nothing to index.
         if let Ok(case) = doc::read_case(&am) {
-            self.reindex(&tx, &case)?;
+            self.reindex(tx, &case)?;
         }
-        tx.commit()?;
         Ok(report)
     }
 

@@ -33,6 +33,7 @@ use gridwork_model::ids::{DepartmentId, DeviceId, UserId};
 use gridwork_model::time::{ClockStamp, DistrictCalendar};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+pub(crate) use cases::parse_changes;
 pub use cases::{CaseDetail, CaseSummary, NewCase, ReceiveReport};
 pub use evidence::EvictionReport;
 pub use outbox::{OutboxItem, OutboxKind};
@@ -299,7 +300,7 @@ impl Store {
         }
     }
 
-    pub(crate) fn now_ms(&self) -> i64 {
+    pub fn now_ms(&self) -> i64 {
         self.inner.clock.now().wall_ms
     }
 

@@ -63,10 +63,16 @@ impl Store {
 
     /// The oldest items, up to about `max_bytes` (always at least one), in the order they were made.
     pub fn outbox_page(&self, max_bytes: usize) -> Result<Vec<OutboxItem>> {
+        self.outbox_page_after(0, max_bytes)
+    }
+
+    /// Like [`Store::outbox_page`], starting after `after_seq` (a sync skips what a server refused).
+    pub fn outbox_page_after(&self, after_seq: i64, max_bytes: usize) -> Result<Vec<OutboxItem>> {
         let conn = self.reader();
-        let mut stmt =
-            conn.prepare_cached("SELECT seq, kind, doc_id, item_key, bytes, created_ms FROM outbox ORDER BY seq")?;
-        let mut rows = stmt.query([])?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, kind, doc_id, item_key, bytes, created_ms FROM outbox WHERE seq > ?1 ORDER BY seq",
+        )?;
+        let mut rows = stmt.query([after_seq])?;
         let mut out = vec![];
         let mut total = 0;
         while let Some(r) = rows.next()? {
@@ -86,6 +92,11 @@ impl Store {
             });
         }
         Ok(out)
+    }
+
+    /// When the oldest unacknowledged item was made (Unix ms), if any.
+    pub fn oldest_unsynced_ms(&self) -> Result<Option<i64>> {
+        Ok(self.reader().query_row("SELECT min(created_ms) FROM outbox", [], |r| r.get(0))?)
     }
 
     /// Removes items a server has acknowledged. Returns how many were removed.

@@ -1,0 +1,273 @@
+//! The device side of the sync protocol (docs/PROTOCOL.md): enrolment and `Store::sync`.
+//!
+//! One sync is a loop of single POSTs: each pushes a page of the outbox (bounded in bytes) and
+//! pulls a page of what is new in the device's scope. Nothing leaves the outbox until the server
+//! acknowledges it (accepted or quarantined); pulled changes and the new cursor are stored in one
+//! SQLite transaction per page, so a kill in the middle loses nothing and repeats nothing.
+//!
+//! Blocking (reqwest's blocking client): call it from a plain thread, never inside a tokio
+//! runtime. Transient failures are retried with exponential backoff and jitter, honouring the
+//! server's Retry-After.
+
+use std::time::Duration;
+
+use base64::Engine;
+use gridwork_model::ids::CaseId;
+use gridwork_model::wire::{
+    DeviceState, EnrolRequest, EnrolResponse, ErrorBody, Outcome, PushedChange, PushedRecord, SyncRequest,
+    SyncResponse, PROTOCOL_VERSION,
+};
+use rusqlite::{OptionalExtension, TransactionBehavior};
+
+use crate::error::{CoreError, Result};
+use crate::store::{OutboxKind, Store};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// Where and how to sync.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// e.g. `http://127.0.0.1:8080` (plain HTTP on loopback only, for tests and the demo).
+    pub server: String,
+    pub token: String,
+    pub app_version: String,
+    pub max_push_bytes: usize,
+    pub max_pull_bytes: u64,
+    pub max_attempts: u32,
+    pub timeout: Duration,
+}
+
+impl SyncConfig {
+    pub fn new(server: impl Into<String>, token: impl Into<String>) -> Self {
+        SyncConfig {
+            server: server.into(),
+            token: token.into(),
+            app_version: env!("CARGO_PKG_VERSION").to_owned(),
+            // Small pages: one request must get through a 2G link before it times out.
+            max_push_bytes: 256 * 1024,
+            max_pull_bytes: 512 * 1024,
+            max_attempts: 5,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Reported after every round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SyncProgress {
+    pub round_trips: usize,
+    pub pushed: usize,
+    pub pulled_changes: usize,
+    pub outbox_remaining: usize,
+}
+
+/// What a sync did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SyncReport {
+    pub round_trips: usize,
+    pub pushed: usize,
+    pub accepted: usize,
+    /// (key, reason): kept on the server for an administrator; gone from the outbox.
+    pub quarantined: Vec<(String, String)>,
+    /// (key, reason): not stored by the server; still in the outbox.
+    pub refused: Vec<(String, String)>,
+    pub pulled_changes: usize,
+    pub pulled_docs: usize,
+    pub left_scope: usize,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub upgrade_required: bool,
+}
+
+fn http_client(timeout: Duration) -> Result<reqwest::blocking::Client> {
+    reqwest::blocking::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|e| CoreError::Network { message: e.to_string(), retryable: false })
+}
+
+/// Posts JSON with retries. Returns the response body.
+fn post(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    token: Option<&str>,
+    body: Vec<u8>,
+    attempts: u32,
+) -> Result<Vec<u8>> {
+    let mut delay = Duration::from_millis(200);
+    let mut last = CoreError::Network { message: "no attempt made".into(), retryable: true };
+    for attempt in 1..=attempts.max(1) {
+        let mut req = client.post(url).header("content-type", "application/json").body(body.clone());
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let wait = match req.send() {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let retry_after = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                let bytes = resp.bytes().map_err(|e| CoreError::Network { message: e.to_string(), retryable: true })?;
+                if (200..300).contains(&status) {
+                    return Ok(bytes.to_vec());
+                }
+                let parsed: Option<ErrorBody> = serde_json::from_slice(&bytes).ok();
+                let (code, message) = parsed
+                    .map(|b| (b.error, b.message))
+                    .unwrap_or_else(|| ("unknown".into(), String::from_utf8_lossy(&bytes).into_owned()));
+                last = CoreError::Server { status, code, message };
+                if !(status == 429 || status >= 500) {
+                    return Err(last);
+                }
+                retry_after
+            }
+            Err(e) => {
+                last = CoreError::Network { message: e.to_string(), retryable: true };
+                None
+            }
+        };
+        if attempt < attempts {
+            // Full jitter, so thousands of phones reconnecting at once spread out.
+            let jitter = getrandom::u64().unwrap_or(0) % (delay.as_millis() as u64 + 1);
+            std::thread::sleep(wait.unwrap_or(Duration::from_millis(jitter)));
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
+    }
+    Err(last)
+}
+
+/// Exchanges a one-time enrolment code for a device token.
+pub fn enrol(server: &str, code: &str, app_version: &str) -> Result<EnrolResponse> {
+    let client = http_client(Duration::from_secs(30))?;
+    let body = serde_json::to_vec(&EnrolRequest { code: code.to_owned(), app_version: app_version.to_owned() })
+        .map_err(|e| CoreError::Network { message: e.to_string(), retryable: false })?;
+    let resp = post(&client, &format!("{server}/v1/enrol"), None, body, 3)?;
+    serde_json::from_slice(&resp)
+        .map_err(|e| CoreError::Network { message: format!("bad enrolment answer: {e}"), retryable: false })
+}
+
+impl Store {
+    /// The cursor of the last page applied.
+    pub fn sync_cursor(&self) -> Result<Option<String>> {
+        Ok(self.reader().query_row("SELECT value FROM meta WHERE key = 'sync_cursor'", [], |r| r.get(0)).optional()?)
+    }
+
+    /// Applies one pulled page and its cursor in one transaction.
+    fn apply_pulled(&self, resp: &SyncResponse) -> Result<usize> {
+        let mut parsed = vec![];
+        for d in &resp.docs {
+            let id = CaseId::parse(&d.doc)
+                .map_err(|_| CoreError::BadChange { reason: format!("bad document id {}", d.doc) })?;
+            let bytes = d
+                .changes
+                .iter()
+                .map(|c| B64.decode(c).map_err(|_| CoreError::BadChange { reason: "change is not base64".into() }))
+                .collect::<Result<Vec<_>>>()?;
+            parsed.push((id, crate::store::parse_changes(&bytes)?));
+        }
+        let mut conn = self.writer();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut n = 0;
+        for (id, changes) in parsed {
+            n += self.receive_in(&tx, &id, changes)?.new_changes;
+        }
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('sync_cursor', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [&resp.cursor],
+        )?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Pushes the outbox and pulls what is new, page by page, until both are done.
+    pub fn sync(&self, config: &SyncConfig, progress: &mut dyn FnMut(&SyncProgress)) -> Result<SyncReport> {
+        let client = http_client(config.timeout)?;
+        let url = format!("{}/v1/sync", config.server);
+        let mut report = SyncReport::default();
+        let mut after_seq = 0;
+        loop {
+            let items = self.outbox_page_after(after_seq, config.max_push_bytes)?;
+            let now = self.now_ms();
+            let state = DeviceState {
+                outbox_items: self.outbox_len()? as u64,
+                oldest_unsynced_age_ms: self.oldest_unsynced_ms()?.map(|t| now - t).unwrap_or(0),
+                photos_pending: 0,
+                catalog_version: self.catalog().version,
+                device_time_ms: now,
+            };
+            let mut changes = vec![];
+            let mut records = vec![];
+            for it in &items {
+                match it.kind {
+                    OutboxKind::Change => changes.push(PushedChange {
+                        doc: it.doc_id.clone().unwrap_or_default(),
+                        bytes: B64.encode(&it.bytes),
+                    }),
+                    OutboxKind::Record => records.push(PushedRecord {
+                        id: it.key.clone(),
+                        body: serde_json::from_slice(&it.bytes).unwrap_or(serde_json::Value::Null),
+                    }),
+                }
+            }
+            let request = SyncRequest {
+                protocol: PROTOCOL_VERSION,
+                app_version: config.app_version.clone(),
+                doc_schema: gridwork_model::doc::SCHEMA_VERSION,
+                cursor: self.sync_cursor()?,
+                state,
+                changes,
+                records,
+                max_pull_bytes: config.max_pull_bytes,
+            };
+            let body = serde_json::to_vec(&request)
+                .map_err(|e| CoreError::Network { message: e.to_string(), retryable: false })?;
+            report.bytes_up += body.len() as u64;
+            let answer = post(&client, &url, Some(&config.token), body, config.max_attempts)?;
+            report.bytes_down += answer.len() as u64;
+            report.round_trips += 1;
+            let resp: SyncResponse = serde_json::from_slice(&answer)
+                .map_err(|e| CoreError::Network { message: format!("bad sync answer: {e}"), retryable: true })?;
+
+            let mut acked = vec![];
+            for r in &resp.results {
+                let Some(item) = items.iter().find(|i| i.key == r.key) else { continue };
+                match r.outcome {
+                    Outcome::Accepted => {
+                        report.accepted += 1;
+                        acked.push(item.seq);
+                    }
+                    Outcome::Quarantined => {
+                        report.quarantined.push((r.key.clone(), r.reason.clone().unwrap_or_default()));
+                        acked.push(item.seq);
+                    }
+                    Outcome::Refused => report.refused.push((r.key.clone(), r.reason.clone().unwrap_or_default())),
+                }
+            }
+            self.acknowledge(&acked)?;
+            report.pushed += items.len();
+            if let Some(last) = items.last() {
+                after_seq = last.seq;
+            }
+            report.pulled_changes += self.apply_pulled(&resp)?;
+            report.pulled_docs += resp.docs.len();
+            report.left_scope += resp.left_scope.len();
+            report.upgrade_required |= resp.upgrade_required;
+            if let Some(c) = &resp.catalog {
+                self.import_catalog(c)?;
+            }
+            self.set_server_offset(resp.server_time_ms - now)?;
+            progress(&SyncProgress {
+                round_trips: report.round_trips,
+                pushed: report.pushed,
+                pulled_changes: report.pulled_changes,
+                outbox_remaining: self.outbox_len()?,
+            });
+            if items.is_empty() && !resp.more {
+                return Ok(report);
+            }
+        }
+    }
+}

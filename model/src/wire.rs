@@ -1,0 +1,129 @@
+//! The sync protocol's wire types (docs/PROTOCOL.md). Shared by the device client and the server,
+//! serialized as JSON; change bytes and record bodies travel as base64 / JSON.
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{Catalog, Role};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// `POST /v1/enrol`: exchange a one-time code for a device token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrolRequest {
+    pub code: String,
+    pub app_version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrolResponse {
+    pub device_id: String,
+    /// Short code prefixing readable case codes made on this device.
+    pub device_code: String,
+    /// Bearer token for every later request. The server keeps only its hash.
+    pub token: String,
+    pub user: String,
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub department: Option<String>,
+}
+
+/// What the device reports about itself on every sync, so operators can see a phone sitting on
+/// old reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct DeviceState {
+    pub outbox_items: u64,
+    /// Age of the oldest unsynced change, in ms.
+    pub oldest_unsynced_age_ms: i64,
+    pub photos_pending: u64,
+    pub catalog_version: u64,
+    /// The device's wall clock when it sent the request.
+    pub device_time_ms: i64,
+}
+
+/// One local change pushed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushedChange {
+    pub doc: String,
+    /// base64 of the Automerge change bytes.
+    pub bytes: String,
+}
+
+/// One immutable record pushed (patrol start/finish, check-in).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushedRecord {
+    pub id: String,
+    pub body: serde_json::Value,
+}
+
+/// `POST /v1/sync`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncRequest {
+    pub protocol: u32,
+    pub app_version: String,
+    pub doc_schema: i64,
+    /// Opaque; `None` on a device that never synced.
+    pub cursor: Option<String>,
+    pub state: DeviceState,
+    #[serde(default)]
+    pub changes: Vec<PushedChange>,
+    #[serde(default)]
+    pub records: Vec<PushedRecord>,
+    /// Upper bound the device wants for the pulled part of the response.
+    pub max_pull_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Stored (possibly waiting for its dependencies). The device may drop it from its outbox.
+    Accepted,
+    /// Stored, but outside every scope until an administrator releases or rejects it. The device
+    /// drops it from its outbox too: it is not lost, and resending would not change the verdict.
+    Quarantined,
+    /// Not stored (malformed). The device keeps it and shows the reason.
+    Refused,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemResult {
+    /// Change hash (hex) or record id.
+    pub key: String,
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Changes of one document the device should apply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PulledDoc {
+    pub doc: String,
+    /// base64 Automerge change bytes, in server order.
+    pub changes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncResponse {
+    pub protocol: u32,
+    pub server_time_ms: i64,
+    /// The app is older than the district's minimum: what it pushed was still accepted.
+    pub upgrade_required: bool,
+    pub results: Vec<ItemResult>,
+    pub docs: Vec<PulledDoc>,
+    /// Documents the device no longer has in scope.
+    #[serde(default)]
+    pub left_scope: Vec<String>,
+    /// The reference data, when the device's catalog version is older.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<Catalog>,
+    pub cursor: String,
+    /// More is waiting: sync again with the new cursor.
+    pub more: bool,
+}
+
+/// Body of every 4xx/5xx answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub message: String,
+}

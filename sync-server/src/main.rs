@@ -1,0 +1,121 @@
+//! gridwork-sync-server command line.
+//!
+//!   gridwork-sync-server serve --data-dir DIR [--listen 127.0.0.1:8080]
+//!   gridwork-sync-server admin --data-dir DIR import-catalog FILE.json
+//!   gridwork-sync-server admin --data-dir DIR set-user USER --role ROLE [--department D] [--scope S]...
+//!   gridwork-sync-server admin --data-dir DIR enrol-device USER
+//!   gridwork-sync-server admin --data-dir DIR revoke-device DEVICE
+//!   gridwork-sync-server admin --data-dir DIR list-devices
+//!   gridwork-sync-server admin --data-dir DIR quarantine
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use gridwork_model::catalog::{Catalog, Role};
+use gridwork_sync_server::{SqliteStore, SyncStore};
+
+const USAGE: &str = "usage:
+  gridwork-sync-server serve --data-dir DIR [--listen 127.0.0.1:8080]
+  gridwork-sync-server admin --data-dir DIR import-catalog FILE.json
+  gridwork-sync-server admin --data-dir DIR set-user USER --role worker|supervisor|department_handler|administrator [--department D] [--scope grid:ID|community:NAME|street:NAME|department:ID]...
+  gridwork-sync-server admin --data-dir DIR enrol-device USER
+  gridwork-sync-server admin --data-dir DIR revoke-device DEVICE
+  gridwork-sync-server admin --data-dir DIR list-devices
+  gridwork-sync-server admin --data-dir DIR quarantine";
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn take_flag(args: &mut Vec<String>, flag: &str) -> Result<Option<String>, String> {
+    match args.iter().position(|a| a == flag) {
+        Some(i) if i + 1 < args.len() => {
+            let v = args.remove(i + 1);
+            args.remove(i);
+            Ok(Some(v))
+        }
+        Some(_) => Err(format!("{flag} needs a value")),
+        None => Ok(None),
+    }
+}
+
+fn run() -> Result<(), String> {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let data_dir = PathBuf::from(take_flag(&mut args, "--data-dir")?.ok_or("--data-dir DIR is required")?);
+    let store = SqliteStore::open(&data_dir).map_err(|e| e.to_string())?;
+    let command: Vec<&str> = args.iter().map(String::as_str).collect();
+    match command.as_slice() {
+        ["serve", rest @ ..] => {
+            let mut rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+            let listen = take_flag(&mut rest, "--listen")?.unwrap_or_else(|| "127.0.0.1:8080".into());
+            let addr =
+                listen.parse().map_err(|_| format!("--listen {listen:?} is not an address like 127.0.0.1:8080"))?;
+            let store: Arc<dyn SyncStore> = Arc::new(store);
+            let server =
+                gridwork_sync_server::start(store, addr).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            eprintln!("gridwork-sync-server: serving {} (data in {}); Ctrl-C stops", server.url(), data_dir.display());
+            loop {
+                std::thread::park();
+            }
+        }
+        ["admin", "import-catalog", file] => {
+            let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {file}: {e}"))?;
+            let catalog: Catalog = serde_json::from_str(&text).map_err(|e| format!("{file} is not a catalog: {e}"))?;
+            let v = store.import_catalog(&catalog).map_err(|e| e.to_string())?;
+            println!(
+                "catalog version {v}: {} grids, {} categories, {} departments",
+                catalog.grids.len(),
+                catalog.categories.len(),
+                catalog.departments.len()
+            );
+        }
+        ["admin", "set-user", user, rest @ ..] => {
+            let mut rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+            let role = match take_flag(&mut rest, "--role")?.as_deref() {
+                Some("worker") => Role::Worker,
+                Some("supervisor") => Role::Supervisor,
+                Some("department_handler") => Role::DepartmentHandler,
+                Some("administrator") => Role::Administrator,
+                other => {
+                    return Err(format!(
+                        "--role {other:?}: use worker, supervisor, department_handler or administrator"
+                    ))
+                }
+            };
+            let department = take_flag(&mut rest, "--department")?;
+            let mut scopes = vec![];
+            while let Some(s) = take_flag(&mut rest, "--scope")? {
+                scopes.push(s);
+            }
+            store.set_user(user, role, department.as_deref(), &scopes).map_err(|e| e.to_string())?;
+            println!("user {user}: {role:?}, scopes {scopes:?}");
+        }
+        ["admin", "enrol-device", user] => {
+            let (id, code) = store.enrol_device(user, now_ms()).map_err(|e| e.to_string())?;
+            println!("device {id} for {user}; one-time enrolment code: {code}");
+        }
+        ["admin", "revoke-device", device] => {
+            store.revoke_device(device).map_err(|e| e.to_string())?;
+            println!("device {device} revoked; what it synced stays");
+        }
+        ["admin", "list-devices"] => {
+            for d in store.list_devices().map_err(|e| e.to_string())? {
+                println!("{}", serde_json::to_string(&d).map_err(|e| e.to_string())?);
+            }
+        }
+        ["admin", "quarantine"] => {
+            for q in store.quarantined().map_err(|e| e.to_string())? {
+                println!("{}", serde_json::to_string(&q).map_err(|e| e.to_string())?);
+            }
+        }
+        _ => return Err(USAGE.to_owned()),
+    }
+    Ok(())
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("gridwork-sync-server: {e}");
+        std::process::exit(2);
+    }
+}

@@ -1,0 +1,968 @@
+//! The embedded SQLite store.
+//!
+//! One writer: every sync's push runs in one `BEGIN IMMEDIATE` transaction under a mutex, and
+//! sequence numbers are taken from `meta.last_seq` inside it, so they commit in order and a cursor
+//! (the last sequence number a device has seen) can never skip a change (docs/PROTOCOL.md).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, RwLock};
+
+use base64::Engine;
+use gridwork_model::catalog::{Catalog, Category, Department, Grid, Role};
+use gridwork_model::doc::keys;
+use gridwork_model::geo::Location;
+use gridwork_model::lifecycle::{fold, Assignee, Event};
+use gridwork_model::wire::{
+    EnrolRequest, EnrolResponse, ItemResult, Outcome, PulledDoc, SyncRequest, SyncResponse, PROTOCOL_VERSION,
+};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use sha2::{Digest, Sha256};
+
+use super::{Device, SyncStore};
+use crate::error::{Result, ServerError};
+use crate::ingest::{read_change, ChangeFacts};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// A device as an administrator sees it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DeviceInfo {
+    pub id: String,
+    pub code: String,
+    pub user: String,
+    pub status: String,
+    pub last_seen_ms: Option<i64>,
+    pub last_state: Option<serde_json::Value>,
+}
+
+/// A quarantined change or record.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct QuarantinedItem {
+    pub key: String,
+    pub doc_id: String,
+    pub device_id: String,
+    pub reason: String,
+    pub status: String,
+}
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    epoch: String,
+    catalog: RwLock<Catalog>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("epoch", &self.epoch).finish_non_exhaustive()
+    }
+}
+
+fn random_hex(bytes: usize) -> Result<String> {
+    let mut b = vec![0u8; bytes];
+    getrandom::fill(&mut b).map_err(|e| ServerError::Internal(format!("no randomness: {e}")))?;
+    Ok(hex::encode(b))
+}
+
+fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Worker => "worker",
+        Role::Supervisor => "supervisor",
+        Role::DepartmentHandler => "department_handler",
+        Role::Administrator => "administrator",
+    }
+}
+
+fn parse_role(s: &str) -> Result<Role> {
+    Ok(match s {
+        "worker" => Role::Worker,
+        "supervisor" => Role::Supervisor,
+        "department_handler" => Role::DepartmentHandler,
+        "administrator" => Role::Administrator,
+        other => return Err(ServerError::BadRequest(format!("unknown role {other:?}"))),
+    })
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| ServerError::Internal(e.to_string()))
+}
+
+fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>> {
+    Ok(conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+}
+
+fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<()> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )?;
+    Ok(())
+}
+
+fn last_seq(conn: &Connection) -> Result<i64> {
+    Ok(meta_get(conn, "last_seq")?.and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+/// Takes the next sequence number. Only ever called inside the writer's transaction.
+fn next_seq(conn: &Connection) -> Result<i64> {
+    let seq = last_seq(conn)? + 1;
+    meta_set(conn, "last_seq", &seq.to_string())?;
+    Ok(seq)
+}
+
+/// Dotted version compare: is `a` older than `b`?
+fn older(a: &str, b: &str) -> bool {
+    let parse = |s: &str| s.split('.').map(|p| p.parse::<u64>().unwrap_or(0)).collect::<Vec<_>>();
+    parse(a) < parse(b)
+}
+
+impl SqliteStore {
+    /// Opens (creating) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ServerError::Internal(format!("cannot create {}: {e}", dir.display())))?;
+        let conn = Connection::open(dir.join("server.db"))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+        )?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version == 0 {
+            conn.execute_batch(include_str!("schema.sql"))?;
+            conn.pragma_update(None, "user_version", 1)?;
+        } else if version > 1 {
+            return Err(ServerError::Internal(format!("store schema {version} is newer than this server: update it")));
+        }
+        let epoch = match meta_get(&conn, "epoch")? {
+            Some(e) => e,
+            None => {
+                let e = random_hex(4)?;
+                meta_set(&conn, "epoch", &e)?;
+                e
+            }
+        };
+        let catalog = load_catalog(&conn)?;
+        Ok(SqliteStore { conn: Mutex::new(conn), epoch, catalog: RwLock::new(catalog) })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn catalog(&self) -> Catalog {
+        self.catalog.read().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Replaces the reference data and bumps the catalog version.
+    pub fn import_catalog(&self, catalog: &Catalog) -> Result<u64> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let version = meta_get(&tx, "catalog_version")?.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + 1;
+        tx.execute("DELETE FROM grids", [])?;
+        tx.execute("DELETE FROM categories", [])?;
+        tx.execute("DELETE FROM departments", [])?;
+        for g in &catalog.grids {
+            tx.execute(
+                "INSERT INTO grids (id, community, street, json) VALUES (?1, ?2, ?3, ?4)",
+                params![g.id.0, g.community, g.street, json(g)?],
+            )?;
+        }
+        for c in &catalog.categories {
+            tx.execute("INSERT INTO categories (id, json) VALUES (?1, ?2)", params![c.id.0, json(c)?])?;
+        }
+        for d in &catalog.departments {
+            tx.execute("INSERT INTO departments (id, json) VALUES (?1, ?2)", params![d.id.0, json(d)?])?;
+        }
+        meta_set(&tx, "catalog_version", &version.to_string())?;
+        tx.commit()?;
+        let mut new = catalog.clone();
+        new.version = version;
+        *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = new;
+        Ok(version)
+    }
+
+    /// Adds (or updates) a user with a role and the scopes they may see:
+    /// `grid:ID`, `community:NAME`, `street:NAME`, `department:ID`.
+    pub fn set_user(&self, user: &str, role: Role, department: Option<&str>, scopes: &[String]) -> Result<()> {
+        for s in scopes {
+            let valid =
+                ["grid:", "community:", "street:", "department:"].iter().any(|p| s.starts_with(p) && s.len() > p.len());
+            if !valid {
+                return Err(ServerError::BadRequest(format!(
+                    "scope {s:?}: use grid:ID, community:NAME, street:NAME or department:ID"
+                )));
+            }
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO users (id, role, department) VALUES (?1, ?2, ?3)
+             ON CONFLICT(id) DO UPDATE SET role = excluded.role, department = excluded.department",
+            params![user, role_name(role), department],
+        )?;
+        let current: BTreeSet<String> = tx
+            .prepare("SELECT scope FROM user_scopes WHERE user_id = ?1")?
+            .query_map([user], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let wanted: BTreeSet<String> = scopes.iter().cloned().collect();
+        if current != wanted {
+            // A sequence number marks the moment, so devices' cursors can tell what is new to them.
+            let seq = next_seq(&tx)?;
+            for s in wanted.difference(&current) {
+                tx.execute(
+                    "INSERT INTO user_scopes (user_id, scope, granted_seq) VALUES (?1, ?2, ?3)",
+                    params![user, s, seq],
+                )?;
+            }
+            for s in current.difference(&wanted) {
+                tx.execute("DELETE FROM user_scopes WHERE user_id = ?1 AND scope = ?2", params![user, s])?;
+                tx.execute(
+                    "INSERT INTO user_scopes_removed (user_id, scope, removed_seq) VALUES (?1, ?2, ?3)",
+                    params![user, s, seq],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Creates a device for `user` and returns (device id, one-time enrolment code).
+    pub fn enrol_device(&self, user: &str, now_ms: i64) -> Result<(String, String)> {
+        let conn = self.conn();
+        let exists: Option<String> =
+            conn.query_row("SELECT id FROM users WHERE id = ?1", [user], |r| r.get(0)).optional()?;
+        if exists.is_none() {
+            return Err(ServerError::NotFound(format!("user {user}: add the user first")));
+        }
+        let id = format!("dev-{}", random_hex(6)?);
+        let code = random_hex(3)?.to_uppercase();
+        let secret = random_hex(10)?;
+        conn.execute(
+            "INSERT INTO devices (id, code, user_id, enrol_hash, status, created_ms) VALUES (?1, ?2, ?3, ?4, 'pending', ?5)",
+            params![id, code, user, sha256_hex(&secret), now_ms],
+        )?;
+        Ok((id, secret))
+    }
+
+    /// A lost phone: refused from now on; what it synced stays.
+    pub fn revoke_device(&self, device: &str) -> Result<()> {
+        let n = self.conn().execute("UPDATE devices SET status = 'revoked' WHERE id = ?1", [device])?;
+        if n == 0 {
+            return Err(ServerError::NotFound(format!("device {device}")));
+        }
+        Ok(())
+    }
+
+    pub fn list_devices(&self) -> Result<Vec<DeviceInfo>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT id, code, user_id, status, last_seen_ms, last_state FROM devices ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            let state: Option<String> = r.get(5)?;
+            Ok(DeviceInfo {
+                id: r.get(0)?,
+                code: r.get(1)?,
+                user: r.get(2)?,
+                status: r.get(3)?,
+                last_seen_ms: r.get(4)?,
+                last_state: state.and_then(|s| serde_json::from_str(&s).ok()),
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn quarantined(&self) -> Result<Vec<QuarantinedItem>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT hash, doc_id, device_id, reason, status FROM quarantine ORDER BY received_ms, hash")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(QuarantinedItem {
+                key: r.get(0)?,
+                doc_id: r.get(1)?,
+                device_id: r.get(2)?,
+                reason: r.get(3)?,
+                status: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Number of applied changes, documents and records (for the demo and tests).
+    pub fn counts(&self) -> Result<(i64, i64, i64)> {
+        let conn = self.conn();
+        let c = conn.query_row("SELECT count(*) FROM changes", [], |r| r.get(0))?;
+        let d = conn.query_row("SELECT count(*) FROM docs", [], |r| r.get(0))?;
+        let r = conn.query_row("SELECT count(*) FROM records", [], |r| r.get(0))?;
+        Ok((c, d, r))
+    }
+
+    /// Current heads of a document as the server holds it (loads it: for tests and tools only).
+    pub fn doc_heads(&self, doc_id: &str) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT bytes FROM changes WHERE doc_id = ?1 ORDER BY seq")?;
+        let changes = stmt
+            .query_map([doc_id], |r| r.get::<_, Vec<u8>>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+            .into_iter()
+            .filter_map(|b| automerge::Change::from_bytes(b).ok())
+            .collect::<Vec<_>>();
+        let mut doc = automerge::Automerge::new();
+        doc.apply_changes(changes).map_err(|e| ServerError::Internal(e.to_string()))?;
+        let mut heads: Vec<String> = doc.get_heads().iter().map(|h| h.to_string()).collect();
+        heads.sort();
+        Ok(heads)
+    }
+
+    /// Every scope a device of `user` sees, with when it was granted.
+    fn device_scopes(tx: &Connection, device: &Device) -> Result<BTreeMap<String, i64>> {
+        let mut scopes: BTreeMap<String, i64> = tx
+            .prepare("SELECT scope, granted_seq FROM user_scopes WHERE user_id = ?1")?
+            .query_map([&device.user], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        scopes.insert(format!("user:{}", device.user), 0);
+        Ok(scopes)
+    }
+
+    /// Stores one pushed change. Returns its outcome and, when applied, (seq, doc id).
+    fn ingest_change(
+        &self,
+        tx: &Transaction<'_>,
+        device: &Device,
+        doc_id: &str,
+        bytes: &[u8],
+        now: i64,
+        touched: &mut HashMap<String, Touched>,
+    ) -> Result<ItemResult> {
+        let (_change, facts) = match read_change(bytes) {
+            Ok(x) => x,
+            Err(reason) => {
+                return Ok(ItemResult {
+                    key: sha256_hex(&B64.encode(bytes)),
+                    outcome: Outcome::Refused,
+                    reason: Some(reason),
+                })
+            }
+        };
+        let key = facts.hash.clone();
+        let known: Option<&str> =
+            if tx.query_row("SELECT 1 FROM changes WHERE hash = ?1", [&key], |_| Ok(())).optional()?.is_some()
+                || tx.query_row("SELECT 1 FROM parked WHERE hash = ?1", [&key], |_| Ok(())).optional()?.is_some()
+            {
+                Some("accepted")
+            } else if tx.query_row("SELECT 1 FROM quarantine WHERE hash = ?1", [&key], |_| Ok(())).optional()?.is_some()
+            {
+                Some("quarantined")
+            } else {
+                None
+            };
+        match known {
+            Some("accepted") => return Ok(ItemResult { key, outcome: Outcome::Accepted, reason: None }),
+            Some(_) => {
+                return Ok(ItemResult {
+                    key,
+                    outcome: Outcome::Quarantined,
+                    reason: Some("already quarantined".into()),
+                })
+            }
+            None => {}
+        }
+        // Every actor belongs to exactly one device.
+        let owner: Option<String> =
+            tx.query_row("SELECT device_id FROM actors WHERE actor = ?1", [&facts.actor], |r| r.get(0)).optional()?;
+        match owner {
+            None => {
+                tx.execute(
+                    "INSERT INTO actors (actor, device_id, first_seen_ms) VALUES (?1, ?2, ?3)",
+                    params![facts.actor, device.id, now],
+                )?;
+            }
+            Some(o) if o != device.id => {
+                return self.quarantine(
+                    tx,
+                    &key,
+                    doc_id,
+                    device,
+                    now,
+                    "the change's actor belongs to another device",
+                    bytes,
+                );
+            }
+            Some(_) => {}
+        }
+        // The change must belong to the document it is filed under.
+        for (k, v) in &facts.root_puts {
+            if k == keys::ID && v != doc_id {
+                return Ok(ItemResult {
+                    key,
+                    outcome: Outcome::Refused,
+                    reason: Some(format!("change creates document {v}, filed under {doc_id}")),
+                });
+            }
+        }
+        for dep in &facts.deps {
+            let dep_doc: Option<String> =
+                tx.query_row("SELECT doc_id FROM changes WHERE hash = ?1", [dep], |r| r.get(0)).optional()?;
+            if dep_doc.is_some_and(|d| d != doc_id) {
+                return Ok(ItemResult {
+                    key,
+                    outcome: Outcome::Refused,
+                    reason: Some(format!("change depends on another document than {doc_id}")),
+                });
+            }
+        }
+        let missing = facts
+            .deps
+            .iter()
+            .filter(|d| {
+                tx.query_row("SELECT 1 FROM changes WHERE hash = ?1", [d], |_| Ok(()))
+                    .optional()
+                    .ok()
+                    .flatten()
+                    .is_none()
+            })
+            .count();
+        if missing > 0 {
+            tx.execute(
+                "INSERT INTO parked (hash, doc_id, device_id, received_ms, deps, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![key, doc_id, device.id, now, facts.deps.join(","), bytes],
+            )?;
+            return Ok(ItemResult {
+                key,
+                outcome: Outcome::Accepted,
+                reason: Some(format!("stored; waiting for {missing} earlier change(s)")),
+            });
+        }
+        self.apply(tx, device, doc_id, &facts, bytes, now, touched)
+    }
+
+    // The push context (transaction, device, clock) travels as arguments; a context struct is due
+    // when the PostgreSQL store shares this code.
+    #[allow(clippy::too_many_arguments)]
+    fn quarantine(
+        &self,
+        tx: &Transaction<'_>,
+        key: &str,
+        doc_id: &str,
+        device: &Device,
+        now: i64,
+        reason: &str,
+        bytes: &[u8],
+    ) -> Result<ItemResult> {
+        tx.execute(
+            "INSERT INTO quarantine (hash, doc_id, device_id, received_ms, reason, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+            params![key, doc_id, device.id, now, reason, bytes],
+        )?;
+        Ok(ItemResult { key: key.to_owned(), outcome: Outcome::Quarantined, reason: Some(reason.to_owned()) })
+    }
+
+    /// Applies a change whose dependencies are all present: attribution checks, then a sequence
+    /// number and the server's view of the case.
+    #[allow(clippy::too_many_arguments)]
+    fn apply(
+        &self,
+        tx: &Transaction<'_>,
+        device: &Device,
+        doc_id: &str,
+        facts: &ChangeFacts,
+        bytes: &[u8],
+        now: i64,
+        touched: &mut HashMap<String, Touched>,
+    ) -> Result<ItemResult> {
+        let key = facts.hash.clone();
+        let events_obj: Option<String> = match &facts.events_obj_created {
+            Some(o) => Some(o.clone()),
+            None => tx
+                .query_row("SELECT events_obj FROM docs WHERE doc_id = ?1", [doc_id], |r| r.get::<_, Option<String>>(0))
+                .optional()?
+                .flatten(),
+        };
+        let mut events = vec![];
+        if let Some(obj) = &events_obj {
+            for e in facts.events(obj) {
+                match e {
+                    Err(reason) => return self.quarantine(tx, &key, doc_id, device, now, &reason, bytes),
+                    Ok(e) => {
+                        let a = &e.actor;
+                        if a.device.0 != device.id || a.user.0 != device.user || a.role != device.role {
+                            let reason = format!(
+                                "event claims user {} as {:?} on {}, but the device is enrolled for {} as {:?}",
+                                a.user, a.role, a.device, device.user, device.role
+                            );
+                            return self.quarantine(tx, &key, doc_id, device, now, &reason, bytes);
+                        }
+                        events.push(e);
+                    }
+                }
+            }
+        }
+        let seq = next_seq(tx)?;
+        tx.execute(
+            "INSERT INTO changes (seq, hash, doc_id, device_id, received_ms, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![seq, key, doc_id, device.id, now, bytes],
+        )?;
+        tx.execute(
+            "INSERT INTO docs (doc_id, events_obj, updated_seq) VALUES (?1, ?2, ?3)
+             ON CONFLICT(doc_id) DO UPDATE SET events_obj = coalesce(docs.events_obj, excluded.events_obj), updated_seq = excluded.updated_seq",
+            params![doc_id, events_obj, seq],
+        )?;
+        for e in &events {
+            tx.execute(
+                "INSERT INTO doc_events (doc_id, event_id, json) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                params![doc_id, e.id.to_string(), json(e)?],
+            )?;
+        }
+        let t = touched.entry(doc_id.to_owned()).or_default();
+        t.seqs.push(seq);
+        for (k, v) in &facts.root_puts {
+            match k.as_str() {
+                keys::GRID => {
+                    t.grids.insert(v.clone());
+                    tx.execute("UPDATE docs SET grid_id = ?2 WHERE doc_id = ?1", params![doc_id, v])?;
+                }
+                keys::CATEGORY => {
+                    tx.execute("UPDATE docs SET category_id = ?2 WHERE doc_id = ?1", params![doc_id, v])?;
+                }
+                keys::LOCATION => {
+                    if let Ok(loc) = serde_json::from_str::<Location>(v) {
+                        t.locations.push((loc.lat, loc.lon));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(ItemResult { key, outcome: Outcome::Accepted, reason: None })
+    }
+
+    /// Applies parked changes whose dependencies have arrived, until none is left to apply.
+    fn unpark(&self, tx: &Transaction<'_>, now: i64, touched: &mut HashMap<String, Touched>) -> Result<()> {
+        loop {
+            let parked: Vec<(String, String, String, String, Vec<u8>)> = tx
+                .prepare("SELECT hash, doc_id, device_id, deps, bytes FROM parked ORDER BY received_ms, hash")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut progressed = false;
+            for (hash, doc_id, device_id, deps, bytes) in parked {
+                let ready = deps.split(',').filter(|d| !d.is_empty()).all(|d| {
+                    tx.query_row("SELECT 1 FROM changes WHERE hash = ?1", [d], |_| Ok(()))
+                        .optional()
+                        .ok()
+                        .flatten()
+                        .is_some()
+                });
+                if !ready {
+                    continue;
+                }
+                let device = load_device_by_id(tx, &device_id)?;
+                let Ok((_, facts)) = read_change(&bytes) else { continue };
+                tx.execute("DELETE FROM parked WHERE hash = ?1", [&hash])?;
+                self.apply(tx, &device, &doc_id, &facts, &bytes, now, touched)?;
+                progressed = true;
+            }
+            if !progressed {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Recomputes a touched case's status and the scopes it belongs to (grow-only), and records
+    /// which scopes saw each of its new changes.
+    fn refresh_doc(&self, tx: &Transaction<'_>, doc_id: &str, t: &Touched) -> Result<()> {
+        let catalog = self.catalog();
+        let events: Vec<Event> = tx
+            .prepare("SELECT json FROM doc_events WHERE doc_id = ?1")?
+            .query_map([doc_id], |r| r.get::<_, String>(0))?
+            .filter_map(|j| j.ok().and_then(|j| serde_json::from_str(&j).ok()))
+            .collect();
+        let state = fold(events).state;
+        let mut scopes: BTreeSet<String> = BTreeSet::new();
+        let mut flags = vec![];
+        let mut grids: BTreeSet<String> = t.grids.clone();
+        // A case reported outside its grid is routed to the grid it lies in, and flagged.
+        for (lat, lon) in &t.locations {
+            if let Some(g) = catalog.grids.iter().find(|g| g.boundary.contains(*lat, *lon)) {
+                if !t.grids.is_empty() && !t.grids.contains(&g.id.0) {
+                    flags.push("outside_grid");
+                }
+                grids.insert(g.id.0.clone());
+            }
+        }
+        let category: Option<String> = tx
+            .query_row("SELECT category_id FROM docs WHERE doc_id = ?1", [doc_id], |r| r.get(0))
+            .optional()?
+            .flatten();
+        if let Some(c) = category {
+            // A category retired since is flagged, never refused.
+            match catalog.categories.iter().find(|k| k.id.0 == c) {
+                Some(k) if k.retired => flags.push("retired_category"),
+                None if !catalog.categories.is_empty() => flags.push("unknown_category"),
+                _ => {}
+            }
+        }
+        for g in &grids {
+            scopes.insert(format!("grid:{g}"));
+            if let Some(grid) = catalog.grids.iter().find(|x| x.id.0 == *g) {
+                scopes.insert(format!("community:{}", grid.community));
+                scopes.insert(format!("street:{}", grid.street));
+            }
+        }
+        for a in &state.assignees {
+            match a {
+                Assignee::Department(d) => scopes.insert(format!("department:{d}")),
+                Assignee::User(u) => scopes.insert(format!("user:{u}")),
+            };
+        }
+        if let Some(r) = &state.reporter {
+            scopes.insert(format!("user:{r}"));
+        }
+        let at = t.seqs.iter().copied().max().unwrap_or(0);
+        for s in &scopes {
+            tx.execute(
+                "INSERT INTO membership (doc_id, scope, joined_seq) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                params![doc_id, s, at],
+            )?;
+        }
+        let all_scopes: Vec<String> = tx
+            .prepare("SELECT scope FROM membership WHERE doc_id = ?1")?
+            .query_map([doc_id], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for seq in &t.seqs {
+            for s in &all_scopes {
+                tx.execute(
+                    "INSERT INTO scope_changes (scope, seq, doc_id) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                    params![s, seq, doc_id],
+                )?;
+            }
+        }
+        let existing_flags: String =
+            tx.query_row("SELECT flags FROM docs WHERE doc_id = ?1", [doc_id], |r| r.get(0))?;
+        let mut all_flags: BTreeSet<&str> = existing_flags.split(',').filter(|f| !f.is_empty()).collect();
+        all_flags.extend(flags);
+        tx.execute(
+            "UPDATE docs SET status = ?2, deadline_ms = ?3, flags = ?4 WHERE doc_id = ?1",
+            params![
+                doc_id,
+                state.status.label(),
+                state.deadline_ms,
+                all_flags.into_iter().collect::<Vec<_>>().join(",")
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// What is new in the device's scope since `cursor`, up to about `budget` bytes.
+    fn pull(
+        &self,
+        conn: &Connection,
+        device: &Device,
+        cursor: i64,
+        budget: u64,
+    ) -> Result<(Vec<PulledDoc>, Vec<String>, i64, bool)> {
+        let scopes = Self::device_scopes(conn, device)?;
+        let head = last_seq(conn)?;
+        if scopes.is_empty() {
+            return Ok((vec![], vec![], head, false));
+        }
+        let names: Vec<&String> = scopes.keys().collect();
+        let placeholders = (0..names.len()).map(|i| format!("?{}", i + 2)).collect::<Vec<_>>().join(",");
+        let mut args: Vec<&dyn rusqlite::ToSql> = vec![&cursor];
+        args.extend(names.iter().map(|n| *n as &dyn rusqlite::ToSql));
+
+        // Documents that entered the device's view after the cursor: their whole history is due.
+        let mut candidates: BTreeSet<String> = conn
+            .prepare_cached(&format!(
+                "SELECT DISTINCT doc_id FROM membership WHERE joined_seq > ?1 AND scope IN ({placeholders})"
+            ))?
+            .query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (scope, granted) in &scopes {
+            if *granted > cursor {
+                let docs: Vec<String> = conn
+                    .prepare_cached("SELECT doc_id FROM membership WHERE scope = ?1")?
+                    .query_map([scope], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                candidates.extend(docs);
+            }
+        }
+        let mut joins: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+        let mut join_at: HashMap<String, i64> = HashMap::new();
+        for doc in candidates {
+            let rows: Vec<(String, i64)> = conn
+                .prepare_cached("SELECT scope, joined_seq FROM membership WHERE doc_id = ?1")?
+                .query_map([&doc], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let effective = rows.iter().filter_map(|(s, j)| scopes.get(s).map(|g| (*j).max(*g))).min();
+            if let Some(e) = effective.filter(|e| *e > cursor) {
+                joins.entry(e).or_default().push(doc.clone());
+                join_at.insert(doc, e);
+            }
+        }
+        // Changes to documents already in view.
+        let changes: Vec<(i64, String)> = conn
+            .prepare_cached(&format!("SELECT DISTINCT seq, doc_id FROM scope_changes WHERE seq > ?1 AND scope IN ({placeholders}) ORDER BY seq LIMIT 20000"))?
+            .query_map(rusqlite::params_from_iter(args.iter()), |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let truncated_changes = changes.len() == 20000;
+
+        // Walk both in sequence order until the byte budget is spent.
+        let mut items: Vec<(i64, String, bool)> = changes.into_iter().map(|(s, d)| (s, d, false)).collect();
+        for (s, docs) in &joins {
+            items.extend(docs.iter().map(|d| (*s, d.clone(), true)));
+        }
+        items.sort_by(|a, b| (a.0, !a.2, &a.1).cmp(&(b.0, !b.2, &b.1)));
+        let mut out: Vec<PulledDoc> = vec![];
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut used = 0u64;
+        let mut new_cursor = cursor;
+        let mut more = false;
+        let mut i = 0;
+        while i < items.len() {
+            let seq = items[i].0;
+            // Items sharing a sequence number go together, so the cursor never splits them.
+            let mut group = vec![];
+            while i < items.len() && items[i].0 == seq {
+                group.push(items[i].clone());
+                i += 1;
+            }
+            let mut group_bytes: Vec<(String, Vec<Vec<u8>>)> = vec![];
+            let mut size = 0u64;
+            for (s, doc, is_join) in group {
+                let bytes: Vec<Vec<u8>> = if is_join {
+                    conn.prepare_cached("SELECT bytes FROM changes WHERE doc_id = ?1 AND seq <= ?2 ORDER BY seq")?
+                        .query_map(params![doc, s], |r| r.get(0))?
+                        .collect::<rusqlite::Result<_>>()?
+                } else if join_at.get(&doc).is_some_and(|j| s <= *j) {
+                    continue; // covered by the document's full history
+                } else {
+                    conn.prepare_cached("SELECT bytes FROM changes WHERE seq = ?1")?
+                        .query_map([s], |r| r.get(0))?
+                        .collect::<rusqlite::Result<_>>()?
+                };
+                size += bytes.iter().map(|b| b.len() as u64 * 4 / 3 + 4).sum::<u64>();
+                group_bytes.push((doc, bytes));
+            }
+            if used > 0 && used + size > budget {
+                more = true;
+                break;
+            }
+            used += size;
+            for (doc, bytes) in group_bytes {
+                let slot = *index.entry(doc.clone()).or_insert_with(|| {
+                    out.push(PulledDoc { doc: doc.clone(), changes: vec![] });
+                    out.len() - 1
+                });
+                out[slot].changes.extend(bytes.iter().map(|b| B64.encode(b)));
+            }
+            new_cursor = seq;
+        }
+        if !more {
+            if truncated_changes {
+                more = true;
+            } else {
+                new_cursor = new_cursor.max(head);
+            }
+        }
+        // Documents that left the device's view: in a scope the user lost, and in no scope kept.
+        let removed: Vec<String> = conn
+            .prepare_cached("SELECT scope FROM user_scopes_removed WHERE user_id = ?1 AND removed_seq > ?2")?
+            .query_map(params![device.user, cursor], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut left = BTreeSet::new();
+        for scope in removed {
+            let docs: Vec<String> = conn
+                .prepare_cached("SELECT doc_id FROM membership WHERE scope = ?1")?
+                .query_map([&scope], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for d in docs {
+                let still: Vec<String> = conn
+                    .prepare_cached("SELECT scope FROM membership WHERE doc_id = ?1")?
+                    .query_map([&d], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                if !still.iter().any(|s| scopes.contains_key(s)) {
+                    left.insert(d);
+                }
+            }
+        }
+        Ok((out, left.into_iter().collect(), new_cursor, more))
+    }
+
+    fn parse_cursor(&self, cursor: Option<&str>) -> Result<i64> {
+        let Some(c) = cursor else { return Ok(0) };
+        let (epoch, seq) = c
+            .split_once(':')
+            .ok_or_else(|| ServerError::BadRequest("malformed cursor: sync again without one".into()))?;
+        let seq: i64 =
+            seq.parse().map_err(|_| ServerError::BadRequest("malformed cursor: sync again without one".into()))?;
+        // A cursor from another epoch (a restored server) starts over from the beginning.
+        Ok(if epoch == self.epoch { seq } else { 0 })
+    }
+}
+
+/// What a sync changed about one document.
+#[derive(Debug, Default)]
+struct Touched {
+    seqs: Vec<i64>,
+    grids: BTreeSet<String>,
+    locations: Vec<(f64, f64)>,
+}
+
+fn load_device_by_id(conn: &Connection, id: &str) -> Result<Device> {
+    let row: Option<(String, String, String, Option<String>)> = conn
+        .query_row(
+            "SELECT d.id, d.user_id, u.role, u.department FROM devices d JOIN users u ON u.id = d.user_id WHERE d.id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()?;
+    let (id, user, role, department) = row.ok_or(ServerError::Unauthenticated)?;
+    Ok(Device { id, user, role: parse_role(&role)?, department })
+}
+
+fn load_catalog(conn: &Connection) -> Result<Catalog> {
+    let version = meta_get(conn, "catalog_version")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+    let grids = conn
+        .prepare("SELECT json FROM grids ORDER BY id")?
+        .query_map([], |r| r.get::<_, String>(0))?
+        .filter_map(|j| j.ok().and_then(|j| serde_json::from_str::<Grid>(&j).ok()))
+        .collect();
+    let categories = conn
+        .prepare("SELECT json FROM categories ORDER BY id")?
+        .query_map([], |r| r.get::<_, String>(0))?
+        .filter_map(|j| j.ok().and_then(|j| serde_json::from_str::<Category>(&j).ok()))
+        .collect();
+    let departments = conn
+        .prepare("SELECT json FROM departments ORDER BY id")?
+        .query_map([], |r| r.get::<_, String>(0))?
+        .filter_map(|j| j.ok().and_then(|j| serde_json::from_str::<Department>(&j).ok()))
+        .collect();
+    Ok(Catalog { version, grids, categories, departments })
+}
+
+impl SyncStore for SqliteStore {
+    fn redeem(&self, req: &EnrolRequest, now_ms: i64) -> Result<EnrolResponse> {
+        let conn = self.conn();
+        let id: Option<String> = conn
+            .query_row(
+                "SELECT id FROM devices WHERE enrol_hash = ?1 AND status = 'pending'",
+                [sha256_hex(&req.code)],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let id = id.ok_or(ServerError::BadEnrolmentCode)?;
+        let token = random_hex(32)?;
+        conn.execute(
+            "UPDATE devices SET enrol_hash = NULL, token_hash = ?2, status = 'active', last_seen_ms = ?3 WHERE id = ?1",
+            params![id, sha256_hex(&token), now_ms],
+        )?;
+        let device = load_device_by_id(&conn, &id)?;
+        let code: String = conn.query_row("SELECT code FROM devices WHERE id = ?1", [&id], |r| r.get(0))?;
+        Ok(EnrolResponse {
+            device_id: id,
+            device_code: code,
+            token,
+            user: device.user,
+            role: device.role,
+            department: device.department,
+        })
+    }
+
+    fn authenticate(&self, token: &str) -> Result<Device> {
+        let conn = self.conn();
+        let row: Option<(String, String)> = conn
+            .query_row("SELECT id, status FROM devices WHERE token_hash = ?1", [sha256_hex(token)], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        match row {
+            Some((id, status)) if status == "active" => load_device_by_id(&conn, &id),
+            Some(_) => Err(ServerError::DeviceRevoked),
+            None => Err(ServerError::Unauthenticated),
+        }
+    }
+
+    fn sync(&self, device: &Device, req: &SyncRequest, now_ms: i64) -> Result<SyncResponse> {
+        if req.protocol > PROTOCOL_VERSION {
+            return Err(ServerError::ProtocolFromFuture { got: req.protocol, supported: PROTOCOL_VERSION });
+        }
+        let cursor = self.parse_cursor(req.cursor.as_deref())?;
+        // Decode every pushed item before taking the write lock.
+        let mut pushed = Vec::with_capacity(req.changes.len());
+        for c in &req.changes {
+            let bytes = B64
+                .decode(&c.bytes)
+                .map_err(|_| ServerError::BadRequest(format!("change for {} is not base64", c.doc)))?;
+            pushed.push((c.doc.clone(), bytes));
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut results = Vec::with_capacity(pushed.len() + req.records.len());
+        let mut touched: HashMap<String, Touched> = HashMap::new();
+        for (doc, bytes) in &pushed {
+            results.push(self.ingest_change(&tx, device, doc, bytes, now_ms, &mut touched)?);
+        }
+        for r in &req.records {
+            let actor_device = r.body.get("actor").and_then(|a| a.get("device")).and_then(|d| d.as_str());
+            let actor_user = r.body.get("actor").and_then(|a| a.get("user")).and_then(|d| d.as_str());
+            let body = json(&r.body)?;
+            if actor_device != Some(device.id.as_str()) || actor_user != Some(device.user.as_str()) {
+                results.push(self.quarantine(
+                    &tx,
+                    &r.id,
+                    "",
+                    device,
+                    now_ms,
+                    "record claims another device or user",
+                    body.as_bytes(),
+                )?);
+                continue;
+            }
+            tx.execute(
+                "INSERT INTO records (id, device_id, received_ms, body) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                params![r.id, device.id, now_ms, body],
+            )?;
+            results.push(ItemResult { key: r.id.clone(), outcome: Outcome::Accepted, reason: None });
+        }
+        self.unpark(&tx, now_ms, &mut touched)?;
+        let mut docs: Vec<&String> = touched.keys().collect();
+        docs.sort();
+        for d in docs {
+            if let Some(t) = touched.get(d) {
+                self.refresh_doc(&tx, d, t)?;
+            }
+        }
+        tx.execute(
+            "UPDATE devices SET last_seen_ms = ?2, last_state = ?3 WHERE id = ?1",
+            params![
+                device.id,
+                now_ms,
+                json(&serde_json::json!({ "app_version": req.app_version, "state": req.state }))?
+            ],
+        )?;
+        tx.commit()?;
+
+        let (docs, left_scope, new_cursor, more) = self.pull(&conn, device, cursor, req.max_pull_bytes.max(1))?;
+        let min_version = meta_get(&conn, "min_app_version")?;
+        drop(conn);
+        let catalog = self.catalog();
+        Ok(SyncResponse {
+            protocol: PROTOCOL_VERSION,
+            server_time_ms: now_ms,
+            upgrade_required: min_version.is_some_and(|m| older(&req.app_version, &m)),
+            results,
+            docs,
+            left_scope,
+            catalog: (catalog.version > req.state.catalog_version).then_some(catalog),
+            cursor: format!("{}:{new_cursor}", self.epoch),
+            more,
+        })
+    }
+}
+
+impl SqliteStore {
+    /// Devices older than this are told to upgrade (their pushes are still accepted).
+    pub fn set_min_app_version(&self, version: &str) -> Result<()> {
+        meta_set(&self.conn(), "min_app_version", version)
+    }
+}

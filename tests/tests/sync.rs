@@ -1,0 +1,327 @@
+//! End to end through the real sync server on a random loopback port, with real device stores.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use gridwork_core::model::catalog::Role;
+use gridwork_core::model::ids::{CaseId, DeviceId, UserId};
+use gridwork_core::model::lifecycle::EventKind;
+use gridwork_core::model::wire::{DeviceState, Outcome, PushedChange, SyncRequest, PROTOCOL_VERSION};
+use gridwork_core::store::CaseQuery;
+use gridwork_core::sync::{enrol, SyncConfig, SyncReport};
+use gridwork_core::{CoreError, Identity, Store};
+use gridwork_sync_server::{RunningServer, SqliteStore, SyncStore};
+use gridwork_tests::{district, open_device, random_case, Rng};
+
+struct District {
+    dir: tempfile::TempDir,
+    store: Arc<SqliteStore>,
+    server: Option<RunningServer>,
+}
+
+impl District {
+    fn new() -> District {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(SqliteStore::open(dir.path()).expect("server store"));
+        store.import_catalog(&district(4)).expect("catalog");
+        store.set_user("w1", Role::Worker, None, &["grid:g0".into()]).expect("w1");
+        store.set_user("w2", Role::Worker, None, &["grid:g1".into()]).expect("w2");
+        store.set_user("s1", Role::Supervisor, None, &["community:Community 0".into()]).expect("s1");
+        store.set_user("h1", Role::DepartmentHandler, Some("police"), &["department:police".into()]).expect("h1");
+        let server =
+            gridwork_sync_server::start(store.clone() as Arc<dyn SyncStore>, "127.0.0.1:0".parse().expect("addr"))
+                .expect("server starts");
+        District { dir, store, server: Some(server) }
+    }
+
+    fn url(&self) -> String {
+        self.server.as_ref().map(|s| s.url()).expect("running")
+    }
+
+    /// Stops the server and starts a new one on the same data directory.
+    fn restart(&mut self) {
+        self.server = None;
+        self.store = Arc::new(SqliteStore::open(self.dir.path()).expect("reopen"));
+        self.server = Some(
+            gridwork_sync_server::start(self.store.clone() as Arc<dyn SyncStore>, "127.0.0.1:0".parse().expect("addr"))
+                .expect("restart"),
+        );
+    }
+}
+
+struct Phone {
+    _dir: tempfile::TempDir,
+    store: Store,
+    config: SyncConfig,
+}
+
+impl Phone {
+    fn sync(&mut self, url: &str) -> Result<SyncReport, CoreError> {
+        self.config.server = url.to_owned();
+        self.store.sync(&self.config, &mut |_| {})
+    }
+}
+
+/// Enrols a device for `user` with the one-time code, as the app would. `claim` overrides the
+/// identity the store writes into events (to forge a role or a user).
+fn phone(d: &District, user: &str, claim: Option<(&str, Role)>) -> Phone {
+    let (_, code) = d.store.enrol_device(user, 0).expect("enrol");
+    let e = enrol(&d.url(), &code, "0.1.0").expect("redeem code");
+    let (claimed_user, claimed_role) = claim.unwrap_or((user, e.role));
+    let identity = Identity {
+        user: UserId::from(claimed_user),
+        role: claimed_role,
+        device: DeviceId(e.device_id.clone()),
+        device_code: e.device_code.clone(),
+        department: e.department.clone().map(|d| d.as_str().into()),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_device(dir.path(), identity, &district(4), None).expect("device store");
+    Phone { _dir: dir, store, config: SyncConfig::new(d.url(), e.token) }
+}
+
+fn capture(p: &Phone, grid: usize, n: usize, seed: u64) -> Vec<CaseId> {
+    let catalog = district(4);
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| p.store.capture_case(random_case(&mut rng, &catalog, grid, 0)).expect("capture").id).collect()
+}
+
+fn ids(p: &Phone) -> Vec<CaseId> {
+    let mut v = p.store.document_ids().expect("ids");
+    v.sort();
+    v
+}
+
+#[test]
+fn offline_work_converges_through_the_server_within_each_scope() {
+    let d = District::new();
+    let mut w1 = phone(&d, "w1", None);
+    let mut w2 = phone(&d, "w2", None);
+    let mut s1 = phone(&d, "s1", None);
+    let mut h1 = phone(&d, "h1", None);
+    let mine = capture(&w1, 0, 3, 1);
+    let theirs = capture(&w2, 1, 2, 2);
+
+    let r = w1.sync(&d.url()).expect("w1 sync");
+    assert_eq!((r.pushed, r.accepted), (3, 3));
+    assert_eq!(w1.store.outbox_len().expect("outbox"), 0, "acknowledged items leave the outbox");
+    w2.sync(&d.url()).expect("w2 sync");
+    w1.sync(&d.url()).expect("w1 again");
+    assert_eq!(
+        ids(&w1),
+        {
+            let mut m = mine.clone();
+            m.sort();
+            m
+        },
+        "w1 sees grid g0 only"
+    );
+
+    s1.sync(&d.url()).expect("s1 sync");
+    let mut all = mine.clone();
+    all.extend(&theirs);
+    all.sort();
+    assert_eq!(ids(&s1), all, "the community supervisor sees both grids");
+
+    // The supervisor dispatches one case to the police; the handler receives it whole.
+    let case = mine[0];
+    s1.store.record_event(&case, EventKind::Accept { note: String::new() }).expect("accept");
+    s1.store
+        .record_event(&case, EventKind::Dispatch { departments: vec!["police".into()], deadline_ms: i64::MAX / 2 })
+        .expect("dispatch");
+    s1.sync(&d.url()).expect("s1 push");
+    h1.sync(&d.url()).expect("h1 pull");
+    assert_eq!(ids(&h1), vec![case], "only the dispatched case enters the department's scope");
+    let got = h1.store.get_case(&case).expect("whole history arrived");
+    assert_eq!(got.case.timeline.entries.len(), 3);
+    h1.store.record_event(&case, EventKind::Start { department: "police".into() }).expect("start");
+    h1.store
+        .record_event(
+            &case,
+            EventKind::HandlerReport { department: "police".into(), note: "done".into(), evidence: vec![] },
+        )
+        .expect("report");
+    h1.sync(&d.url()).expect("h1 push");
+    w1.sync(&d.url()).expect("w1 pull");
+    let mine_now =
+        w1.store.list_cases(&CaseQuery { assigned_to_me: true, limit: 10, ..Default::default() }).expect("list");
+    assert_eq!(mine_now.items.len(), 1, "the handled case awaits the reporter's follow-up");
+    assert_eq!(mine_now.items[0].status, "handled");
+
+    // Every replica that holds the case has the server's heads.
+    let heads = d.store.doc_heads(&case.to_string()).expect("server heads");
+    for p in [&w1, &s1, &h1] {
+        p.store.clone().sync(&p.config, &mut |_| {}).expect("settle");
+        let mut h = p.store.get_case(&case).expect("get").heads;
+        h.sort();
+        assert_eq!(h, heads);
+    }
+}
+
+#[test]
+fn the_same_batch_twice_is_stored_once() {
+    let d = District::new();
+    let w1 = phone(&d, "w1", None);
+    capture(&w1, 0, 2, 3);
+    let device = d.store.authenticate(&w1.config.token).expect("token");
+    let changes: Vec<PushedChange> = w1
+        .store
+        .outbox_page(usize::MAX)
+        .expect("outbox")
+        .into_iter()
+        .map(|i| PushedChange {
+            doc: i.doc_id.unwrap_or_default(),
+            bytes: base64::engine::general_purpose::STANDARD.encode(i.bytes),
+        })
+        .collect();
+    let req = SyncRequest {
+        protocol: PROTOCOL_VERSION,
+        app_version: "0.1.0".into(),
+        doc_schema: 1,
+        cursor: None,
+        state: DeviceState::default(),
+        changes: changes.iter().chain(changes.iter()).cloned().collect(),
+        records: vec![],
+        max_pull_bytes: 1 << 20,
+    };
+    let first = d.store.sync(&device, &req, 0).expect("first");
+    assert!(first.results.iter().all(|r| r.outcome == Outcome::Accepted));
+    let counts = d.store.counts().expect("counts");
+    let again = d.store.sync(&device, &req, 0).expect("again");
+    assert!(again.results.iter().all(|r| r.outcome == Outcome::Accepted));
+    assert_eq!(d.store.counts().expect("counts"), counts, "nothing stored twice");
+    assert_eq!(counts.0, 2);
+}
+
+#[test]
+fn forged_roles_and_users_are_quarantined_and_the_rest_of_the_batch_is_unaffected() {
+    let d = District::new();
+    let mut honest = phone(&d, "w1", None);
+    let mut forged_role = phone(&d, "w1", Some(("w1", Role::Supervisor)));
+    let mut forged_user = phone(&d, "w2", Some(("s1", Role::Supervisor)));
+    capture(&honest, 0, 1, 4);
+    capture(&forged_role, 0, 1, 5);
+    capture(&forged_user, 1, 1, 6);
+    assert_eq!(honest.sync(&d.url()).expect("honest").accepted, 1);
+    let r = forged_role.sync(&d.url()).expect("forged role");
+    assert_eq!(r.quarantined.len(), 1, "{r:?}");
+    assert!(r.quarantined[0].1.contains("Supervisor"), "{:?}", r.quarantined);
+    assert_eq!(
+        forged_role.store.outbox_len().expect("outbox"),
+        0,
+        "quarantined is kept on the server, so the device stops resending"
+    );
+    assert_eq!(forged_user.sync(&d.url()).expect("forged user").quarantined.len(), 1);
+    let q = d.store.quarantined().expect("list");
+    assert_eq!(q.len(), 2);
+    assert!(q.iter().all(|i| i.status == "pending"));
+    let (changes, docs, _) = d.store.counts().expect("counts");
+    assert_eq!((changes, docs), (1, 1), "only the honest case is in any scope");
+
+    // A change made with another device's actor is quarantined too.
+    let mut s1 = phone(&d, "s1", None);
+    s1.sync(&d.url()).expect("s1");
+    assert_eq!(ids(&s1).len(), 1);
+}
+
+#[test]
+fn a_revoked_device_is_refused_and_what_it_synced_stays() {
+    let d = District::new();
+    let mut w1 = phone(&d, "w1", None);
+    capture(&w1, 0, 2, 7);
+    w1.sync(&d.url()).expect("sync");
+    let device = d.store.list_devices().expect("devices").into_iter().find(|x| x.user == "w1").expect("w1 device");
+    d.store.revoke_device(&device.id).expect("revoke");
+    capture(&w1, 0, 1, 8);
+    match w1.sync(&d.url()) {
+        Err(CoreError::Server { status: 403, code, .. }) => assert_eq!(code, "device_revoked"),
+        other => panic!("expected a 403, got {other:?}"),
+    }
+    assert_eq!(w1.store.outbox_len().expect("outbox"), 1, "the unsynced case stays on the phone");
+    assert_eq!(d.store.counts().expect("counts").1, 2, "synced cases stay on the server");
+}
+
+#[test]
+fn a_moved_worker_keeps_unsynced_work_and_receives_the_new_grid() {
+    let d = District::new();
+    let mut w1 = phone(&d, "w1", None);
+    let mut w2 = phone(&d, "w2", None);
+    let theirs = capture(&w2, 1, 2, 9);
+    w2.sync(&d.url()).expect("w2");
+    let mine = capture(&w1, 0, 2, 10);
+    w1.sync(&d.url()).expect("w1 before the move");
+    let later = capture(&w1, 0, 1, 11);
+    d.store.set_user("w1", Role::Worker, None, &["grid:g1".into()]).expect("move to g1");
+    let r = w1.sync(&d.url()).expect("after the move");
+    assert_eq!(r.accepted, 1, "unsynced work from the old grid is accepted");
+    let mut expected: Vec<CaseId> = mine.iter().chain(&later).chain(&theirs).copied().collect();
+    expected.sort();
+    assert_eq!(ids(&w1), expected, "the new grid's cases arrived; own cases stay");
+    assert_eq!(r.left_scope, 0, "own reports stay in the reporter's scope");
+}
+
+#[test]
+fn server_restart_between_syncs_loses_nothing() {
+    let mut d = District::new();
+    let mut w1 = phone(&d, "w1", None);
+    let mut s1 = phone(&d, "s1", None);
+    capture(&w1, 0, 2, 12);
+    w1.sync(&d.url()).expect("w1");
+    s1.sync(&d.url()).expect("s1");
+    d.restart();
+    capture(&w1, 0, 1, 13);
+    w1.sync(&d.url()).expect("w1 after restart");
+    let r = s1.sync(&d.url()).expect("s1 after restart");
+    assert_eq!(r.pulled_docs, 1, "only what is new since the cursor");
+    assert_eq!(ids(&s1), ids(&w1));
+}
+
+#[test]
+fn an_old_app_is_told_to_upgrade_and_its_push_is_still_accepted() {
+    let d = District::new();
+    d.store.set_min_app_version("9.0.0").expect("min");
+    let mut w1 = phone(&d, "w1", None);
+    capture(&w1, 0, 1, 14);
+    let r = w1.sync(&d.url()).expect("sync");
+    assert!(r.upgrade_required);
+    assert_eq!(r.accepted, 1);
+}
+
+#[test]
+fn bad_requests_get_a_json_4xx_and_change_nothing() {
+    let d = District::new();
+    let w1 = phone(&d, "w1", None);
+    let client = reqwest::blocking::Client::new();
+    let url = format!("{}/v1/sync", d.url());
+    let check = |resp: reqwest::blocking::Response, status: u16, code: &str| {
+        assert_eq!(resp.status().as_u16(), status);
+        let body: serde_json::Value = serde_json::from_slice(&resp.bytes().expect("body")).expect("json body");
+        assert_eq!(body["error"], code, "{body}");
+    };
+    check(client.post(&url).body("{}").send().expect("send"), 401, "unauthenticated");
+    check(client.post(&url).bearer_auth("nope").body("{}").send().expect("send"), 401, "unauthenticated");
+    check(client.post(&url).bearer_auth(&w1.config.token).body("not json").send().expect("send"), 400, "bad_request");
+    let future = serde_json::json!({
+        "protocol": 99, "app_version": "9", "doc_schema": 1, "cursor": null,
+        "state": DeviceState::default(), "changes": [], "records": [], "max_pull_bytes": 100
+    });
+    check(
+        client.post(&url).bearer_auth(&w1.config.token).body(future.to_string()).send().expect("send"),
+        400,
+        "protocol_unsupported",
+    );
+    let garbage = serde_json::json!({
+        "protocol": 1, "app_version": "0.1.0", "doc_schema": 1, "cursor": null,
+        "state": DeviceState::default(), "changes": [{"doc": "x", "bytes": "Z2FyYmFnZQ=="}], "records": [], "max_pull_bytes": 100
+    });
+    let resp = client.post(&url).bearer_auth(&w1.config.token).body(garbage.to_string()).send().expect("send");
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: serde_json::Value = serde_json::from_slice(&resp.bytes().expect("body")).expect("json");
+    assert_eq!(body["results"][0]["outcome"], "refused");
+    check(
+        client.post(format!("{}/v1/enrol", d.url())).body(r#"{"code":"used","app_version":"1"}"#).send().expect("send"),
+        403,
+        "bad_enrolment_code",
+    );
+    assert_eq!(d.store.counts().expect("counts"), (0, 0, 0));
+}
