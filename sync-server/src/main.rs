@@ -6,7 +6,7 @@
 //!   gridwork-sync-server admin --data-dir DIR enrol-device USER
 //!   gridwork-sync-server admin --data-dir DIR revoke-device DEVICE
 //!   gridwork-sync-server admin --data-dir DIR list-devices
-//!   gridwork-sync-server admin --data-dir DIR quarantine
+//!   gridwork-sync-server admin --data-dir DIR quarantine | release KEY | reject KEY
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,7 +21,9 @@ const USAGE: &str = "usage:
   gridwork-sync-server admin --data-dir DIR enrol-device USER
   gridwork-sync-server admin --data-dir DIR revoke-device DEVICE
   gridwork-sync-server admin --data-dir DIR list-devices
-  gridwork-sync-server admin --data-dir DIR quarantine";
+  gridwork-sync-server admin --data-dir DIR quarantine
+  gridwork-sync-server admin --data-dir DIR release KEY
+  gridwork-sync-server admin --data-dir DIR reject KEY";
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -102,6 +104,14 @@ fn run() -> Result<(), String> {
             for d in store.list_devices().map_err(|e| e.to_string())? {
                 println!("{}", serde_json::to_string(&d).map_err(|e| e.to_string())?);
             }
+        }
+        ["admin", "release", key] => {
+            store.release_quarantined(key, now_ms()).map_err(|e| e.to_string())?;
+            println!("{key} released into its case's scopes");
+        }
+        ["admin", "reject", key] => {
+            store.reject_quarantined(key).map_err(|e| e.to_string())?;
+            println!("{key} rejected; it stays stored, out of every scope");
         }
         ["admin", "quarantine"] => {
             for q in store.quarantined().map_err(|e| e.to_string())? {

@@ -218,10 +218,21 @@ fn forged_roles_and_users_are_quarantined_and_the_rest_of_the_batch_is_unaffecte
     let (changes, docs, _) = d.store.counts().expect("counts");
     assert_eq!((changes, docs), (1, 1), "only the honest case is in any scope");
 
-    // A change made with another device's actor is quarantined too.
     let mut s1 = phone(&d, "s1", None);
     s1.sync(&d.url()).expect("s1");
-    assert_eq!(ids(&s1).len(), 1);
+    assert_eq!(ids(&s1).len(), 1, "the supervisor sees only the honest case");
+
+    // An administrator releases one (it enters its case's scopes) and rejects the other.
+    let role_case = q.iter().find(|i| i.reason.contains("w1")).expect("the forged-role change");
+    let user_case = q.iter().find(|i| i.reason.contains("s1")).expect("the forged-user change");
+    d.store.release_quarantined(&role_case.key, 0).expect("release");
+    d.store.reject_quarantined(&user_case.key).expect("reject");
+    assert!(d.store.reject_quarantined(&user_case.key).is_err(), "already decided");
+    assert_eq!(d.store.counts().expect("counts").1, 2, "the released change is applied");
+    let r = s1.sync(&d.url()).expect("s1 again");
+    assert_eq!(ids(&s1).len(), 2, "the released case arrived: {r:?}");
+    let statuses: Vec<String> = d.store.quarantined().expect("list").into_iter().map(|i| i.status).collect();
+    assert!(statuses.contains(&"released".to_owned()) && statuses.contains(&"rejected".to_owned()));
 }
 
 #[test]
