@@ -1036,6 +1036,20 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// The documents a user's devices should hold: every case in one of the user's scopes.
+    pub fn docs_in_scope(&self, user: &str) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut docs: Vec<String> = conn
+            .prepare(
+                "SELECT DISTINCT m.doc_id FROM membership m
+                 WHERE m.scope = 'user:' || ?1 OR m.scope IN (SELECT scope FROM user_scopes WHERE user_id = ?1)",
+            )?
+            .query_map([user], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        docs.sort();
+        Ok(docs)
+    }
+
     /// Devices older than this are told to upgrade (their pushes are still accepted).
     pub fn set_min_app_version(&self, version: &str) -> Result<()> {
         meta_set(&self.conn(), "min_app_version", version)

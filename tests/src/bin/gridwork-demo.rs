@@ -1,27 +1,32 @@
-//! The demo: a simulated district capturing cases offline.
+//! The demo: a simulated district going offline and coming back.
 //!
-//!   gridwork-demo [--devices N] [--cases N] [--checkins N] [--data-dir DIR]
+//!   gridwork-demo [--devices N] [--cases N] [--checkins N] [--data-dir DIR] [--no-console]
 //!
-//! Each simulated worker has a real gridwork-core store on disk (encrypted SQLite + evidence
-//! files). Every worker patrols their grid and reports cases with photos, with no network. Then,
-//! until the sync server exists, a supervisor's device receives every worker's changes directly
-//! and shows what a supervisor sees. The last line is JSON:
+//! Starts the sync server on loopback with its embedded store, seeds a district (grids with
+//! patrol points, workers, supervisors, a police handler) and enrols one phone per worker. Each
+//! phone is a real gridwork-core store on disk. With no network, every worker patrols their grid
+//! (check-ins at patrol points) and reports cases, one in five with a photo. Then every phone
+//! syncs at once; supervisors triage and dispatch; the department and the workers sync again.
+//! It prints what supervisors see and a final JSON line:
 //! `{"devices":…,"cases":…,"checkins":…,"photos":…,"converged":…,"lost":0,"duplicated":0,"elapsed_s":…}`.
+//! "converged" means every phone holds exactly the cases of its scope, with the server's heads.
 
-use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use gridwork_core::evidence::synthetic::{camera_like_jpeg, ExifSpec};
-use gridwork_core::model::catalog::Role;
+use gridwork_core::model::catalog::{Catalog, Role};
 use gridwork_core::model::geo::Location;
-use gridwork_core::model::ids::{CaseId, GridId};
+use gridwork_core::model::ids::{CaseId, DeviceId, GridId, UserId};
 use gridwork_core::model::lifecycle::EventKind;
 use gridwork_core::store::{CaseQuery, CheckInInput};
-use gridwork_core::Store;
-use gridwork_tests::{district, identity, open_device, random_case, Rng};
+use gridwork_core::sync::{enrol, SyncConfig};
+use gridwork_core::{Identity, Store};
+use gridwork_sync_server::{SqliteStore, SyncStore};
+use gridwork_tests::{district, open_device, random_case, Rng};
 
 struct Args {
     devices: usize,
@@ -29,6 +34,9 @@ struct Args {
     checkins: usize,
     data_dir: Option<PathBuf>,
 }
+
+const HELP: &str = "usage: gridwork-demo [--devices N] [--cases N per device] [--checkins N per device] [--data-dir DIR] [--no-console]
+  --no-console  exit after the final line (the default today: the supervisor console is not built yet)";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args { devices: 40, cases: 20, checkins: 8, data_dir: None };
@@ -41,11 +49,9 @@ fn parse_args() -> Result<Args, String> {
             "--cases" => a.cases = number(value()?)?,
             "--checkins" => a.checkins = number(value()?)?,
             "--data-dir" => a.data_dir = Some(PathBuf::from(value()?)),
-            "-h" | "--help" => return Err(
-                "usage: gridwork-demo [--devices N] [--cases N per device] [--checkins N per device] [--data-dir DIR]"
-                    .into(),
-            ),
-            other => return Err(format!("unknown flag {other}; try --help")),
+            "--no-console" => {}
+            "-h" | "--help" => return Err(HELP.into()),
+            other => return Err(format!("unknown flag {other}\n{HELP}")),
         }
     }
     if a.devices == 0 {
@@ -55,13 +61,77 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() {
-    match parse_args().and_then(run) {
-        Ok(()) => {}
-        Err(e) => {
-            eprintln!("gridwork-demo: {e}");
-            std::process::exit(2);
-        }
+    if let Err(e) = parse_args().and_then(run) {
+        eprintln!("gridwork-demo: {e}");
+        std::process::exit(2);
     }
+}
+
+fn say(msg: &str) {
+    eprintln!("gridwork-demo: {msg}");
+}
+
+/// A phone: its store and how it reaches the server.
+struct Phone {
+    user: String,
+    store: Store,
+    config: SyncConfig,
+}
+
+fn enrol_phone(server: &SqliteStore, url: &str, user: &str, dir: &Path, catalog: &Catalog) -> Result<Phone, String> {
+    let (_, code) = server.enrol_device(user, now_ms()).map_err(|e| e.to_string())?;
+    let e = enrol(url, &code, env!("CARGO_PKG_VERSION")).map_err(|e| format!("enrolling {user}: {e}"))?;
+    let identity = Identity {
+        user: UserId::from(user),
+        role: e.role,
+        device: DeviceId(e.device_id),
+        device_code: e.device_code,
+        department: e.department.map(|d| d.as_str().into()),
+    };
+    let store = open_device(dir, identity, catalog, None).map_err(|e| e.to_string())?;
+    Ok(Phone { user: user.to_owned(), store, config: SyncConfig::new(url, e.token) })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|t| t.as_millis() as i64).unwrap_or(0)
+}
+
+/// Runs `f` on every phone from two plain threads (reqwest's blocking client must not run inside
+/// a tokio runtime), reporting progress every tenth phone.
+fn for_each_phone(
+    phones: &[Phone],
+    what: &str,
+    f: impl Fn(usize, &Phone) -> Result<(), String> + Sync,
+) -> Result<(), String> {
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let errors = Mutex::new(vec![]);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= phones.len() {
+                    break;
+                }
+                if let Err(e) = f(i, &phones[i]) {
+                    errors.lock().unwrap_or_else(|p| p.into_inner()).push(format!("{}: {e}", phones[i].user));
+                }
+                let n = done.fetch_add(1, Ordering::SeqCst) + 1;
+                if n % 10 == 0 || n == phones.len() {
+                    say(&format!("  {what}: {n}/{}", phones.len()));
+                }
+            });
+        }
+    });
+    let errors = errors.into_inner().unwrap_or_default();
+    match errors.first() {
+        Some(e) => Err(format!("{} phones failed to {what}; first: {e}", errors.len())),
+        None => Ok(()),
+    }
+}
+
+fn sync(p: &Phone) -> Result<(), String> {
+    p.store.sync(&p.config, &mut |_| {}).map(|_| ()).map_err(|e| e.to_string())
 }
 
 fn run(args: Args) -> Result<(), String> {
@@ -74,209 +144,219 @@ fn run(args: Args) -> Result<(), String> {
         }
     };
     std::fs::create_dir_all(&data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
-    eprintln!("gridwork-demo: data in {}", data_dir.display());
-    let grids = args.devices.max(1);
-    let catalog = district(grids);
-    eprintln!(
-        "gridwork-demo: district of {} grids in {} communities; {} workers capture {} cases and {} check-ins each, offline",
-        grids,
-        grids.div_ceil(10),
-        args.devices,
-        args.cases,
-        args.checkins
-    );
+    let catalog = district(args.devices);
+    let communities: BTreeSet<String> = catalog.grids.iter().map(|g| g.community.clone()).collect();
 
-    // Photos as a mid-range phone takes them (scaled down so the demo runs in seconds).
+    // The server and its district.
+    let server = Arc::new(SqliteStore::open(&data_dir.join("server")).map_err(|e| e.to_string())?);
+    server.import_catalog(&catalog).map_err(|e| e.to_string())?;
+    for (d, g) in catalog.grids.iter().enumerate() {
+        server
+            .set_user(&format!("w{d}"), Role::Worker, None, &[format!("grid:{}", g.id)])
+            .map_err(|e| e.to_string())?;
+    }
+    for (k, c) in communities.iter().enumerate() {
+        server
+            .set_user(&format!("sup{k}"), Role::Supervisor, None, &[format!("community:{c}")])
+            .map_err(|e| e.to_string())?;
+    }
+    server
+        .set_user("police1", Role::DepartmentHandler, Some("police"), &["department:police".into()])
+        .map_err(|e| e.to_string())?;
+    let running = gridwork_sync_server::start(
+        server.clone() as Arc<dyn SyncStore>,
+        "127.0.0.1:0".parse().map_err(|_| "address")?,
+    )
+    .map_err(|e| format!("cannot start the server: {e}"))?;
+    let url = running.url();
+    say(&format!("sync server on {url}, data in {}", data_dir.display()));
+    say(&format!(
+        "district: {} grids in {} communities; {} workers, {} supervisors, 1 police handler",
+        catalog.grids.len(),
+        communities.len(),
+        args.devices,
+        communities.len()
+    ));
+
+    let dev_dir = |name: &str| data_dir.join("phones").join(name);
+    let workers: Vec<Phone> = (0..args.devices)
+        .map(|d| enrol_phone(&server, &url, &format!("w{d}"), &dev_dir(&format!("w{d}")), &catalog))
+        .collect::<Result<_, _>>()?;
+    let supervisors: Vec<Phone> = (0..communities.len())
+        .map(|k| enrol_phone(&server, &url, &format!("sup{k}"), &dev_dir(&format!("sup{k}")), &catalog))
+        .collect::<Result<_, _>>()?;
+    let police = enrol_phone(&server, &url, "police1", &dev_dir("police1"), &catalog)?;
+
+    // Offline: patrols and reports.
+    say(&format!("offline: each worker checks in {} times and reports {} cases", args.checkins, args.cases));
     let photo = camera_like_jpeg(
         2000,
         1500,
         &ExifSpec { orientation: Some(6), time: Some("2026:11:26 09:30:00".into()), gps: None },
         3,
     );
-    let done = AtomicUsize::new(0);
     let captured: Mutex<Vec<(CaseId, String)>> = Mutex::new(vec![]);
-    let totals = Mutex::new((0usize, 0usize)); // (check-ins, photos)
-    let next = AtomicUsize::new(0);
-    let errors: Mutex<Vec<String>> = Mutex::new(vec![]);
-    std::thread::scope(|s| {
-        for _ in 0..2 {
-            s.spawn(|| loop {
-                let d = next.fetch_add(1, Ordering::SeqCst);
-                if d >= args.devices {
-                    break;
-                }
-                match simulate_worker(d, &args, &catalog, &data_dir, &photo) {
-                    Ok((ids, checkins, photos)) => {
-                        captured.lock().unwrap_or_else(|p| p.into_inner()).extend(ids);
-                        let mut t = totals.lock().unwrap_or_else(|p| p.into_inner());
-                        t.0 += checkins;
-                        t.1 += photos;
-                    }
-                    Err(e) => errors.lock().unwrap_or_else(|p| p.into_inner()).push(format!("worker {d}: {e}")),
-                }
-                let n = done.fetch_add(1, Ordering::SeqCst) + 1;
-                if n % 10 == 0 || n == args.devices {
-                    eprintln!("gridwork-demo: {n}/{} devices done capturing", args.devices);
-                }
-            });
+    let photos = AtomicUsize::new(0);
+    let checkins = AtomicUsize::new(0);
+    let capture_started = Instant::now();
+    for_each_phone(&workers, "captured", |d, p| {
+        let mut rng = Rng::new(d as u64 + 1);
+        let grid = GridId(format!("g{d}"));
+        let patrol = p.store.start_patrol(&grid).map_err(|e| e.to_string())?;
+        let points = &catalog.grids[d].points;
+        for i in 0..args.checkins {
+            let pt = &points[i % points.len()];
+            let location =
+                Location::gps(pt.lat + (rng.unit() - 0.5) * 1e-4, pt.lon + (rng.unit() - 0.5) * 1e-4, 5.0, now_ms());
+            p.store
+                .check_in(CheckInInput {
+                    patrol,
+                    point: Some(pt.id.clone()),
+                    location,
+                    note: String::new(),
+                    photo: None,
+                })
+                .map_err(|e| e.to_string())?;
+            checkins.fetch_add(1, Ordering::SeqCst);
         }
-    });
-    let errors = errors.into_inner().unwrap_or_default();
-    if let Some(e) = errors.first() {
-        return Err(format!("{} workers failed; first: {e}", errors.len()));
-    }
+        p.store.finish_patrol(&patrol).map_err(|e| e.to_string())?;
+        for i in 0..args.cases {
+            let mut case = random_case(&mut rng, &catalog, d, now_ms());
+            if i % 5 == 0 {
+                case.photos = vec![photo.clone()];
+                photos.fetch_add(1, Ordering::SeqCst);
+            }
+            let s = p.store.capture_case(case).map_err(|e| e.to_string())?;
+            captured.lock().unwrap_or_else(|p| p.into_inner()).push((s.id, s.code));
+        }
+        Ok(())
+    })?;
+    let capture_s = capture_started.elapsed().as_secs_f64();
+
+    // Back online, all at once.
+    let sync_started = Instant::now();
+    say("back online: every worker's phone syncs");
+    for_each_phone(&workers, "synced", |_, p| sync(p))?;
+    say("supervisors sync, accept and dispatch their newest cases to the police");
+    for_each_phone(&supervisors, "supervisors", |_, p| {
+        sync(p)?;
+        let newest = p.store.list_cases(&CaseQuery { limit: 3, ..Default::default() }).map_err(|e| e.to_string())?;
+        for c in newest.items {
+            p.store.record_event(&c.id, EventKind::Accept { note: "已受理".into() }).map_err(|e| e.to_string())?;
+            p.store
+                .record_event(
+                    &c.id,
+                    EventKind::Dispatch { departments: vec!["police".into()], deadline_ms: now_ms() + 12 * 3_600_000 },
+                )
+                .map_err(|e| e.to_string())?;
+        }
+        sync(p)
+    })?;
+    say("the police handler and every worker sync again");
+    sync(&police)?;
+    for_each_phone(&workers, "synced", |_, p| sync(p))?;
+    for_each_phone(&supervisors, "supervisors", |_, p| sync(p))?;
+    let sync_s = sync_started.elapsed().as_secs_f64();
+
+    // Verify: nothing lost, nothing duplicated, every phone holds exactly its scope.
     let captured = captured.into_inner().unwrap_or_default();
-    let (checkins, photos) = totals.into_inner().unwrap_or_default();
-    let capture_s = started.elapsed().as_secs_f64();
-
-    // What a supervisor sees once every phone's changes reach them.
-    eprintln!("gridwork-demo: a street supervisor's device receives every worker's changes");
-    let sup_dir = data_dir.join("supervisor");
-    let supervisor = open_device(&sup_dir, identity("sup-street0", Role::Supervisor, None), &catalog, None)
-        .map_err(|e| e.to_string())?;
-    let mut outbox_total = 0;
-    for d in 0..args.devices {
-        let worker = open_worker(d, &catalog, &data_dir)?;
-        outbox_total += worker.outbox_len().map_err(|e| e.to_string())?;
-        for id in worker.document_ids().map_err(|e| e.to_string())? {
-            let changes = worker.export_changes(&id).map_err(|e| e.to_string())?;
-            supervisor.receive_changes(&id, &changes).map_err(|e| e.to_string())?;
+    let on_server: HashSet<String> =
+        workers.iter().flat_map(|p| server.docs_in_scope(&p.user).unwrap_or_default()).collect();
+    let lost = captured.iter().filter(|(id, _)| !on_server.contains(&id.to_string())).count();
+    let codes: HashSet<&String> = captured.iter().map(|(_, c)| c).collect();
+    let duplicated = (captured.len() - codes.len()) + on_server.len().saturating_sub(captured.len());
+    let mut converged = true;
+    let mut heads_cache: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for p in workers.iter().chain(&supervisors).chain(std::iter::once(&police)) {
+        let expected = server.docs_in_scope(&p.user).map_err(|e| e.to_string())?;
+        let mut held: Vec<String> =
+            p.store.document_ids().map_err(|e| e.to_string())?.iter().map(|i| i.to_string()).collect();
+        held.sort();
+        if held != expected {
+            say(&format!("{} holds {} cases, its scope has {}", p.user, held.len(), expected.len()));
+            converged = false;
+            continue;
+        }
+        for id in &held {
+            let want = match heads_cache.get(id) {
+                Some(h) => h.clone(),
+                None => {
+                    let h = server.doc_heads(id).map_err(|e| e.to_string())?;
+                    heads_cache.insert(id.clone(), h.clone());
+                    h
+                }
+            };
+            let case_id = CaseId::parse(id).map_err(|e| e.to_string())?;
+            let mut got = p.store.get_case(&case_id).map_err(|e| e.to_string())?.heads;
+            got.sort();
+            if got != want {
+                converged = false;
+            }
+        }
+        if p.store.outbox_len().map_err(|e| e.to_string())? != 0 {
+            say(&format!("{} still has unsent items", p.user));
+            converged = false;
         }
     }
-    // The supervisor triages: accepts the first few and dispatches them.
-    let reported = supervisor.list_cases(&CaseQuery { limit: 10, ..Default::default() }).map_err(|e| e.to_string())?;
-    for c in &reported.items {
-        supervisor.record_event(&c.id, EventKind::Accept { note: "已受理".into() }).map_err(|e| e.to_string())?;
-        supervisor
-            .record_event(
-                &c.id,
-                EventKind::Dispatch { departments: vec!["police".into()], deadline_ms: c.created_ms + 12 * 3_600_000 },
-            )
-            .map_err(|e| e.to_string())?;
-    }
-
-    let held: Vec<CaseId> = supervisor.document_ids().map_err(|e| e.to_string())?;
-    let held_set: HashSet<CaseId> = held.iter().copied().collect();
-    let lost = captured.iter().filter(|(id, _)| !held_set.contains(id)).count();
-    let codes: HashSet<&String> = captured.iter().map(|(_, code)| code).collect();
-    let duplicated = (held.len() - held_set.len()) + (captured.len() - codes.len());
-    let converged = lost == 0 && held.len() == captured.len();
-    print_supervisor_view(&supervisor, &catalog)?;
+    print_supervisor_view(&supervisors[0], &catalog)?;
 
     let summary = serde_json::json!({
-        "devices": args.devices,
+        "devices": workers.len() + supervisors.len() + 1,
         "cases": captured.len(),
-        "checkins": checkins,
-        "photos": photos,
-        "outbox_pending": outbox_total,
+        "checkins": checkins.load(Ordering::SeqCst),
+        "photos": photos.load(Ordering::SeqCst),
         "converged": converged,
         "lost": lost,
         "duplicated": duplicated,
         "capture_s": (capture_s * 100.0).round() / 100.0,
+        "sync_s": (sync_s * 100.0).round() / 100.0,
         "elapsed_s": (started.elapsed().as_secs_f64() * 100.0).round() / 100.0,
-        "data_dir": data_dir.display().to_string(),
     });
     println!("{summary}");
     Ok(())
 }
 
-fn open_worker(
-    d: usize,
-    catalog: &gridwork_core::model::catalog::Catalog,
-    data_dir: &std::path::Path,
-) -> Result<Store, String> {
-    open_device(&data_dir.join(format!("device-{d:04}")), identity(&format!("w{d}"), Role::Worker, None), catalog, None)
-        .map_err(|e| e.to_string())
-}
-
-type WorkerResult = (Vec<(CaseId, String)>, usize, usize);
-
-fn simulate_worker(
-    d: usize,
-    args: &Args,
-    catalog: &gridwork_core::model::catalog::Catalog,
-    data_dir: &std::path::Path,
-    photo: &[u8],
-) -> Result<WorkerResult, String> {
-    let store = open_worker(d, catalog, data_dir)?;
-    let mut rng = Rng::new(d as u64 + 1);
-    let grid = GridId(format!("g{d}"));
-    let mut ids = vec![];
-    let mut photos = 0;
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|t| t.as_millis() as i64).unwrap_or(0);
-    let patrol = store.start_patrol(&grid).map_err(|e| e.to_string())?;
-    let points = catalog.grids[d].points.clone();
-    for i in 0..args.checkins {
-        let p = &points[i % points.len()];
-        let location = Location::gps(p.lat + (rng.unit() - 0.5) * 1e-4, p.lon + (rng.unit() - 0.5) * 1e-4, 5.0, now);
-        store
-            .check_in(CheckInInput { patrol, point: Some(p.id.clone()), location, note: String::new(), photo: None })
+fn print_supervisor_view(sup: &Phone, catalog: &Catalog) -> Result<(), String> {
+    let mut all = vec![];
+    let mut after = None;
+    loop {
+        let page = sup
+            .store
+            .list_cases(&CaseQuery { limit: 200, after: after.clone(), ..Default::default() })
             .map_err(|e| e.to_string())?;
-    }
-    for i in 0..args.cases {
-        let mut case = random_case(&mut rng, catalog, d, now);
-        if i % 5 == 0 {
-            case.photos = vec![photo.to_vec()];
-            photos += 1;
+        all.extend(page.items);
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
         }
-        let s = store.capture_case(case).map_err(|e| e.to_string())?;
-        ids.push((s.id, s.code));
     }
-    store.finish_patrol(&patrol).map_err(|e| e.to_string())?;
-    Ok((ids, args.checkins, photos))
-}
-
-fn print_supervisor_view(sup: &Store, catalog: &gridwork_core::model::catalog::Catalog) -> Result<(), String> {
-    let all = collect_all(sup)?;
     let mut by_status: BTreeMap<String, usize> = BTreeMap::new();
-    let mut by_category: BTreeMap<String, usize> = BTreeMap::new();
-    let mut by_community: BTreeMap<String, usize> = BTreeMap::new();
+    let mut by_grid: BTreeMap<String, usize> = BTreeMap::new();
     for c in &all {
         *by_status.entry(c.status.clone()).or_default() += 1;
-        *by_category.entry(c.category_id.clone()).or_default() += 1;
-        if let Some(g) = catalog.grids.iter().find(|g| g.id.0 == c.grid_id) {
-            *by_community.entry(g.community.clone()).or_default() += 1;
-        }
+        *by_grid.entry(c.grid_id.clone()).or_default() += 1;
     }
-    eprintln!("── what the supervisor sees ─────────────────────────────");
-    eprintln!("cases by status:    {by_status:?}");
-    eprintln!("cases by category:  {by_category:?}");
-    eprintln!("cases by community: {by_community:?}");
+    let community = catalog.grids.first().map(|g| g.community.clone()).unwrap_or_default();
+    eprintln!("── what supervisor {} ({community}) sees ──────────────", sup.user);
+    eprintln!("cases by status: {by_status:?}");
+    eprintln!("cases by grid:   {by_grid:?}");
     let leaks = sup
+        .store
         .list_cases(&CaseQuery { text: Some("漏水".into()), limit: 500, ..Default::default() })
         .map_err(|e| e.to_string())?;
     eprintln!("search \"漏水\" (water leak): {} cases", leaks.items.len());
     if let Some(first) = all.first() {
-        let d = sup.get_case(&first.id).map_err(|e| e.to_string())?;
+        let d = sup.store.get_case(&first.id).map_err(|e| e.to_string())?;
         eprintln!(
-            "newest case {} «{}»: {}, {} photo(s), {} event(s), reported by {} at {:.5},{:.5} ±{:.0} m",
+            "newest: {} «{}» {}, {} photo(s), {} event(s), reported by {}",
             d.case.code,
             d.case.title.value,
             d.case.timeline.state.status.label(),
             d.case.evidence.len(),
             d.case.timeline.entries.len(),
-            d.case.reporter,
-            d.case.location.value.lat,
-            d.case.location.value.lon,
-            d.case.location.value.accuracy_m
+            d.case.reporter
         );
     }
-    eprintln!("─────────────────────────────────────────────────────────");
+    eprintln!("──────────────────────────────────────────────────────");
     Ok(())
-}
-
-fn collect_all(store: &Store) -> Result<Vec<gridwork_core::store::CaseSummary>, String> {
-    let mut out = vec![];
-    let mut after = None;
-    loop {
-        let page = store
-            .list_cases(&CaseQuery { limit: 200, after: after.clone(), ..Default::default() })
-            .map_err(|e| e.to_string())?;
-        out.extend(page.items);
-        match page.next {
-            Some(n) => after = Some(n),
-            None => return Ok(out),
-        }
-    }
 }
