@@ -32,12 +32,17 @@ pub struct EnrolResponse {
 /// old reports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct DeviceState {
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub outbox_items: u64,
     /// Age of the oldest unsynced change, in ms.
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
     pub oldest_unsynced_age_ms: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub photos_pending: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub catalog_version: u64,
     /// The device's wall clock when it sent the request.
+    #[serde(default)]
     pub device_time_ms: i64,
 }
 
@@ -65,9 +70,9 @@ pub struct SyncRequest {
     /// Opaque; `None` on a device that never synced.
     pub cursor: Option<String>,
     pub state: DeviceState,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changes: Vec<PushedChange>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub records: Vec<PushedRecord>,
     /// Upper bound the device wants for the pulled part of the response.
     pub max_pull_bytes: u64,
@@ -107,17 +112,21 @@ pub struct SyncResponse {
     pub protocol: u32,
     pub server_time_ms: i64,
     /// The app is older than the district's minimum: what it pushed was still accepted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub upgrade_required: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub results: Vec<ItemResult>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub docs: Vec<PulledDoc>,
     /// Documents the device no longer has in scope.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub left_scope: Vec<String>,
     /// The reference data, when the device's catalog version is older.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catalog: Option<Catalog>,
     pub cursor: String,
     /// More is waiting: sync again with the new cursor.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub more: bool,
 }
 
@@ -126,4 +135,13 @@ pub struct SyncResponse {
 pub struct ErrorBody {
     pub error: String,
     pub message: String,
+}
+
+// Empty and zero fields are left out: an idle sync must fit in a few hundred bytes on 2G.
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+fn is_zero_i64(v: &i64) -> bool {
+    *v == 0
 }

@@ -1,6 +1,7 @@
 //! gridwork-bench: Gridwork's benchmarks. Each suite prints one JSON object per line.
 //!
 //!   gridwork-bench device [--cases N] [--photo PATH] [--photo-runs N]
+//!   gridwork-bench idle-sync [--cases N]
 //!
 //! Benchmarks are not tests: nothing here asserts a timing. Quote medians and ratios measured in
 //! the same run; this machine is shared.
@@ -331,12 +332,68 @@ fn photo_pipeline(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// One sync of a device holding N documents when nothing is new: round trips and body bytes.
+fn idle_sync(args: Args) -> Result<(), String> {
+    use gridwork_core::model::ids::{DeviceId, UserId};
+    use gridwork_sync_server::{SqliteStore, SyncStore};
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let catalog = district(4);
+    let server = Arc::new(SqliteStore::open(&dir.path().join("server")).map_err(|e| e.to_string())?);
+    server.import_catalog(&catalog).map_err(|e| e.to_string())?;
+    server.set_user("w1", Role::Worker, None, &["grid:g0".into()]).map_err(|e| e.to_string())?;
+    let running =
+        gridwork_sync_server::start(server.clone() as Arc<dyn SyncStore>, "127.0.0.1:0".parse().map_err(|_| "addr")?)
+            .map_err(|e| e.to_string())?;
+    let (_, code) = server.enrol_device("w1", 0).map_err(|e| e.to_string())?;
+    let e = gridwork_core::sync::enrol(&running.url(), &code, "0.1.0").map_err(|e| e.to_string())?;
+    let who = gridwork_core::Identity {
+        user: UserId::from("w1"),
+        role: e.role,
+        device: DeviceId(e.device_id),
+        device_code: e.device_code,
+        department: None,
+    };
+    let store = open_device(&dir.path().join("phone"), who, &catalog, None).map_err(|e| e.to_string())?;
+    progress(&format!("capturing {} cases on the device", args.cases));
+    let mut rng = Rng::new(7);
+    for i in 0..args.cases {
+        store.capture_case(random_case(&mut rng, &catalog, 0, 0)).map_err(|e| e.to_string())?;
+        if (i + 1) % 2_000 == 0 {
+            progress(&format!("  {} / {}", i + 1, args.cases));
+        }
+    }
+    let config = gridwork_core::sync::SyncConfig::new(running.url(), e.token);
+    progress("first sync (pushes everything)");
+    let first = store.sync(&config, &mut |_| {}).map_err(|e| e.to_string())?;
+    progress(&format!("  {} round trips, {} KB up", first.round_trips, first.bytes_up / 1024));
+    let mut samples = vec![];
+    let mut last = None;
+    for _ in 0..50 {
+        let t = Instant::now();
+        let r = store.sync(&config, &mut |_| {}).map_err(|e| e.to_string())?;
+        samples.push(ms_since(t));
+        last = Some(r);
+    }
+    let r = last.ok_or("no sync ran")?;
+    line(
+        "idle_sync",
+        &stats(samples),
+        &[
+            ("docs", store.document_ids().map_err(|e| e.to_string())?.len().into()),
+            ("round_trips", r.round_trips.into()),
+            ("body_bytes", (r.bytes_up + r.bytes_down).into()),
+        ],
+    );
+    Ok(())
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let suite = args.next().unwrap_or_default();
     let result = match suite.as_str() {
         "device" => parse_args(args).and_then(device),
-        _ => Err("usage: gridwork-bench device [--cases N] [--photo PATH] [--photo-runs N]".to_owned()),
+        "idle-sync" => parse_args(args).and_then(idle_sync),
+        _ => Err("usage: gridwork-bench device|idle-sync [--cases N] [--photo PATH] [--photo-runs N]".to_owned()),
     };
     if let Err(e) = result {
         eprintln!("gridwork-bench: {e}");
