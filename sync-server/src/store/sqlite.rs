@@ -735,17 +735,30 @@ impl SqliteStore {
             let mut group_bytes: Vec<(String, Vec<Vec<u8>>)> = vec![];
             let mut size = 0u64;
             for (s, doc, is_join) in group {
+                // A device is never sent its own changes back: it made them, and an enrolled
+                // device's store outlives its token (a reinstall enrols a new device).
                 let bytes: Vec<Vec<u8>> = if is_join {
+                    let others: i64 = conn
+                        .prepare_cached(
+                            "SELECT count(*) FROM changes WHERE doc_id = ?1 AND seq <= ?2 AND device_id != ?3",
+                        )?
+                        .query_row(params![doc, s, device.id], |r| r.get(0))?;
+                    if others == 0 {
+                        continue;
+                    }
                     conn.prepare_cached("SELECT bytes FROM changes WHERE doc_id = ?1 AND seq <= ?2 ORDER BY seq")?
                         .query_map(params![doc, s], |r| r.get(0))?
                         .collect::<rusqlite::Result<_>>()?
                 } else if join_at.get(&doc).is_some_and(|j| s <= *j) {
                     continue; // covered by the document's full history
                 } else {
-                    conn.prepare_cached("SELECT bytes FROM changes WHERE seq = ?1")?
-                        .query_map([s], |r| r.get(0))?
+                    conn.prepare_cached("SELECT bytes FROM changes WHERE seq = ?1 AND device_id != ?2")?
+                        .query_map(params![s, device.id], |r| r.get(0))?
                         .collect::<rusqlite::Result<_>>()?
                 };
+                if bytes.is_empty() {
+                    continue;
+                }
                 size += bytes.iter().map(|b| b.len() as u64 * 4 / 3 + 4).sum::<u64>();
                 group_bytes.push((doc, bytes));
             }

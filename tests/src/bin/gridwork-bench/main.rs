@@ -2,6 +2,7 @@
 //!
 //!   gridwork-bench device [--cases N] [--photo PATH] [--photo-runs N]
 //!   gridwork-bench idle-sync [--cases N]
+//!   gridwork-bench storm [--devices 5000] [--cases 20] [--checkins 50] [--concurrency 32]
 //!
 //! Benchmarks are not tests: nothing here asserts a timing. Quote medians and ratios measured in
 //! the same run; this machine is shared.
@@ -18,6 +19,8 @@ use gridwork_core::model::ids::{CategoryId, GridId};
 use gridwork_core::model::lifecycle::Status;
 use gridwork_core::store::{CaseQuery, SortOrder};
 use gridwork_tests::{district, identity, open_device, random_case, Rng};
+
+mod storm;
 
 #[allow(unsafe_code)]
 mod counting_alloc {
@@ -393,7 +396,14 @@ fn main() {
     let result = match suite.as_str() {
         "device" => parse_args(args).and_then(device),
         "idle-sync" => parse_args(args).and_then(idle_sync),
-        _ => Err("usage: gridwork-bench device|idle-sync [--cases N] [--photo PATH] [--photo-runs N]".to_owned()),
+        "storm" => storm::parse(args).and_then(|a| storm::run(a, &|v| println!("{v}"))),
+        "storm-server" => match args.next() {
+            Some(dir) => storm::serve_child(&dir),
+            None => Err("storm-server DIR".to_owned()),
+        },
+        _ => Err("usage: gridwork-bench device|idle-sync [--cases N] [--photo PATH] [--photo-runs N]
+       gridwork-bench storm [--devices N] [--cases N] [--checkins N] [--concurrency N]"
+            .to_owned()),
     };
     if let Err(e) = result {
         eprintln!("gridwork-bench: {e}");

@@ -1,0 +1,314 @@
+//! `gridwork-bench storm`: thousands of phones coming back online at once.
+//!
+//! The server runs as a child process (this binary in `storm-server` mode) so its CPU time and
+//! peak RSS can be read from /proc. Every phone is a real gridwork-core store; each prepares its
+//! first request (its whole outbox) before the clock starts. On the clock: every phone pushes
+//! (bounded concurrency), then pulls until it holds its scope.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use base64::Engine;
+use gridwork_core::model::catalog::Role;
+use gridwork_core::model::geo::Location;
+use gridwork_core::model::ids::{DeviceId, GridId, UserId};
+use gridwork_core::model::wire::{
+    DeviceState, EnrolRequest, PushedChange, PushedRecord, SyncRequest, SyncResponse, PROTOCOL_VERSION,
+};
+use gridwork_core::store::{CheckInInput, OutboxKind};
+use gridwork_core::sync::SyncConfig;
+use gridwork_core::{Identity, Store};
+use gridwork_sync_server::{SqliteStore, SyncStore};
+use gridwork_tests::{district, open_device, random_case, Rng};
+
+pub struct StormArgs {
+    pub devices: usize,
+    pub cases: usize,
+    pub checkins: usize,
+    pub concurrency: usize,
+}
+
+pub fn parse(mut it: impl Iterator<Item = String>) -> Result<StormArgs, String> {
+    let mut a = StormArgs { devices: 5000, cases: 20, checkins: 50, concurrency: 32 };
+    while let Some(flag) = it.next() {
+        let v: usize = it.next().and_then(|v| v.parse().ok()).ok_or(format!("{flag} takes a number"))?;
+        match flag.as_str() {
+            "--devices" => a.devices = v,
+            "--cases" => a.cases = v,
+            "--checkins" => a.checkins = v,
+            "--concurrency" => a.concurrency = v.max(1),
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(a)
+}
+
+/// Child mode: serve the store in `dir` on a random loopback port and print it.
+pub fn serve_child(dir: &str) -> Result<(), String> {
+    let store = Arc::new(SqliteStore::open(Path::new(dir)).map_err(|e| e.to_string())?);
+    let server = gridwork_sync_server::start(store as Arc<dyn SyncStore>, "127.0.0.1:0".parse().map_err(|_| "addr")?)
+        .map_err(|e| e.to_string())?;
+    println!("listening {}", server.url());
+    // Serve until the parent closes our stdin.
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    Ok(())
+}
+
+/// (utime + stime in ms, peak RSS in MB) of a process, from /proc.
+fn proc_usage(pid: &str) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let cpu_ms = (ticks(11) + ticks(12)) * 10.0; // USER_HZ is 100 on Linux
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kb = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    (cpu_ms, hwm_kb / 1024.0)
+}
+
+struct Phone {
+    user: String,
+    store: Store,
+    config: SyncConfig,
+    first_request: Vec<u8>,
+}
+
+fn prepare(
+    d: usize,
+    args: &StormArgs,
+    root: &Path,
+    token: String,
+    enrol: &gridwork_core::model::wire::EnrolResponse,
+    url: &str,
+) -> Result<Phone, String> {
+    let catalog = district(args.devices);
+    let user = format!("w{d}");
+    let identity = Identity {
+        user: UserId::from(user.as_str()),
+        role: enrol.role,
+        device: DeviceId(enrol.device_id.clone()),
+        device_code: enrol.device_code.clone(),
+        department: None,
+    };
+    let store = open_device(&root.join(&user), identity, &catalog, None).map_err(|e| e.to_string())?;
+    let mut rng = Rng::new(d as u64 + 1);
+    if args.checkins > 0 {
+        let patrol = store.start_patrol(&GridId(format!("g{d}"))).map_err(|e| e.to_string())?;
+        let points = &catalog.grids[d].points;
+        for i in 0..args.checkins {
+            let p = &points[i % points.len()];
+            let location = Location::gps(p.lat, p.lon, 5.0, 0);
+            store
+                .check_in(CheckInInput {
+                    patrol,
+                    point: Some(p.id.clone()),
+                    location,
+                    note: String::new(),
+                    photo: None,
+                })
+                .map_err(|e| e.to_string())?;
+        }
+        store.finish_patrol(&patrol).map_err(|e| e.to_string())?;
+    }
+    for _ in 0..args.cases {
+        store.capture_case(random_case(&mut rng, &catalog, d, 0)).map_err(|e| e.to_string())?;
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut changes = vec![];
+    let mut records = vec![];
+    for it in store.outbox_page(usize::MAX).map_err(|e| e.to_string())? {
+        match it.kind {
+            OutboxKind::Change => {
+                changes.push(PushedChange { doc: it.doc_id.unwrap_or_default(), bytes: b64.encode(&it.bytes) })
+            }
+            OutboxKind::Record => {
+                records.push(PushedRecord { id: it.key, body: serde_json::from_slice(&it.bytes).unwrap_or_default() })
+            }
+        }
+    }
+    let req = SyncRequest {
+        protocol: PROTOCOL_VERSION,
+        app_version: "0.1.0".into(),
+        doc_schema: 1,
+        cursor: None,
+        state: DeviceState { catalog_version: catalog.version, ..Default::default() },
+        changes,
+        records,
+        max_pull_bytes: 1,
+    };
+    let first_request = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
+    Ok(Phone { user, store, config: SyncConfig::new(url, token), first_request })
+}
+
+pub fn run(args: StormArgs, line: &dyn Fn(serde_json::Value)) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let server_dir = dir.path().join("server");
+    let catalog = district(args.devices);
+    eprintln!("gridwork-bench: storm: seeding {} workers and grids", args.devices);
+    let mut enrolments = vec![];
+    {
+        let store = SqliteStore::open(&server_dir).map_err(|e| e.to_string())?;
+        store.import_catalog(&catalog).map_err(|e| e.to_string())?;
+        for d in 0..args.devices {
+            let user = format!("w{d}");
+            store.set_user(&user, Role::Worker, None, &[format!("grid:g{d}")]).map_err(|e| e.to_string())?;
+            let (_, code) = store.enrol_device(&user, 0).map_err(|e| e.to_string())?;
+            let e = store.redeem(&EnrolRequest { code, app_version: "0.1.0".into() }, 0).map_err(|e| e.to_string())?;
+            enrolments.push(e);
+        }
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .arg("storm-server")
+        .arg(&server_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start the server process: {e}"))?;
+    let pid = child.id().to_string();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().ok_or("no stdout")?).read_line(&mut first).map_err(|e| e.to_string())?;
+    let url = first.trim().strip_prefix("listening ").ok_or(format!("server said {first:?}"))?.to_owned();
+
+    eprintln!(
+        "gridwork-bench: storm: preparing {} phones ({} cases, {} check-ins each)",
+        args.devices, args.cases, args.checkins
+    );
+    let phones: Vec<std::sync::Mutex<Option<Phone>>> = (0..args.devices).map(|_| std::sync::Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| loop {
+                let d = next.fetch_add(1, Ordering::SeqCst);
+                if d >= args.devices {
+                    break;
+                }
+                let e = &enrolments[d];
+                match prepare(d, &args, &dir.path().join("phones"), e.token.clone(), e, &url) {
+                    Ok(p) => *phones[d].lock().unwrap_or_else(|p| p.into_inner()) = Some(p),
+                    Err(err) => eprintln!("gridwork-bench: phone {d}: {err}"),
+                }
+                if (d + 1) % 500 == 0 {
+                    eprintln!("gridwork-bench:   prepared {}/{}", d + 1, args.devices);
+                }
+            });
+        }
+    });
+    let phones: Vec<Phone> = phones.into_iter().filter_map(|m| m.into_inner().ok().flatten()).collect();
+    if phones.len() != args.devices {
+        return Err(format!("only {} of {} phones were prepared", phones.len(), args.devices));
+    }
+
+    let (server_cpu_before, _) = proc_usage(&pid);
+    let (client_cpu_before, _) = proc_usage("self");
+    let bytes_up = AtomicU64::new(0);
+    let bytes_down = AtomicU64::new(0);
+    let failures = AtomicUsize::new(0);
+    let started = Instant::now();
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..args.concurrency {
+            s.spawn(|| {
+                let client = reqwest::blocking::Client::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= phones.len() {
+                        break;
+                    }
+                    let p = &phones[i];
+                    // Push the prepared request, then acknowledge what the server kept.
+                    let ok = client
+                        .post(format!("{}/v1/sync", p.config.server))
+                        .bearer_auth(&p.config.token)
+                        .body(p.first_request.clone())
+                        .send()
+                        .ok()
+                        .filter(|r| r.status().is_success())
+                        .and_then(|r| r.bytes().ok())
+                        .and_then(|b| {
+                            bytes_down.fetch_add(b.len() as u64, Ordering::Relaxed);
+                            serde_json::from_slice::<SyncResponse>(&b).ok()
+                        });
+                    bytes_up.fetch_add(p.first_request.len() as u64, Ordering::Relaxed);
+                    let Some(resp) = ok else {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    let items = p.store.outbox_page(usize::MAX).unwrap_or_default();
+                    let acked: Vec<i64> = items
+                        .iter()
+                        .filter(|it| resp.results.iter().any(|r| r.key == it.key))
+                        .map(|it| it.seq)
+                        .collect();
+                    let _ = p.store.acknowledge(&acked);
+                }
+            });
+        }
+    });
+    // Everyone pulls until done.
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..args.concurrency {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= phones.len() {
+                    break;
+                }
+                match phones[i].store.sync(&phones[i].config, &mut |_| {}) {
+                    Ok(r) => {
+                        bytes_up.fetch_add(r.bytes_up, Ordering::Relaxed);
+                        bytes_down.fetch_add(r.bytes_down, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let (server_cpu_after, server_rss) = proc_usage(&pid);
+    let (client_cpu_after, _) = proc_usage("self");
+    drop(child.stdin.take());
+    let _ = child.wait();
+
+    // Converged: every phone's outbox is empty and it holds exactly its own grid's cases.
+    let verify = SqliteStore::open(&server_dir).map_err(|e| e.to_string())?;
+    let (_, docs, _) = verify.counts().map_err(|e| e.to_string())?;
+    let mut converged = failures.load(Ordering::Relaxed) == 0;
+    for p in &phones {
+        let mut held: Vec<String> =
+            p.store.document_ids().map_err(|e| e.to_string())?.iter().map(|i| i.to_string()).collect();
+        held.sort();
+        if held != verify.docs_in_scope(&p.user).map_err(|e| e.to_string())? || p.store.outbox_len().unwrap_or(1) != 0 {
+            converged = false;
+        }
+    }
+    line(serde_json::json!({
+        "bench": "storm",
+        "devices": args.devices,
+        "cases": args.cases,
+        "checkins": args.checkins,
+        "concurrency": args.concurrency,
+        "elapsed_s": (elapsed * 100.0).round() / 100.0,
+        "server_cpu_ms_per_doc": ((server_cpu_after - server_cpu_before) / (docs.max(1) as f64) * 1000.0).round() / 1000.0,
+        "server_peak_rss_mb": (server_rss * 10.0).round() / 10.0,
+        "client_cpu_s": ((client_cpu_after - client_cpu_before) / 10.0).round() / 100.0,
+        "bytes_up": bytes_up.load(Ordering::Relaxed),
+        "bytes_down": bytes_down.load(Ordering::Relaxed),
+        "docs": docs,
+        "converged": converged,
+    }));
+    Ok(())
+}
