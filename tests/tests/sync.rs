@@ -336,3 +336,105 @@ fn bad_requests_get_a_json_4xx_and_change_nothing() {
     );
     assert_eq!(d.store.counts().expect("counts"), (0, 0, 0));
 }
+
+#[test]
+fn a_worker_and_a_supervisor_editing_the_same_case_offline_both_stay_visible() {
+    use gridwork_core::model::doc::CasePatch;
+    let d = District::new();
+    let mut w1 = phone(&d, "w1", None);
+    let mut s1 = phone(&d, "s1", None);
+    let case = capture(&w1, 0, 1, 20)[0];
+    w1.sync(&d.url()).expect("w1");
+    s1.sync(&d.url()).expect("s1");
+    w1.store
+        .edit_case(&case, CasePatch { title: Some("worker: 3号楼漏水".into()), ..Default::default() })
+        .expect("edit");
+    s1.store
+        .edit_case(&case, CasePatch { title: Some("supervisor: 漏水已派单".into()), ..Default::default() })
+        .expect("edit");
+    s1.store.record_event(&case, EventKind::Accept { note: String::new() }).expect("accept");
+    w1.sync(&d.url()).expect("w1 push");
+    s1.sync(&d.url()).expect("s1 push and pull");
+    w1.sync(&d.url()).expect("w1 pull");
+    for p in [&w1, &s1] {
+        let c = p.store.get_case(&case).expect("get").case;
+        assert_eq!(c.title.conflicts.len(), 2, "both titles stay readable until someone chooses");
+        assert_eq!(c.timeline.state.status.label(), "accepted");
+    }
+}
+
+mod random_orders {
+    use super::*;
+    use gridwork_core::model::doc::CasePatch;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Capture(usize),
+        Edit(usize, usize, u8),
+        Accept(usize),
+        Sync(usize),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0..2usize).prop_map(Step::Capture),
+            (0..3usize, any::<usize>(), 0..4u8).prop_map(|(p, c, v)| Step::Edit(p, c, v)),
+            any::<usize>().prop_map(Step::Accept),
+            (0..3usize).prop_map(Step::Sync),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
+
+        /// Two workers and their supervisor work offline and sync in random orders; after everyone
+        /// syncs twice, every phone holds exactly its scope with the server's heads.
+        #[test]
+        fn phones_converge_through_the_server_whatever_the_sync_order(steps in prop::collection::vec(step(), 1..25)) {
+            let d = District::new();
+            let mut phones = vec![phone(&d, "w1", None), phone(&d, "w2", None), phone(&d, "s1", None)];
+            let mut cases: Vec<CaseId> = vec![];
+            let url = d.url();
+            for (i, s) in steps.iter().enumerate() {
+                match s {
+                    Step::Capture(p) => cases.extend(capture(&phones[*p], *p, 1, i as u64 + 100)),
+                    Step::Edit(p, c, v) if !cases.is_empty() => {
+                        let id = cases[c % cases.len()];
+                        match phones[*p].store.edit_case(&id, CasePatch { title: Some(format!("t{v}")), ..Default::default() }) {
+                            Ok(_) | Err(CoreError::UnknownCase { .. }) | Err(CoreError::NothingToChange) => {}
+                            Err(e) => prop_assert!(false, "edit: {e}"),
+                        }
+                    }
+                    Step::Accept(c) if !cases.is_empty() => {
+                        let id = cases[c % cases.len()];
+                        match phones[2].store.record_event(&id, EventKind::Accept { note: String::new() }) {
+                            Ok(_) | Err(CoreError::UnknownCase { .. }) | Err(CoreError::TransitionNotAllowed { .. }) => {}
+                            Err(e) => prop_assert!(false, "accept: {e}"),
+                        }
+                    }
+                    Step::Sync(p) => {
+                        phones[*p].sync(&url).expect("sync");
+                    }
+                    _ => {}
+                }
+            }
+            for _ in 0..2 {
+                for p in phones.iter_mut() {
+                    p.sync(&url).expect("final sync");
+                }
+            }
+            for (p, user) in phones.iter().zip(["w1", "w2", "s1"]) {
+                let held: Vec<String> = ids(p).iter().map(|i| i.to_string()).collect();
+                prop_assert_eq!(&held, &d.store.docs_in_scope(user).expect("scope"), "{} holds its scope", user);
+                for id in ids(p) {
+                    let mut h = p.store.get_case(&id).expect("get").heads;
+                    h.sort();
+                    prop_assert_eq!(h, d.store.doc_heads(&id.to_string()).expect("heads"));
+                }
+                prop_assert_eq!(p.store.outbox_len().expect("outbox"), 0);
+            }
+            prop_assert_eq!(d.store.counts().expect("counts").1 as usize, cases.len(), "nothing lost, nothing duplicated");
+        }
+    }
+}
