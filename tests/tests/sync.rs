@@ -438,3 +438,36 @@ mod random_orders {
         }
     }
 }
+
+#[test]
+fn cases_reported_outside_the_grid_and_from_a_skewed_clock_are_flagged_and_routed() {
+    let d = District::new();
+    let catalog = district(4);
+    // w1 works grid g0, but this case lies in g1; the phone's clock is a day behind.
+    let (_, code) = d.store.enrol_device("w1", 0).expect("enrol");
+    let e = enrol(&d.url(), &code, "0.1.0").expect("redeem");
+    let identity = Identity {
+        user: UserId::from("w1"),
+        role: e.role,
+        device: DeviceId(e.device_id.clone()),
+        device_code: e.device_code.clone(),
+        department: None,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let real_now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+    let clock = Arc::new(gridwork_core::clock::FixedClock::new(real_now - 86_400_000));
+    let store = open_device(dir.path(), identity, &catalog, Some(clock)).expect("store");
+    let mut case = random_case(&mut Rng::new(30), &catalog, 0, 0);
+    let (lat, lon) = gridwork_tests::grid_centre(&catalog, 1);
+    case.location = gridwork_core::model::geo::Location::gps(lat, lon, 5.0, 0);
+    let id = store.capture_case(case).expect("capture").id;
+    let r = store.sync(&SyncConfig::new(d.url(), e.token), &mut |_| {}).expect("sync");
+    assert_eq!(r.accepted, 1, "accepted, not refused");
+    let flags = d.store.doc_flags(&id.to_string()).expect("flags");
+    assert!(flags.contains(&"outside_grid".to_owned()), "{flags:?}");
+    assert!(flags.contains(&"device_clock_skew".to_owned()), "{flags:?}");
+    let mut w2 = phone(&d, "w2", None);
+    w2.sync(&d.url()).expect("w2");
+    assert_eq!(ids(&w2), vec![id], "routed to the grid it lies in");
+}

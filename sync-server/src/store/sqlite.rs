@@ -25,6 +25,9 @@ use crate::ingest::{read_change, ChangeFacts};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
+/// A device clock further than this from the server's is flagged on what it sends.
+pub const MAX_CLOCK_SKEW_MS: i64 = 10 * 60 * 1000;
+
 /// A device as an administrator sees it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct DeviceInfo {
@@ -585,6 +588,9 @@ impl SqliteStore {
         let state = fold(events).state;
         let mut scopes: BTreeSet<String> = BTreeSet::new();
         let mut flags = vec![];
+        if t.clock_skew {
+            flags.push("device_clock_skew");
+        }
         let mut grids: BTreeSet<String> = t.grids.clone();
         // A case reported outside its grid is routed to the grid it lies in, and flagged.
         for (lat, lon) in &t.locations {
@@ -823,6 +829,8 @@ impl SqliteStore {
 #[derive(Debug, Default)]
 struct Touched {
     seqs: Vec<i64>,
+    /// The sending device's clock was far from the server's.
+    clock_skew: bool,
     grids: BTreeSet<String>,
     locations: Vec<(f64, f64)>,
 }
@@ -944,6 +952,15 @@ impl SyncStore for SqliteStore {
             results.push(ItemResult { key: r.id.clone(), outcome: Outcome::Accepted, reason: None });
         }
         self.unpark(&tx, now_ms, &mut touched)?;
+        // The server stamps what it receives; a device clock far from it is flagged on what it sent.
+        let skew_ms = if req.state.device_time_ms == 0 { 0 } else { req.state.device_time_ms - now_ms };
+        if skew_ms.abs() > MAX_CLOCK_SKEW_MS {
+            for (doc, t) in touched.iter_mut() {
+                if pushed.iter().any(|(d, _)| d == doc) {
+                    t.clock_skew = true;
+                }
+            }
+        }
         let mut docs: Vec<&String> = touched.keys().collect();
         docs.sort();
         for d in docs {
@@ -1061,6 +1078,13 @@ impl SqliteStore {
             .collect::<rusqlite::Result<_>>()?;
         docs.sort();
         Ok(docs)
+    }
+
+    /// The flags the server set on a case (outside_grid, retired_category, device_clock_skew…).
+    pub fn doc_flags(&self, doc_id: &str) -> Result<Vec<String>> {
+        let flags: Option<String> =
+            self.conn().query_row("SELECT flags FROM docs WHERE doc_id = ?1", [doc_id], |r| r.get(0)).optional()?;
+        Ok(flags.unwrap_or_default().split(',').filter(|f| !f.is_empty()).map(str::to_owned).collect())
     }
 
     /// Devices older than this are told to upgrade (their pushes are still accepted).
