@@ -393,7 +393,7 @@ mod random_orders {
         #[test]
         fn phones_converge_through_the_server_whatever_the_sync_order(steps in prop::collection::vec(step(), 1..25)) {
             let d = District::new();
-            let mut phones = vec![phone(&d, "w1", None), phone(&d, "w2", None), phone(&d, "s1", None)];
+            let mut phones = [phone(&d, "w1", None), phone(&d, "w2", None), phone(&d, "s1", None)];
             let mut cases: Vec<CaseId> = vec![];
             let url = d.url();
             for (i, s) in steps.iter().enumerate() {
