@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use base64::Engine;
 use gridwork_model::catalog::{Catalog, Category, Department, Grid, Role};
@@ -52,7 +52,8 @@ pub struct QuarantinedItem {
 pub struct SqliteStore {
     conn: Mutex<Connection>,
     epoch: String,
-    catalog: RwLock<Catalog>,
+    /// Shared, not cloned: refreshing a case reads it for every change.
+    catalog: RwLock<Arc<Catalog>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -94,12 +95,29 @@ fn json<T: serde::Serialize>(v: &T) -> Result<String> {
     serde_json::to_string(v).map_err(|e| ServerError::Internal(e.to_string()))
 }
 
+/// `execute` through the statement cache: the ingest path runs the same few statements for every
+/// change, and re-parsing them each time was a large part of its cost.
+fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
+/// `query_row` through the statement cache.
+fn q1<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached(sql)?.query_row(params, f)
+}
+
 fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>> {
-    Ok(conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    Ok(q1(conn, "SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
 }
 
 fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<()> {
-    conn.execute(
+    exec(
+        conn,
         "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         params![key, value],
     )?;
@@ -148,15 +166,15 @@ impl SqliteStore {
             }
         };
         let catalog = load_catalog(&conn)?;
-        Ok(SqliteStore { conn: Mutex::new(conn), epoch, catalog: RwLock::new(catalog) })
+        Ok(SqliteStore { conn: Mutex::new(conn), epoch, catalog: RwLock::new(Arc::new(catalog)) })
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn catalog(&self) -> Catalog {
-        self.catalog.read().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.read().map(|c| Arc::clone(&c)).unwrap_or_else(|p| Arc::clone(&p.into_inner()))
     }
 
     /// Replaces the reference data and bumps the catalog version.
@@ -164,26 +182,27 @@ impl SqliteStore {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let version = meta_get(&tx, "catalog_version")?.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + 1;
-        tx.execute("DELETE FROM grids", [])?;
-        tx.execute("DELETE FROM categories", [])?;
-        tx.execute("DELETE FROM departments", [])?;
+        exec(&tx, "DELETE FROM grids", [])?;
+        exec(&tx, "DELETE FROM categories", [])?;
+        exec(&tx, "DELETE FROM departments", [])?;
         for g in &catalog.grids {
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO grids (id, community, street, json) VALUES (?1, ?2, ?3, ?4)",
                 params![g.id.0, g.community, g.street, json(g)?],
             )?;
         }
         for c in &catalog.categories {
-            tx.execute("INSERT INTO categories (id, json) VALUES (?1, ?2)", params![c.id.0, json(c)?])?;
+            exec(&tx, "INSERT INTO categories (id, json) VALUES (?1, ?2)", params![c.id.0, json(c)?])?;
         }
         for d in &catalog.departments {
-            tx.execute("INSERT INTO departments (id, json) VALUES (?1, ?2)", params![d.id.0, json(d)?])?;
+            exec(&tx, "INSERT INTO departments (id, json) VALUES (?1, ?2)", params![d.id.0, json(d)?])?;
         }
         meta_set(&tx, "catalog_version", &version.to_string())?;
         tx.commit()?;
         let mut new = catalog.clone();
         new.version = version;
-        *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = new;
+        *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
         Ok(version)
     }
 
@@ -201,7 +220,8 @@ impl SqliteStore {
         }
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO users (id, role, department) VALUES (?1, ?2, ?3)
              ON CONFLICT(id) DO UPDATE SET role = excluded.role, department = excluded.department",
             params![user, role_name(role), department],
@@ -215,14 +235,16 @@ impl SqliteStore {
             // A sequence number marks the moment, so devices' cursors can tell what is new to them.
             let seq = next_seq(&tx)?;
             for s in wanted.difference(&current) {
-                tx.execute(
+                exec(
+                    &tx,
                     "INSERT INTO user_scopes (user_id, scope, granted_seq) VALUES (?1, ?2, ?3)",
                     params![user, s, seq],
                 )?;
             }
             for s in current.difference(&wanted) {
-                tx.execute("DELETE FROM user_scopes WHERE user_id = ?1 AND scope = ?2", params![user, s])?;
-                tx.execute(
+                exec(&tx, "DELETE FROM user_scopes WHERE user_id = ?1 AND scope = ?2", params![user, s])?;
+                exec(
+                    &tx,
                     "INSERT INTO user_scopes_removed (user_id, scope, removed_seq) VALUES (?1, ?2, ?3)",
                     params![user, s, seq],
                 )?;
@@ -351,12 +373,11 @@ impl SqliteStore {
         };
         let key = facts.hash.clone();
         let known: Option<&str> =
-            if tx.query_row("SELECT 1 FROM changes WHERE hash = ?1", [&key], |_| Ok(())).optional()?.is_some()
-                || tx.query_row("SELECT 1 FROM parked WHERE hash = ?1", [&key], |_| Ok(())).optional()?.is_some()
+            if q1(&tx, "SELECT 1 FROM changes WHERE hash = ?1", [&key], |_| Ok(())).optional()?.is_some()
+                || q1(&tx, "SELECT 1 FROM parked WHERE hash = ?1", [&key], |_| Ok(())).optional()?.is_some()
             {
                 Some("accepted")
-            } else if tx.query_row("SELECT 1 FROM quarantine WHERE hash = ?1", [&key], |_| Ok(())).optional()?.is_some()
-            {
+            } else if q1(&tx, "SELECT 1 FROM quarantine WHERE hash = ?1", [&key], |_| Ok(())).optional()?.is_some() {
                 Some("quarantined")
             } else {
                 None
@@ -374,10 +395,11 @@ impl SqliteStore {
         }
         // Every actor belongs to exactly one device.
         let owner: Option<String> =
-            tx.query_row("SELECT device_id FROM actors WHERE actor = ?1", [&facts.actor], |r| r.get(0)).optional()?;
+            q1(&tx, "SELECT device_id FROM actors WHERE actor = ?1", [&facts.actor], |r| r.get(0)).optional()?;
         match owner {
             None => {
-                tx.execute(
+                exec(
+                    &tx,
                     "INSERT INTO actors (actor, device_id, first_seen_ms) VALUES (?1, ?2, ?3)",
                     params![facts.actor, device.id, now],
                 )?;
@@ -407,7 +429,7 @@ impl SqliteStore {
         }
         for dep in &facts.deps {
             let dep_doc: Option<String> =
-                tx.query_row("SELECT doc_id FROM changes WHERE hash = ?1", [dep], |r| r.get(0)).optional()?;
+                q1(&tx, "SELECT doc_id FROM changes WHERE hash = ?1", [dep], |r| r.get(0)).optional()?;
             if dep_doc.is_some_and(|d| d != doc_id) {
                 return Ok(ItemResult {
                     key,
@@ -420,15 +442,11 @@ impl SqliteStore {
             .deps
             .iter()
             .filter(|d| {
-                tx.query_row("SELECT 1 FROM changes WHERE hash = ?1", [d], |_| Ok(()))
-                    .optional()
-                    .ok()
-                    .flatten()
-                    .is_none()
+                q1(&tx, "SELECT 1 FROM changes WHERE hash = ?1", [d], |_| Ok(())).optional().ok().flatten().is_none()
             })
             .count();
         if missing > 0 {
-            tx.execute(
+            exec(tx,
                 "INSERT INTO parked (hash, doc_id, device_id, received_ms, deps, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![key, doc_id, device.id, now, facts.deps.join(","), bytes],
             )?;
@@ -454,7 +472,7 @@ impl SqliteStore {
         reason: &str,
         bytes: &[u8],
     ) -> Result<ItemResult> {
-        tx.execute(
+        exec(tx,
             "INSERT INTO quarantine (hash, doc_id, device_id, received_ms, reason, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
             params![key, doc_id, device.id, now, reason, bytes],
         )?;
@@ -508,17 +526,19 @@ impl SqliteStore {
             }
         }
         let seq = next_seq(tx)?;
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO changes (seq, hash, doc_id, device_id, received_ms, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![seq, key, doc_id, device.id, now, bytes],
         )?;
-        tx.execute(
+        exec(tx,
             "INSERT INTO docs (doc_id, events_obj, updated_seq) VALUES (?1, ?2, ?3)
              ON CONFLICT(doc_id) DO UPDATE SET events_obj = coalesce(docs.events_obj, excluded.events_obj), updated_seq = excluded.updated_seq",
             params![doc_id, events_obj, seq],
         )?;
         for e in &events {
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO doc_events (doc_id, event_id, json) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
                 params![doc_id, e.id.to_string(), json(e)?],
             )?;
@@ -529,10 +549,10 @@ impl SqliteStore {
             match k.as_str() {
                 keys::GRID => {
                     t.grids.insert(v.clone());
-                    tx.execute("UPDATE docs SET grid_id = ?2 WHERE doc_id = ?1", params![doc_id, v])?;
+                    exec(&tx, "UPDATE docs SET grid_id = ?2 WHERE doc_id = ?1", params![doc_id, v])?;
                 }
                 keys::CATEGORY => {
-                    tx.execute("UPDATE docs SET category_id = ?2 WHERE doc_id = ?1", params![doc_id, v])?;
+                    exec(&tx, "UPDATE docs SET category_id = ?2 WHERE doc_id = ?1", params![doc_id, v])?;
                 }
                 keys::LOCATION => {
                     if let Ok(loc) = serde_json::from_str::<Location>(v) {
@@ -555,7 +575,7 @@ impl SqliteStore {
             let mut progressed = false;
             for (hash, doc_id, device_id, deps, bytes) in parked {
                 let ready = deps.split(',').filter(|d| !d.is_empty()).all(|d| {
-                    tx.query_row("SELECT 1 FROM changes WHERE hash = ?1", [d], |_| Ok(()))
+                    q1(&tx, "SELECT 1 FROM changes WHERE hash = ?1", [d], |_| Ok(()))
                         .optional()
                         .ok()
                         .flatten()
@@ -566,7 +586,7 @@ impl SqliteStore {
                 }
                 let device = load_device_by_id(tx, &device_id)?;
                 let Ok((_, facts)) = read_change(&bytes) else { continue };
-                tx.execute("DELETE FROM parked WHERE hash = ?1", [&hash])?;
+                exec(&tx, "DELETE FROM parked WHERE hash = ?1", [&hash])?;
                 self.apply(tx, &device, &doc_id, &facts, &bytes, now, touched)?;
                 progressed = true;
             }
@@ -631,7 +651,8 @@ impl SqliteStore {
         }
         let at = t.seqs.iter().copied().max().unwrap_or(0);
         for s in &scopes {
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO membership (doc_id, scope, joined_seq) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
                 params![doc_id, s, at],
             )?;
@@ -642,17 +663,18 @@ impl SqliteStore {
             .collect::<rusqlite::Result<_>>()?;
         for seq in &t.seqs {
             for s in &all_scopes {
-                tx.execute(
+                exec(
+                    &tx,
                     "INSERT INTO scope_changes (scope, seq, doc_id) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
                     params![s, seq, doc_id],
                 )?;
             }
         }
-        let existing_flags: String =
-            tx.query_row("SELECT flags FROM docs WHERE doc_id = ?1", [doc_id], |r| r.get(0))?;
+        let existing_flags: String = q1(&tx, "SELECT flags FROM docs WHERE doc_id = ?1", [doc_id], |r| r.get(0))?;
         let mut all_flags: BTreeSet<&str> = existing_flags.split(',').filter(|f| !f.is_empty()).collect();
         all_flags.extend(flags);
-        tx.execute(
+        exec(
+            &tx,
             "UPDATE docs SET status = ?2, deadline_ms = ?3, flags = ?4 WHERE doc_id = ?1",
             params![
                 doc_id,
@@ -945,7 +967,8 @@ impl SyncStore for SqliteStore {
                 )?);
                 continue;
             }
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO records (id, device_id, received_ms, body) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
                 params![r.id, device.id, now_ms, body],
             )?;
@@ -968,7 +991,8 @@ impl SyncStore for SqliteStore {
                 self.refresh_doc(&tx, d, t)?;
             }
         }
-        tx.execute(
+        exec(
+            &tx,
             "UPDATE devices SET last_seen_ms = ?2, last_state = ?3 WHERE id = ?1",
             params![
                 device.id,
@@ -989,7 +1013,7 @@ impl SyncStore for SqliteStore {
             results,
             docs,
             left_scope,
-            catalog: (catalog.version > req.state.catalog_version).then_some(catalog),
+            catalog: (catalog.version > req.state.catalog_version).then(|| Catalog::clone(&catalog)),
             cursor: format!("{}:{new_cursor}", self.epoch),
             more,
         })
@@ -1015,7 +1039,8 @@ impl SqliteStore {
         if doc_id.is_empty() {
             // A record: store it as the device sent it.
             let body = String::from_utf8_lossy(&bytes).into_owned();
-            tx.execute(
+            exec(
+                &tx,
                 "INSERT INTO records (id, device_id, received_ms, body) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
                 params![hash, device_id, now_ms, body],
             )?;
@@ -1025,7 +1050,7 @@ impl SqliteStore {
                 .deps
                 .iter()
                 .filter(|d| {
-                    tx.query_row("SELECT 1 FROM changes WHERE hash = ?1", [d], |_| Ok(()))
+                    q1(&tx, "SELECT 1 FROM changes WHERE hash = ?1", [d], |_| Ok(()))
                         .optional()
                         .ok()
                         .flatten()
@@ -1038,7 +1063,7 @@ impl SqliteStore {
                     missing.len()
                 )));
             }
-            tx.execute("UPDATE quarantine SET status = 'released' WHERE hash = ?1", [hash])?;
+            exec(&tx, "UPDATE quarantine SET status = 'released' WHERE hash = ?1", [hash])?;
             let device = load_device_by_id(&tx, &device_id)?;
             let mut touched = HashMap::new();
             let result = self.apply(&tx, &device, &doc_id, &facts, &bytes, now_ms, &mut touched)?;
@@ -1050,7 +1075,7 @@ impl SqliteStore {
                 self.refresh_doc(&tx, d, t)?;
             }
         }
-        tx.execute("UPDATE quarantine SET status = 'released' WHERE hash = ?1", [hash])?;
+        exec(&tx, "UPDATE quarantine SET status = 'released' WHERE hash = ?1", [hash])?;
         tx.commit()?;
         Ok(())
     }
