@@ -373,11 +373,11 @@ impl SqliteStore {
         };
         let key = facts.hash.clone();
         let known: Option<&str> =
-            if q1(&tx, "SELECT 1 FROM changes WHERE hash = ?1", [&key], |_| Ok(())).optional()?.is_some()
-                || q1(&tx, "SELECT 1 FROM parked WHERE hash = ?1", [&key], |_| Ok(())).optional()?.is_some()
+            if q1(tx, "SELECT 1 FROM changes WHERE hash = ?1", [&key], |_| Ok(())).optional()?.is_some()
+                || q1(tx, "SELECT 1 FROM parked WHERE hash = ?1", [&key], |_| Ok(())).optional()?.is_some()
             {
                 Some("accepted")
-            } else if q1(&tx, "SELECT 1 FROM quarantine WHERE hash = ?1", [&key], |_| Ok(())).optional()?.is_some() {
+            } else if q1(tx, "SELECT 1 FROM quarantine WHERE hash = ?1", [&key], |_| Ok(())).optional()?.is_some() {
                 Some("quarantined")
             } else {
                 None
@@ -395,11 +395,11 @@ impl SqliteStore {
         }
         // Every actor belongs to exactly one device.
         let owner: Option<String> =
-            q1(&tx, "SELECT device_id FROM actors WHERE actor = ?1", [&facts.actor], |r| r.get(0)).optional()?;
+            q1(tx, "SELECT device_id FROM actors WHERE actor = ?1", [&facts.actor], |r| r.get(0)).optional()?;
         match owner {
             None => {
                 exec(
-                    &tx,
+                    tx,
                     "INSERT INTO actors (actor, device_id, first_seen_ms) VALUES (?1, ?2, ?3)",
                     params![facts.actor, device.id, now],
                 )?;
@@ -429,7 +429,7 @@ impl SqliteStore {
         }
         for dep in &facts.deps {
             let dep_doc: Option<String> =
-                q1(&tx, "SELECT doc_id FROM changes WHERE hash = ?1", [dep], |r| r.get(0)).optional()?;
+                q1(tx, "SELECT doc_id FROM changes WHERE hash = ?1", [dep], |r| r.get(0)).optional()?;
             if dep_doc.is_some_and(|d| d != doc_id) {
                 return Ok(ItemResult {
                     key,
@@ -442,7 +442,7 @@ impl SqliteStore {
             .deps
             .iter()
             .filter(|d| {
-                q1(&tx, "SELECT 1 FROM changes WHERE hash = ?1", [d], |_| Ok(())).optional().ok().flatten().is_none()
+                q1(tx, "SELECT 1 FROM changes WHERE hash = ?1", [d], |_| Ok(())).optional().ok().flatten().is_none()
             })
             .count();
         if missing > 0 {
@@ -527,7 +527,7 @@ impl SqliteStore {
         }
         let seq = next_seq(tx)?;
         exec(
-            &tx,
+            tx,
             "INSERT INTO changes (seq, hash, doc_id, device_id, received_ms, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![seq, key, doc_id, device.id, now, bytes],
         )?;
@@ -538,7 +538,7 @@ impl SqliteStore {
         )?;
         for e in &events {
             exec(
-                &tx,
+                tx,
                 "INSERT INTO doc_events (doc_id, event_id, json) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
                 params![doc_id, e.id.to_string(), json(e)?],
             )?;
@@ -549,10 +549,10 @@ impl SqliteStore {
             match k.as_str() {
                 keys::GRID => {
                     t.grids.insert(v.clone());
-                    exec(&tx, "UPDATE docs SET grid_id = ?2 WHERE doc_id = ?1", params![doc_id, v])?;
+                    exec(tx, "UPDATE docs SET grid_id = ?2 WHERE doc_id = ?1", params![doc_id, v])?;
                 }
                 keys::CATEGORY => {
-                    exec(&tx, "UPDATE docs SET category_id = ?2 WHERE doc_id = ?1", params![doc_id, v])?;
+                    exec(tx, "UPDATE docs SET category_id = ?2 WHERE doc_id = ?1", params![doc_id, v])?;
                 }
                 keys::LOCATION => {
                     if let Ok(loc) = serde_json::from_str::<Location>(v) {
@@ -575,18 +575,14 @@ impl SqliteStore {
             let mut progressed = false;
             for (hash, doc_id, device_id, deps, bytes) in parked {
                 let ready = deps.split(',').filter(|d| !d.is_empty()).all(|d| {
-                    q1(&tx, "SELECT 1 FROM changes WHERE hash = ?1", [d], |_| Ok(()))
-                        .optional()
-                        .ok()
-                        .flatten()
-                        .is_some()
+                    q1(tx, "SELECT 1 FROM changes WHERE hash = ?1", [d], |_| Ok(())).optional().ok().flatten().is_some()
                 });
                 if !ready {
                     continue;
                 }
                 let device = load_device_by_id(tx, &device_id)?;
                 let Ok((_, facts)) = read_change(&bytes) else { continue };
-                exec(&tx, "DELETE FROM parked WHERE hash = ?1", [&hash])?;
+                exec(tx, "DELETE FROM parked WHERE hash = ?1", [&hash])?;
                 self.apply(tx, &device, &doc_id, &facts, &bytes, now, touched)?;
                 progressed = true;
             }
@@ -652,7 +648,7 @@ impl SqliteStore {
         let at = t.seqs.iter().copied().max().unwrap_or(0);
         for s in &scopes {
             exec(
-                &tx,
+                tx,
                 "INSERT INTO membership (doc_id, scope, joined_seq) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
                 params![doc_id, s, at],
             )?;
@@ -664,17 +660,17 @@ impl SqliteStore {
         for seq in &t.seqs {
             for s in &all_scopes {
                 exec(
-                    &tx,
+                    tx,
                     "INSERT INTO scope_changes (scope, seq, doc_id) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
                     params![s, seq, doc_id],
                 )?;
             }
         }
-        let existing_flags: String = q1(&tx, "SELECT flags FROM docs WHERE doc_id = ?1", [doc_id], |r| r.get(0))?;
+        let existing_flags: String = q1(tx, "SELECT flags FROM docs WHERE doc_id = ?1", [doc_id], |r| r.get(0))?;
         let mut all_flags: BTreeSet<&str> = existing_flags.split(',').filter(|f| !f.is_empty()).collect();
         all_flags.extend(flags);
         exec(
-            &tx,
+            tx,
             "UPDATE docs SET status = ?2, deadline_ms = ?3, flags = ?4 WHERE doc_id = ?1",
             params![
                 doc_id,
