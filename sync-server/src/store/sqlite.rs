@@ -68,6 +68,14 @@ fn random_hex(bytes: usize) -> Result<String> {
     Ok(hex::encode(b))
 }
 
+/// Six characters of Crockford base32 (no I, L, O, U): about a billion codes, easy to read aloud.
+fn short_code() -> Result<String> {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let mut b = [0u8; 6];
+    getrandom::fill(&mut b).map_err(|e| ServerError::Internal(format!("no randomness: {e}")))?;
+    Ok(b.iter().map(|x| ALPHABET[(*x & 31) as usize] as char).collect())
+}
+
 fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
@@ -263,13 +271,22 @@ impl SqliteStore {
             return Err(ServerError::NotFound(format!("user {user}: add the user first")));
         }
         let id = format!("dev-{}", random_hex(6)?);
-        let code = random_hex(3)?.to_uppercase();
         let secret = random_hex(10)?;
-        conn.execute(
-            "INSERT INTO devices (id, code, user_id, enrol_hash, status, created_ms) VALUES (?1, ?2, ?3, ?4, 'pending', ?5)",
-            params![id, code, user, sha256_hex(&secret), now_ms],
-        )?;
-        Ok((id, secret))
+        // The short code prefixes readable case codes, so it is kept to 6 characters and drawn
+        // again on the rare collision rather than made longer.
+        for _ in 0..16 {
+            let code = short_code()?;
+            let taken = q1(&conn, "SELECT 1 FROM devices WHERE code = ?1", [&code], |_| Ok(())).optional()?.is_some();
+            if taken {
+                continue;
+            }
+            conn.execute(
+                "INSERT INTO devices (id, code, user_id, enrol_hash, status, created_ms) VALUES (?1, ?2, ?3, ?4, 'pending', ?5)",
+                params![id, code, user, sha256_hex(&secret), now_ms],
+            )?;
+            return Ok((id, secret));
+        }
+        Err(ServerError::Internal("could not find a free device code".into()))
     }
 
     /// A lost phone: refused from now on; what it synced stays.
