@@ -118,6 +118,18 @@ pub fn identity(user: &str, role: Role, department: Option<&str>) -> Identity {
     }
 }
 
+/// The identity a phone's store is opened with after enrolment: the server's device id, user,
+/// role and department, so every event it writes is attributable to that enrolment.
+pub fn identity_from_enrolment(e: &gridwork_core::model::wire::EnrolResponse) -> Identity {
+    Identity {
+        user: UserId(e.user.clone()),
+        role: e.role,
+        device: DeviceId(e.device_id.clone()),
+        device_code: e.device_code.clone(),
+        department: e.department.as_deref().map(DepartmentId::from),
+    }
+}
+
 /// Opens (or creates) a simulated device's store with the district catalogue.
 pub fn open_device(
     dir: &Path,

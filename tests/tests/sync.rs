@@ -4,14 +4,14 @@ use std::sync::Arc;
 
 use base64::Engine;
 use gridwork_core::model::catalog::Role;
-use gridwork_core::model::ids::{CaseId, DeviceId, UserId};
+use gridwork_core::model::ids::{CaseId, UserId};
 use gridwork_core::model::lifecycle::EventKind;
 use gridwork_core::model::wire::{DeviceState, Outcome, PushedChange, SyncRequest, PROTOCOL_VERSION};
 use gridwork_core::store::CaseQuery;
 use gridwork_core::sync::{enrol, SyncConfig, SyncReport};
-use gridwork_core::{CoreError, Identity, Store};
+use gridwork_core::{CoreError, Store};
 use gridwork_sync_server::{RunningServer, SqliteStore, SyncStore};
-use gridwork_tests::{district, open_device, random_case, Rng};
+use gridwork_tests::{district, identity_from_enrolment, open_device, random_case, Rng};
 
 struct District {
     dir: tempfile::TempDir,
@@ -67,14 +67,11 @@ impl Phone {
 fn phone(d: &District, user: &str, claim: Option<(&str, Role)>) -> Phone {
     let (_, code) = d.store.enrol_device(user, 0).expect("enrol");
     let e = enrol(&d.url(), &code, "0.1.0").expect("redeem code");
-    let (claimed_user, claimed_role) = claim.unwrap_or((user, e.role));
-    let identity = Identity {
-        user: UserId::from(claimed_user),
-        role: claimed_role,
-        device: DeviceId(e.device_id.clone()),
-        device_code: e.device_code.clone(),
-        department: e.department.clone().map(|d| d.as_str().into()),
-    };
+    let mut identity = identity_from_enrolment(&e);
+    if let Some((claimed_user, claimed_role)) = claim {
+        identity.user = UserId::from(claimed_user);
+        identity.role = claimed_role;
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open_device(dir.path(), identity, &district(4), None).expect("device store");
     Phone { _dir: dir, store, config: SyncConfig::new(d.url(), e.token) }
@@ -446,13 +443,7 @@ fn cases_reported_outside_the_grid_and_from_a_skewed_clock_are_flagged_and_route
     // w1 works grid g0, but this case lies in g1; the phone's clock is a day behind.
     let (_, code) = d.store.enrol_device("w1", 0).expect("enrol");
     let e = enrol(&d.url(), &code, "0.1.0").expect("redeem");
-    let identity = Identity {
-        user: UserId::from("w1"),
-        role: e.role,
-        device: DeviceId(e.device_id.clone()),
-        device_code: e.device_code.clone(),
-        department: None,
-    };
+    let identity = identity_from_enrolment(&e);
     let dir = tempfile::tempdir().expect("tempdir");
     let real_now =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;

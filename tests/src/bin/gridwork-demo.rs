@@ -20,13 +20,13 @@ use std::time::Instant;
 use gridwork_core::evidence::synthetic::{camera_like_jpeg, ExifSpec};
 use gridwork_core::model::catalog::{Catalog, Role};
 use gridwork_core::model::geo::Location;
-use gridwork_core::model::ids::{CaseId, DeviceId, GridId, UserId};
+use gridwork_core::model::ids::{CaseId, GridId};
 use gridwork_core::model::lifecycle::EventKind;
 use gridwork_core::store::{CaseQuery, CheckInInput};
 use gridwork_core::sync::{enrol, SyncConfig};
-use gridwork_core::{Identity, Store};
+use gridwork_core::Store;
 use gridwork_sync_server::{SqliteStore, SyncStore};
-use gridwork_tests::{district, open_device, random_case, Rng};
+use gridwork_tests::{district, identity_from_enrolment, open_device, random_case, Rng};
 
 struct Args {
     devices: usize,
@@ -81,14 +81,7 @@ struct Phone {
 fn enrol_phone(server: &SqliteStore, url: &str, user: &str, dir: &Path, catalog: &Catalog) -> Result<Phone, String> {
     let (_, code) = server.enrol_device(user, now_ms()).map_err(|e| e.to_string())?;
     let e = enrol(url, &code, env!("CARGO_PKG_VERSION")).map_err(|e| format!("enrolling {user}: {e}"))?;
-    let identity = Identity {
-        user: UserId::from(user),
-        role: e.role,
-        device: DeviceId(e.device_id),
-        device_code: e.device_code,
-        department: e.department.map(|d| d.as_str().into()),
-    };
-    let store = open_device(dir, identity, catalog, None).map_err(|e| e.to_string())?;
+    let store = open_device(dir, identity_from_enrolment(&e), catalog, None).map_err(|e| e.to_string())?;
     Ok(Phone { user: user.to_owned(), store, config: SyncConfig::new(url, e.token) })
 }
 

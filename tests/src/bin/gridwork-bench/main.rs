@@ -337,7 +337,6 @@ fn photo_pipeline(args: &Args) -> Result<(), String> {
 
 /// One sync of a device holding N documents when nothing is new: round trips and body bytes.
 fn idle_sync(args: Args) -> Result<(), String> {
-    use gridwork_core::model::ids::{DeviceId, UserId};
     use gridwork_sync_server::{SqliteStore, SyncStore};
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let catalog = district(4);
@@ -349,14 +348,8 @@ fn idle_sync(args: Args) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
     let (_, code) = server.enrol_device("w1", 0).map_err(|e| e.to_string())?;
     let e = gridwork_core::sync::enrol(&running.url(), &code, "0.1.0").map_err(|e| e.to_string())?;
-    let who = gridwork_core::Identity {
-        user: UserId::from("w1"),
-        role: e.role,
-        device: DeviceId(e.device_id),
-        device_code: e.device_code,
-        department: None,
-    };
-    let store = open_device(&dir.path().join("phone"), who, &catalog, None).map_err(|e| e.to_string())?;
+    let store = open_device(&dir.path().join("phone"), gridwork_tests::identity_from_enrolment(&e), &catalog, None)
+        .map_err(|e| e.to_string())?;
     progress(&format!("capturing {} cases on the device", args.cases));
     let mut rng = Rng::new(7);
     for i in 0..args.cases {

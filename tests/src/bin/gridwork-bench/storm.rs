@@ -15,15 +15,15 @@ use std::time::Instant;
 use base64::Engine;
 use gridwork_core::model::catalog::Role;
 use gridwork_core::model::geo::Location;
-use gridwork_core::model::ids::{DeviceId, GridId, UserId};
+use gridwork_core::model::ids::GridId;
 use gridwork_core::model::wire::{
     DeviceState, EnrolRequest, PushedChange, PushedRecord, SyncRequest, SyncResponse, PROTOCOL_VERSION,
 };
 use gridwork_core::store::{CheckInInput, OutboxKind};
 use gridwork_core::sync::SyncConfig;
-use gridwork_core::{Identity, Store};
+use gridwork_core::Store;
 use gridwork_sync_server::{SqliteStore, SyncStore};
-use gridwork_tests::{district, open_device, random_case, Rng};
+use gridwork_tests::{district, identity_from_enrolment, open_device, random_case, Rng};
 
 pub struct StormArgs {
     pub devices: usize,
@@ -94,14 +94,8 @@ fn prepare(
 ) -> Result<Phone, String> {
     let catalog = district(args.devices);
     let user = format!("w{d}");
-    let identity = Identity {
-        user: UserId::from(user.as_str()),
-        role: enrol.role,
-        device: DeviceId(enrol.device_id.clone()),
-        device_code: enrol.device_code.clone(),
-        department: None,
-    };
-    let store = open_device(&root.join(&user), identity, &catalog, None).map_err(|e| e.to_string())?;
+    let store =
+        open_device(&root.join(&user), identity_from_enrolment(enrol), &catalog, None).map_err(|e| e.to_string())?;
     let mut rng = Rng::new(d as u64 + 1);
     if args.checkins > 0 {
         let patrol = store.start_patrol(&GridId(format!("g{d}"))).map_err(|e| e.to_string())?;
