@@ -200,6 +200,12 @@ impl Store {
             };
             let mut changes = vec![];
             let mut records = vec![];
+            // The server answers one result per item, changes first, then records, in request order.
+            let in_answer_order: Vec<&crate::store::OutboxItem> = items
+                .iter()
+                .filter(|i| i.kind == OutboxKind::Change)
+                .chain(items.iter().filter(|i| i.kind == OutboxKind::Record))
+                .collect();
             for it in &items {
                 match it.kind {
                     OutboxKind::Change => changes.push(PushedChange {
@@ -232,8 +238,10 @@ impl Store {
                 .map_err(|e| CoreError::Network { message: format!("bad sync answer: {e}"), retryable: true })?;
 
             let mut acked = vec![];
-            for r in &resp.results {
-                let Some(item) = items.iter().find(|i| i.key == r.key) else { continue };
+            for (i, r) in resp.results.iter().enumerate() {
+                // Match by key; by position when the server could not read the item's key.
+                let by_key = items.iter().find(|it| it.key == r.key);
+                let Some(item) = by_key.or_else(|| in_answer_order.get(i).copied()) else { continue };
                 match r.outcome {
                     Outcome::Accepted => {
                         report.accepted += 1;
@@ -243,7 +251,7 @@ impl Store {
                         report.quarantined.push((r.key.clone(), r.reason.clone().unwrap_or_default()));
                         acked.push(item.seq);
                     }
-                    Outcome::Refused => report.refused.push((r.key.clone(), r.reason.clone().unwrap_or_default())),
+                    Outcome::Refused => report.refused.push((item.key.clone(), r.reason.clone().unwrap_or_default())),
                 }
             }
             self.acknowledge(&acked)?;

@@ -12,6 +12,8 @@ pub enum ServerError {
     ProtocolFromFuture { got: u32, supported: u32 },
     #[error("invalid request: {0}")]
     BadRequest(String),
+    #[error("request body over {limit} bytes: send fewer changes per request")]
+    TooLarge { limit: usize },
     #[error("not found: {0}")]
     NotFound(String),
     #[error("storage error: {0}")]
@@ -29,6 +31,7 @@ impl ServerError {
             ServerError::BadEnrolmentCode => (403, "bad_enrolment_code"),
             ServerError::ProtocolFromFuture { .. } => (400, "protocol_unsupported"),
             ServerError::BadRequest(_) => (400, "bad_request"),
+            ServerError::TooLarge { .. } => (413, "too_large"),
             ServerError::NotFound(_) => (404, "not_found"),
             ServerError::Storage(_) | ServerError::Internal(_) => (500, "internal"),
         }

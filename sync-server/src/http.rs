@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -39,7 +40,22 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(|e| ServerError::Internal(format!("worker failed: {e}")))?
 }
 
-async fn enrol(State(store): State<Arc<dyn SyncStore>>, body: Bytes) -> Result<Response, ServerError> {
+/// The body, or a JSON error instead of axum's plain-text rejection.
+fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ServerError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ServerError::TooLarge { limit: MAX_BODY_BYTES }
+        } else {
+            ServerError::BadRequest(e.body_text())
+        }
+    })
+}
+
+async fn enrol(
+    State(store): State<Arc<dyn SyncStore>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServerError> {
+    let body = body_or_error(body)?;
     let req: EnrolRequest = parse(&body)?;
     let resp = blocking(move || store.redeem(&req, now_ms())).await?;
     Ok(Json(resp).into_response())
