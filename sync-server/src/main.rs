@@ -43,7 +43,8 @@ fn take_flag(args: &mut Vec<String>, flag: &str) -> Result<Option<String>, Strin
 
 fn run() -> Result<(), String> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let data_dir = PathBuf::from(take_flag(&mut args, "--data-dir")?.ok_or("--data-dir DIR is required")?);
+    let data_dir =
+        PathBuf::from(take_flag(&mut args, "--data-dir")?.ok_or(format!("--data-dir DIR is required\n{USAGE}"))?);
     let store = SqliteStore::open(&data_dir).map_err(|e| e.to_string())?;
     let command: Vec<&str> = args.iter().map(String::as_str).collect();
     match command.as_slice() {
