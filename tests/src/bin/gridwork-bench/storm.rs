@@ -6,18 +6,18 @@
 //! (bounded concurrency), then pulls until it holds its scope.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use base64::Engine;
-use gridwork_core::model::catalog::Role;
+use gridwork_core::model::catalog::{Catalog, Role};
 use gridwork_core::model::geo::Location;
 use gridwork_core::model::ids::GridId;
 use gridwork_core::model::wire::{
-    DeviceState, EnrolRequest, PushedChange, PushedRecord, SyncRequest, SyncResponse, PROTOCOL_VERSION,
+    DeviceState, EnrolRequest, EnrolResponse, PushedChange, PushedRecord, SyncRequest, SyncResponse, PROTOCOL_VERSION,
 };
 use gridwork_core::store::{CheckInInput, OutboxKind};
 use gridwork_core::sync::SyncConfig;
@@ -77,31 +77,56 @@ fn proc_usage(pid: &str) -> (f64, f64) {
     (cpu_ms, hwm_kb / 1024.0)
 }
 
+/// A prepared phone. Its store is closed between phases: thousands of open stores (each with its
+/// page caches) do not fit in one process — on real phones each is its own.
 struct Phone {
     user: String,
-    store: Store,
+    dir: PathBuf,
+    enrol: EnrolResponse,
+    catalog: Catalog,
     config: SyncConfig,
     first_request: Vec<u8>,
+}
+
+impl Phone {
+    fn open(&self) -> Result<Store, String> {
+        open_device(&self.dir, identity_from_enrolment(&self.enrol), &self.catalog, None).map_err(|e| e.to_string())
+    }
+}
+
+/// What a worker's phone carries: its own grid and the shared lists, not the whole district.
+fn phone_catalog(full: &Catalog, d: usize) -> Catalog {
+    Catalog {
+        version: full.version,
+        grids: full.grids.get(d).cloned().into_iter().collect(),
+        categories: full.categories.clone(),
+        departments: full.departments.clone(),
+    }
 }
 
 fn prepare(
     d: usize,
     args: &StormArgs,
     root: &Path,
-    token: String,
-    enrol: &gridwork_core::model::wire::EnrolResponse,
+    full: &Catalog,
+    enrol: &EnrolResponse,
     url: &str,
 ) -> Result<Phone, String> {
-    let catalog = district(args.devices);
-    let user = format!("w{d}");
-    let store =
-        open_device(&root.join(&user), identity_from_enrolment(enrol), &catalog, None).map_err(|e| e.to_string())?;
+    let phone = Phone {
+        user: format!("w{d}"),
+        dir: root.join(format!("w{d}")),
+        enrol: enrol.clone(),
+        catalog: phone_catalog(full, d),
+        config: SyncConfig::new(url, enrol.token.clone()),
+        first_request: vec![],
+    };
+    let store = phone.open()?;
+    let grid = phone.catalog.grids.first().ok_or("no grid")?.clone();
     let mut rng = Rng::new(d as u64 + 1);
     if args.checkins > 0 {
-        let patrol = store.start_patrol(&GridId(format!("g{d}"))).map_err(|e| e.to_string())?;
-        let points = &catalog.grids[d].points;
+        let patrol = store.start_patrol(&GridId(grid.id.0.clone())).map_err(|e| e.to_string())?;
         for i in 0..args.checkins {
-            let p = &points[i % points.len()];
+            let p = &grid.points[i % grid.points.len()];
             let location = Location::gps(p.lat, p.lon, 5.0, 0);
             store
                 .check_in(CheckInInput {
@@ -116,7 +141,7 @@ fn prepare(
         store.finish_patrol(&patrol).map_err(|e| e.to_string())?;
     }
     for _ in 0..args.cases {
-        store.capture_case(random_case(&mut rng, &catalog, d, 0)).map_err(|e| e.to_string())?;
+        store.capture_case(random_case(&mut rng, &phone.catalog, 0, 0)).map_err(|e| e.to_string())?;
     }
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut changes = vec![];
@@ -136,13 +161,13 @@ fn prepare(
         app_version: "0.1.0".into(),
         doc_schema: 1,
         cursor: None,
-        state: DeviceState { catalog_version: catalog.version, ..Default::default() },
+        state: DeviceState { catalog_version: phone.catalog.version, ..Default::default() },
         changes,
         records,
         max_pull_bytes: 1,
     };
     let first_request = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
-    Ok(Phone { user, store, config: SyncConfig::new(url, token), first_request })
+    Ok(Phone { first_request, ..phone })
 }
 
 pub fn run(args: StormArgs, line: &dyn Fn(serde_json::Value)) -> Result<(), String> {
@@ -179,7 +204,7 @@ pub fn run(args: StormArgs, line: &dyn Fn(serde_json::Value)) -> Result<(), Stri
         "gridwork-bench: storm: preparing {} phones ({} cases, {} check-ins each)",
         args.devices, args.cases, args.checkins
     );
-    let phones: Vec<std::sync::Mutex<Option<Phone>>> = (0..args.devices).map(|_| std::sync::Mutex::new(None)).collect();
+    let slots: Vec<std::sync::Mutex<Option<Phone>>> = (0..args.devices).map(|_| std::sync::Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| {
         for _ in 0..2 {
@@ -188,9 +213,8 @@ pub fn run(args: StormArgs, line: &dyn Fn(serde_json::Value)) -> Result<(), Stri
                 if d >= args.devices {
                     break;
                 }
-                let e = &enrolments[d];
-                match prepare(d, &args, &dir.path().join("phones"), e.token.clone(), e, &url) {
-                    Ok(p) => *phones[d].lock().unwrap_or_else(|p| p.into_inner()) = Some(p),
+                match prepare(d, &args, &dir.path().join("phones"), &catalog, &enrolments[d], &url) {
+                    Ok(p) => *slots[d].lock().unwrap_or_else(|p| p.into_inner()) = Some(p),
                     Err(err) => eprintln!("gridwork-bench: phone {d}: {err}"),
                 }
                 if (d + 1) % 500 == 0 {
@@ -199,11 +223,12 @@ pub fn run(args: StormArgs, line: &dyn Fn(serde_json::Value)) -> Result<(), Stri
             });
         }
     });
-    let phones: Vec<Phone> = phones.into_iter().filter_map(|m| m.into_inner().ok().flatten()).collect();
+    let phones: Vec<Phone> = slots.into_iter().filter_map(|m| m.into_inner().ok().flatten()).collect();
     if phones.len() != args.devices {
         return Err(format!("only {} of {} phones were prepared", phones.len(), args.devices));
     }
 
+    eprintln!("gridwork-bench: storm: clock starts: every phone pushes, then pulls");
     let (server_cpu_before, _) = proc_usage(&pid);
     let (client_cpu_before, _) = proc_usage("self");
     let bytes_up = AtomicU64::new(0);
@@ -222,35 +247,36 @@ pub fn run(args: StormArgs, line: &dyn Fn(serde_json::Value)) -> Result<(), Stri
                     }
                     let p = &phones[i];
                     // Push the prepared request, then acknowledge what the server kept.
-                    let ok = client
+                    let answer = client
                         .post(format!("{}/v1/sync", p.config.server))
                         .bearer_auth(&p.config.token)
                         .body(p.first_request.clone())
                         .send()
                         .ok()
                         .filter(|r| r.status().is_success())
-                        .and_then(|r| r.bytes().ok())
-                        .and_then(|b| {
-                            bytes_down.fetch_add(b.len() as u64, Ordering::Relaxed);
-                            serde_json::from_slice::<SyncResponse>(&b).ok()
-                        });
+                        .and_then(|r| r.bytes().ok());
                     bytes_up.fetch_add(p.first_request.len() as u64, Ordering::Relaxed);
-                    let Some(resp) = ok else {
+                    let resp = answer.and_then(|b| {
+                        bytes_down.fetch_add(b.len() as u64, Ordering::Relaxed);
+                        serde_json::from_slice::<SyncResponse>(&b).ok()
+                    });
+                    let done = resp.ok_or_else(|| "push failed".to_owned()).and_then(|resp| {
+                        let store = p.open()?;
+                        let items = store.outbox_page(usize::MAX).map_err(|e| e.to_string())?;
+                        let acked: Vec<i64> = items
+                            .iter()
+                            .filter(|it| resp.results.iter().any(|r| r.key == it.key))
+                            .map(|it| it.seq)
+                            .collect();
+                        store.acknowledge(&acked).map_err(|e| e.to_string())
+                    });
+                    if done.is_err() {
                         failures.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    };
-                    let items = p.store.outbox_page(usize::MAX).unwrap_or_default();
-                    let acked: Vec<i64> = items
-                        .iter()
-                        .filter(|it| resp.results.iter().any(|r| r.key == it.key))
-                        .map(|it| it.seq)
-                        .collect();
-                    let _ = p.store.acknowledge(&acked);
+                    }
                 }
             });
         }
     });
-    // Everyone pulls until done.
     let next = AtomicUsize::new(0);
     std::thread::scope(|s| {
         for _ in 0..args.concurrency {
@@ -259,7 +285,8 @@ pub fn run(args: StormArgs, line: &dyn Fn(serde_json::Value)) -> Result<(), Stri
                 if i >= phones.len() {
                     break;
                 }
-                match phones[i].store.sync(&phones[i].config, &mut |_| {}) {
+                let p = &phones[i];
+                match p.open().and_then(|s| s.sync(&p.config, &mut |_| {}).map_err(|e| e.to_string())) {
                     Ok(r) => {
                         bytes_up.fetch_add(r.bytes_up, Ordering::Relaxed);
                         bytes_down.fetch_add(r.bytes_down, Ordering::Relaxed);
@@ -277,15 +304,17 @@ pub fn run(args: StormArgs, line: &dyn Fn(serde_json::Value)) -> Result<(), Stri
     drop(child.stdin.take());
     let _ = child.wait();
 
-    // Converged: every phone's outbox is empty and it holds exactly its own grid's cases.
+    // Converged: every phone's outbox is empty and it holds exactly its scope.
+    eprintln!("gridwork-bench: storm: verifying");
     let verify = SqliteStore::open(&server_dir).map_err(|e| e.to_string())?;
     let (_, docs, _) = verify.counts().map_err(|e| e.to_string())?;
     let mut converged = failures.load(Ordering::Relaxed) == 0;
     for p in &phones {
+        let store = p.open()?;
         let mut held: Vec<String> =
-            p.store.document_ids().map_err(|e| e.to_string())?.iter().map(|i| i.to_string()).collect();
+            store.document_ids().map_err(|e| e.to_string())?.iter().map(|i| i.to_string()).collect();
         held.sort();
-        if held != verify.docs_in_scope(&p.user).map_err(|e| e.to_string())? || p.store.outbox_len().unwrap_or(1) != 0 {
+        if held != verify.docs_in_scope(&p.user).map_err(|e| e.to_string())? || store.outbox_len().unwrap_or(1) != 0 {
             converged = false;
         }
     }
