@@ -148,6 +148,27 @@ pub fn open_device(
     Ok(store)
 }
 
+/// Runs `f(state, i)` for every `i` in `0..n` on `threads` plain threads, each taking the next
+/// index as it finishes one; `init` makes each thread's own state (an HTTP client, say). Plain
+/// threads, because reqwest's blocking client must not run inside a tokio runtime.
+pub fn for_each_index<S>(n: usize, threads: usize, init: impl Fn() -> S + Sync, f: impl Fn(&mut S, usize) + Sync) {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| {
+                let mut state = init();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if i >= n {
+                        break;
+                    }
+                    f(&mut state, i);
+                }
+            });
+        }
+    });
+}
+
 /// A tiny deterministic generator (xorshift), so runs are repeatable from a printed seed.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);

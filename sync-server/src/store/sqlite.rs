@@ -119,6 +119,18 @@ fn q1<T>(
     conn.prepare_cached(sql)?.query_row(params, f)
 }
 
+/// How many of `deps` are not applied on the server yet. Storage errors propagate: a failed
+/// lookup must not read as "missing".
+fn missing_deps<'a>(conn: &Connection, deps: impl IntoIterator<Item = &'a str>) -> Result<usize> {
+    let mut missing = 0;
+    for d in deps {
+        if q1(conn, "SELECT 1 FROM changes WHERE hash = ?1", [d], |_| Ok(())).optional()?.is_none() {
+            missing += 1;
+        }
+    }
+    Ok(missing)
+}
+
 fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>> {
     Ok(q1(conn, "SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
 }
@@ -444,24 +456,22 @@ impl SqliteStore {
                 });
             }
         }
+        let mut missing = 0;
         for dep in &facts.deps {
             let dep_doc: Option<String> =
                 q1(tx, "SELECT doc_id FROM changes WHERE hash = ?1", [dep], |r| r.get(0)).optional()?;
-            if dep_doc.is_some_and(|d| d != doc_id) {
-                return Ok(ItemResult {
-                    key,
-                    outcome: Outcome::Refused,
-                    reason: Some(format!("change depends on another document than {doc_id}")),
-                });
+            match dep_doc {
+                None => missing += 1,
+                Some(d) if d != doc_id => {
+                    return Ok(ItemResult {
+                        key,
+                        outcome: Outcome::Refused,
+                        reason: Some(format!("change depends on another document than {doc_id}")),
+                    });
+                }
+                Some(_) => {}
             }
         }
-        let missing = facts
-            .deps
-            .iter()
-            .filter(|d| {
-                q1(tx, "SELECT 1 FROM changes WHERE hash = ?1", [d], |_| Ok(())).optional().ok().flatten().is_none()
-            })
-            .count();
         if missing > 0 {
             exec(tx,
                 "INSERT INTO parked (hash, doc_id, device_id, received_ms, deps, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -591,10 +601,7 @@ impl SqliteStore {
                 .collect::<rusqlite::Result<_>>()?;
             let mut progressed = false;
             for (hash, doc_id, device_id, deps, bytes) in parked {
-                let ready = deps.split(',').filter(|d| !d.is_empty()).all(|d| {
-                    q1(tx, "SELECT 1 FROM changes WHERE hash = ?1", [d], |_| Ok(())).optional().ok().flatten().is_some()
-                });
-                if !ready {
+                if missing_deps(tx, deps.split(',').filter(|d| !d.is_empty()))? > 0 {
                     continue;
                 }
                 let device = load_device_by_id(tx, &device_id)?;
@@ -1049,6 +1056,8 @@ impl SqliteStore {
         if status != "pending" {
             return Err(ServerError::BadRequest(format!("{hash} was already {status}")));
         }
+        // Marked first, in the same transaction: `apply` reads the mark to skip the claim checks.
+        exec(&tx, "UPDATE quarantine SET status = 'released' WHERE hash = ?1", [hash])?;
         if doc_id.is_empty() {
             // A record: store it as the device sent it.
             let body = String::from_utf8_lossy(&bytes).into_owned();
@@ -1059,24 +1068,12 @@ impl SqliteStore {
             )?;
         } else {
             let (_, facts) = read_change(&bytes).map_err(ServerError::BadRequest)?;
-            let missing: Vec<&String> = facts
-                .deps
-                .iter()
-                .filter(|d| {
-                    q1(&tx, "SELECT 1 FROM changes WHERE hash = ?1", [d], |_| Ok(()))
-                        .optional()
-                        .ok()
-                        .flatten()
-                        .is_none()
-                })
-                .collect();
-            if !missing.is_empty() {
+            let missing = missing_deps(&tx, facts.deps.iter().map(String::as_str))?;
+            if missing > 0 {
                 return Err(ServerError::BadRequest(format!(
-                    "{hash} depends on {} change(s) not on the server: release those first",
-                    missing.len()
+                    "{hash} depends on {missing} change(s) not on the server: release those first"
                 )));
             }
-            exec(&tx, "UPDATE quarantine SET status = 'released' WHERE hash = ?1", [hash])?;
             let device = load_device_by_id(&tx, &device_id)?;
             let mut touched = HashMap::new();
             let result = self.apply(&tx, &device, &doc_id, &facts, &bytes, now_ms, &mut touched)?;
@@ -1088,7 +1085,6 @@ impl SqliteStore {
                 self.refresh_doc(&tx, d, t)?;
             }
         }
-        exec(&tx, "UPDATE quarantine SET status = 'released' WHERE hash = ?1", [hash])?;
         tx.commit()?;
         Ok(())
     }

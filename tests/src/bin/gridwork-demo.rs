@@ -26,7 +26,7 @@ use gridwork_core::store::{CaseQuery, CheckInInput};
 use gridwork_core::sync::{enrol, SyncConfig};
 use gridwork_core::Store;
 use gridwork_sync_server::{SqliteStore, SyncStore};
-use gridwork_tests::{district, identity_from_enrolment, open_device, random_case, Rng};
+use gridwork_tests::{district, for_each_index, identity_from_enrolment, open_device, random_case, Rng};
 
 struct Args {
     devices: usize,
@@ -96,26 +96,22 @@ fn for_each_phone(
     what: &str,
     f: impl Fn(usize, &Phone) -> Result<(), String> + Sync,
 ) -> Result<(), String> {
-    let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
     let errors = Mutex::new(vec![]);
-    std::thread::scope(|s| {
-        for _ in 0..4 {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                if i >= phones.len() {
-                    break;
-                }
-                if let Err(e) = f(i, &phones[i]) {
-                    errors.lock().unwrap_or_else(|p| p.into_inner()).push(format!("{}: {e}", phones[i].user));
-                }
-                let n = done.fetch_add(1, Ordering::SeqCst) + 1;
-                if n % 10 == 0 || n == phones.len() {
-                    say(&format!("  {what}: {n}/{}", phones.len()));
-                }
-            });
-        }
-    });
+    for_each_index(
+        phones.len(),
+        4,
+        || (),
+        |_, i| {
+            if let Err(e) = f(i, &phones[i]) {
+                errors.lock().unwrap_or_else(|p| p.into_inner()).push(format!("{}: {e}", phones[i].user));
+            }
+            let n = done.fetch_add(1, Ordering::SeqCst) + 1;
+            if n % 10 == 0 || n == phones.len() {
+                say(&format!("  {what}: {n}/{}", phones.len()));
+            }
+        },
+    );
     let errors = errors.into_inner().unwrap_or_default();
     match errors.first() {
         Some(e) => Err(format!("{} phones failed to {what}; first: {e}", errors.len())),

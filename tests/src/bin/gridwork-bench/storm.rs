@@ -23,7 +23,7 @@ use gridwork_core::store::{CheckInInput, OutboxKind};
 use gridwork_core::sync::SyncConfig;
 use gridwork_core::Store;
 use gridwork_sync_server::{SqliteStore, SyncStore};
-use gridwork_tests::{district, identity_from_enrolment, open_device, random_case, Rng};
+use gridwork_tests::{district, for_each_index, identity_from_enrolment, open_device, random_case, Rng};
 
 pub struct StormArgs {
     pub devices: usize,
@@ -205,24 +205,20 @@ pub fn run(args: StormArgs, line: &dyn Fn(serde_json::Value)) -> Result<(), Stri
         args.devices, args.cases, args.checkins
     );
     let slots: Vec<std::sync::Mutex<Option<Phone>>> = (0..args.devices).map(|_| std::sync::Mutex::new(None)).collect();
-    let next = AtomicUsize::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..2 {
-            s.spawn(|| loop {
-                let d = next.fetch_add(1, Ordering::SeqCst);
-                if d >= args.devices {
-                    break;
-                }
-                match prepare(d, &args, &dir.path().join("phones"), &catalog, &enrolments[d], &url) {
-                    Ok(p) => *slots[d].lock().unwrap_or_else(|p| p.into_inner()) = Some(p),
-                    Err(err) => eprintln!("gridwork-bench: phone {d}: {err}"),
-                }
-                if (d + 1) % 500 == 0 {
-                    eprintln!("gridwork-bench:   prepared {}/{}", d + 1, args.devices);
-                }
-            });
-        }
-    });
+    for_each_index(
+        args.devices,
+        2,
+        || (),
+        |_, d| {
+            match prepare(d, &args, &dir.path().join("phones"), &catalog, &enrolments[d], &url) {
+                Ok(p) => *slots[d].lock().unwrap_or_else(|p| p.into_inner()) = Some(p),
+                Err(err) => eprintln!("gridwork-bench: phone {d}: {err}"),
+            }
+            if (d + 1) % 500 == 0 {
+                eprintln!("gridwork-bench:   prepared {}/{}", d + 1, args.devices);
+            }
+        },
+    );
     let phones: Vec<Phone> = slots.into_iter().filter_map(|m| m.into_inner().ok().flatten()).collect();
     if phones.len() != args.devices {
         return Err(format!("only {} of {} phones were prepared", phones.len(), args.devices));
@@ -235,69 +231,50 @@ pub fn run(args: StormArgs, line: &dyn Fn(serde_json::Value)) -> Result<(), Stri
     let bytes_down = AtomicU64::new(0);
     let failures = AtomicUsize::new(0);
     let started = Instant::now();
-    let next = AtomicUsize::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..args.concurrency {
-            s.spawn(|| {
-                let client = reqwest::blocking::Client::new();
-                loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    if i >= phones.len() {
-                        break;
-                    }
-                    let p = &phones[i];
-                    // Push the prepared request, then acknowledge what the server kept.
-                    let answer = client
-                        .post(format!("{}/v1/sync", p.config.server))
-                        .bearer_auth(&p.config.token)
-                        .body(p.first_request.clone())
-                        .send()
-                        .ok()
-                        .filter(|r| r.status().is_success())
-                        .and_then(|r| r.bytes().ok());
-                    bytes_up.fetch_add(p.first_request.len() as u64, Ordering::Relaxed);
-                    let resp = answer.and_then(|b| {
-                        bytes_down.fetch_add(b.len() as u64, Ordering::Relaxed);
-                        serde_json::from_slice::<SyncResponse>(&b).ok()
-                    });
-                    let done = resp.ok_or_else(|| "push failed".to_owned()).and_then(|resp| {
-                        let store = p.open()?;
-                        let items = store.outbox_page(usize::MAX).map_err(|e| e.to_string())?;
-                        let acked: Vec<i64> = items
-                            .iter()
-                            .filter(|it| resp.results.iter().any(|r| r.key == it.key))
-                            .map(|it| it.seq)
-                            .collect();
-                        store.acknowledge(&acked).map_err(|e| e.to_string())
-                    });
-                    if done.is_err() {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            });
+    for_each_index(phones.len(), args.concurrency, reqwest::blocking::Client::new, |client, i| {
+        let p = &phones[i];
+        // Push the prepared request, then acknowledge what the server kept.
+        let answer = client
+            .post(format!("{}/v1/sync", p.config.server))
+            .bearer_auth(&p.config.token)
+            .body(p.first_request.clone())
+            .send()
+            .ok()
+            .filter(|r| r.status().is_success())
+            .and_then(|r| r.bytes().ok());
+        bytes_up.fetch_add(p.first_request.len() as u64, Ordering::Relaxed);
+        let resp = answer.and_then(|b| {
+            bytes_down.fetch_add(b.len() as u64, Ordering::Relaxed);
+            serde_json::from_slice::<SyncResponse>(&b).ok()
+        });
+        let done = resp.ok_or_else(|| "push failed".to_owned()).and_then(|resp| {
+            let store = p.open()?;
+            let items = store.outbox_page(usize::MAX).map_err(|e| e.to_string())?;
+            let acked: Vec<i64> =
+                items.iter().filter(|it| resp.results.iter().any(|r| r.key == it.key)).map(|it| it.seq).collect();
+            store.acknowledge(&acked).map_err(|e| e.to_string())
+        });
+        if done.is_err() {
+            failures.fetch_add(1, Ordering::Relaxed);
         }
     });
-    let next = AtomicUsize::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..args.concurrency {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                if i >= phones.len() {
-                    break;
+    for_each_index(
+        phones.len(),
+        args.concurrency,
+        || (),
+        |_, i| {
+            let p = &phones[i];
+            match p.open().and_then(|s| s.sync(&p.config, &mut |_| {}).map_err(|e| e.to_string())) {
+                Ok(r) => {
+                    bytes_up.fetch_add(r.bytes_up, Ordering::Relaxed);
+                    bytes_down.fetch_add(r.bytes_down, Ordering::Relaxed);
                 }
-                let p = &phones[i];
-                match p.open().and_then(|s| s.sync(&p.config, &mut |_| {}).map_err(|e| e.to_string())) {
-                    Ok(r) => {
-                        bytes_up.fetch_add(r.bytes_up, Ordering::Relaxed);
-                        bytes_down.fetch_add(r.bytes_down, Ordering::Relaxed);
-                    }
-                    Err(_) => {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
+                Err(_) => {
+                    failures.fetch_add(1, Ordering::Relaxed);
                 }
-            });
-        }
-    });
+            }
+        },
+    );
     let elapsed = started.elapsed().as_secs_f64();
     let (server_cpu_after, server_rss) = proc_usage(&pid);
     let (client_cpu_after, _) = proc_usage("self");
