@@ -76,7 +76,7 @@ async fn sync(
         // Who is asking comes first: an unknown device learns nothing about the body.
         let device = store.authenticate(&token)?;
         let req: SyncRequest = parse(&body)?;
-        store.sync(&device, &req, now_ms())
+        store.sync(&device, req, now_ms())
     })
     .await?;
     Ok(Json(resp).into_response())

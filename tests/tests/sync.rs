@@ -181,10 +181,10 @@ fn the_same_batch_twice_is_stored_once() {
         records: vec![],
         max_pull_bytes: 1 << 20,
     };
-    let first = d.store.sync(&device, &req, 0).expect("first");
+    let first = d.store.sync(&device, req.clone(), 0).expect("first");
     assert!(first.results.iter().all(|r| r.outcome == Outcome::Accepted));
     let counts = d.store.counts().expect("counts");
-    let again = d.store.sync(&device, &req, 0).expect("again");
+    let again = d.store.sync(&device, req, 0).expect("again");
     assert!(again.results.iter().all(|r| r.outcome == Outcome::Accepted));
     assert_eq!(d.store.counts().expect("counts"), counts, "nothing stored twice");
     assert_eq!(counts.0, 2);
@@ -466,4 +466,45 @@ fn cases_reported_outside_the_grid_and_from_a_skewed_clock_are_flagged_and_route
     let mut w2 = phone(&d, "w2", None);
     w2.sync(&d.url()).expect("w2");
     assert_eq!(ids(&w2), vec![id], "routed to the grid it lies in");
+}
+
+#[test]
+fn concurrent_pushes_share_commits_and_each_gets_its_own_answer() {
+    // Pushes arriving together are committed as one batch by whichever request holds the writer;
+    // each must still get exactly its own results, and a forged push must not taint the others.
+    let d = District::new();
+    let mut phones: Vec<(Phone, usize)> =
+        (0..8).map(|i| (phone(&d, if i % 2 == 0 { "w1" } else { "w2" }, None), i)).collect();
+    phones.push((phone(&d, "w1", Some(("w2", Role::Worker))), 8));
+    let mut expected = vec![];
+    for (p, i) in &phones {
+        expected.extend(capture(p, i % 2, 5, 100 + *i as u64));
+    }
+    let url = d.url();
+    let reports: Vec<(usize, Result<SyncReport, CoreError>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = phones
+            .iter_mut()
+            .map(|(p, i)| {
+                let url = url.clone();
+                let i = *i;
+                s.spawn(move || (i, p.sync(&url)))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    for (i, r) in reports {
+        let r = r.expect("every push is answered");
+        if i == 8 {
+            assert_eq!((r.pushed, r.quarantined.len()), (5, 5), "the forged phone's own cases are quarantined");
+        } else {
+            assert_eq!((r.pushed, r.accepted, r.quarantined.len()), (5, 5, 0), "phone {i} got its own answer");
+        }
+    }
+    let (changes, docs, _) = d.store.counts().expect("counts");
+    assert_eq!(docs, 40, "eight honest phones' cases are all stored");
+    assert_eq!(changes, 40);
+    assert_eq!(d.store.quarantined().expect("quarantine").len(), 5);
+    expected.sort();
+    expected.dedup();
+    assert_eq!(expected.len(), 45, "case ids are unique across phones");
 }

@@ -22,5 +22,5 @@ pub struct Device {
 pub trait SyncStore: Send + Sync + 'static {
     fn redeem(&self, req: &EnrolRequest, now_ms: i64) -> Result<EnrolResponse>;
     fn authenticate(&self, token: &str) -> Result<Device>;
-    fn sync(&self, device: &Device, req: &SyncRequest, now_ms: i64) -> Result<SyncResponse>;
+    fn sync(&self, device: &Device, req: SyncRequest, now_ms: i64) -> Result<SyncResponse>;
 }
