@@ -50,7 +50,7 @@ pub struct QuarantinedItem {
 }
 
 /// Reader connections kept open between syncs.
-const MAX_READERS: usize = 8;
+const MAX_READERS: usize = 64;
 
 pub struct SqliteStore {
     /// The one writer.
