@@ -49,6 +49,12 @@ pub enum CoreError {
     BadChange { reason: String },
     #[error("network error talking to the sync server ({message}){}", if *retryable { "; it will be retried" } else { "" })]
     Network { message: String, retryable: bool },
+    #[error(
+        "the sync server is not the district's ({message}): check the server address and scan the enrolment code again"
+    )]
+    UntrustedServer { message: String },
+    #[error("sync settings: {field}: {reason}")]
+    InvalidConfig { field: String, reason: String },
     #[error("the sync server answered {status} {code}: {message}")]
     Server { status: u16, code: String, message: String },
     #[error("storage error: {0}")]

@@ -14,6 +14,7 @@ pub mod error;
 pub mod evidence;
 pub mod store;
 pub mod sync;
+pub mod tls;
 
 pub use error::{CoreError, Result};
 pub use gridwork_model as model;

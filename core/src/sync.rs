@@ -27,9 +27,12 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 /// Where and how to sync.
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
-    /// e.g. `http://127.0.0.1:8080` (plain HTTP on loopback only, for tests and the demo).
+    /// e.g. `https://sync.district.example` or `http://127.0.0.1:8080` (plain HTTP on loopback
+    /// only, for tests and the demo).
     pub server: String,
     pub token: String,
+    /// The district CA's SHA-256 fingerprint, from the enrolment code; required for `https://`.
+    pub ca_fingerprint: Option<String>,
     pub app_version: String,
     pub max_push_bytes: usize,
     pub max_pull_bytes: u64,
@@ -42,6 +45,7 @@ impl SyncConfig {
         SyncConfig {
             server: server.into(),
             token: token.into(),
+            ca_fingerprint: None,
             app_version: env!("CARGO_PKG_VERSION").to_owned(),
             // Small pages: one request must get through a 2G link before it times out.
             max_push_bytes: 256 * 1024,
@@ -79,25 +83,48 @@ pub struct SyncReport {
     pub upgrade_required: bool,
 }
 
-fn http_client(timeout: Duration) -> Result<reqwest::blocking::Client> {
-    reqwest::blocking::Client::builder()
-        .timeout(timeout)
-        .build()
-        .map_err(|e| CoreError::Network { message: e.to_string(), retryable: false })
+/// An HTTP client for `server`, and where a pinned-CA refusal would be reported.
+struct Http {
+    client: reqwest::blocking::Client,
+    refusals: Option<crate::tls::Refusals>,
+}
+
+fn http_client(server: &str, ca_fingerprint: Option<&str>, timeout: Duration) -> Result<Http> {
+    crate::tls::check_transport(server, ca_fingerprint)?;
+    let mut builder = reqwest::blocking::Client::builder().timeout(timeout);
+    let mut refusals = None;
+    if let Some(fp) = ca_fingerprint {
+        let (config, r) = crate::tls::client_config(fp)?;
+        builder = builder.tls_backend_preconfigured(config);
+        refusals = Some(r);
+    }
+    let client = builder.build().map_err(|e| CoreError::Network { message: e.to_string(), retryable: false })?;
+    Ok(Http { client, refusals })
+}
+
+/// A failed request as the core reports it: a certificate the pinned CA does not vouch for is
+/// not a network hiccup to retry, and says so.
+fn send_error(http: &Http, e: reqwest::Error) -> CoreError {
+    if let Some(why) = http.refusals.as_ref().and_then(|r| r.take()) {
+        return CoreError::UntrustedServer { message: why };
+    }
+    // reqwest's own message ("error sending request") says nothing; the causes do.
+    let mut message = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        message.push_str(": ");
+        message.push_str(&c.to_string());
+        cause = c.source();
+    }
+    CoreError::Network { message, retryable: true }
 }
 
 /// Posts JSON with retries. Returns the response body.
-fn post(
-    client: &reqwest::blocking::Client,
-    url: &str,
-    token: Option<&str>,
-    body: Vec<u8>,
-    attempts: u32,
-) -> Result<Vec<u8>> {
+fn post(http: &Http, url: &str, token: Option<&str>, body: Vec<u8>, attempts: u32) -> Result<Vec<u8>> {
     let mut delay = Duration::from_millis(200);
     let mut last = CoreError::Network { message: "no attempt made".into(), retryable: true };
     for attempt in 1..=attempts.max(1) {
-        let mut req = client.post(url).header("content-type", "application/json").body(body.clone());
+        let mut req = http.client.post(url).header("content-type", "application/json").body(body.clone());
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -125,7 +152,10 @@ fn post(
                 retry_after
             }
             Err(e) => {
-                last = CoreError::Network { message: e.to_string(), retryable: true };
+                last = send_error(http, e);
+                if matches!(last, CoreError::UntrustedServer { .. }) {
+                    return Err(last);
+                }
                 None
             }
         };
@@ -140,8 +170,10 @@ fn post(
 }
 
 /// Exchanges a one-time enrolment code for a device token.
-pub fn enrol(server: &str, code: &str, app_version: &str) -> Result<EnrolResponse> {
-    let client = http_client(Duration::from_secs(30))?;
+/// Exchanges a one-time enrolment code for a device token. `ca_fingerprint` (from the same
+/// enrolment code) is required for an `https://` server; plain HTTP works on loopback only.
+pub fn enrol(server: &str, code: &str, ca_fingerprint: Option<&str>, app_version: &str) -> Result<EnrolResponse> {
+    let client = http_client(server, ca_fingerprint, Duration::from_secs(30))?;
     let body = serde_json::to_vec(&EnrolRequest { code: code.to_owned(), app_version: app_version.to_owned() })
         .map_err(|e| CoreError::Network { message: e.to_string(), retryable: false })?;
     let resp = post(&client, &format!("{server}/v1/enrol"), None, body, 3)?;
@@ -184,7 +216,7 @@ impl Store {
 
     /// Pushes the outbox and pulls what is new, page by page, until both are done.
     pub fn sync(&self, config: &SyncConfig, progress: &mut dyn FnMut(&SyncProgress)) -> Result<SyncReport> {
-        let client = http_client(config.timeout)?;
+        let client = http_client(&config.server, config.ca_fingerprint.as_deref(), config.timeout)?;
         let url = format!("{}/v1/sync", config.server);
         let mut report = SyncReport::default();
         let mut after_seq = 0;

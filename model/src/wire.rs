@@ -145,3 +145,75 @@ fn is_zero(v: &u64) -> bool {
 fn is_zero_i64(v: &i64) -> bool {
     *v == 0
 }
+
+/// What an enrolment QR code carries: where the district's server is, the one-time code, and the
+/// SHA-256 fingerprint of the district CA the phone must trust (absent for a loopback demo).
+///
+/// Text form: `gridwork:enrol?server=https://sync.example:8443&code=K7M2QX&ca=<64 hex digits>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrolmentCode {
+    pub server: String,
+    pub code: String,
+    pub ca_fingerprint: Option<String>,
+}
+
+impl EnrolmentCode {
+    pub fn to_uri(&self) -> String {
+        let mut s = format!("gridwork:enrol?server={}&code={}", self.server, self.code);
+        if let Some(ca) = &self.ca_fingerprint {
+            s.push_str("&ca=");
+            s.push_str(ca);
+        }
+        s
+    }
+
+    /// Parses the text of a scanned code; the error says what is wrong with it.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let query = text
+            .trim()
+            .strip_prefix("gridwork:enrol?")
+            .ok_or("not a Gridwork enrolment code (it should start with gridwork:enrol?)")?;
+        let (mut server, mut code, mut ca) = (None, None, None);
+        for pair in query.split('&') {
+            match pair.split_once('=') {
+                Some(("server", v)) => server = Some(v.to_owned()),
+                Some(("code", v)) => code = Some(v.to_owned()),
+                Some(("ca", v)) => ca = Some(v.to_ascii_lowercase()),
+                _ => {} // later versions may add fields
+            }
+        }
+        let server = server.filter(|s| !s.is_empty()).ok_or("the enrolment code names no server")?;
+        let code = code.filter(|s| !s.is_empty()).ok_or("the enrolment code has no one-time code")?;
+        if let Some(c) = &ca {
+            if c.len() != 64 || !c.chars().all(|x| x.is_ascii_hexdigit()) {
+                return Err("the CA fingerprint in the enrolment code is damaged: scan it again".into());
+            }
+        }
+        if server.starts_with("https://") && ca.is_none() {
+            return Err("an https server needs the CA fingerprint in the enrolment code".into());
+        }
+        Ok(EnrolmentCode { server, code, ca_fingerprint: ca })
+    }
+}
+
+#[cfg(test)]
+mod enrolment_code_tests {
+    use super::EnrolmentCode;
+
+    #[test]
+    fn round_trips_and_refuses_damaged_codes() {
+        let c = EnrolmentCode {
+            server: "https://sync.example:8443".into(),
+            code: "K7M2QX".into(),
+            ca_fingerprint: Some("ab".repeat(32)),
+        };
+        assert_eq!(EnrolmentCode::parse(&c.to_uri()), Ok(c.clone()));
+        let without_ca = c.to_uri().replace(&format!("&ca={}", "ab".repeat(32)), "");
+        assert!(EnrolmentCode::parse(&without_ca).is_err(), "https without a CA pin");
+        assert!(EnrolmentCode::parse(&c.to_uri().replace("abab", "zzzz")).is_err());
+        assert!(EnrolmentCode::parse("K7M2QX").is_err());
+        let local =
+            EnrolmentCode { server: "http://127.0.0.1:8080".into(), code: "K7M2QX".into(), ca_fingerprint: None };
+        assert_eq!(EnrolmentCode::parse(&local.to_uri()), Ok(local));
+    }
+}

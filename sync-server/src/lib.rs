@@ -13,6 +13,7 @@ pub mod error;
 pub mod http;
 pub mod ingest;
 pub mod store;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,13 +26,15 @@ pub use store::{SqliteStore, SyncStore};
 #[derive(Debug)]
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// `https` when serving TLS, `http` otherwise (loopback only).
+    pub scheme: &'static str,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RunningServer {
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 }
 
@@ -46,21 +49,43 @@ impl Drop for RunningServer {
     }
 }
 
-/// Starts the server on `addr` (use port 0 for a random one) on a background thread.
+/// Starts the server on `addr` (use port 0 for a random one) on a background thread, plain HTTP.
+/// Refused on anything but a loopback address: phones' reports never cross a network in the clear.
 pub fn start(store: Arc<dyn SyncStore>, addr: SocketAddr) -> std::io::Result<RunningServer> {
+    start_with(store, addr, None)
+}
+
+/// Starts the server with TLS (see [`tls`]), or plain HTTP on loopback when `tls` is `None`.
+pub fn start_with(
+    store: Arc<dyn SyncStore>,
+    addr: SocketAddr,
+    tls: Option<rustls::ServerConfig>,
+) -> std::io::Result<RunningServer> {
+    if tls.is_none() && !addr.ip().is_loopback() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("plain HTTP only on loopback, not {addr}: run `admin init-tls` to serve TLS"),
+        ));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let listener = runtime.block_on(tokio::net::TcpListener::bind(addr))?;
     let addr = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
         runtime.block_on(async move {
             let app = http::router(store);
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
+            let stop = async {
+                let _ = rx.await;
+            };
+            let _ = match tls {
+                Some(config) => match tls::TlsListener::new(listener, config) {
+                    Ok(l) => axum::serve(l, app).with_graceful_shutdown(stop).await,
+                    Err(_) => return,
+                },
+                None => axum::serve(listener, app).with_graceful_shutdown(stop).await,
+            };
         });
     });
-    Ok(RunningServer { addr, shutdown: Some(tx), thread: Some(thread) })
+    Ok(RunningServer { addr, scheme, shutdown: Some(tx), thread: Some(thread) })
 }

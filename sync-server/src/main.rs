@@ -1,6 +1,7 @@
 //! gridwork-sync-server command line.
 //!
 //!   gridwork-sync-server serve --data-dir DIR [--listen 127.0.0.1:8080]
+//!   gridwork-sync-server admin --data-dir DIR init-tls HOST...
 //!   gridwork-sync-server admin --data-dir DIR import-catalog FILE.json
 //!   gridwork-sync-server admin --data-dir DIR set-user USER --role ROLE [--department D] [--scope S]...
 //!   gridwork-sync-server admin --data-dir DIR enrol-device USER
@@ -12,13 +13,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use gridwork_model::catalog::{Catalog, Role};
+use gridwork_model::wire::EnrolmentCode;
+use gridwork_sync_server::tls::TlsFiles;
 use gridwork_sync_server::{SqliteStore, SyncStore};
 
 const USAGE: &str = "usage:
-  gridwork-sync-server serve --data-dir DIR [--listen 127.0.0.1:8080]
+  gridwork-sync-server serve --data-dir DIR [--listen 127.0.0.1:8080]   (TLS once init-tls has run; plain HTTP on loopback only)
+  gridwork-sync-server admin --data-dir DIR init-tls HOST...   (district CA + server certificate for these names/IPs)
+  gridwork-sync-server admin --data-dir DIR enrol-device USER [--server https://HOST:PORT]
   gridwork-sync-server admin --data-dir DIR import-catalog FILE.json
   gridwork-sync-server admin --data-dir DIR set-user USER --role worker|supervisor|department_handler|administrator [--department D] [--scope grid:ID|community:NAME|street:NAME|department:ID]...
-  gridwork-sync-server admin --data-dir DIR enrol-device USER
   gridwork-sync-server admin --data-dir DIR revoke-device DEVICE
   gridwork-sync-server admin --data-dir DIR list-devices
   gridwork-sync-server admin --data-dir DIR quarantine
@@ -54,8 +58,10 @@ fn run() -> Result<(), String> {
             let addr =
                 listen.parse().map_err(|_| format!("--listen {listen:?} is not an address like 127.0.0.1:8080"))?;
             let store: Arc<dyn SyncStore> = Arc::new(store);
-            let server =
-                gridwork_sync_server::start(store, addr).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            let files = TlsFiles::in_data_dir(&data_dir);
+            let tls = if files.exists() { Some(files.server_config().map_err(|e| e.to_string())?) } else { None };
+            let server = gridwork_sync_server::start_with(store, addr, tls)
+                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
             eprintln!("gridwork-sync-server: serving {} (data in {}); Ctrl-C stops", server.url(), data_dir.display());
             loop {
                 std::thread::park();
@@ -93,9 +99,24 @@ fn run() -> Result<(), String> {
             store.set_user(user, role, department.as_deref(), &scopes).map_err(|e| e.to_string())?;
             println!("user {user}: {role:?}, scopes {scopes:?}");
         }
-        ["admin", "enrol-device", user] => {
+        ["admin", "init-tls", hosts @ ..] => {
+            let hosts: Vec<String> = hosts.iter().map(|s| s.to_string()).collect();
+            let files = TlsFiles::in_data_dir(&data_dir);
+            let fp = files.init(&hosts).map_err(|e| e.to_string())?;
+            println!("TLS ready in {} for {hosts:?}; district CA fingerprint sha256:{fp}", files.dir.display());
+            println!("restart `serve` to use it; enrolment codes made from now on carry the fingerprint");
+        }
+        ["admin", "enrol-device", user, rest @ ..] => {
+            let mut rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+            let files = TlsFiles::in_data_dir(&data_dir);
+            let ca_fingerprint =
+                if files.exists() { Some(files.ca_fingerprint().map_err(|e| e.to_string())?) } else { None };
+            let default_server =
+                if ca_fingerprint.is_some() { "https://127.0.0.1:8080" } else { "http://127.0.0.1:8080" };
+            let server = take_flag(&mut rest, "--server")?.unwrap_or_else(|| default_server.into());
             let (id, code) = store.enrol_device(user, now_ms()).map_err(|e| e.to_string())?;
             println!("device {id} for {user}; one-time enrolment code: {code}");
+            println!("{}", EnrolmentCode { server, code, ca_fingerprint }.to_uri());
         }
         ["admin", "revoke-device", device] => {
             store.revoke_device(device).map_err(|e| e.to_string())?;

@@ -66,7 +66,7 @@ impl Phone {
 /// identity the store writes into events (to forge a role or a user).
 fn phone(d: &District, user: &str, claim: Option<(&str, Role)>) -> Phone {
     let (_, code) = d.store.enrol_device(user, 0).expect("enrol");
-    let e = enrol(&d.url(), &code, "0.1.0").expect("redeem code");
+    let e = enrol(&d.url(), &code, None, "0.1.0").expect("redeem code");
     let mut identity = identity_from_enrolment(&e);
     if let Some((claimed_user, claimed_role)) = claim {
         identity.user = UserId::from(claimed_user);
@@ -447,7 +447,7 @@ fn cases_reported_outside_the_grid_and_from_a_skewed_clock_are_flagged_and_route
     let catalog = district(4);
     // w1 works grid g0, but this case lies in g1; the phone's clock is a day behind.
     let (_, code) = d.store.enrol_device("w1", 0).expect("enrol");
-    let e = enrol(&d.url(), &code, "0.1.0").expect("redeem");
+    let e = enrol(&d.url(), &code, None, "0.1.0").expect("redeem");
     let identity = identity_from_enrolment(&e);
     let dir = tempfile::tempdir().expect("tempdir");
     let real_now =

@@ -80,7 +80,7 @@ struct Phone {
 
 fn enrol_phone(server: &SqliteStore, url: &str, user: &str, dir: &Path, catalog: &Catalog) -> Result<Phone, String> {
     let (_, code) = server.enrol_device(user, now_ms()).map_err(|e| e.to_string())?;
-    let e = enrol(url, &code, env!("CARGO_PKG_VERSION")).map_err(|e| format!("enrolling {user}: {e}"))?;
+    let e = enrol(url, &code, None, env!("CARGO_PKG_VERSION")).map_err(|e| format!("enrolling {user}: {e}"))?;
     let store = open_device(dir, identity_from_enrolment(&e), catalog, None).map_err(|e| e.to_string())?;
     Ok(Phone { user: user.to_owned(), store, config: SyncConfig::new(url, e.token) })
 }

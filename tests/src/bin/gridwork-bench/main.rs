@@ -347,7 +347,7 @@ fn idle_sync(args: Args) -> Result<(), String> {
         gridwork_sync_server::start(server.clone() as Arc<dyn SyncStore>, "127.0.0.1:0".parse().map_err(|_| "addr")?)
             .map_err(|e| e.to_string())?;
     let (_, code) = server.enrol_device("w1", 0).map_err(|e| e.to_string())?;
-    let e = gridwork_core::sync::enrol(&running.url(), &code, "0.1.0").map_err(|e| e.to_string())?;
+    let e = gridwork_core::sync::enrol(&running.url(), &code, None, "0.1.0").map_err(|e| e.to_string())?;
     let store = open_device(&dir.path().join("phone"), gridwork_tests::identity_from_enrolment(&e), &catalog, None)
         .map_err(|e| e.to_string())?;
     progress(&format!("capturing {} cases on the device", args.cases));
