@@ -93,11 +93,17 @@ fn http_client(server: &str, ca_fingerprint: Option<&str>, timeout: Duration) ->
     crate::tls::check_transport(server, ca_fingerprint)?;
     let mut builder = reqwest::blocking::Client::builder().timeout(timeout);
     let mut refusals = None;
-    if let Some(fp) = ca_fingerprint {
-        let (config, r) = crate::tls::client_config(fp)?;
-        builder = builder.tls_backend_preconfigured(config);
-        refusals = Some(r);
-    }
+    // reqwest needs a TLS configuration even for plain HTTP (it would look for a process-wide
+    // rustls provider and panic without one); without a pin it is one that trusts nobody.
+    let config = match ca_fingerprint {
+        Some(fp) => {
+            let (config, r) = crate::tls::client_config(fp)?;
+            refusals = Some(r);
+            config
+        }
+        None => crate::tls::trust_nobody()?,
+    };
+    builder = builder.tls_backend_preconfigured(config);
     let client = builder.build().map_err(|e| CoreError::Network { message: e.to_string(), retryable: false })?;
     Ok(Http { client, refusals })
 }

@@ -142,6 +142,15 @@ pub fn client_config(fingerprint: &str) -> Result<(rustls::ClientConfig, Refusal
     Ok((config, refusals))
 }
 
+/// A client configuration with no trust anchor at all, for plain-HTTP (loopback) clients.
+pub fn trust_nobody() -> Result<rustls::ClientConfig> {
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| CoreError::Network { message: format!("TLS setup: {e}"), retryable: false })?
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth())
+}
+
 /// Whether `url` may be used: HTTPS with a pinned CA, or plain HTTP to this machine only (tests
 /// and the demo). Anything else would send a worker's reports in the clear.
 pub fn check_transport(url: &str, fingerprint: Option<&str>) -> Result<()> {

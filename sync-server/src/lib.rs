@@ -6,9 +6,12 @@
 //!   loading its document.
 //! - [`http`]: the axum routes.
 //!
-//! The server links `gridwork-model` (model, fold, document keys, wire types), never the device
-//! store. The protocol is in docs/PROTOCOL.md.
+//! - [`demo`]: the simulated district the README's main command runs.
+//!
+//! The server links `gridwork-model` (model, fold, document keys, wire types); only [`demo`] uses
+//! the device store, to simulate phones. The protocol is in docs/PROTOCOL.md.
 
+pub mod demo;
 pub mod error;
 pub mod http;
 pub mod ingest;

@@ -1,5 +1,6 @@
 //! gridwork-sync-server command line.
 //!
+//!   gridwork-sync-server demo [--devices N] [--data-dir DIR] [--no-console]
 //!   gridwork-sync-server serve --data-dir DIR [--listen 127.0.0.1:8080]
 //!   gridwork-sync-server admin --data-dir DIR init-tls HOST...
 //!   gridwork-sync-server admin --data-dir DIR import-catalog FILE.json
@@ -18,6 +19,7 @@ use gridwork_sync_server::tls::TlsFiles;
 use gridwork_sync_server::{SqliteStore, SyncStore};
 
 const USAGE: &str = "usage:
+  gridwork-sync-server demo [--devices N] [--cases N] [--checkins N] [--data-dir DIR] [--no-console]
   gridwork-sync-server serve --data-dir DIR [--listen 127.0.0.1:8080]   (TLS once init-tls has run; plain HTTP on loopback only)
   gridwork-sync-server admin --data-dir DIR init-tls HOST...   (district CA + server certificate for these names/IPs)
   gridwork-sync-server admin --data-dir DIR enrol-device USER [--server https://HOST:PORT]
@@ -47,6 +49,9 @@ fn take_flag(args: &mut Vec<String>, flag: &str) -> Result<Option<String>, Strin
 
 fn run() -> Result<(), String> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("demo") {
+        return gridwork_sync_server::demo::main(args.split_off(1));
+    }
     let data_dir =
         PathBuf::from(take_flag(&mut args, "--data-dir")?.ok_or(format!("--data-dir DIR is required\n{USAGE}"))?);
     let store = SqliteStore::open(&data_dir).map_err(|e| e.to_string())?;

@@ -299,7 +299,10 @@ fn an_old_app_is_told_to_upgrade_and_its_push_is_still_accepted() {
 fn bad_requests_get_a_json_4xx_and_change_nothing() {
     let d = District::new();
     let w1 = phone(&d, "w1", None);
-    let client = reqwest::blocking::Client::new();
+    let client = reqwest::blocking::Client::builder()
+        .tls_backend_preconfigured(gridwork_core::tls::trust_nobody().expect("tls config"))
+        .build()
+        .expect("client");
     let url = format!("{}/v1/sync", d.url());
     let check = |resp: reqwest::blocking::Response, status: u16, code: &str| {
         assert_eq!(resp.status().as_u16(), status);

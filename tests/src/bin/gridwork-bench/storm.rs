@@ -231,8 +231,17 @@ pub fn run(args: StormArgs, line: &dyn Fn(serde_json::Value)) -> Result<(), Stri
     let bytes_down = AtomicU64::new(0);
     let failures = AtomicUsize::new(0);
     let started = Instant::now();
-    for_each_index(phones.len(), args.concurrency, reqwest::blocking::Client::new, |client, i| {
+    // reqwest needs a rustls configuration even for plain HTTP (see gridwork_core::tls).
+    let client = || {
+        let tls = gridwork_core::tls::trust_nobody().ok()?;
+        reqwest::blocking::Client::builder().tls_backend_preconfigured(tls).build().ok()
+    };
+    for_each_index(phones.len(), args.concurrency, client, |client, i| {
         let p = &phones[i];
+        let Some(client) = client else {
+            failures.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
         // Push the prepared request, then acknowledge what the server kept.
         let answer = client
             .post(format!("{}/v1/sync", p.config.server))

@@ -1,6 +1,6 @@
 //! The demo: a simulated district going offline and coming back.
 //!
-//!   gridwork-demo [--devices N] [--cases N] [--checkins N] [--data-dir DIR] [--no-console]
+//!   gridwork-sync-server demo [--devices N] [--cases N] [--checkins N] [--data-dir DIR] [--no-console]
 //!
 //! Starts the sync server on loopback with its embedded store, seeds a district (grids with
 //! patrol points, workers, supervisors, a police handler) and enrols one phone per worker. Each
@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::{SqliteStore, SyncStore};
 use gridwork_core::evidence::synthetic::{camera_like_jpeg, ExifSpec};
 use gridwork_core::model::catalog::{Catalog, Role};
 use gridwork_core::model::geo::Location;
@@ -25,8 +26,9 @@ use gridwork_core::model::lifecycle::EventKind;
 use gridwork_core::store::{CaseQuery, CheckInInput};
 use gridwork_core::sync::{enrol, SyncConfig};
 use gridwork_core::Store;
-use gridwork_sync_server::{SqliteStore, SyncStore};
-use gridwork_tests::{district, for_each_index, identity_from_enrolment, open_device, random_case, Rng};
+use sim::{district, for_each_index, identity_from_enrolment, open_device, random_case, Rng};
+
+pub mod sim;
 
 struct Args {
     devices: usize,
@@ -35,12 +37,12 @@ struct Args {
     data_dir: Option<PathBuf>,
 }
 
-const HELP: &str = "usage: gridwork-demo [--devices N] [--cases N per device] [--checkins N per device] [--data-dir DIR] [--no-console]
+const HELP: &str = "usage: gridwork-sync-server demo [--devices N] [--cases N per device] [--checkins N per device] [--data-dir DIR] [--no-console]
   --no-console  exit after the final line (the default today: the supervisor console is not built yet)";
 
-fn parse_args() -> Result<Args, String> {
+fn parse_args(args: Vec<String>) -> Result<Args, String> {
     let mut a = Args { devices: 40, cases: 20, checkins: 8, data_dir: None };
-    let mut it = std::env::args().skip(1);
+    let mut it = args.into_iter();
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         let number = |v: String| v.parse::<usize>().map_err(|_| format!("{flag} takes a number, got {v:?}"));
@@ -60,15 +62,13 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
-fn main() {
-    if let Err(e) = parse_args().and_then(run) {
-        eprintln!("gridwork-demo: {e}");
-        std::process::exit(2);
-    }
+/// Runs the demo with the arguments after `demo`.
+pub fn main(args: Vec<String>) -> Result<(), String> {
+    parse_args(args).and_then(run)
 }
 
 fn say(msg: &str) {
-    eprintln!("gridwork-demo: {msg}");
+    eprintln!("gridwork-sync-server demo: {msg}");
 }
 
 /// A phone: its store and how it reaches the server.
@@ -152,11 +152,8 @@ fn run(args: Args) -> Result<(), String> {
     server
         .set_user("police1", Role::DepartmentHandler, Some("police"), &["department:police".into()])
         .map_err(|e| e.to_string())?;
-    let running = gridwork_sync_server::start(
-        server.clone() as Arc<dyn SyncStore>,
-        "127.0.0.1:0".parse().map_err(|_| "address")?,
-    )
-    .map_err(|e| format!("cannot start the server: {e}"))?;
+    let running = crate::start(server.clone() as Arc<dyn SyncStore>, "127.0.0.1:0".parse().map_err(|_| "address")?)
+        .map_err(|e| format!("cannot start the server: {e}"))?;
     let url = running.url();
     say(&format!("sync server on {url}, data in {}", data_dir.display()));
     say(&format!(
