@@ -211,6 +211,13 @@ impl Store {
         let mut n = 0;
         for (id, changes) in parsed {
             n += self.receive_in(&tx, &id, changes)?.new_changes;
+            // Back in scope (a new assignment, a scope given back): listed again.
+            tx.execute("UPDATE cases SET out_of_scope_ms = NULL WHERE id = ?1", [id.to_string()])?;
+        }
+        // Out of scope: hidden from lists, never deleted; unsynced edits still go out.
+        let now = self.now_ms();
+        for doc in &resp.left_scope {
+            tx.execute("UPDATE cases SET out_of_scope_ms = ?2 WHERE id = ?1", rusqlite::params![doc, now])?;
         }
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('sync_cursor', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",

@@ -511,3 +511,36 @@ fn concurrent_pushes_share_commits_and_each_gets_its_own_answer() {
     expected.dedup();
     assert_eq!(expected.len(), 45, "case ids are unique across phones");
 }
+
+#[test]
+fn cases_that_leave_a_scope_are_hidden_but_kept_and_unsynced_work_on_them_still_goes_out() {
+    let d = District::new();
+    d.store.set_user("w3", Role::Worker, None, &["grid:g0".into()]).expect("w3");
+    let mut w1 = phone(&d, "w1", None);
+    let mut w3 = phone(&d, "w3", None);
+    let theirs = capture(&w3, 0, 1, 21)[0];
+    w3.sync(&d.url()).expect("w3");
+    w1.sync(&d.url()).expect("w1 receives g0");
+    let listed = |p: &Phone, all: bool| {
+        let q = CaseQuery { limit: 50, include_out_of_scope: all, ..Default::default() };
+        p.store.list_cases(&q).expect("list").items.into_iter().map(|c| c.id).collect::<Vec<_>>()
+    };
+    assert_eq!(listed(&w1, false), vec![theirs]);
+    // Offline, w1 notes something on w3's case; then w1 is moved to g1.
+    w1.store.record_event(&theirs, EventKind::Note { text: "gate still open".into() }).expect("note");
+    d.store.set_user("w1", Role::Worker, None, &["grid:g1".into()]).expect("move");
+    let r = w1.sync(&d.url()).expect("after the move");
+    assert_eq!(r.left_scope, 1, "the server says w3's case left w1's scope");
+    assert_eq!(r.pushed, 1);
+    assert_eq!(w1.store.outbox_len().expect("outbox"), 0, "the note was answered, not dropped");
+    assert!(listed(&w1, false).is_empty(), "out of scope: not listed");
+    assert_eq!(listed(&w1, true), vec![theirs], "but kept on the device");
+    assert!(ids(&w1).contains(&theirs));
+    // The note reached the server: w3 receives it.
+    w3.sync(&d.url()).expect("w3 again");
+    let timeline = w3.store.get_case(&theirs).expect("case").case.timeline;
+    assert!(timeline
+        .entries
+        .iter()
+        .any(|t| matches!(&t.event.kind, EventKind::Note { text } if text == "gate still open")));
+}

@@ -33,6 +33,8 @@ pub struct CaseQuery {
     pub limit: usize,
     /// `next` from the previous page.
     pub after: Option<String>,
+    /// Also list cases the server said left this device's scope (kept, never deleted).
+    pub include_out_of_scope: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -61,7 +63,9 @@ impl Store {
     pub fn list_cases(&self, q: &CaseQuery) -> Result<CasePage> {
         let now = self.now_ms();
         let limit = q.limit.clamp(1, 500);
-        let mut clauses: Vec<String> = vec![];
+        // Cases that left this device's scope stay stored but are not listed, unless asked for.
+        let mut clauses: Vec<String> =
+            if q.include_out_of_scope { vec![] } else { vec!["out_of_scope_ms IS NULL".to_owned()] };
         let mut args: Vec<Value> = vec![];
         let mut arg = |v: Value| {
             args.push(v);

@@ -9,8 +9,11 @@ use rusqlite::{Connection, Transaction};
 use crate::error::{CoreError, Result};
 
 /// The SQL of each version, in order: `MIGRATIONS[0]` takes a store from 0 to 1.
-pub(crate) const MIGRATIONS: &[&str] =
-    &[include_str!("migrations/001_initial.sql"), include_str!("migrations/002_search.sql")];
+pub(crate) const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/001_initial.sql"),
+    include_str!("migrations/002_search.sql"),
+    include_str!("migrations/003_scope.sql"),
+];
 
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
 

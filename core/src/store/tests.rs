@@ -637,6 +637,11 @@ fn every_old_schema_upgrades_to_the_current_one() {
                     rusqlite::params![id, NOW],
                 )
                 .expect("v1 index row");
+                if old >= 2 {
+                    // From version 2 on, the app also wrote the search index.
+                    let rowid = conn.last_insert_rowid();
+                    search::index(&conn, rowid, "旧的漏水", "from an old app").expect("v2 search row");
+                }
             }
         }
         let store = open_in(dir.path(), "w1", Role::Worker, Arc::new(FixedClock::new(NOW)));
