@@ -1,0 +1,611 @@
+//! gridwork-ffi: the Gridwork core as the Android and iOS apps see it, through UniFFI
+//! (proc-macros only; Kotlin and Swift are generated from the built library).
+//!
+//! - [`GridworkStore`]: one object per device store: capture, lists, the lifecycle, photos,
+//!   patrols, sync.
+//! - Records ([`NewCase`], [`CaseSummary`], [`CaseDetail`], …) mirror the model in the shapes a
+//!   UI wants; ids cross as strings (UUIDs) and times as Unix milliseconds.
+//! - [`GridworkError`]: one error enum with few, actionable variants, converted from the core's
+//!   rich errors in one place ([`From<CoreError>`]).
+//!
+//! Every call is blocking. `sync`, `capture_case` with photos and `attach_photo` take time (network,
+//! photo processing): call them off the main thread (Dispatchers.IO, a Swift Task). Progress of a
+//! sync arrives through [`SyncProgressListener`].
+
+use std::sync::Arc;
+
+use gridwork_core::model::catalog::Role;
+use gridwork_core::model::geo::Location;
+use gridwork_core::model::ids::{CaseId, CategoryId, DepartmentId, DeviceId, GridId, PointId, RecordId, UserId};
+use gridwork_core::model::lifecycle::{EventKind, RejectReason, Status};
+use gridwork_core::model::wire::EnrolmentCode;
+use gridwork_core::store::{CaseQuery, CheckInInput};
+use gridwork_core::sync::SyncConfig;
+use gridwork_core::{CoreError, Identity, OpenOptions, Store};
+
+uniffi::setup_scaffolding!();
+
+/// The one error type the apps see.
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+pub enum GridworkError {
+    /// A case, patrol, photo or point the caller named does not exist on this device.
+    #[error("not found: {what}")]
+    NotFound { what: String },
+    /// The caller passed something unusable; `field` names it, `reason` says what to change.
+    #[error("invalid {field}: {reason}")]
+    InvalidInput { field: String, reason: String },
+    /// The action is not allowed for this user's role in the case's state; nothing was stored.
+    #[error("not allowed: {reason}")]
+    NotAllowed { reason: String },
+    /// The store cannot be opened with this key; the file was not changed.
+    #[error("wrong key: {message}")]
+    WrongKey { message: String },
+    /// The phone's storage failed (full, damaged, newer app's store); nothing partial was stored.
+    #[error("storage: {message}")]
+    Storage { message: String },
+    /// The sync server could not be reached; `retryable` says whether trying later may help.
+    #[error("network: {message}")]
+    Network { message: String, retryable: bool },
+    /// The server is not the district's (certificate not from the pinned CA).
+    #[error("untrusted server: {message}")]
+    UntrustedServer { message: String },
+    /// The server refused the request (`code` is the protocol's error code).
+    #[error("server refused ({code}): {message}")]
+    Server { status: u16, code: String, message: String },
+}
+
+impl From<CoreError> for GridworkError {
+    fn from(e: CoreError) -> Self {
+        let message = e.to_string();
+        let invalid = |field: &str| GridworkError::InvalidInput { field: field.into(), reason: message.clone() };
+        match e {
+            CoreError::WrongKey { .. } => GridworkError::WrongKey { message },
+            CoreError::BadKeyLength { .. } => invalid("key"),
+            CoreError::Invalid(_) | CoreError::NothingToChange | CoreError::Evidence(_) => invalid("input"),
+            CoreError::UnknownCategory { .. } | CoreError::RetiredCategory { .. } => invalid("category"),
+            CoreError::UnknownGrid { .. } => invalid("grid"),
+            CoreError::UnknownDepartment { .. } => invalid("department"),
+            CoreError::UnknownPoint { .. } => invalid("point"),
+            CoreError::InvalidPageToken => invalid("after"),
+            CoreError::InvalidConfig { field, reason } => GridworkError::InvalidInput { field, reason },
+            CoreError::UnknownCase { .. }
+            | CoreError::UnknownPatrol { .. }
+            | CoreError::EvidenceFile { .. }
+            | CoreError::EvidenceEvicted { .. } => GridworkError::NotFound { what: message },
+            CoreError::TransitionNotAllowed { .. } | CoreError::PatrolFinished { .. } => {
+                GridworkError::NotAllowed { reason: message }
+            }
+            CoreError::Network { retryable, .. } => GridworkError::Network { message, retryable },
+            CoreError::UntrustedServer { .. } => GridworkError::UntrustedServer { message },
+            CoreError::Server { status, code, message } => GridworkError::Server { status, code, message },
+            CoreError::NewerSchema { .. }
+            | CoreError::BadChange { .. }
+            | CoreError::Storage(_)
+            | CoreError::Io { .. }
+            | CoreError::CorruptDocument { .. } => GridworkError::Storage { message },
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, GridworkError>;
+
+fn bad(field: &str, reason: impl Into<String>) -> GridworkError {
+    GridworkError::InvalidInput { field: field.into(), reason: reason.into() }
+}
+
+fn case_id(id: &str) -> Result<CaseId> {
+    CaseId::parse(id).map_err(|_| bad("case_id", format!("{id:?} is not a case id")))
+}
+
+fn record_id(field: &str, id: &str) -> Result<RecordId> {
+    RecordId::parse(id).map_err(|_| bad(field, format!("{id:?} is not an id")))
+}
+
+/// What redeeming an enrolment code gave this phone. Keep it (the token is a secret: store it in
+/// the Android Keystore / iOS Keychain) and pass it to [`GridworkStore::open`] and sync settings.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct Enrolment {
+    pub server: String,
+    pub ca_fingerprint: Option<String>,
+    pub device_id: String,
+    pub device_code: String,
+    pub token: String,
+    pub user: String,
+    /// "worker", "supervisor", "department_handler" or "administrator".
+    pub role: String,
+    pub department: Option<String>,
+}
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Worker => "worker",
+        Role::Supervisor => "supervisor",
+        Role::DepartmentHandler => "department_handler",
+        Role::Administrator => "administrator",
+    }
+}
+
+fn parse_role(s: &str) -> Result<Role> {
+    Ok(match s {
+        "worker" => Role::Worker,
+        "supervisor" => Role::Supervisor,
+        "department_handler" => Role::DepartmentHandler,
+        "administrator" => Role::Administrator,
+        other => return Err(bad("role", format!("unknown role {other:?}"))),
+    })
+}
+
+/// Redeems the text of a scanned enrolment code (`gridwork:enrol?server=…&code=…&ca=…`).
+/// Blocking (network).
+#[uniffi::export]
+pub fn enrol(enrolment_code: String, app_version: String) -> Result<Enrolment> {
+    let code = EnrolmentCode::parse(&enrolment_code).map_err(|r| bad("enrolment_code", r))?;
+    let e = gridwork_core::sync::enrol(&code.server, &code.code, code.ca_fingerprint.as_deref(), &app_version)?;
+    Ok(Enrolment {
+        server: code.server,
+        ca_fingerprint: code.ca_fingerprint,
+        device_id: e.device_id,
+        device_code: e.device_code,
+        token: e.token,
+        user: e.user,
+        role: role_name(e.role).into(),
+        department: e.department,
+    })
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct GeoFix {
+    pub lat: f64,
+    pub lon: f64,
+    pub accuracy_m: f64,
+    /// "gps", "network", "fused", "manual"…
+    pub provider: String,
+    /// The OS flagged the fix as mocked; kept, never refused.
+    pub mock: bool,
+    pub fix_time_ms: i64,
+}
+
+impl From<GeoFix> for Location {
+    fn from(g: GeoFix) -> Self {
+        let mut l = Location::gps(g.lat, g.lon, g.accuracy_m, g.fix_time_ms);
+        l.provider = g.provider;
+        l.mock = g.mock;
+        l
+    }
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct NewCase {
+    pub title: String,
+    pub description: String,
+    pub category_id: String,
+    pub grid_id: String,
+    pub location: GeoFix,
+    /// Photos as the camera produced them (JPEG, PNG or WebP bytes).
+    pub photos: Vec<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct CaseSummary {
+    pub id: String,
+    /// Readable code the worker can quote offline, e.g. `K7Q2-0042`.
+    pub code: String,
+    pub title: String,
+    /// "reported", "accepted", "rejected", "dispatched", "in_progress", "handled",
+    /// "followed_up", "closed", or "contested" while concurrent decisions await a person.
+    pub status: String,
+    pub grid_id: String,
+    pub category_id: String,
+    pub reporter: String,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    pub deadline_ms: Option<i64>,
+    pub overdue: bool,
+    pub has_conflicts: bool,
+    pub flags: Vec<String>,
+}
+
+impl From<gridwork_core::store::CaseSummary> for CaseSummary {
+    fn from(c: gridwork_core::store::CaseSummary) -> Self {
+        CaseSummary {
+            id: c.id.to_string(),
+            code: c.code,
+            title: c.title,
+            status: c.status,
+            grid_id: c.grid_id,
+            category_id: c.category_id,
+            reporter: c.reporter,
+            created_ms: c.created_ms,
+            updated_ms: c.updated_ms,
+            deadline_ms: c.deadline_ms,
+            overdue: c.overdue,
+            has_conflicts: c.has_conflicts,
+            flags: c.flags,
+        }
+    }
+}
+
+/// A case list filter. Empty fields do not filter.
+#[derive(Debug, Clone, Default, uniffi::Record)]
+pub struct CaseFilter {
+    pub statuses: Vec<String>,
+    pub grid_id: Option<String>,
+    pub category_id: Option<String>,
+    pub assigned_to_me: bool,
+    pub overdue: bool,
+    /// Words or Chinese text in the title or description.
+    pub text: Option<String>,
+    /// Page size (1–500).
+    pub limit: u32,
+    /// `next` of the previous page.
+    pub after: Option<String>,
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct CasePage {
+    pub items: Vec<CaseSummary>,
+    pub next: Option<String>,
+}
+
+/// A field whose concurrent edits stand side by side until a person chooses.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct FieldConflict {
+    pub field: String,
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct TimelineEntry {
+    pub event_id: String,
+    /// The event kind, e.g. "report", "dispatch", "note".
+    pub kind: String,
+    pub user: String,
+    pub role: String,
+    pub device: String,
+    /// When the author's device recorded it (Unix ms).
+    pub at_ms: i64,
+    /// False for an event judged invalid in the state its author saw (kept, shown, flagged).
+    pub valid: bool,
+    /// The event's data as JSON, for display.
+    pub detail_json: String,
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct Photo {
+    pub sha256: String,
+    /// "photo" or "thumbnail".
+    pub kind: String,
+    pub mime: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct CaseDetail {
+    pub summary_status: String,
+    pub id: String,
+    pub code: String,
+    pub title: String,
+    pub description: String,
+    pub category_id: String,
+    pub grid_id: String,
+    pub location: GeoFix,
+    pub reporter: String,
+    pub created_ms: i64,
+    pub overdue: bool,
+    pub flags: Vec<String>,
+    pub conflicts: Vec<FieldConflict>,
+    pub timeline: Vec<TimelineEntry>,
+    pub photos: Vec<Photo>,
+}
+
+/// A lifecycle step. Whether the user's role may take it in the case's state is checked by the
+/// core (the same role table the server applies).
+#[derive(Debug, Clone, uniffi::Enum)]
+pub enum CaseAction {
+    Accept { note: String },
+    RejectAsDuplicate { duplicate_of: Option<String>, note: String },
+    RejectAsOutOfScope { note: String },
+    Dispatch { department_ids: Vec<String>, deadline_ms: i64 },
+    Start { department_id: String },
+    HandlerReport { department_id: String, note: String },
+    Note { text: String },
+    FollowUp { satisfaction: u8, note: String },
+    Close { note: String },
+    SendBack { reason: String },
+    Urge { note: String },
+    Settle { chosen_event_id: String },
+}
+
+impl CaseAction {
+    fn into_kind(self) -> Result<EventKind> {
+        Ok(match self {
+            CaseAction::Accept { note } => EventKind::Accept { note },
+            CaseAction::RejectAsDuplicate { duplicate_of, note } => {
+                EventKind::Reject { reason: RejectReason::Duplicate, duplicate_of, note }
+            }
+            CaseAction::RejectAsOutOfScope { note } => {
+                EventKind::Reject { reason: RejectReason::OutOfScope, duplicate_of: None, note }
+            }
+            CaseAction::Dispatch { department_ids, deadline_ms } => EventKind::Dispatch {
+                departments: department_ids.iter().map(|d| DepartmentId::from(d.as_str())).collect(),
+                deadline_ms,
+            },
+            CaseAction::Start { department_id } => EventKind::Start { department: department_id.as_str().into() },
+            CaseAction::HandlerReport { department_id, note } => {
+                EventKind::HandlerReport { department: department_id.as_str().into(), note, evidence: vec![] }
+            }
+            CaseAction::Note { text } => EventKind::Note { text },
+            CaseAction::FollowUp { satisfaction, note } => EventKind::FollowUp { satisfaction, note },
+            CaseAction::Close { note } => EventKind::Close { note },
+            CaseAction::SendBack { reason } => EventKind::Return { reason },
+            CaseAction::Urge { note } => EventKind::Urge { note },
+            CaseAction::Settle { chosen_event_id } => EventKind::Settle {
+                chosen: gridwork_core::model::ids::EventId::parse(&chosen_event_id)
+                    .map_err(|_| bad("chosen_event_id", "not an event id"))?,
+            },
+        })
+    }
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct NewCheckIn {
+    pub patrol_id: String,
+    pub point_id: Option<String>,
+    pub location: GeoFix,
+    pub note: String,
+    pub photo: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct CheckInResult {
+    pub id: String,
+    pub grid_id: String,
+    /// False when the fix lies outside the grid (kept and flagged for the supervisor).
+    pub inside_grid: bool,
+}
+
+/// Where and how to sync.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct SyncSettings {
+    pub server: String,
+    pub token: String,
+    pub ca_fingerprint: Option<String>,
+    pub app_version: String,
+}
+
+#[derive(Debug, Clone, Copy, uniffi::Record)]
+pub struct SyncProgress {
+    pub round_trips: u32,
+    pub pushed: u32,
+    pub pulled_changes: u32,
+    pub outbox_remaining: u32,
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct ItemOutcome {
+    pub key: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct SyncReport {
+    pub round_trips: u32,
+    pub pushed: u32,
+    pub accepted: u32,
+    /// Kept on the server for an administrator; gone from the outbox.
+    pub quarantined: Vec<ItemOutcome>,
+    /// Not stored by the server; still in the outbox.
+    pub refused: Vec<ItemOutcome>,
+    pub pulled_changes: u32,
+    pub pulled_cases: u32,
+    pub left_scope: u32,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    /// This app version is below the district's minimum: ask the user to update.
+    pub upgrade_required: bool,
+}
+
+/// Receives sync progress, on the thread that called `sync`.
+#[uniffi::export(with_foreign)]
+pub trait SyncProgressListener: Send + Sync {
+    fn on_progress(&self, progress: SyncProgress);
+}
+
+fn n(x: usize) -> u32 {
+    u32::try_from(x).unwrap_or(u32::MAX)
+}
+
+/// One device's encrypted store.
+#[derive(Debug, uniffi::Object)]
+pub struct GridworkStore {
+    store: Store,
+}
+
+#[uniffi::export]
+impl GridworkStore {
+    /// Opens (creating) the store in `dir` with the 32-byte `key` (from the Android Keystore /
+    /// iOS Keychain) for the enrolled device. A wrong key is `WrongKey`, and the file is left as
+    /// it was. Put `dir` where backups do not reach (see android/README.md and ios/README.md).
+    #[uniffi::constructor]
+    pub fn open(dir: String, key: Vec<u8>, enrolment: Enrolment) -> Result<Arc<Self>> {
+        let identity = Identity {
+            user: UserId(enrolment.user),
+            role: parse_role(&enrolment.role)?,
+            device: DeviceId(enrolment.device_id),
+            device_code: enrolment.device_code,
+            department: enrolment.department.as_deref().map(DepartmentId::from),
+        };
+        let store = Store::open(OpenOptions::new(dir, &key, identity))?;
+        Ok(Arc::new(GridworkStore { store }))
+    }
+
+    /// Captures a case offline. Photos are processed here (decode, resize, strip metadata):
+    /// blocking, about 100 ms per photo on a mid-range phone.
+    pub fn capture_case(&self, case: NewCase) -> Result<CaseSummary> {
+        let new = gridwork_core::store::NewCase {
+            title: case.title,
+            description: case.description,
+            category: CategoryId::from(case.category_id.as_str()),
+            grid: GridId::from(case.grid_id.as_str()),
+            location: case.location.into(),
+            photos: case.photos,
+        };
+        Ok(self.store.capture_case(new)?.into())
+    }
+
+    pub fn list_cases(&self, filter: CaseFilter) -> Result<CasePage> {
+        let statuses = filter
+            .statuses
+            .iter()
+            .filter(|s| s.as_str() != "contested")
+            .map(|s| Status::parse(s).ok_or_else(|| bad("statuses", format!("unknown status {s:?}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let q = CaseQuery {
+            statuses,
+            contested: filter.statuses.iter().any(|s| s == "contested"),
+            grid: filter.grid_id.as_deref().map(GridId::from),
+            category: filter.category_id.as_deref().map(CategoryId::from),
+            assigned_to_me: filter.assigned_to_me,
+            overdue: filter.overdue,
+            text: filter.text,
+            limit: if filter.limit == 0 { 50 } else { filter.limit as usize },
+            after: filter.after,
+            ..Default::default()
+        };
+        let page = self.store.list_cases(&q)?;
+        Ok(CasePage { items: page.items.into_iter().map(Into::into).collect(), next: page.next })
+    }
+
+    pub fn get_case(&self, case_id: String) -> Result<CaseDetail> {
+        let d = self.store.get_case(&self::case_id(&case_id)?)?;
+        let c = &d.case;
+        let timeline = c
+            .timeline
+            .entries
+            .iter()
+            .map(|t| {
+                let e = &t.event;
+                // Events serialize as {"kind": …, …data}: the kind and its data for display.
+                let detail = serde_json::to_value(&e.kind).unwrap_or_default();
+                let kind = detail.get("kind").and_then(|k| k.as_str()).unwrap_or("unknown").to_owned();
+                TimelineEntry {
+                    event_id: e.id.to_string(),
+                    kind,
+                    user: e.actor.user.0.clone(),
+                    role: role_name(e.actor.role).into(),
+                    device: e.actor.device.0.clone(),
+                    at_ms: e.clock.device_ms,
+                    valid: matches!(t.verdict, gridwork_core::model::lifecycle::Verdict::Applied),
+                    detail_json: detail.to_string(),
+                }
+            })
+            .collect();
+        let loc = &c.location.value;
+        Ok(CaseDetail {
+            summary_status: c.timeline.state.status.label().to_owned(),
+            id: c.id.to_string(),
+            code: c.code.clone(),
+            title: c.title.value.clone(),
+            description: c.description.clone(),
+            category_id: c.category.value.0.clone(),
+            grid_id: c.grid.value.0.clone(),
+            location: GeoFix {
+                lat: loc.lat,
+                lon: loc.lon,
+                accuracy_m: loc.accuracy_m,
+                provider: loc.provider.clone(),
+                mock: loc.mock,
+                fix_time_ms: loc.fix_time_ms,
+            },
+            reporter: c.reporter.0.clone(),
+            created_ms: c.created_ms,
+            overdue: d.overdue,
+            flags: d.flags.clone(),
+            conflicts: c.conflicts().into_iter().map(|k| FieldConflict { field: k.field, values: k.values }).collect(),
+            timeline,
+            photos: c
+                .evidence
+                .iter()
+                .map(|e| Photo {
+                    sha256: e.sha256.clone(),
+                    kind: format!("{:?}", e.kind).to_lowercase(),
+                    mime: e.mime.clone(),
+                    size: e.size,
+                })
+                .collect(),
+        })
+    }
+
+    /// Takes a lifecycle step; `NotAllowed` if the role may not take it in the case's state.
+    pub fn act(&self, case_id: String, action: CaseAction) -> Result<CaseSummary> {
+        Ok(self.store.record_event(&self::case_id(&case_id)?, action.into_kind()?)?.into())
+    }
+
+    /// Adds a photo to a case (blocking: processing).
+    pub fn attach_photo(&self, case_id: String, photo: Vec<u8>) -> Result<Photo> {
+        let e = self.store.attach_photo(&self::case_id(&case_id)?, &photo)?;
+        Ok(Photo { sha256: e.sha256, kind: format!("{:?}", e.kind).to_lowercase(), mime: e.mime, size: e.size })
+    }
+
+    /// The stored (processed) bytes of a photo or thumbnail.
+    pub fn read_photo(&self, sha256: String) -> Result<Vec<u8>> {
+        Ok(self.store.read_evidence(&sha256)?)
+    }
+
+    pub fn start_patrol(&self, grid_id: String) -> Result<String> {
+        Ok(self.store.start_patrol(&GridId::from(grid_id.as_str()))?.to_string())
+    }
+
+    pub fn check_in(&self, check_in: NewCheckIn) -> Result<CheckInResult> {
+        let c = self.store.check_in(CheckInInput {
+            patrol: record_id("patrol_id", &check_in.patrol_id)?,
+            point: check_in.point_id.as_deref().map(PointId::from),
+            location: check_in.location.into(),
+            note: check_in.note,
+            photo: check_in.photo,
+        })?;
+        Ok(CheckInResult { id: c.id.to_string(), grid_id: c.grid.0, inside_grid: c.inside_grid })
+    }
+
+    pub fn finish_patrol(&self, patrol_id: String) -> Result<()> {
+        Ok(self.store.finish_patrol(&record_id("patrol_id", &patrol_id)?)?)
+    }
+
+    /// Items waiting to be sent.
+    pub fn outbox_len(&self) -> Result<u64> {
+        Ok(self.store.outbox_len()? as u64)
+    }
+
+    /// Pushes what this device recorded and pulls what is new in its scope. Blocking (network):
+    /// call it off the main thread. Nothing leaves the outbox until the server acknowledged it.
+    pub fn sync(&self, settings: SyncSettings, listener: Option<Arc<dyn SyncProgressListener>>) -> Result<SyncReport> {
+        let mut config = SyncConfig::new(settings.server, settings.token);
+        config.ca_fingerprint = settings.ca_fingerprint;
+        config.app_version = settings.app_version;
+        let mut progress = |p: &gridwork_core::sync::SyncProgress| {
+            if let Some(l) = &listener {
+                l.on_progress(SyncProgress {
+                    round_trips: n(p.round_trips),
+                    pushed: n(p.pushed),
+                    pulled_changes: n(p.pulled_changes),
+                    outbox_remaining: n(p.outbox_remaining),
+                });
+            }
+        };
+        let r = self.store.sync(&config, &mut progress)?;
+        let items = |v: Vec<(String, String)>| v.into_iter().map(|(key, reason)| ItemOutcome { key, reason }).collect();
+        Ok(SyncReport {
+            round_trips: n(r.round_trips),
+            pushed: n(r.pushed),
+            accepted: n(r.accepted),
+            quarantined: items(r.quarantined),
+            refused: items(r.refused),
+            pulled_changes: n(r.pulled_changes),
+            pulled_cases: n(r.pulled_docs),
+            left_scope: n(r.left_scope),
+            bytes_up: r.bytes_up,
+            bytes_down: r.bytes_down,
+            upgrade_required: r.upgrade_required,
+        })
+    }
+}
