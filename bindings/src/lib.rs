@@ -27,6 +27,7 @@ uniffi::setup_scaffolding!();
 
 /// The one error type the apps see.
 #[derive(Debug, thiserror::Error, uniffi::Error)]
+/// (Fields are never called `message`: Kotlin exceptions already have one.)
 pub enum GridworkError {
     /// A case, patrol, photo or point the caller named does not exist on this device.
     #[error("not found: {what}")]
@@ -38,20 +39,20 @@ pub enum GridworkError {
     #[error("not allowed: {reason}")]
     NotAllowed { reason: String },
     /// The store cannot be opened with this key; the file was not changed.
-    #[error("wrong key: {message}")]
-    WrongKey { message: String },
+    #[error("wrong key: {detail}")]
+    WrongKey { detail: String },
     /// The phone's storage failed (full, damaged, newer app's store); nothing partial was stored.
-    #[error("storage: {message}")]
-    Storage { message: String },
+    #[error("storage: {detail}")]
+    Storage { detail: String },
     /// The sync server could not be reached; `retryable` says whether trying later may help.
-    #[error("network: {message}")]
-    Network { message: String, retryable: bool },
+    #[error("network: {detail}")]
+    Network { detail: String, retryable: bool },
     /// The server is not the district's (certificate not from the pinned CA).
-    #[error("untrusted server: {message}")]
-    UntrustedServer { message: String },
+    #[error("untrusted server: {detail}")]
+    UntrustedServer { detail: String },
     /// The server refused the request (`code` is the protocol's error code).
-    #[error("server refused ({code}): {message}")]
-    Server { status: u16, code: String, message: String },
+    #[error("server refused ({code}): {detail}")]
+    Server { status: u16, code: String, detail: String },
 }
 
 impl From<CoreError> for GridworkError {
@@ -59,7 +60,7 @@ impl From<CoreError> for GridworkError {
         let message = e.to_string();
         let invalid = |field: &str| GridworkError::InvalidInput { field: field.into(), reason: message.clone() };
         match e {
-            CoreError::WrongKey { .. } => GridworkError::WrongKey { message },
+            CoreError::WrongKey { .. } => GridworkError::WrongKey { detail: message },
             CoreError::BadKeyLength { .. } => invalid("key"),
             CoreError::Invalid(_) | CoreError::NothingToChange | CoreError::Evidence(_) => invalid("input"),
             CoreError::UnknownCategory { .. } | CoreError::RetiredCategory { .. } => invalid("category"),
@@ -75,14 +76,14 @@ impl From<CoreError> for GridworkError {
             CoreError::TransitionNotAllowed { .. } | CoreError::PatrolFinished { .. } => {
                 GridworkError::NotAllowed { reason: message }
             }
-            CoreError::Network { retryable, .. } => GridworkError::Network { message, retryable },
-            CoreError::UntrustedServer { .. } => GridworkError::UntrustedServer { message },
-            CoreError::Server { status, code, message } => GridworkError::Server { status, code, message },
+            CoreError::Network { retryable, .. } => GridworkError::Network { detail: message, retryable },
+            CoreError::UntrustedServer { .. } => GridworkError::UntrustedServer { detail: message },
+            CoreError::Server { status, code, message } => GridworkError::Server { status, code, detail: message },
             CoreError::NewerSchema { .. }
             | CoreError::BadChange { .. }
             | CoreError::Storage(_)
             | CoreError::Io { .. }
-            | CoreError::CorruptDocument { .. } => GridworkError::Storage { message },
+            | CoreError::CorruptDocument { .. } => GridworkError::Storage { detail: message },
         }
     }
 }

@@ -1,0 +1,147 @@
+// The Kotlin suite: the generated API used the way the Android app will, against a real
+// gridwork-sync-server on loopback (started by run-tests.sh, which passes enrolment codes in the
+// environment). A plain main() runner: each test runs, failures are printed, the exit status is
+// the number of failures.
+
+import java.awt.Color
+import java.awt.image.BufferedImage
+import java.io.ByteArrayOutputStream
+import java.nio.file.Files
+import javax.imageio.ImageIO
+import kotlin.test.assertEquals
+import kotlin.test.assertFailsWith
+import kotlin.test.assertTrue
+import uniffi.gridwork_ffi.*
+
+fun env(name: String): String = System.getenv(name) ?: error("$name is not set: run bindings/kotlin/run-tests.sh")
+
+val KEY = ByteArray(32) { it.toByte() }
+val OTHER_KEY = ByteArray(32) { (it + 1).toByte() }
+const val APP = "0.1.0"
+
+/** A real JPEG, as a camera app would hand over. */
+fun jpeg(): ByteArray {
+    val img = BufferedImage(1600, 1200, BufferedImage.TYPE_INT_RGB)
+    val g = img.createGraphics()
+    for (i in 0 until 40) {
+        g.color = Color((i * 37) % 255, (i * 91) % 255, (i * 53) % 255)
+        g.fillRect((i * 97) % 1500, (i * 61) % 1100, 200, 150)
+    }
+    g.dispose()
+    val out = ByteArrayOutputStream()
+    check(ImageIO.write(img, "jpg", out)) { "no JPEG writer" }
+    return out.toByteArray()
+}
+
+fun fix(lat: Double = 31.203, lon: Double = 121.403) =
+    GeoFix(lat = lat, lon = lon, accuracyM = 8.0, provider = "fused", mock = false, fixTimeMs = System.currentTimeMillis())
+
+fun tempDir(): String = Files.createTempDirectory("gridwork-kt").toString()
+
+class Phone(code: String) {
+    val enrolment = enrol(code, APP)
+    val store = GridworkStore.open(tempDir(), KEY, enrolment)
+    val settings = SyncSettings(enrolment.server, enrolment.token, enrolment.caFingerprint, APP)
+    fun sync(listener: SyncProgressListener? = null) = store.sync(settings, listener)
+}
+
+fun wrongKeyAndBadInputAreTypedExceptions() {
+    val dir = tempDir()
+    val enrolment = Enrolment("http://127.0.0.1:1", null, "d-test", "TST1", "t", "w9", "worker", null)
+    GridworkStore.open(dir, KEY, enrolment).close()
+    assertFailsWith<GridworkException.WrongKey> { GridworkStore.open(dir, OTHER_KEY, enrolment) }
+    GridworkStore.open(dir, KEY, enrolment).use { s ->
+        val e = assertFailsWith<GridworkException.InvalidInput> { s.act("not-a-case", CaseAction.Note("x")) }
+        assertEquals("case_id", e.field)
+        assertFailsWith<GridworkException.NotFound> {
+            s.getCase("0190f0c2-0000-7000-8000-000000000000")
+        }
+    }
+    assertFailsWith<GridworkException.InvalidInput> { enrol("K7M2QX", APP) }
+}
+
+fun theFieldScenarioThroughTheServer() {
+    val worker = Phone(env("GRIDWORK_WORKER_CODE"))
+    val supA = Phone(env("GRIDWORK_SUPERVISOR_A_CODE"))
+    val supB = Phone(env("GRIDWORK_SUPERVISOR_B_CODE"))
+    // The first sync brings the catalogue (grids, categories, departments).
+    worker.sync()
+
+    val photo = jpeg()
+    val case = worker.store.captureCase(
+        NewCase("楼道堆放杂物", "三楼楼道堆满纸箱，有火灾隐患", "hazard", "g0", fix(), listOf(photo))
+    )
+    assertEquals("reported", case.status)
+    worker.store.captureCase(NewCase("邻里噪音", "夜间噪音", "dispute", "g0", fix(), emptyList()))
+
+    val found = worker.store.listCases(CaseFilter(emptyList(), null, null, false, false, "楼道", 20u, null))
+    assertEquals(listOf(case.id), found.items.map { it.id }, "Chinese search finds the case")
+    val byCategory = worker.store.listCases(CaseFilter(emptyList(), null, "dispute", false, false, null, 20u, null))
+    assertEquals(1, byCategory.items.size)
+
+    val detail = worker.store.getCase(case.id)
+    assertTrue(detail.photos.isNotEmpty(), "the photo is attached")
+    val stored = worker.store.readPhoto(detail.photos.first().sha256)
+    assertTrue(stored.size > 1000 && stored[0] == 0xFF.toByte() && stored[1] == 0xD8.toByte(), "stored photo is a JPEG")
+
+    val patrol = worker.store.startPatrol("g0")
+    val checkIn = worker.store.checkIn(NewCheckIn(patrol, "g0-p0", fix(31.202, 121.402), "东门正常", null))
+    assertTrue(checkIn.insideGrid)
+    worker.store.finishPatrol(patrol)
+
+    val progress = mutableListOf<SyncProgress>()
+    val pushed = worker.sync(object : SyncProgressListener {
+        override fun onProgress(progress0: SyncProgress) { progress.add(progress0) }
+    })
+    assertTrue(pushed.accepted >= 2u, "cases and records accepted: $pushed")
+    assertTrue(pushed.refused.isEmpty(), "nothing refused: ${pushed.refused}")
+    assertTrue(progress.isNotEmpty(), "progress reported")
+    assertEquals(0uL, worker.store.outboxLen())
+
+    // A worker may not dispatch: typed, nothing stored.
+    assertFailsWith<GridworkException.NotAllowed> {
+        worker.store.act(case.id, CaseAction.Dispatch(listOf("police"), System.currentTimeMillis() + 86_400_000))
+    }
+
+    // Two supervisors decide concurrently, offline: the conflict stays visible.
+    supA.sync(); supB.sync()
+    supA.store.act(case.id, CaseAction.Accept("核实属实"))
+    supB.store.act(case.id, CaseAction.RejectAsOutOfScope("不属本网格"))
+    supA.sync(); supB.sync(); supA.sync()
+    assertEquals("contested", supA.store.getCase(case.id).summaryStatus, "concurrent accept/reject is contested")
+    val contested = supA.store.listCases(CaseFilter(listOf("contested"), null, null, false, false, null, 20u, null))
+    assertEquals(listOf(case.id), contested.items.map { it.id })
+
+    // A person settles it by choosing the accept, then dispatches.
+    val accept = supA.store.getCase(case.id).timeline.first { it.kind == "accept" }
+    supA.store.act(case.id, CaseAction.Settle(accept.eventId))
+    supA.store.act(case.id, CaseAction.Dispatch(listOf("police"), System.currentTimeMillis() + 86_400_000))
+    supA.sync()
+
+    // The supervisor's change arrives on the worker's phone.
+    val after = worker.sync()
+    assertTrue(after.pulledChanges > 0u)
+    val seen = worker.store.getCase(case.id)
+    assertEquals("dispatched", seen.summaryStatus, "the dispatch reached the worker")
+    assertTrue(seen.timeline.any { it.kind == "dispatch" && it.user == supA.enrolment.user })
+}
+
+fun main() {
+    val tests = listOf(
+        "wrong key and bad input are typed exceptions" to ::wrongKeyAndBadInputAreTypedExceptions,
+        "the field scenario through the server" to ::theFieldScenarioThroughTheServer,
+    )
+    var failed = 0
+    for ((name, test) in tests) {
+        try {
+            test()
+            println("ok   $name")
+        } catch (t: Throwable) {
+            failed++
+            println("FAIL $name: $t")
+            t.printStackTrace()
+        }
+    }
+    println("kotlin: ${tests.size - failed} passed, $failed failed")
+    kotlin.system.exitProcess(failed)
+}
