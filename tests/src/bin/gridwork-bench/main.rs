@@ -2,7 +2,7 @@
 //!
 //!   gridwork-bench device [--cases N] [--photo PATH] [--photo-runs N]
 //!   gridwork-bench idle-sync [--cases N]
-//!   gridwork-bench storm [--devices 5000] [--cases 20] [--checkins 50] [--concurrency 32]
+//!   gridwork-bench storm [--devices 5000] [--cases 20] [--checkins 50] [--concurrency 32] [--phones-dir /dev/shm]
 //!
 //! Benchmarks are not tests: nothing here asserts a timing. Quote medians and ratios measured in
 //! the same run; this machine is shared.
