@@ -117,23 +117,8 @@ pub struct Enrolment {
     pub department: Option<String>,
 }
 
-fn role_name(r: Role) -> &'static str {
-    match r {
-        Role::Worker => "worker",
-        Role::Supervisor => "supervisor",
-        Role::DepartmentHandler => "department_handler",
-        Role::Administrator => "administrator",
-    }
-}
-
 fn parse_role(s: &str) -> Result<Role> {
-    Ok(match s {
-        "worker" => Role::Worker,
-        "supervisor" => Role::Supervisor,
-        "department_handler" => Role::DepartmentHandler,
-        "administrator" => Role::Administrator,
-        other => return Err(bad("role", format!("unknown role {other:?}"))),
-    })
+    Role::parse(s).ok_or_else(|| bad("role", format!("unknown role {s:?}")))
 }
 
 /// Redeems the text of a scanned enrolment code (`gridwork:enrol?server=…&code=…&ca=…`).
@@ -149,7 +134,7 @@ pub fn enrol(enrolment_code: String, app_version: String) -> Result<Enrolment> {
         device_code: e.device_code,
         token: e.token,
         user: e.user,
-        role: role_name(e.role).into(),
+        role: Role::as_str(e.role).into(),
         department: e.department,
     })
 }
@@ -493,7 +478,7 @@ impl GridworkStore {
                     event_id: e.id.to_string(),
                     kind,
                     user: e.actor.user.0.clone(),
-                    role: role_name(e.actor.role).into(),
+                    role: Role::as_str(e.actor.role).into(),
                     device: e.actor.device.0.clone(),
                     at_ms: e.clock.device_ms,
                     valid: matches!(t.verdict, gridwork_core::model::lifecycle::Verdict::Applied),

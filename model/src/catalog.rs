@@ -18,6 +18,24 @@ pub enum Role {
     Administrator,
 }
 
+impl Role {
+    /// The name used on the wire, in the server's store and across the FFI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Worker => "worker",
+            Role::Supervisor => "supervisor",
+            Role::DepartmentHandler => "department_handler",
+            Role::Administrator => "administrator",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        [Role::Worker, Role::Supervisor, Role::DepartmentHandler, Role::Administrator]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}
+
 /// Who is acting: written into every lifecycle event and record, so every change is attributable
 /// to an enrolled person on an enrolled device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,4 +93,18 @@ pub struct Catalog {
     pub grids: Vec<Grid>,
     pub categories: Vec<Category>,
     pub departments: Vec<Department>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Role;
+
+    #[test]
+    fn role_names_are_the_serde_names() {
+        for r in [Role::Worker, Role::Supervisor, Role::DepartmentHandler, Role::Administrator] {
+            assert_eq!(serde_json::to_string(&r).expect("json"), format!("\"{}\"", r.as_str()));
+            assert_eq!(Role::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(Role::parse("boss"), None);
+    }
 }

@@ -85,17 +85,11 @@ fn run() -> Result<(), String> {
         }
         ["admin", "set-user", user, rest @ ..] => {
             let mut rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
-            let role = match take_flag(&mut rest, "--role")?.as_deref() {
-                Some("worker") => Role::Worker,
-                Some("supervisor") => Role::Supervisor,
-                Some("department_handler") => Role::DepartmentHandler,
-                Some("administrator") => Role::Administrator,
-                other => {
-                    return Err(format!(
-                        "--role {other:?}: use worker, supervisor, department_handler or administrator"
-                    ))
-                }
-            };
+            let role_flag = take_flag(&mut rest, "--role")?;
+            let role = role_flag
+                .as_deref()
+                .and_then(Role::parse)
+                .ok_or(format!("--role {role_flag:?}: use worker, supervisor, department_handler or administrator"))?;
             let department = take_flag(&mut rest, "--department")?;
             let mut scopes = vec![];
             while let Some(s) = take_flag(&mut rest, "--scope")? {

@@ -88,23 +88,8 @@ fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
 
-fn role_name(r: Role) -> &'static str {
-    match r {
-        Role::Worker => "worker",
-        Role::Supervisor => "supervisor",
-        Role::DepartmentHandler => "department_handler",
-        Role::Administrator => "administrator",
-    }
-}
-
 fn parse_role(s: &str) -> Result<Role> {
-    Ok(match s {
-        "worker" => Role::Worker,
-        "supervisor" => Role::Supervisor,
-        "department_handler" => Role::DepartmentHandler,
-        "administrator" => Role::Administrator,
-        other => return Err(ServerError::BadRequest(format!("unknown role {other:?}"))),
-    })
+    Role::parse(s).ok_or_else(|| ServerError::Internal(format!("stored role {s:?} is unknown")))
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Result<String> {
@@ -262,7 +247,7 @@ impl SqliteStore {
             &tx,
             "INSERT INTO users (id, role, department) VALUES (?1, ?2, ?3)
              ON CONFLICT(id) DO UPDATE SET role = excluded.role, department = excluded.department",
-            params![user, role_name(role), department],
+            params![user, Role::as_str(role), department],
         )?;
         let current: BTreeSet<String> = tx
             .prepare("SELECT scope FROM user_scopes WHERE user_id = ?1")?
