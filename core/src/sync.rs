@@ -187,6 +187,15 @@ pub fn enrol(server: &str, code: &str, ca_fingerprint: Option<&str>, app_version
         .map_err(|e| CoreError::Network { message: format!("bad enrolment answer: {e}"), retryable: false })
 }
 
+/// A stored record's JSON as sent. The store wrote it with serde_json, so it parses; should it
+/// not, `null` goes out and the server quarantines the record as unattributed (kept, visible).
+fn raw_json(bytes: &[u8]) -> Box<serde_json::value::RawValue> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| serde_json::value::RawValue::from_string(s.to_owned()).ok())
+        .unwrap_or_else(|| serde_json::value::to_raw_value(&serde_json::Value::Null).unwrap_or_default())
+}
+
 impl Store {
     /// The cursor of the last page applied.
     pub fn sync_cursor(&self) -> Result<Option<String>> {
@@ -257,10 +266,7 @@ impl Store {
                         doc: it.doc_id.clone().unwrap_or_default(),
                         bytes: B64.encode(&it.bytes),
                     }),
-                    OutboxKind::Record => records.push(PushedRecord {
-                        id: it.key.clone(),
-                        body: serde_json::from_slice(&it.bytes).unwrap_or(serde_json::Value::Null),
-                    }),
+                    OutboxKind::Record => records.push(PushedRecord { id: it.key.clone(), body: raw_json(&it.bytes) }),
                 }
             }
             let request = SyncRequest {

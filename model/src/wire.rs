@@ -54,11 +54,18 @@ pub struct PushedChange {
     pub bytes: String,
 }
 
-/// One immutable record pushed (patrol start/finish, check-in).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One immutable record pushed (patrol start/finish, check-in). The body stays the JSON text the
+/// device wrote: the server stores it as it came, without building and re-serialising a tree.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PushedRecord {
     pub id: String,
-    pub body: serde_json::Value,
+    pub body: Box<serde_json::value::RawValue>,
+}
+
+impl PartialEq for PushedRecord {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id && self.body.get() == other.body.get()
+    }
 }
 
 /// `POST /v1/sync`.

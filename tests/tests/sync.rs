@@ -6,7 +6,7 @@ use base64::Engine;
 use gridwork_core::model::catalog::Role;
 use gridwork_core::model::ids::{CaseId, UserId};
 use gridwork_core::model::lifecycle::EventKind;
-use gridwork_core::model::wire::{DeviceState, Outcome, PushedChange, SyncRequest, PROTOCOL_VERSION};
+use gridwork_core::model::wire::{DeviceState, Outcome, PushedChange, PushedRecord, SyncRequest, PROTOCOL_VERSION};
 use gridwork_core::store::CaseQuery;
 use gridwork_core::sync::{enrol, SyncConfig, SyncReport};
 use gridwork_core::{CoreError, Store};
@@ -543,4 +543,37 @@ fn cases_that_leave_a_scope_are_hidden_but_kept_and_unsynced_work_on_them_still_
         .entries
         .iter()
         .any(|t| matches!(&t.event.kind, EventKind::Note { text } if text == "gate still open")));
+}
+
+#[test]
+fn a_record_claiming_another_device_is_quarantined_and_kept_as_sent() {
+    let d = District::new();
+    let w1 = phone(&d, "w1", None);
+    let device = d.store.authenticate(&w1.config.token).expect("token");
+    let raw = |s: String| serde_json::value::RawValue::from_string(s).expect("json");
+    let own = format!(
+        r#"{{"kind":"note","actor":{{"device":"{}","user":"w1","role":"worker"}},"text":"门\"锁\"坏了"}}"#,
+        device.id
+    );
+    let forged = r#"{"kind":"note","actor":{"device":"someone-else","user":"w1","role":"worker"}}"#.to_owned();
+    let req = SyncRequest {
+        protocol: PROTOCOL_VERSION,
+        app_version: "0.1.0".into(),
+        doc_schema: 1,
+        cursor: None,
+        state: DeviceState::default(),
+        changes: vec![],
+        records: vec![
+            PushedRecord { id: "r-own".into(), body: raw(own) },
+            PushedRecord { id: "r-forged".into(), body: raw(forged) },
+        ],
+        max_pull_bytes: 1 << 20,
+    };
+    let resp = d.store.sync(&device, req, 0).expect("sync");
+    let outcome = |k: &str| resp.results.iter().find(|r| r.key == k).map(|r| r.outcome);
+    assert_eq!(outcome("r-own"), Some(Outcome::Accepted), "an escaped quote in the body does not confuse the claim");
+    assert_eq!(outcome("r-forged"), Some(Outcome::Quarantined));
+    let q = d.store.quarantined().expect("quarantine");
+    assert_eq!(q.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), vec!["r-forged"]);
+    assert_eq!(d.store.counts().expect("counts").2, 1, "only the honest record is stored");
 }

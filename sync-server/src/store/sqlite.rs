@@ -992,6 +992,21 @@ impl SyncStore for SqliteStore {
     }
 }
 
+/// Who a pushed record says made it.
+#[derive(Debug, Default, serde::Deserialize)]
+struct RecordClaim<'a> {
+    #[serde(borrow)]
+    actor: Option<ClaimedActor<'a>>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct ClaimedActor<'a> {
+    #[serde(borrow)]
+    device: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    user: Option<std::borrow::Cow<'a, str>>,
+}
+
 /// One device's push, waiting for the writer.
 struct PushJob {
     device: Device,
@@ -1070,10 +1085,13 @@ impl SqliteStore {
             results.push(self.ingest_change(tx, device, doc, bytes, now_ms, &mut touched)?);
         }
         for r in &req.records {
-            let actor_device = r.body.get("actor").and_then(|a| a.get("device")).and_then(|d| d.as_str());
-            let actor_user = r.body.get("actor").and_then(|a| a.get("user")).and_then(|d| d.as_str());
-            let body = json(&r.body)?;
-            if actor_device != Some(device.id.as_str()) || actor_user != Some(device.user.as_str()) {
+            let body = r.body.get();
+            // Only the claimed actor is read; the body is stored as the device sent it.
+            let claim: RecordClaim<'_> = serde_json::from_str(body).unwrap_or_default();
+            let actor = claim.actor.unwrap_or_default();
+            if actor.device.as_deref() != Some(device.id.as_str())
+                || actor.user.as_deref() != Some(device.user.as_str())
+            {
                 results.push(self.quarantine(
                     tx,
                     &r.id,
