@@ -151,6 +151,19 @@ pub struct GeoFix {
     pub fix_time_ms: i64,
 }
 
+impl From<&Location> for GeoFix {
+    fn from(l: &Location) -> Self {
+        GeoFix {
+            lat: l.lat,
+            lon: l.lon,
+            accuracy_m: l.accuracy_m,
+            provider: l.provider.clone(),
+            mock: l.mock,
+            fix_time_ms: l.fix_time_ms,
+        }
+    }
+}
+
 impl From<GeoFix> for Location {
     fn from(g: GeoFix) -> Self {
         let mut l = Location::gps(g.lat, g.lon, g.accuracy_m, g.fix_time_ms);
@@ -259,10 +272,18 @@ pub struct TimelineEntry {
 #[derive(Debug, Clone, uniffi::Record)]
 pub struct Photo {
     pub sha256: String,
-    /// "photo" or "thumbnail".
+    /// "photo", "voice_note" or "document".
     pub kind: String,
     pub mime: String,
     pub size: u64,
+}
+
+impl From<gridwork_core::model::evidence::EvidenceRef> for Photo {
+    fn from(e: gridwork_core::model::evidence::EvidenceRef) -> Self {
+        // The kind's serde name ("photo", "voice_note", "document"), as the wire spells it.
+        let kind = serde_json::to_value(e.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        Photo { sha256: e.sha256, kind, mime: e.mime, size: e.size }
+    }
 }
 
 #[derive(Debug, Clone, uniffi::Record)]
@@ -486,7 +507,6 @@ impl GridworkStore {
                 }
             })
             .collect();
-        let loc = &c.location.value;
         Ok(CaseDetail {
             summary_status: c.timeline.state.status.label().to_owned(),
             id: c.id.to_string(),
@@ -495,30 +515,14 @@ impl GridworkStore {
             description: c.description.clone(),
             category_id: c.category.value.0.clone(),
             grid_id: c.grid.value.0.clone(),
-            location: GeoFix {
-                lat: loc.lat,
-                lon: loc.lon,
-                accuracy_m: loc.accuracy_m,
-                provider: loc.provider.clone(),
-                mock: loc.mock,
-                fix_time_ms: loc.fix_time_ms,
-            },
+            location: GeoFix::from(&c.location.value),
             reporter: c.reporter.0.clone(),
             created_ms: c.created_ms,
             overdue: d.overdue,
             flags: d.flags.clone(),
             conflicts: c.conflicts().into_iter().map(|k| FieldConflict { field: k.field, values: k.values }).collect(),
             timeline,
-            photos: c
-                .evidence
-                .iter()
-                .map(|e| Photo {
-                    sha256: e.sha256.clone(),
-                    kind: format!("{:?}", e.kind).to_lowercase(),
-                    mime: e.mime.clone(),
-                    size: e.size,
-                })
-                .collect(),
+            photos: c.evidence.iter().cloned().map(Photo::from).collect(),
         })
     }
 
@@ -530,7 +534,7 @@ impl GridworkStore {
     /// Adds a photo to a case (blocking: processing).
     pub fn attach_photo(&self, case_id: String, photo: Vec<u8>) -> Result<Photo> {
         let e = self.store.attach_photo(&self::case_id(&case_id)?, &photo)?;
-        Ok(Photo { sha256: e.sha256, kind: format!("{:?}", e.kind).to_lowercase(), mime: e.mime, size: e.size })
+        Ok(e.into())
     }
 
     /// The stored (processed) bytes of a photo or thumbnail.

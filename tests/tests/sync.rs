@@ -83,6 +83,20 @@ fn capture(p: &Phone, grid: usize, n: usize, seed: u64) -> Vec<CaseId> {
     (0..n).map(|_| p.store.capture_case(random_case(&mut rng, &catalog, grid, 0)).expect("capture").id).collect()
 }
 
+/// A sync request pushing `changes` and `records`, for tests that talk to the store directly.
+fn push_request(changes: Vec<PushedChange>, records: Vec<PushedRecord>) -> SyncRequest {
+    SyncRequest {
+        protocol: PROTOCOL_VERSION,
+        app_version: "0.1.0".into(),
+        doc_schema: 1,
+        cursor: None,
+        state: DeviceState::default(),
+        changes,
+        records,
+        max_pull_bytes: 1 << 20,
+    }
+}
+
 fn ids(p: &Phone) -> Vec<CaseId> {
     let mut v = p.store.document_ids().expect("ids");
     v.sort();
@@ -171,16 +185,7 @@ fn the_same_batch_twice_is_stored_once() {
             bytes: base64::engine::general_purpose::STANDARD.encode(i.bytes),
         })
         .collect();
-    let req = SyncRequest {
-        protocol: PROTOCOL_VERSION,
-        app_version: "0.1.0".into(),
-        doc_schema: 1,
-        cursor: None,
-        state: DeviceState::default(),
-        changes: changes.iter().chain(changes.iter()).cloned().collect(),
-        records: vec![],
-        max_pull_bytes: 1 << 20,
-    };
+    let req = push_request(changes.iter().chain(changes.iter()).cloned().collect(), vec![]);
     let first = d.store.sync(&device, req.clone(), 0).expect("first");
     assert!(first.results.iter().all(|r| r.outcome == Outcome::Accepted));
     let counts = d.store.counts().expect("counts");
@@ -556,19 +561,13 @@ fn a_record_claiming_another_device_is_quarantined_and_kept_as_sent() {
         device.id
     );
     let forged = r#"{"kind":"note","actor":{"device":"someone-else","user":"w1","role":"worker"}}"#.to_owned();
-    let req = SyncRequest {
-        protocol: PROTOCOL_VERSION,
-        app_version: "0.1.0".into(),
-        doc_schema: 1,
-        cursor: None,
-        state: DeviceState::default(),
-        changes: vec![],
-        records: vec![
+    let req = push_request(
+        vec![],
+        vec![
             PushedRecord { id: "r-own".into(), body: raw(own) },
             PushedRecord { id: "r-forged".into(), body: raw(forged) },
         ],
-        max_pull_bytes: 1 << 20,
-    };
+    );
     let resp = d.store.sync(&device, req, 0).expect("sync");
     let outcome = |k: &str| resp.results.iter().find(|r| r.key == k).map(|r| r.outcome);
     assert_eq!(outcome("r-own"), Some(Outcome::Accepted), "an escaped quote in the body does not confuse the claim");
