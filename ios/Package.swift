@@ -1,4 +1,4 @@
-// swift-tools-version:5.9
+// swift-tools-version:6.0
 // The Gridwork core as a Swift package: the generated Swift bindings (Sources/Gridwork, produced by
 // generate.sh from the Rust library, never edited by hand), their C FFI module, and the
 // XCFramework that build-xcframework.sh makes where Xcode exists. Not built on the CI machine yet:

@@ -24,23 +24,8 @@ trap cleanup EXIT
 "$target/debug/uniffi-bindgen" generate --no-format --library "$target/debug/libgridwork_ffi.so" \
     --language kotlin --out-dir "$work/gen" >/dev/null
 
-srv="$target/debug/gridwork-sync-server"
-data="$work/server"
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-url="http://127.0.0.1:$port"
-"$srv" --data-dir "$data" admin import-catalog "$root/bindings/tests/fixtures/district.json" >/dev/null
-"$srv" --data-dir "$data" admin set-user w1 --role worker --scope grid:g0 >/dev/null
-"$srv" --data-dir "$data" admin set-user s1 --role supervisor --scope "community:Community 0" >/dev/null
-code() { "$srv" --data-dir "$data" admin enrol-device "$1" --server "$url" | tail -1; }
-export GRIDWORK_WORKER_CODE="$(code w1)"
-export GRIDWORK_SUPERVISOR_A_CODE="$(code s1)"
-export GRIDWORK_SUPERVISOR_B_CODE="$(code s1)"
-"$srv" --data-dir "$data" serve --listen "127.0.0.1:$port" 2>"$work/server.log" &
-server_pid=$!
-for _ in $(seq 1 100); do
-    curl -fsS "$url/v1/health" >/dev/null 2>&1 && break
-    sleep 0.1
-done
+. "$root/bindings/tests/district-server.sh"
+start_district_server
 
 lib="$kotlin_home/lib"
 cp="$jna:$lib/kotlin-stdlib.jar:$lib/kotlin-test.jar:$lib/kotlinx-coroutines-core-jvm.jar"

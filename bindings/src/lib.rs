@@ -448,14 +448,16 @@ impl GridworkStore {
 
     /// Captures a case offline. Photos are processed here (decode, resize, strip metadata):
     /// blocking, about 100 ms per photo on a mid-range phone.
-    pub fn capture_case(&self, case: NewCase) -> Result<CaseSummary> {
+    // Not `case`: the name reaches the generated C header, where it is a keyword (the Swift
+    // suite's C module failed to build).
+    pub fn capture_case(&self, new_case: NewCase) -> Result<CaseSummary> {
         let new = gridwork_core::store::NewCase {
-            title: case.title,
-            description: case.description,
-            category: CategoryId::from(case.category_id.as_str()),
-            grid: GridId::from(case.grid_id.as_str()),
-            location: case.location.into(),
-            photos: case.photos,
+            title: new_case.title,
+            description: new_case.description,
+            category: CategoryId::from(new_case.category_id.as_str()),
+            grid: GridId::from(new_case.grid_id.as_str()),
+            location: new_case.location.into(),
+            photos: new_case.photos,
         };
         Ok(self.store.capture_case(new)?.into())
     }

@@ -8,7 +8,8 @@ set -euo pipefail
 root="${GRIDWORK_SWIFT_CHROOT:-${GRIDWORK_TOOLS:-$HOME/.cache/gridwork-tools}/swift-trixie}"
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 
-if [ -x "$root/usr/bin/swift" ] && [ -f "$root/.gridwork-ready" ]; then
+# /usr/bin/swift is an absolute symlink inside the chroot: ask the chroot, not the host's view.
+if [ -f "$root/.gridwork-ready" ] && chroot "$root" swift --version >/dev/null 2>&1; then
     echo "$root"
     exit 0
 fi

@@ -1,0 +1,173 @@
+// The Swift suite: the generated API used the way the iOS app will, against a real
+// gridwork-sync-server on loopback. On Linux, bindings/swift/run-tests.sh starts the server, passes
+// the enrolment codes and the fixture photo in the environment, and runs this file inside a Debian
+// trixie chroot with Swift 6 (language mode 6). The same scenario as bindings/kotlin/GridworkTest.kt.
+
+import Foundation
+import Gridwork
+import XCTest
+
+private let appVersion = "0.1.0"
+private let key = Data((0..<32).map { UInt8($0) })
+private let otherKey = Data((0..<32).map { UInt8($0 + 1) })
+
+/// A missing variable fails the test (never skips it): the suite is only meaningful with a server.
+private struct MissingEnvironment: Error, CustomStringConvertible {
+    let name: String
+    var description: String { "\(name) is not set: run bindings/swift/run-tests.sh" }
+}
+
+private func env(_ name: String) throws -> String {
+    guard let value = ProcessInfo.processInfo.environment[name] else { throw MissingEnvironment(name: name) }
+    return value
+}
+
+private func tempDir() throws -> String {
+    let url = FileManager.default.temporaryDirectory.appendingPathComponent("gridwork-swift-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    return url.path
+}
+
+private func nowMs() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+
+private func fix(lat: Double = 31.203, lon: Double = 121.403) -> GeoFix {
+    GeoFix(lat: lat, lon: lon, accuracyM: 8.0, provider: "fused", mock: false, fixTimeMs: nowMs())
+}
+
+private func filter(statuses: [String] = [], categoryId: String? = nil, text: String? = nil) -> CaseFilter {
+    CaseFilter(
+        statuses: statuses, gridId: nil, categoryId: categoryId, assignedToMe: false, overdue: false, text: text,
+        limit: 20, after: nil)
+}
+
+/// Progress callbacks arrive on the thread that runs `sync`; the lock makes the class Sendable.
+private final class ProgressLog: SyncProgressListener, @unchecked Sendable {
+    private let lock = NSLock()
+    private var events: [SyncProgress] = []
+    func onProgress(progress: SyncProgress) { lock.withLock { events.append(progress) } }
+    var count: Int { lock.withLock { events.count } }
+}
+
+private struct Phone {
+    let enrolment: Enrolment
+    let store: GridworkStore
+    let settings: SyncSettings
+
+    init(codeVariable: String) throws {
+        enrolment = try enrol(enrolmentCode: try env(codeVariable), appVersion: appVersion)
+        store = try GridworkStore.open(dir: try tempDir(), key: key, enrolment: enrolment)
+        settings = SyncSettings(
+            server: enrolment.server, token: enrolment.token, caFingerprint: enrolment.caFingerprint,
+            appVersion: appVersion)
+    }
+
+    @discardableResult
+    func sync(_ listener: SyncProgressListener? = nil) throws -> SyncReport {
+        try store.sync(settings: settings, listener: listener)
+    }
+}
+
+final class GridworkTests: XCTestCase {
+    func testWrongKeyAndBadInputAreTypedErrors() throws {
+        let dir = try tempDir()
+        let enrolment = Enrolment(
+            server: "http://127.0.0.1:1", caFingerprint: nil, deviceId: "d-test", deviceCode: "TST1", token: "t",
+            user: "w9", role: "worker", department: nil)
+        // Opened and released at once: the store is closed when its last reference goes.
+        _ = try GridworkStore.open(dir: dir, key: key, enrolment: enrolment)
+        XCTAssertThrowsError(try GridworkStore.open(dir: dir, key: otherKey, enrolment: enrolment)) { error in
+            guard case GridworkError.WrongKey = error else { return XCTFail("expected WrongKey, got \(error)") }
+        }
+        let store = try GridworkStore.open(dir: dir, key: key, enrolment: enrolment)
+        XCTAssertThrowsError(try store.act(caseId: "not-a-case", action: .note(text: "x"))) { error in
+            guard case GridworkError.InvalidInput(let field, _) = error else {
+                return XCTFail("expected InvalidInput, got \(error)")
+            }
+            XCTAssertEqual(field, "case_id")
+        }
+        XCTAssertThrowsError(try store.getCase(caseId: "0190f0c2-0000-7000-8000-000000000000")) { error in
+            guard case GridworkError.NotFound = error else { return XCTFail("expected NotFound, got \(error)") }
+        }
+        XCTAssertThrowsError(try enrol(enrolmentCode: "K7M2QX", appVersion: appVersion)) { error in
+            guard case GridworkError.InvalidInput = error else { return XCTFail("expected InvalidInput, got \(error)") }
+        }
+    }
+
+    func testTheFieldScenarioThroughTheServer() throws {
+        let worker = try Phone(codeVariable: "GRIDWORK_WORKER_CODE")
+        let supA = try Phone(codeVariable: "GRIDWORK_SUPERVISOR_A_CODE")
+        let supB = try Phone(codeVariable: "GRIDWORK_SUPERVISOR_B_CODE")
+        // The first sync brings the catalogue (grids, categories, departments).
+        try worker.sync()
+
+        let photo = try Data(contentsOf: URL(fileURLWithPath: try env("GRIDWORK_PHOTO")))
+        XCTAssertEqual(Array(photo.prefix(2)), [0xFF, 0xD8], "the fixture is a JPEG")
+        let reported = try worker.store.captureCase(
+            newCase: NewCase(
+                title: "楼道堆放杂物", description: "三楼楼道堆满纸箱，有火灾隐患", categoryId: "hazard", gridId: "g0",
+                location: fix(), photos: [photo]))
+        XCTAssertEqual(reported.status, "reported")
+        _ = try worker.store.captureCase(
+            newCase: NewCase(
+                title: "邻里噪音", description: "夜间噪音", categoryId: "dispute", gridId: "g0", location: fix(),
+                photos: []))
+
+        XCTAssertEqual(try worker.store.listCases(filter: filter(text: "楼道")).items.map(\.id), [reported.id])
+        XCTAssertEqual(try worker.store.listCases(filter: filter(categoryId: "dispute")).items.count, 1)
+
+        let detail = try worker.store.getCase(caseId: reported.id)
+        let first = try XCTUnwrap(detail.photos.first, "the photo is attached")
+        let stored = try worker.store.readPhoto(sha256: first.sha256)
+        XCTAssertGreaterThan(stored.count, 1000)
+        XCTAssertEqual(Array(stored.prefix(2)), [0xFF, 0xD8], "the stored photo is a JPEG")
+
+        let patrol = try worker.store.startPatrol(gridId: "g0")
+        let checkIn = try worker.store.checkIn(
+            checkIn: NewCheckIn(
+                patrolId: patrol, pointId: "g0-p0", location: fix(lat: 31.202, lon: 121.402), note: "东门正常",
+                photo: nil))
+        XCTAssertTrue(checkIn.insideGrid)
+        try worker.store.finishPatrol(patrolId: patrol)
+
+        let progress = ProgressLog()
+        let pushed = try worker.sync(progress)
+        XCTAssertGreaterThanOrEqual(pushed.accepted, 2, "cases and records accepted: \(pushed)")
+        XCTAssertEqual(pushed.refused, [], "nothing refused")
+        XCTAssertGreaterThan(progress.count, 0, "progress reported")
+        XCTAssertEqual(try worker.store.outboxLen(), 0)
+
+        // A worker may not dispatch: typed, nothing stored.
+        XCTAssertThrowsError(
+            try worker.store.act(
+                caseId: reported.id, action: .dispatch(departmentIds: ["police"], deadlineMs: nowMs() + 86_400_000))
+        ) { error in
+            guard case GridworkError.NotAllowed = error else { return XCTFail("expected NotAllowed, got \(error)") }
+        }
+
+        // Two supervisors decide concurrently, offline: the conflict stays visible.
+        try supA.sync()
+        try supB.sync()
+        _ = try supA.store.act(caseId: reported.id, action: .accept(note: "核实属实"))
+        _ = try supB.store.act(caseId: reported.id, action: .rejectAsOutOfScope(note: "不属本网格"))
+        try supA.sync()
+        try supB.sync()
+        try supA.sync()
+        XCTAssertEqual(try supA.store.getCase(caseId: reported.id).summaryStatus, "contested")
+        XCTAssertEqual(
+            try supA.store.listCases(filter: filter(statuses: ["contested"])).items.map(\.id), [reported.id])
+
+        // A person settles it by choosing the accept, then dispatches.
+        let accept = try XCTUnwrap(try supA.store.getCase(caseId: reported.id).timeline.first { $0.kind == "accept" })
+        _ = try supA.store.act(caseId: reported.id, action: .settle(chosenEventId: accept.eventId))
+        _ = try supA.store.act(
+            caseId: reported.id, action: .dispatch(departmentIds: ["police"], deadlineMs: nowMs() + 86_400_000))
+        try supA.sync()
+
+        // The supervisor's change arrives on the worker's phone.
+        let after = try worker.sync()
+        XCTAssertGreaterThan(after.pulledChanges, 0)
+        let seen = try worker.store.getCase(caseId: reported.id)
+        XCTAssertEqual(seen.summaryStatus, "dispatched", "the dispatch reached the worker")
+        XCTAssertTrue(seen.timeline.contains { $0.kind == "dispatch" && $0.user == supA.enrolment.user })
+    }
+}
