@@ -2,6 +2,7 @@
 //!
 //!   gridwork-bench device [--cases N] [--photo PATH] [--photo-runs N]
 //!   gridwork-bench idle-sync [--cases N]
+//!   gridwork-bench ffi [--captures 200] [--warmup 50]
 //!   gridwork-bench storm [--devices 5000] [--cases 20] [--checkins 50] [--concurrency 32] [--phones-dir /dev/shm]
 //!
 //! Benchmarks are not tests: nothing here asserts a timing. Quote medians and ratios measured in
@@ -20,6 +21,7 @@ use gridwork_core::model::lifecycle::Status;
 use gridwork_core::store::{CaseQuery, SortOrder};
 use gridwork_tests::{district, identity, open_device, random_case, Rng};
 
+mod ffi;
 mod storm;
 
 #[allow(unsafe_code)]
@@ -389,12 +391,14 @@ fn main() {
     let result = match suite.as_str() {
         "device" => parse_args(args).and_then(device),
         "idle-sync" => parse_args(args).and_then(idle_sync),
+        "ffi" => ffi::parse(args).and_then(ffi::run),
         "storm" => storm::parse(args).and_then(|a| storm::run(a, &|v| println!("{v}"))),
         "storm-server" => match args.next() {
             Some(dir) => storm::serve_child(&dir),
             None => Err("storm-server DIR".to_owned()),
         },
         _ => Err("usage: gridwork-bench device|idle-sync [--cases N] [--photo PATH] [--photo-runs N]
+       gridwork-bench ffi [--captures N] [--warmup N]
        gridwork-bench storm [--devices N] [--cases N] [--checkins N] [--concurrency N]"
             .to_owned()),
     };

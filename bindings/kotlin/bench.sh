@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Builds the release gridwork-ffi, generates its Kotlin, compiles CaptureBench.kt and runs it with
+# the arguments given (see CaptureBench.kt). Called by `gridwork-bench ffi`; progress on stderr,
+# the result line on stdout.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+target="${CARGO_TARGET_DIR:-$root/target}"
+kotlin_home="${KOTLIN_HOME:-${GRIDWORK_TOOLS:-$HOME/.cache/gridwork-tools}/kotlin/node_modules/kotlin-compiler}"
+jna="${JNA_JAR:-/usr/share/java/jna.jar}"
+for f in "$kotlin_home/bin/kotlinc-jvm" "$jna"; do
+    [ -e "$f" ] || { echo "bench.sh: $f missing (.ci/run installs kotlin-compiler from npm and libjna-java)" >&2; exit 1; }
+done
+echo "kotlin bench: building the release gridwork-ffi and generating its Kotlin" >&2
+(cd "$root" && cargo build -q --release -p gridwork-ffi \
+    && cargo build -q -p gridwork-ffi --features uniffi/cli --bin uniffi-bindgen)
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+(cd "$root" && "$target/debug/uniffi-bindgen" generate --no-format \
+    --library "$target/release/libgridwork_ffi.so" --language kotlin --out-dir "$work/gen" >/dev/null)
+lib="$kotlin_home/lib"
+cp="$jna:$lib/kotlin-stdlib.jar"
+echo "kotlin bench: compiling" >&2
+"$kotlin_home/bin/kotlinc-jvm" -nowarn -cp "$cp" -d "$work/bench.jar" \
+    "$work/gen/uniffi/gridwork_ffi/gridwork_ffi.kt" "$here/CaptureBench.kt" 2>&1 | grep -v '^warning' >&2 || true
+[ -f "$work/bench.jar" ] || { echo "bench.sh: Kotlin compilation failed" >&2; exit 1; }
+echo "kotlin bench: capturing" >&2
+java -Djna.library.path="$target/release" -cp "$cp:$work/bench.jar" CaptureBenchKt "$@"
