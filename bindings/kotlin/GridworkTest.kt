@@ -38,9 +38,9 @@ fun fix(lat: Double = 31.203, lon: Double = 121.403) =
 
 fun tempDir(): String = Files.createTempDirectory("gridwork-kt").toString()
 
-class Phone(code: String) {
-    val enrolment = enrol(code, APP)
-    val store = GridworkStore.open(tempDir(), KEY, enrolment)
+class Phone(val enrolment: Enrolment, val dir: String = tempDir()) {
+    constructor(code: String, dir: String = tempDir()) : this(enrol(code, APP), dir)
+    val store = GridworkStore.open(dir, KEY, enrolment)
     val settings = SyncSettings(enrolment.server, enrolment.token, enrolment.caFingerprint, APP)
     fun sync(listener: SyncProgressListener? = null) = store.sync(settings, listener)
 }
@@ -126,10 +126,47 @@ fun theFieldScenarioThroughTheServer() {
     assertTrue(seen.timeline.any { it.kind == "dispatch" && it.user == supA.enrolment.user })
 }
 
+/**
+ * A phone's store copied onto another phone (a device transfer that ignored the backup
+ * exclusion) is opened with that phone's own enrolment: its edits carry the new device and a
+ * new Automerge actor, so the original and the copy both keep working and nothing is lost.
+ */
+fun aRestoredStoreEnrolsAgainAndNothingIsLost() {
+    val original = Phone(env("GRIDWORK_ORIGINAL_CODE"))
+    original.sync()
+    val case = original.store.captureCase(NewCase("井盖缺失", "人行道井盖缺失", "hazard", "g0", fix(), emptyList()))
+    original.sync()
+    original.store.close()
+
+    val copy = tempDir()
+    java.io.File(original.dir).copyRecursively(java.io.File(copy), overwrite = true)
+    val restored = Phone(env("GRIDWORK_RESTORED_CODE"), copy)
+    val reopened = Phone(original.enrolment, original.dir)
+    assertTrue(restored.enrolment.deviceId != original.enrolment.deviceId)
+
+    reopened.store.act(case.id, CaseAction.Note("原手机补充：已设置警示"))
+    restored.store.act(case.id, CaseAction.Note("新手机补充：已联系物业"))
+    val fromRestored = restored.sync()
+    assertTrue(fromRestored.refused.isEmpty() && fromRestored.quarantined.isEmpty(), "restored copy: $fromRestored")
+    val fromOriginal = reopened.sync()
+    assertTrue(fromOriginal.refused.isEmpty() && fromOriginal.quarantined.isEmpty(), "original: $fromOriginal")
+    restored.sync()
+
+    for (phone in listOf(reopened.store, restored.store)) {
+        val notes = phone.getCase(case.id).timeline.filter { it.kind == "note" }
+        assertEquals(
+            setOf(original.enrolment.deviceId, restored.enrolment.deviceId),
+            notes.map { it.device }.toSet(),
+            "both notes, each attributed to its own phone",
+        )
+    }
+}
+
 fun main() {
     val tests = listOf(
         "wrong key and bad input are typed exceptions" to ::wrongKeyAndBadInputAreTypedExceptions,
         "the field scenario through the server" to ::theFieldScenarioThroughTheServer,
+        "a restored store enrols again and nothing is lost" to ::aRestoredStoreEnrolsAgainAndNothingIsLost,
     )
     var failed = 0
     for ((name, test) in tests) {

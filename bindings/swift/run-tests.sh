@@ -45,9 +45,7 @@ mountpoint -q "$chroot_dir/proc" || mount -t proc proc "$chroot_dir/proc"
 echo "swift: swift build and swift test (Swift 6 language mode) in $chroot_dir" >&2
 chroot "$chroot_dir" /usr/bin/env -i HOME=/root PATH=/usr/bin:/bin LANG=C.UTF-8 \
     LD_LIBRARY_PATH="$pkg_in_chroot/lib" \
-    GRIDWORK_WORKER_CODE="$GRIDWORK_WORKER_CODE" \
-    GRIDWORK_SUPERVISOR_A_CODE="$GRIDWORK_SUPERVISOR_A_CODE" \
-    GRIDWORK_SUPERVISOR_B_CODE="$GRIDWORK_SUPERVISOR_B_CODE" \
+    $(env | grep '^GRIDWORK_[A-Z_]*_CODE=') \
     GRIDWORK_PHOTO="$pkg_in_chroot/fixtures/photo.jpg" \
     bash -c "cd $pkg_in_chroot && swift build --build-tests && swift test --skip-build" 2>&1 | tee "$work/swift.log"
 # XCTest prints this summary line only when the suite ran; "0 tests" would not match.

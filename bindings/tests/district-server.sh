@@ -1,7 +1,8 @@
 # Sourced by the binding suites' run-tests.sh: starts a real gridwork-sync-server on loopback with
 # the fixture district (bindings/tests/fixtures/district.json), a worker w1 on grid g0 and a
 # supervisor s1 of Community 0, and exports one-time enrolment codes for three phones:
-# GRIDWORK_WORKER_CODE, GRIDWORK_SUPERVISOR_A_CODE, GRIDWORK_SUPERVISOR_B_CODE.
+# GRIDWORK_WORKER_CODE, GRIDWORK_SUPERVISOR_A_CODE, GRIDWORK_SUPERVISOR_B_CODE, and two more for
+# the worker (GRIDWORK_ORIGINAL_CODE, GRIDWORK_RESTORED_CODE).
 # Needs: $root (the repository), $target (cargo's target dir), $work (a scratch dir the caller
 # removes). Sets $server_pid; the caller's EXIT trap should kill it.
 start_district_server() {
@@ -15,7 +16,11 @@ start_district_server() {
     GRIDWORK_WORKER_CODE="$(code w1)"
     GRIDWORK_SUPERVISOR_A_CODE="$(code s1)"
     GRIDWORK_SUPERVISOR_B_CODE="$(code s1)"
-    export GRIDWORK_WORKER_CODE GRIDWORK_SUPERVISOR_A_CODE GRIDWORK_SUPERVISOR_B_CODE
+    # The same worker on a phone whose store was restored onto another phone, which enrols anew.
+    GRIDWORK_ORIGINAL_CODE="$(code w1)"
+    GRIDWORK_RESTORED_CODE="$(code w1)"
+    export GRIDWORK_WORKER_CODE GRIDWORK_SUPERVISOR_A_CODE GRIDWORK_SUPERVISOR_B_CODE \
+        GRIDWORK_ORIGINAL_CODE GRIDWORK_RESTORED_CODE
     "$srv" --data-dir "$data" serve --listen "127.0.0.1:$port" 2>"$work/server.log" &
     server_pid=$!
     for _ in $(seq 1 100); do

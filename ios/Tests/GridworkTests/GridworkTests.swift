@@ -50,12 +50,18 @@ private final class ProgressLog: SyncProgressListener, @unchecked Sendable {
 
 private struct Phone {
     let enrolment: Enrolment
+    let dir: String
     let store: GridworkStore
     let settings: SyncSettings
 
-    init(codeVariable: String) throws {
-        enrolment = try enrol(enrolmentCode: try env(codeVariable), appVersion: appVersion)
-        store = try GridworkStore.open(dir: try tempDir(), key: key, enrolment: enrolment)
+    init(codeVariable: String, dir: String? = nil) throws {
+        try self.init(enrolment: try enrol(enrolmentCode: try env(codeVariable), appVersion: appVersion), dir: dir)
+    }
+
+    init(enrolment: Enrolment, dir: String? = nil) throws {
+        self.enrolment = enrolment
+        self.dir = try dir ?? tempDir()
+        store = try GridworkStore.open(dir: self.dir, key: key, enrolment: enrolment)
         settings = SyncSettings(
             server: enrolment.server, token: enrolment.token, caFingerprint: enrolment.caFingerprint,
             appVersion: appVersion)
@@ -169,5 +175,43 @@ final class GridworkTests: XCTestCase {
         let seen = try worker.store.getCase(caseId: reported.id)
         XCTAssertEqual(seen.summaryStatus, "dispatched", "the dispatch reached the worker")
         XCTAssertTrue(seen.timeline.contains { $0.kind == "dispatch" && $0.user == supA.enrolment.user })
+    }
+
+    /// A phone's store copied onto another phone (a device transfer that ignored the backup
+    /// exclusion) is opened with that phone's own enrolment: its edits carry the new device and a
+    /// new Automerge actor, so the original and the copy both keep working and nothing is lost.
+    func testARestoredStoreEnrolsAgainAndNothingIsLost() throws {
+        var original: Phone? = try Phone(codeVariable: "GRIDWORK_ORIGINAL_CODE")
+        let originalEnrolment = try XCTUnwrap(original).enrolment
+        let originalDir = try XCTUnwrap(original).dir
+        try original?.sync()
+        let reported = try XCTUnwrap(original).store.captureCase(
+            newCase: NewCase(
+                title: "井盖缺失", description: "人行道井盖缺失", categoryId: "hazard", gridId: "g0", location: fix(),
+                photos: []))
+        try original?.sync()
+        original = nil  // the app stops: its store is closed
+
+        let copy = try tempDir() + "/restored"
+        try FileManager.default.copyItem(atPath: originalDir, toPath: copy)
+        let restored = try Phone(codeVariable: "GRIDWORK_RESTORED_CODE", dir: copy)
+        let reopened = try Phone(enrolment: originalEnrolment, dir: originalDir)
+        XCTAssertNotEqual(restored.enrolment.deviceId, originalEnrolment.deviceId)
+
+        _ = try reopened.store.act(caseId: reported.id, action: .note(text: "原手机补充：已设置警示"))
+        _ = try restored.store.act(caseId: reported.id, action: .note(text: "新手机补充：已联系物业"))
+        for phone in [restored, reopened] {
+            let report = try phone.sync()
+            XCTAssertEqual(report.refused, [], "nothing refused")
+            XCTAssertEqual(report.quarantined, [], "nothing quarantined")
+        }
+        try restored.sync()
+
+        for phone in [reopened, restored] {
+            let notes = try phone.store.getCase(caseId: reported.id).timeline.filter { $0.kind == "note" }
+            XCTAssertEqual(
+                Set(notes.map(\.device)), [originalEnrolment.deviceId, restored.enrolment.deviceId],
+                "both notes, each attributed to its own phone")
+        }
     }
 }
