@@ -303,6 +303,11 @@ pub struct CaseDetail {
     pub conflicts: Vec<FieldConflict>,
     pub timeline: Vec<TimelineEntry>,
     pub photos: Vec<Photo>,
+    /// The server holds every change and every photo of this case. Never true while a photo is
+    /// still only on this phone.
+    pub synced: bool,
+    /// This case's photos and thumbnails the server has not confirmed yet.
+    pub photos_pending: u32,
 }
 
 /// A lifecycle step. Whether the user's role may take it in the case's state is checked by the
@@ -410,6 +415,10 @@ pub struct SyncReport {
     pub bytes_down: u64,
     /// This app version is below the district's minimum: ask the user to update.
     pub upgrade_required: bool,
+    /// Photos and thumbnails the server confirmed during this sync.
+    pub photos_uploaded: u32,
+    /// Photos and thumbnails still waiting for the server (sent on a later sync).
+    pub photos_pending: u32,
 }
 
 /// Receives sync progress, on the thread that called `sync`.
@@ -486,7 +495,9 @@ impl GridworkStore {
     }
 
     pub fn get_case(&self, case_id: String) -> Result<CaseDetail> {
-        let d = self.store.get_case(&self::case_id(&case_id)?)?;
+        let id = self::case_id(&case_id)?;
+        let d = self.store.get_case(&id)?;
+        let sync_state = self.store.case_sync_state(&id.to_string())?;
         let c = &d.case;
         let timeline = c
             .timeline
@@ -525,6 +536,8 @@ impl GridworkStore {
             conflicts: c.conflicts().into_iter().map(|k| FieldConflict { field: k.field, values: k.values }).collect(),
             timeline,
             photos: c.evidence.iter().cloned().map(Photo::from).collect(),
+            synced: sync_state.is_synced(),
+            photos_pending: u32::try_from(sync_state.photos_pending).unwrap_or(u32::MAX),
         })
     }
 
@@ -598,6 +611,8 @@ impl GridworkStore {
             bytes_up: r.bytes_up,
             bytes_down: r.bytes_down,
             upgrade_required: r.upgrade_required,
+            photos_uploaded: n(r.photos_uploaded),
+            photos_pending: n(r.photos_pending),
         })
     }
 }

@@ -5,6 +5,7 @@
 //! - [`evidence`]: the photo pipeline (decode, orient, resize, strip, encode).
 //! - [`clock`]: where time comes from.
 //! - [`sync`]: the device side of the sync protocol: enrolment and `Store::sync`.
+//! - [`upload`]: evidence upload after a sync (resumable chunks) and a case's sync state.
 //!
 //! The shared, I/O-free part (model, lifecycle fold, document mapping) is `gridwork-model`,
 //! re-exported here as [`model`].
@@ -15,6 +16,7 @@ pub mod evidence;
 pub mod store;
 pub mod sync;
 pub mod tls;
+pub mod upload;
 
 pub use error::{CoreError, Result};
 pub use gridwork_model as model;

@@ -38,6 +38,11 @@ pub struct SyncConfig {
     pub max_pull_bytes: u64,
     pub max_attempts: u32,
     pub timeout: Duration,
+    /// Photo bytes one sync may send (None: no limit). An app on a metered or weak link can keep
+    /// photos for later without holding back cases and check-ins.
+    pub photo_budget_bytes: Option<u64>,
+    /// Bytes per upload request: small enough to get through a 2G link between cuts.
+    pub chunk_bytes: usize,
 }
 
 impl SyncConfig {
@@ -52,6 +57,8 @@ impl SyncConfig {
             max_pull_bytes: 512 * 1024,
             max_attempts: 5,
             timeout: Duration::from_secs(60),
+            photo_budget_bytes: None,
+            chunk_bytes: 64 * 1024,
         }
     }
 }
@@ -81,11 +88,19 @@ pub struct SyncReport {
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub upgrade_required: bool,
+    /// Photos and thumbnails the server confirmed during this sync.
+    pub photos_uploaded: usize,
+    /// Photo bytes sent (resent bytes would count twice; a resumed upload sends none).
+    pub photo_bytes_up: u64,
+    /// Photos and thumbnails still waiting for the server after this sync.
+    pub photos_pending: usize,
+    /// (sha256, why) for uploads that did not finish; they are retried on the next sync.
+    pub photo_errors: Vec<(String, String)>,
 }
 
 /// An HTTP client for `server`, and where a pinned-CA refusal would be reported.
-struct Http {
-    client: reqwest::blocking::Client,
+pub(crate) struct Http {
+    pub(crate) client: reqwest::blocking::Client,
     refusals: Option<crate::tls::Refusals>,
 }
 
@@ -110,7 +125,7 @@ fn http_client(server: &str, ca_fingerprint: Option<&str>, timeout: Duration) ->
 
 /// A failed request as the core reports it: a certificate the pinned CA does not vouch for is
 /// not a network hiccup to retry, and says so.
-fn send_error(http: &Http, e: reqwest::Error) -> CoreError {
+pub(crate) fn send_error(http: &Http, e: reqwest::Error) -> CoreError {
     if let Some(why) = http.refusals.as_ref().and_then(|r| r.take()) {
         return CoreError::UntrustedServer { message: why };
     }
@@ -175,7 +190,6 @@ fn post(http: &Http, url: &str, token: Option<&str>, body: Vec<u8>, attempts: u3
     Err(last)
 }
 
-/// Exchanges a one-time enrolment code for a device token.
 /// Exchanges a one-time enrolment code for a device token. `ca_fingerprint` (from the same
 /// enrolment code) is required for an `https://` server; plain HTTP works on loopback only.
 pub fn enrol(server: &str, code: &str, ca_fingerprint: Option<&str>, app_version: &str) -> Result<EnrolResponse> {
@@ -248,7 +262,7 @@ impl Store {
             let state = DeviceState {
                 outbox_items: self.outbox_len()? as u64,
                 oldest_unsynced_age_ms: self.oldest_unsynced_ms()?.map(|t| now - t).unwrap_or(0),
-                photos_pending: 0,
+                photos_pending: self.photos_pending()? as u64,
                 catalog_version: self.catalog().version,
                 device_time_ms: now,
             };
@@ -325,6 +339,8 @@ impl Store {
                 outbox_remaining: self.outbox_len()?,
             });
             if items.is_empty() && !resp.more {
+                // Photos last: cases and check-ins are already through.
+                self.upload_evidence(&client, config, &mut report)?;
                 return Ok(report);
             }
         }

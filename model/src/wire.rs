@@ -144,6 +144,49 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+/// Where the server stands on one evidence blob (a photo or a thumbnail), named by the SHA-256 of
+/// its bytes: `GET /v1/blobs/{sha256}/status` and every `PUT` answer with it. `offset` is how many
+/// bytes the server holds; a resumed upload starts there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobStatus {
+    pub sha256: String,
+    pub offset: u64,
+    /// The size announced by the upload in progress, or the stored size once complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    pub complete: bool,
+}
+
+/// What a blob upload belongs to, sent as `?owner=case:<id>` or `?owner=check_in:<id>`: the server
+/// lets devices and supervisors download a blob when they can see its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobOwner {
+    Case(String),
+    CheckIn(String),
+}
+
+impl BlobOwner {
+    pub fn to_query(&self) -> String {
+        match self {
+            BlobOwner::Case(id) => format!("case:{id}"),
+            BlobOwner::CheckIn(id) => format!("check_in:{id}"),
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<BlobOwner> {
+        match s.split_once(':') {
+            Some(("case", id)) if !id.is_empty() => Some(BlobOwner::Case(id.to_owned())),
+            Some(("check_in", id)) if !id.is_empty() => Some(BlobOwner::CheckIn(id.to_owned())),
+            _ => None,
+        }
+    }
+}
+
+/// A SHA-256 as the protocol names blobs: 64 lowercase hex digits.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 // Empty and zero fields are left out: an idle sync must fit in a few hundred bytes on 2G.
 fn is_zero(v: &u64) -> bool {
     *v == 0

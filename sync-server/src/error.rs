@@ -16,6 +16,14 @@ pub enum ServerError {
     TooLarge { limit: usize },
     #[error("not found: {0}")]
     NotFound(String),
+    #[error("chunk at offset {offset}, but the server holds {expected} bytes: resume from {expected}")]
+    WrongOffset { offset: u64, expected: u64 },
+    #[error("chunk ends at byte {end}, past the announced total of {total}")]
+    PastEnd { end: u64, total: u64 },
+    #[error("the uploaded bytes hash to {actual}, not {expected}: upload the file again (the bad copy was set aside)")]
+    HashMismatch { expected: String, actual: String },
+    #[error("not in your scope: {0}")]
+    NotInScope(String),
     #[error("storage error: {0}")]
     Storage(#[from] rusqlite::Error),
     #[error("internal error: {0}")]
@@ -33,6 +41,10 @@ impl ServerError {
             ServerError::BadRequest(_) => (400, "bad_request"),
             ServerError::TooLarge { .. } => (413, "too_large"),
             ServerError::NotFound(_) => (404, "not_found"),
+            ServerError::WrongOffset { .. } => (409, "wrong_offset"),
+            ServerError::PastEnd { .. } => (400, "past_end"),
+            ServerError::HashMismatch { .. } => (422, "hash_mismatch"),
+            ServerError::NotInScope(_) => (403, "not_in_scope"),
             ServerError::Storage(_) | ServerError::Internal(_) => (500, "internal"),
         }
     }

@@ -1,16 +1,17 @@
-//! The HTTP surface: `POST /v1/enrol`, `POST /v1/sync`, `GET /v1/health`. Errors are a status
+//! The HTTP surface: `POST /v1/enrol`, `POST /v1/sync`, the evidence blobs under `/v1/blobs/`,
+//! `GET /v1/health`. Errors are a status
 //! code and `{ "error": code, "message": … }`; storage work runs off the async runtime.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use gridwork_model::wire::{EnrolRequest, ErrorBody, SyncRequest};
+use gridwork_model::wire::{BlobOwner, EnrolRequest, ErrorBody, SyncRequest};
 
 use crate::error::ServerError;
 use crate::store::SyncStore;
@@ -66,12 +67,7 @@ async fn sync(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ServerError> {
-    let token = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or(ServerError::Unauthenticated)?
-        .to_owned();
+    let token = bearer(&headers)?;
     let resp = blocking(move || {
         // Who is asking comes first: an unknown device learns nothing about the body.
         let device = store.authenticate(&token)?;
@@ -80,6 +76,72 @@ async fn sync(
     })
     .await?;
     Ok(Json(resp).into_response())
+}
+
+fn bearer(headers: &HeaderMap) -> Result<String, ServerError> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned)
+        .ok_or(ServerError::Unauthenticated)
+}
+
+async fn blob_status(
+    State(store): State<Arc<dyn SyncStore>>,
+    Path(sha256): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ServerError> {
+    let token = bearer(&headers)?;
+    let status = blocking(move || {
+        let device = store.authenticate(&token)?;
+        store.blob_status(&device, &sha256)
+    })
+    .await?;
+    Ok(Json(status).into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct PutBlobQuery {
+    offset: u64,
+    total: u64,
+    owner: String,
+}
+
+async fn put_blob(
+    State(store): State<Arc<dyn SyncStore>>,
+    Path(sha256): Path<String>,
+    query: Result<Query<PutBlobQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ServerError> {
+    let token = bearer(&headers)?;
+    let Query(q) = query.map_err(|e| {
+        ServerError::BadRequest(format!("{}: PUT /v1/blobs/SHA256?offset=N&total=N&owner=case:ID", e.body_text()))
+    })?;
+    let body = body_or_error(body)?;
+    let owner = BlobOwner::parse(&q.owner)
+        .ok_or_else(|| ServerError::BadRequest(format!("owner {:?} is not case:ID or check_in:ID", q.owner)))?;
+    let status = blocking(move || {
+        let device = store.authenticate(&token)?;
+        store.put_blob(&device, &sha256, &owner, q.offset, q.total, &body, now_ms())
+    })
+    .await?;
+    Ok(Json(status).into_response())
+}
+
+async fn get_blob(
+    State(store): State<Arc<dyn SyncStore>>,
+    Path(sha256): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ServerError> {
+    let token = bearer(&headers)?;
+    let bytes = blocking(move || {
+        let device = store.authenticate(&token)?;
+        store.get_blob(&device, &sha256)
+    })
+    .await?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
 async fn not_found() -> ServerError {
@@ -91,6 +153,8 @@ pub fn router(store: Arc<dyn SyncStore>) -> Router {
         .route("/v1/health", get(|| async { "ok" }))
         .route("/v1/enrol", post(enrol))
         .route("/v1/sync", post(sync))
+        .route("/v1/blobs/{sha256}/status", get(blob_status))
+        .route("/v1/blobs/{sha256}", get(get_blob).put(put_blob))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(store)

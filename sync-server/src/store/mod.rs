@@ -5,7 +5,7 @@ mod sqlite;
 
 pub use sqlite::{DeviceInfo, QuarantinedItem, SqliteStore};
 
-use gridwork_model::wire::{EnrolRequest, EnrolResponse, SyncRequest, SyncResponse};
+use gridwork_model::wire::{BlobOwner, BlobStatus, EnrolRequest, EnrolResponse, SyncRequest, SyncResponse};
 
 use crate::error::Result;
 
@@ -23,4 +23,21 @@ pub trait SyncStore: Send + Sync + 'static {
     fn redeem(&self, req: &EnrolRequest, now_ms: i64) -> Result<EnrolResponse>;
     fn authenticate(&self, token: &str) -> Result<Device>;
     fn sync(&self, device: &Device, req: SyncRequest, now_ms: i64) -> Result<SyncResponse>;
+    /// How much of a blob the server holds (any enrolled device may ask).
+    fn blob_status(&self, device: &Device, sha256: &str) -> Result<BlobStatus>;
+    /// One chunk of a blob's upload. The device must see `owner`; the blob is linked to it once
+    /// complete (also when another device had already uploaded the same bytes).
+    #[allow(clippy::too_many_arguments)]
+    fn put_blob(
+        &self,
+        device: &Device,
+        sha256: &str,
+        owner: &BlobOwner,
+        offset: u64,
+        total: u64,
+        bytes: &[u8],
+        now_ms: i64,
+    ) -> Result<BlobStatus>;
+    /// A complete blob, for a device that can see one of its owners.
+    fn get_blob(&self, device: &Device, sha256: &str) -> Result<Vec<u8>>;
 }

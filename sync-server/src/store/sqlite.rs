@@ -14,12 +14,14 @@ use gridwork_model::doc::keys;
 use gridwork_model::geo::Location;
 use gridwork_model::lifecycle::{fold, Assignee, Event};
 use gridwork_model::wire::{
-    EnrolRequest, EnrolResponse, ItemResult, Outcome, PulledDoc, SyncRequest, SyncResponse, PROTOCOL_VERSION,
+    BlobOwner, BlobStatus, EnrolRequest, EnrolResponse, ItemResult, Outcome, PulledDoc, SyncRequest, SyncResponse,
+    PROTOCOL_VERSION,
 };
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
 use sha2::{Digest, Sha256};
 
 use super::{Device, SyncStore};
+use crate::blobs::BlobFiles;
 use crate::error::{Result, ServerError};
 use crate::ingest::{read_change, ChangeFacts};
 
@@ -52,7 +54,12 @@ pub struct QuarantinedItem {
 /// Reader connections kept open between syncs.
 const MAX_READERS: usize = 64;
 
+/// The schema this server writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 2;
+
 pub struct SqliteStore {
+    /// Evidence blobs beside the database.
+    blobs: BlobFiles,
     /// The one writer.
     conn: Mutex<Connection>,
     /// Pushes waiting for the writer (see [`SqliteStore::write`]).
@@ -164,11 +171,15 @@ impl SqliteStore {
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
         )?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version == 0 {
-            conn.execute_batch(include_str!("schema.sql"))?;
-            conn.pragma_update(None, "user_version", 1)?;
-        } else if version > 1 {
+        if version > SCHEMA_VERSION {
             return Err(ServerError::Internal(format!("store schema {version} is newer than this server: update it")));
+        }
+        // Each step in its own transaction with its version bump: a crash leaves a whole schema.
+        let steps: [(i64, &str); 2] = [(1, include_str!("schema.sql")), (2, include_str!("schema_2_blobs.sql"))];
+        for (to, sql) in steps {
+            if version < to {
+                conn.execute_batch(&format!("BEGIN; {sql}; PRAGMA user_version = {to}; COMMIT;"))?;
+            }
         }
         let epoch = match meta_get(&conn, "epoch")? {
             Some(e) => e,
@@ -183,6 +194,7 @@ impl SqliteStore {
         conn.set_prepared_statement_cache_capacity(256);
         let catalog = load_catalog(&conn)?;
         Ok(SqliteStore {
+            blobs: BlobFiles::open(dir)?,
             conn: Mutex::new(conn),
             pending: Mutex::new(vec![]),
             readers: Mutex::new(vec![]),
@@ -952,6 +964,74 @@ impl SyncStore for SqliteStore {
         }
     }
 
+    fn blob_status(&self, _device: &Device, sha256: &str) -> Result<BlobStatus> {
+        self.blobs.status(sha256)
+    }
+
+    fn put_blob(
+        &self,
+        device: &Device,
+        sha256: &str,
+        owner: &BlobOwner,
+        offset: u64,
+        total: u64,
+        bytes: &[u8],
+        now_ms: i64,
+    ) -> Result<BlobStatus> {
+        if !self.can_see_owner(device, owner)? {
+            return Err(ServerError::NotInScope(format!(
+                "{} is not one of yours: sync it before its photos, or check the owner",
+                owner.to_query()
+            )));
+        }
+        let appended = self.blobs.append(sha256, offset, total, bytes)?;
+        if appended.status.complete {
+            let (kind, id) = match owner {
+                BlobOwner::Case(id) => ("case", id),
+                BlobOwner::CheckIn(id) => ("check_in", id),
+            };
+            let conn = self.conn();
+            exec(
+                &conn,
+                "INSERT INTO blobs (sha256, size, first_device, received_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (sha256) DO NOTHING",
+                params![sha256, appended.status.offset as i64, device.id, now_ms],
+            )?;
+            exec(
+                &conn,
+                "INSERT INTO blob_links (sha256, owner_kind, owner_id, device_id, linked_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT DO NOTHING",
+                params![sha256, kind, id, device.id, now_ms],
+            )?;
+        }
+        Ok(appended.status)
+    }
+
+    fn get_blob(&self, device: &Device, sha256: &str) -> Result<Vec<u8>> {
+        let reader = self.reader()?;
+        let visible = q1(
+            &reader,
+            "SELECT 1 FROM blob_links l WHERE l.sha256 = ?1 AND (
+                 (l.owner_kind = 'case' AND EXISTS (
+                     SELECT 1 FROM membership m WHERE m.doc_id = l.owner_id
+                     AND (m.scope = 'user:' || ?2 OR m.scope IN (SELECT scope FROM user_scopes WHERE user_id = ?2))))
+                 OR (l.owner_kind = 'check_in' AND EXISTS (
+                     SELECT 1 FROM records r JOIN devices d ON d.id = r.device_id
+                     WHERE r.id = l.owner_id AND d.user_id = ?2)))
+             LIMIT 1",
+            params![sha256, device.user],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?
+        .is_some();
+        self.give_back(reader);
+        if !visible {
+            // The same answer whether the blob exists or not: a device learns nothing of others' evidence.
+            return Err(ServerError::NotInScope(format!("blob {sha256} belongs to nothing you can see")));
+        }
+        self.blobs.read(sha256)
+    }
+
     fn sync(&self, device: &Device, req: SyncRequest, now_ms: i64) -> Result<SyncResponse> {
         if req.protocol > PROTOCOL_VERSION {
             return Err(ServerError::ProtocolFromFuture { got: req.protocol, supported: PROTOCOL_VERSION });
@@ -1152,6 +1232,41 @@ impl SqliteStore {
         c.execute_batch("PRAGMA busy_timeout = 5000;")?;
         c.set_prepared_statement_cache_capacity(256);
         Ok(c)
+    }
+
+    /// Whether `device` sees the case or check-in a blob belongs to: a case in one of its user's
+    /// scopes, or a check-in recorded by one of its user's devices.
+    fn can_see_owner(&self, device: &Device, owner: &BlobOwner) -> Result<bool> {
+        let reader = self.reader()?;
+        let found = match owner {
+            BlobOwner::Case(id) => q1(
+                &reader,
+                "SELECT 1 FROM membership m WHERE m.doc_id = ?1
+                 AND (m.scope = 'user:' || ?2 OR m.scope IN (SELECT scope FROM user_scopes WHERE user_id = ?2)) LIMIT 1",
+                params![id, device.user],
+                |r| r.get::<_, i64>(0),
+            ),
+            BlobOwner::CheckIn(id) => q1(
+                &reader,
+                "SELECT 1 FROM records r JOIN devices d ON d.id = r.device_id WHERE r.id = ?1 AND d.user_id = ?2",
+                params![id, device.user],
+                |r| r.get::<_, i64>(0),
+            ),
+        }
+        .optional()?
+        .is_some();
+        self.give_back(reader);
+        Ok(found)
+    }
+
+    /// Bytes of a blob received since start (see [`BlobFiles::bytes_received`]).
+    pub fn blob_bytes_received(&self, sha256: &str) -> u64 {
+        self.blobs.bytes_received(sha256)
+    }
+
+    /// How many complete blobs the server holds.
+    pub fn blob_count(&self) -> Result<i64> {
+        Ok(self.conn().query_row("SELECT count(*) FROM blobs", [], |r| r.get(0))?)
     }
 
     fn give_back(&self, reader: Connection) {

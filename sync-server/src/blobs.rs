@@ -1,0 +1,209 @@
+//! Evidence blobs (photos and thumbnails) on the server's disk, uploaded in resumable chunks.
+//!
+//! A blob is named by the SHA-256 of its bytes, so the same photo from two phones is stored once
+//! and a finished upload is checked against its name. An upload in progress is a file under
+//! `partial/` whose length *is* the offset the server reports: nothing else has to agree with it,
+//! so a crash between a chunk's write and its answer cannot make the two disagree (the phone asks
+//! again and resumes where the file ends). Only a complete, verified blob is fsynced and renamed
+//! into place. A finished upload whose bytes do not hash to its name is moved to `rejected/`,
+//! never deleted, and the phone is told.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use gridwork_model::wire::{is_sha256_hex, BlobStatus};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Result, ServerError};
+
+/// The largest blob accepted. A processed photo is about 1 MB; an unprocessed 48-megapixel one
+/// could be 20 MB.
+pub const MAX_BLOB_BYTES: u64 = 25 * 1024 * 1024;
+/// The largest chunk one request may carry.
+pub const MAX_CHUNK_BYTES: usize = 1024 * 1024;
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> ServerError + '_ {
+    move |e| ServerError::Internal(format!("{}: {e}", path.display()))
+}
+
+/// What one chunk did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub status: BlobStatus,
+    /// This chunk completed the blob (it was verified and stored).
+    pub completed_now: bool,
+}
+
+pub struct BlobFiles {
+    dir: PathBuf,
+    /// Chunks of all uploads are written one at a time: appends to one partial file must not
+    /// interleave, and a chunk is a few milliseconds of work.
+    lock: Mutex<HashMap<String, u64>>,
+}
+
+impl std::fmt::Debug for BlobFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobFiles").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+impl BlobFiles {
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        let dir = data_dir.join("blobs");
+        for d in [dir.clone(), dir.join("partial"), dir.join("rejected")] {
+            fs::create_dir_all(&d).map_err(io(&d))?;
+        }
+        Ok(BlobFiles { dir, lock: Mutex::new(HashMap::new()) })
+    }
+
+    fn check_name(sha256: &str) -> Result<()> {
+        if is_sha256_hex(sha256) {
+            Ok(())
+        } else {
+            Err(ServerError::BadRequest(format!("{sha256:?} is not a SHA-256 (64 lowercase hex digits)")))
+        }
+    }
+
+    fn final_path(&self, sha256: &str) -> PathBuf {
+        self.dir.join(sha256)
+    }
+
+    fn partial_path(&self, sha256: &str) -> PathBuf {
+        self.dir.join("partial").join(sha256)
+    }
+
+    fn total_path(&self, sha256: &str) -> PathBuf {
+        self.dir.join("partial").join(format!("{sha256}.total"))
+    }
+
+    fn len_of(path: &Path) -> Result<Option<u64>> {
+        match fs::metadata(path) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(path)(e)),
+        }
+    }
+
+    fn announced_total(&self, sha256: &str) -> Result<Option<u64>> {
+        let path = self.total_path(sha256);
+        match fs::read_to_string(&path) {
+            Ok(s) => Ok(s.trim().parse().ok()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    fn status_unlocked(&self, sha256: &str) -> Result<BlobStatus> {
+        if let Some(len) = Self::len_of(&self.final_path(sha256))? {
+            return Ok(BlobStatus { sha256: sha256.to_owned(), offset: len, total: Some(len), complete: true });
+        }
+        let offset = Self::len_of(&self.partial_path(sha256))?.unwrap_or(0);
+        Ok(BlobStatus { sha256: sha256.to_owned(), offset, total: self.announced_total(sha256)?, complete: false })
+    }
+
+    /// How much of `sha256` the server holds.
+    pub fn status(&self, sha256: &str) -> Result<BlobStatus> {
+        Self::check_name(sha256)?;
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.status_unlocked(sha256)
+    }
+
+    /// Appends `bytes` at `offset` to the upload of `sha256`, announced as `total` bytes long.
+    /// A blob already stored is not written again (the answer says it is complete).
+    pub fn append(&self, sha256: &str, offset: u64, total: u64, bytes: &[u8]) -> Result<Appended> {
+        Self::check_name(sha256)?;
+        if total > MAX_BLOB_BYTES {
+            return Err(ServerError::TooLarge { limit: MAX_BLOB_BYTES as usize });
+        }
+        if bytes.len() > MAX_CHUNK_BYTES {
+            return Err(ServerError::TooLarge { limit: MAX_CHUNK_BYTES });
+        }
+        let mut received = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let status = self.status_unlocked(sha256)?;
+        if status.complete {
+            return Ok(Appended { status, completed_now: false });
+        }
+        if let Some(announced) = status.total {
+            if announced != total {
+                return Err(ServerError::BadRequest(format!(
+                    "total {total} differs from the {announced} bytes announced by the upload in progress"
+                )));
+            }
+        }
+        if offset != status.offset {
+            return Err(ServerError::WrongOffset { offset, expected: status.offset });
+        }
+        let end = offset + bytes.len() as u64;
+        if end > total {
+            return Err(ServerError::PastEnd { end, total });
+        }
+        if status.total.is_none() {
+            let path = self.total_path(sha256);
+            fs::write(&path, total.to_string()).map_err(io(&path))?;
+        }
+        let partial = self.partial_path(sha256);
+        let mut f = fs::OpenOptions::new().create(true).append(true).open(&partial).map_err(io(&partial))?;
+        f.write_all(bytes).map_err(io(&partial))?;
+        *received.entry(sha256.to_owned()).or_default() += bytes.len() as u64;
+        if end < total {
+            let status = BlobStatus { sha256: sha256.to_owned(), offset: end, total: Some(total), complete: false };
+            return Ok(Appended { status, completed_now: false });
+        }
+        f.sync_all().map_err(io(&partial))?;
+        drop(f);
+        self.finish(sha256, &partial)?;
+        let status = BlobStatus { sha256: sha256.to_owned(), offset: total, total: Some(total), complete: true };
+        Ok(Appended { status, completed_now: true })
+    }
+
+    /// Verifies a complete upload against its name and moves it into place.
+    fn finish(&self, sha256: &str, partial: &Path) -> Result<()> {
+        let mut hasher = Sha256::new();
+        let mut f = fs::File::open(partial).map_err(io(partial))?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = f.read(&mut buf).map_err(io(partial))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let actual = hex::encode(hasher.finalize());
+        let total_file = self.total_path(sha256);
+        if actual != sha256 {
+            let millis =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+            let aside = self.dir.join("rejected").join(format!("{sha256}.{millis}"));
+            fs::rename(partial, &aside).map_err(io(&aside))?;
+            let _ = fs::remove_file(&total_file);
+            return Err(ServerError::HashMismatch { expected: sha256.to_owned(), actual });
+        }
+        let target = self.final_path(sha256);
+        fs::rename(partial, &target).map_err(io(&target))?;
+        fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
+        let _ = fs::remove_file(&total_file);
+        Ok(())
+    }
+
+    /// A stored blob's bytes.
+    pub fn read(&self, sha256: &str) -> Result<Vec<u8>> {
+        Self::check_name(sha256)?;
+        let path = self.final_path(sha256);
+        match fs::read(&path) {
+            Ok(b) => Ok(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(ServerError::NotFound(format!("blob {sha256} (not uploaded, or not complete)")))
+            }
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    /// Bytes of `sha256` received since the server started (resent bytes count twice), so a test
+    /// or an operator can see that a resumed upload did not start again from zero.
+    pub fn bytes_received(&self, sha256: &str) -> u64 {
+        self.lock.lock().unwrap_or_else(|p| p.into_inner()).get(sha256).copied().unwrap_or(0)
+    }
+}

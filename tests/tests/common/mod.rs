@@ -1,0 +1,83 @@
+//! Helpers the end-to-end test binaries share: a district's server on a random loopback port
+//! and phones enrolled with one-time codes, as the app does it.
+// Each test binary compiles this module and uses its own subset of it.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use gridwork_core::model::catalog::Role;
+use gridwork_core::model::ids::{CaseId, UserId};
+use gridwork_core::sync::{enrol, SyncConfig, SyncReport};
+use gridwork_core::{CoreError, Store};
+use gridwork_sync_server::{RunningServer, SqliteStore, SyncStore};
+use gridwork_tests::{district, identity_from_enrolment, open_device, random_case, Rng};
+
+pub struct District {
+    pub dir: tempfile::TempDir,
+    pub store: Arc<SqliteStore>,
+    pub server: Option<RunningServer>,
+}
+
+impl District {
+    pub fn new() -> District {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(SqliteStore::open(dir.path()).expect("server store"));
+        store.import_catalog(&district(4)).expect("catalog");
+        store.set_user("w1", Role::Worker, None, &["grid:g0".into()]).expect("w1");
+        store.set_user("w2", Role::Worker, None, &["grid:g1".into()]).expect("w2");
+        store.set_user("s1", Role::Supervisor, None, &["community:Community 0".into()]).expect("s1");
+        store.set_user("h1", Role::DepartmentHandler, Some("police"), &["department:police".into()]).expect("h1");
+        let server =
+            gridwork_sync_server::start(store.clone() as Arc<dyn SyncStore>, "127.0.0.1:0".parse().expect("addr"))
+                .expect("server starts");
+        District { dir, store, server: Some(server) }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.as_ref().map(|s| s.url()).expect("running")
+    }
+
+    /// Stops the server and starts a new one on the same data directory.
+    pub fn restart(&mut self) {
+        self.server = None;
+        self.store = Arc::new(SqliteStore::open(self.dir.path()).expect("reopen"));
+        self.server = Some(
+            gridwork_sync_server::start(self.store.clone() as Arc<dyn SyncStore>, "127.0.0.1:0".parse().expect("addr"))
+                .expect("restart"),
+        );
+    }
+}
+
+pub struct Phone {
+    pub _dir: tempfile::TempDir,
+    pub store: Store,
+    pub config: SyncConfig,
+}
+
+impl Phone {
+    pub fn sync(&mut self, url: &str) -> Result<SyncReport, CoreError> {
+        self.config.server = url.to_owned();
+        self.store.sync(&self.config, &mut |_| {})
+    }
+}
+
+/// Enrols a device for `user` with the one-time code, as the app would. `claim` overrides the
+/// identity the store writes into events (to forge a role or a user).
+pub fn phone(d: &District, user: &str, claim: Option<(&str, Role)>) -> Phone {
+    let (_, code) = d.store.enrol_device(user, 0).expect("enrol");
+    let e = enrol(&d.url(), &code, None, "0.1.0").expect("redeem code");
+    let mut identity = identity_from_enrolment(&e);
+    if let Some((claimed_user, claimed_role)) = claim {
+        identity.user = UserId::from(claimed_user);
+        identity.role = claimed_role;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_device(dir.path(), identity, &district(4), None).expect("device store");
+    Phone { _dir: dir, store, config: SyncConfig::new(d.url(), e.token) }
+}
+
+pub fn capture(p: &Phone, grid: usize, n: usize, seed: u64) -> Vec<CaseId> {
+    let catalog = district(4);
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| p.store.capture_case(random_case(&mut rng, &catalog, grid, 0)).expect("capture").id).collect()
+}

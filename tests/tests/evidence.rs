@@ -1,0 +1,170 @@
+//! Evidence upload end to end: photos go after the records that reference them, in chunks that
+//! resume where the server stopped; a case counts as synced only once its photos are on the
+//! server; the same photo is stored once; bad uploads get a JSON 4xx and change nothing.
+
+use gridwork_core::evidence::synthetic::{camera_like_jpeg, ExifSpec};
+use gridwork_core::model::ids::CaseId;
+use gridwork_core::model::wire::BlobStatus;
+use gridwork_core::store::NewCase;
+use gridwork_tests::{district, random_case, Rng};
+
+mod common;
+use common::{phone, District, Phone};
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .tls_backend_preconfigured(gridwork_core::tls::trust_nobody().expect("tls config"))
+        .build()
+        .expect("client")
+}
+
+/// A case with one camera-sized photo, captured offline on `p` in grid `grid`.
+fn capture_with_photo(p: &Phone, grid: usize, photo: &[u8], seed: u64) -> CaseId {
+    let case = random_case(&mut Rng::new(seed), &district(4), grid, 0);
+    p.store.capture_case(NewCase { photos: vec![photo.to_vec()], ..case }).expect("capture").id
+}
+
+/// (full-size sha, size, thumbnail sha, size) of the case's one photo.
+fn photo_of(p: &Phone, id: &CaseId) -> (String, u64, String, u64) {
+    let detail = p.store.get_case(id).expect("case");
+    let e = detail.case.evidence.first().expect("one photo").clone();
+    let thumb = e.thumb_sha256.expect("a thumbnail");
+    let thumb_size = p.store.read_evidence(&thumb).expect("thumb").len() as u64;
+    (e.sha256, e.size, thumb, thumb_size)
+}
+
+fn status(d: &District, token: &str, sha: &str) -> BlobStatus {
+    let resp = client().get(format!("{}/v1/blobs/{sha}/status", d.url())).bearer_auth(token).send().expect("send");
+    assert_eq!(resp.status().as_u16(), 200);
+    serde_json::from_slice(&resp.bytes().expect("body")).expect("status json")
+}
+
+#[test]
+fn a_cut_upload_resumes_where_the_server_stopped_and_the_case_is_synced_only_then() {
+    let d = District::new();
+    let mut w1 = phone(&d, "w1", None);
+    let photo = camera_like_jpeg(1600, 1200, &ExifSpec::default(), 11);
+    let id = capture_with_photo(&w1, 0, &photo, 1);
+    let (full, full_size, thumb, thumb_size) = photo_of(&w1, &id);
+    assert!(full_size > 3 * 64 * 1024, "the photo spans several chunks ({full_size} bytes)");
+
+    // The link gives out after the thumbnail and two chunks of the photo.
+    w1.config.photo_budget_bytes = Some(thumb_size + 2 * 64 * 1024);
+    let first = w1.sync(&d.url()).expect("sync");
+    assert_eq!(first.accepted, 1, "the case itself went through");
+    assert!(first.photo_errors.is_empty(), "{:?}", first.photo_errors);
+    assert_eq!(first.photos_uploaded, 1, "the thumbnail, smallest first");
+    assert_eq!(first.photos_pending, 1, "the full-size photo is still only on the phone");
+    let state = w1.store.case_sync_state(&id.to_string()).expect("state");
+    assert_eq!(state.unsynced_changes, 0);
+    assert!(!state.is_synced(), "a case is not synced while its photo is missing: {state:?}");
+    assert_eq!(status(&d, &w1.config.token, &full).offset, 2 * 64 * 1024, "the server holds two chunks");
+    assert!(status(&d, &w1.config.token, &thumb).complete);
+
+    // The next sync resumes from the server's offset: nothing already received is sent again.
+    w1.config.photo_budget_bytes = None;
+    let second = w1.sync(&d.url()).expect("sync");
+    assert_eq!(second.photos_uploaded, 1);
+    assert_eq!(second.photos_pending, 0);
+    assert_eq!(first.photo_bytes_up + second.photo_bytes_up, thumb_size + full_size, "no byte sent twice");
+    assert_eq!(d.store.blob_bytes_received(&full), full_size, "the server received each byte once");
+    assert!(w1.store.case_sync_state(&id.to_string()).expect("state").is_synced());
+    let done = status(&d, &w1.config.token, &full);
+    assert!(done.complete && done.offset == full_size, "{done:?}");
+    assert_eq!(d.store.blob_count().expect("count"), 2);
+
+    // A supervisor of the community downloads it; it is the phone's file, byte for byte.
+    let s1 = phone(&d, "s1", None);
+    let resp = client().get(format!("{}/v1/blobs/{full}", d.url())).bearer_auth(&s1.config.token).send().expect("get");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.bytes().expect("bytes").to_vec(), w1.store.read_evidence(&full).expect("local"));
+}
+
+#[test]
+fn the_same_photo_from_two_phones_is_stored_once() {
+    let d = District::new();
+    let mut w1 = phone(&d, "w1", None);
+    let mut w2 = phone(&d, "w2", None);
+    let photo = camera_like_jpeg(800, 600, &ExifSpec::default(), 12);
+    let a = capture_with_photo(&w1, 0, &photo, 2);
+    let b = capture_with_photo(&w2, 1, &photo, 3);
+    let (full, full_size, _, thumb_size) = photo_of(&w1, &a);
+    assert_eq!(photo_of(&w2, &b).0, full, "processing is deterministic: the same bytes, the same name");
+
+    let first = w1.sync(&d.url()).expect("w1");
+    assert_eq!(first.photo_bytes_up, full_size + thumb_size);
+    let second = w2.sync(&d.url()).expect("w2");
+    assert_eq!(second.photos_uploaded, 2, "confirmed without sending");
+    assert_eq!(second.photo_bytes_up, 0, "the server already had it");
+    assert_eq!(d.store.blob_count().expect("count"), 2, "stored once");
+    assert!(w2.store.case_sync_state(&b.to_string()).expect("state").is_synced());
+
+    // Each worker can download it through their own case.
+    for p in [&w1, &w2] {
+        let resp =
+            client().get(format!("{}/v1/blobs/{full}", d.url())).bearer_auth(&p.config.token).send().expect("get");
+        assert_eq!(resp.status().as_u16(), 200);
+    }
+}
+
+#[test]
+fn bad_uploads_and_downloads_get_a_json_4xx_and_change_nothing() {
+    let d = District::new();
+    let mut w1 = phone(&d, "w1", None);
+    let w2 = phone(&d, "w2", None);
+    let photo = camera_like_jpeg(320, 240, &ExifSpec::default(), 13);
+    let id = capture_with_photo(&w1, 0, &photo, 4);
+    w1.config.photo_budget_bytes = Some(0);
+    w1.sync(&d.url()).expect("the case, not its photo");
+    let (full, full_size, _, _) = photo_of(&w1, &id);
+    let bytes = w1.store.read_evidence(&full).expect("local");
+    let owner = format!("case:{id}");
+    let token = w1.config.token.clone();
+    let blobs = format!("{}/v1/blobs", d.url());
+    let c = client();
+    let check = |resp: reqwest::blocking::Response, status: u16, code: &str| {
+        assert_eq!(resp.status().as_u16(), status, "expected {code}");
+        let body: serde_json::Value = serde_json::from_slice(&resp.bytes().expect("body")).expect("json body");
+        assert_eq!(body["error"], code, "{body}");
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    };
+    let put = |sha: &str, offset: u64, total: u64, owner: &str, body: Vec<u8>, token: &str| {
+        c.put(format!("{blobs}/{sha}?offset={offset}&total={total}&owner={owner}"))
+            .bearer_auth(token)
+            .body(body)
+            .send()
+            .expect("send")
+    };
+
+    check(put(&full, 0, full_size, &owner, bytes[..100].to_vec(), "nope"), 401, "unauthenticated");
+    check(put("not-a-hash", 0, 10, &owner, vec![0; 10], &token), 400, "bad_request");
+    check(put(&full, 0, full_size, "case", vec![0; 10], &token), 400, "bad_request");
+    check(put(&full, 0, 30 * 1024 * 1024, &owner, vec![0; 10], &token), 413, "too_large");
+    // A chunk that skips ahead, and one past the announced end.
+    check(put(&full, 10, full_size, &owner, bytes[10..20].to_vec(), &token), 409, "wrong_offset");
+    check(put(&full, 0, 10, &owner, bytes[..20].to_vec(), &token), 400, "past_end");
+    // Someone else's case: w2 cannot upload evidence for it.
+    check(put(&full, 0, full_size, &owner, bytes[..100].to_vec(), &w2.config.token), 403, "not_in_scope");
+    assert_eq!(status(&d, &token, &full).offset, 0, "nothing of those was stored");
+
+    // A complete upload whose bytes are not the named photo: refused, set aside, not stored.
+    let mut wrong = bytes.clone();
+    wrong[500] ^= 0xff;
+    check(put(&full, 0, full_size, &owner, wrong, &token), 422, "hash_mismatch");
+    let after = status(&d, &token, &full);
+    assert!(!after.complete && after.offset == 0, "{after:?}");
+    assert_eq!(std::fs::read_dir(d.dir.path().join("blobs/rejected")).expect("rejected dir").count(), 1);
+    assert_eq!(d.store.blob_count().expect("count"), 0);
+
+    // The phone's own sync then delivers the real bytes.
+    w1.config.photo_budget_bytes = None;
+    let r = w1.sync(&d.url()).expect("sync");
+    assert_eq!((r.photos_uploaded, r.photos_pending), (2, 0), "{:?}", r.photo_errors);
+
+    // Downloads: outside the caller's scope, and a blob nobody uploaded, look the same.
+    let get = |sha: &str, token: &str| c.get(format!("{blobs}/{sha}")).bearer_auth(token).send().expect("send");
+    check(get(&full, &w2.config.token), 403, "not_in_scope");
+    check(get(&"0".repeat(64), &token), 403, "not_in_scope");
+    assert_eq!(get(&full, &token).status().as_u16(), 200);
+    assert_eq!(d.store.blob_count().expect("count"), 2);
+}
