@@ -41,7 +41,8 @@ pub struct SyncConfig {
     /// Photo bytes one sync may send (None: no limit). An app on a metered or weak link can keep
     /// photos for later without holding back cases and check-ins.
     pub photo_budget_bytes: Option<u64>,
-    /// Bytes per upload request: small enough to get through a 2G link between cuts.
+    /// Bytes per upload request. The server keeps whatever part of a request arrived, so this
+    /// bounds a request's duration (under `timeout` on a 64 kbit/s link), not what a cut costs.
     pub chunk_bytes: usize,
 }
 
@@ -58,7 +59,7 @@ impl SyncConfig {
             max_attempts: 5,
             timeout: Duration::from_secs(60),
             photo_budget_bytes: None,
-            chunk_bytes: 64 * 1024,
+            chunk_bytes: 256 * 1024,
         }
     }
 }

@@ -2,17 +2,17 @@
 //!
 //! A blob is named by the SHA-256 of its bytes, so the same photo from two phones is stored once
 //! and a finished upload is checked against its name. An upload in progress is a file under
-//! `partial/` whose length *is* the offset the server reports: nothing else has to agree with it,
-//! so a crash between a chunk's write and its answer cannot make the two disagree (the phone asks
-//! again and resumes where the file ends). Only a complete, verified blob is fsynced and renamed
+//! `partial/` whose length *is* the offset the server reports: nothing else has to agree with it.
+//! A request's bytes are appended as they arrive, so a connection cut in the middle of a request
+//! keeps what got through, and the phone resumes from there. Only a complete, verified blob is fsynced and renamed
 //! into place. A finished upload whose bytes do not hash to its name is moved to `rejected/`,
 //! never deleted, and the phone is told.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use gridwork_model::wire::{is_sha256_hex, BlobStatus};
 use sha2::{Digest, Sha256};
@@ -22,8 +22,6 @@ use crate::error::{Result, ServerError};
 /// The largest blob accepted. A processed photo is about 1 MB; an unprocessed 48-megapixel one
 /// could be 20 MB.
 pub const MAX_BLOB_BYTES: u64 = 25 * 1024 * 1024;
-/// The largest chunk one request may carry.
-pub const MAX_CHUNK_BYTES: usize = 1024 * 1024;
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> ServerError + '_ {
     move |e| ServerError::Internal(format!("{}: {e}", path.display()))
@@ -39,9 +37,80 @@ pub struct Appended {
 
 pub struct BlobFiles {
     dir: PathBuf,
-    /// Chunks of all uploads are written one at a time: appends to one partial file must not
-    /// interleave, and a chunk is a few milliseconds of work.
-    lock: Mutex<HashMap<String, u64>>,
+    lock: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Blobs a request is writing now: appends to one partial file must never interleave.
+    writing: HashSet<String>,
+    /// Bytes received per blob since start.
+    received: HashMap<String, u64>,
+}
+
+/// What [`BlobFiles::begin`] found.
+#[derive(Debug)]
+pub enum Begun {
+    /// The server already holds the blob; nothing is written.
+    Complete(BlobStatus),
+    Open(Writer),
+}
+
+/// Receives one request's bytes of a blob, appending them as they arrive, so a request cut in
+/// the middle keeps what got through. Finished with [`Writer::finish`]; dropped early, what it
+/// wrote stays and the blob is free for the next request.
+#[derive(Debug)]
+pub struct Writer {
+    files: Arc<BlobFiles>,
+    sha256: String,
+    partial: PathBuf,
+    file: Option<fs::File>,
+    offset: u64,
+    total: u64,
+}
+
+impl Writer {
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// Appends the next bytes; past the announced total is refused and nothing of it written.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        let end = self.offset + bytes.len() as u64;
+        if end > self.total {
+            return Err(ServerError::PastEnd { end, total: self.total });
+        }
+        let file = self.file.as_mut().ok_or_else(|| ServerError::Internal("upload already finished".into()))?;
+        file.write_all(bytes).map_err(io(&self.partial))?;
+        self.offset = end;
+        let mut state = self.files.lock.lock().unwrap_or_else(|p| p.into_inner());
+        *state.received.entry(self.sha256.clone()).or_default() += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Ends the request: at `total`, the blob is verified and stored (`completed_now`).
+    pub fn finish(mut self) -> Result<Appended> {
+        let file = self.file.take();
+        let sha256 = self.sha256.clone();
+        if self.offset < self.total {
+            let status = BlobStatus { sha256, offset: self.offset, total: Some(self.total), complete: false };
+            return Ok(Appended { status, completed_now: false });
+        }
+        if let Some(f) = file {
+            f.sync_all().map_err(io(&self.partial))?;
+        }
+        // No lock needed: this writer is the only one for the blob until it is dropped.
+        self.files.finish(&sha256, &self.partial)?;
+        let status = BlobStatus { sha256, offset: self.total, total: Some(self.total), complete: true };
+        Ok(Appended { status, completed_now: true })
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let mut state = self.files.lock.lock().unwrap_or_else(|p| p.into_inner());
+        state.writing.remove(&self.sha256);
+    }
 }
 
 impl std::fmt::Debug for BlobFiles {
@@ -56,7 +125,7 @@ impl BlobFiles {
         for d in [dir.clone(), dir.join("partial"), dir.join("rejected")] {
             fs::create_dir_all(&d).map_err(io(&d))?;
         }
-        Ok(BlobFiles { dir, lock: Mutex::new(HashMap::new()) })
+        Ok(BlobFiles { dir, lock: Mutex::new(State::default()) })
     }
 
     fn check_name(sha256: &str) -> Result<()> {
@@ -111,20 +180,19 @@ impl BlobFiles {
         self.status_unlocked(sha256)
     }
 
-    /// Appends `bytes` at `offset` to the upload of `sha256`, announced as `total` bytes long.
-    /// A blob already stored is not written again (the answer says it is complete).
-    pub fn append(&self, sha256: &str, offset: u64, total: u64, bytes: &[u8]) -> Result<Appended> {
+    /// Starts (or resumes) receiving `sha256` at `offset`, announced as `total` bytes long;
+    /// `len`, when the request says, is how many bytes this request carries. A blob already
+    /// stored answers [`Begun::Complete`] and nothing is written. One request at a time may write
+    /// a blob: a second gets `WrongOffset` (it will find the offset moved) until the first ends.
+    pub fn begin(self: &Arc<Self>, sha256: &str, offset: u64, total: u64, len: Option<u64>) -> Result<Begun> {
         Self::check_name(sha256)?;
         if total > MAX_BLOB_BYTES {
             return Err(ServerError::TooLarge { limit: MAX_BLOB_BYTES as usize });
         }
-        if bytes.len() > MAX_CHUNK_BYTES {
-            return Err(ServerError::TooLarge { limit: MAX_CHUNK_BYTES });
-        }
-        let mut received = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let status = self.status_unlocked(sha256)?;
         if status.complete {
-            return Ok(Appended { status, completed_now: false });
+            return Ok(Begun::Complete(status));
         }
         if let Some(announced) = status.total {
             if announced != total {
@@ -133,30 +201,29 @@ impl BlobFiles {
                 )));
             }
         }
-        if offset != status.offset {
+        if offset != status.offset || state.writing.contains(sha256) {
             return Err(ServerError::WrongOffset { offset, expected: status.offset });
         }
-        let end = offset + bytes.len() as u64;
-        if end > total {
-            return Err(ServerError::PastEnd { end, total });
+        if let Some(len) = len {
+            if offset + len > total {
+                return Err(ServerError::PastEnd { end: offset + len, total });
+            }
         }
         if status.total.is_none() {
             let path = self.total_path(sha256);
             fs::write(&path, total.to_string()).map_err(io(&path))?;
         }
         let partial = self.partial_path(sha256);
-        let mut f = fs::OpenOptions::new().create(true).append(true).open(&partial).map_err(io(&partial))?;
-        f.write_all(bytes).map_err(io(&partial))?;
-        *received.entry(sha256.to_owned()).or_default() += bytes.len() as u64;
-        if end < total {
-            let status = BlobStatus { sha256: sha256.to_owned(), offset: end, total: Some(total), complete: false };
-            return Ok(Appended { status, completed_now: false });
-        }
-        f.sync_all().map_err(io(&partial))?;
-        drop(f);
-        self.finish(sha256, &partial)?;
-        let status = BlobStatus { sha256: sha256.to_owned(), offset: total, total: Some(total), complete: true };
-        Ok(Appended { status, completed_now: true })
+        let file = fs::OpenOptions::new().create(true).append(true).open(&partial).map_err(io(&partial))?;
+        state.writing.insert(sha256.to_owned());
+        Ok(Begun::Open(Writer {
+            files: Arc::clone(self),
+            sha256: sha256.to_owned(),
+            partial,
+            file: Some(file),
+            offset,
+            total,
+        }))
     }
 
     /// Verifies a complete upload against its name and moves it into place.
@@ -204,6 +271,6 @@ impl BlobFiles {
     /// Bytes of `sha256` received since the server started (resent bytes count twice), so a test
     /// or an operator can see that a resumed upload did not start again from zero.
     pub fn bytes_received(&self, sha256: &str) -> u64 {
-        self.lock.lock().unwrap_or_else(|p| p.into_inner()).get(sha256).copied().unwrap_or(0)
+        self.lock.lock().unwrap_or_else(|p| p.into_inner()).received.get(sha256).copied().unwrap_or(0)
     }
 }

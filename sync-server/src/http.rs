@@ -4,15 +4,18 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::header::CONTENT_LENGTH;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use gridwork_model::wire::{BlobOwner, EnrolRequest, ErrorBody, SyncRequest};
+use http_body_util::BodyExt;
 
+use crate::blobs::Begun;
 use crate::error::ServerError;
 use crate::store::SyncStore;
 
@@ -108,25 +111,47 @@ struct PutBlobQuery {
     owner: String,
 }
 
+/// Receives bytes `offset..` of a blob as they arrive: a request cut in the middle keeps what got
+/// through, so the phone resumes from there instead of resending the whole chunk.
 async fn put_blob(
     State(store): State<Arc<dyn SyncStore>>,
     Path(sha256): Path<String>,
     query: Result<Query<PutBlobQuery>, QueryRejection>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ServerError> {
     let token = bearer(&headers)?;
     let Query(q) = query.map_err(|e| {
         ServerError::BadRequest(format!("{}: PUT /v1/blobs/SHA256?offset=N&total=N&owner=case:ID", e.body_text()))
     })?;
-    let body = body_or_error(body)?;
     let owner = BlobOwner::parse(&q.owner)
         .ok_or_else(|| ServerError::BadRequest(format!("owner {:?} is not case:ID or check_in:ID", q.owner)))?;
-    let status = blocking(move || {
-        let device = store.authenticate(&token)?;
-        store.put_blob(&device, &sha256, &owner, q.offset, q.total, &body, now_ms())
+    let len = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let (store2, owner2) = (store.clone(), owner.clone());
+    let (device, begun) = blocking(move || {
+        let device = store2.authenticate(&token)?;
+        let begun = store2.begin_blob(&device, &sha256, &owner2, q.offset, q.total, len, now_ms())?;
+        Ok((device, begun))
     })
     .await?;
+    let mut writer = match begun {
+        Begun::Complete(status) => return Ok(Json(status).into_response()),
+        Begun::Open(w) => w,
+    };
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        // A cut connection ends the request; what arrived before it stays (the writer's drop
+        // frees the blob for the phone's next attempt).
+        let frame = frame.map_err(|e| ServerError::BadRequest(format!("upload interrupted: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            writer = blocking(move || {
+                writer.write(&data)?;
+                Ok(writer)
+            })
+            .await?;
+        }
+    }
+    let status = blocking(move || store.end_blob(&device, &owner, writer, now_ms())).await?;
     Ok(Json(status).into_response())
 }
 

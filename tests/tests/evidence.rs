@@ -49,6 +49,7 @@ fn a_cut_upload_resumes_where_the_server_stopped_and_the_case_is_synced_only_the
     assert!(full_size > 3 * 64 * 1024, "the photo spans several chunks ({full_size} bytes)");
 
     // The link gives out after the thumbnail and two chunks of the photo.
+    w1.config.chunk_bytes = 64 * 1024;
     w1.config.photo_budget_bytes = Some(thumb_size + 2 * 64 * 1024);
     let first = w1.sync(&d.url()).expect("sync");
     assert_eq!(first.accepted, 1, "the case itself went through");
@@ -167,4 +168,56 @@ fn bad_uploads_and_downloads_get_a_json_4xx_and_change_nothing() {
     check(get(&"0".repeat(64), &token), 403, "not_in_scope");
     assert_eq!(get(&full, &token).status().as_u16(), 200);
     assert_eq!(d.store.blob_count().expect("count"), 2);
+}
+
+/// Yields `limit` bytes of `data`, then fails: a connection that drops in the middle of a request.
+struct CutAfter {
+    data: Vec<u8>,
+    pos: usize,
+    limit: usize,
+}
+
+impl std::io::Read for CutAfter {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos >= self.limit {
+            // Give the server time to store what it received before the connection goes.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "signal lost"));
+        }
+        let n = buf.len().min(self.limit - self.pos).min(8 * 1024);
+        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_request_cut_mid_body_keeps_what_arrived_and_the_phone_resumes_from_there() {
+    let d = District::new();
+    let mut w1 = phone(&d, "w1", None);
+    let photo = camera_like_jpeg(1600, 1200, &ExifSpec::default(), 14);
+    let id = capture_with_photo(&w1, 0, &photo, 5);
+    w1.config.photo_budget_bytes = Some(0);
+    w1.sync(&d.url()).expect("the case first");
+    let (full, full_size, thumb, thumb_size) = photo_of(&w1, &id);
+    let bytes = w1.store.read_evidence(&full).expect("local");
+
+    // One request meant to carry the whole photo; the signal goes after 100,000 bytes.
+    let cut = 100_000;
+    let body = reqwest::blocking::Body::sized(CutAfter { data: bytes.clone(), pos: 0, limit: cut }, full_size);
+    let sent = client()
+        .put(format!("{}/v1/blobs/{full}?offset=0&total={full_size}&owner=case:{id}", d.url()))
+        .bearer_auth(&w1.config.token)
+        .body(body)
+        .send();
+    assert!(sent.is_err(), "the request was cut");
+    let kept = status(&d, &w1.config.token, &full);
+    assert_eq!(kept.offset, cut as u64, "the server kept every byte that arrived");
+
+    w1.config.photo_budget_bytes = None;
+    let r = w1.sync(&d.url()).expect("resume");
+    assert_eq!((r.photos_uploaded, r.photos_pending), (2, 0), "{:?}", r.photo_errors);
+    assert_eq!(r.photo_bytes_up, full_size - cut as u64 + thumb_size, "only the rest was sent");
+    assert_eq!(d.store.blob_bytes_received(&full), full_size, "no byte received twice");
+    assert!(status(&d, &w1.config.token, &thumb).complete);
 }

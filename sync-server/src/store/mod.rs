@@ -7,6 +7,7 @@ pub use sqlite::{DeviceInfo, QuarantinedItem, SqliteStore};
 
 use gridwork_model::wire::{BlobOwner, BlobStatus, EnrolRequest, EnrolResponse, SyncRequest, SyncResponse};
 
+use crate::blobs::{Begun, Writer};
 use crate::error::Result;
 
 /// An authenticated device, as the store knows it.
@@ -25,19 +26,21 @@ pub trait SyncStore: Send + Sync + 'static {
     fn sync(&self, device: &Device, req: SyncRequest, now_ms: i64) -> Result<SyncResponse>;
     /// How much of a blob the server holds (any enrolled device may ask).
     fn blob_status(&self, device: &Device, sha256: &str) -> Result<BlobStatus>;
-    /// One chunk of a blob's upload. The device must see `owner`; the blob is linked to it once
-    /// complete (also when another device had already uploaded the same bytes).
+    /// Starts receiving a request's bytes of a blob. The device must see `owner`; a blob the
+    /// server already holds is linked to it at once ([`Begun::Complete`]).
     #[allow(clippy::too_many_arguments)]
-    fn put_blob(
+    fn begin_blob(
         &self,
         device: &Device,
         sha256: &str,
         owner: &BlobOwner,
         offset: u64,
         total: u64,
-        bytes: &[u8],
+        len: Option<u64>,
         now_ms: i64,
-    ) -> Result<BlobStatus>;
+    ) -> Result<Begun>;
+    /// Ends a request's upload; a blob it completed is recorded and linked to `owner`.
+    fn end_blob(&self, device: &Device, owner: &BlobOwner, writer: Writer, now_ms: i64) -> Result<BlobStatus>;
     /// A complete blob, for a device that can see one of its owners.
     fn get_blob(&self, device: &Device, sha256: &str) -> Result<Vec<u8>>;
 }

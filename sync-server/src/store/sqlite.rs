@@ -21,7 +21,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction, Tr
 use sha2::{Digest, Sha256};
 
 use super::{Device, SyncStore};
-use crate::blobs::BlobFiles;
+use crate::blobs::{Begun, BlobFiles, Writer};
 use crate::error::{Result, ServerError};
 use crate::ingest::{read_change, ChangeFacts};
 
@@ -59,7 +59,7 @@ const SCHEMA_VERSION: i64 = 2;
 
 pub struct SqliteStore {
     /// Evidence blobs beside the database.
-    blobs: BlobFiles,
+    blobs: Arc<BlobFiles>,
     /// The one writer.
     conn: Mutex<Connection>,
     /// Pushes waiting for the writer (see [`SqliteStore::write`]).
@@ -194,7 +194,7 @@ impl SqliteStore {
         conn.set_prepared_statement_cache_capacity(256);
         let catalog = load_catalog(&conn)?;
         Ok(SqliteStore {
-            blobs: BlobFiles::open(dir)?,
+            blobs: Arc::new(BlobFiles::open(dir)?),
             conn: Mutex::new(conn),
             pending: Mutex::new(vec![]),
             readers: Mutex::new(vec![]),
@@ -968,41 +968,34 @@ impl SyncStore for SqliteStore {
         self.blobs.status(sha256)
     }
 
-    fn put_blob(
+    fn begin_blob(
         &self,
         device: &Device,
         sha256: &str,
         owner: &BlobOwner,
         offset: u64,
         total: u64,
-        bytes: &[u8],
+        len: Option<u64>,
         now_ms: i64,
-    ) -> Result<BlobStatus> {
+    ) -> Result<Begun> {
         if !self.can_see_owner(device, owner)? {
             return Err(ServerError::NotInScope(format!(
                 "{} is not one of yours: sync it before its photos, or check the owner",
                 owner.to_query()
             )));
         }
-        let appended = self.blobs.append(sha256, offset, total, bytes)?;
+        let begun = self.blobs.begin(sha256, offset, total, len)?;
+        if let Begun::Complete(status) = &begun {
+            self.link_blob(device, sha256, status.offset, owner, now_ms)?;
+        }
+        Ok(begun)
+    }
+
+    fn end_blob(&self, device: &Device, owner: &BlobOwner, writer: Writer, now_ms: i64) -> Result<BlobStatus> {
+        let sha256 = writer.sha256().to_owned();
+        let appended = writer.finish()?;
         if appended.status.complete {
-            let (kind, id) = match owner {
-                BlobOwner::Case(id) => ("case", id),
-                BlobOwner::CheckIn(id) => ("check_in", id),
-            };
-            let conn = self.conn();
-            exec(
-                &conn,
-                "INSERT INTO blobs (sha256, size, first_device, received_ms) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (sha256) DO NOTHING",
-                params![sha256, appended.status.offset as i64, device.id, now_ms],
-            )?;
-            exec(
-                &conn,
-                "INSERT INTO blob_links (sha256, owner_kind, owner_id, device_id, linked_ms) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT DO NOTHING",
-                params![sha256, kind, id, device.id, now_ms],
-            )?;
+            self.link_blob(device, &sha256, appended.status.offset, owner, now_ms)?;
         }
         Ok(appended.status)
     }
@@ -1257,6 +1250,28 @@ impl SqliteStore {
         .is_some();
         self.give_back(reader);
         Ok(found)
+    }
+
+    /// Records a complete blob (once) and links it to `owner` (once per owner).
+    fn link_blob(&self, device: &Device, sha256: &str, size: u64, owner: &BlobOwner, now_ms: i64) -> Result<()> {
+        let (kind, id) = match owner {
+            BlobOwner::Case(id) => ("case", id),
+            BlobOwner::CheckIn(id) => ("check_in", id),
+        };
+        let conn = self.conn();
+        exec(
+            &conn,
+            "INSERT INTO blobs (sha256, size, first_device, received_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (sha256) DO NOTHING",
+            params![sha256, size as i64, device.id, now_ms],
+        )?;
+        exec(
+            &conn,
+            "INSERT INTO blob_links (sha256, owner_kind, owner_id, device_id, linked_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT DO NOTHING",
+            params![sha256, kind, id, device.id, now_ms],
+        )?;
+        Ok(())
     }
 
     /// Bytes of a blob received since start (see [`BlobFiles::bytes_received`]).
