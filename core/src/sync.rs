@@ -97,6 +97,8 @@ pub struct SyncReport {
     pub photos_pending: usize,
     /// (sha256, why) for uploads that did not finish; they are retried on the next sync.
     pub photo_errors: Vec<(String, String)>,
+    /// Changes and records queued again because the server was restored from a backup.
+    pub reoffered: usize,
 }
 
 /// An HTTP client for `server`, and where a pinned-CA refusal would be reported.
@@ -339,6 +341,13 @@ impl Store {
                 pulled_changes: report.pulled_changes,
                 outbox_remaining: self.outbox_len()?,
             });
+            if resp.reoffer {
+                // The server was restored from a backup: everything goes out again, in pages.
+                let r = self.reoffer_everything()?;
+                report.reoffered += r.changes + r.records;
+                after_seq = 0;
+                continue;
+            }
             if items.is_empty() && !resp.more {
                 // Photos last: cases and check-ins are already through.
                 self.upload_evidence(&client, config, &mut report)?;

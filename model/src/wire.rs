@@ -132,6 +132,11 @@ pub struct SyncResponse {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catalog: Option<Catalog>,
     pub cursor: String,
+    /// The device's cursor is from another epoch: this server was restored from a backup and may
+    /// lack what it received after it. Push everything you hold again (changes by hash and records
+    /// by id are stored once, so what the server kept is merely acknowledged).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reoffer: bool,
     /// More is waiting: sync again with the new cursor.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub more: bool,

@@ -2,6 +2,7 @@
 //!
 //!   gridwork-sync-server demo [--devices N] [--data-dir DIR] [--no-console]
 //!   gridwork-sync-server serve --data-dir DIR [--listen 127.0.0.1:8080]
+//!   gridwork-sync-server --data-dir DIR backup DEST | restore FROM
 //!   gridwork-sync-server admin --data-dir DIR init-tls HOST...
 //!   gridwork-sync-server admin --data-dir DIR import-catalog FILE.json
 //!   gridwork-sync-server admin --data-dir DIR set-user USER --role ROLE [--department D] [--scope S]...
@@ -21,6 +22,8 @@ use gridwork_sync_server::{SqliteStore, SyncStore};
 const USAGE: &str = "usage:
   gridwork-sync-server demo [--devices N] [--cases N] [--checkins N] [--data-dir DIR] [--no-console]
   gridwork-sync-server serve --data-dir DIR [--listen 127.0.0.1:8080]   (TLS once init-tls has run; plain HTTP on loopback only)
+  gridwork-sync-server --data-dir DIR backup DEST   (while serving: a consistent copy of the store, blobs and TLS files)
+  gridwork-sync-server --data-dir DIR restore FROM  (server stopped: the old contents are moved aside; phones re-offer)
   gridwork-sync-server admin --data-dir DIR init-tls HOST...   (district CA + server certificate for these names/IPs)
   gridwork-sync-server admin --data-dir DIR enrol-device USER [--server https://HOST:PORT]
   gridwork-sync-server admin --data-dir DIR import-catalog FILE.json
@@ -54,8 +57,35 @@ fn run() -> Result<(), String> {
     }
     let data_dir =
         PathBuf::from(take_flag(&mut args, "--data-dir")?.ok_or(format!("--data-dir DIR is required\n{USAGE}"))?);
-    let store = SqliteStore::open(&data_dir).map_err(|e| e.to_string())?;
     let command: Vec<&str> = args.iter().map(String::as_str).collect();
+    // Backup and restore work on the directory, not through an open store.
+    match command.as_slice() {
+        ["backup", dest] => {
+            let m = gridwork_sync_server::backup::backup(&data_dir, std::path::Path::new(dest))
+                .map_err(|e| e.to_string())?;
+            println!(
+                "backup in {dest}: epoch {}, up to change {}, {} blobs ({} bytes)",
+                m.epoch, m.last_seq, m.blobs, m.blob_bytes
+            );
+            return Ok(());
+        }
+        ["restore", from] => {
+            let r = gridwork_sync_server::backup::restore(std::path::Path::new(from), &data_dir)
+                .map_err(|e| e.to_string())?;
+            if let Some(aside) = &r.moved_aside {
+                println!("the data directory's previous contents are in {} (nothing deleted)", aside.display());
+            }
+            println!(
+                "restored {from} (up to change {}) into {}; new epoch {}: phones re-offer what they hold on their next sync",
+                r.manifest.last_seq,
+                data_dir.display(),
+                r.new_epoch
+            );
+            return Ok(());
+        }
+        _ => {}
+    }
+    let store = SqliteStore::open(&data_dir).map_err(|e| e.to_string())?;
     match command.as_slice() {
         ["serve", rest @ ..] => {
             let mut rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();

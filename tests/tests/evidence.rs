@@ -9,7 +9,7 @@ use gridwork_core::store::NewCase;
 use gridwork_tests::{district, random_case, Rng};
 
 mod common;
-use common::{phone, District, Phone};
+use common::{capture, phone, District, Phone};
 
 fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
@@ -220,4 +220,60 @@ fn a_request_cut_mid_body_keeps_what_arrived_and_the_phone_resumes_from_there() 
     assert_eq!(r.photo_bytes_up, full_size - cut as u64 + thumb_size, "only the rest was sent");
     assert_eq!(d.store.blob_bytes_received(&full), full_size, "no byte received twice");
     assert!(status(&d, &w1.config.token, &thumb).complete);
+}
+
+#[test]
+fn a_restore_from_backup_recovers_what_phones_sent_after_it() {
+    let mut d = District::new();
+    let mut w1 = phone(&d, "w1", None);
+    let mut s1 = phone(&d, "s1", None);
+    let before = capture(&w1, 0, 2, 40);
+    let photo = camera_like_jpeg(640, 480, &ExifSpec::default(), 15);
+    let with_photo = capture_with_photo(&w1, 0, &photo, 41);
+    w1.sync(&d.url()).expect("sync before the backup");
+
+    // The backup is taken while the server runs.
+    let backup = tempfile::tempdir().expect("tempdir");
+    let dest = backup.path().join("b1");
+    let manifest = gridwork_sync_server::backup::backup(d.dir.path(), &dest).expect("backup");
+    assert_eq!(manifest.blobs, 2, "the photo and its thumbnail");
+
+    // After the backup: more cases, and a supervisor's decision, reach the server…
+    let after = capture(&w1, 0, 3, 42);
+    w1.sync(&d.url()).expect("w1 after the backup");
+    s1.sync(&d.url()).expect("s1 pulls");
+    s1.store
+        .record_event(&before[0], gridwork_core::model::lifecycle::EventKind::Accept { note: "核实".into() })
+        .expect("accept");
+    s1.sync(&d.url()).expect("s1 pushes");
+    let heads_before_disaster: Vec<_> =
+        before.iter().chain(&after).map(|id| d.store.doc_heads(&id.to_string()).expect("heads")).collect();
+
+    // …then the server's disk is lost and the backup restored.
+    d.server = None;
+    let restored = gridwork_sync_server::backup::restore(&dest, d.dir.path()).expect("restore");
+    assert!(restored.moved_aside.is_some(), "the lost store's directory was moved aside, not deleted");
+    assert_ne!(restored.new_epoch, manifest.epoch);
+    d.restart();
+    for id in &after {
+        assert!(d.store.doc_heads(&id.to_string()).expect("heads").is_empty(), "not in the backup");
+    }
+
+    // Each phone's next sync re-offers what it holds.
+    let r1 = w1.sync(&d.url()).expect("w1 after the restore");
+    assert!(r1.reoffered > 0 && r1.refused.is_empty(), "{r1:?}");
+    let r2 = s1.sync(&d.url()).expect("s1 after the restore");
+    assert!(r2.reoffered > 0 && r2.refused.is_empty(), "{r2:?}");
+    let heads_now: Vec<_> =
+        before.iter().chain(&after).map(|id| d.store.doc_heads(&id.to_string()).expect("heads")).collect();
+    assert_eq!(heads_now, heads_before_disaster, "every change made after the backup is back");
+    assert!(w1.store.case_sync_state(&with_photo.to_string()).expect("state").is_synced());
+    assert_eq!(d.store.blob_count().expect("count"), 2);
+
+    // The supervisor's decision, re-offered by the supervisor's phone, reaches the worker…
+    let news = w1.sync(&d.url()).expect("w1 pulls");
+    assert_eq!((news.reoffered, news.pushed, news.pulled_changes), (0, 0, 1), "{news:?}");
+    // …and nothing was duplicated: one more round moves nothing.
+    let again = w1.sync(&d.url()).expect("again");
+    assert_eq!((again.reoffered, again.pushed, again.pulled_changes), (0, 0, 0), "{again:?}");
 }

@@ -36,7 +36,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 pub(crate) use cases::parse_changes;
 pub use cases::{CaseDetail, CaseSummary, NewCase, ReceiveReport};
 pub use evidence::EvictionReport;
-pub use outbox::{OutboxItem, OutboxKind};
+pub use outbox::{OutboxItem, OutboxKind, Reoffered};
 pub use patrols::{CheckInInput, PointCoverage};
 pub use queries::{CasePage, CaseQuery, SortOrder};
 

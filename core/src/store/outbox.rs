@@ -114,3 +114,45 @@ impl Store {
         Ok(n)
     }
 }
+
+/// What [`Store::reoffer_everything`] queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Reoffered {
+    pub changes: usize,
+    pub records: usize,
+}
+
+impl Store {
+    /// Queues every change and record this phone holds, as if none had been acknowledged: for a
+    /// server restored from a backup, which lost what it received after the backup. The server
+    /// stores by change hash and record id, so what it still has is acknowledged again and not
+    /// duplicated. Photos are re-checked too (the server answers for the ones it kept).
+    pub fn reoffer_everything(&self) -> Result<Reoffered> {
+        let ids = self.document_ids()?;
+        let now = self.now_ms();
+        let mut conn = self.writer();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut out = Reoffered::default();
+        for id in ids {
+            let doc_id = id.to_string();
+            let Some(am) = super::documents::load(&tx, &doc_id)? else { continue };
+            for mut change in am.get_changes(&[]) {
+                let hash = change.hash().to_string();
+                push(&tx, OutboxKind::Change, Some(&doc_id), &hash, &change.bytes(), now)?;
+                out.changes += 1;
+            }
+        }
+        {
+            let mut stmt = tx.prepare("SELECT id, json FROM records")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            for row in rows {
+                let (id, json) = row?;
+                push(&tx, OutboxKind::Record, None, &id, json.as_bytes(), now)?;
+                out.records += 1;
+            }
+        }
+        tx.execute("UPDATE evidence_files SET server_confirmed = 0 WHERE evicted = 0", [])?;
+        tx.commit()?;
+        Ok(out)
+    }
+}

@@ -868,15 +868,17 @@ impl SqliteStore {
         Ok((out, left.into_iter().collect(), new_cursor, more))
     }
 
-    fn parse_cursor(&self, cursor: Option<&str>) -> Result<i64> {
-        let Some(c) = cursor else { return Ok(0) };
+    /// The sequence number a cursor stands for, and whether it is from another epoch (then the
+    /// pull starts over and the device is asked to re-offer what it holds).
+    fn parse_cursor(&self, cursor: Option<&str>) -> Result<(i64, bool)> {
+        let Some(c) = cursor else { return Ok((0, false)) };
         let (epoch, seq) = c
             .split_once(':')
             .ok_or_else(|| ServerError::BadRequest("malformed cursor: sync again without one".into()))?;
         let seq: i64 =
             seq.parse().map_err(|_| ServerError::BadRequest("malformed cursor: sync again without one".into()))?;
         // A cursor from another epoch (a restored server) starts over from the beginning.
-        Ok(if epoch == self.epoch { seq } else { 0 })
+        Ok(if epoch == self.epoch { (seq, false) } else { (0, true) })
     }
 }
 
@@ -1029,7 +1031,7 @@ impl SyncStore for SqliteStore {
         if req.protocol > PROTOCOL_VERSION {
             return Err(ServerError::ProtocolFromFuture { got: req.protocol, supported: PROTOCOL_VERSION });
         }
-        let cursor = self.parse_cursor(req.cursor.as_deref())?;
+        let (cursor, reoffer) = self.parse_cursor(req.cursor.as_deref())?;
         // Decode every pushed item before queueing for the writer.
         let mut pushed = Vec::with_capacity(req.changes.len());
         for c in &req.changes {
@@ -1060,6 +1062,7 @@ impl SyncStore for SqliteStore {
             left_scope,
             catalog: (catalog.version > catalog_version).then(|| Catalog::clone(&catalog)),
             cursor: format!("{}:{new_cursor}", self.epoch),
+            reoffer,
             more,
         })
     }
