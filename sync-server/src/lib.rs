@@ -17,6 +17,7 @@ pub mod demo;
 pub mod error;
 pub mod http;
 pub mod ingest;
+pub mod metrics;
 pub mod store;
 pub mod tls;
 
@@ -79,7 +80,7 @@ pub fn start_with(
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
         runtime.block_on(async move {
-            let app = http::router(store);
+            let app = http::router(store, Arc::new(metrics::Metrics::new()));
             let stop = async {
                 let _ = rx.await;
             };

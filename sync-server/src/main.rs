@@ -50,6 +50,19 @@ fn take_flag(args: &mut Vec<String>, flag: &str) -> Result<Option<String>, Strin
     }
 }
 
+/// Structured logs on stderr: `GRIDWORK_LOG` filters (default `info`), `GRIDWORK_LOG_FORMAT=json`
+/// writes one JSON object per line. Events carry device ids, never people's names or case text.
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GRIDWORK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if std::env::var("GRIDWORK_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
 fn run() -> Result<(), String> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("demo") {
@@ -88,6 +101,7 @@ fn run() -> Result<(), String> {
     let store = SqliteStore::open(&data_dir).map_err(|e| e.to_string())?;
     match command.as_slice() {
         ["serve", rest @ ..] => {
+            init_logs();
             let mut rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
             let listen = take_flag(&mut rest, "--listen")?.unwrap_or_else(|| "127.0.0.1:8080".into());
             let addr =
@@ -97,7 +111,7 @@ fn run() -> Result<(), String> {
             let tls = if files.exists() { Some(files.server_config().map_err(|e| e.to_string())?) } else { None };
             let server = gridwork_sync_server::start_with(store, addr, tls)
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-            eprintln!("gridwork-sync-server: serving {} (data in {}); Ctrl-C stops", server.url(), data_dir.display());
+            tracing::info!(url = %server.url(), data_dir = %data_dir.display(), "serving; Ctrl-C stops");
             loop {
                 std::thread::park();
             }
@@ -152,7 +166,7 @@ fn run() -> Result<(), String> {
             println!("device {device} revoked; what it synced stays");
         }
         ["admin", "list-devices"] => {
-            for d in store.list_devices().map_err(|e| e.to_string())? {
+            for d in store.list_devices(now_ms()).map_err(|e| e.to_string())? {
                 println!("{}", serde_json::to_string(&d).map_err(|e| e.to_string())?);
             }
         }

@@ -176,7 +176,7 @@ fn a_revoked_device_is_refused_and_what_it_synced_stays() {
     let mut w1 = phone(&d, "w1", None);
     capture(&w1, 0, 2, 7);
     w1.sync(&d.url()).expect("sync");
-    let device = d.store.list_devices().expect("devices").into_iter().find(|x| x.user == "w1").expect("w1 device");
+    let device = d.store.list_devices(0).expect("devices").into_iter().find(|x| x.user == "w1").expect("w1 device");
     d.store.revoke_device(&device.id).expect("revoke");
     capture(&w1, 0, 1, 8);
     match w1.sync(&d.url()) {
@@ -508,4 +508,35 @@ fn a_record_claiming_another_device_is_quarantined_and_kept_as_sent() {
     let q = d.store.quarantined().expect("quarantine");
     assert_eq!(q.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), vec!["r-forged"]);
     assert_eq!(d.store.counts().expect("counts").2, 1, "only the honest record is stored");
+}
+
+#[test]
+fn metrics_show_syncs_refusals_latency_and_devices_by_unsynced_age() {
+    let d = District::new();
+    let mut w1 = phone(&d, "w1", None);
+    capture(&w1, 0, 3, 50);
+    let trips = w1.sync(&d.url()).expect("sync").round_trips as f64;
+    let client = reqwest::blocking::Client::builder()
+        .tls_backend_preconfigured(gridwork_core::tls::trust_nobody().expect("tls config"))
+        .build()
+        .expect("client");
+    let refused = client.post(format!("{}/v1/sync", d.url())).body("{}").send().expect("send");
+    assert_eq!(refused.status().as_u16(), 401);
+
+    let resp = client.get(format!("{}/metrics", d.url())).send().expect("metrics");
+    assert_eq!(resp.status().as_u16(), 200);
+    let text = resp.text().expect("text");
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    assert_eq!(value("gridwork_syncs_total"), trips);
+    assert_eq!(value("gridwork_items_total{outcome=\"Accepted\"}"), 3.0);
+    assert_eq!(value("gridwork_errors_total{code=\"unauthenticated\"}"), 1.0);
+    assert!(value("gridwork_sync_bytes_total{direction=\"Up\"}") > 0.0);
+    assert_eq!(value("gridwork_quarantine_pending"), 0.0);
+    assert_eq!(value("gridwork_request_duration_seconds_count{endpoint=\"/v1/sync\",status=\"2xx\"}"), trips);
+    assert_eq!(value("gridwork_devices_by_unsynced_age{age=\"nothing_pending\"}"), 1.0);
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
 }

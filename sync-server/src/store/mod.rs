@@ -19,6 +19,16 @@ pub struct Device {
     pub department: Option<String>,
 }
 
+/// Figures for `/metrics` read when Prometheus scrapes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OperatorStats {
+    pub quarantine_pending: i64,
+    /// (bucket, active devices): `never_synced`, `nothing_pending`, `under_1h`, `1h_to_1d`,
+    /// `1d_to_7d`, `over_7d` — the age of a device's oldest unsynced work, as it last reported it
+    /// plus the time since.
+    pub devices_by_unsynced_age: Vec<(&'static str, i64)>,
+}
+
 /// What the sync endpoints need from storage.
 pub trait SyncStore: Send + Sync + 'static {
     fn redeem(&self, req: &EnrolRequest, now_ms: i64) -> Result<EnrolResponse>;
@@ -41,6 +51,8 @@ pub trait SyncStore: Send + Sync + 'static {
     ) -> Result<Begun>;
     /// Ends a request's upload; a blob it completed is recorded and linked to `owner`.
     fn end_blob(&self, device: &Device, owner: &BlobOwner, writer: Writer, now_ms: i64) -> Result<BlobStatus>;
+    /// Scrape-time figures for `/metrics`.
+    fn operator_stats(&self, now_ms: i64) -> Result<OperatorStats>;
     /// A complete blob, for a device that can see one of its owners.
     fn get_blob(&self, device: &Device, sha256: &str) -> Result<Vec<u8>>;
 }

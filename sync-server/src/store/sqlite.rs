@@ -20,7 +20,7 @@ use gridwork_model::wire::{
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
 use sha2::{Digest, Sha256};
 
-use super::{Device, SyncStore};
+use super::{Device, OperatorStats, SyncStore};
 use crate::blobs::{Begun, BlobFiles, Writer};
 use crate::error::{Result, ServerError};
 use crate::ingest::{read_change, ChangeFacts};
@@ -39,6 +39,19 @@ pub struct DeviceInfo {
     pub status: String,
     pub last_seen_ms: Option<i64>,
     pub last_state: Option<serde_json::Value>,
+    /// How old the device's oldest unsynced work is now (as last reported, plus the time since);
+    /// None when it reported nothing pending or never synced.
+    pub unsynced_age_ms: Option<i64>,
+}
+
+/// The age now of a device's oldest unsynced work, from its last reported state.
+fn unsynced_age_ms(last_seen_ms: Option<i64>, last_state: Option<&serde_json::Value>, now_ms: i64) -> Option<i64> {
+    let (seen, state) = (last_seen_ms?, last_state?.get("state")?);
+    let n = |k: &str| state.get(k).and_then(|v| v.as_i64()).unwrap_or(0);
+    if n("outbox_items") == 0 && n("photos_pending") == 0 {
+        return None;
+    }
+    Some(n("oldest_unsynced_age_ms") + (now_ms - seen).max(0))
 }
 
 /// A quarantined change or record.
@@ -325,22 +338,28 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub fn list_devices(&self) -> Result<Vec<DeviceInfo>> {
+    /// Every device, the one sitting longest on unsynced work first.
+    pub fn list_devices(&self, now_ms: i64) -> Result<Vec<DeviceInfo>> {
         let conn = self.conn();
         let mut stmt =
             conn.prepare("SELECT id, code, user_id, status, last_seen_ms, last_state FROM devices ORDER BY id")?;
         let rows = stmt.query_map([], |r| {
             let state: Option<String> = r.get(5)?;
+            let last_state: Option<serde_json::Value> = state.and_then(|s| serde_json::from_str(&s).ok());
+            let last_seen_ms: Option<i64> = r.get(4)?;
             Ok(DeviceInfo {
                 id: r.get(0)?,
                 code: r.get(1)?,
                 user: r.get(2)?,
                 status: r.get(3)?,
-                last_seen_ms: r.get(4)?,
-                last_state: state.and_then(|s| serde_json::from_str(&s).ok()),
+                last_seen_ms,
+                unsynced_age_ms: unsynced_age_ms(last_seen_ms, last_state.as_ref(), now_ms),
+                last_state,
             })
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let mut devices: Vec<DeviceInfo> = rows.collect::<rusqlite::Result<_>>()?;
+        devices.sort_by_key(|d| std::cmp::Reverse(d.unsynced_age_ms));
+        Ok(devices)
     }
 
     pub fn quarantined(&self) -> Result<Vec<QuarantinedItem>> {
@@ -1000,6 +1019,31 @@ impl SyncStore for SqliteStore {
             self.link_blob(device, &sha256, appended.status.offset, owner, now_ms)?;
         }
         Ok(appended.status)
+    }
+
+    fn operator_stats(&self, now_ms: i64) -> Result<OperatorStats> {
+        let quarantine_pending: i64 =
+            self.conn().query_row("SELECT count(*) FROM quarantine WHERE status = 'pending'", [], |r| r.get(0))?;
+        const HOUR: i64 = 3_600_000;
+        let mut buckets: Vec<(&'static str, i64)> =
+            ["never_synced", "nothing_pending", "under_1h", "1h_to_1d", "1d_to_7d", "over_7d"]
+                .into_iter()
+                .map(|b| (b, 0))
+                .collect();
+        for d in self.list_devices(now_ms)?.into_iter().filter(|d| d.status == "active") {
+            let bucket = match (d.last_seen_ms, d.unsynced_age_ms) {
+                (None, _) => "never_synced",
+                (Some(_), None) => "nothing_pending",
+                (Some(_), Some(a)) if a < HOUR => "under_1h",
+                (Some(_), Some(a)) if a < 24 * HOUR => "1h_to_1d",
+                (Some(_), Some(a)) if a < 7 * 24 * HOUR => "1d_to_7d",
+                _ => "over_7d",
+            };
+            if let Some(b) = buckets.iter_mut().find(|(name, _)| *name == bucket) {
+                b.1 += 1;
+            }
+        }
+        Ok(OperatorStats { quarantine_pending, devices_by_unsynced_age: buckets })
     }
 
     fn get_blob(&self, device: &Device, sha256: &str) -> Result<Vec<u8>> {
