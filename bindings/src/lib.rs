@@ -419,6 +419,9 @@ pub struct SyncReport {
     pub photos_uploaded: u32,
     /// Photos and thumbnails still waiting for the server (sent on a later sync).
     pub photos_pending: u32,
+    /// An administrator retired this phone (its worker left): keep syncing until nothing is
+    /// pending; it receives nothing new.
+    pub retired: bool,
 }
 
 /// Receives sync progress, on the thread that called `sync`.
@@ -613,6 +616,7 @@ impl GridworkStore {
             upgrade_required: r.upgrade_required,
             photos_uploaded: n(r.photos_uploaded),
             photos_pending: n(r.photos_pending),
+            retired: r.retired,
         })
     }
 }

@@ -99,6 +99,8 @@ pub struct SyncReport {
     pub photo_errors: Vec<(String, String)>,
     /// Changes and records queued again because the server was restored from a backup.
     pub reoffered: usize,
+    /// The server retired this device: it takes what the phone holds and sends nothing new.
+    pub retired: bool,
 }
 
 /// An HTTP client for `server`, and where a pinned-CA refusal would be reported.
@@ -331,6 +333,7 @@ impl Store {
             report.pulled_docs += resp.docs.len();
             report.left_scope += resp.left_scope.len();
             report.upgrade_required |= resp.upgrade_required;
+            report.retired |= resp.retired;
             if let Some(c) = &resp.catalog {
                 self.import_catalog(c)?;
             }

@@ -137,6 +137,10 @@ pub struct SyncResponse {
     /// by id are stored once, so what the server kept is merely acknowledged).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reoffer: bool,
+    /// This device was retired (its worker left): what it pushed was accepted; it receives
+    /// nothing new. It should keep syncing until its outbox and photos are through.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retired: bool,
     /// More is waiting: sync again with the new cursor.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub more: bool,

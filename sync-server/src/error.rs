@@ -6,6 +6,8 @@ pub enum ServerError {
     Unauthenticated,
     #[error("this device was revoked; its synced data stays on the server")]
     DeviceRevoked,
+    #[error("this device was retired: it may still send what it holds, and receives nothing")]
+    DeviceRetired,
     #[error("unknown or already used enrolment code")]
     BadEnrolmentCode,
     #[error("protocol version {got} is newer than this server's {supported}: update the server")]
@@ -36,6 +38,7 @@ impl ServerError {
         match self {
             ServerError::Unauthenticated => (401, "unauthenticated"),
             ServerError::DeviceRevoked => (403, "device_revoked"),
+            ServerError::DeviceRetired => (403, "device_retired"),
             ServerError::BadEnrolmentCode => (403, "bad_enrolment_code"),
             ServerError::ProtocolFromFuture { .. } => (400, "protocol_unsupported"),
             ServerError::BadRequest(_) => (400, "bad_request"),

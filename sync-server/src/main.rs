@@ -7,7 +7,7 @@
 //!   gridwork-sync-server admin --data-dir DIR import-catalog FILE.json
 //!   gridwork-sync-server admin --data-dir DIR set-user USER --role ROLE [--department D] [--scope S]...
 //!   gridwork-sync-server admin --data-dir DIR enrol-device USER
-//!   gridwork-sync-server admin --data-dir DIR revoke-device DEVICE
+//!   gridwork-sync-server admin --data-dir DIR retire-device DEVICE | revoke-device DEVICE
 //!   gridwork-sync-server admin --data-dir DIR list-devices
 //!   gridwork-sync-server admin --data-dir DIR quarantine | release KEY | reject KEY
 
@@ -28,7 +28,8 @@ const USAGE: &str = "usage:
   gridwork-sync-server admin --data-dir DIR enrol-device USER [--server https://HOST:PORT]
   gridwork-sync-server admin --data-dir DIR import-catalog FILE.json
   gridwork-sync-server admin --data-dir DIR set-user USER --role worker|supervisor|department_handler|administrator [--department D] [--scope grid:ID|community:NAME|street:NAME|department:ID]...
-  gridwork-sync-server admin --data-dir DIR revoke-device DEVICE
+  gridwork-sync-server admin --data-dir DIR retire-device DEVICE   (a worker leaves: it may push what it holds, receives nothing)
+  gridwork-sync-server admin --data-dir DIR revoke-device DEVICE   (a lost phone: refused from now on)
   gridwork-sync-server admin --data-dir DIR list-devices
   gridwork-sync-server admin --data-dir DIR quarantine
   gridwork-sync-server admin --data-dir DIR release KEY
@@ -160,6 +161,11 @@ fn run() -> Result<(), String> {
             let (id, code) = store.enrol_device(user, now_ms()).map_err(|e| e.to_string())?;
             println!("device {id} for {user}; one-time enrolment code: {code}");
             println!("{}", EnrolmentCode { server, code, ca_fingerprint }.to_uri());
+        }
+        ["admin", "retire-device", device] => {
+            store.retire_device(device, now_ms()).map_err(|e| e.to_string())?;
+            println!("device {device} retired: it may still send what it holds, and receives nothing new");
+            println!("`admin list-devices` shows it as retired_drained once it reported nothing left");
         }
         ["admin", "revoke-device", device] => {
             store.revoke_device(device).map_err(|e| e.to_string())?;

@@ -540,3 +540,52 @@ fn metrics_show_syncs_refusals_latency_and_devices_by_unsynced_age() {
     assert_eq!(value("gridwork_devices_by_unsynced_age{age=\"nothing_pending\"}"), 1.0);
     assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
 }
+
+#[test]
+fn a_retired_phone_sends_what_it_holds_receives_nothing_and_a_revoked_one_is_refused() {
+    let d = District::new();
+    let mut w1 = phone(&d, "w1", None);
+    let mut s1 = phone(&d, "s1", None);
+    let device =
+        |user: &str| d.store.list_devices(0).expect("devices").into_iter().find(|x| x.user == user).expect("device");
+    w1.sync(&d.url()).expect("first sync");
+    // The worker leaves with three reports still on the phone; a supervisor reports one in g0.
+    let held = capture(&w1, 0, 3, 60);
+    capture(&s1, 0, 1, 61);
+    s1.sync(&d.url()).expect("s1");
+    d.store.retire_device(&device("w1").id, 0).expect("retire");
+    assert_eq!(device("w1").status, "retired");
+
+    let r = w1.sync(&d.url()).expect("a retired phone may still push");
+    assert!(r.retired, "the phone is told");
+    assert_eq!(r.accepted, 3, "everything it held went through");
+    assert_eq!((r.pulled_docs, r.pulled_changes), (0, 0), "it receives nothing new");
+    assert_eq!(w1.store.outbox_len().expect("outbox"), 0);
+    for id in &held {
+        assert!(!d.store.doc_heads(&id.to_string()).expect("heads").is_empty(), "on the server");
+    }
+    assert_eq!(device("w1").status, "retired_drained", "it said it is empty");
+    let client = reqwest::blocking::Client::builder()
+        .tls_backend_preconfigured(gridwork_core::tls::trust_nobody().expect("tls config"))
+        .build()
+        .expect("client");
+    let blob = client
+        .get(format!("{}/v1/blobs/{}", d.url(), "0".repeat(64)))
+        .bearer_auth(&w1.config.token)
+        .send()
+        .expect("send");
+    assert_eq!(blob.status().as_u16(), 403);
+    let body: serde_json::Value = serde_json::from_slice(&blob.bytes().expect("body")).expect("json");
+    assert_eq!(body["error"], "device_retired");
+
+    // A lost phone: revoked, refused, and nothing it sends is stored; what it synced stays.
+    d.store.revoke_device(&device("s1").id).expect("revoke");
+    let late = capture(&s1, 0, 1, 62);
+    match s1.sync(&d.url()) {
+        Err(CoreError::Server { status: 403, code, .. }) => assert_eq!(code, "device_revoked"),
+        other => panic!("expected device_revoked, got {other:?}"),
+    }
+    assert_eq!(s1.store.outbox_len().expect("outbox"), 1, "the phone keeps what it could not send");
+    assert!(d.store.doc_heads(&late[0].to_string()).expect("heads").is_empty());
+    assert_eq!(d.store.docs_in_scope("s1").expect("docs").len(), 4, "what it synced before stays");
+}

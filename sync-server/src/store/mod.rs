@@ -17,6 +17,8 @@ pub struct Device {
     pub user: String,
     pub role: gridwork_model::catalog::Role,
     pub department: Option<String>,
+    /// Retired (a worker left): may push what it holds, receives nothing new.
+    pub retired: bool,
 }
 
 /// Figures for `/metrics` read when Prometheus scrapes.

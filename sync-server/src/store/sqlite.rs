@@ -68,7 +68,7 @@ pub struct QuarantinedItem {
 const MAX_READERS: usize = 64;
 
 /// The schema this server writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 pub struct SqliteStore {
     /// Evidence blobs beside the database.
@@ -188,7 +188,11 @@ impl SqliteStore {
             return Err(ServerError::Internal(format!("store schema {version} is newer than this server: update it")));
         }
         // Each step in its own transaction with its version bump: a crash leaves a whole schema.
-        let steps: [(i64, &str); 2] = [(1, include_str!("schema.sql")), (2, include_str!("schema_2_blobs.sql"))];
+        let steps: [(i64, &str); 3] = [
+            (1, include_str!("schema.sql")),
+            (2, include_str!("schema_2_blobs.sql")),
+            (3, include_str!("schema_3_retire.sql")),
+        ];
         for (to, sql) in steps {
             if version < to {
                 conn.execute_batch(&format!("BEGIN; {sql}; PRAGMA user_version = {to}; COMMIT;"))?;
@@ -329,6 +333,19 @@ impl SqliteStore {
         Err(ServerError::Internal("could not find a free device code".into()))
     }
 
+    /// A worker leaves: the device may still push what it holds (until it reports nothing left),
+    /// and receives nothing new. What it synced stays.
+    pub fn retire_device(&self, device: &str, now_ms: i64) -> Result<()> {
+        let n = self.conn().execute(
+            "UPDATE devices SET retired_ms = coalesce(retired_ms, ?2) WHERE id = ?1 AND status = 'active'",
+            params![device, now_ms],
+        )?;
+        if n == 0 {
+            return Err(ServerError::NotFound(format!("active device {device}")));
+        }
+        Ok(())
+    }
+
     /// A lost phone: refused from now on; what it synced stays.
     pub fn revoke_device(&self, device: &str) -> Result<()> {
         let n = self.conn().execute("UPDATE devices SET status = 'revoked' WHERE id = ?1", [device])?;
@@ -342,16 +359,24 @@ impl SqliteStore {
     pub fn list_devices(&self, now_ms: i64) -> Result<Vec<DeviceInfo>> {
         let conn = self.conn();
         let mut stmt =
-            conn.prepare("SELECT id, code, user_id, status, last_seen_ms, last_state FROM devices ORDER BY id")?;
+            conn.prepare(
+                "SELECT id, code, user_id, status, last_seen_ms, last_state, retired_ms, drained_ms FROM devices ORDER BY id",
+            )?;
         let rows = stmt.query_map([], |r| {
             let state: Option<String> = r.get(5)?;
+            let (retired_ms, drained_ms): (Option<i64>, Option<i64>) = (r.get(6)?, r.get(7)?);
             let last_state: Option<serde_json::Value> = state.and_then(|s| serde_json::from_str(&s).ok());
             let last_seen_ms: Option<i64> = r.get(4)?;
             Ok(DeviceInfo {
                 id: r.get(0)?,
                 code: r.get(1)?,
                 user: r.get(2)?,
-                status: r.get(3)?,
+                // A retired device is still allowed in; it shows as retired, then drained.
+                status: match (r.get::<_, String>(3)?.as_str(), retired_ms, drained_ms) {
+                    ("active", Some(_), Some(_)) => "retired_drained".to_owned(),
+                    ("active", Some(_), None) => "retired".to_owned(),
+                    (other, _, _) => other.to_owned(),
+                },
                 last_seen_ms,
                 unsynced_age_ms: unsynced_age_ms(last_seen_ms, last_state.as_ref(), now_ms),
                 last_state,
@@ -912,15 +937,28 @@ struct Touched {
 }
 
 fn load_device_by_id(conn: &Connection, id: &str) -> Result<Device> {
-    let row: Option<(String, String, String, Option<String>)> = q1(
+    let row = q1(
         conn,
-        "SELECT d.id, d.user_id, u.role, u.department FROM devices d JOIN users u ON u.id = d.user_id WHERE d.id = ?1",
+        "SELECT d.id, d.user_id, u.role, u.department, d.retired_ms IS NOT NULL FROM devices d
+         JOIN users u ON u.id = d.user_id WHERE d.id = ?1",
         [id],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        |r| {
+            let role: String = r.get(2)?;
+            Ok((
+                Device {
+                    id: r.get(0)?,
+                    user: r.get(1)?,
+                    role: Role::Worker,
+                    department: r.get(3)?,
+                    retired: r.get(4)?,
+                },
+                role,
+            ))
+        },
     )
     .optional()?;
-    let (id, user, role, department) = row.ok_or(ServerError::Unauthenticated)?;
-    Ok(Device { id, user, role: parse_role(&role)?, department })
+    let (device, role) = row.ok_or(ServerError::Unauthenticated)?;
+    Ok(Device { role: parse_role(&role)?, ..device })
 }
 
 fn load_catalog(conn: &Connection) -> Result<Catalog> {
@@ -1047,6 +1085,9 @@ impl SyncStore for SqliteStore {
     }
 
     fn get_blob(&self, device: &Device, sha256: &str) -> Result<Vec<u8>> {
+        if device.retired {
+            return Err(ServerError::DeviceRetired);
+        }
         let reader = self.reader()?;
         let visible = q1(
             &reader,
@@ -1092,7 +1133,12 @@ impl SyncStore for SqliteStore {
         // One read transaction, so that every query of the pull sees the same snapshot.
         let mut reader = self.reader()?;
         let snapshot = reader.transaction()?;
-        let (docs, left_scope, new_cursor, more) = self.pull(&snapshot, device, cursor, budget)?;
+        // A retired device receives nothing new: its cursor stays where it was.
+        let (docs, left_scope, new_cursor, more) = if device.retired {
+            (vec![], vec![], cursor, false)
+        } else {
+            self.pull(&snapshot, device, cursor, budget)?
+        };
         let min_version = meta_get(&snapshot, "min_app_version")?;
         snapshot.finish()?;
         self.give_back(reader);
@@ -1107,6 +1153,7 @@ impl SyncStore for SqliteStore {
             catalog: (catalog.version > catalog_version).then(|| Catalog::clone(&catalog)),
             cursor: format!("{}:{new_cursor}", self.epoch),
             reoffer,
+            retired: device.retired,
             more,
         })
     }
@@ -1256,6 +1303,19 @@ impl SqliteStore {
                 json(&serde_json::json!({ "app_version": req.app_version, "state": req.state }))?
             ],
         )?;
+        // A retired device that reports nothing left to send (and sends nothing) is drained.
+        if device.retired
+            && req.state.outbox_items == 0
+            && req.state.photos_pending == 0
+            && req.changes.is_empty()
+            && req.records.is_empty()
+        {
+            exec(
+                tx,
+                "UPDATE devices SET drained_ms = coalesce(drained_ms, ?2) WHERE id = ?1",
+                params![device.id, now_ms],
+            )?;
+        }
         Ok(results)
     }
 
