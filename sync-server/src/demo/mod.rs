@@ -9,7 +9,8 @@
 //! syncs at once; supervisors triage and dispatch; the department and the workers sync again.
 //! It prints what supervisors see and a final JSON line:
 //! `{"devices":…,"cases":…,"checkins":…,"photos":…,"converged":…,"lost":0,"duplicated":0,"elapsed_s":…}`.
-//! "converged" means every phone holds exactly the cases of its scope, with the server's heads.
+//! "converged" means every phone holds exactly the cases of its scope, with the server's heads,
+//! and has nothing left to send: no outbox item, no photo the server has not confirmed.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -283,7 +284,14 @@ fn run(args: Args) -> Result<(), String> {
             say(&format!("{} still has unsent items", p.user));
             converged = false;
         }
+        // A phone's photos count too: a case is synced only with its photos on the server.
+        let pending = p.store.photos_pending().map_err(|e| e.to_string())?;
+        if pending != 0 {
+            say(&format!("{} still holds {pending} photos the server has not confirmed", p.user));
+            converged = false;
+        }
     }
+    let blobs_on_server = server.blob_count().map_err(|e| e.to_string())?;
     print_supervisor_view(&supervisors[0], &catalog)?;
 
     let summary = serde_json::json!({
@@ -291,6 +299,9 @@ fn run(args: Args) -> Result<(), String> {
         "cases": captured.len(),
         "checkins": checkins.load(Ordering::SeqCst),
         "photos": photos.load(Ordering::SeqCst),
+        // Photos and thumbnails stored on the server; the demo's phones share one camera image,
+        // so identical files are stored once.
+        "blobs_on_server": blobs_on_server,
         "converged": converged,
         "lost": lost,
         "duplicated": duplicated,
