@@ -15,6 +15,7 @@ pub mod backup;
 pub mod blobs;
 pub mod demo;
 pub mod error;
+pub mod grids;
 pub mod http;
 pub mod ingest;
 pub mod metrics;

@@ -3,6 +3,7 @@
 //!   gridwork-sync-server demo [--devices N] [--data-dir DIR] [--no-console]
 //!   gridwork-sync-server serve --data-dir DIR [--listen 127.0.0.1:8080]
 //!   gridwork-sync-server --data-dir DIR backup DEST | restore FROM
+//!   gridwork-sync-server --data-dir DIR grids import FILE.geojson --datum wgs84|gcj02
 //!   gridwork-sync-server admin --data-dir DIR init-tls HOST...
 //!   gridwork-sync-server admin --data-dir DIR import-catalog FILE.json
 //!   gridwork-sync-server admin --data-dir DIR set-user USER --role ROLE [--department D] [--scope S]...
@@ -15,7 +16,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use gridwork_model::catalog::{Catalog, Role};
+use gridwork_model::geo::Datum;
 use gridwork_model::wire::EnrolmentCode;
+use gridwork_sync_server::grids;
 use gridwork_sync_server::tls::TlsFiles;
 use gridwork_sync_server::{SqliteStore, SyncStore};
 
@@ -26,6 +29,7 @@ const USAGE: &str = "usage:
   gridwork-sync-server --data-dir DIR restore FROM  (server stopped: the old contents are moved aside; phones re-offer)
   gridwork-sync-server admin --data-dir DIR init-tls HOST...   (district CA + server certificate for these names/IPs)
   gridwork-sync-server admin --data-dir DIR enrol-device USER [--server https://HOST:PORT]
+  gridwork-sync-server --data-dir DIR grids import FILE.geojson --datum wgs84|gcj02   (grids and patrol points; an invalid polygon refuses the file)
   gridwork-sync-server admin --data-dir DIR import-catalog FILE.json
   gridwork-sync-server admin --data-dir DIR set-user USER --role worker|supervisor|department_handler|administrator [--department D] [--scope grid:ID|community:NAME|street:NAME|department:ID]...
   gridwork-sync-server admin --data-dir DIR retire-device DEVICE   (a worker leaves: it may push what it holds, receives nothing)
@@ -127,6 +131,33 @@ fn run() -> Result<(), String> {
                 catalog.categories.len(),
                 catalog.departments.len()
             );
+        }
+        ["grids", "import", file, rest @ ..] => {
+            let mut rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+            // No default: a file read in the wrong datum lands every grid 100–700 m off.
+            let datum = match take_flag(&mut rest, "--datum")?.as_deref() {
+                Some("wgs84") => Datum::Wgs84,
+                Some("gcj02") => Datum::Gcj02,
+                other => {
+                    let got = other.map(|d| format!(" (got {d:?})")).unwrap_or_default();
+                    return Err(format!(
+                        "--datum is required{got}: say which datum {file} is in, wgs84 (GPS) or gcj02 (most Chinese base maps)"
+                    ));
+                }
+            };
+            let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {file}: {e}"))?;
+            let parsed = grids::parse(&text, datum).map_err(|e| format!("{file} refused, nothing imported: {e}"))?;
+            let merged = grids::merge(&store.current_catalog(), &parsed);
+            let version = store.import_catalog(&merged).map_err(|e| e.to_string())?;
+            let points: usize = parsed.grids.iter().map(|g| g.points.len()).sum();
+            println!(
+                "imported {} grids and {points} patrol points from {file} ({datum:?} → WGS-84); catalog version {version}, {} grids in all",
+                parsed.grids.len(),
+                merged.grids.len()
+            );
+            for (a, b) in &parsed.overlaps {
+                println!("warning: grids {a} and {b} overlap");
+            }
         }
         ["admin", "set-user", user, rest @ ..] => {
             let mut rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();

@@ -229,6 +229,11 @@ impl SqliteStore {
         self.catalog.read().map(|c| Arc::clone(&c)).unwrap_or_else(|p| Arc::clone(&p.into_inner()))
     }
 
+    /// The reference data devices receive now.
+    pub fn current_catalog(&self) -> Arc<Catalog> {
+        self.catalog()
+    }
+
     /// Replaces the reference data and bumps the catalog version.
     pub fn import_catalog(&self, catalog: &Catalog) -> Result<u64> {
         let mut conn = self.conn();
