@@ -109,6 +109,14 @@ fun theFieldScenarioThroughTheServer() {
     supB.store.act(case.id, CaseAction.RejectAsOutOfScope("不属本网格"))
     supA.sync(); supB.sync(); supA.sync()
     assertEquals("contested", supA.store.getCase(case.id).summaryStatus, "concurrent accept/reject is contested")
+
+    // The worker's photo on the supervisor's phone: the thumbnail came with the sync, the photo on demand.
+    val remote = supA.store.getCase(case.id).photos.first()
+    val thumb = supA.store.readPhoto(remote.thumbSha256 ?: error("no thumbnail"))
+    assertTrue(thumb[0] == 0xFF.toByte() && thumb[1] == 0xD8.toByte(), "thumbnail is a JPEG")
+    assertFailsWith<GridworkException.NotFound> { supA.store.readPhoto(remote.sha256) }
+    val full = supA.store.fetchPhoto(supA.settings, remote.sha256)
+    assertTrue(full.contentEquals(stored), "the supervisor sees the worker's photo, byte for byte")
     val contested = supA.store.listCases(CaseFilter(listOf("contested"), null, null, false, false, null, 20u, null))
     assertEquals(listOf(case.id), contested.items.map { it.id })
 

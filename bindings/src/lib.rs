@@ -276,13 +276,15 @@ pub struct Photo {
     pub kind: String,
     pub mime: String,
     pub size: u64,
+    /// The thumbnail, a file of its own: on every phone that holds the case after a sync.
+    pub thumb_sha256: Option<String>,
 }
 
 impl From<gridwork_core::model::evidence::EvidenceRef> for Photo {
     fn from(e: gridwork_core::model::evidence::EvidenceRef) -> Self {
         // The kind's serde name ("photo", "voice_note", "document"), as the wire spells it.
         let kind = serde_json::to_value(e.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-        Photo { sha256: e.sha256, kind, mime: e.mime, size: e.size }
+        Photo { sha256: e.sha256, kind, mime: e.mime, size: e.size, thumb_sha256: e.thumb_sha256 }
     }
 }
 
@@ -424,6 +426,15 @@ pub struct SyncReport {
     pub retired: bool,
 }
 
+impl SyncSettings {
+    fn into_config(self) -> SyncConfig {
+        let mut config = SyncConfig::new(self.server, self.token);
+        config.ca_fingerprint = self.ca_fingerprint;
+        config.app_version = self.app_version;
+        config
+    }
+}
+
 /// Receives sync progress, on the thread that called `sync`.
 #[uniffi::export(with_foreign)]
 pub trait SyncProgressListener: Send + Sync {
@@ -555,9 +566,16 @@ impl GridworkStore {
         Ok(e.into())
     }
 
-    /// The stored (processed) bytes of a photo or thumbnail.
+    /// The stored (processed) bytes of a photo or thumbnail held on this phone; `NotFound` for
+    /// one that is only on the server (taken by another phone): use `fetch_photo`.
     pub fn read_photo(&self, sha256: String) -> Result<Vec<u8>> {
         Ok(self.store.read_evidence(&sha256)?)
+    }
+
+    /// A photo or thumbnail from this phone, or else downloaded from the server (which checks the
+    /// user may see its case), verified against its SHA-256 and kept. Blocking (network).
+    pub fn fetch_photo(&self, settings: SyncSettings, sha256: String) -> Result<Vec<u8>> {
+        Ok(self.store.fetch_evidence(&settings.into_config(), &sha256)?)
     }
 
     pub fn start_patrol(&self, grid_id: String) -> Result<String> {
@@ -587,9 +605,7 @@ impl GridworkStore {
     /// Pushes what this device recorded and pulls what is new in its scope. Blocking (network):
     /// call it off the main thread. Nothing leaves the outbox until the server acknowledged it.
     pub fn sync(&self, settings: SyncSettings, listener: Option<Arc<dyn SyncProgressListener>>) -> Result<SyncReport> {
-        let mut config = SyncConfig::new(settings.server, settings.token);
-        config.ca_fingerprint = settings.ca_fingerprint;
-        config.app_version = settings.app_version;
+        let config = settings.into_config();
         let mut progress = |p: &gridwork_core::sync::SyncProgress| {
             if let Some(l) = &listener {
                 l.on_progress(SyncProgress {

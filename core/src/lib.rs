@@ -6,11 +6,13 @@
 //! - [`clock`]: where time comes from.
 //! - [`sync`]: the device side of the sync protocol: enrolment and `Store::sync`.
 //! - [`upload`]: evidence upload after a sync (resumable chunks) and a case's sync state.
+//! - [`download`]: evidence other phones took, thumbnails after each sync, photos on demand.
 //!
 //! The shared, I/O-free part (model, lifecycle fold, document mapping) is `gridwork-model`,
 //! re-exported here as [`model`].
 
 pub mod clock;
+pub mod download;
 pub mod error;
 pub mod evidence;
 pub mod store;

@@ -101,6 +101,8 @@ pub struct SyncReport {
     pub reoffered: usize,
     /// The server retired this device: it takes what the phone holds and sends nothing new.
     pub retired: bool,
+    /// Thumbnails of other phones' photos downloaded during this sync.
+    pub thumbnails_fetched: usize,
 }
 
 /// An HTTP client for `server`, and where a pinned-CA refusal would be reported.
@@ -109,7 +111,7 @@ pub(crate) struct Http {
     refusals: Option<crate::tls::Refusals>,
 }
 
-fn http_client(server: &str, ca_fingerprint: Option<&str>, timeout: Duration) -> Result<Http> {
+pub(crate) fn http_client(server: &str, ca_fingerprint: Option<&str>, timeout: Duration) -> Result<Http> {
     crate::tls::check_transport(server, ca_fingerprint)?;
     let mut builder = reqwest::blocking::Client::builder().timeout(timeout);
     let mut refusals = None;
@@ -354,6 +356,7 @@ impl Store {
             if items.is_empty() && !resp.more {
                 // Photos last: cases and check-ins are already through.
                 self.upload_evidence(&client, config, &mut report)?;
+                self.download_thumbnails(&client, config, &mut report)?;
                 return Ok(report);
             }
         }

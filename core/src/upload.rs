@@ -178,18 +178,24 @@ impl Store {
     }
 }
 
+/// A refused blob request as the core reports it: busy or failing servers are network trouble
+/// (retry later), the rest are the server's answer.
+pub(crate) fn blob_error(code: u16, body: &[u8]) -> CoreError {
+    let (error, message) = serde_json::from_slice::<ErrorBody>(body)
+        .map(|b| (b.error, b.message))
+        .unwrap_or_else(|_| ("unknown".into(), String::from_utf8_lossy(body).into_owned()));
+    if code == 429 || code >= 500 {
+        return CoreError::Network { message: format!("{code} {error}: {message}"), retryable: true };
+    }
+    CoreError::Server { status: code, code: error, message }
+}
+
 fn parse_answer(code: u16, body: &[u8]) -> Result<BlobStatus> {
     if (200..300).contains(&code) {
         return serde_json::from_slice(body)
             .map_err(|e| CoreError::Network { message: format!("bad blob answer: {e}"), retryable: true });
     }
-    let (error, message) = serde_json::from_slice::<ErrorBody>(body)
-        .map(|b| (b.error, b.message))
-        .unwrap_or_else(|_| ("unknown".into(), String::from_utf8_lossy(body).into_owned()));
-    if code == 429 || code >= 500 {
-        return Err(CoreError::Network { message: format!("{code} {error}: {message}"), retryable: true });
-    }
-    Err(CoreError::Server { status: code, code: error, message })
+    Err(blob_error(code, body))
 }
 
 fn blob_status(http: &Http, url: &str, token: &str) -> Result<BlobStatus> {

@@ -277,3 +277,41 @@ fn a_restore_from_backup_recovers_what_phones_sent_after_it() {
     let again = w1.sync(&d.url()).expect("again");
     assert_eq!((again.reoffered, again.pushed, again.pulled_changes), (0, 0, 0), "{again:?}");
 }
+
+#[test]
+fn other_phones_get_the_thumbnail_after_their_sync_and_the_photo_on_demand() {
+    let d = District::new();
+    let mut w1 = phone(&d, "w1", None);
+    let mut s1 = phone(&d, "s1", None);
+    let photo = camera_like_jpeg(1200, 900, &ExifSpec::default(), 16);
+    let id = capture_with_photo(&w1, 0, &photo, 6);
+    let (full, _, thumb, _) = photo_of(&w1, &id);
+
+    // The case arrives before its photo: the supervisor sees it, the thumbnail comes later.
+    w1.config.photo_budget_bytes = Some(0);
+    w1.sync(&d.url()).expect("the case");
+    let early = s1.sync(&d.url()).expect("s1");
+    assert_eq!((early.pulled_docs, early.thumbnails_fetched), (1, 0), "{early:?}");
+    assert!(early.photo_errors.is_empty(), "not uploaded yet is not an error: {:?}", early.photo_errors);
+    assert!(matches!(s1.store.read_evidence(&thumb), Err(gridwork_core::CoreError::EvidenceEvicted { .. })));
+    assert_eq!(s1.store.photos_pending().expect("pending"), 0, "another phone's photos are not this phone's to send");
+
+    w1.config.photo_budget_bytes = None;
+    w1.sync(&d.url()).expect("the photo");
+    let later = s1.sync(&d.url()).expect("s1 again");
+    assert_eq!(later.thumbnails_fetched, 1);
+    assert_eq!(s1.store.read_evidence(&thumb).expect("thumbnail here"), w1.store.read_evidence(&thumb).expect("w1"));
+    assert!(matches!(s1.store.read_evidence(&full), Err(gridwork_core::CoreError::EvidenceEvicted { .. })));
+
+    // The full-size photo when the supervisor opens it; kept afterwards.
+    let fetched = s1.store.fetch_evidence(&s1.config, &full).expect("fetch");
+    assert_eq!(fetched, w1.store.read_evidence(&full).expect("w1"));
+    assert_eq!(s1.store.read_evidence(&full).expect("now local"), fetched);
+
+    // A worker of another grid has no such case, and the server refuses the bytes.
+    let w2 = phone(&d, "w2", None);
+    match w2.store.fetch_evidence(&w2.config, &full) {
+        Err(gridwork_core::CoreError::Server { status: 403, code, .. }) => assert_eq!(code, "not_in_scope"),
+        other => panic!("expected not_in_scope, got {other:?}"),
+    }
+}

@@ -368,6 +368,7 @@ impl Store {
         // A document whose first change has not arrived yet has nothing to index.
         if let Ok(case) = doc::read_case(&am) {
             self.reindex(tx, &case)?;
+            crate::download::register_remote(tx, &doc_id, &case.evidence, self.now_ms())?;
         }
         Ok(report)
     }

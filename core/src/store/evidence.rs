@@ -1,4 +1,5 @@
-//! Evidence files over their life on the device: read, confirmed by a server, evicted.
+//! Evidence files over their life on the device: read, confirmed by a server, evicted, or
+//! downloaded (a photo another phone took; `evicted` then means "on the server, not here").
 //!
 //! A full-size photo may leave the phone once a server has confirmed it holds the same bytes
 //! (same SHA-256); its thumbnail always stays, so lists and timelines still show it.
@@ -26,6 +27,16 @@ impl Store {
             return Err(CoreError::EvidenceEvicted { sha256: sha256.to_owned() });
         }
         self.inner.files.get(sha256)
+    }
+
+    /// Stores a file downloaded from the server (its hash already checked) and marks it present.
+    pub(crate) fn keep_downloaded(&self, sha256: &str, bytes: &[u8]) -> Result<()> {
+        self.inner.files.put(bytes)?;
+        self.writer().execute(
+            "UPDATE evidence_files SET evicted = 0, server_confirmed = 1, size = ?2 WHERE sha256 = ?1",
+            params![sha256, bytes.len() as i64],
+        )?;
+        Ok(())
     }
 
     /// Records that a server confirmed it holds these files. Returns how many were newly confirmed.

@@ -159,6 +159,17 @@ final class GridworkTests: XCTestCase {
         try supB.sync()
         try supA.sync()
         XCTAssertEqual(try supA.store.getCase(caseId: reported.id).summaryStatus, "contested")
+
+        // The worker's photo on the supervisor's phone: the thumbnail came with the sync, the
+        // photo on demand.
+        let remote = try XCTUnwrap(try supA.store.getCase(caseId: reported.id).photos.first)
+        let thumb = try supA.store.readPhoto(sha256: try XCTUnwrap(remote.thumbSha256))
+        XCTAssertEqual(Array(thumb.prefix(2)), [0xFF, 0xD8], "the thumbnail is a JPEG")
+        XCTAssertThrowsError(try supA.store.readPhoto(sha256: remote.sha256)) { error in
+            guard case GridworkError.NotFound = error else { return XCTFail("expected NotFound, got \(error)") }
+        }
+        let full = try supA.store.fetchPhoto(settings: supA.settings, sha256: remote.sha256)
+        XCTAssertEqual(full, stored, "the supervisor sees the worker's photo, byte for byte")
         XCTAssertEqual(
             try supA.store.listCases(filter: filter(statuses: ["contested"])).items.map(\.id), [reported.id])
 
