@@ -572,6 +572,12 @@ impl GridworkStore {
         Ok(self.store.read_evidence(&sha256)?)
     }
 
+    /// Frees space: removes full-size photos the server has confirmed it holds (thumbnails stay,
+    /// and `fetch_photo` brings a photo back when it is opened). Returns the bytes freed.
+    pub fn evict_confirmed_photos(&self) -> Result<u64> {
+        Ok(self.store.evict_confirmed_photos()?.bytes)
+    }
+
     /// A photo or thumbnail from this phone, or else downloaded from the server (which checks the
     /// user may see its case), verified against its SHA-256 and kept. Blocking (network).
     pub fn fetch_photo(&self, settings: SyncSettings, sha256: String) -> Result<Vec<u8>> {

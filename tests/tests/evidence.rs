@@ -315,3 +315,26 @@ fn other_phones_get_the_thumbnail_after_their_sync_and_the_photo_on_demand() {
         other => panic!("expected not_in_scope, got {other:?}"),
     }
 }
+
+#[test]
+fn a_confirmed_photo_evicted_for_space_comes_back_from_the_server() {
+    let d = District::new();
+    let mut w1 = phone(&d, "w1", None);
+    let photo = camera_like_jpeg(1200, 900, &ExifSpec::default(), 17);
+    let id = capture_with_photo(&w1, 0, &photo, 7);
+    let (full, full_size, thumb, _) = photo_of(&w1, &id);
+    let original = w1.store.read_evidence(&full).expect("local");
+
+    // Not confirmed yet: nothing may go.
+    assert_eq!(w1.store.evict_confirmed_photos().expect("evict").files, 0);
+    w1.sync(&d.url()).expect("upload");
+    let freed = w1.store.evict_confirmed_photos().expect("evict");
+    assert_eq!((freed.files, freed.bytes > full_size), (1, true), "{freed:?}");
+    assert!(matches!(w1.store.read_evidence(&full), Err(gridwork_core::CoreError::EvidenceEvicted { .. })));
+    assert!(w1.store.read_evidence(&thumb).is_ok(), "the thumbnail stays");
+    assert!(w1.store.case_sync_state(&id.to_string()).expect("state").is_synced());
+
+    assert_eq!(w1.store.fetch_evidence(&w1.config, &full).expect("back"), original);
+    let again = w1.sync(&d.url()).expect("sync");
+    assert_eq!((again.photos_uploaded, again.photos_pending), (0, 0), "nothing to send again");
+}
