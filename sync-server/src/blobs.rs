@@ -27,14 +27,6 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> ServerError + '_ {
     move |e| ServerError::Internal(format!("{}: {e}", path.display()))
 }
 
-/// What one chunk did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Appended {
-    pub status: BlobStatus,
-    /// This chunk completed the blob (it was verified and stored).
-    pub completed_now: bool,
-}
-
 pub struct BlobFiles {
     dir: PathBuf,
     lock: Mutex<State>,
@@ -88,21 +80,19 @@ impl Writer {
         Ok(())
     }
 
-    /// Ends the request: at `total`, the blob is verified and stored (`completed_now`).
-    pub fn finish(mut self) -> Result<Appended> {
+    /// Ends the request: at `total`, the blob is verified and stored (`complete`).
+    pub fn finish(mut self) -> Result<BlobStatus> {
         let file = self.file.take();
         let sha256 = self.sha256.clone();
         if self.offset < self.total {
-            let status = BlobStatus { sha256, offset: self.offset, total: Some(self.total), complete: false };
-            return Ok(Appended { status, completed_now: false });
+            return Ok(BlobStatus { sha256, offset: self.offset, total: Some(self.total), complete: false });
         }
         if let Some(f) = file {
             f.sync_all().map_err(io(&self.partial))?;
         }
         // No lock needed: this writer is the only one for the blob until it is dropped.
         self.files.finish(&sha256, &self.partial)?;
-        let status = BlobStatus { sha256, offset: self.total, total: Some(self.total), complete: true };
-        Ok(Appended { status, completed_now: true })
+        Ok(BlobStatus { sha256, offset: self.total, total: Some(self.total), complete: true })
     }
 }
 

@@ -1057,11 +1057,11 @@ impl SyncStore for SqliteStore {
 
     fn end_blob(&self, device: &Device, owner: &BlobOwner, writer: Writer, now_ms: i64) -> Result<BlobStatus> {
         let sha256 = writer.sha256().to_owned();
-        let appended = writer.finish()?;
-        if appended.status.complete {
-            self.link_blob(device, &sha256, appended.status.offset, owner, now_ms)?;
+        let status = writer.finish()?;
+        if status.complete {
+            self.link_blob(device, &sha256, status.offset, owner, now_ms)?;
         }
-        Ok(appended.status)
+        Ok(status)
     }
 
     fn operator_stats(&self, now_ms: i64) -> Result<OperatorStats> {
