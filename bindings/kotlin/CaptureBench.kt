@@ -28,6 +28,13 @@ fun main(args: Array<String>) {
         val text = (0 until n).map { capture(it, emptyList()) }
         repeat(warmup / 4 + 1) { capture(it, listOf(photo)) }
         val withPhoto = (0 until n).map { capture(it, listOf(photo)) }
-        println("{\"text_p50_ms\":${median(text)},\"photo_p50_ms\":${median(withPhoto)},\"n\":$n}")
+        // The crossing alone: a call that does almost nothing in Rust (one indexed count).
+        repeat(warmup) { store.outboxLen() }
+        val call = (0 until n).map {
+            val start = System.nanoTime()
+            store.outboxLen()
+            (System.nanoTime() - start) / 1e6
+        }
+        println("{\"text_p50_ms\":${median(text)},\"photo_p50_ms\":${median(withPhoto)},\"call_p50_ms\":${median(call)},\"n\":$n}")
     }
 }

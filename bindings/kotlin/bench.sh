@@ -25,4 +25,6 @@ echo "kotlin bench: compiling" >&2
     "$work/gen/uniffi/gridwork_ffi/gridwork_ffi.kt" "$here/CaptureBench.kt" 2>&1 | grep -v '^warning' >&2 || true
 [ -f "$work/bench.jar" ] || { echo "bench.sh: Kotlin compilation failed" >&2; exit 1; }
 echo "kotlin bench: capturing" >&2
-java -Djna.library.path="$target/release" -cp "$cp:$work/bench.jar" CaptureBenchKt "$@"
+# GRIDWORK_BENCH_JVM_OPTS: extra JVM options for experiments (e.g. -XX:+UseSerialGC, so the
+# collector's threads do not compete with the capture on a 2-core machine). Empty by default.
+java ${GRIDWORK_BENCH_JVM_OPTS:-} -Djna.library.path="$target/release" -cp "$cp:$work/bench.jar" CaptureBenchKt "$@"

@@ -1,7 +1,8 @@
 //! `gridwork-bench ffi`: the cost of capturing a case through the Kotlin binding (JNA, the
 //! generated code, the JVM) against the same call made in Rust, measured in the same run on
-//! stores prepared the same way. Two lines: `ffi_capture` (a case with one camera-sized photo,
-//! what the app does) and `ffi_capture_text` (no photo, where the crossing's share is largest).
+//! stores prepared the same way. Three lines: `ffi_capture` (a case with one camera-sized photo,
+//! what the app does), `ffi_capture_text` (no photo, where the crossing's share is largest) and
+//! `ffi_call` (a near-empty call: the crossing alone).
 
 use std::path::Path;
 use std::process::Command;
@@ -50,7 +51,10 @@ fn median(mut samples: Vec<f64>) -> f64 {
 }
 
 /// The same calls as CaptureBench.kt, through gridwork-ffi's Rust API (no FFI crossing).
-fn rust_round(dir: &Path, photo: &[u8], args: &Args) -> Result<(Vec<f64>, Vec<f64>), String> {
+/// (capture without a photo, with one, a near-empty call) in ms.
+type Samples = (Vec<f64>, Vec<f64>, Vec<f64>);
+
+fn rust_round(dir: &Path, photo: &[u8], args: &Args) -> Result<Samples, String> {
     let enrolment = Enrolment {
         server: "http://127.0.0.1:1".into(),
         ca_fingerprint: None,
@@ -97,13 +101,20 @@ fn rust_round(dir: &Path, photo: &[u8], args: &Args) -> Result<(Vec<f64>, Vec<f6
         capture(i, vec![photo.to_vec()])?;
     }
     let with_photo = (0..args.captures).map(|i| capture(i, vec![photo.to_vec()])).collect::<Result<Vec<_>, _>>()?;
-    Ok((text, with_photo))
+    let mut call = Vec::with_capacity(args.captures);
+    for _ in 0..args.captures {
+        let start = Instant::now();
+        store.outbox_len().map_err(|e| format!("outbox_len: {e}"))?;
+        call.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok((text, with_photo, call))
 }
 
 #[derive(serde::Deserialize)]
 struct KotlinResult {
     text_p50_ms: f64,
     photo_p50_ms: f64,
+    call_p50_ms: f64,
 }
 
 fn kotlin_round(dir: &Path, photo_path: &Path, args: &Args) -> Result<KotlinResult, String> {
@@ -143,18 +154,21 @@ pub fn run(args: Args) -> Result<(), String> {
     // Rust, Kotlin, Rust again: the machine is shared, so Rust is measured on both sides of the
     // Kotlin run and its samples pooled.
     progress(&format!("rust: {} captures without and with a photo", args.captures));
-    let (mut rust_text, mut rust_photo) = rust_round(&rust_dir, &photo, &args)?;
+    let (mut rust_text, mut rust_photo, mut rust_call) = rust_round(&rust_dir, &photo, &args)?;
     progress("kotlin: the same through the binding");
     let kotlin = kotlin_round(&kotlin_dir, &photo_path, &args)?;
     progress("rust: again");
-    let (text2, photo2) = rust_round(&rust_dir2, &photo, &args)?;
+    let (text2, photo2, call2) = rust_round(&rust_dir2, &photo, &args)?;
     rust_text.extend(text2);
     rust_photo.extend(photo2);
+    rust_call.extend(call2);
 
-    let (rust_text, rust_photo) = (median(rust_text), median(rust_photo));
+    let (rust_text, rust_photo, rust_call) = (median(rust_text), median(rust_photo), median(rust_call));
     for (bench, rust, kotlin, extra) in [
         ("ffi_capture", rust_photo, kotlin.photo_p50_ms, Some(photo.len())),
         ("ffi_capture_text", rust_text, kotlin.text_p50_ms, None),
+        // outbox_len: what one crossing costs when the Rust side does almost nothing.
+        ("ffi_call", rust_call, kotlin.call_p50_ms, None),
     ] {
         let mut line = serde_json::json!({
             "bench": bench,
