@@ -6,11 +6,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 target="${CARGO_TARGET_DIR:-$root/target}"
-kotlin_home="${KOTLIN_HOME:-${GRIDWORK_TOOLS:-$HOME/.cache/gridwork-tools}/kotlin/node_modules/kotlin-compiler}"
-jna="${JNA_JAR:-/usr/share/java/jna.jar}"
-for f in "$kotlin_home/bin/kotlinc-jvm" "$jna"; do
-    [ -e "$f" ] || { echo "run-tests.sh: $f missing (.ci/run installs kotlin-compiler from npm and libjna-java)" >&2; exit 1; }
-done
+. "$here/toolchain.sh"
 
 echo "kotlin: building gridwork-ffi, uniffi-bindgen and gridwork-sync-server" >&2
 (cd "$root" && cargo build -q -p gridwork-ffi -p gridwork-sync-server \
