@@ -14,7 +14,7 @@ use gridwork_model::evidence::EvidenceRef;
 use crate::error::{CoreError, Result};
 use crate::evidence::sha256_hex;
 use crate::store::Store;
-use crate::sync::{send_error, Http, SyncConfig, SyncReport};
+use crate::sync::{Http, SyncConfig, SyncReport};
 
 /// Registers a case's evidence this phone does not hold (existing rows are left as they are).
 pub(crate) fn register_remote(tx: &Connection, case_id: &str, evidence: &[EvidenceRef], now_ms: i64) -> Result<()> {
@@ -37,14 +37,8 @@ pub(crate) fn register_remote(tx: &Connection, case_id: &str, evidence: &[Eviden
 }
 
 fn get_blob(http: &Http, config: &SyncConfig, sha256: &str) -> Result<Vec<u8>> {
-    let resp = http
-        .client
-        .get(format!("{}/v1/blobs/{sha256}", config.server))
-        .bearer_auth(&config.token)
-        .send()
-        .map_err(|e| send_error(http, e))?;
-    let status = resp.status().as_u16();
-    let body = resp.bytes().map_err(|e| CoreError::Network { message: e.to_string(), retryable: true })?;
+    let request = http.client.get(format!("{}/v1/blobs/{sha256}", config.server)).bearer_auth(&config.token);
+    let (status, body) = crate::upload::send(http, request)?;
     if !(200..300).contains(&status) {
         return Err(crate::upload::blob_error(status, &body));
     }
@@ -54,7 +48,7 @@ fn get_blob(http: &Http, config: &SyncConfig, sha256: &str) -> Result<Vec<u8>> {
             reason: "the server sent bytes that do not match the name; nothing stored".into(),
         });
     }
-    Ok(body.to_vec())
+    Ok(body)
 }
 
 impl Store {

@@ -132,9 +132,7 @@ impl Store {
             // Another phone sent the same bytes: an empty chunk links this phone's case to the
             // blob, so the people who see the case can download it. Nothing is resent.
             let link = format!("{url}?offset={0}&total={0}&owner={1}", status.offset, blob.owner.to_query());
-            let resp = http.client.put(&link).bearer_auth(&config.token).send().map_err(|e| send_error(http, e))?;
-            let code = resp.status().as_u16();
-            let body = resp.bytes().map_err(|e| CoreError::Network { message: e.to_string(), retryable: true })?;
+            let (code, body) = send(http, http.client.put(&link).bearer_auth(&config.token))?;
             return Ok(parse_answer(code, &body)?.complete);
         }
         let mut bytes: Option<Vec<u8>> = None;
@@ -156,17 +154,14 @@ impl Store {
                 *left -= chunk.len() as u64;
             }
             let put = format!("{url}?offset={offset}&total={}&owner={}", data.len(), blob.owner.to_query());
-            let resp = http
+            let request = http
                 .client
                 .put(&put)
                 .bearer_auth(&config.token)
                 .header("content-type", "application/octet-stream")
-                .body(chunk.to_vec())
-                .send()
-                .map_err(|e| send_error(http, e))?;
+                .body(chunk.to_vec());
+            let (code, body) = send(http, request)?;
             report.photo_bytes_up += chunk.len() as u64;
-            let code = resp.status().as_u16();
-            let body = resp.bytes().map_err(|e| CoreError::Network { message: e.to_string(), retryable: true })?;
             if code == 409 && resyncs < 3 {
                 resyncs += 1;
                 status = blob_status(http, &url, &config.token)?;
@@ -198,9 +193,16 @@ fn parse_answer(code: u16, body: &[u8]) -> Result<BlobStatus> {
     Err(blob_error(code, body))
 }
 
-fn blob_status(http: &Http, url: &str, token: &str) -> Result<BlobStatus> {
-    let resp = http.client.get(format!("{url}/status")).bearer_auth(token).send().map_err(|e| send_error(http, e))?;
+/// Sends one blob request: (HTTP status, body). A failure to reach the server is a network error
+/// (or `UntrustedServer` when the pinned CA refused the certificate).
+pub(crate) fn send(http: &Http, request: reqwest::blocking::RequestBuilder) -> Result<(u16, Vec<u8>)> {
+    let resp = request.send().map_err(|e| send_error(http, e))?;
     let code = resp.status().as_u16();
     let body = resp.bytes().map_err(|e| CoreError::Network { message: e.to_string(), retryable: true })?;
+    Ok((code, body.to_vec()))
+}
+
+fn blob_status(http: &Http, url: &str, token: &str) -> Result<BlobStatus> {
+    let (code, body) = send(http, http.client.get(format!("{url}/status")).bearer_auth(token))?;
     parse_answer(code, &body)
 }
