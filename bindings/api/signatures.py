@@ -69,7 +69,10 @@ def declarations(language, lines):
         line = re.sub(r"^(@\w+(\([^)]*\))?\s*)+", "", line)
         if not line or line.startswith(("//", "*", "/*")):
             continue
-        if pattern.search(line) and not INTERNAL.search(line):
+        # A record field with a default value (`var `days`: kotlin.UInt = 30u,`) is API, default
+        # included; other lines with " = " are statements in generated bodies.
+        field_default = re.match(r"^(var|val) `\w+`: [\w.<>?, ]+ = [^=]+,?$", line)
+        if pattern.search(line) and (field_default or not INTERNAL.search(line)):
             # Indentation of the generated file shows nesting (members, enum cases, sealed subclasses).
             indent = (len(raw) - len(raw.lstrip(" "))) // 4
             text = re.sub(r"\s+", " ", line).strip()

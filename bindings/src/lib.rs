@@ -385,6 +385,10 @@ pub struct SyncSettings {
     pub token: String,
     pub ca_fingerprint: Option<String>,
     pub app_version: String,
+    /// Days a closed or rejected case stays on the phone after the server confirmed it. The
+    /// server keeps it; a later change to it brings it back.
+    #[uniffi(default = 30)]
+    pub keep_finished_cases_days: u32,
 }
 
 #[derive(Debug, Clone, Copy, uniffi::Record)]
@@ -424,6 +428,8 @@ pub struct SyncReport {
     /// An administrator retired this phone (its worker left): keep syncing until nothing is
     /// pending; it receives nothing new.
     pub retired: bool,
+    /// Finished cases that left the phone after their retention days (the server keeps them).
+    pub finished_cases_removed: u32,
 }
 
 impl SyncSettings {
@@ -431,6 +437,8 @@ impl SyncSettings {
         let mut config = SyncConfig::new(self.server, self.token);
         config.ca_fingerprint = self.ca_fingerprint;
         config.app_version = self.app_version;
+        config.keep_finished_cases =
+            Some(std::time::Duration::from_secs(u64::from(self.keep_finished_cases_days) * 86_400));
         config
     }
 }
@@ -639,6 +647,7 @@ impl GridworkStore {
             photos_uploaded: n(r.photos_uploaded),
             photos_pending: n(r.photos_pending),
             retired: r.retired,
+            finished_cases_removed: n(r.finished_cases_removed),
         })
     }
 }

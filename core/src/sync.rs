@@ -24,6 +24,12 @@ use crate::store::{OutboxKind, Store};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
+/// Days a finished case stays on the phone after the server confirmed it, unless configured.
+pub const DEFAULT_KEEP_FINISHED_DAYS: u64 = 30;
+
+/// Documents one request asks the server to send whole; more go on the next round trip.
+const WANT_FULL_PER_REQUEST: usize = 50;
+
 /// Where and how to sync.
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
@@ -44,6 +50,9 @@ pub struct SyncConfig {
     /// Bytes per upload request. The server keeps whatever part of a request arrived, so this
     /// bounds a request's duration (under `timeout` on a 64 kbit/s link), not what a cut costs.
     pub chunk_bytes: usize,
+    /// How long a closed or rejected case stays on the phone after the server confirmed it
+    /// (None: forever). The server keeps it; a later change to it brings it back.
+    pub keep_finished_cases: Option<Duration>,
 }
 
 impl SyncConfig {
@@ -60,6 +69,7 @@ impl SyncConfig {
             timeout: Duration::from_secs(60),
             photo_budget_bytes: None,
             chunk_bytes: 256 * 1024,
+            keep_finished_cases: Some(Duration::from_secs(DEFAULT_KEEP_FINISHED_DAYS * 24 * 3600)),
         }
     }
 }
@@ -103,6 +113,11 @@ pub struct SyncReport {
     pub retired: bool,
     /// Thumbnails of other phones' photos downloaded during this sync.
     pub thumbnails_fetched: usize,
+    /// Documents this phone held only in part (changes waiting for dependencies), asked for whole.
+    pub asked_whole: usize,
+    /// Finished cases removed from the phone after their retention period (see
+    /// [`SyncConfig::keep_finished_cases`]); the server keeps them.
+    pub finished_cases_removed: usize,
 }
 
 /// An HTTP client for `server`, and where a pinned-CA refusal would be reported.
@@ -263,6 +278,9 @@ impl Store {
         let url = format!("{}/v1/sync", config.server);
         let mut report = SyncReport::default();
         let mut after_seq = 0;
+        // Asked once per sync: a document the server cannot complete either is not asked again
+        // until the next sync.
+        let mut asked: std::collections::HashSet<String> = std::collections::HashSet::new();
         loop {
             let items = self.outbox_page_after(after_seq, config.max_push_bytes)?;
             let now = self.now_ms();
@@ -290,6 +308,14 @@ impl Store {
                     OutboxKind::Record => records.push(PushedRecord { id: it.key.clone(), body: raw_json(&it.bytes) }),
                 }
             }
+            let want_full: Vec<String> = self
+                .waiting_documents()?
+                .into_iter()
+                .filter(|d| !asked.contains(d))
+                .take(WANT_FULL_PER_REQUEST)
+                .collect();
+            asked.extend(want_full.iter().cloned());
+            report.asked_whole += want_full.len();
             let request = SyncRequest {
                 protocol: PROTOCOL_VERSION,
                 app_version: config.app_version.clone(),
@@ -299,6 +325,7 @@ impl Store {
                 changes,
                 records,
                 max_pull_bytes: config.max_pull_bytes,
+                want_full,
             };
             let body = serde_json::to_vec(&request)
                 .map_err(|e| CoreError::Network { message: e.to_string(), retryable: false })?;
@@ -353,10 +380,17 @@ impl Store {
                 after_seq = 0;
                 continue;
             }
-            if items.is_empty() && !resp.more {
+            let more_to_ask = self.waiting_documents()?.iter().any(|d| !asked.contains(d));
+            if items.is_empty() && !resp.more && !more_to_ask {
                 // Photos last: cases and check-ins are already through.
                 self.upload_evidence(&client, config, &mut report)?;
                 self.download_thumbnails(&client, config, &mut report)?;
+                // Everything the server confirmed is known now: finished cases start their
+                // retention clock, and those past it leave.
+                self.mark_settled()?;
+                if let Some(keep) = config.keep_finished_cases {
+                    report.finished_cases_removed = self.remove_settled_cases(keep)?.cases;
+                }
                 return Ok(report);
             }
         }

@@ -83,6 +83,11 @@ pub struct SyncRequest {
     pub records: Vec<PushedRecord>,
     /// Upper bound the device wants for the pulled part of the response.
     pub max_pull_bytes: u64,
+    /// Documents the device holds only in part (changes waiting for dependencies it lacks, e.g.
+    /// a case it removed by retention that changed since): send their whole history, whatever
+    /// the cursor. Documents outside the device's scope are ignored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub want_full: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -26,6 +26,7 @@ fn push_request(changes: Vec<PushedChange>, records: Vec<PushedRecord>) -> SyncR
         state: DeviceState::default(),
         changes,
         records,
+        want_full: vec![],
         max_pull_bytes: 1 << 20,
     }
 }
@@ -588,4 +589,53 @@ fn a_retired_phone_sends_what_it_holds_receives_nothing_and_a_revoked_one_is_ref
     assert_eq!(s1.store.outbox_len().expect("outbox"), 1, "the phone keeps what it could not send");
     assert!(d.store.doc_heads(&late[0].to_string()).expect("heads").is_empty());
     assert_eq!(d.store.docs_in_scope("s1").expect("docs").len(), 4, "what it synced before stays");
+}
+
+#[test]
+fn a_finished_case_leaves_the_phone_and_comes_back_whole_when_it_changes_again() {
+    let d = District::new();
+    let mut w1 = phone(&d, "w1", None);
+    // Removed as soon as the server confirmed it, so the test needs no clock (the days are
+    // counted in gridwork-core's own test).
+    w1.config.keep_finished_cases = Some(std::time::Duration::ZERO);
+    let mut sa = phone(&d, "s1", None);
+    let mut sb = phone(&d, "s1", None);
+    let case = capture(&w1, 0, 1, 77)[0];
+    let kept = capture(&w1, 0, 1, 78)[0];
+    w1.sync(&d.url()).expect("w1 pushes");
+    sa.sync(&d.url()).expect("sa pulls");
+    sb.sync(&d.url()).expect("sb pulls");
+
+    // One supervisor rejects it; the other, offline, accepts it without having seen that.
+    sa.store
+        .record_event(
+            &case,
+            EventKind::Reject {
+                reason: gridwork_core::model::lifecycle::RejectReason::Duplicate,
+                duplicate_of: None,
+                note: String::new(),
+            },
+        )
+        .expect("reject");
+    sb.store.record_event(&case, EventKind::Accept { note: String::new() }).expect("accept offline");
+    sa.sync(&d.url()).expect("sa pushes");
+
+    let r = w1.sync(&d.url()).expect("w1 pulls the rejection");
+    assert_eq!(r.finished_cases_removed, 1, "{r:?}");
+    assert!(matches!(w1.store.get_case(&case), Err(CoreError::UnknownCase { .. })));
+    assert!(w1.store.get_case(&kept).is_ok(), "an open case stays");
+    assert_eq!(w1.store.removed_case_count().expect("count"), 1);
+    assert_eq!(d.store.doc_heads(&case.to_string()).expect("heads").len(), 1, "the server keeps it");
+
+    // The offline acceptance arrives: the phone holds only that change, asks for the whole
+    // document in the same sync, and the case is back, contested, until a person settles it.
+    sb.sync(&d.url()).expect("sb pushes");
+    let r = w1.sync(&d.url()).expect("w1 pulls the late change");
+    assert_eq!(r.asked_whole, 1, "{r:?}");
+    assert_eq!(r.finished_cases_removed, 0);
+    let back = w1.store.get_case(&case).expect("back on the phone");
+    assert_eq!(back.case.timeline.state.status.label(), "contested");
+    assert_eq!(w1.store.removed_case_count().expect("count"), 0);
+    let again = w1.sync(&d.url()).expect("next sync");
+    assert_eq!((again.asked_whole, again.pulled_changes), (0, 0), "nothing left waiting: {again:?}");
 }

@@ -369,6 +369,8 @@ impl Store {
         if let Ok(case) = doc::read_case(&am) {
             self.reindex(tx, &case)?;
             crate::download::register_remote(tx, &doc_id, &case.evidence, self.now_ms())?;
+            // A case removed by retention is whole again.
+            tx.prepare_cached("DELETE FROM removed_cases WHERE doc_id = ?1")?.execute([&doc_id])?;
         }
         Ok(report)
     }
@@ -414,7 +416,7 @@ impl Store {
              ON CONFLICT(id) DO UPDATE SET code = excluded.code, title = excluded.title,
                 status = excluded.status, grid_id = excluded.grid_id, category_id = excluded.category_id,
                 updated_ms = excluded.updated_ms, deadline_ms = excluded.deadline_ms, due_ms = excluded.due_ms,
-                has_conflicts = excluded.has_conflicts, flags = excluded.flags",
+                has_conflicts = excluded.has_conflicts, flags = excluded.flags, settled_ms = NULL",
         )?
         .execute(params![
             id,

@@ -63,11 +63,11 @@ pub(crate) fn append(conn: &Connection, doc_id: &str, chunks: &[&[u8]], doc: &Au
     if total > COMPACT_AFTER && !queued {
         conn.prepare_cached("DELETE FROM doc_chunks WHERE doc_id = ?1")?.execute([doc_id])?;
         insert.execute(params![doc_id, 0, doc.save()])?;
-        conn.prepare_cached("UPDATE documents SET chunk_count = 1, heads = ?2 WHERE doc_id = ?1")?
+        conn.prepare_cached("UPDATE documents SET chunk_count = 1, heads = ?2, waiting = 0 WHERE doc_id = ?1")?
             .execute(params![doc_id, heads_text(doc)])?;
     } else {
-        conn.prepare_cached("UPDATE documents SET chunk_count = ?2, heads = ?3 WHERE doc_id = ?1")?
-            .execute(params![doc_id, total, heads_text(doc)])?;
+        conn.prepare_cached("UPDATE documents SET chunk_count = ?2, heads = ?3, waiting = ?4 WHERE doc_id = ?1")?
+            .execute(params![doc_id, total, heads_text(doc), queued])?;
     }
     Ok(())
 }

@@ -17,6 +17,7 @@ mod files;
 mod outbox;
 mod patrols;
 mod queries;
+mod retention;
 pub(crate) mod schema;
 pub(crate) mod search;
 
@@ -39,6 +40,7 @@ pub use evidence::EvictionReport;
 pub use outbox::{OutboxItem, OutboxKind, Reoffered};
 pub use patrols::{CheckInInput, PointCoverage};
 pub use queries::{CasePage, CaseQuery, SortOrder};
+pub use retention::RetentionReport;
 
 use crate::clock::{DeviceClock, SystemClock};
 use crate::error::{io, CoreError, Result};

@@ -7,7 +7,7 @@ use gridwork_model::catalog::{Catalog, Category, Department, Grid, PatrolPoint, 
 use gridwork_model::doc::CasePatch;
 use gridwork_model::geo::{wgs84_to_gcj02, Datum, Location, Polygon};
 use gridwork_model::ids::{CaseId, CategoryId, DepartmentId, DeviceId, GridId, PointId, UserId};
-use gridwork_model::lifecycle::{EventKind, Status};
+use gridwork_model::lifecycle::{EventKind, RejectReason, Status};
 
 use super::*;
 use crate::clock::FixedClock;
@@ -630,7 +630,14 @@ fn every_old_schema_upgrades_to_the_current_one() {
                 };
                 am.transact::<_, _, ModelError>(|t| gridwork_model::doc::init_case(t, &new_doc, &report)).expect("doc");
                 let id = new_doc.id.to_string();
-                documents::append(&conn, &id, &[&am.save()], &am).expect("doc row");
+                // As version 1 wrote a document (today's `documents::append` knows later columns).
+                conn.execute("INSERT INTO documents (doc_id, chunk_count, heads) VALUES (?1, 1, '')", [&id])
+                    .expect("v1 document row");
+                conn.execute(
+                    "INSERT INTO doc_chunks (doc_id, seq, bytes) VALUES (?1, 0, ?2)",
+                    rusqlite::params![id, am.save()],
+                )
+                .expect("v1 chunk");
                 conn.execute(
                     "INSERT INTO cases (id, code, title, status, grid_id, category_id, reporter, created_ms, updated_ms)
                      VALUES (?1, 'OLD-0001', '旧的漏水', 'reported', 'g1', 'hazard', 'w1', ?2, ?2)",
@@ -703,4 +710,80 @@ fn a_transition_the_state_does_not_allow_is_refused_and_changes_nothing() {
         assert!(matches!(&err, CoreError::TransitionNotAllowed { from, .. } if from == "reported"), "{err}");
     }
     assert_eq!(snapshot(&s.store), before);
+}
+
+/// Marks everything in `store`'s outbox acknowledged and its photos confirmed, as a sync would.
+fn as_if_synced(store: &Store) {
+    let seqs: Vec<i64> = store.outbox_page(usize::MAX).expect("outbox").iter().map(|i| i.seq).collect();
+    store.acknowledge(&seqs).expect("ack");
+    let shas: Vec<String> = store
+        .reader()
+        .prepare("SELECT sha256 FROM evidence_files")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<rusqlite::Result<_>>()
+        .expect("rows");
+    store.confirm_evidence(&shas).expect("confirm");
+}
+
+#[test]
+fn a_finished_case_leaves_the_phone_days_after_the_server_confirmed_it_and_comes_back_if_it_changes() {
+    const DAY: i64 = 86_400_000;
+    let keep = std::time::Duration::from_secs(30 * 86_400);
+    let w = fixture("w1", Role::Worker);
+    let s = fixture("s1", Role::Supervisor);
+    let s2 = fixture("s2", Role::Supervisor);
+    let photo = camera_like_jpeg(320, 240, &ExifSpec::default(), 9);
+    let done = w.store.capture_case(NewCase { photos: vec![photo], ..new_case("楼道堆物 done") }).expect("capture");
+    let open = w.store.capture_case(new_case("still open")).expect("capture");
+    exchange(&w.store, &s.store);
+    exchange(&w.store, &s2.store);
+    s.store
+        .record_event(
+            &done.id,
+            EventKind::Reject { reason: RejectReason::Duplicate, duplicate_of: None, note: "".into() },
+        )
+        .expect("reject");
+    exchange(&s.store, &w.store);
+    assert_eq!(w.store.get_case(&done.id).expect("get").case.timeline.state.status.label(), "rejected");
+
+    // Unsent changes and an unconfirmed photo hold the case on the phone, however long.
+    assert_eq!(w.store.mark_settled().expect("mark"), 0);
+    w.clock.set(NOW + 400 * DAY);
+    assert_eq!(w.store.remove_settled_cases(keep).expect("retention").cases, 0);
+
+    w.clock.set(NOW);
+    as_if_synced(&w.store);
+    assert_eq!(w.store.mark_settled().expect("mark"), 1, "only the finished case settles");
+    w.clock.set(NOW + 30 * DAY - 1);
+    assert_eq!(w.store.remove_settled_cases(keep).expect("retention").cases, 0, "not before its days");
+    let photo_sha = w.store.get_case(&done.id).expect("get").case.evidence[0].sha256.clone();
+    w.clock.set(NOW + 30 * DAY);
+    let removed = w.store.remove_settled_cases(keep).expect("retention");
+    assert_eq!((removed.cases, removed.files), (1, 2), "the case, its photo and its thumbnail");
+    assert!(removed.bytes > 0);
+    assert!(matches!(w.store.get_case(&done.id), Err(CoreError::UnknownCase { .. })));
+    assert!(w.store.read_evidence(&photo_sha).is_err());
+    let listed = w.store.list_cases(&CaseQuery { limit: 10, ..Default::default() }).expect("list");
+    assert_eq!(listed.items.iter().map(|c| c.id).collect::<Vec<_>>(), vec![open.id], "the open case stays");
+    let found = w.store.list_cases(&CaseQuery { text: Some("堆物".into()), limit: 10, ..Default::default() });
+    assert!(found.expect("search").items.is_empty(), "gone from search too");
+    assert_eq!(w.store.removed_case_count().expect("count"), 1);
+    assert!(w.store.waiting_documents().expect("waiting").is_empty());
+
+    // A second supervisor accepted it offline, before the rejection reached them. That change
+    // alone cannot be applied on the phone; it waits, and the phone knows to ask for the rest.
+    s2.store.record_event(&done.id, EventKind::Accept { note: String::new() }).expect("accept");
+    let late: Vec<Vec<u8>> = s2.store.outbox_page(usize::MAX).expect("outbox").into_iter().map(|i| i.bytes).collect();
+    let r = w.store.receive_changes(&done.id, &late).expect("receive");
+    assert_eq!(r.waiting_for_dependencies, 1);
+    assert_eq!(w.store.waiting_documents().expect("waiting"), vec![done.id.to_string()]);
+    exchange(&s2.store, &w.store);
+    exchange(&s.store, &w.store);
+    let back = w.store.get_case(&done.id).expect("back on the phone");
+    assert_eq!(back.case.timeline.state.status.label(), "contested", "the conflict is shown, not hidden");
+    assert!(w.store.waiting_documents().expect("waiting").is_empty());
+    assert_eq!(w.store.removed_case_count().expect("count"), 0);
+    assert_eq!(w.store.mark_settled().expect("mark"), 0, "a contested case is not finished");
 }

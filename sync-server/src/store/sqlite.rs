@@ -67,6 +67,9 @@ pub struct QuarantinedItem {
 /// Reader connections kept open between syncs.
 const MAX_READERS: usize = 64;
 
+/// Whole documents one sync request may ask for; the device asks for the rest on its next round.
+const MAX_WANT_FULL: usize = 100;
+
 /// The schema this server writes (`PRAGMA user_version`).
 const SCHEMA_VERSION: i64 = 3;
 
@@ -917,6 +920,44 @@ impl SqliteStore {
         Ok((out, left.into_iter().collect(), new_cursor, more))
     }
 
+    /// Adds the whole history of each document the device asked for (`want_full`) and may see.
+    /// Outside the cursor: the device holds part of the document and lacks what it builds on
+    /// (see core::store::retention), so its own changes are sent too, and the cursor does not
+    /// move for them. Duplicates are harmless: the device stores a change once by its hash.
+    fn add_whole_documents(
+        &self,
+        conn: &Connection,
+        device: &Device,
+        wanted: &[String],
+        out: &mut Vec<PulledDoc>,
+    ) -> Result<()> {
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let scopes = Self::device_scopes(conn, device)?;
+        for doc in wanted.iter().take(MAX_WANT_FULL) {
+            let in_scope = conn
+                .prepare_cached("SELECT scope FROM membership WHERE doc_id = ?1")?
+                .query_map([doc], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+                .iter()
+                .any(|s| scopes.contains_key(s));
+            if !in_scope {
+                continue;
+            }
+            let bytes: Vec<Vec<u8>> = conn
+                .prepare_cached("SELECT bytes FROM changes WHERE doc_id = ?1 ORDER BY seq")?
+                .query_map([doc], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let encoded = bytes.iter().map(|b| B64.encode(b));
+            match out.iter_mut().find(|d| &d.doc == doc) {
+                Some(d) => d.changes.extend(encoded),
+                None => out.push(PulledDoc { doc: doc.clone(), changes: encoded.collect() }),
+            }
+        }
+        Ok(())
+    }
+
     /// The sequence number a cursor stands for, and whether it is from another epoch (then the
     /// pull starts over and the device is asked to re-offer what it holds).
     fn parse_cursor(&self, cursor: Option<&str>) -> Result<(i64, bool)> {
@@ -1117,7 +1158,7 @@ impl SyncStore for SqliteStore {
         self.blobs.read(sha256)
     }
 
-    fn sync(&self, device: &Device, req: SyncRequest, now_ms: i64) -> Result<SyncResponse> {
+    fn sync(&self, device: &Device, mut req: SyncRequest, now_ms: i64) -> Result<SyncResponse> {
         if req.protocol > PROTOCOL_VERSION {
             return Err(ServerError::ProtocolFromFuture { got: req.protocol, supported: PROTOCOL_VERSION });
         }
@@ -1132,6 +1173,7 @@ impl SyncStore for SqliteStore {
         }
         let (app_version, catalog_version, budget) =
             (req.app_version.clone(), req.state.catalog_version, req.max_pull_bytes.max(1));
+        let want_full = std::mem::take(&mut req.want_full);
         let results = self.write(PushJob { device: device.clone(), req, pushed, now_ms, reply: None })?;
 
         // The pull reads a snapshot on a reader connection, beside the writer.
@@ -1142,7 +1184,9 @@ impl SyncStore for SqliteStore {
         let (docs, left_scope, new_cursor, more) = if device.retired {
             (vec![], vec![], cursor, false)
         } else {
-            self.pull(&snapshot, device, cursor, budget)?
+            let (mut docs, left, new_cursor, more) = self.pull(&snapshot, device, cursor, budget)?;
+            self.add_whole_documents(&snapshot, device, &want_full, &mut docs)?;
+            (docs, left, new_cursor, more)
         };
         let min_version = meta_get(&snapshot, "min_app_version")?;
         snapshot.finish()?;

@@ -172,6 +172,7 @@ fn prepare(
         state: DeviceState { catalog_version: phone.catalog.version, ..Default::default() },
         changes,
         records,
+        want_full: vec![],
         max_pull_bytes: 1,
     };
     let first_request = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
