@@ -26,6 +26,14 @@ pub enum ServerError {
     HashMismatch { expected: String, actual: String },
     #[error("not in your scope: {0}")]
     NotInScope(String),
+    #[error("wrong user name or password")]
+    BadCredentials,
+    #[error("too many wrong passwords: this account is locked for {minutes} more minutes, or until an administrator resets its password")]
+    AccountLocked { minutes: i64 },
+    #[error("the form has expired or did not come from this console: reload the page and try again")]
+    CsrfMismatch,
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
     #[error("storage error: {0}")]
     Storage(#[from] rusqlite::Error),
     #[error("internal error: {0}")]
@@ -48,6 +56,10 @@ impl ServerError {
             ServerError::PastEnd { .. } => (400, "past_end"),
             ServerError::HashMismatch { .. } => (422, "hash_mismatch"),
             ServerError::NotInScope(_) => (403, "not_in_scope"),
+            ServerError::BadCredentials => (401, "bad_credentials"),
+            ServerError::AccountLocked { .. } => (429, "account_locked"),
+            ServerError::CsrfMismatch => (403, "csrf"),
+            ServerError::NotAllowed(_) => (409, "not_allowed"),
             ServerError::Storage(_) | ServerError::Internal(_) => (500, "internal"),
         }
     }

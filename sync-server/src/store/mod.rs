@@ -1,8 +1,10 @@
 //! Server storage. The HTTP layer talks to a [`SyncStore`]; [`SqliteStore`] is the embedded
 //! default (one data directory). The SQL is kept portable for the PostgreSQL store to come.
 
+pub mod console;
 mod sqlite;
 
+pub use console::ConsoleStore;
 pub use sqlite::{DeviceInfo, QuarantinedItem, SqliteStore};
 
 use gridwork_model::wire::{BlobOwner, BlobStatus, EnrolRequest, EnrolResponse, SyncRequest, SyncResponse};
@@ -57,4 +59,8 @@ pub trait SyncStore: Send + Sync + 'static {
     fn operator_stats(&self, now_ms: i64) -> Result<OperatorStats>;
     /// A complete blob, for a device that can see one of its owners.
     fn get_blob(&self, device: &Device, sha256: &str) -> Result<Vec<u8>>;
+    /// The supervisor console's storage, when this store has one.
+    fn console(&self) -> Option<&dyn ConsoleStore> {
+        None
+    }
 }

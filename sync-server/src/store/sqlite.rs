@@ -12,7 +12,7 @@ use base64::Engine;
 use gridwork_model::catalog::{Catalog, Category, Department, Grid, Role};
 use gridwork_model::doc::keys;
 use gridwork_model::geo::Location;
-use gridwork_model::lifecycle::{fold, Assignee, Event};
+use gridwork_model::lifecycle::{fold, Assignee, Event, EventKind};
 use gridwork_model::wire::{
     BlobOwner, BlobStatus, EnrolRequest, EnrolResponse, ItemResult, Outcome, PulledDoc, SyncRequest, SyncResponse,
     PROTOCOL_VERSION,
@@ -20,7 +20,10 @@ use gridwork_model::wire::{
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
 use sha2::{Digest, Sha256};
 
+mod console;
+
 use super::{Device, OperatorStats, SyncStore};
+use console::departments_column;
 use crate::blobs::{Begun, BlobFiles, Writer};
 use crate::error::{Result, ServerError};
 use crate::ingest::{read_change, ChangeFacts};
@@ -71,7 +74,7 @@ const MAX_READERS: usize = 64;
 const MAX_WANT_FULL: usize = 100;
 
 /// The schema this server writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 pub struct SqliteStore {
     /// Evidence blobs beside the database.
@@ -85,6 +88,8 @@ pub struct SqliteStore {
     epoch: String,
     /// Shared, not cloned: refreshing a case reads it for every change.
     catalog: RwLock<Arc<Catalog>>,
+    /// Console actions, one at a time (see `console.rs`).
+    console_writes: Mutex<()>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -191,14 +196,22 @@ impl SqliteStore {
             return Err(ServerError::Internal(format!("store schema {version} is newer than this server: update it")));
         }
         // Each step in its own transaction with its version bump: a crash leaves a whole schema.
-        let steps: [(i64, &str); 3] = [
+        let steps: [(i64, &str); 4] = [
             (1, include_str!("schema.sql")),
             (2, include_str!("schema_2_blobs.sql")),
             (3, include_str!("schema_3_retire.sql")),
+            (4, include_str!("schema_4_console.sql")),
         ];
+        let mut conn = conn;
         for (to, sql) in steps {
             if version < to {
-                conn.execute_batch(&format!("BEGIN; {sql}; PRAGMA user_version = {to}; COMMIT;"))?;
+                let tx = conn.transaction()?;
+                tx.execute_batch(sql)?;
+                if to == 4 {
+                    console::fill_case_columns(&tx)?;
+                }
+                tx.pragma_update(None, "user_version", to)?;
+                tx.commit()?;
             }
         }
         let epoch = match meta_get(&conn, "epoch")? {
@@ -221,6 +234,7 @@ impl SqliteStore {
             path: dir.join("server.db"),
             epoch,
             catalog: RwLock::new(Arc::new(catalog)),
+            console_writes: Mutex::new(()),
         })
     }
 
@@ -368,7 +382,8 @@ impl SqliteStore {
         let conn = self.conn();
         let mut stmt =
             conn.prepare(
-                "SELECT id, code, user_id, status, last_seen_ms, last_state, retired_ms, drained_ms FROM devices ORDER BY id",
+                "SELECT id, code, user_id, status, last_seen_ms, last_state, retired_ms, drained_ms FROM devices
+                 WHERE id NOT LIKE 'console-%' ORDER BY id",
             )?;
         let rows = stmt.query_map([], |r| {
             let state: Option<String> = r.get(5)?;
@@ -648,6 +663,11 @@ impl SqliteStore {
                 keys::CATEGORY => {
                     exec(tx, "UPDATE docs SET category_id = ?2 WHERE doc_id = ?1", params![doc_id, v])?;
                 }
+                keys::TITLE => exec(tx, "UPDATE docs SET title = ?2 WHERE doc_id = ?1", params![doc_id, v]).map(drop)?,
+                keys::CODE => exec(tx, "UPDATE docs SET code = ?2 WHERE doc_id = ?1", params![doc_id, v]).map(drop)?,
+                keys::REPORTER => {
+                    exec(tx, "UPDATE docs SET reporter = ?2 WHERE doc_id = ?1", params![doc_id, v]).map(drop)?
+                }
                 keys::LOCATION => {
                     if let Ok(loc) = serde_json::from_str::<Location>(v) {
                         t.locations.push((loc.lat, loc.lon));
@@ -692,6 +712,7 @@ impl SqliteStore {
             .query_map([doc_id], |r| r.get::<_, String>(0))?
             .filter_map(|j| j.ok().and_then(|j| serde_json::from_str(&j).ok()))
             .collect();
+        let reported_ms = events.iter().find(|e| matches!(e.kind, EventKind::Report)).map(|e| e.clock.estimated_ms());
         let state = fold(events).state;
         let mut scopes: BTreeSet<String> = BTreeSet::new();
         let mut flags = vec![];
@@ -760,12 +781,15 @@ impl SqliteStore {
         all_flags.extend(flags);
         exec(
             tx,
-            "UPDATE docs SET status = ?2, deadline_ms = ?3, flags = ?4 WHERE doc_id = ?1",
+            "UPDATE docs SET status = ?2, deadline_ms = ?3, flags = ?4, departments = ?5,
+                reported_ms = coalesce(?6, reported_ms) WHERE doc_id = ?1",
             params![
                 doc_id,
                 state.status.label(),
                 state.deadline_ms,
-                all_flags.into_iter().collect::<Vec<_>>().join(",")
+                all_flags.into_iter().collect::<Vec<_>>().join(","),
+                departments_column(state.dispatched.keys().map(|d| d.0.as_str())),
+                reported_ms,
             ],
         )?;
         Ok(())
@@ -1028,6 +1052,10 @@ fn load_catalog(conn: &Connection) -> Result<Catalog> {
 }
 
 impl SyncStore for SqliteStore {
+    fn console(&self) -> Option<&dyn super::ConsoleStore> {
+        Some(self)
+    }
+
     fn redeem(&self, req: &EnrolRequest, now_ms: i64) -> Result<EnrolResponse> {
         let conn = self.conn();
         let id: Option<String> = conn

@@ -1,0 +1,530 @@
+//! [`ConsoleStore`] for the embedded SQLite store.
+//!
+//! A console action is written the way a phone writes one: the case's document is loaded from
+//! its stored changes, the lifecycle's role table is checked against it, the event is put with the
+//! person's own actor, and the resulting change goes through the same writer and checks as a
+//! device's push (attribution, sequence number, scopes). The person's actor is derived from their
+//! user id and registered to a console pseudo-device `console-<user>` that has no token, so every
+//! change stays attributable and nothing can sync as it.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use automerge::{ActorId, Automerge};
+use gridwork_model::doc::{self, read_case};
+use gridwork_model::ids::{DepartmentId, DeviceId, EventId, UserId};
+use gridwork_model::lifecycle::{self, Event, EventKind};
+use gridwork_model::time::{ClockStamp, DistrictCalendar};
+use gridwork_model::wire::{DeviceState, Outcome, SyncRequest, PROTOCOL_VERSION};
+
+use super::*;
+use crate::store::console::{
+    CaseFilter, CaseQueue, CaseRow, CaseView, ConsoleAction, ConsoleStore, ConsoleUser, PhotoView, Session, LOCKOUT_MS,
+    MAX_FAILED_SIGN_INS, SESSION_MS,
+};
+
+/// Rows per queue page.
+pub const PAGE_SIZE: u32 = 50;
+
+/// Fills the console's case columns of schema 4 from the changes already stored (run once, by
+/// the migration).
+pub(super) fn fill_case_columns(tx: &Transaction<'_>) -> Result<()> {
+    let docs: Vec<String> =
+        tx.prepare("SELECT doc_id FROM docs")?.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+    for doc_id in docs {
+        let changes: Vec<Vec<u8>> = tx
+            .prepare_cached("SELECT bytes FROM changes WHERE doc_id = ?1 ORDER BY seq")?
+            .query_map([&doc_id], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for bytes in changes {
+            let Ok((_, facts)) = read_change(&bytes) else { continue };
+            for (k, v) in &facts.root_puts {
+                let column = match k.as_str() {
+                    keys::TITLE => "title",
+                    keys::CODE => "code",
+                    keys::REPORTER => "reporter",
+                    _ => continue,
+                };
+                exec(tx, &format!("UPDATE docs SET {column} = ?2 WHERE doc_id = ?1"), params![doc_id, v])?;
+            }
+        }
+        let events: Vec<Event> = tx
+            .prepare_cached("SELECT json FROM doc_events WHERE doc_id = ?1")?
+            .query_map([&doc_id], |r| r.get::<_, String>(0))?
+            .filter_map(|j| j.ok().and_then(|j| serde_json::from_str(&j).ok()))
+            .collect();
+        let reported = events.iter().find(|e| matches!(e.kind, EventKind::Report)).map(|e| e.clock.estimated_ms());
+        let state = lifecycle::fold(events).state;
+        exec(
+            tx,
+            "UPDATE docs SET reported_ms = ?2, departments = ?3 WHERE doc_id = ?1",
+            params![doc_id, reported, departments_column(state.dispatched.keys().map(|d| d.0.as_str()))],
+        )?;
+    }
+    Ok(())
+}
+
+/// `,a,b,`: every department between commas, so `LIKE '%,a,%'` finds one exactly.
+pub(super) fn departments_column<'a>(departments: impl Iterator<Item = &'a str>) -> String {
+    let list: Vec<&str> = departments.collect();
+    if list.is_empty() {
+        String::new()
+    } else {
+        format!(",{},", list.join(","))
+    }
+}
+
+/// The console person's Automerge actor: the same across restarts, so it stays registered to
+/// their console pseudo-device.
+fn console_actor(user: &str) -> ActorId {
+    let digest = Sha256::digest(format!("gridwork-console:{user}").as_bytes());
+    ActorId::from(&digest[..16])
+}
+
+fn console_device_id(user: &str) -> String {
+    format!("console-{user}")
+}
+
+fn hash_password(password: &str) -> Result<String> {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| ServerError::Internal(format!("no randomness: {e}")))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| ServerError::Internal(format!("salt: {e}")))?;
+    Ok(Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(|e| ServerError::Internal(format!("hashing a password: {e}")))?
+        .to_string())
+}
+
+fn password_matches(password: &str, stored: &str) -> bool {
+    PasswordHash::new(stored).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+}
+
+/// A hash of no one's password: checked when the user is unknown, so a wrong user name takes as
+/// long to refuse as a wrong password and names cannot be probed by timing.
+fn decoy_hash() -> &'static str {
+    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| hash_password("no one's password").unwrap_or_default())
+}
+
+impl SqliteStore {
+    fn console_user(conn: &Connection, user: &str) -> Result<ConsoleUser> {
+        let (role, department): (String, Option<String>) =
+            q1(conn, "SELECT role, department FROM users WHERE id = ?1", [user], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?
+                .ok_or(ServerError::Unauthenticated)?;
+        let scopes: Vec<String> = conn
+            .prepare_cached("SELECT scope FROM user_scopes WHERE user_id = ?1 ORDER BY scope")?
+            .query_map([user], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(ConsoleUser { id: user.to_owned(), role: parse_role(&role)?, department, scopes })
+    }
+
+    /// The scopes a console person's queue and actions are limited to (None: everything).
+    fn visible_scopes(user: &ConsoleUser) -> Option<Vec<String>> {
+        if user.sees_everything() {
+            return None;
+        }
+        let mut scopes = user.scopes.clone();
+        scopes.push(format!("user:{}", user.id));
+        Some(scopes)
+    }
+
+    fn can_see_case(conn: &Connection, user: &ConsoleUser, case_id: &str) -> Result<bool> {
+        let exists =
+            q1(conn, "SELECT 1 FROM docs WHERE doc_id = ?1 AND title IS NOT NULL", [case_id], |_| Ok(())).optional()?;
+        if exists.is_none() {
+            return Ok(false);
+        }
+        let Some(scopes) = Self::visible_scopes(user) else { return Ok(true) };
+        let mut stmt = conn.prepare_cached("SELECT 1 FROM membership WHERE doc_id = ?1 AND scope = ?2")?;
+        for s in &scopes {
+            if stmt.exists(params![case_id, s])? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn load_document(conn: &Connection, case_id: &str) -> Result<Automerge> {
+        let changes: Vec<automerge::Change> = conn
+            .prepare_cached("SELECT bytes FROM changes WHERE doc_id = ?1 ORDER BY seq")?
+            .query_map([case_id], |r| r.get::<_, Vec<u8>>(0))?
+            .filter_map(|b| b.ok().and_then(|b| automerge::Change::from_bytes(b).ok()))
+            .collect();
+        let mut doc = Automerge::new();
+        doc.apply_changes(changes).map_err(|e| ServerError::Internal(format!("case {case_id}: {e}")))?;
+        Ok(doc)
+    }
+
+    /// The console pseudo-device of `user`, registered on first use.
+    fn console_device(&self, user: &ConsoleUser, now_ms: i64) -> Result<Device> {
+        let id = console_device_id(&user.id);
+        let conn = self.conn();
+        exec(
+            &conn,
+            "INSERT INTO devices (id, code, user_id, status, created_ms) VALUES (?1, ?2, ?3, 'active', ?4)
+             ON CONFLICT (id) DO NOTHING",
+            params![id, format!("console:{}", user.id), user.id, now_ms],
+        )?;
+        exec(
+            &conn,
+            "INSERT INTO actors (actor, device_id, first_seen_ms) VALUES (?1, ?2, ?3) ON CONFLICT (actor) DO NOTHING",
+            params![console_actor(&user.id).to_hex_string(), id, now_ms],
+        )?;
+        Ok(Device { id, user: user.id.clone(), role: user.role, department: user.department.clone(), retired: false })
+    }
+}
+
+impl ConsoleStore for SqliteStore {
+    fn sign_in(&self, user: &str, password: &str, now_ms: i64) -> Result<(String, Session)> {
+        let account: Option<(String, i64, i64)> = {
+            let conn = self.conn();
+            q1(
+                &conn,
+                "SELECT a.password_hash, a.failed_attempts, a.locked_until_ms FROM console_accounts a
+                 JOIN users u ON u.id = a.user_id WHERE a.user_id = ?1 AND u.role != 'worker'",
+                [user],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?
+        };
+        let Some((stored, failed, locked_until)) = account else {
+            let _ = password_matches(password, decoy_hash());
+            return Err(ServerError::BadCredentials);
+        };
+        if locked_until > now_ms {
+            return Err(ServerError::AccountLocked { minutes: (locked_until - now_ms + 59_999) / 60_000 });
+        }
+        // Hashing takes tens of milliseconds by design; the writer is not held meanwhile.
+        if !password_matches(password, &stored) {
+            let failed = failed + 1;
+            let locked = if failed >= MAX_FAILED_SIGN_INS { now_ms + LOCKOUT_MS } else { 0 };
+            exec(
+                &self.conn(),
+                "UPDATE console_accounts SET failed_attempts = ?2, locked_until_ms = ?3 WHERE user_id = ?1",
+                params![user, if locked > 0 { 0 } else { failed }, locked],
+            )?;
+            tracing::warn!(failed, locked = locked > 0, "console sign-in refused");
+            return Err(if locked > 0 {
+                ServerError::AccountLocked { minutes: LOCKOUT_MS / 60_000 }
+            } else {
+                ServerError::BadCredentials
+            });
+        }
+        let token = random_hex(32)?;
+        let csrf = random_hex(16)?;
+        let conn = self.conn();
+        exec(
+            &conn,
+            "UPDATE console_accounts SET failed_attempts = 0, locked_until_ms = 0 WHERE user_id = ?1",
+            [user],
+        )?;
+        exec(&conn, "DELETE FROM console_sessions WHERE expires_ms < ?1", [now_ms])?;
+        exec(
+            &conn,
+            "INSERT INTO console_sessions (token_hash, user_id, csrf, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![sha256_hex(&token), user, csrf, now_ms, now_ms + SESSION_MS],
+        )?;
+        let user = Self::console_user(&conn, user)?;
+        Ok((token, Session { user, csrf }))
+    }
+
+    fn session(&self, token: &str, now_ms: i64) -> Result<Session> {
+        let reader = self.reader()?;
+        let found: Option<(String, String)> = q1(
+            &reader,
+            "SELECT user_id, csrf FROM console_sessions WHERE token_hash = ?1 AND expires_ms > ?2",
+            params![sha256_hex(token), now_ms],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+        let result = match found {
+            Some((user, csrf)) => Self::console_user(&reader, &user).map(|user| Session { user, csrf }),
+            None => Err(ServerError::Unauthenticated),
+        };
+        self.give_back(reader);
+        result
+    }
+
+    fn sign_out(&self, token: &str) -> Result<()> {
+        exec(&self.conn(), "DELETE FROM console_sessions WHERE token_hash = ?1", [sha256_hex(token)])?;
+        Ok(())
+    }
+
+    fn set_password(&self, user: &str, password: &str, now_ms: i64) -> Result<()> {
+        if password.chars().count() < 10 {
+            return Err(ServerError::BadRequest("a console password needs at least 10 characters".into()));
+        }
+        let role: Option<String> =
+            q1(&self.conn(), "SELECT role FROM users WHERE id = ?1", [user], |r| r.get(0)).optional()?;
+        match role.as_deref() {
+            None => return Err(ServerError::NotFound(format!("user {user}: add them with `admin set-user` first"))),
+            Some("worker") => {
+                return Err(ServerError::BadRequest(format!("{user} is a worker: the console is for supervisors, department handlers and administrators")))
+            }
+            Some(_) => {}
+        }
+        let hash = hash_password(password)?;
+        exec(
+            &self.conn(),
+            "INSERT INTO console_accounts (user_id, password_hash, failed_attempts, locked_until_ms, updated_ms)
+             VALUES (?1, ?2, 0, 0, ?3)
+             ON CONFLICT (user_id) DO UPDATE SET password_hash = excluded.password_hash, failed_attempts = 0,
+                locked_until_ms = 0, updated_ms = excluded.updated_ms",
+            params![user, hash, now_ms],
+        )?;
+        Ok(())
+    }
+
+    fn case_queue(&self, user: &ConsoleUser, filter: &CaseFilter, now_ms: i64) -> Result<CaseQueue> {
+        let calendar = DistrictCalendar::default();
+        let mut clauses = vec!["d.title IS NOT NULL".to_owned()];
+        let mut args: Vec<Box<dyn rusqlite::ToSql>> = vec![];
+        let arg = |v: Box<dyn rusqlite::ToSql>, args: &mut Vec<Box<dyn rusqlite::ToSql>>| {
+            args.push(v);
+            format!("?{}", args.len())
+        };
+        if let Some(scopes) = Self::visible_scopes(user) {
+            let marks: Vec<String> = scopes.into_iter().map(|s| arg(Box::new(s), &mut args)).collect();
+            clauses.push(format!(
+                "EXISTS (SELECT 1 FROM membership m WHERE m.doc_id = d.doc_id AND m.scope IN ({}))",
+                marks.join(",")
+            ));
+        }
+        if !filter.area.is_empty() {
+            let a = arg(Box::new(filter.area.clone()), &mut args);
+            clauses.push(format!("EXISTS (SELECT 1 FROM membership m2 WHERE m2.doc_id = d.doc_id AND m2.scope = {a})"));
+        }
+        if !filter.category.is_empty() {
+            let a = arg(Box::new(filter.category.clone()), &mut args);
+            clauses.push(format!("d.category_id = {a}"));
+        }
+        if !filter.department.is_empty() {
+            let a = arg(Box::new(format!("%,{},%", filter.department)), &mut args);
+            clauses.push(format!("d.departments LIKE {a}"));
+        }
+        if filter.overdue == "1" {
+            let a = arg(Box::new(now_ms), &mut args);
+            clauses.push(format!("d.deadline_ms < {a} AND d.status IN ('dispatched', 'in_progress')"));
+        }
+        for (day, start) in [(&filter.from, true), (&filter.to, false)] {
+            if day.is_empty() {
+                continue;
+            }
+            let (s, e) = calendar
+                .day_bounds(day)
+                .ok_or_else(|| ServerError::BadRequest(format!("{day:?} is not a date: use YYYY-MM-DD")))?;
+            let a = arg(Box::new(if start { s } else { e }), &mut args);
+            clauses.push(if start { format!("d.reported_ms >= {a}") } else { format!("d.reported_ms < {a}") });
+        }
+        let without_status = clauses.join(" AND ");
+        if !filter.status.is_empty() {
+            let a = arg(Box::new(filter.status.clone()), &mut args);
+            clauses.push(format!("d.status = {a}"));
+        }
+        let with_status = clauses.join(" AND ");
+        let reader = self.reader()?;
+        let result = (|| -> Result<CaseQueue> {
+            let params = rusqlite::params_from_iter(args.iter().map(|b| b.as_ref()));
+            let counts: Vec<(String, i64)> = reader
+                .prepare(&format!(
+                    "SELECT d.status, count(*) FROM docs d WHERE {without_status} GROUP BY d.status ORDER BY d.status"
+                ))?
+                .query_map(rusqlite::params_from_iter(args.iter().map(|b| b.as_ref())), |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let total: i64 = if filter.status.is_empty() {
+                counts.iter().map(|(_, n)| n).sum()
+            } else {
+                counts.iter().filter(|(s, _)| *s == filter.status).map(|(_, n)| n).sum()
+            };
+            let pages = u32::try_from((total + i64::from(PAGE_SIZE) - 1) / i64::from(PAGE_SIZE)).unwrap_or(1).max(1);
+            let page = filter.page.clamp(1, pages);
+            let offset = i64::from(page - 1) * i64::from(PAGE_SIZE);
+            // Soonest deadline first; cases without one after, newest report first.
+            let rows: Vec<CaseRow> = reader
+                .prepare(&format!(
+                    "SELECT d.doc_id, coalesce(d.code, ''), d.title, d.status, coalesce(d.grid_id, ''),
+                            coalesce(d.category_id, ''), coalesce(d.reporter, ''), d.reported_ms, d.deadline_ms,
+                            d.departments, d.flags
+                     FROM docs d WHERE {with_status}
+                     ORDER BY d.deadline_ms IS NULL, d.deadline_ms, d.reported_ms DESC, d.doc_id
+                     LIMIT {PAGE_SIZE} OFFSET {offset}"
+                ))?
+                .query_map(params, |r| {
+                    let status: String = r.get(3)?;
+                    let deadline_ms: Option<i64> = r.get(8)?;
+                    Ok(CaseRow {
+                        id: r.get(0)?,
+                        code: r.get(1)?,
+                        title: r.get(2)?,
+                        overdue: deadline_ms.is_some_and(|d| d < now_ms)
+                            && matches!(status.as_str(), "dispatched" | "in_progress"),
+                        status,
+                        grid: r.get(4)?,
+                        category: r.get(5)?,
+                        reporter: r.get(6)?,
+                        reported_ms: r.get(7)?,
+                        deadline_ms,
+                        departments: r
+                            .get::<_, String>(9)?
+                            .split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_owned)
+                            .collect(),
+                        flags: r.get::<_, String>(10)?.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok(CaseQueue { rows, total, counts, page, pages })
+        })();
+        self.give_back(reader);
+        result
+    }
+
+    fn case_view(&self, user: &ConsoleUser, case_id: &str) -> Result<CaseView> {
+        let reader = self.reader()?;
+        let result = (|| -> Result<CaseView> {
+            if !Self::can_see_case(&reader, user, case_id)? {
+                // The same answer whether the case exists or not.
+                return Err(ServerError::NotInScope(format!("case {case_id} is not in your area")));
+            }
+            let doc = Self::load_document(&reader, case_id)?;
+            let case = read_case(&doc).map_err(|e| ServerError::Internal(format!("case {case_id}: {e}")))?;
+            let flags: String = q1(&reader, "SELECT flags FROM docs WHERE doc_id = ?1", [case_id], |r| r.get(0))?;
+            let received_ms: Option<i64> =
+                q1(&reader, "SELECT min(received_ms) FROM changes WHERE doc_id = ?1", [case_id], |r| r.get(0))?;
+            let mut photos = vec![];
+            let mut held = reader.prepare_cached("SELECT 1 FROM blobs WHERE sha256 = ?1")?;
+            for e in &case.evidence {
+                photos.push(PhotoView {
+                    sha256: e.sha256.clone(),
+                    thumb_sha256: e.thumb_sha256.clone(),
+                    on_server: held.exists([&e.sha256])?,
+                });
+            }
+            Ok(CaseView {
+                case,
+                flags: flags.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+                photos,
+                received_ms,
+            })
+        })();
+        self.give_back(reader);
+        result
+    }
+
+    fn act(&self, user: &ConsoleUser, case_id: &str, action: ConsoleAction, now_ms: i64) -> Result<()> {
+        // One console change at a time: two from the same person's actor, built on the same
+        // document, would both claim the actor's next sequence number.
+        let _one_at_a_time = self.console_writes.lock().unwrap_or_else(|p| p.into_inner());
+        let reader = self.reader()?;
+        let loaded = (|| -> Result<Automerge> {
+            if !Self::can_see_case(&reader, user, case_id)? {
+                return Err(ServerError::NotInScope(format!("case {case_id} is not in your area")));
+            }
+            Self::load_document(&reader, case_id)
+        })();
+        self.give_back(reader);
+        let mut doc = loaded?.with_actor(console_actor(&user.id));
+        let device = self.console_device(user, now_ms)?;
+        let case = read_case(&doc).map_err(|e| ServerError::Internal(format!("case {case_id}: {e}")))?;
+        let catalog = self.catalog();
+        match &action {
+            ConsoleAction::Event(kind) => {
+                if let EventKind::Dispatch { departments, .. } = kind {
+                    for d in departments {
+                        if !catalog.departments.iter().any(|x| x.id == *d) {
+                            return Err(ServerError::BadRequest(format!("unknown department {d}")));
+                        }
+                    }
+                }
+                let actor = gridwork_model::catalog::Actor {
+                    user: UserId::from(user.id.as_str()),
+                    role: user.role,
+                    device: DeviceId::from(device.id.as_str()),
+                    department: user.department.as_deref().map(DepartmentId::from),
+                };
+                lifecycle::check(kind, &actor, &case.timeline.state)
+                    .map_err(|r| ServerError::NotAllowed(format!("{} from {}: {}", r.kind, r.from, r.reason)))?;
+                let (parents, lamport) =
+                    doc::next_event_position(&doc).map_err(|e| ServerError::Internal(e.to_string()))?;
+                let clock = ClockStamp {
+                    device_ms: now_ms,
+                    since_boot_ms: 0,
+                    boot_id: "server".into(),
+                    server_offset_ms: Some(0),
+                };
+                let event = Event { id: EventId::generate(), parents, lamport, actor, clock, kind: kind.clone() };
+                doc.transact::<_, _, gridwork_model::error::ModelError>(|t| doc::put_event(t, &event))
+                    .map_err(|f| ServerError::BadRequest(f.error.to_string()))?;
+            }
+            ConsoleAction::Keep(patch) => {
+                if user.role == gridwork_model::catalog::Role::DepartmentHandler {
+                    return Err(ServerError::NotAllowed("department handlers do not edit case fields".into()));
+                }
+                let written = doc
+                    .transact::<_, _, gridwork_model::error::ModelError>(|t| doc::apply_patch(t, patch))
+                    .map_err(|f| ServerError::BadRequest(f.error.to_string()))?
+                    .result;
+                if written == 0 {
+                    return Err(ServerError::BadRequest("that value is already the case's only value".into()));
+                }
+            }
+        }
+        let bytes = doc
+            .get_last_local_change()
+            .map(|mut c| c.bytes().into_owned())
+            .ok_or_else(|| ServerError::Internal("the action wrote no change".into()))?;
+        let req = SyncRequest {
+            protocol: PROTOCOL_VERSION,
+            app_version: "console".into(),
+            doc_schema: doc::SCHEMA_VERSION,
+            cursor: None,
+            state: DeviceState { device_time_ms: now_ms, ..Default::default() },
+            changes: vec![],
+            records: vec![],
+            max_pull_bytes: 0,
+            want_full: vec![],
+        };
+        let results =
+            self.write(PushJob { device, req, pushed: vec![(case_id.to_owned(), bytes)], now_ms, reply: None })?;
+        match results.first() {
+            Some(r) if r.outcome == Outcome::Accepted => {
+                tracing::info!(case = %case_id, "console action stored");
+                Ok(())
+            }
+            Some(r) => Err(ServerError::Internal(format!(
+                "the console's change was not accepted: {}",
+                r.reason.clone().unwrap_or_default()
+            ))),
+            None => Err(ServerError::Internal("the writer did not answer".into())),
+        }
+    }
+
+    fn photo(&self, user: &ConsoleUser, sha256: &str) -> Result<Vec<u8>> {
+        let reader = self.reader()?;
+        let owners: rusqlite::Result<Vec<String>> = reader
+            .prepare_cached("SELECT owner_id FROM blob_links WHERE sha256 = ?1 AND owner_kind = 'case'")
+            .and_then(|mut s| s.query_map([sha256], |r| r.get(0))?.collect());
+        let visible = match owners {
+            Ok(owners) => {
+                let mut any = false;
+                for o in owners {
+                    if Self::can_see_case(&reader, user, &o)? {
+                        any = true;
+                        break;
+                    }
+                }
+                any
+            }
+            Err(e) => {
+                self.give_back(reader);
+                return Err(e.into());
+            }
+        };
+        self.give_back(reader);
+        if !visible {
+            return Err(ServerError::NotInScope(format!("photo {sha256} belongs to nothing you can see")));
+        }
+        self.blobs.read(sha256)
+    }
+}
