@@ -67,6 +67,14 @@ impl DistrictCalendar {
         }
     }
 
+    /// The local time of `ms` to the minute, `YYYY-MM-DD HH:MM`.
+    pub fn minute_of(&self, ms: i64) -> String {
+        match jiff::Timestamp::from_millisecond(ms) {
+            Ok(ts) => ts.to_zoned_datetime(self.tz.clone()).strftime("%Y-%m-%d %H:%M").to_string(),
+            Err(_) => "invalid-date".to_owned(),
+        }
+    }
+
     /// Start and end (exclusive), in Unix ms, of the local day `YYYY-MM-DD`.
     pub fn day_bounds(&self, day: &str) -> Option<(i64, i64)> {
         let date: jiff::civil::Date = day.parse().ok()?;
@@ -86,6 +94,7 @@ mod tests {
         // 2026-11-26T16:30:00Z is already 2026-11-27 00:30 in Shanghai.
         let ms = 1_795_710_600_000;
         assert_eq!(cal.day_of(ms), "2026-11-27");
+        assert_eq!(cal.minute_of(ms), "2026-11-27 00:30");
         let (start, end) = cal.day_bounds("2026-11-27").expect("valid day");
         assert_eq!(end - start, 86_400_000);
         assert!(start <= ms && ms < end);

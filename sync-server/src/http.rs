@@ -247,17 +247,21 @@ async fn not_found() -> ServerError {
     ServerError::NotFound("no such endpoint; see docs/PROTOCOL.md".into())
 }
 
-pub fn router(store: Arc<dyn SyncStore>, metrics: Arc<Metrics>) -> Router {
-    let state = AppState { store, metrics: metrics.clone() };
-    Router::new()
+/// Every route: the sync protocol, metrics, and the supervisor console under `/console`
+/// (`secure`: served over TLS, so console cookies are `Secure`).
+pub fn router(store: Arc<dyn SyncStore>, metrics: Arc<Metrics>, secure: bool) -> Router {
+    let state = AppState { store: store.clone(), metrics: metrics.clone() };
+    let protocol: Router = Router::new()
         .route("/v1/health", get(|| async { "ok" }))
         .route("/v1/enrol", post(enrol))
         .route("/v1/sync", post(sync))
         .route("/v1/blobs/{sha256}/status", get(blob_status))
         .route("/v1/blobs/{sha256}", get(get_blob).put(put_blob))
         .route("/metrics", get(metrics_text))
+        .with_state(state);
+    protocol
+        .merge(crate::console::routes(store, secure))
         .route_layer(middleware::from_fn_with_state(metrics, track))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
 }

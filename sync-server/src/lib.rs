@@ -13,6 +13,7 @@
 
 pub mod backup;
 pub mod blobs;
+pub mod console;
 pub mod demo;
 pub mod error;
 pub mod grids;
@@ -78,10 +79,11 @@ pub fn start_with(
     let listener = runtime.block_on(tokio::net::TcpListener::bind(addr))?;
     let addr = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let secure = tls.is_some();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
         runtime.block_on(async move {
-            let app = http::router(store, Arc::new(metrics::Metrics::new()));
+            let app = http::router(store, Arc::new(metrics::Metrics::new()), secure);
             let stop = async {
                 let _ = rx.await;
             };

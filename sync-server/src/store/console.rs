@@ -54,7 +54,13 @@ pub struct CaseFilter {
     pub to: String,
     /// 1-based.
     pub page: u32,
+    /// Every matching case on one page (the CSV export), up to [`MAX_EXPORT`].
+    #[serde(skip)]
+    pub all: bool,
 }
+
+/// Most cases one CSV export holds.
+pub const MAX_EXPORT: u32 = 100_000;
 
 /// One line of the queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +134,8 @@ pub trait ConsoleStore: Send + Sync {
     /// synced like any device's change. Refused (nothing written) if the role, scope or the
     /// case's state does not allow it.
     fn act(&self, user: &ConsoleUser, case_id: &str, action: ConsoleAction, now_ms: i64) -> Result<()>;
+    /// The reference data (names of grids, categories, departments; grid polygons).
+    fn catalog(&self) -> std::sync::Arc<gridwork_model::catalog::Catalog>;
     /// A photo or thumbnail of a case the person may see.
     fn photo(&self, user: &ConsoleUser, sha256: &str) -> Result<Vec<u8>>;
 }

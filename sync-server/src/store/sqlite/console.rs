@@ -19,7 +19,7 @@ use gridwork_model::wire::{DeviceState, Outcome, SyncRequest, PROTOCOL_VERSION};
 use super::*;
 use crate::store::console::{
     CaseFilter, CaseQueue, CaseRow, CaseView, ConsoleAction, ConsoleStore, ConsoleUser, PhotoView, Session, LOCKOUT_MS,
-    MAX_FAILED_SIGN_INS, SESSION_MS,
+    MAX_EXPORT, MAX_FAILED_SIGN_INS, SESSION_MS,
 };
 
 /// Rows per queue page.
@@ -336,9 +336,10 @@ impl ConsoleStore for SqliteStore {
             } else {
                 counts.iter().filter(|(s, _)| *s == filter.status).map(|(_, n)| n).sum()
             };
-            let pages = u32::try_from((total + i64::from(PAGE_SIZE) - 1) / i64::from(PAGE_SIZE)).unwrap_or(1).max(1);
-            let page = filter.page.clamp(1, pages);
-            let offset = i64::from(page - 1) * i64::from(PAGE_SIZE);
+            let size = if filter.all { MAX_EXPORT } else { PAGE_SIZE };
+            let pages = u32::try_from((total + i64::from(size) - 1) / i64::from(size)).unwrap_or(1).max(1);
+            let page = if filter.all { 1 } else { filter.page.clamp(1, pages) };
+            let offset = i64::from(page - 1) * i64::from(size);
             // Soonest deadline first; cases without one after, newest report first.
             let rows: Vec<CaseRow> = reader
                 .prepare(&format!(
@@ -347,7 +348,7 @@ impl ConsoleStore for SqliteStore {
                             d.departments, d.flags
                      FROM docs d WHERE {with_status}
                      ORDER BY d.deadline_ms IS NULL, d.deadline_ms, d.reported_ms DESC, d.doc_id
-                     LIMIT {PAGE_SIZE} OFFSET {offset}"
+                     LIMIT {size} OFFSET {offset}"
                 ))?
                 .query_map(params, |r| {
                     let status: String = r.get(3)?;
@@ -498,6 +499,10 @@ impl ConsoleStore for SqliteStore {
             ))),
             None => Err(ServerError::Internal("the writer did not answer".into())),
         }
+    }
+
+    fn catalog(&self) -> Arc<Catalog> {
+        SqliteStore::catalog(self)
     }
 
     fn photo(&self, user: &ConsoleUser, sha256: &str) -> Result<Vec<u8>> {

@@ -1,0 +1,170 @@
+//! The console's words in Chinese (the default) and English.
+//!
+//! A table in code rather than message files: the console has a few hundred words, the compiler
+//! checks that every key a page uses exists (a missing one shows as the key, and a test lists
+//! them), and the binary carries them with nothing to deploy.
+
+/// The language a page is rendered in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    Zh,
+    En,
+}
+
+impl Lang {
+    pub fn parse(s: &str) -> Option<Lang> {
+        match s {
+            "zh" => Some(Lang::Zh),
+            "en" => Some(Lang::En),
+            _ => None,
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::Zh => "zh",
+            Lang::En => "en",
+        }
+    }
+
+    pub fn html_lang(self) -> &'static str {
+        match self {
+            Lang::Zh => "zh-CN",
+            Lang::En => "en",
+        }
+    }
+
+    /// The other language, for the switch link.
+    pub fn other(self) -> Lang {
+        match self {
+            Lang::Zh => Lang::En,
+            Lang::En => Lang::Zh,
+        }
+    }
+
+    /// The word for `key`, or the key itself if the table lacks it.
+    pub fn t<'a>(self, key: &'a str) -> &'a str {
+        WORDS.iter().find(|(k, _, _)| *k == key).map(|(_, zh, en)| if self == Lang::Zh { *zh } else { *en }).unwrap_or(key)
+    }
+}
+
+/// (key, Chinese, English).
+const WORDS: &[(&str, &str, &str)] = &[
+    ("app", "网格工作台", "Gridwork console"),
+    ("sign_in", "登录", "Sign in"),
+    ("sign_out", "退出", "Sign out"),
+    ("user", "用户名", "User name"),
+    ("password", "密码", "Password"),
+    ("queue", "案件队列", "Case queue"),
+    ("all", "全部", "All"),
+    ("status", "状态", "Status"),
+    ("area", "街道 / 社区 / 网格", "Street / community / grid"),
+    ("category", "类别", "Category"),
+    ("department", "部门", "Department"),
+    ("overdue", "已超期", "Overdue"),
+    ("only_overdue", "只看超期", "Overdue only"),
+    ("from", "上报起", "Reported from"),
+    ("to", "上报止", "Reported to"),
+    ("filter", "筛选", "Filter"),
+    ("export_csv", "导出 CSV", "Export CSV"),
+    ("code", "编号", "Code"),
+    ("title", "标题", "Title"),
+    ("grid", "网格", "Grid"),
+    ("reporter", "上报人", "Reporter"),
+    ("reported", "上报时间", "Reported"),
+    ("deadline", "处置期限", "Deadline"),
+    ("departments", "处置部门", "Departments"),
+    ("flags", "标记", "Flags"),
+    ("cases", "件", "cases"),
+    ("page", "页", "page"),
+    ("previous", "上一页", "Previous"),
+    ("next", "下一页", "Next"),
+    ("no_cases", "没有符合条件的案件", "No case matches"),
+    ("description", "描述", "Description"),
+    ("location", "位置", "Location"),
+    ("accuracy", "精度", "accuracy"),
+    ("mock_location", "模拟定位", "mock location"),
+    ("official_number", "正式编号", "Official number"),
+    ("received", "服务器收到", "Received by server"),
+    ("photos", "照片", "Photos"),
+    ("not_on_server", "照片尚未上传到服务器", "not on the server yet"),
+    ("timeline", "处置经过", "Timeline"),
+    ("when", "时间", "When"),
+    ("who", "人员", "Who"),
+    ("device", "设备", "Device"),
+    ("event", "事件", "Event"),
+    ("verdict", "结果", "Verdict"),
+    ("applied", "有效", "applied"),
+    ("invalid", "无效", "invalid"),
+    ("conflicts", "冲突的值", "Conflicting values"),
+    ("keep_this", "保留此值", "Keep this one"),
+    ("contested", "有争议", "Contested"),
+    ("keep_decision", "采用此决定", "Keep this decision"),
+    ("actions", "操作", "Actions"),
+    ("note", "备注", "Note"),
+    ("reason", "原因", "Reason"),
+    ("deadline_hours", "期限（小时）", "Deadline (hours)"),
+    ("level", "上报层级", "Level"),
+    ("satisfaction", "满意度", "Satisfaction"),
+    ("back_to_queue", "返回队列", "Back to the queue"),
+    ("done", "已保存", "Saved"),
+    ("error", "出错了", "Something went wrong"),
+    ("map", "地图", "Map"),
+    ("not_found", "找不到", "Not found"),
+    // Statuses.
+    ("st_reported", "已上报", "Reported"),
+    ("st_accepted", "已受理", "Accepted"),
+    ("st_rejected", "不予受理", "Rejected"),
+    ("st_dispatched", "已派遣", "Dispatched"),
+    ("st_in_progress", "处置中", "In progress"),
+    ("st_handled", "已处置", "Handled"),
+    ("st_followed_up", "已回访", "Followed up"),
+    ("st_closed", "已结案", "Closed"),
+    ("st_contested", "有争议", "Contested"),
+    ("st_empty", "空", "Empty"),
+    // Event kinds and the actions that make them.
+    ("ev_report", "上报", "Report"),
+    ("ev_accept", "受理", "Accept"),
+    ("ev_reject", "不予受理", "Reject"),
+    ("ev_dispatch", "派遣", "Dispatch"),
+    ("ev_start", "开始处置", "Start"),
+    ("ev_handler_report", "处置完毕", "Mark handled"),
+    ("ev_note", "记录", "Note"),
+    ("ev_follow_up", "回访", "Follow-up visit"),
+    ("ev_close", "核查结案", "Verify and close"),
+    ("ev_return", "退回", "Send back"),
+    ("ev_urge", "督办", "Urge"),
+    ("ev_escalate", "上报上级", "Escalate"),
+    ("ev_assign", "指派", "Assign"),
+    ("ev_unassign", "取消指派", "Unassign"),
+    ("ev_settle", "裁定", "Settle"),
+    ("ev_unknown", "未知事件", "Unknown event"),
+    ("rr_duplicate", "重复上报", "Duplicate"),
+    ("rr_out_of_scope", "不属于受理范围", "Out of scope"),
+    ("lv_community", "社区", "Community"),
+    ("lv_street", "街道", "Street"),
+    ("lv_district", "区", "District"),
+    // Flags.
+    ("fl_outside_grid", "不在网格内", "outside the grid"),
+    ("fl_device_clock_skew", "设备时间偏差", "device clock skewed"),
+    ("fl_retired_category", "类别已停用", "retired category"),
+    ("fl_unknown_category", "未知类别", "unknown category"),
+    ("fl_mock_location", "模拟定位", "mock location"),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_word_has_both_languages_and_keys_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for (k, zh, en) in WORDS {
+            assert!(seen.insert(*k), "key {k} twice");
+            assert!(!zh.is_empty() && !en.is_empty(), "{k}");
+        }
+        assert_eq!(Lang::Zh.t("queue"), "案件队列");
+        assert_eq!(Lang::En.t("queue"), "Case queue");
+        assert_eq!(Lang::En.t("no-such-key"), "no-such-key");
+    }
+}

@@ -1,0 +1,97 @@
+//! Maps drawn from the server's own data as inline SVG: grid polygons and case pins. No tile
+//! server — a district's deployment may have no internet.
+
+use std::fmt::Write;
+
+use gridwork_model::geo::Polygon;
+
+/// The pin colour of a status.
+pub fn status_colour(status: &str) -> &'static str {
+    match status {
+        "reported" => "#0b5cad",
+        "accepted" => "#6f42c1",
+        "dispatched" | "in_progress" => "#d97706",
+        "handled" | "followed_up" => "#1a7f37",
+        "closed" => "#6b7280",
+        "rejected" => "#9ca3af",
+        "contested" => "#b42318",
+        _ => "#111827",
+    }
+}
+
+/// Projects (lat, lon) into a `size`-wide square around the given bounds, north up. Grids are
+/// small, so an equirectangular projection with the latitude's cosine is exact enough.
+struct Frame {
+    min_lat: f64,
+    min_lon: f64,
+    scale: f64,
+    cos: f64,
+    size: f64,
+    pad: f64,
+}
+
+impl Frame {
+    fn around(points: &[(f64, f64)], size: f64) -> Frame {
+        let (mut min_lat, mut max_lat, mut min_lon, mut max_lon) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+        for (lat, lon) in points {
+            min_lat = min_lat.min(*lat);
+            max_lat = max_lat.max(*lat);
+            min_lon = min_lon.min(*lon);
+            max_lon = max_lon.max(*lon);
+        }
+        let cos = ((min_lat + max_lat) / 2.0).to_radians().cos().max(0.1);
+        let span = ((max_lat - min_lat).max((max_lon - min_lon) * cos)).max(1e-5);
+        let pad = size * 0.08;
+        Frame { min_lat, min_lon, scale: (size - 2.0 * pad) / span, cos, size, pad }
+    }
+
+    fn xy(&self, lat: f64, lon: f64) -> (f64, f64) {
+        let x = self.pad + (lon - self.min_lon) * self.cos * self.scale;
+        let y = self.size - self.pad - (lat - self.min_lat) * self.scale;
+        (x, y)
+    }
+}
+
+/// One case's grid with its pin.
+pub fn case_map(grid: Option<&Polygon>, lat: f64, lon: f64, status: &str) -> String {
+    let mut points: Vec<(f64, f64)> = grid.map(|g| g.ring.clone()).unwrap_or_default();
+    points.push((lat, lon));
+    let frame = Frame::around(&points, 300.0);
+    let mut svg = String::from(r#"<svg class="map" id="case-map" viewBox="0 0 300 300" xmlns="http://www.w3.org/2000/svg" role="img">"#);
+    if let Some(g) = grid {
+        let pts: Vec<String> = g
+            .ring
+            .iter()
+            .map(|(la, lo)| {
+                let (x, y) = frame.xy(*la, *lo);
+                format!("{x:.1},{y:.1}")
+            })
+            .collect();
+        let _ = write!(svg, r##"<polygon points="{}" fill="#e7edf4" stroke="#0b5cad" stroke-width="2"/>"##, pts.join(" "));
+    }
+    let (x, y) = frame.xy(lat, lon);
+    let _ = write!(
+        svg,
+        r##"<circle cx="{x:.1}" cy="{y:.1}" r="7" fill="{}" stroke="#fff" stroke-width="2"/></svg>"##,
+        status_colour(status)
+    );
+    svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pin_lies_inside_the_drawn_grid_and_north_is_up() {
+        let g = Polygon { ring: vec![(31.20, 121.40), (31.20, 121.41), (31.21, 121.41), (31.21, 121.40)] };
+        let frame = Frame::around(&g.ring, 300.0);
+        let (_, y_south) = frame.xy(31.20, 121.40);
+        let (_, y_north) = frame.xy(31.21, 121.40);
+        assert!(y_north < y_south, "north is drawn above south");
+        let svg = case_map(Some(&g), 31.205, 121.405, "reported");
+        assert!(svg.contains("<polygon") && svg.contains("#0b5cad"));
+        let (x, y) = frame.xy(31.205, 121.405);
+        assert!((24.0..=276.0).contains(&x) && (24.0..=276.0).contains(&y), "{x},{y}");
+    }
+}

@@ -1,0 +1,524 @@
+//! The supervisor console under `/console` (ADR 12): server-rendered pages for supervisors,
+//! department handlers and administrators.
+//!
+//! - Sign-in with argon2-hashed passwords and lockout after repeated failures; a session cookie
+//!   (HttpOnly, SameSite=Strict, Secure under TLS) whose token the store keeps only as a hash.
+//! - Every form carries the session's CSRF token (the sign-in form a double-submit token), checked
+//!   before anything else; a device's bearer token means nothing here.
+//! - Every page and action asks the store, which checks role and scope itself.
+//!
+//! Handlers are thin: parse, call the store off the async runtime, build a view, render.
+
+pub mod i18n;
+pub mod map;
+pub mod views;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use askama::Template;
+use axum::extract::{Path, Query, RawForm, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_TYPE, LOCATION, SET_COOKIE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use gridwork_model::doc::{keys, CasePatch};
+use gridwork_model::ids::DepartmentId;
+use gridwork_model::lifecycle::{EventKind, Level, RejectReason};
+
+use crate::error::ServerError;
+use crate::store::console::{CaseFilter, ConsoleAction, Session};
+use crate::store::SyncStore;
+use i18n::Lang;
+use views::Chrome;
+
+const SESSION_COOKIE: &str = "gw_session";
+const LOGIN_COOKIE: &str = "gw_login";
+const LANG_COOKIE: &str = "gw_lang";
+
+/// What the console's handlers share.
+#[derive(Clone)]
+pub struct ConsoleState {
+    pub store: Arc<dyn SyncStore>,
+    /// Served over TLS: cookies get `Secure`.
+    pub secure: bool,
+}
+
+impl std::fmt::Debug for ConsoleState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleState").field("secure", &self.secure).finish_non_exhaustive()
+    }
+}
+
+pub fn routes(store: Arc<dyn SyncStore>, secure: bool) -> Router {
+    Router::new()
+        .route("/console", get(|| async { redirect("/console/cases") }))
+        .route("/console/", get(|| async { redirect("/console/cases") }))
+        .route("/console/login", get(login_form).post(login))
+        .route("/console/logout", post(logout))
+        .route("/console/cases", get(queue))
+        .route("/console/cases.csv", get(queue_csv))
+        .route("/console/cases/{id}", get(case_detail))
+        .route("/console/cases/{id}/act", post(act))
+        .route("/console/photos/{sha256}", get(photo))
+        .with_state(ConsoleState { store, secure })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn redirect(to: &str) -> Response {
+    (StatusCode::SEE_OTHER, [(LOCATION, to.to_owned())]).into_response()
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+fn set_cookie(name: &str, value: &str, max_age_s: i64, secure: bool) -> (axum::http::HeaderName, HeaderValue) {
+    let secure = if secure { "; Secure" } else { "" };
+    let text = format!("{name}={value}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={max_age_s}{secure}");
+    (SET_COOKIE, HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("")))
+}
+
+/// The page language: `?lang=` (remembered in a cookie), else the cookie, else Chinese.
+fn language(headers: &HeaderMap, query: &HashMap<String, String>) -> (Lang, bool) {
+    if let Some(l) = query.get("lang").and_then(|l| Lang::parse(l)) {
+        return (l, true);
+    }
+    (cookie(headers, LANG_COOKIE).and_then(|l| Lang::parse(&l)).unwrap_or(Lang::Zh), false)
+}
+
+fn html(status: StatusCode, page: Result<String, askama::Error>) -> Response {
+    match page {
+        Ok(body) => (
+            status,
+            [(CONTENT_TYPE, "text/html; charset=utf-8"), (CACHE_CONTROL, "no-store")],
+            body,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "console page failed to render");
+            (StatusCode::INTERNAL_SERVER_ERROR, "the page failed to render; see the server log").into_response()
+        }
+    }
+}
+
+/// Adds the language cookie when the page was asked for in a new language.
+fn with_lang(mut resp: Response, lang: Lang, remember: bool, secure: bool) -> Response {
+    if remember {
+        let (k, v) = set_cookie(LANG_COOKIE, lang.code(), 365 * 24 * 3600, secure);
+        resp.headers_mut().append(k, v);
+    }
+    resp
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ServerError> + Send + 'static,
+) -> Result<T, ServerError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ServerError::Internal(format!("worker failed: {e}")))?
+}
+
+fn no_console() -> ServerError {
+    ServerError::NotFound("this store has no console".into())
+}
+
+/// The signed-in session, or None (the caller redirects to sign-in).
+async fn current_session(state: &ConsoleState, headers: &HeaderMap) -> Result<Option<Session>, ServerError> {
+    let Some(token) = cookie(headers, SESSION_COOKIE) else { return Ok(None) };
+    let store = state.store.clone();
+    match blocking(move || store.console().ok_or_else(no_console)?.session(&token, now_ms())).await {
+        Ok(s) => Ok(Some(s)),
+        Err(ServerError::Unauthenticated) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn chrome(lang: Lang, title: &str, session: Option<&Session>) -> Chrome {
+    Chrome {
+        lang,
+        title: title.to_owned(),
+        user: session.map(|s| s.user.id.clone()),
+        csrf: session.map(|s| s.csrf.clone()).unwrap_or_default(),
+        notice: None,
+        error: None,
+    }
+}
+
+/// An error as a page: what went wrong and what to do, with the status the error carries.
+fn error_page(lang: Lang, session: Option<&Session>, e: &ServerError) -> Response {
+    let (status, _) = e.status_and_code();
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if status.is_server_error() {
+        tracing::error!(error = %e, "console request failed");
+    }
+    let heading = if status == StatusCode::NOT_FOUND { lang.t("not_found") } else { lang.t("error") };
+    let page = views::MessagePage { chrome: chrome(lang, heading, session), heading: heading.to_owned(), message: e.to_string() };
+    html(status, page.render())
+}
+
+async fn login_form(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let (lang, remember) = language(&headers, &q);
+    if let Ok(Some(_)) = current_session(&state, &headers).await {
+        return redirect("/console/cases");
+    }
+    login_page(lang, remember, state.secure, String::new(), None, StatusCode::OK)
+}
+
+fn login_page(lang: Lang, remember: bool, secure: bool, user: String, error: Option<String>, status: StatusCode) -> Response {
+    let mut token = [0u8; 16];
+    if getrandom::fill(&mut token).is_err() {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "no randomness for the sign-in form").into_response();
+    }
+    let token = hex::encode(token);
+    let mut c = chrome(lang, lang.t("sign_in"), None);
+    c.csrf = token.clone();
+    c.error = error;
+    let mut resp = html(status, views::LoginPage { chrome: c, user }.render());
+    let (k, v) = set_cookie(LOGIN_COOKIE, &token, 3600, secure);
+    resp.headers_mut().append(k, v);
+    with_lang(resp, lang, remember, secure)
+}
+
+fn form_map(form: &RawForm) -> HashMap<String, String> {
+    form_urlencoded::parse(&form.0).into_owned().collect()
+}
+
+async fn login(State(state): State<ConsoleState>, headers: HeaderMap, form: RawForm) -> Response {
+    let (lang, _) = language(&headers, &HashMap::new());
+    let f = form_map(&form);
+    let get = |k: &str| f.get(k).cloned().unwrap_or_default();
+    // Double submit: the form's token must match the cookie set with the form.
+    let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
+    if expected.is_empty() || get("csrf") != expected {
+        return error_page(lang, None, &ServerError::CsrfMismatch);
+    }
+    let (user, password) = (get("user"), get("password"));
+    let store = state.store.clone();
+    let u = user.clone();
+    match blocking(move || store.console().ok_or_else(no_console)?.sign_in(&u, &password, now_ms())).await {
+        Ok((token, _)) => {
+            let mut resp = redirect("/console/cases");
+            let (k, v) = set_cookie(SESSION_COOKIE, &token, crate::store::console::SESSION_MS / 1000, state.secure);
+            resp.headers_mut().append(k, v);
+            let (k, v) = set_cookie(LOGIN_COOKIE, "", 0, state.secure);
+            resp.headers_mut().append(k, v);
+            resp
+        }
+        Err(e) => {
+            let status = StatusCode::from_u16(e.status_and_code().0).unwrap_or(StatusCode::UNAUTHORIZED);
+            login_page(lang, false, state.secure, user, Some(e.to_string()), status)
+        }
+    }
+}
+
+/// Checks a posted form's CSRF token against the session's.
+fn check_csrf(session: &Session, form: &HashMap<String, String>) -> Result<(), ServerError> {
+    let sent = form.get("csrf").map(String::as_str).unwrap_or("");
+    // Constant-time: the comparison must not tell how much of a guess was right.
+    let same = sent.len() == session.csrf.len()
+        && sent.bytes().zip(session.csrf.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(ServerError::CsrfMismatch)
+    }
+}
+
+async fn logout(State(state): State<ConsoleState>, headers: HeaderMap, form: RawForm) -> Response {
+    let (lang, _) = language(&headers, &HashMap::new());
+    let session = match current_session(&state, &headers).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return redirect("/console/login"),
+        Err(e) => return error_page(lang, None, &e),
+    };
+    if let Err(e) = check_csrf(&session, &form_map(&form)) {
+        return error_page(lang, Some(&session), &e);
+    }
+    let store = state.store.clone();
+    let token = cookie(&headers, SESSION_COOKIE).unwrap_or_default();
+    if let Err(e) = blocking(move || store.console().ok_or_else(no_console)?.sign_out(&token)).await {
+        return error_page(lang, Some(&session), &e);
+    }
+    let mut resp = redirect("/console/login");
+    let (k, v) = set_cookie(SESSION_COOKIE, "", 0, state.secure);
+    resp.headers_mut().append(k, v);
+    resp
+}
+
+/// Runs `page` for a signed-in person; anyone else is sent to sign in.
+async fn signed_in<F, Fut>(state: &ConsoleState, headers: &HeaderMap, q: &HashMap<String, String>, page: F) -> Response
+where
+    F: FnOnce(Lang, Session) -> Fut,
+    Fut: std::future::Future<Output = Result<Response, (Session, ServerError)>>,
+{
+    let (lang, remember) = language(headers, q);
+    let session = match current_session(state, headers).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return redirect("/console/login"),
+        Err(e) => return error_page(lang, None, &e),
+    };
+    let resp = match page(lang, session).await {
+        Ok(r) => r,
+        Err((session, e)) => error_page(lang, Some(&session), &e),
+    };
+    with_lang(resp, lang, remember, state.secure)
+}
+
+fn parse_filter(q: &HashMap<String, String>) -> CaseFilter {
+    let get = |k: &str| q.get(k).cloned().unwrap_or_default();
+    CaseFilter {
+        status: get("status"),
+        area: get("area"),
+        category: get("category"),
+        department: get("department"),
+        overdue: get("overdue"),
+        from: get("from"),
+        to: get("to"),
+        page: get("page").parse().unwrap_or(1),
+        all: false,
+    }
+}
+
+async fn queue(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let filter = parse_filter(&q);
+    let store = state.store.clone();
+    signed_in(&state, &headers, &q, |lang, session| async move {
+        let user = session.user.clone();
+        let f = filter.clone();
+        let result = blocking(move || {
+            let console = store.console().ok_or_else(no_console)?;
+            Ok((console.case_queue(&user, &f, now_ms())?, console.catalog()))
+        })
+        .await;
+        let (queue, catalog) = result.map_err(|e| (session.clone(), e))?;
+        let page = views::queue_page(chrome(lang, lang.t("queue"), Some(&session)), &catalog, &session.user, filter, queue);
+        Ok(html(StatusCode::OK, page.render()))
+    })
+    .await
+}
+
+async fn queue_csv(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let mut filter = parse_filter(&q);
+    filter.all = true;
+    let store = state.store.clone();
+    signed_in(&state, &headers, &q, |lang, session| async move {
+        let user = session.user.clone();
+        let result = blocking(move || {
+            let console = store.console().ok_or_else(no_console)?;
+            let queue = console.case_queue(&user, &filter, now_ms())?;
+            views::queue_csv(&queue, &console.catalog(), lang)
+        })
+        .await;
+        let body = result.map_err(|e| (session.clone(), e))?;
+        Ok((
+            StatusCode::OK,
+            [
+                (CONTENT_TYPE, "text/csv; charset=utf-8"),
+                (CONTENT_DISPOSITION, "attachment; filename=\"gridwork-cases.csv\""),
+                (CACHE_CONTROL, "no-store"),
+            ],
+            body,
+        )
+            .into_response())
+    })
+    .await
+}
+
+async fn case_detail(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let store = state.store.clone();
+    let done = q.contains_key("done");
+    signed_in(&state, &headers, &q, |lang, session| async move {
+        let user = session.user.clone();
+        let result = blocking(move || {
+            let console = store.console().ok_or_else(no_console)?;
+            Ok((console.case_view(&user, &id)?, console.catalog()))
+        })
+        .await;
+        let (view, catalog) = result.map_err(|e| (session.clone(), e))?;
+        let mut c = chrome(lang, &view.case.code, Some(&session));
+        if done {
+            c.notice = Some(lang.t("done").to_owned());
+        }
+        let page = views::case_page(c, &catalog, &session.user, &view, now_ms());
+        Ok(html(StatusCode::OK, page.render()))
+    })
+    .await
+}
+
+/// The action a posted case form asks for.
+fn parse_action(
+    f: &HashMap<String, String>,
+    session: &Session,
+    view: Option<&crate::store::console::CaseView>,
+    now: i64,
+) -> Result<ConsoleAction, ServerError> {
+    let get = |k: &str| f.get(k).cloned().unwrap_or_default();
+    let note = get("note");
+    if note.chars().count() > 2000 {
+        return Err(ServerError::BadRequest("a note has at most 2000 characters".into()));
+    }
+    let own_department = || {
+        session
+            .user
+            .department
+            .as_deref()
+            .map(DepartmentId::from)
+            .ok_or_else(|| ServerError::NotAllowed("you belong to no department".into()))
+    };
+    let kind = match get("action").as_str() {
+        "accept" => EventKind::Accept { note },
+        "reject" => EventKind::Reject {
+            reason: match get("reason").as_str() {
+                "out_of_scope" => RejectReason::OutOfScope,
+                _ => RejectReason::Duplicate,
+            },
+            duplicate_of: None,
+            note,
+        },
+        "dispatch" => {
+            let departments: Vec<DepartmentId> = f
+                .iter()
+                .filter_map(|(k, _)| k.strip_prefix("dept_"))
+                .map(DepartmentId::from)
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            if departments.is_empty() {
+                return Err(ServerError::BadRequest("choose at least one department to dispatch to".into()));
+            }
+            let hours: i64 = get("hours")
+                .parse()
+                .ok()
+                .filter(|h| (1..=2160).contains(h))
+                .ok_or_else(|| ServerError::BadRequest("the deadline is a number of hours from 1 to 2160".into()))?;
+            EventKind::Dispatch { departments, deadline_ms: now + hours * 3_600_000 }
+        }
+        "start" => EventKind::Start { department: own_department()? },
+        "handler_report" => EventKind::HandlerReport { department: own_department()?, note, evidence: vec![] },
+        "urge" => EventKind::Urge { note },
+        "escalate" => EventKind::Escalate {
+            to: match get("level").as_str() {
+                "community" => Level::Community,
+                "district" => Level::District,
+                _ => Level::Street,
+            },
+            note,
+        },
+        "return" if !note.trim().is_empty() => EventKind::Return { reason: note },
+        "return" => return Err(ServerError::BadRequest("say why the case goes back".into())),
+        "close" => EventKind::Close { note },
+        "note" if !note.trim().is_empty() => EventKind::Note { text: note },
+        "note" => return Err(ServerError::BadRequest("the note is empty".into())),
+        "settle" => EventKind::Settle {
+            chosen: views::parse_event_id(&get("chosen"))
+                .ok_or_else(|| ServerError::BadRequest("no decision chosen".into()))?,
+        },
+        "keep" => {
+            let view = view.ok_or_else(|| ServerError::Internal("case not loaded".into()))?;
+            let index: usize =
+                get("index").parse().map_err(|_| ServerError::BadRequest("which value to keep?".into()))?;
+            let case = &view.case;
+            let missing = || ServerError::BadRequest("that value is no longer in conflict: reload the page".into());
+            let patch = match get("field").as_str() {
+                keys::TITLE => CasePatch { title: Some(case.title.conflicts.get(index).ok_or_else(missing)?.clone()), ..Default::default() },
+                keys::CATEGORY => {
+                    CasePatch { category: Some(case.category.conflicts.get(index).ok_or_else(missing)?.clone()), ..Default::default() }
+                }
+                keys::GRID => CasePatch { grid: Some(case.grid.conflicts.get(index).ok_or_else(missing)?.clone()), ..Default::default() },
+                keys::LOCATION => {
+                    CasePatch { location: Some(case.location.conflicts.get(index).ok_or_else(missing)?.clone()), ..Default::default() }
+                }
+                other => return Err(ServerError::BadRequest(format!("{other:?} is not a field with conflicts"))),
+            };
+            return Ok(ConsoleAction::Keep(patch));
+        }
+        other => return Err(ServerError::BadRequest(format!("unknown action {other:?}"))),
+    };
+    Ok(ConsoleAction::Event(kind))
+}
+
+async fn act(State(state): State<ConsoleState>, headers: HeaderMap, Path(id): Path<String>, form: RawForm) -> Response {
+    let f = form_map(&form);
+    let store = state.store.clone();
+    signed_in(&state, &headers, &HashMap::new(), |_lang, session| async move {
+        // The token first: a forged form learns nothing and changes nothing.
+        check_csrf(&session, &f).map_err(|e| (session.clone(), e))?;
+        let s = session.clone();
+        let case_id = id.clone();
+        let result = blocking(move || {
+            let console = store.console().ok_or_else(no_console)?;
+            let now = now_ms();
+            let view = if f.get("action").map(String::as_str) == Some("keep") {
+                Some(console.case_view(&s.user, &case_id)?)
+            } else {
+                None
+            };
+            let action = parse_action(&f, &s, view.as_ref(), now)?;
+            console.act(&s.user, &case_id, action, now)
+        })
+        .await;
+        result.map_err(|e| (session.clone(), e))?;
+        Ok(redirect(&format!("/console/cases/{}?done=1", views::enc(&id))))
+    })
+    .await
+}
+
+/// The media type of a stored photo or thumbnail, from its first bytes.
+fn image_type(bytes: &[u8]) -> &'static str {
+    match bytes {
+        [0xFF, 0xD8, ..] => "image/jpeg",
+        [0x89, b'P', b'N', b'G', ..] => "image/png",
+        [b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'E', b'B', b'P', ..] => "image/webp",
+        _ => "application/octet-stream",
+    }
+}
+
+async fn photo(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Path(sha256): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let store = state.store.clone();
+    signed_in(&state, &headers, &q, |_lang, session| async move {
+        let user = session.user.clone();
+        let bytes = blocking(move || store.console().ok_or_else(no_console)?.photo(&user, &sha256))
+            .await
+            .map_err(|e| (session.clone(), e))?;
+        // Content-addressed: the bytes behind a hash never change.
+        Ok((
+            StatusCode::OK,
+            [(CONTENT_TYPE, image_type(&bytes)), (CACHE_CONTROL, "private, max-age=31536000, immutable")],
+            bytes,
+        )
+            .into_response())
+    })
+    .await
+}

@@ -1,0 +1,564 @@
+//! The console's pages: view models built from the store's answers, rendered by askama templates
+//! compiled into the binary (`sync-server/templates/console/`).
+
+use askama::Template;
+use gridwork_model::catalog::{Actor, Catalog, Role};
+use gridwork_model::doc::keys;
+use gridwork_model::ids::{DepartmentId, DeviceId, EventId, UserId};
+use gridwork_model::lifecycle::{self, EventKind, Level, RejectReason, StatusView, Verdict};
+use gridwork_model::time::DistrictCalendar;
+
+use super::i18n::Lang;
+use super::map;
+use crate::store::console::{CaseFilter, CaseQueue, CaseView, ConsoleUser};
+
+/// What every page shows around its content.
+#[derive(Debug, Clone)]
+pub struct Chrome {
+    pub lang: Lang,
+    pub title: String,
+    pub user: Option<String>,
+    pub csrf: String,
+    pub notice: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Template)]
+#[template(path = "console/login.html")]
+pub struct LoginPage {
+    pub chrome: Chrome,
+    pub user: String,
+}
+
+#[derive(Debug, Template)]
+#[template(path = "console/message.html")]
+pub struct MessagePage {
+    pub chrome: Chrome,
+    pub heading: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Choice {
+    pub value: String,
+    pub label: String,
+    pub selected: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct StatusCount {
+    pub status: String,
+    pub label: String,
+    pub count: i64,
+    pub href: String,
+    pub on: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RowView {
+    pub id: String,
+    pub code: String,
+    pub title: String,
+    pub status: String,
+    pub status_label: String,
+    pub overdue: bool,
+    pub deadline: String,
+    pub grid: String,
+    pub category: String,
+    pub departments: String,
+    pub reported: String,
+    pub flags: Vec<String>,
+}
+
+#[derive(Debug, Template)]
+#[template(path = "console/queue.html")]
+pub struct QueuePage {
+    pub chrome: Chrome,
+    pub filter: CaseFilter,
+    pub total: i64,
+    pub all_count: i64,
+    pub status_href_all: String,
+    pub counts: Vec<StatusCount>,
+    pub areas: Vec<Choice>,
+    pub categories: Vec<Choice>,
+    pub departments: Vec<Choice>,
+    pub rows: Vec<RowView>,
+    pub page: u32,
+    pub pages: u32,
+    pub prev_href: Option<String>,
+    pub next_href: Option<String>,
+    pub csv_href: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct OptionView {
+    pub index: usize,
+    pub text: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConflictView {
+    pub field: String,
+    pub label: String,
+    pub options: Vec<OptionView>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CandidateView {
+    pub event: String,
+    pub label: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct PhotoItem {
+    pub sha256: String,
+    pub thumb: Option<String>,
+    pub on_server: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TimelineRow {
+    pub kind: String,
+    pub when: String,
+    pub who: String,
+    pub device: String,
+    pub event: String,
+    pub verdict: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ActionView {
+    pub kind: String,
+    pub label: String,
+}
+
+#[derive(Debug, Template)]
+#[template(path = "console/case.html")]
+pub struct CasePage {
+    pub chrome: Chrome,
+    pub id: String,
+    pub code: String,
+    pub title: String,
+    pub status: String,
+    pub status_label: String,
+    pub overdue: bool,
+    pub flags: Vec<String>,
+    pub fields: Vec<(String, String)>,
+    pub conflicts: Vec<ConflictView>,
+    pub contest: Vec<CandidateView>,
+    pub photos: Vec<PhotoItem>,
+    pub timeline: Vec<TimelineRow>,
+    pub map_svg: String,
+    pub actions: Vec<ActionView>,
+    pub departments: Vec<Choice>,
+    pub default_hours: i64,
+}
+
+/// Percent-encodes a query value.
+pub fn enc(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// The query string of a filter, with `status` and `page` replaced.
+pub fn filter_query(f: &CaseFilter, status: &str, page: u32) -> String {
+    let mut q = vec![];
+    for (k, v) in [
+        ("status", status),
+        ("area", f.area.as_str()),
+        ("category", f.category.as_str()),
+        ("department", f.department.as_str()),
+        ("overdue", f.overdue.as_str()),
+        ("from", f.from.as_str()),
+        ("to", f.to.as_str()),
+    ] {
+        if !v.is_empty() {
+            q.push(format!("{k}={}", enc(v)));
+        }
+    }
+    if page > 1 {
+        q.push(format!("page={page}"));
+    }
+    q.join("&")
+}
+
+pub fn status_label(lang: Lang, status: &str) -> String {
+    lang.t(&format!("st_{status}")).to_owned()
+}
+
+fn flag_label(lang: Lang, flag: &str) -> String {
+    lang.t(&format!("fl_{flag}")).to_owned()
+}
+
+fn category_name(catalog: &Catalog, lang: Lang, id: &str) -> String {
+    catalog
+        .categories
+        .iter()
+        .find(|c| c.id.0 == id)
+        .and_then(|c| c.names.get(lang.code()).or_else(|| c.names.values().next()).cloned())
+        .unwrap_or_else(|| id.to_owned())
+}
+
+fn department_name(catalog: &Catalog, id: &str) -> String {
+    catalog.departments.iter().find(|d| d.id.0 == id).map(|d| d.name.clone()).unwrap_or_else(|| id.to_owned())
+}
+
+fn grid_name(catalog: &Catalog, id: &str) -> String {
+    catalog.grids.iter().find(|g| g.id.0 == id).map(|g| g.name.clone()).unwrap_or_else(|| id.to_owned())
+}
+
+fn minute(calendar: &DistrictCalendar, ms: Option<i64>) -> String {
+    ms.map(|m| calendar.minute_of(m)).unwrap_or_default()
+}
+
+/// The areas a person may filter by: the grids they see, with those grids' communities and
+/// streets (administrators: all).
+fn area_choices(catalog: &Catalog, user: &ConsoleUser, selected: &str) -> Vec<Choice> {
+    let sees = |g: &gridwork_model::catalog::Grid| {
+        user.sees_everything()
+            || user.scopes.iter().any(|s| {
+                *s == format!("grid:{}", g.id) || *s == format!("community:{}", g.community) || *s == format!("street:{}", g.street)
+            })
+    };
+    let mut streets = std::collections::BTreeSet::new();
+    let mut communities = std::collections::BTreeSet::new();
+    let mut grids = vec![];
+    for g in catalog.grids.iter().filter(|g| sees(g)) {
+        streets.insert(g.street.clone());
+        communities.insert(g.community.clone());
+        grids.push((format!("grid:{}", g.id), g.name.clone()));
+    }
+    let mut out = vec![];
+    out.extend(streets.into_iter().map(|s| (format!("street:{s}"), s)));
+    out.extend(communities.into_iter().map(|c| (format!("community:{c}"), format!("· {c}"))));
+    out.extend(grids.into_iter().map(|(v, n)| (v, format!("· · {n}"))));
+    out.into_iter().map(|(value, label)| Choice { selected: value == selected, value, label }).collect()
+}
+
+pub fn queue_page(
+    chrome: Chrome,
+    catalog: &Catalog,
+    user: &ConsoleUser,
+    filter: CaseFilter,
+    queue: CaseQueue,
+) -> QueuePage {
+    let lang = chrome.lang;
+    let calendar = DistrictCalendar::default();
+    let counts = queue
+        .counts
+        .iter()
+        .map(|(s, n)| StatusCount {
+            status: s.clone(),
+            label: status_label(lang, s),
+            count: *n,
+            href: format!("/console/cases?{}", filter_query(&filter, s, 1)),
+            on: filter.status == *s,
+        })
+        .collect();
+    let rows = queue
+        .rows
+        .iter()
+        .map(|r| RowView {
+            id: r.id.clone(),
+            code: r.code.clone(),
+            title: r.title.clone(),
+            status: r.status.clone(),
+            status_label: status_label(lang, &r.status),
+            overdue: r.overdue,
+            deadline: minute(&calendar, r.deadline_ms),
+            grid: grid_name(catalog, &r.grid),
+            category: category_name(catalog, lang, &r.category),
+            departments: r.departments.iter().map(|d| department_name(catalog, d)).collect::<Vec<_>>().join("、"),
+            reported: minute(&calendar, r.reported_ms),
+            flags: r.flags.iter().map(|f| flag_label(lang, f)).collect(),
+        })
+        .collect();
+    let page = queue.page;
+    QueuePage {
+        all_count: queue.counts.iter().map(|(_, n)| n).sum(),
+        status_href_all: format!("/console/cases?{}", filter_query(&filter, "", 1)),
+        counts,
+        areas: area_choices(catalog, user, &filter.area),
+        categories: catalog
+            .categories
+            .iter()
+            .map(|c| Choice {
+                value: c.id.0.clone(),
+                label: category_name(catalog, lang, &c.id.0),
+                selected: c.id.0 == filter.category,
+            })
+            .collect(),
+        departments: catalog
+            .departments
+            .iter()
+            .map(|d| Choice { value: d.id.0.clone(), label: d.name.clone(), selected: d.id.0 == filter.department })
+            .collect(),
+        rows,
+        total: queue.total,
+        page,
+        pages: queue.pages,
+        prev_href: (page > 1).then(|| format!("/console/cases?{}", filter_query(&filter, &filter.status, page - 1))),
+        next_href: (page < queue.pages)
+            .then(|| format!("/console/cases?{}", filter_query(&filter, &filter.status, page + 1))),
+        csv_href: format!("/console/cases.csv?{}", filter_query(&filter, &filter.status, 1)),
+        filter,
+        chrome,
+    }
+}
+
+fn describe(kind: &EventKind, lang: Lang, catalog: &Catalog, calendar: &DistrictCalendar) -> String {
+    let name = lang.t(&format!("ev_{}", kind.name())).to_owned();
+    let detail = match kind {
+        EventKind::Dispatch { departments, deadline_ms } => format!(
+            "{} · {} {}",
+            departments.iter().map(|d| department_name(catalog, &d.0)).collect::<Vec<_>>().join("、"),
+            lang.t("deadline"),
+            calendar.minute_of(*deadline_ms)
+        ),
+        EventKind::Reject { reason, note, .. } => {
+            let r = match reason {
+                RejectReason::Duplicate => lang.t("rr_duplicate"),
+                RejectReason::OutOfScope => lang.t("rr_out_of_scope"),
+            };
+            if note.is_empty() {
+                r.to_owned()
+            } else {
+                format!("{r} · {note}")
+            }
+        }
+        EventKind::Escalate { to, note } => {
+            let l = match to {
+                Level::Community => lang.t("lv_community"),
+                Level::Street => lang.t("lv_street"),
+                Level::District => lang.t("lv_district"),
+            };
+            format!("{l} {note}")
+        }
+        EventKind::FollowUp { satisfaction, note } => format!("{} {satisfaction}/5 {note}", lang.t("satisfaction")),
+        EventKind::HandlerReport { department, note, .. } => format!("{} {note}", department_name(catalog, &department.0)),
+        EventKind::Start { department } => department_name(catalog, &department.0),
+        EventKind::Accept { note } | EventKind::Close { note } | EventKind::Urge { note } => note.clone(),
+        EventKind::Note { text } => text.clone(),
+        EventKind::Return { reason } => reason.clone(),
+        EventKind::Assign { user } | EventKind::Unassign { user } => user.0.clone(),
+        EventKind::Settle { chosen } => chosen.to_string(),
+        EventKind::Report | EventKind::Unknown => String::new(),
+    };
+    if detail.trim().is_empty() {
+        name
+    } else {
+        format!("{name}: {}", detail.trim())
+    }
+}
+
+fn role_label(role: Role, lang: Lang) -> &'static str {
+    match (role, lang) {
+        (Role::Worker, Lang::Zh) => "网格员",
+        (Role::Supervisor, Lang::Zh) => "督导",
+        (Role::DepartmentHandler, Lang::Zh) => "部门处置人员",
+        (Role::Administrator, Lang::Zh) => "管理员",
+        (Role::Worker, Lang::En) => "worker",
+        (Role::Supervisor, Lang::En) => "supervisor",
+        (Role::DepartmentHandler, Lang::En) => "department handler",
+        (Role::Administrator, Lang::En) => "administrator",
+    }
+}
+
+/// The actions this person may take on the case as the server sees it: the lifecycle's role
+/// table decides, as it will again when the action is posted.
+fn allowed_actions(user: &ConsoleUser, view: &CaseView, lang: Lang) -> Vec<ActionView> {
+    let actor = Actor {
+        user: UserId::from(user.id.as_str()),
+        role: user.role,
+        device: DeviceId::from(format!("console-{}", user.id).as_str()),
+        department: user.department.as_deref().map(DepartmentId::from),
+    };
+    let dept = DepartmentId::from(user.department.clone().unwrap_or_default().as_str());
+    let candidates = [
+        EventKind::Accept { note: String::new() },
+        EventKind::Reject { reason: RejectReason::Duplicate, duplicate_of: None, note: String::new() },
+        EventKind::Dispatch { departments: vec![], deadline_ms: 0 },
+        EventKind::Start { department: dept.clone() },
+        EventKind::HandlerReport { department: dept, note: String::new(), evidence: vec![] },
+        EventKind::Urge { note: String::new() },
+        EventKind::Escalate { to: Level::Street, note: String::new() },
+        EventKind::Return { reason: "-".into() },
+        EventKind::Close { note: String::new() },
+        EventKind::Note { text: "-".into() },
+    ];
+    candidates
+        .iter()
+        .filter(|k| lifecycle::check(k, &actor, &view.case.timeline.state).is_ok())
+        .map(|k| ActionView { kind: k.name().to_owned(), label: lang.t(&format!("ev_{}", k.name())).to_owned() })
+        .collect()
+}
+
+pub fn case_page(chrome: Chrome, catalog: &Catalog, user: &ConsoleUser, view: &CaseView, now_ms: i64) -> CasePage {
+    let lang = chrome.lang;
+    let calendar = DistrictCalendar::default();
+    let case = &view.case;
+    let state = &case.timeline.state;
+    let loc = &case.location.value;
+    let mut fields = vec![
+        (lang.t("description").to_owned(), case.description.clone()),
+        (lang.t("category").to_owned(), category_name(catalog, lang, &case.category.value.0)),
+        (lang.t("grid").to_owned(), grid_name(catalog, &case.grid.value.0)),
+        (
+            lang.t("location").to_owned(),
+            format!(
+                "{:.6}, {:.6} · {} ±{:.0} m{}",
+                loc.lat,
+                loc.lon,
+                lang.t("accuracy"),
+                loc.accuracy_m,
+                if loc.mock { format!(" · {}", lang.t("mock_location")) } else { String::new() }
+            ),
+        ),
+        (lang.t("reporter").to_owned(), case.reporter.0.clone()),
+        (lang.t("reported").to_owned(), calendar.minute_of(case.created_ms)),
+        (lang.t("received").to_owned(), minute(&calendar, view.received_ms)),
+    ];
+    if !state.dispatched.is_empty() {
+        fields.push((
+            lang.t("departments").to_owned(),
+            state.dispatched.keys().map(|d| department_name(catalog, &d.0)).collect::<Vec<_>>().join("、"),
+        ));
+    }
+    if let Some(d) = state.deadline_ms {
+        fields.push((lang.t("deadline").to_owned(), calendar.minute_of(d)));
+    }
+    if let Some(n) = &case.official_number {
+        fields.push((lang.t("official_number").to_owned(), n.clone()));
+    }
+    let mut conflicts = vec![];
+    let mut push_conflict = |field: &str, label: &str, options: Vec<String>| {
+        if !options.is_empty() {
+            conflicts.push(ConflictView {
+                field: field.to_owned(),
+                label: label.to_owned(),
+                options: options.into_iter().enumerate().map(|(index, text)| OptionView { index, text }).collect(),
+            });
+        }
+    };
+    push_conflict(keys::TITLE, lang.t("title"), case.title.conflicts.clone());
+    push_conflict(
+        keys::CATEGORY,
+        lang.t("category"),
+        case.category.conflicts.iter().map(|c| category_name(catalog, lang, &c.0)).collect(),
+    );
+    push_conflict(keys::GRID, lang.t("grid"), case.grid.conflicts.iter().map(|g| grid_name(catalog, &g.0)).collect());
+    push_conflict(
+        keys::LOCATION,
+        lang.t("location"),
+        case.location.conflicts.iter().map(|l| format!("{:.6}, {:.6} ±{:.0} m", l.lat, l.lon, l.accuracy_m)).collect(),
+    );
+    let contest = match &state.status {
+        StatusView::Contested { candidates } if user.role == Role::Supervisor => candidates
+            .iter()
+            .map(|c| {
+                let who = case
+                    .timeline
+                    .entries
+                    .iter()
+                    .find(|e| e.event.id == c.event)
+                    .map(|e| format!("{} · {}", e.event.actor.user, describe(&e.event.kind, lang, catalog, &calendar)))
+                    .unwrap_or_default();
+                CandidateView {
+                    event: c.event.to_string(),
+                    label: format!("{} — {}", status_label(lang, c.status.as_str()), who),
+                }
+            })
+            .collect(),
+        _ => vec![],
+    };
+    let timeline = case
+        .timeline
+        .entries
+        .iter()
+        .map(|e| TimelineRow {
+            kind: e.event.kind.name().to_owned(),
+            when: calendar.minute_of(e.event.clock.estimated_ms()),
+            who: format!("{} ({})", e.event.actor.user, role_label(e.event.actor.role, lang)),
+            device: e.event.actor.device.0.clone(),
+            event: describe(&e.event.kind, lang, catalog, &calendar),
+            verdict: match &e.verdict {
+                Verdict::Applied => lang.t("applied").to_owned(),
+                Verdict::Invalid { reason } => format!("{}: {reason}", lang.t("invalid")),
+                other => format!("{other:?}"),
+            },
+        })
+        .collect();
+    let grid = catalog.grids.iter().find(|g| g.id == case.grid.value);
+    let default_hours = catalog
+        .categories
+        .iter()
+        .find(|c| c.id == case.category.value)
+        .map(|c| i64::from(c.default_deadline_hours))
+        .unwrap_or(72);
+    CasePage {
+        id: case.id.to_string(),
+        code: case.code.clone(),
+        title: case.title.value.clone(),
+        status: state.status.label().to_owned(),
+        status_label: status_label(lang, state.status.label()),
+        overdue: state.is_overdue(now_ms),
+        flags: view.flags.iter().map(|f| flag_label(lang, f)).collect(),
+        fields,
+        conflicts,
+        contest,
+        photos: view
+            .photos
+            .iter()
+            .map(|p| PhotoItem { sha256: p.sha256.clone(), thumb: p.thumb_sha256.clone(), on_server: p.on_server })
+            .collect(),
+        timeline,
+        map_svg: map::case_map(grid.map(|g| &g.boundary), loc.lat, loc.lon, state.status.label()),
+        actions: allowed_actions(user, view, lang),
+        departments: catalog
+            .departments
+            .iter()
+            .map(|d| Choice { value: d.id.0.clone(), label: d.name.clone(), selected: false })
+            .collect(),
+        default_hours,
+        chrome,
+    }
+}
+
+/// An event id from a form, or a clear error.
+pub fn parse_event_id(s: &str) -> Option<EventId> {
+    EventId::parse(s).ok()
+}
+
+/// The queue as CSV (every matching case), in the page's language. Cells that a spreadsheet
+/// would run as a formula are prefixed with `'`.
+pub fn queue_csv(queue: &CaseQueue, catalog: &Catalog, lang: Lang) -> Result<Vec<u8>, crate::error::ServerError> {
+    let calendar = DistrictCalendar::default();
+    let safe = |s: String| if s.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{s}") } else { s };
+    let mut w = csv::Writer::from_writer(vec![]);
+    let fail = |e: csv::Error| crate::error::ServerError::Internal(format!("writing CSV: {e}"));
+    w.write_record(
+        ["code", "title", "status", "grid", "category", "departments", "reported", "deadline", "overdue", "flags", "id"]
+            .map(|k| match k {
+                "id" => "id".to_owned(),
+                "overdue" => lang.t("overdue").to_owned(),
+                other => lang.t(other).to_owned(),
+            }),
+    )
+    .map_err(fail)?;
+    for r in &queue.rows {
+        w.write_record([
+            safe(r.code.clone()),
+            safe(r.title.clone()),
+            status_label(lang, &r.status),
+            grid_name(catalog, &r.grid),
+            category_name(catalog, lang, &r.category),
+            r.departments.iter().map(|d| department_name(catalog, d)).collect::<Vec<_>>().join(" "),
+            minute(&calendar, r.reported_ms),
+            minute(&calendar, r.deadline_ms),
+            if r.overdue { "1".into() } else { String::new() },
+            r.flags.join(" "),
+            r.id.clone(),
+        ])
+        .map_err(fail)?;
+    }
+    w.into_inner().map_err(|e| crate::error::ServerError::Internal(format!("writing CSV: {e}")))
+}
