@@ -8,6 +8,7 @@
 //!   gridwork-sync-server admin --data-dir DIR import-catalog FILE.json
 //!   gridwork-sync-server admin --data-dir DIR set-user USER --role ROLE [--department D] [--scope S]...
 //!   gridwork-sync-server admin --data-dir DIR enrol-device USER
+//!   gridwork-sync-server admin --data-dir DIR set-password USER   (console sign-in; password on stdin)
 //!   gridwork-sync-server admin --data-dir DIR retire-device DEVICE | revoke-device DEVICE
 //!   gridwork-sync-server admin --data-dir DIR list-devices
 //!   gridwork-sync-server admin --data-dir DIR quarantine | release KEY | reject KEY
@@ -32,6 +33,7 @@ const USAGE: &str = "usage:
   gridwork-sync-server --data-dir DIR grids import FILE.geojson --datum wgs84|gcj02   (grids and patrol points; an invalid polygon refuses the file)
   gridwork-sync-server admin --data-dir DIR import-catalog FILE.json
   gridwork-sync-server admin --data-dir DIR set-user USER --role worker|supervisor|department_handler|administrator [--department D] [--scope grid:ID|community:NAME|street:NAME|department:ID]...
+  gridwork-sync-server admin --data-dir DIR set-password USER   (console sign-in for a supervisor, handler or administrator; reads the password from stdin or GRIDWORK_PASSWORD)
   gridwork-sync-server admin --data-dir DIR retire-device DEVICE   (a worker leaves: it may push what it holds, receives nothing)
   gridwork-sync-server admin --data-dir DIR revoke-device DEVICE   (a lost phone: refused from now on)
   gridwork-sync-server admin --data-dir DIR list-devices
@@ -180,6 +182,20 @@ fn run() -> Result<(), String> {
             let fp = files.init(&hosts).map_err(|e| e.to_string())?;
             println!("TLS ready in {} for {hosts:?}; district CA fingerprint sha256:{fp}", files.dir.display());
             println!("restart `serve` to use it; enrolment codes made from now on carry the fingerprint");
+        }
+        ["admin", "set-password", user] => {
+            let password = match std::env::var("GRIDWORK_PASSWORD") {
+                Ok(p) => p,
+                Err(_) => {
+                    eprintln!("password for {user} (at least 10 characters), then Enter:");
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line).map_err(|e| format!("reading the password: {e}"))?;
+                    line.trim_end_matches(['\r', '\n']).to_owned()
+                }
+            };
+            let console = store.console().ok_or("this store has no console")?;
+            console.set_password(user, &password, now_ms()).map_err(|e| e.to_string())?;
+            println!("{user} can sign in to /console");
         }
         ["admin", "enrol-device", user, rest @ ..] => {
             let mut rest: Vec<String> = rest.iter().map(|s| s.to_string()).collect();

@@ -43,8 +43,12 @@ impl Lang {
     }
 
     /// The word for `key`, or the key itself if the table lacks it.
-    pub fn t<'a>(self, key: &'a str) -> &'a str {
-        WORDS.iter().find(|(k, _, _)| *k == key).map(|(_, zh, en)| if self == Lang::Zh { *zh } else { *en }).unwrap_or(key)
+    pub fn t(self, key: &str) -> &str {
+        WORDS
+            .iter()
+            .find(|(k, _, _)| *k == key)
+            .map(|(_, zh, en)| if self == Lang::Zh { *zh } else { *en })
+            .unwrap_or(key)
     }
 }
 

@@ -57,7 +57,9 @@ pub fn case_map(grid: Option<&Polygon>, lat: f64, lon: f64, status: &str) -> Str
     let mut points: Vec<(f64, f64)> = grid.map(|g| g.ring.clone()).unwrap_or_default();
     points.push((lat, lon));
     let frame = Frame::around(&points, 300.0);
-    let mut svg = String::from(r#"<svg class="map" id="case-map" viewBox="0 0 300 300" xmlns="http://www.w3.org/2000/svg" role="img">"#);
+    let mut svg = String::from(
+        r#"<svg class="map" id="case-map" viewBox="0 0 300 300" xmlns="http://www.w3.org/2000/svg" role="img">"#,
+    );
     if let Some(g) = grid {
         let pts: Vec<String> = g
             .ring
@@ -67,7 +69,8 @@ pub fn case_map(grid: Option<&Polygon>, lat: f64, lon: f64, status: &str) -> Str
                 format!("{x:.1},{y:.1}")
             })
             .collect();
-        let _ = write!(svg, r##"<polygon points="{}" fill="#e7edf4" stroke="#0b5cad" stroke-width="2"/>"##, pts.join(" "));
+        let _ =
+            write!(svg, r##"<polygon points="{}" fill="#e7edf4" stroke="#0b5cad" stroke-width="2"/>"##, pts.join(" "));
     }
     let (x, y) = frame.xy(lat, lon);
     let _ = write!(

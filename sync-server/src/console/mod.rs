@@ -100,12 +100,9 @@ fn language(headers: &HeaderMap, query: &HashMap<String, String>) -> (Lang, bool
 
 fn html(status: StatusCode, page: Result<String, askama::Error>) -> Response {
     match page {
-        Ok(body) => (
-            status,
-            [(CONTENT_TYPE, "text/html; charset=utf-8"), (CACHE_CONTROL, "no-store")],
-            body,
-        )
-            .into_response(),
+        Ok(body) => {
+            (status, [(CONTENT_TYPE, "text/html; charset=utf-8"), (CACHE_CONTROL, "no-store")], body).into_response()
+        }
         Err(e) => {
             tracing::error!(error = %e, "console page failed to render");
             (StatusCode::INTERNAL_SERVER_ERROR, "the page failed to render; see the server log").into_response()
@@ -162,7 +159,11 @@ fn error_page(lang: Lang, session: Option<&Session>, e: &ServerError) -> Respons
         tracing::error!(error = %e, "console request failed");
     }
     let heading = if status == StatusCode::NOT_FOUND { lang.t("not_found") } else { lang.t("error") };
-    let page = views::MessagePage { chrome: chrome(lang, heading, session), heading: heading.to_owned(), message: e.to_string() };
+    let page = views::MessagePage {
+        chrome: chrome(lang, heading, session),
+        heading: heading.to_owned(),
+        message: e.to_string(),
+    };
     html(status, page.render())
 }
 
@@ -178,7 +179,14 @@ async fn login_form(
     login_page(lang, remember, state.secure, String::new(), None, StatusCode::OK)
 }
 
-fn login_page(lang: Lang, remember: bool, secure: bool, user: String, error: Option<String>, status: StatusCode) -> Response {
+fn login_page(
+    lang: Lang,
+    remember: bool,
+    secure: bool,
+    user: String,
+    error: Option<String>,
+    status: StatusCode,
+) -> Response {
     let mut token = [0u8; 16];
     if getrandom::fill(&mut token).is_err() {
         return (StatusCode::INTERNAL_SERVER_ERROR, "no randomness for the sign-in form").into_response();
@@ -309,7 +317,8 @@ async fn queue(
         })
         .await;
         let (queue, catalog) = result.map_err(|e| (session.clone(), e))?;
-        let page = views::queue_page(chrome(lang, lang.t("queue"), Some(&session)), &catalog, &session.user, filter, queue);
+        let page =
+            views::queue_page(chrome(lang, lang.t("queue"), Some(&session)), &catalog, &session.user, filter, queue);
         Ok(html(StatusCode::OK, page.render()))
     })
     .await
@@ -404,8 +413,8 @@ fn parse_action(
         },
         "dispatch" => {
             let departments: Vec<DepartmentId> = f
-                .iter()
-                .filter_map(|(k, _)| k.strip_prefix("dept_"))
+                .keys()
+                .filter_map(|k| k.strip_prefix("dept_"))
                 .map(DepartmentId::from)
                 .collect::<std::collections::BTreeSet<_>>()
                 .into_iter()
@@ -413,11 +422,10 @@ fn parse_action(
             if departments.is_empty() {
                 return Err(ServerError::BadRequest("choose at least one department to dispatch to".into()));
             }
-            let hours: i64 = get("hours")
-                .parse()
-                .ok()
-                .filter(|h| (1..=2160).contains(h))
-                .ok_or_else(|| ServerError::BadRequest("the deadline is a number of hours from 1 to 2160".into()))?;
+            let hours: i64 =
+                get("hours").parse().ok().filter(|h| (1..=2160).contains(h)).ok_or_else(|| {
+                    ServerError::BadRequest("the deadline is a number of hours from 1 to 2160".into())
+                })?;
             EventKind::Dispatch { departments, deadline_ms: now + hours * 3_600_000 }
         }
         "start" => EventKind::Start { department: own_department()? },
@@ -447,14 +455,22 @@ fn parse_action(
             let case = &view.case;
             let missing = || ServerError::BadRequest("that value is no longer in conflict: reload the page".into());
             let patch = match get("field").as_str() {
-                keys::TITLE => CasePatch { title: Some(case.title.conflicts.get(index).ok_or_else(missing)?.clone()), ..Default::default() },
-                keys::CATEGORY => {
-                    CasePatch { category: Some(case.category.conflicts.get(index).ok_or_else(missing)?.clone()), ..Default::default() }
-                }
-                keys::GRID => CasePatch { grid: Some(case.grid.conflicts.get(index).ok_or_else(missing)?.clone()), ..Default::default() },
-                keys::LOCATION => {
-                    CasePatch { location: Some(case.location.conflicts.get(index).ok_or_else(missing)?.clone()), ..Default::default() }
-                }
+                keys::TITLE => CasePatch {
+                    title: Some(case.title.conflicts.get(index).ok_or_else(missing)?.clone()),
+                    ..Default::default()
+                },
+                keys::CATEGORY => CasePatch {
+                    category: Some(case.category.conflicts.get(index).ok_or_else(missing)?.clone()),
+                    ..Default::default()
+                },
+                keys::GRID => CasePatch {
+                    grid: Some(case.grid.conflicts.get(index).ok_or_else(missing)?.clone()),
+                    ..Default::default()
+                },
+                keys::LOCATION => CasePatch {
+                    location: Some(case.location.conflicts.get(index).ok_or_else(missing)?.clone()),
+                    ..Default::default()
+                },
                 other => return Err(ServerError::BadRequest(format!("{other:?} is not a field with conflicts"))),
             };
             return Ok(ConsoleAction::Keep(patch));

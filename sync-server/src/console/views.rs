@@ -216,7 +216,9 @@ fn area_choices(catalog: &Catalog, user: &ConsoleUser, selected: &str) -> Vec<Ch
     let sees = |g: &gridwork_model::catalog::Grid| {
         user.sees_everything()
             || user.scopes.iter().any(|s| {
-                *s == format!("grid:{}", g.id) || *s == format!("community:{}", g.community) || *s == format!("street:{}", g.street)
+                *s == format!("grid:{}", g.id)
+                    || *s == format!("community:{}", g.community)
+                    || *s == format!("street:{}", g.street)
             })
     };
     let mut streets = std::collections::BTreeSet::new();
@@ -334,7 +336,9 @@ fn describe(kind: &EventKind, lang: Lang, catalog: &Catalog, calendar: &District
             format!("{l} {note}")
         }
         EventKind::FollowUp { satisfaction, note } => format!("{} {satisfaction}/5 {note}", lang.t("satisfaction")),
-        EventKind::HandlerReport { department, note, .. } => format!("{} {note}", department_name(catalog, &department.0)),
+        EventKind::HandlerReport { department, note, .. } => {
+            format!("{} {note}", department_name(catalog, &department.0))
+        }
         EventKind::Start { department } => department_name(catalog, &department.0),
         EventKind::Accept { note } | EventKind::Close { note } | EventKind::Urge { note } => note.clone(),
         EventKind::Note { text } => text.clone(),
@@ -536,12 +540,24 @@ pub fn queue_csv(queue: &CaseQueue, catalog: &Catalog, lang: Lang) -> Result<Vec
     let mut w = csv::Writer::from_writer(vec![]);
     let fail = |e: csv::Error| crate::error::ServerError::Internal(format!("writing CSV: {e}"));
     w.write_record(
-        ["code", "title", "status", "grid", "category", "departments", "reported", "deadline", "overdue", "flags", "id"]
-            .map(|k| match k {
-                "id" => "id".to_owned(),
-                "overdue" => lang.t("overdue").to_owned(),
-                other => lang.t(other).to_owned(),
-            }),
+        [
+            "code",
+            "title",
+            "status",
+            "grid",
+            "category",
+            "departments",
+            "reported",
+            "deadline",
+            "overdue",
+            "flags",
+            "id",
+        ]
+        .map(|k| match k {
+            "id" => "id".to_owned(),
+            "overdue" => lang.t("overdue").to_owned(),
+            other => lang.t(other).to_owned(),
+        }),
     )
     .map_err(fail)?;
     for r in &queue.rows {

@@ -23,10 +23,10 @@ use sha2::{Digest, Sha256};
 mod console;
 
 use super::{Device, OperatorStats, SyncStore};
-use console::departments_column;
 use crate::blobs::{Begun, BlobFiles, Writer};
 use crate::error::{Result, ServerError};
 use crate::ingest::{read_change, ChangeFacts};
+use console::departments_column;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -380,11 +380,10 @@ impl SqliteStore {
     /// Every device, the one sitting longest on unsynced work first.
     pub fn list_devices(&self, now_ms: i64) -> Result<Vec<DeviceInfo>> {
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare(
-                "SELECT id, code, user_id, status, last_seen_ms, last_state, retired_ms, drained_ms FROM devices
+        let mut stmt = conn.prepare(
+            "SELECT id, code, user_id, status, last_seen_ms, last_state, retired_ms, drained_ms FROM devices
                  WHERE id NOT LIKE 'console-%' ORDER BY id",
-            )?;
+        )?;
         let rows = stmt.query_map([], |r| {
             let state: Option<String> = r.get(5)?;
             let (retired_ms, drained_ms): (Option<i64>, Option<i64>) = (r.get(6)?, r.get(7)?);
@@ -663,7 +662,9 @@ impl SqliteStore {
                 keys::CATEGORY => {
                     exec(tx, "UPDATE docs SET category_id = ?2 WHERE doc_id = ?1", params![doc_id, v])?;
                 }
-                keys::TITLE => exec(tx, "UPDATE docs SET title = ?2 WHERE doc_id = ?1", params![doc_id, v]).map(drop)?,
+                keys::TITLE => {
+                    exec(tx, "UPDATE docs SET title = ?2 WHERE doc_id = ?1", params![doc_id, v]).map(drop)?
+                }
                 keys::CODE => exec(tx, "UPDATE docs SET code = ?2 WHERE doc_id = ?1", params![doc_id, v]).map(drop)?,
                 keys::REPORTER => {
                     exec(tx, "UPDATE docs SET reporter = ?2 WHERE doc_id = ?1", params![doc_id, v]).map(drop)?

@@ -213,11 +213,7 @@ impl ConsoleStore for SqliteStore {
         let token = random_hex(32)?;
         let csrf = random_hex(16)?;
         let conn = self.conn();
-        exec(
-            &conn,
-            "UPDATE console_accounts SET failed_attempts = 0, locked_until_ms = 0 WHERE user_id = ?1",
-            [user],
-        )?;
+        exec(&conn, "UPDATE console_accounts SET failed_attempts = 0, locked_until_ms = 0 WHERE user_id = ?1", [user])?;
         exec(&conn, "DELETE FROM console_sessions WHERE expires_ms < ?1", [now_ms])?;
         exec(
             &conn,
@@ -259,7 +255,9 @@ impl ConsoleStore for SqliteStore {
         match role.as_deref() {
             None => return Err(ServerError::NotFound(format!("user {user}: add them with `admin set-user` first"))),
             Some("worker") => {
-                return Err(ServerError::BadRequest(format!("{user} is a worker: the console is for supervisors, department handlers and administrators")))
+                return Err(ServerError::BadRequest(format!(
+                    "{user} is a worker: the console is for supervisors, department handlers and administrators"
+                )))
             }
             Some(_) => {}
         }
@@ -317,6 +315,7 @@ impl ConsoleStore for SqliteStore {
             clauses.push(if start { format!("d.reported_ms >= {a}") } else { format!("d.reported_ms < {a}") });
         }
         let without_status = clauses.join(" AND ");
+        let args_without_status = args.len();
         if !filter.status.is_empty() {
             let a = arg(Box::new(filter.status.clone()), &mut args);
             clauses.push(format!("d.status = {a}"));
@@ -329,7 +328,9 @@ impl ConsoleStore for SqliteStore {
                 .prepare(&format!(
                     "SELECT d.status, count(*) FROM docs d WHERE {without_status} GROUP BY d.status ORDER BY d.status"
                 ))?
-                .query_map(rusqlite::params_from_iter(args.iter().map(|b| b.as_ref())), |r| Ok((r.get(0)?, r.get(1)?)))?
+                .query_map(rusqlite::params_from_iter(args[..args_without_status].iter().map(|b| b.as_ref())), |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
                 .collect::<rusqlite::Result<_>>()?;
             let total: i64 = if filter.status.is_empty() {
                 counts.iter().map(|(_, n)| n).sum()
@@ -371,7 +372,12 @@ impl ConsoleStore for SqliteStore {
                             .filter(|s| !s.is_empty())
                             .map(str::to_owned)
                             .collect(),
-                        flags: r.get::<_, String>(10)?.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+                        flags: r
+                            .get::<_, String>(10)?
+                            .split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_owned)
+                            .collect(),
                     })
                 })?
                 .collect::<rusqlite::Result<_>>()?;

@@ -1,0 +1,239 @@
+//! The supervisor console over HTTP, against a real server with real phones: the case chain
+//! worked from a desk, and the console's security rules. (The same chain in a real browser is
+//! tests/console-browser/.)
+
+use std::collections::HashMap;
+
+use gridwork_core::model::catalog::Role;
+use gridwork_core::model::lifecycle::EventKind;
+use gridwork_sync_server::store::console::MAX_FAILED_SIGN_INS;
+use gridwork_sync_server::store::ConsoleStore;
+
+mod common;
+use common::{capture, phone, District};
+
+const PASSWORD: &str = "correct horse battery";
+
+/// A browser without JavaScript: follows nothing by itself, keeps cookies.
+struct Browser {
+    client: reqwest::blocking::Client,
+    base: String,
+    cookies: HashMap<String, String>,
+}
+
+struct Page {
+    status: u16,
+    location: Option<String>,
+    body: String,
+}
+
+impl Page {
+    /// The CSRF token of the page's forms.
+    fn csrf(&self) -> String {
+        let at = self.body.find("name=\"csrf\" value=\"").expect("page has a form") + 19;
+        self.body[at..].split('"').next().expect("token").to_owned()
+    }
+}
+
+impl Browser {
+    fn new(base: &str) -> Browser {
+        let client = reqwest::blocking::Client::builder()
+            .tls_backend_preconfigured(gridwork_core::tls::trust_nobody().expect("tls config"))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        Browser { client, base: base.to_owned(), cookies: HashMap::new() }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
+    }
+
+    fn keep(&mut self, resp: reqwest::blocking::Response) -> Page {
+        for c in resp.headers().get_all("set-cookie") {
+            let text = c.to_str().expect("cookie text");
+            let (pair, _) = text.split_once(';').unwrap_or((text, ""));
+            let (k, v) = pair.split_once('=').expect("name=value");
+            if v.is_empty() {
+                self.cookies.remove(k);
+            } else {
+                self.cookies.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        let status = resp.status().as_u16();
+        let location = resp.headers().get("location").and_then(|l| l.to_str().ok()).map(str::to_owned);
+        Page { status, location, body: resp.text().expect("body") }
+    }
+
+    fn get(&mut self, path: &str) -> Page {
+        let resp =
+            self.client.get(format!("{}{path}", self.base)).header("cookie", self.cookie_header()).send().expect("GET");
+        self.keep(resp)
+    }
+
+    fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        let body: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+        let resp = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("cookie", self.cookie_header())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .expect("POST");
+        self.keep(resp)
+    }
+
+    fn sign_in(&mut self, user: &str, password: &str) -> Page {
+        let form = self.get("/console/login");
+        assert_eq!(form.status, 200);
+        let csrf = form.csrf();
+        self.post("/console/login", &[("csrf", &csrf), ("user", user), ("password", password)])
+    }
+
+    /// Posts an action from the case page, with that page's token.
+    fn act(&mut self, case: &str, fields: &[(&str, &str)]) -> Page {
+        let page = self.get(&format!("/console/cases/{case}"));
+        assert_eq!(page.status, 200, "{}", page.body);
+        let csrf = page.csrf();
+        let mut form = vec![("csrf", csrf.as_str())];
+        form.extend_from_slice(fields);
+        self.post(&format!("/console/cases/{case}/act"), &form)
+    }
+}
+
+fn console_users(d: &District) {
+    let console = d.store.as_ref() as &dyn ConsoleStore;
+    d.store.set_user("s2", Role::Supervisor, None, &["community:Community 9".into()]).expect("s2");
+    for u in ["s1", "s2", "h1"] {
+        console.set_password(u, PASSWORD, 0).expect("password");
+    }
+}
+
+#[test]
+fn a_case_worked_from_the_console_reaches_the_phones_and_closes() {
+    let d = District::new();
+    console_users(&d);
+    let mut w1 = phone(&d, "w1", None);
+    let case = capture(&w1, 0, 1, 31)[0];
+    w1.sync(&d.url()).expect("worker pushes");
+    let code = w1.store.get_case(&case).expect("case").case.code;
+
+    let mut sup = Browser::new(&d.url());
+    let signed = sup.sign_in("s1", PASSWORD);
+    assert_eq!((signed.status, signed.location.as_deref()), (303, Some("/console/cases")));
+    let queue = sup.get("/console/cases");
+    assert_eq!(queue.status, 200);
+    assert!(queue.body.contains(&code), "the queue lists the phone's case");
+    assert!(queue.body.contains("案件队列"), "Chinese by default");
+    assert!(sup.get("/console/cases?lang=en").body.contains("Case queue"), "English on request");
+    assert!(sup.get("/console/cases").body.contains("Case queue"), "and remembered");
+
+    assert_eq!(sup.act(&case.to_string(), &[("action", "accept"), ("note", "")]).status, 303);
+    let dispatched =
+        sup.act(&case.to_string(), &[("action", "dispatch"), ("dept_police", "1"), ("hours", "24"), ("note", "")]);
+    assert_eq!(dispatched.status, 303, "{}", dispatched.body);
+    let detail = sup.get(&format!("/console/cases/{case}"));
+    assert!(detail.body.contains("data-status=\"dispatched\""), "{}", detail.body);
+    assert!(detail.body.contains("console-s1"), "the timeline names the console's actor");
+
+    w1.sync(&d.url()).expect("worker pulls");
+    let on_phone = w1.store.get_case(&case).expect("case");
+    assert_eq!(on_phone.case.timeline.state.status.label(), "dispatched", "the dispatch reached the phone");
+    let dispatch = on_phone.case.timeline.entries.iter().find(|e| e.event.kind.name() == "dispatch").expect("event");
+    assert_eq!((dispatch.event.actor.user.0.as_str(), dispatch.event.actor.device.0.as_str()), ("s1", "console-s1"));
+
+    let mut handler = Browser::new(&d.url());
+    assert_eq!(handler.sign_in("h1", PASSWORD).status, 303);
+    let handled = handler.act(&case.to_string(), &[("action", "handler_report"), ("note", "cleared")]);
+    assert_eq!(handled.status, 303, "{}", handled.body);
+
+    // The role table decides on the server too: a handler cannot close.
+    let refused = handler.act(&case.to_string(), &[("action", "close"), ("note", "")]);
+    assert_eq!(refused.status, 409, "{}", refused.body);
+
+    w1.sync(&d.url()).expect("worker pulls the handling");
+    w1.store
+        .record_event(&case, EventKind::FollowUp { satisfaction: 5, note: "resident thanks".into() })
+        .expect("visit");
+    w1.sync(&d.url()).expect("worker pushes the visit");
+
+    let closed = sup.act(&case.to_string(), &[("action", "close"), ("note", "verified")]);
+    assert_eq!(closed.status, 303, "{}", closed.body);
+    w1.sync(&d.url()).expect("worker pulls the close");
+    assert_eq!(w1.store.get_case(&case).expect("case").case.timeline.state.status.label(), "closed");
+
+    let csv = sup.get("/console/cases.csv?status=closed");
+    assert_eq!(csv.status, 200, "{}", csv.body);
+    assert!(csv.body.contains(&code) && csv.body.lines().count() == 2, "{}", csv.body);
+}
+
+#[test]
+fn the_console_refuses_device_tokens_forged_forms_other_areas_and_password_guessing() {
+    let d = District::new();
+    console_users(&d);
+    let mut w1 = phone(&d, "w1", None);
+    let case = capture(&w1, 0, 1, 32)[0].to_string();
+    w1.sync(&d.url()).expect("worker pushes");
+
+    // A device token means nothing to the console.
+    let client = reqwest::blocking::Client::builder()
+        .tls_backend_preconfigured(gridwork_core::tls::trust_nobody().expect("tls config"))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    for path in ["/console/cases", &format!("/console/cases/{case}"), "/console/cases.csv"] {
+        let resp = client.get(format!("{}{path}", d.url())).bearer_auth(&w1.config.token).send().expect("GET");
+        assert_eq!(resp.status().as_u16(), 303, "{path}");
+        assert_eq!(resp.headers().get("location").and_then(|l| l.to_str().ok()), Some("/console/login"));
+    }
+    // Workers have no console password.
+    let console = d.store.as_ref() as &dyn ConsoleStore;
+    assert!(console.set_password("w1", PASSWORD, 0).is_err());
+    let heads = d.store.doc_heads(&case).expect("heads");
+
+    // A form without the session's token: 403, nothing written.
+    let mut sup = Browser::new(&d.url());
+    assert_eq!(sup.sign_in("s1", PASSWORD).status, 303);
+    let forged = sup.post(&format!("/console/cases/{case}/act"), &[("action", "accept")]);
+    assert_eq!(forged.status, 403);
+    let wrong = sup.post(&format!("/console/cases/{case}/act"), &[("action", "accept"), ("csrf", "00")]);
+    assert_eq!(wrong.status, 403);
+    assert_eq!(d.store.doc_heads(&case).expect("heads"), heads);
+    // The sign-in form needs its own token too.
+    let mut fresh = Browser::new(&d.url());
+    assert_eq!(fresh.post("/console/login", &[("user", "s1"), ("password", PASSWORD)]).status, 403);
+
+    // A supervisor of another community neither sees nor acts on the case.
+    let mut other = Browser::new(&d.url());
+    assert_eq!(other.sign_in("s2", PASSWORD).status, 303);
+    let queue = other.get("/console/cases");
+    assert!(!queue.body.contains(&case));
+    assert_eq!(other.get(&format!("/console/cases/{case}")).status, 403);
+    let csrf = other.get("/console/cases").csrf();
+    let act = other.post(&format!("/console/cases/{case}/act"), &[("csrf", &csrf), ("action", "accept")]);
+    assert_eq!(act.status, 403);
+    assert_eq!(d.store.doc_heads(&case).expect("heads"), heads, "nothing written");
+    // A handler sees only what is dispatched to their department.
+    let mut handler = Browser::new(&d.url());
+    assert_eq!(handler.sign_in("h1", PASSWORD).status, 303);
+    assert_eq!(handler.get(&format!("/console/cases/{case}")).status, 403);
+
+    // Repeated wrong passwords lock the account, even against the right one.
+    let mut guesser = Browser::new(&d.url());
+    for i in 0..MAX_FAILED_SIGN_INS - 1 {
+        assert_eq!(guesser.sign_in("s1", &format!("guess {i}")).status, 401);
+    }
+    assert_eq!(guesser.sign_in("s1", "last guess").status, 429, "the fifth failure locks");
+    let locked = guesser.sign_in("s1", PASSWORD);
+    assert_eq!(locked.status, 429, "locked even with the right password");
+    assert!(locked.body.contains("locked") || locked.body.contains("锁"), "{}", locked.body);
+    // The session signed in before the lockout still works; signing out ends it.
+    let page = sup.get("/console/cases");
+    assert_eq!(page.status, 200);
+    assert_eq!(sup.post("/console/logout", &[("csrf", &page.csrf())]).status, 303);
+    assert_eq!(sup.get("/console/cases").status, 303);
+    // An administrator's reset unlocks.
+    console.set_password("s1", PASSWORD, 0).expect("reset");
+    assert_eq!(Browser::new(&d.url()).sign_in("s1", PASSWORD).status, 303);
+}
