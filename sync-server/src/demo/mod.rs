@@ -7,10 +7,15 @@
 //! phone is a real gridwork-core store on disk. With no network, every worker patrols their grid
 //! (check-ins at patrol points) and reports cases, one in five with a photo. Then every phone
 //! syncs at once; supervisors triage and dispatch; the department and the workers sync again.
+//! Some cases go further — rejected, handled by the police, visited again by their worker,
+//! closed; a few dispatched with a deadline already past — so the console shows every state.
 //! It prints what supervisors see and a final JSON line:
 //! `{"devices":…,"cases":…,"checkins":…,"photos":…,"converged":…,"lost":0,"duplicated":0,"elapsed_s":…}`.
 //! "converged" means every phone holds exactly the cases of its scope, with the server's heads,
 //! and has nothing left to send: no outbox item, no photo the server has not confirmed.
+//!
+//! Then, unless `--no-console`, the server keeps running and the supervisor console waits at
+//! the printed URL with demo sign-ins, until Ctrl-C.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -36,13 +41,17 @@ struct Args {
     cases: usize,
     checkins: usize,
     data_dir: Option<PathBuf>,
+    console: bool,
 }
 
+/// The password of every demo console account (printed with the console's URL).
+pub const DEMO_PASSWORD: &str = "gridwork-demo";
+
 const HELP: &str = "usage: gridwork-sync-server demo [--devices N] [--cases N per device] [--checkins N per device] [--data-dir DIR] [--no-console]
-  --no-console  exit after the final line (the default today: the supervisor console is not built yet)";
+  --no-console  exit after the final line instead of leaving the supervisor console running";
 
 fn parse_args(args: Vec<String>) -> Result<Args, String> {
-    let mut a = Args { devices: 40, cases: 20, checkins: 8, data_dir: None };
+    let mut a = Args { devices: 40, cases: 20, checkins: 8, data_dir: None, console: true };
     let mut it = args.into_iter();
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -52,7 +61,7 @@ fn parse_args(args: Vec<String>) -> Result<Args, String> {
             "--cases" => a.cases = number(value()?)?,
             "--checkins" => a.checkins = number(value()?)?,
             "--data-dir" => a.data_dir = Some(PathBuf::from(value()?)),
-            "--no-console" => {}
+            "--no-console" => a.console = false,
             "-h" | "--help" => return Err(HELP.into()),
             other => return Err(format!("unknown flag {other}\n{HELP}")),
         }
@@ -153,6 +162,15 @@ fn run(args: Args) -> Result<(), String> {
     server
         .set_user("police1", Role::DepartmentHandler, Some("police"), &["department:police".into()])
         .map_err(|e| e.to_string())?;
+    server.set_user("admin", Role::Administrator, None, &[]).map_err(|e| e.to_string())?;
+    {
+        use crate::store::ConsoleStore;
+        let console: &dyn ConsoleStore = server.as_ref();
+        let people = (0..communities.len()).map(|k| format!("sup{k}")).chain(["police1".into(), "admin".into()]);
+        for u in people {
+            console.set_password(&u, DEMO_PASSWORD, now_ms()).map_err(|e| e.to_string())?;
+        }
+    }
     let running = crate::start(server.clone() as Arc<dyn SyncStore>, "127.0.0.1:0".parse().map_err(|_| "address")?)
         .map_err(|e| format!("cannot start the server: {e}"))?;
     let url = running.url();
@@ -224,22 +242,87 @@ fn run(args: Args) -> Result<(), String> {
     let sync_started = Instant::now();
     say("back online: every worker's phone syncs");
     for_each_phone(&workers, "synced", |_, p| sync(p))?;
-    say("supervisors sync, accept and dispatch their newest cases to the police");
+    say("supervisors sync and triage their newest cases: reject, accept, dispatch to the police");
     for_each_phone(&supervisors, "supervisors", |_, p| {
         sync(p)?;
-        let newest = p.store.list_cases(&CaseQuery { limit: 3, ..Default::default() }).map_err(|e| e.to_string())?;
-        for c in newest.items {
-            p.store.record_event(&c.id, EventKind::Accept { note: "已受理".into() }).map_err(|e| e.to_string())?;
-            p.store
+        let newest = p.store.list_cases(&CaseQuery { limit: 12, ..Default::default() }).map_err(|e| e.to_string())?;
+        for (i, c) in newest.items.iter().enumerate() {
+            let act = |kind: EventKind| p.store.record_event(&c.id, kind).map(drop).map_err(|e| e.to_string());
+            match i {
+                // The newest stay reported: the queue's first page has work waiting.
+                0..=1 => {}
+                2 => act(EventKind::Reject {
+                    reason: gridwork_core::model::lifecycle::RejectReason::Duplicate,
+                    duplicate_of: None,
+                    note: "重复上报".into(),
+                })?,
+                3 => act(EventKind::Accept { note: "已受理".into() })?,
+                _ => {
+                    act(EventKind::Accept { note: "已受理".into() })?;
+                    // Two dispatched with a deadline already past: overdue in the console.
+                    let hours = if i < 6 { -2 } else { 12 };
+                    act(EventKind::Dispatch {
+                        departments: vec!["police".into()],
+                        deadline_ms: now_ms() + hours * 3_600_000,
+                    })?;
+                }
+            }
+        }
+        sync(p)
+    })?;
+    say("the police handle some of their cases; workers visit the residents; supervisors close");
+    sync(&police)?;
+    let dispatched = police.store.list_cases(&CaseQuery { limit: 500, ..Default::default() }).map_err(|e| e.to_string())?;
+    for (i, c) in dispatched.items.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+        let police_dept: gridwork_core::model::ids::DepartmentId = "police".into();
+        police
+            .store
+            .record_event(&c.id, EventKind::Start { department: police_dept.clone() })
+            .map_err(|e| e.to_string())?;
+        if i % 4 == 0 {
+            police
+                .store
                 .record_event(
                     &c.id,
-                    EventKind::Dispatch { departments: vec!["police".into()], deadline_ms: now_ms() + 12 * 3_600_000 },
+                    EventKind::HandlerReport { department: police_dept, note: "已处置".into(), evidence: vec![] },
                 )
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    sync(&police)?;
+    for_each_phone(&workers, "synced", |d, p| {
+        sync(p)?;
+        // Half the workers have not been back yet: their handled cases wait for the visit.
+        if d % 2 == 1 {
+            return Ok(());
+        }
+        let mine = p
+            .store
+            .list_cases(&CaseQuery { assigned_to_me: true, limit: 50, ..Default::default() })
+            .map_err(|e| e.to_string())?;
+        for c in mine.items.iter().filter(|c| c.status == "handled") {
+            p.store
+                .record_event(&c.id, EventKind::FollowUp { satisfaction: 5, note: "居民满意".into() })
                 .map_err(|e| e.to_string())?;
         }
         sync(p)
     })?;
-    say("the police handler and every worker sync again");
+    for_each_phone(&supervisors, "supervisors", |_, p| {
+        sync(p)?;
+        let visited = p
+            .store
+            .list_cases(&CaseQuery {
+                statuses: vec![gridwork_core::model::lifecycle::Status::FollowedUp],
+                limit: 50,
+                ..Default::default()
+            })
+            .map_err(|e| e.to_string())?;
+        for c in visited.items.iter().step_by(2) {
+            p.store.record_event(&c.id, EventKind::Close { note: "核查属实".into() }).map_err(|e| e.to_string())?;
+        }
+        sync(p)
+    })?;
+    say("everyone syncs once more");
     sync(&police)?;
     for_each_phone(&workers, "synced", |_, p| sync(p))?;
     for_each_phone(&supervisors, "supervisors", |_, p| sync(p))?;
@@ -310,6 +393,24 @@ fn run(args: Args) -> Result<(), String> {
         "elapsed_s": (started.elapsed().as_secs_f64() * 100.0).round() / 100.0,
     });
     println!("{summary}");
+    if args.console {
+        wait_in_console(&running.url(), communities.len())?;
+    }
+    Ok(())
+}
+
+/// Leaves the server running for a person to look around the console, until Ctrl-C.
+fn wait_in_console(url: &str, communities: usize) -> Result<(), String> {
+    eprintln!("── supervisor console ─────────────────────────────────");
+    eprintln!("open {url}/console");
+    eprintln!(
+        "sign in as sup0…sup{} (a community's supervisor), police1 (police handler) or admin; password {DEMO_PASSWORD}",
+        communities.saturating_sub(1)
+    );
+    eprintln!("Ctrl-C stops the server (add --no-console to exit right after the JSON line)");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    rt.block_on(tokio::signal::ctrl_c()).map_err(|e| format!("waiting for Ctrl-C: {e}"))?;
+    eprintln!("stopping");
     Ok(())
 }
 
