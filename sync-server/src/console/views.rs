@@ -369,7 +369,7 @@ fn role_label(role: Role, lang: Lang) -> &'static str {
 
 /// The actions this person may take on the case as the server sees it: the lifecycle's role
 /// table decides, as it will again when the action is posted.
-fn allowed_actions(user: &ConsoleUser, view: &CaseView, lang: Lang) -> Vec<ActionView> {
+fn allowed_actions(user: &ConsoleUser, view: &CaseView, lang: Lang, catalog: &Catalog, now_ms: i64) -> Vec<ActionView> {
     let actor = Actor {
         user: UserId::from(user.id.as_str()),
         role: user.role,
@@ -380,7 +380,11 @@ fn allowed_actions(user: &ConsoleUser, view: &CaseView, lang: Lang) -> Vec<Actio
     let candidates = [
         EventKind::Accept { note: String::new() },
         EventKind::Reject { reason: RejectReason::Duplicate, duplicate_of: None, note: String::new() },
-        EventKind::Dispatch { departments: vec![], deadline_ms: 0 },
+        // A dispatch the check can judge: a real department, a deadline ahead.
+        EventKind::Dispatch {
+            departments: catalog.departments.iter().take(1).map(|d| d.id.clone()).collect(),
+            deadline_ms: now_ms + 3_600_000,
+        },
         EventKind::Start { department: dept.clone() },
         EventKind::HandlerReport { department: dept, note: String::new(), evidence: vec![] },
         EventKind::Urge { note: String::new() },
@@ -516,7 +520,7 @@ pub fn case_page(chrome: Chrome, catalog: &Catalog, user: &ConsoleUser, view: &C
             .collect(),
         timeline,
         map_svg: map::case_map(grid.map(|g| &g.boundary), loc.lat, loc.lon, state.status.label()),
-        actions: allowed_actions(user, view, lang),
+        actions: allowed_actions(user, view, lang, catalog, now_ms),
         departments: catalog
             .departments
             .iter()

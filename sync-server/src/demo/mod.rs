@@ -272,7 +272,8 @@ fn run(args: Args) -> Result<(), String> {
     })?;
     say("the police handle some of their cases; workers visit the residents; supervisors close");
     sync(&police)?;
-    let dispatched = police.store.list_cases(&CaseQuery { limit: 500, ..Default::default() }).map_err(|e| e.to_string())?;
+    let dispatched =
+        police.store.list_cases(&CaseQuery { limit: 500, ..Default::default() }).map_err(|e| e.to_string())?;
     for (i, c) in dispatched.items.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
         let police_dept: gridwork_core::model::ids::DepartmentId = "police".into();
         police
