@@ -7,7 +7,9 @@ ALTER TABLE docs ADD COLUMN title TEXT;
 ALTER TABLE docs ADD COLUMN reporter TEXT;
 ALTER TABLE docs ADD COLUMN reported_ms INTEGER;
 ALTER TABLE docs ADD COLUMN departments TEXT NOT NULL DEFAULT '';
-CREATE INDEX docs_by_deadline ON docs (deadline_ms);
+-- The queue's order (soonest deadline first, then newest report), so a page is read from the
+-- index instead of sorting every case; and counts per status.
+CREATE INDEX docs_queue_order ON docs ((deadline_ms IS NULL), deadline_ms, reported_ms DESC, doc_id);
 CREATE INDEX docs_by_status ON docs (status);
 
 -- Console sign-in: an argon2 hash (PHC string) per person, and lockout after repeated failures.

@@ -283,14 +283,15 @@ impl ConsoleStore for SqliteStore {
         };
         if let Some(scopes) = Self::visible_scopes(user) {
             let marks: Vec<String> = scopes.into_iter().map(|s| arg(Box::new(s), &mut args)).collect();
+            // Driven from the membership index: a community's cases, not every case checked.
             clauses.push(format!(
-                "EXISTS (SELECT 1 FROM membership m WHERE m.doc_id = d.doc_id AND m.scope IN ({}))",
+                "d.doc_id IN (SELECT m.doc_id FROM membership m WHERE m.scope IN ({}))",
                 marks.join(",")
             ));
         }
         if !filter.area.is_empty() {
             let a = arg(Box::new(filter.area.clone()), &mut args);
-            clauses.push(format!("EXISTS (SELECT 1 FROM membership m2 WHERE m2.doc_id = d.doc_id AND m2.scope = {a})"));
+            clauses.push(format!("d.doc_id IN (SELECT m2.doc_id FROM membership m2 WHERE m2.scope = {a})"));
         }
         if !filter.category.is_empty() {
             let a = arg(Box::new(filter.category.clone()), &mut args);
@@ -348,7 +349,7 @@ impl ConsoleStore for SqliteStore {
                             coalesce(d.category_id, ''), coalesce(d.reporter, ''), d.reported_ms, d.deadline_ms,
                             d.departments, d.flags
                      FROM docs d WHERE {with_status}
-                     ORDER BY d.deadline_ms IS NULL, d.deadline_ms, d.reported_ms DESC, d.doc_id
+                     ORDER BY (d.deadline_ms IS NULL), d.deadline_ms, d.reported_ms DESC, d.doc_id
                      LIMIT {size} OFFSET {offset}"
                 ))?
                 .query_map(params, |r| {

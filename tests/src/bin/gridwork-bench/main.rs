@@ -4,6 +4,7 @@
 //!   gridwork-bench idle-sync [--cases N]
 //!   gridwork-bench ffi [--captures 200] [--warmup 50]
 //!   gridwork-bench weak-link [--rate-bps 64000] [--rtt-ms 500] [--cut-every-s 30]
+//!   gridwork-bench console [--cases 100000] [--grids 100] [--samples 300]
 //!   gridwork-bench storm [--devices 5000] [--cases 20] [--checkins 50] [--concurrency 32] [--phones-dir /dev/shm]
 //!
 //! Benchmarks are not tests: nothing here asserts a timing. Quote medians and ratios measured in
@@ -22,6 +23,7 @@ use gridwork_core::model::lifecycle::Status;
 use gridwork_core::store::{CaseQuery, SortOrder};
 use gridwork_tests::{district, identity, open_device, random_case, Rng};
 
+mod console;
 mod ffi;
 mod storm;
 mod weak_link;
@@ -394,6 +396,7 @@ fn main() {
         "device" => parse_args(args).and_then(device),
         "idle-sync" => parse_args(args).and_then(idle_sync),
         "ffi" => ffi::parse(args).and_then(ffi::run),
+        "console" => console::parse(args).and_then(console::run),
         "weak-link" => weak_link::parse(args).and_then(weak_link::run),
         "storm" => storm::parse(args).and_then(|a| storm::run(a, &|v| println!("{v}"))),
         "storm-server" => match args.next() {
@@ -403,7 +406,8 @@ fn main() {
         _ => Err("usage: gridwork-bench device|idle-sync [--cases N] [--photo PATH] [--photo-runs N]
        gridwork-bench ffi [--captures N] [--warmup N]
        gridwork-bench weak-link [--rate-bps N] [--rtt-ms N] [--cut-every-s N]
-       gridwork-bench storm [--devices N] [--cases N] [--checkins N] [--concurrency N]"
+       gridwork-bench storm [--devices N] [--cases N] [--checkins N] [--concurrency N]
+       gridwork-bench console [--cases 100000] [--grids 100] [--samples 300]"
             .to_owned()),
     };
     if let Err(e) = result {

@@ -1,0 +1,296 @@
+//! `gridwork-bench console`: the supervisor console's server time with a district's worth of
+//! cases on the server.
+//!
+//! Seeds the server with `--cases` cases (default 100,000) over `--grids` grids, written as the
+//! phones would write them — a worker's report, then for most a supervisor's acceptance, a
+//! dispatch (some already overdue) or a rejection — and pushed through the store's sync path, so
+//! the console reads what a real district's store holds. Then it times what a page costs the
+//! server: the store's query plus building and rendering the page (no network, no browser).
+//!
+//! One JSON line per page and person: `queue_page` (the queue with a rotation of filters, and
+//! random pages) and `case_detail` (random cases), for an administrator who sees every case and
+//! for one community's supervisor. Goal: p99 ≤ 50 ms.
+
+use std::time::Instant;
+
+use askama::Template;
+use automerge::{ActorId, Automerge};
+use gridwork_core::model::catalog::{Actor, Role};
+use gridwork_core::model::doc::{self, NewCaseDoc};
+use gridwork_core::model::geo::Location;
+use gridwork_core::model::ids::{CaseId, DeviceId, EventId, UserId};
+use gridwork_core::model::lifecycle::{Event, EventKind, RejectReason};
+use gridwork_core::model::time::ClockStamp;
+use gridwork_core::model::wire::{DeviceState, EnrolRequest, PushedChange, SyncRequest, PROTOCOL_VERSION};
+use gridwork_sync_server::console::i18n::Lang;
+use gridwork_sync_server::console::views::{self, Chrome};
+use gridwork_sync_server::store::console::{CaseFilter, ConsoleStore};
+use gridwork_sync_server::store::Device;
+use gridwork_sync_server::{SqliteStore, SyncStore};
+use gridwork_tests::{district, grid_centre, Rng, TITLES};
+
+use super::{line, ms_since, progress, stats};
+
+pub struct ConsoleArgs {
+    cases: usize,
+    grids: usize,
+    samples: usize,
+}
+
+pub fn parse(mut it: impl Iterator<Item = String>) -> Result<ConsoleArgs, String> {
+    let mut a = ConsoleArgs { cases: 100_000, grids: 100, samples: 300 };
+    while let Some(flag) = it.next() {
+        let v: usize = it.next().and_then(|v| v.parse().ok()).ok_or(format!("{flag} takes a number"))?;
+        match flag.as_str() {
+            "--cases" => a.cases = v,
+            "--grids" => a.grids = v.max(1),
+            "--samples" => a.samples = v.max(1),
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(a)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// An enrolled device with its Automerge actor.
+struct Writer {
+    device: Device,
+    actor: ActorId,
+    pending: Vec<PushedChange>,
+}
+
+fn enrol(server: &SqliteStore, user: &str) -> Result<Writer, String> {
+    let (_, code) = server.enrol_device(user, now_ms()).map_err(|e| e.to_string())?;
+    let resp =
+        server.redeem(&EnrolRequest { code, app_version: "bench".into() }, now_ms()).map_err(|e| e.to_string())?;
+    let device = server.authenticate(&resp.token).map_err(|e| e.to_string())?;
+    Ok(Writer { device, actor: ActorId::random(), pending: vec![] })
+}
+
+fn flush(server: &SqliteStore, w: &mut Writer) -> Result<(), String> {
+    if w.pending.is_empty() {
+        return Ok(());
+    }
+    let req = SyncRequest {
+        protocol: PROTOCOL_VERSION,
+        app_version: "bench".into(),
+        doc_schema: doc::SCHEMA_VERSION,
+        cursor: None,
+        state: DeviceState::default(),
+        changes: std::mem::take(&mut w.pending),
+        records: vec![],
+        max_pull_bytes: 1,
+        want_full: vec![],
+    };
+    let resp = server.sync(&w.device, req, now_ms()).map_err(|e| e.to_string())?;
+    if let Some(bad) = resp.results.iter().find(|r| r.outcome != gridwork_core::model::wire::Outcome::Accepted) {
+        return Err(format!("the server did not accept a seeded change: {bad:?}"));
+    }
+    Ok(())
+}
+
+fn event(w: &Writer, role: Role, kind: EventKind, doc: &Automerge, at_ms: i64) -> Result<Event, String> {
+    // A report starts the document: no events before it.
+    let (parents, lamport) = match kind {
+        EventKind::Report => (vec![], 1),
+        _ => doc::next_event_position(doc).map_err(|e| e.to_string())?,
+    };
+    Ok(Event {
+        id: EventId::generate(),
+        parents,
+        lamport,
+        actor: Actor {
+            user: UserId::from(w.device.user.as_str()),
+            role,
+            device: DeviceId::from(w.device.id.as_str()),
+            department: None,
+        },
+        clock: ClockStamp { device_ms: at_ms, since_boot_ms: 0, boot_id: "bench".into(), server_offset_ms: Some(0) },
+        kind,
+    })
+}
+
+fn change_of(doc: &Automerge) -> Result<String, String> {
+    use base64::Engine;
+    let mut c = doc.get_last_local_change().ok_or("no change")?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(c.bytes()))
+}
+
+/// Writes the district's cases through the sync path. Returns their ids.
+fn seed(server: &SqliteStore, args: &ConsoleArgs) -> Result<Vec<String>, String> {
+    let catalog = district(args.grids);
+    let now = now_ms();
+    let mut workers = vec![];
+    for g in &catalog.grids {
+        let user = format!("w-{}", g.id);
+        server.set_user(&user, Role::Worker, None, &[format!("grid:{}", g.id)]).map_err(|e| e.to_string())?;
+        workers.push(enrol(server, &user)?);
+    }
+    let communities: std::collections::BTreeSet<String> = catalog.grids.iter().map(|g| g.community.clone()).collect();
+    let mut supervisors = std::collections::BTreeMap::new();
+    for c in &communities {
+        let user = format!("sup-{}", c.replace(' ', "-"));
+        server.set_user(&user, Role::Supervisor, None, &[format!("community:{c}")]).map_err(|e| e.to_string())?;
+        supervisors.insert(c.clone(), enrol(server, &user)?);
+    }
+    let mut rng = Rng::new(7);
+    let mut ids = Vec::with_capacity(args.cases);
+    let started = Instant::now();
+    for i in 0..args.cases {
+        let g = i % catalog.grids.len();
+        let grid = &catalog.grids[g];
+        let created = now - (rng.unit() * 60.0 * 86_400_000.0) as i64;
+        let (lat, lon) = grid_centre(&catalog, g);
+        let new = NewCaseDoc {
+            id: CaseId::generate(),
+            code: format!("B{g}-{i:06}"),
+            created_ms: created,
+            reporter: UserId::from(workers[g].device.user.as_str()),
+            title: TITLES[rng.below(TITLES.len())].to_owned(),
+            description: format!("巡查发现，位置在{}号楼附近。", rng.below(40) + 1),
+            category: catalog.categories[rng.below(catalog.categories.len())].id.clone(),
+            grid: grid.id.clone(),
+            location: Location::gps(lat, lon, 5.0, created),
+        };
+        let mut am = Automerge::new().with_actor(workers[g].actor.clone());
+        let report = event(&workers[g], Role::Worker, EventKind::Report, &am, created)?;
+        am.transact::<_, _, gridwork_core::model::error::ModelError>(|t| doc::init_case(t, &new, &report))
+            .map_err(|f| f.error.to_string())?;
+        workers[g].pending.push(PushedChange { doc: new.id.to_string(), bytes: change_of(&am)? });
+        // Most cases have been triaged: a quarter stay reported.
+        let sup = supervisors.get_mut(&grid.community).ok_or("no supervisor")?;
+        let decisions: Vec<EventKind> = match i % 8 {
+            0 | 4 => vec![],
+            1 => vec![EventKind::Reject { reason: RejectReason::Duplicate, duplicate_of: None, note: String::new() }],
+            2 | 5 => vec![EventKind::Accept { note: String::new() }],
+            _ => vec![
+                EventKind::Accept { note: String::new() },
+                // Deadlines from two days ago to five days ahead: some overdue.
+                EventKind::Dispatch {
+                    departments: vec!["police".into()],
+                    deadline_ms: now + ((rng.unit() * 7.0 - 2.0) * 86_400_000.0) as i64,
+                },
+            ],
+        };
+        if !decisions.is_empty() {
+            let mut sd = am.fork().with_actor(sup.actor.clone());
+            for kind in decisions {
+                let e = event(sup, Role::Supervisor, kind, &sd, created + 3_600_000)?;
+                sd.transact::<_, _, gridwork_core::model::error::ModelError>(|t| doc::put_event(t, &e))
+                    .map_err(|f| f.error.to_string())?;
+                sup.pending.push(PushedChange { doc: new.id.to_string(), bytes: change_of(&sd)? });
+            }
+        }
+        ids.push(new.id.to_string());
+        if workers[g].pending.len() >= 400 {
+            flush(server, &mut workers[g])?;
+        }
+        if (i + 1) % 10_000 == 0 {
+            // A supervisor's changes build on the workers': the workers go first.
+            for w in workers.iter_mut() {
+                flush(server, w)?;
+            }
+            for s in supervisors.values_mut() {
+                flush(server, s)?;
+            }
+            progress(&format!("console: {} cases stored ({:.0} s)", i + 1, started.elapsed().as_secs_f64()));
+        }
+    }
+    for w in workers.iter_mut() {
+        flush(server, w)?;
+    }
+    for s in supervisors.values_mut() {
+        flush(server, s)?;
+    }
+    Ok(ids)
+}
+
+pub fn run(args: ConsoleArgs) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let server = SqliteStore::open(&dir.path().join("server")).map_err(|e| e.to_string())?;
+    server.import_catalog(&district(args.grids)).map_err(|e| e.to_string())?;
+    progress(&format!("console: seeding {} cases over {} grids", args.cases, args.grids));
+    let seeding = Instant::now();
+    let ids = seed(&server, &args)?;
+    let seed_s = seeding.elapsed().as_secs_f64();
+    server.set_user("admin", Role::Administrator, None, &[]).map_err(|e| e.to_string())?;
+    let console: &dyn ConsoleStore = &server;
+    let catalog = console.catalog();
+    let grids_per_community = 10.min(args.grids);
+    for (who, label) in [("admin", "administrator, every case"), ("sup-Community-0", "one community's supervisor")] {
+        console.set_password(who, "bench-password", now_ms()).map_err(|e| e.to_string())?;
+        let (_, session) = console.sign_in(who, "bench-password", now_ms()).map_err(|e| e.to_string())?;
+        let user = session.user;
+        let visible = console.case_queue(&user, &CaseFilter::default(), now_ms()).map_err(|e| e.to_string())?.total;
+        progress(&format!("console: timing pages for {who} ({label}, {visible} cases)"));
+        let mut rng = Rng::new(11);
+        let filters = |rng: &mut Rng, pages: u32| -> CaseFilter {
+            match rng.below(6) {
+                0 => CaseFilter::default(),
+                1 => CaseFilter { status: "reported".into(), ..Default::default() },
+                2 => CaseFilter { overdue: "1".into(), ..Default::default() },
+                3 => CaseFilter { area: format!("grid:g{}", rng.below(grids_per_community)), ..Default::default() },
+                4 => CaseFilter {
+                    category: catalog.categories[0].id.0.clone(),
+                    status: "dispatched".into(),
+                    ..Default::default()
+                },
+                _ => CaseFilter { page: 1 + rng.below(pages.max(1) as usize) as u32, ..Default::default() },
+            }
+        };
+        let pages = console.case_queue(&user, &CaseFilter::default(), now_ms()).map_err(|e| e.to_string())?.pages;
+        let mut queue_ms = vec![];
+        for _ in 0..args.samples {
+            let filter = filters(&mut rng, pages);
+            let t = Instant::now();
+            let q = console.case_queue(&user, &filter, now_ms()).map_err(|e| e.to_string())?;
+            let chrome = Chrome {
+                lang: Lang::Zh,
+                title: "queue".into(),
+                user: Some(user.id.clone()),
+                csrf: session.csrf.clone(),
+                notice: None,
+                error: None,
+            };
+            let html = views::queue_page(chrome, &catalog, &user, filter, q).render().map_err(|e| e.to_string())?;
+            queue_ms.push(ms_since(t));
+            std::hint::black_box(html);
+        }
+        // Cases this person can open: the administrator any, the supervisor their community's.
+        let openable: Vec<&String> = if user.role == Role::Administrator {
+            ids.iter().collect()
+        } else {
+            ids.iter().enumerate().filter(|(i, _)| i % args.grids < grids_per_community).map(|(_, id)| id).collect()
+        };
+        let mut detail_ms = vec![];
+        for _ in 0..args.samples {
+            let id = openable[rng.below(openable.len())];
+            let t = Instant::now();
+            let view = console.case_view(&user, id).map_err(|e| e.to_string())?;
+            let chrome = Chrome {
+                lang: Lang::Zh,
+                title: view.case.code.clone(),
+                user: Some(user.id.clone()),
+                csrf: session.csrf.clone(),
+                notice: None,
+                error: None,
+            };
+            let html =
+                views::case_page(chrome, &catalog, &user, &view, now_ms()).render().map_err(|e| e.to_string())?;
+            detail_ms.push(ms_since(t));
+            std::hint::black_box(html);
+        }
+        let extra = [
+            ("cases_on_server", serde_json::json!(ids.len())),
+            ("visible_cases", serde_json::json!(visible)),
+            ("who", serde_json::json!(who)),
+            ("seed_s", serde_json::json!((seed_s * 10.0).round() / 10.0)),
+        ];
+        line("queue_page", &stats(queue_ms), &extra);
+        line("case_detail", &stats(detail_ms), &extra);
+    }
+    Ok(())
+}
