@@ -29,6 +29,25 @@ impl ConsoleUser {
     pub fn sees_everything(&self) -> bool {
         self.role == Role::Administrator
     }
+
+    /// Whether the grid lies in this person's area (their grid, community or street).
+    pub fn sees_grid(&self, g: &gridwork_model::catalog::Grid) -> bool {
+        self.sees_everything()
+            || self.scopes.iter().any(|s| {
+                s.strip_prefix("grid:") == Some(g.id.0.as_str())
+                    || s.strip_prefix("community:") == Some(g.community.as_str())
+                    || s.strip_prefix("street:") == Some(g.street.as_str())
+            })
+    }
+
+    /// Refuses anyone but an administrator.
+    pub fn must_administer(&self) -> crate::error::Result<()> {
+        if self.role == Role::Administrator {
+            Ok(())
+        } else {
+            Err(crate::error::ServerError::NotAllowed("only administrators manage the district".into()))
+        }
+    }
 }
 
 /// A signed-in browser: who, and the token every form of the session must carry.
@@ -110,6 +129,65 @@ pub struct CaseView {
     pub received_ms: Option<i64>,
 }
 
+/// A case on the map.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MapPin {
+    pub id: String,
+    pub code: String,
+    pub status: String,
+    pub lat: f64,
+    pub lon: f64,
+}
+
+/// One check-in as coverage shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckInView {
+    pub user: String,
+    pub at_ms: i64,
+    pub point: Option<String>,
+    pub inside_grid: bool,
+    pub distance_m: Option<f64>,
+}
+
+/// A grid's patrol coverage on one day.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GridCoverage {
+    pub grid: String,
+    /// (point id, point name, its check-ins that day); a point without one was missed.
+    pub points: Vec<(String, String, Vec<CheckInView>)>,
+    /// Every check-in of the day in this grid, including those at no point or outside it.
+    pub check_ins: Vec<CheckInView>,
+}
+
+/// One worker's figures over a period.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct WorkerScore {
+    pub user: String,
+    pub grids: Vec<String>,
+    pub reported: i64,
+    pub accepted: i64,
+    pub rejected: i64,
+    /// Dispatched cases of theirs handled by the deadline, and after it.
+    pub handled_on_time: i64,
+    pub handled_late: i64,
+    /// Cases of theirs whose department deadline has passed with the work still owed.
+    pub overdue: i64,
+    pub check_ins: i64,
+    pub follow_ups: i64,
+    /// Mean of the residents' satisfaction (1–5) the worker recorded on follow-up visits.
+    pub satisfaction: Option<f64>,
+}
+
+/// A person as the administration page lists them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PersonView {
+    pub id: String,
+    pub role: Role,
+    pub department: Option<String>,
+    pub scopes: Vec<String>,
+    pub has_password: bool,
+}
+
 /// A console action on a case.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ConsoleAction {
@@ -138,4 +216,24 @@ pub trait ConsoleStore: Send + Sync {
     fn catalog(&self) -> std::sync::Arc<gridwork_model::catalog::Catalog>;
     /// A photo or thumbnail of a case the person may see.
     fn photo(&self, user: &ConsoleUser, sha256: &str) -> Result<Vec<u8>>;
+    /// Cases with a position matching the queue's filters (at most `limit`, open ones first).
+    fn map_pins(&self, user: &ConsoleUser, filter: &CaseFilter, limit: u32, now_ms: i64) -> Result<Vec<MapPin>>;
+    /// Patrol coverage of the person's grids on a district day (YYYY-MM-DD).
+    fn coverage(&self, user: &ConsoleUser, day: &str) -> Result<Vec<GridCoverage>>;
+    /// Each worker of the person's area over [from_ms, to_ms).
+    fn assessment(&self, user: &ConsoleUser, from_ms: i64, to_ms: i64, now_ms: i64) -> Result<Vec<WorkerScore>>;
+
+    // Administration: every method refuses anyone but an administrator.
+    fn devices(&self, user: &ConsoleUser, now_ms: i64) -> Result<Vec<crate::store::DeviceInfo>>;
+    /// Enrols a device for `for_user`: (device id, one-time code).
+    fn enrol(&self, user: &ConsoleUser, for_user: &str, now_ms: i64) -> Result<(String, String)>;
+    fn retire(&self, user: &ConsoleUser, device: &str, now_ms: i64) -> Result<()>;
+    fn revoke(&self, user: &ConsoleUser, device: &str) -> Result<()>;
+    fn quarantine(&self, user: &ConsoleUser) -> Result<Vec<crate::store::QuarantinedItem>>;
+    fn release(&self, user: &ConsoleUser, key: &str, now_ms: i64) -> Result<()>;
+    fn reject(&self, user: &ConsoleUser, key: &str) -> Result<()>;
+    fn people(&self, user: &ConsoleUser) -> Result<Vec<PersonView>>;
+    fn set_person(&self, user: &ConsoleUser, person: &PersonView) -> Result<()>;
+    /// Replaces the reference data (a new catalog version reaches every device on its next sync).
+    fn set_catalog(&self, user: &ConsoleUser, catalog: &gridwork_model::catalog::Catalog) -> Result<u64>;
 }

@@ -7,6 +7,9 @@ ALTER TABLE docs ADD COLUMN title TEXT;
 ALTER TABLE docs ADD COLUMN reporter TEXT;
 ALTER TABLE docs ADD COLUMN reported_ms INTEGER;
 ALTER TABLE docs ADD COLUMN departments TEXT NOT NULL DEFAULT '';
+-- Where the case is (WGS-84), for the console's map.
+ALTER TABLE docs ADD COLUMN lat REAL;
+ALTER TABLE docs ADD COLUMN lon REAL;
 -- The queue's order (soonest deadline first, then newest report), so a page is read from the
 -- index instead of sorting every case; and counts per status.
 CREATE INDEX docs_queue_order ON docs ((deadline_ms IS NULL), deadline_ms, reported_ms DESC, doc_id);
@@ -30,3 +33,19 @@ CREATE TABLE console_sessions (
     created_ms INTEGER NOT NULL,
     expires_ms INTEGER NOT NULL
 );
+
+-- Check-ins read out of their records, for patrol coverage and worker assessment. `day` is the
+-- district's calendar day of the check-in's corrected time.
+CREATE TABLE check_ins (
+    id          TEXT PRIMARY KEY,
+    grid_id     TEXT NOT NULL,
+    point_id    TEXT,
+    user_id     TEXT NOT NULL,
+    device_id   TEXT NOT NULL,
+    at_ms       INTEGER NOT NULL,
+    day         TEXT NOT NULL,
+    inside_grid INTEGER NOT NULL,
+    distance_m  REAL
+);
+CREATE INDEX check_ins_by_grid_day ON check_ins (grid_id, day);
+CREATE INDEX check_ins_by_user ON check_ins (user_id, at_ms);

@@ -673,6 +673,7 @@ impl SqliteStore {
                     if let Ok(loc) = serde_json::from_str::<Location>(v) {
                         t.locations.push((loc.lat, loc.lon));
                     }
+                    console::set_location(tx, doc_id, v)?;
                 }
                 _ => {}
             }
@@ -1353,6 +1354,7 @@ impl SqliteStore {
                 "INSERT INTO records (id, device_id, received_ms, body) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
                 params![r.id, device.id, now_ms, body],
             )?;
+            console::index_record(tx, &r.id, &device.id, body)?;
             results.push(ItemResult { key: r.id.clone(), outcome: Outcome::Accepted, reason: None });
         }
         self.unpark(tx, now_ms, &mut touched)?;
@@ -1503,6 +1505,7 @@ impl SqliteStore {
                 "INSERT INTO records (id, device_id, received_ms, body) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
                 params![hash, device_id, now_ms, body],
             )?;
+            console::index_record(&tx, &hash, &device_id, &body)?;
         } else {
             let (_, facts) = read_change(&bytes).map_err(ServerError::BadRequest)?;
             let missing = missing_deps(&tx, facts.deps.iter().map(String::as_str))?;

@@ -18,8 +18,8 @@ use gridwork_model::wire::{DeviceState, Outcome, SyncRequest, PROTOCOL_VERSION};
 
 use super::*;
 use crate::store::console::{
-    CaseFilter, CaseQueue, CaseRow, CaseView, ConsoleAction, ConsoleStore, ConsoleUser, PhotoView, Session, LOCKOUT_MS,
-    MAX_EXPORT, MAX_FAILED_SIGN_INS, SESSION_MS,
+    CaseFilter, CaseQueue, CaseRow, CaseView, CheckInView, ConsoleAction, ConsoleStore, ConsoleUser, GridCoverage, MapPin,
+    PersonView, PhotoView, Session, WorkerScore, LOCKOUT_MS, MAX_EXPORT, MAX_FAILED_SIGN_INS, SESSION_MS,
 };
 
 /// Rows per queue page.
@@ -42,6 +42,10 @@ pub(super) fn fill_case_columns(tx: &Transaction<'_>) -> Result<()> {
                     keys::TITLE => "title",
                     keys::CODE => "code",
                     keys::REPORTER => "reporter",
+                    keys::LOCATION => {
+                        set_location(tx, &doc_id, v)?;
+                        continue;
+                    }
                     _ => continue,
                 };
                 exec(tx, &format!("UPDATE docs SET {column} = ?2 WHERE doc_id = ?1"), params![doc_id, v])?;
@@ -60,6 +64,45 @@ pub(super) fn fill_case_columns(tx: &Transaction<'_>) -> Result<()> {
             params![doc_id, reported, departments_column(state.dispatched.keys().map(|d| d.0.as_str()))],
         )?;
     }
+    let records: Vec<(String, String, String)> = tx
+        .prepare("SELECT id, device_id, body FROM records")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (id, device, body) in records {
+        index_record(tx, &id, &device, &body)?;
+    }
+    Ok(())
+}
+
+/// The case's position for the map, from a `location` put (JSON of a `Location`).
+pub(super) fn set_location(tx: &Connection, doc_id: &str, json: &str) -> Result<()> {
+    if let Ok(loc) = serde_json::from_str::<Location>(json) {
+        exec(tx, "UPDATE docs SET lat = ?2, lon = ?3 WHERE doc_id = ?1", params![doc_id, loc.lat, loc.lon])?;
+    }
+    Ok(())
+}
+
+/// Files a stored record's check-in where coverage and assessment read it. Other records
+/// (patrol start and finish) and bodies this build cannot read stay only in `records`.
+pub(super) fn index_record(tx: &Connection, id: &str, device_id: &str, body: &str) -> Result<()> {
+    let Ok(gridwork_model::record::Record::CheckIn(c)) = serde_json::from_str(body) else { return Ok(()) };
+    let at = c.clock.estimated_ms();
+    exec(
+        tx,
+        "INSERT INTO check_ins (id, grid_id, point_id, user_id, device_id, at_ms, day, inside_grid, distance_m)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO NOTHING",
+        params![
+            id,
+            c.grid.0,
+            c.point.as_ref().map(|p| p.0.clone()),
+            c.actor.user.0,
+            device_id,
+            at,
+            DistrictCalendar::default().day_of(at),
+            c.inside_grid,
+            c.distance_to_point_m
+        ],
+    )?;
     Ok(())
 }
 
@@ -103,6 +146,63 @@ fn password_matches(password: &str, stored: &str) -> bool {
 fn decoy_hash() -> &'static str {
     static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     DECOY.get_or_init(|| hash_password("no one's password").unwrap_or_default())
+}
+
+/// The WHERE clauses of a queue filter within a person's area, with and without its status
+/// (the counts per status ignore it), and their arguments.
+struct FilterSql {
+    without_status: String,
+    with_status: String,
+    args: Vec<Box<dyn rusqlite::ToSql>>,
+    args_without_status: usize,
+}
+
+fn filter_sql(user: &ConsoleUser, filter: &CaseFilter, now_ms: i64) -> Result<FilterSql> {
+    let calendar = DistrictCalendar::default();
+    let mut clauses = vec!["d.title IS NOT NULL".to_owned()];
+    let mut args: Vec<Box<dyn rusqlite::ToSql>> = vec![];
+    let arg = |v: Box<dyn rusqlite::ToSql>, args: &mut Vec<Box<dyn rusqlite::ToSql>>| {
+        args.push(v);
+        format!("?{}", args.len())
+    };
+    if let Some(scopes) = SqliteStore::visible_scopes(user) {
+        let marks: Vec<String> = scopes.into_iter().map(|s| arg(Box::new(s), &mut args)).collect();
+        // Driven from the membership index: a community's cases, not every case checked.
+        clauses.push(format!("d.doc_id IN (SELECT m.doc_id FROM membership m WHERE m.scope IN ({}))", marks.join(",")));
+    }
+    if !filter.area.is_empty() {
+        let a = arg(Box::new(filter.area.clone()), &mut args);
+        clauses.push(format!("d.doc_id IN (SELECT m2.doc_id FROM membership m2 WHERE m2.scope = {a})"));
+    }
+    if !filter.category.is_empty() {
+        let a = arg(Box::new(filter.category.clone()), &mut args);
+        clauses.push(format!("d.category_id = {a}"));
+    }
+    if !filter.department.is_empty() {
+        let a = arg(Box::new(format!("%,{},%", filter.department)), &mut args);
+        clauses.push(format!("d.departments LIKE {a}"));
+    }
+    if filter.overdue == "1" {
+        let a = arg(Box::new(now_ms), &mut args);
+        clauses.push(format!("d.deadline_ms < {a} AND d.status IN ('dispatched', 'in_progress')"));
+    }
+    for (day, start) in [(&filter.from, true), (&filter.to, false)] {
+        if day.is_empty() {
+            continue;
+        }
+        let (s, e) = calendar
+            .day_bounds(day)
+            .ok_or_else(|| ServerError::BadRequest(format!("{day:?} is not a date: use YYYY-MM-DD")))?;
+        let a = arg(Box::new(if start { s } else { e }), &mut args);
+        clauses.push(if start { format!("d.reported_ms >= {a}") } else { format!("d.reported_ms < {a}") });
+    }
+    let without_status = clauses.join(" AND ");
+    let args_without_status = args.len();
+    if !filter.status.is_empty() {
+        let a = arg(Box::new(filter.status.clone()), &mut args);
+        clauses.push(format!("d.status = {a}"));
+    }
+    Ok(FilterSql { without_status, with_status: clauses.join(" AND "), args, args_without_status })
 }
 
 impl SqliteStore {
@@ -274,54 +374,7 @@ impl ConsoleStore for SqliteStore {
     }
 
     fn case_queue(&self, user: &ConsoleUser, filter: &CaseFilter, now_ms: i64) -> Result<CaseQueue> {
-        let calendar = DistrictCalendar::default();
-        let mut clauses = vec!["d.title IS NOT NULL".to_owned()];
-        let mut args: Vec<Box<dyn rusqlite::ToSql>> = vec![];
-        let arg = |v: Box<dyn rusqlite::ToSql>, args: &mut Vec<Box<dyn rusqlite::ToSql>>| {
-            args.push(v);
-            format!("?{}", args.len())
-        };
-        if let Some(scopes) = Self::visible_scopes(user) {
-            let marks: Vec<String> = scopes.into_iter().map(|s| arg(Box::new(s), &mut args)).collect();
-            // Driven from the membership index: a community's cases, not every case checked.
-            clauses.push(format!(
-                "d.doc_id IN (SELECT m.doc_id FROM membership m WHERE m.scope IN ({}))",
-                marks.join(",")
-            ));
-        }
-        if !filter.area.is_empty() {
-            let a = arg(Box::new(filter.area.clone()), &mut args);
-            clauses.push(format!("d.doc_id IN (SELECT m2.doc_id FROM membership m2 WHERE m2.scope = {a})"));
-        }
-        if !filter.category.is_empty() {
-            let a = arg(Box::new(filter.category.clone()), &mut args);
-            clauses.push(format!("d.category_id = {a}"));
-        }
-        if !filter.department.is_empty() {
-            let a = arg(Box::new(format!("%,{},%", filter.department)), &mut args);
-            clauses.push(format!("d.departments LIKE {a}"));
-        }
-        if filter.overdue == "1" {
-            let a = arg(Box::new(now_ms), &mut args);
-            clauses.push(format!("d.deadline_ms < {a} AND d.status IN ('dispatched', 'in_progress')"));
-        }
-        for (day, start) in [(&filter.from, true), (&filter.to, false)] {
-            if day.is_empty() {
-                continue;
-            }
-            let (s, e) = calendar
-                .day_bounds(day)
-                .ok_or_else(|| ServerError::BadRequest(format!("{day:?} is not a date: use YYYY-MM-DD")))?;
-            let a = arg(Box::new(if start { s } else { e }), &mut args);
-            clauses.push(if start { format!("d.reported_ms >= {a}") } else { format!("d.reported_ms < {a}") });
-        }
-        let without_status = clauses.join(" AND ");
-        let args_without_status = args.len();
-        if !filter.status.is_empty() {
-            let a = arg(Box::new(filter.status.clone()), &mut args);
-            clauses.push(format!("d.status = {a}"));
-        }
-        let with_status = clauses.join(" AND ");
+        let FilterSql { without_status, with_status, args, args_without_status } = filter_sql(user, filter, now_ms)?;
         let reader = self.reader()?;
         let result = (|| -> Result<CaseQueue> {
             let params = rusqlite::params_from_iter(args.iter().map(|b| b.as_ref()));
@@ -510,6 +563,232 @@ impl ConsoleStore for SqliteStore {
 
     fn catalog(&self) -> Arc<Catalog> {
         SqliteStore::catalog(self)
+    }
+
+    fn map_pins(&self, user: &ConsoleUser, filter: &CaseFilter, limit: u32, now_ms: i64) -> Result<Vec<MapPin>> {
+        let FilterSql { with_status, args, .. } = filter_sql(user, filter, now_ms)?;
+        let reader = self.reader()?;
+        let pins = reader
+            .prepare(&format!(
+                "SELECT d.doc_id, coalesce(d.code, ''), d.status, d.lat, d.lon FROM docs d
+                 WHERE {with_status} AND d.lat IS NOT NULL
+                 ORDER BY d.status IN ('closed', 'rejected'), d.reported_ms DESC LIMIT {limit}"
+            ))
+            .and_then(|mut stmt| {
+                stmt.query_map(rusqlite::params_from_iter(args.iter().map(|b| b.as_ref())), |r| {
+                    Ok(MapPin { id: r.get(0)?, code: r.get(1)?, status: r.get(2)?, lat: r.get(3)?, lon: r.get(4)? })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            });
+        self.give_back(reader);
+        Ok(pins?)
+    }
+
+    fn coverage(&self, user: &ConsoleUser, day: &str) -> Result<Vec<GridCoverage>> {
+        if DistrictCalendar::default().day_bounds(day).is_none() {
+            return Err(ServerError::BadRequest(format!("{day:?} is not a date: use YYYY-MM-DD")));
+        }
+        let catalog = SqliteStore::catalog(self);
+        let reader = self.reader()?;
+        let result = (|| -> Result<Vec<GridCoverage>> {
+            let mut out = vec![];
+            let mut stmt = reader.prepare_cached(
+                "SELECT user_id, at_ms, point_id, inside_grid, distance_m FROM check_ins
+                 WHERE grid_id = ?1 AND day = ?2 ORDER BY at_ms",
+            )?;
+            for g in catalog.grids.iter().filter(|g| user.sees_grid(g)) {
+                let check_ins: Vec<CheckInView> = stmt
+                    .query_map(params![g.id.0, day], |r| {
+                        Ok(CheckInView {
+                            user: r.get(0)?,
+                            at_ms: r.get(1)?,
+                            point: r.get(2)?,
+                            inside_grid: r.get(3)?,
+                            distance_m: r.get(4)?,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+                let points = g
+                    .points
+                    .iter()
+                    .map(|p| {
+                        let at: Vec<CheckInView> =
+                            check_ins.iter().filter(|c| c.point.as_deref() == Some(p.id.0.as_str())).cloned().collect();
+                        (p.id.0.clone(), p.name.clone(), at)
+                    })
+                    .collect();
+                out.push(GridCoverage { grid: g.id.0.clone(), points, check_ins });
+            }
+            Ok(out)
+        })();
+        self.give_back(reader);
+        result
+    }
+
+    fn assessment(&self, user: &ConsoleUser, from_ms: i64, to_ms: i64, now_ms: i64) -> Result<Vec<WorkerScore>> {
+        let catalog = SqliteStore::catalog(self);
+        let visible: BTreeSet<String> =
+            catalog.grids.iter().filter(|g| user.sees_grid(g)).map(|g| g.id.0.clone()).collect();
+        let reader = self.reader()?;
+        let result = (|| -> Result<Vec<WorkerScore>> {
+            let workers: Vec<(String, String)> = reader
+                .prepare(
+                    "SELECT u.id, coalesce(group_concat(s.scope), '') FROM users u
+                     LEFT JOIN user_scopes s ON s.user_id = u.id WHERE u.role = 'worker' GROUP BY u.id ORDER BY u.id",
+                )?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut out = vec![];
+            for (worker, scopes) in workers {
+                let grids: Vec<String> =
+                    scopes.split(',').filter_map(|s| s.strip_prefix("grid:")).map(str::to_owned).collect();
+                if !user.sees_everything() && !grids.iter().any(|g| visible.contains(g)) {
+                    continue;
+                }
+                let mut score = WorkerScore { user: worker.clone(), grids, ..Default::default() };
+                let by_status: Vec<(String, i64)> = reader
+                    .prepare_cached(
+                        "SELECT status, count(*) FROM docs WHERE reporter = ?1 AND reported_ms >= ?2 AND reported_ms < ?3
+                         GROUP BY status",
+                    )?
+                    .query_map(params![worker, from_ms, to_ms], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                for (status, n) in by_status {
+                    score.reported += n;
+                    match status.as_str() {
+                        "rejected" => score.rejected += n,
+                        "reported" | "empty" => {}
+                        _ => score.accepted += n,
+                    }
+                }
+                score.overdue = reader
+                    .prepare_cached(
+                        "SELECT count(*) FROM docs WHERE reporter = ?1 AND reported_ms >= ?2 AND reported_ms < ?3
+                         AND deadline_ms < ?4 AND status IN ('dispatched', 'in_progress')",
+                    )?
+                    .query_row(params![worker, from_ms, to_ms, now_ms], |r| r.get(0))?;
+                score.check_ins = reader
+                    .prepare_cached("SELECT count(*) FROM check_ins WHERE user_id = ?1 AND at_ms >= ?2 AND at_ms < ?3")?
+                    .query_row(params![worker, from_ms, to_ms], |r| r.get(0))?;
+                // Handling and visits come from the cases' events.
+                let docs: Vec<String> = reader
+                    .prepare_cached(
+                        "SELECT doc_id FROM docs WHERE reporter = ?1 AND reported_ms >= ?2 AND reported_ms < ?3",
+                    )?
+                    .query_map(params![worker, from_ms, to_ms], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let mut satisfaction = 0i64;
+                for doc in docs {
+                    let events: Vec<Event> = reader
+                        .prepare_cached("SELECT json FROM doc_events WHERE doc_id = ?1")?
+                        .query_map([&doc], |r| r.get::<_, String>(0))?
+                        .filter_map(|j| j.ok().and_then(|j| serde_json::from_str(&j).ok()))
+                        .collect();
+                    let deadline = events
+                        .iter()
+                        .filter_map(|e| match &e.kind {
+                            EventKind::Dispatch { deadline_ms, .. } => Some((e.lamport, *deadline_ms)),
+                            _ => None,
+                        })
+                        .max()
+                        .map(|(_, d)| d);
+                    let handled = events
+                        .iter()
+                        .filter(|e| matches!(e.kind, EventKind::HandlerReport { .. }))
+                        .map(|e| e.clock.estimated_ms())
+                        .max();
+                    if let (Some(d), Some(h)) = (deadline, handled) {
+                        if h <= d {
+                            score.handled_on_time += 1;
+                        } else {
+                            score.handled_late += 1;
+                        }
+                    }
+                    for e in &events {
+                        if let EventKind::FollowUp { satisfaction: s, .. } = e.kind {
+                            if e.actor.user.0 == worker {
+                                score.follow_ups += 1;
+                                satisfaction += i64::from(s);
+                            }
+                        }
+                    }
+                }
+                score.satisfaction = (score.follow_ups > 0).then(|| satisfaction as f64 / score.follow_ups as f64);
+                out.push(score);
+            }
+            Ok(out)
+        })();
+        self.give_back(reader);
+        result
+    }
+
+    fn devices(&self, user: &ConsoleUser, now_ms: i64) -> Result<Vec<DeviceInfo>> {
+        user.must_administer()?;
+        self.list_devices(now_ms)
+    }
+
+    fn enrol(&self, user: &ConsoleUser, for_user: &str, now_ms: i64) -> Result<(String, String)> {
+        user.must_administer()?;
+        self.enrol_device(for_user, now_ms)
+    }
+
+    fn retire(&self, user: &ConsoleUser, device: &str, now_ms: i64) -> Result<()> {
+        user.must_administer()?;
+        self.retire_device(device, now_ms)
+    }
+
+    fn revoke(&self, user: &ConsoleUser, device: &str) -> Result<()> {
+        user.must_administer()?;
+        self.revoke_device(device)
+    }
+
+    fn quarantine(&self, user: &ConsoleUser) -> Result<Vec<QuarantinedItem>> {
+        user.must_administer()?;
+        self.quarantined()
+    }
+
+    fn release(&self, user: &ConsoleUser, key: &str, now_ms: i64) -> Result<()> {
+        user.must_administer()?;
+        self.release_quarantined(key, now_ms)
+    }
+
+    fn reject(&self, user: &ConsoleUser, key: &str) -> Result<()> {
+        user.must_administer()?;
+        self.reject_quarantined(key)
+    }
+
+    fn people(&self, user: &ConsoleUser) -> Result<Vec<PersonView>> {
+        user.must_administer()?;
+        let conn = self.conn();
+        let rows: Vec<(String, String, Option<String>, bool)> = conn
+            .prepare(
+                "SELECT u.id, u.role, u.department, EXISTS (SELECT 1 FROM console_accounts a WHERE a.user_id = u.id)
+                 FROM users u ORDER BY u.role, u.id",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut out = vec![];
+        for (id, role, department, has_password) in rows {
+            let scopes: Vec<String> = conn
+                .prepare_cached("SELECT scope FROM user_scopes WHERE user_id = ?1 ORDER BY scope")?
+                .query_map([&id], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            out.push(PersonView { id, role: parse_role(&role)?, department, scopes, has_password });
+        }
+        Ok(out)
+    }
+
+    fn set_person(&self, user: &ConsoleUser, person: &PersonView) -> Result<()> {
+        user.must_administer()?;
+        if person.id.trim().is_empty() || person.id.len() > 64 || person.id.contains(char::is_whitespace) {
+            return Err(ServerError::BadRequest("a user id is 1 to 64 characters without spaces".into()));
+        }
+        self.set_user(&person.id, person.role, person.department.as_deref(), &person.scopes)
+    }
+
+    fn set_catalog(&self, user: &ConsoleUser, catalog: &Catalog) -> Result<u64> {
+        user.must_administer()?;
+        self.import_catalog(catalog)
     }
 
     fn photo(&self, user: &ConsoleUser, sha256: &str) -> Result<Vec<u8>> {
