@@ -81,6 +81,57 @@ pub fn case_map(grid: Option<&Polygon>, lat: f64, lon: f64, status: &str) -> Str
     svg
 }
 
+/// The statuses in the legend, in lifecycle order.
+pub const LEGEND: [&str; 9] =
+    ["reported", "accepted", "dispatched", "in_progress", "handled", "followed_up", "closed", "rejected", "contested"];
+
+/// A district map: every grid's polygon (with its name) and a pin per case, linked to the case.
+pub fn district_map(grids: &[(&str, &Polygon)], pins: &[crate::store::console::MapPin]) -> String {
+    let mut points: Vec<(f64, f64)> = grids.iter().flat_map(|(_, p)| p.ring.iter().copied()).collect();
+    points.extend(pins.iter().map(|p| (p.lat, p.lon)));
+    if points.is_empty() {
+        return String::new();
+    }
+    let frame = Frame::around(&points, 800.0);
+    let mut svg = String::from(
+        r#"<svg class="map" id="district-map" viewBox="0 0 800 800" xmlns="http://www.w3.org/2000/svg" role="img">"#,
+    );
+    for (name, g) in grids {
+        let pts: Vec<String> = g
+            .ring
+            .iter()
+            .map(|(la, lo)| {
+                let (x, y) = frame.xy(*la, *lo);
+                format!("{x:.1},{y:.1}")
+            })
+            .collect();
+        let _ = write!(
+            svg,
+            r##"<polygon points="{}" fill="#eef2f7" stroke="#0b5cad" stroke-width="1"><title>{}</title></polygon>"##,
+            pts.join(" "),
+            escape(name)
+        );
+    }
+    for p in pins {
+        let (x, y) = frame.xy(p.lat, p.lon);
+        let _ = write!(
+            svg,
+            r##"<a href="/console/cases/{}"><circle cx="{x:.1}" cy="{y:.1}" r="4" fill="{}" data-status="{}"><title>{}</title></circle></a>"##,
+            escape(&p.id),
+            status_colour(&p.status),
+            escape(&p.status),
+            escape(&p.code)
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+/// Text inside SVG markup the server writes by hand (the templates escape everything else).
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +147,21 @@ mod tests {
         assert!(svg.contains("<polygon") && svg.contains("#0b5cad"));
         let (x, y) = frame.xy(31.205, 121.405);
         assert!((24.0..=276.0).contains(&x) && (24.0..=276.0).contains(&y), "{x},{y}");
+    }
+
+    #[test]
+    fn the_district_map_links_each_pin_and_escapes_names() {
+        let g = Polygon { ring: vec![(31.20, 121.40), (31.20, 121.41), (31.21, 121.41), (31.21, 121.40)] };
+        let pin = crate::store::console::MapPin {
+            id: "c1".into(),
+            code: "A<1>".into(),
+            status: "dispatched".into(),
+            lat: 31.205,
+            lon: 121.405,
+        };
+        let svg = district_map(&[("Grid \"1\"", &g)], &[pin]);
+        assert!(svg.contains(r#"href="/console/cases/c1""#));
+        assert!(svg.contains("A&lt;1&gt;") && svg.contains("Grid &quot;1&quot;"));
+        assert!(svg.contains(status_colour("dispatched")));
     }
 }

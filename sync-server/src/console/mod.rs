@@ -62,6 +62,13 @@ pub fn routes(store: Arc<dyn SyncStore>, secure: bool) -> Router {
         .route("/console/cases/{id}", get(case_detail))
         .route("/console/cases/{id}/act", post(act))
         .route("/console/photos/{sha256}", get(photo))
+        .route("/console/map", get(map_view))
+        .route("/console/coverage", get(coverage))
+        .route("/console/coverage.csv", get(coverage_csv))
+        .route("/console/assessment", get(assessment))
+        .route("/console/assessment.csv", get(assessment_csv))
+        .route("/console/admin", get(admin))
+        .route("/console/admin/{action}", post(admin_action))
         .with_state(ConsoleState { store, secure })
 }
 
@@ -148,6 +155,7 @@ fn chrome(lang: Lang, title: &str, session: Option<&Session>) -> Chrome {
         csrf: session.map(|s| s.csrf.clone()).unwrap_or_default(),
         notice: None,
         error: None,
+        admin: session.is_some_and(|s| s.user.sees_everything()),
     }
 }
 
@@ -537,4 +545,319 @@ async fn photo(
             .into_response())
     })
     .await
+}
+
+async fn map_view(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let filter = parse_filter(&q);
+    let store = state.store.clone();
+    signed_in(&state, &headers, &q, |lang, session| async move {
+        let user = session.user.clone();
+        let f = filter.clone();
+        let result = blocking(move || {
+            let console = store.console().ok_or_else(no_console)?;
+            Ok((console.map_pins(&user, &f, views::MAX_PINS, now_ms())?, console.catalog()))
+        })
+        .await;
+        let (pins, catalog) = result.map_err(|e| (session.clone(), e))?;
+        let page = views::map_page(chrome(lang, lang.t("map"), Some(&session)), &catalog, &session.user, &filter, &pins);
+        Ok(html(StatusCode::OK, page.render()))
+    })
+    .await
+}
+
+/// The day a page asks for, or today in the district.
+fn day_param(q: &HashMap<String, String>, key: &str, default_days_ago: i64) -> String {
+    match q.get(key).filter(|d| !d.is_empty()) {
+        Some(d) => d.clone(),
+        None => gridwork_model::time::DistrictCalendar::default().day_of(now_ms() - default_days_ago * 86_400_000),
+    }
+}
+
+async fn coverage(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let day = day_param(&q, "day", 0);
+    let grid = q.get("grid").cloned();
+    let store = state.store.clone();
+    signed_in(&state, &headers, &q, |lang, session| async move {
+        let user = session.user.clone();
+        let d = day.clone();
+        let result = blocking(move || {
+            let console = store.console().ok_or_else(no_console)?;
+            Ok((console.coverage(&user, &d)?, console.catalog()))
+        })
+        .await;
+        let (cov, catalog) = result.map_err(|e| (session.clone(), e))?;
+        let page = views::coverage_page(
+            chrome(lang, lang.t("coverage"), Some(&session)),
+            &catalog,
+            day,
+            &cov,
+            grid.as_deref(),
+        );
+        Ok(html(StatusCode::OK, page.render()))
+    })
+    .await
+}
+
+fn csv_response(name: &str, body: Vec<u8>) -> Response {
+    (
+        StatusCode::OK,
+        [
+            (CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+            (CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")),
+            (CACHE_CONTROL, "no-store".to_owned()),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn coverage_csv(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let day = day_param(&q, "day", 0);
+    let store = state.store.clone();
+    signed_in(&state, &headers, &q, |lang, session| async move {
+        let user = session.user.clone();
+        let result = blocking(move || {
+            let console = store.console().ok_or_else(no_console)?;
+            let catalog = console.catalog();
+            let rows: Vec<Vec<String>> = views::coverage_rows(&catalog, &console.coverage(&user, &day)?)
+                .into_iter()
+                .map(|r| {
+                    vec![
+                        day.clone(),
+                        r.name,
+                        r.points.to_string(),
+                        r.covered.to_string(),
+                        r.missed.to_string(),
+                        r.check_ins.to_string(),
+                        r.outside.to_string(),
+                    ]
+                })
+                .collect();
+            views::table_csv(lang, &["day", "grid", "points", "covered", "missed", "check_ins", "outside_grid"], &rows)
+        })
+        .await;
+        let body = result.map_err(|e| (session.clone(), e))?;
+        Ok(csv_response("gridwork-coverage.csv", body))
+    })
+    .await
+}
+
+/// The period of the assessment: [from, to] as district days, default the last 30 days.
+fn period(q: &HashMap<String, String>) -> Result<(String, String, i64, i64), ServerError> {
+    let calendar = gridwork_model::time::DistrictCalendar::default();
+    let from = day_param(q, "from", 30);
+    let to = day_param(q, "to", 0);
+    let bad = |d: &str| ServerError::BadRequest(format!("{d:?} is not a date: use YYYY-MM-DD"));
+    let (start, _) = calendar.day_bounds(&from).ok_or_else(|| bad(&from))?;
+    let (_, end) = calendar.day_bounds(&to).ok_or_else(|| bad(&to))?;
+    Ok((from, to, start, end))
+}
+
+async fn assessment(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let store = state.store.clone();
+    let p = period(&q);
+    signed_in(&state, &headers, &q, |lang, session| async move {
+        let (from, to, start, end) = p.map_err(|e| (session.clone(), e))?;
+        let user = session.user.clone();
+        let result = blocking(move || {
+            let console = store.console().ok_or_else(no_console)?;
+            Ok((console.assessment(&user, start, end, now_ms())?, console.catalog()))
+        })
+        .await;
+        let (scores, catalog) = result.map_err(|e| (session.clone(), e))?;
+        let page = views::AssessmentPage {
+            chrome: chrome(lang, lang.t("assessment"), Some(&session)),
+            from,
+            to,
+            rows: scores.iter().map(|s| (s.user.clone(), views::score_cells(s, &catalog))).collect(),
+        };
+        Ok(html(StatusCode::OK, page.render()))
+    })
+    .await
+}
+
+async fn assessment_csv(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let store = state.store.clone();
+    let p = period(&q);
+    signed_in(&state, &headers, &q, |lang, session| async move {
+        let (_, _, start, end) = p.map_err(|e| (session.clone(), e))?;
+        let user = session.user.clone();
+        let result = blocking(move || {
+            let console = store.console().ok_or_else(no_console)?;
+            let catalog = console.catalog();
+            let rows: Vec<Vec<String>> = console
+                .assessment(&user, start, end, now_ms())?
+                .iter()
+                .map(|s| views::score_cells(s, &catalog))
+                .collect();
+            views::table_csv(lang, &views::SCORE_COLUMNS, &rows)
+        })
+        .await;
+        let body = result.map_err(|e| (session.clone(), e))?;
+        Ok(csv_response("gridwork-assessment.csv", body))
+    })
+    .await
+}
+
+async fn admin(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let store = state.store.clone();
+    let done = q.contains_key("done");
+    signed_in(&state, &headers, &q, |lang, session| async move {
+        let user = session.user.clone();
+        let result = blocking(move || {
+            let console = store.console().ok_or_else(no_console)?;
+            Ok((
+                console.devices(&user, now_ms())?,
+                console.quarantine(&user)?,
+                console.people(&user)?,
+                console.catalog(),
+            ))
+        })
+        .await;
+        let (devices, quarantine, people, catalog) = result.map_err(|e| (session.clone(), e))?;
+        let mut c = chrome(lang, lang.t("admin"), Some(&session));
+        if done {
+            c.notice = Some(lang.t("done").to_owned());
+        }
+        Ok(html(StatusCode::OK, views::admin_page(c, &catalog, &devices, quarantine, &people).render()))
+    })
+    .await
+}
+
+/// An administration form: the CSRF token first, then the store checks the role again.
+async fn admin_action(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Path(action): Path<String>,
+    form: RawForm,
+) -> Response {
+    let f = form_map(&form);
+    let store = state.store.clone();
+    let server_url = format!(
+        "{}://{}",
+        if state.secure { "https" } else { "http" },
+        headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1")
+    );
+    signed_in(&state, &headers, &HashMap::new(), |lang, session| async move {
+        check_csrf(&session, &f).map_err(|e| (session.clone(), e))?;
+        let user = session.user.clone();
+        let result = blocking(move || admin_change(store.as_ref(), &user, &action, &f, &server_url)).await;
+        match result.map_err(|e| (session.clone(), e))? {
+            Some((for_user, device, code, uri)) => {
+                let qr_svg = views::qr_svg(&uri).map_err(|e| (session.clone(), e))?;
+                let page = views::EnrolledPage {
+                    chrome: chrome(lang, lang.t("enrol_device"), Some(&session)),
+                    user: for_user,
+                    device,
+                    code,
+                    uri,
+                    qr_svg,
+                };
+                Ok(html(StatusCode::OK, page.render()))
+            }
+            None => Ok(redirect("/console/admin?done=1")),
+        }
+    })
+    .await
+}
+
+/// Applies one administration form. Returns the enrolment (user, device, code, URI) for `enrol`.
+fn admin_change(
+    store: &dyn SyncStore,
+    user: &crate::store::console::ConsoleUser,
+    action: &str,
+    f: &HashMap<String, String>,
+    server_url: &str,
+) -> Result<Option<(String, String, String, String)>, ServerError> {
+    let console = store.console().ok_or_else(no_console)?;
+    user.must_administer()?;
+    let get = |k: &str| f.get(k).map(|v| v.trim().to_owned()).unwrap_or_default();
+    let now = now_ms();
+    match action {
+        "enrol" => {
+            let for_user = get("user");
+            let (device, code) = console.enrol(user, &for_user, now)?;
+            let uri = gridwork_model::wire::EnrolmentCode {
+                server: server_url.to_owned(),
+                code: code.clone(),
+                ca_fingerprint: console.ca_fingerprint(),
+            }
+            .to_uri();
+            return Ok(Some((for_user, device, code, uri)));
+        }
+        "retire" => console.retire(user, &get("device"), now)?,
+        "revoke" => console.revoke(user, &get("device"))?,
+        "release" => console.release(user, &get("key"), now)?,
+        "reject" => console.reject(user, &get("key"))?,
+        "person" => {
+            let role = gridwork_model::catalog::Role::parse(&get("role"))
+                .ok_or_else(|| ServerError::BadRequest("unknown role".into()))?;
+            let department = Some(get("department")).filter(|d| !d.is_empty());
+            let person = crate::store::console::PersonView {
+                id: get("id"),
+                role,
+                department,
+                scopes: get("scopes").split_whitespace().map(str::to_owned).collect(),
+                has_password: false,
+            };
+            console.set_person(user, &person)?;
+            let password = f.get("password").cloned().unwrap_or_default();
+            if !password.is_empty() {
+                console.set_password(&person.id, &password, now)?;
+            }
+        }
+        "category" => {
+            let id = get("id");
+            let hours: u32 = get("hours")
+                .parse()
+                .ok()
+                .filter(|h| (1..=2160).contains(h))
+                .ok_or_else(|| ServerError::BadRequest("a deadline is 1 to 2160 hours".into()))?;
+            let mut catalog = gridwork_model::catalog::Catalog::clone(&console.catalog());
+            let c = catalog
+                .categories
+                .iter_mut()
+                .find(|c| c.id.0 == id)
+                .ok_or_else(|| ServerError::NotFound(format!("category {id}")))?;
+            c.default_deadline_hours = hours;
+            c.retired = get("retired") == "1";
+            console.set_catalog(user, &catalog)?;
+        }
+        "grids" => {
+            let datum = match get("datum").as_str() {
+                "gcj02" => gridwork_model::geo::Datum::Gcj02,
+                _ => gridwork_model::geo::Datum::Wgs84,
+            };
+            let file = crate::grids::parse(f.get("geojson").map(String::as_str).unwrap_or(""), datum)
+                .map_err(|e| ServerError::BadRequest(e.to_string()))?;
+            let merged = crate::grids::merge(&console.catalog(), &file);
+            console.set_catalog(user, &merged)?;
+        }
+        other => return Err(ServerError::NotFound(format!("administration action {other:?}"))),
+    }
+    Ok(None)
 }

@@ -21,6 +21,8 @@ pub struct Chrome {
     pub csrf: String,
     pub notice: Option<String>,
     pub error: Option<String>,
+    /// Show the administration link.
+    pub admin: bool,
 }
 
 #[derive(Debug, Template)]
@@ -581,4 +583,321 @@ pub fn queue_csv(queue: &CaseQueue, catalog: &Catalog, lang: Lang) -> Result<Vec
         .map_err(fail)?;
     }
     w.into_inner().map_err(|e| crate::error::ServerError::Internal(format!("writing CSV: {e}")))
+}
+
+/// Most pins one map draws.
+pub const MAX_PINS: u32 = 3000;
+
+#[derive(Debug, Template)]
+#[template(path = "console/map.html")]
+pub struct MapPage {
+    pub chrome: Chrome,
+    pub statuses: Vec<Choice>,
+    pub areas: Vec<Choice>,
+    pub legend: Vec<(String, &'static str)>,
+    pub shown: usize,
+    pub truncated: bool,
+    pub svg: String,
+}
+
+pub fn map_page(
+    chrome: Chrome,
+    catalog: &Catalog,
+    user: &ConsoleUser,
+    filter: &CaseFilter,
+    pins: &[crate::store::console::MapPin],
+) -> MapPage {
+    let lang = chrome.lang;
+    let grids: Vec<(&str, &gridwork_model::geo::Polygon)> = catalog
+        .grids
+        .iter()
+        .filter(|g| user.sees_grid(g))
+        .filter(|g| {
+            // An area filter draws that area's grids only.
+            filter.area.is_empty()
+                || filter.area == format!("grid:{}", g.id)
+                || filter.area == format!("community:{}", g.community)
+                || filter.area == format!("street:{}", g.street)
+        })
+        .map(|g| (g.name.as_str(), &g.boundary))
+        .collect();
+    MapPage {
+        statuses: map::LEGEND
+            .iter()
+            .map(|s| Choice { value: (*s).to_owned(), label: status_label(lang, s), selected: filter.status == *s })
+            .collect(),
+        areas: area_choices(catalog, user, &filter.area),
+        legend: map::LEGEND.iter().map(|s| (status_label(lang, s), map::status_colour(s))).collect(),
+        shown: pins.len(),
+        truncated: pins.len() as u32 >= MAX_PINS,
+        svg: map::district_map(&grids, pins),
+        chrome,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CoverageRow {
+    pub id: String,
+    pub name: String,
+    pub points: usize,
+    pub covered: usize,
+    pub missed: usize,
+    pub check_ins: usize,
+    pub outside: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct CoverageDetail {
+    pub id: String,
+    pub name: String,
+    /// (point name, "who hh:mm (distance), …" or empty when missed)
+    pub rows: Vec<(String, String)>,
+    /// Check-ins outside the grid, as text.
+    pub outside: String,
+}
+
+#[derive(Debug, Template)]
+#[template(path = "console/coverage.html")]
+pub struct CoveragePage {
+    pub chrome: Chrome,
+    pub day: String,
+    pub grids: Vec<CoverageRow>,
+    pub details: Vec<CoverageDetail>,
+}
+
+fn check_in_text(c: &crate::store::console::CheckInView, calendar: &DistrictCalendar) -> String {
+    let time = calendar.minute_of(c.at_ms);
+    let time = time.split(' ').nth(1).unwrap_or(&time).to_owned();
+    match c.distance_m {
+        Some(d) => format!("{} {time} ({d:.0} m)", c.user),
+        None => format!("{} {time}", c.user),
+    }
+}
+
+pub fn coverage_rows(catalog: &Catalog, coverage: &[crate::store::console::GridCoverage]) -> Vec<CoverageRow> {
+    coverage
+        .iter()
+        .map(|g| {
+            let covered = g.points.iter().filter(|(_, _, c)| !c.is_empty()).count();
+            CoverageRow {
+                id: g.grid.clone(),
+                name: grid_name(catalog, &g.grid),
+                points: g.points.len(),
+                covered,
+                missed: g.points.len() - covered,
+                check_ins: g.check_ins.len(),
+                outside: g.check_ins.iter().filter(|c| !c.inside_grid).count(),
+            }
+        })
+        .collect()
+}
+
+pub fn coverage_page(
+    chrome: Chrome,
+    catalog: &Catalog,
+    day: String,
+    coverage: &[crate::store::console::GridCoverage],
+    selected: Option<&str>,
+) -> CoveragePage {
+    let calendar = DistrictCalendar::default();
+    // Detail for the chosen grid, or for every grid when there are only a few.
+    let details = coverage
+        .iter()
+        .filter(|g| selected.map_or(coverage.len() <= 3, |s| s == g.grid))
+        .map(|g| CoverageDetail {
+            id: g.grid.clone(),
+            name: grid_name(catalog, &g.grid),
+            rows: g
+                .points
+                .iter()
+                .map(|(_, name, at)| {
+                    (name.clone(), at.iter().map(|c| check_in_text(c, &calendar)).collect::<Vec<_>>().join("、"))
+                })
+                .collect(),
+            outside: g
+                .check_ins
+                .iter()
+                .filter(|c| !c.inside_grid)
+                .map(|c| check_in_text(c, &calendar))
+                .collect::<Vec<_>>()
+                .join("、"),
+        })
+        .collect();
+    CoveragePage { grids: coverage_rows(catalog, coverage), details, day, chrome }
+}
+
+#[derive(Debug, Template)]
+#[template(path = "console/assessment.html")]
+pub struct AssessmentPage {
+    pub chrome: Chrome,
+    pub from: String,
+    pub to: String,
+    /// (user, cells in column order)
+    pub rows: Vec<(String, Vec<String>)>,
+}
+
+/// A worker's figures as the table's and the CSV's cells.
+pub fn score_cells(s: &crate::store::console::WorkerScore, catalog: &Catalog) -> Vec<String> {
+    vec![
+        s.user.clone(),
+        s.grids.iter().map(|g| grid_name(catalog, g)).collect::<Vec<_>>().join(" "),
+        s.reported.to_string(),
+        s.accepted.to_string(),
+        s.rejected.to_string(),
+        s.handled_on_time.to_string(),
+        s.handled_late.to_string(),
+        s.overdue.to_string(),
+        s.check_ins.to_string(),
+        s.satisfaction.map(|v| format!("{v:.2} ({})", s.follow_ups)).unwrap_or_default(),
+    ]
+}
+
+/// The header of the assessment's table and CSV.
+pub const SCORE_COLUMNS: [&str; 10] =
+    ["worker", "grid", "reported_n", "accepted_n", "rejected_n", "on_time", "late", "overdue", "check_ins", "satisfaction"];
+
+/// Any table as CSV, header translated; formula-like cells defused.
+pub fn table_csv(lang: Lang, header: &[&str], rows: &[Vec<String>]) -> Result<Vec<u8>, crate::error::ServerError> {
+    let fail = |e: csv::Error| crate::error::ServerError::Internal(format!("writing CSV: {e}"));
+    let mut w = csv::Writer::from_writer(vec![]);
+    w.write_record(header.iter().map(|h| lang.t(h))).map_err(fail)?;
+    for r in rows {
+        w.write_record(r.iter().map(|c| defuse(c))).map_err(fail)?;
+    }
+    w.into_inner().map_err(|e| crate::error::ServerError::Internal(format!("writing CSV: {e}")))
+}
+
+/// A cell a spreadsheet would run as a formula gets a leading `'`.
+fn defuse(s: &str) -> String {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_owned()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DeviceRow {
+    pub id: String,
+    pub code: String,
+    pub user: String,
+    pub status: String,
+    pub unsynced: String,
+    /// Oldest unsynced work over a day old.
+    pub stale: bool,
+    pub outbox: String,
+    pub photos: String,
+    pub last_seen: String,
+    pub can_retire: bool,
+    pub can_revoke: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PersonRow {
+    pub id: String,
+    pub role: String,
+    pub department: String,
+    pub scopes: String,
+    pub has_password: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct CategoryRow {
+    pub value: String,
+    pub label: String,
+    pub hours: u32,
+    pub retired: bool,
+}
+
+#[derive(Debug, Template)]
+#[template(path = "console/admin.html")]
+pub struct AdminPage {
+    pub chrome: Chrome,
+    pub devices: Vec<DeviceRow>,
+    pub quarantine: Vec<crate::store::QuarantinedItem>,
+    pub people: Vec<PersonRow>,
+    pub categories: Vec<CategoryRow>,
+    pub catalog_version: u64,
+}
+
+fn age_text(ms: i64) -> String {
+    let minutes = ms / 60_000;
+    match minutes {
+        m if m < 60 => format!("{m} min"),
+        m if m < 48 * 60 => format!("{} h", m / 60),
+        m => format!("{} d", m / (24 * 60)),
+    }
+}
+
+pub fn admin_page(
+    chrome: Chrome,
+    catalog: &Catalog,
+    devices: &[crate::store::DeviceInfo],
+    quarantine: Vec<crate::store::QuarantinedItem>,
+    people: &[crate::store::console::PersonView],
+) -> AdminPage {
+    let lang = chrome.lang;
+    let calendar = DistrictCalendar::default();
+    let state_u64 = |d: &crate::store::DeviceInfo, k: &str| {
+        d.last_state.as_ref().and_then(|s| s.get(k)).and_then(|v| v.as_u64()).unwrap_or(0).to_string()
+    };
+    AdminPage {
+        devices: devices
+            .iter()
+            .map(|d| DeviceRow {
+                id: d.id.clone(),
+                code: d.code.clone(),
+                user: d.user.clone(),
+                status: d.status.clone(),
+                unsynced: d.unsynced_age_ms.map(age_text).unwrap_or_default(),
+                stale: d.unsynced_age_ms.is_some_and(|a| a > 24 * 3_600_000),
+                outbox: state_u64(d, "outbox_items"),
+                photos: state_u64(d, "photos_pending"),
+                last_seen: minute(&calendar, d.last_seen_ms),
+                can_retire: d.status == "active",
+                can_revoke: d.status != "revoked",
+            })
+            .collect(),
+        quarantine,
+        people: people
+            .iter()
+            .map(|p| PersonRow {
+                id: p.id.clone(),
+                role: role_label(p.role, lang).to_owned(),
+                department: p.department.clone().unwrap_or_default(),
+                scopes: p.scopes.join(" "),
+                has_password: p.has_password,
+            })
+            .collect(),
+        categories: catalog
+            .categories
+            .iter()
+            .map(|c| CategoryRow {
+                value: c.id.0.clone(),
+                label: category_name(catalog, lang, &c.id.0),
+                hours: c.default_deadline_hours,
+                retired: c.retired,
+            })
+            .collect(),
+        catalog_version: catalog.version,
+        chrome,
+    }
+}
+
+#[derive(Debug, Template)]
+#[template(path = "console/enrolled.html")]
+pub struct EnrolledPage {
+    pub chrome: Chrome,
+    pub user: String,
+    pub device: String,
+    pub code: String,
+    pub uri: String,
+    pub qr_svg: String,
+}
+
+/// The enrolment URI as an SVG QR code, for the phone's camera.
+pub fn qr_svg(text: &str) -> Result<String, crate::error::ServerError> {
+    let code = qrcode::QrCode::new(text.as_bytes())
+        .map_err(|e| crate::error::ServerError::Internal(format!("QR code: {e}")))?;
+    Ok(code.render::<qrcode::render::svg::Color<'_>>().min_dimensions(240, 240).build())
 }

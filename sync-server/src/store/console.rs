@@ -234,6 +234,8 @@ pub trait ConsoleStore: Send + Sync {
     fn reject(&self, user: &ConsoleUser, key: &str) -> Result<()>;
     fn people(&self, user: &ConsoleUser) -> Result<Vec<PersonView>>;
     fn set_person(&self, user: &ConsoleUser, person: &PersonView) -> Result<()>;
+    /// The district CA's fingerprint for enrolment codes, when the server has TLS files.
+    fn ca_fingerprint(&self) -> Option<String>;
     /// Replaces the reference data (a new catalog version reaches every device on its next sync).
     fn set_catalog(&self, user: &ConsoleUser, catalog: &gridwork_model::catalog::Catalog) -> Result<u64>;
 }

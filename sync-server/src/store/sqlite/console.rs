@@ -159,7 +159,8 @@ struct FilterSql {
 
 fn filter_sql(user: &ConsoleUser, filter: &CaseFilter, now_ms: i64) -> Result<FilterSql> {
     let calendar = DistrictCalendar::default();
-    let mut clauses = vec!["d.title IS NOT NULL".to_owned()];
+    // A document whose report has not arrived yet (status "empty") is not a case to list.
+    let mut clauses = vec!["d.status != 'empty'".to_owned()];
     let mut args: Vec<Box<dyn rusqlite::ToSql>> = vec![];
     let arg = |v: Box<dyn rusqlite::ToSql>, args: &mut Vec<Box<dyn rusqlite::ToSql>>| {
         args.push(v);
@@ -784,6 +785,11 @@ impl ConsoleStore for SqliteStore {
             return Err(ServerError::BadRequest("a user id is 1 to 64 characters without spaces".into()));
         }
         self.set_user(&person.id, person.role, person.department.as_deref(), &person.scopes)
+    }
+
+    fn ca_fingerprint(&self) -> Option<String> {
+        let files = crate::tls::TlsFiles::in_data_dir(self.path.parent()?);
+        files.exists().then(|| files.ca_fingerprint().ok()).flatten()
     }
 
     fn set_catalog(&self, user: &ConsoleUser, catalog: &Catalog) -> Result<u64> {

@@ -35,11 +35,18 @@ pub struct ConsoleArgs {
     cases: usize,
     grids: usize,
     samples: usize,
+    /// Keep the seeded server here and reuse it on the next run (seeding 100,000 cases takes
+    /// minutes; the timing takes seconds).
+    data_dir: Option<std::path::PathBuf>,
 }
 
 pub fn parse(mut it: impl Iterator<Item = String>) -> Result<ConsoleArgs, String> {
-    let mut a = ConsoleArgs { cases: 100_000, grids: 100, samples: 300 };
+    let mut a = ConsoleArgs { cases: 100_000, grids: 100, samples: 300, data_dir: None };
     while let Some(flag) = it.next() {
+        if flag == "--data-dir" {
+            a.data_dir = Some(it.next().ok_or("--data-dir takes a directory")?.into());
+            continue;
+        }
         let v: usize = it.next().and_then(|v| v.parse().ok()).ok_or(format!("{flag} takes a number"))?;
         match flag.as_str() {
             "--cases" => a.cases = v,
@@ -209,14 +216,21 @@ fn seed(server: &SqliteStore, args: &ConsoleArgs) -> Result<Vec<String>, String>
 }
 
 pub fn run(args: ConsoleArgs) -> Result<(), String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let server = SqliteStore::open(&dir.path().join("server")).map_err(|e| e.to_string())?;
-    server.import_catalog(&district(args.grids)).map_err(|e| e.to_string())?;
-    progress(&format!("console: seeding {} cases over {} grids", args.cases, args.grids));
+    let temp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let root = args.data_dir.clone().unwrap_or_else(|| temp.path().to_owned());
+    let reuse = root.join("server").join("server.db").exists();
+    let server = SqliteStore::open(&root.join("server")).map_err(|e| e.to_string())?;
     let seeding = Instant::now();
-    let ids = seed(&server, &args)?;
+    if reuse {
+        progress(&format!("console: reusing the seeded server in {}", root.display()));
+    } else {
+        server.import_catalog(&district(args.grids)).map_err(|e| e.to_string())?;
+        progress(&format!("console: seeding {} cases over {} grids", args.cases, args.grids));
+        seed(&server, &args)?;
+    }
     let seed_s = seeding.elapsed().as_secs_f64();
     server.set_user("admin", Role::Administrator, None, &[]).map_err(|e| e.to_string())?;
+    let total_cases = server.counts().map_err(|e| e.to_string())?.1;
     let console: &dyn ConsoleStore = &server;
     let catalog = console.catalog();
     let grids_per_community = 10.min(args.grids);
@@ -227,8 +241,10 @@ pub fn run(args: ConsoleArgs) -> Result<(), String> {
         let visible = console.case_queue(&user, &CaseFilter::default(), now_ms()).map_err(|e| e.to_string())?.total;
         progress(&format!("console: timing pages for {who} ({label}, {visible} cases)"));
         let mut rng = Rng::new(11);
-        let filters = |rng: &mut Rng, pages: u32| -> CaseFilter {
-            match rng.below(6) {
+        const KINDS: [&str; 6] = ["none", "status", "overdue", "grid", "category_status", "deep_page"];
+        let filters = |rng: &mut Rng, pages: u32| -> (usize, CaseFilter) {
+            let k = rng.below(6);
+            (k, match k {
                 0 => CaseFilter::default(),
                 1 => CaseFilter { status: "reported".into(), ..Default::default() },
                 2 => CaseFilter { overdue: "1".into(), ..Default::default() },
@@ -239,12 +255,13 @@ pub fn run(args: ConsoleArgs) -> Result<(), String> {
                     ..Default::default()
                 },
                 _ => CaseFilter { page: 1 + rng.below(pages.max(1) as usize) as u32, ..Default::default() },
-            }
+            })
         };
+        let mut by_kind: Vec<Vec<f64>> = vec![vec![]; KINDS.len()];
         let pages = console.case_queue(&user, &CaseFilter::default(), now_ms()).map_err(|e| e.to_string())?.pages;
         let mut queue_ms = vec![];
         for _ in 0..args.samples {
-            let filter = filters(&mut rng, pages);
+            let (kind, filter) = filters(&mut rng, pages);
             let t = Instant::now();
             let q = console.case_queue(&user, &filter, now_ms()).map_err(|e| e.to_string())?;
             let chrome = Chrome {
@@ -254,20 +271,28 @@ pub fn run(args: ConsoleArgs) -> Result<(), String> {
                 csrf: session.csrf.clone(),
                 notice: None,
                 error: None,
+                admin: false,
             };
             let html = views::queue_page(chrome, &catalog, &user, filter, q).render().map_err(|e| e.to_string())?;
             queue_ms.push(ms_since(t));
+            by_kind[kind].push(ms_since(t));
             std::hint::black_box(html);
         }
         // Cases this person can open: the administrator any, the supervisor their community's.
-        let openable: Vec<&String> = if user.role == Role::Administrator {
-            ids.iter().collect()
-        } else {
-            ids.iter().enumerate().filter(|(i, _)| i % args.grids < grids_per_community).map(|(_, id)| id).collect()
-        };
+        let everything = CaseFilter { all: true, ..Default::default() };
+        let openable: Vec<String> = console
+            .case_queue(&user, &everything, now_ms())
+            .map_err(|e| e.to_string())?
+            .rows
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        if openable.is_empty() {
+            return Err(format!("{who} sees no case"));
+        }
         let mut detail_ms = vec![];
         for _ in 0..args.samples {
-            let id = openable[rng.below(openable.len())];
+            let id = &openable[rng.below(openable.len())];
             let t = Instant::now();
             let view = console.case_view(&user, id).map_err(|e| e.to_string())?;
             let chrome = Chrome {
@@ -277,6 +302,7 @@ pub fn run(args: ConsoleArgs) -> Result<(), String> {
                 csrf: session.csrf.clone(),
                 notice: None,
                 error: None,
+                admin: false,
             };
             let html =
                 views::case_page(chrome, &catalog, &user, &view, now_ms()).render().map_err(|e| e.to_string())?;
@@ -284,12 +310,19 @@ pub fn run(args: ConsoleArgs) -> Result<(), String> {
             std::hint::black_box(html);
         }
         let extra = [
-            ("cases_on_server", serde_json::json!(ids.len())),
+            ("cases_on_server", serde_json::json!(total_cases)),
             ("visible_cases", serde_json::json!(visible)),
             ("who", serde_json::json!(who)),
             ("seed_s", serde_json::json!((seed_s * 10.0).round() / 10.0)),
         ];
-        line("queue_page", &stats(queue_ms), &extra);
+        let breakdown: serde_json::Map<String, serde_json::Value> = KINDS
+            .iter()
+            .zip(by_kind)
+            .map(|(k, v)| ((*k).to_owned(), serde_json::json!((stats(v).p50 * 100.0).round() / 100.0)))
+            .collect();
+        let mut queue_extra = extra.to_vec();
+        queue_extra.push(("p50_ms_by_filter", serde_json::Value::Object(breakdown)));
+        line("queue_page", &stats(queue_ms), &queue_extra);
         line("case_detail", &stats(detail_ms), &extra);
     }
     Ok(())
