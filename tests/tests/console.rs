@@ -237,3 +237,127 @@ fn the_console_refuses_device_tokens_forged_forms_other_areas_and_password_guess
     console.set_password("s1", PASSWORD, 0).expect("reset");
     assert_eq!(Browser::new(&d.url()).sign_in("s1", PASSWORD).status, 303);
 }
+
+/// The `href` of the link with this id on a page, unescaped.
+fn link(page: &Page, id: &str) -> Option<String> {
+    let at = page.body.find(&format!("id=\"{id}\""))?;
+    let start = page.body[..at].rfind("href=\"")? + 6;
+    let end = start + page.body[start..].find('"')?;
+    Some(page.body[start..end].replace("&amp;", "&").replace("&#38;", "&"))
+}
+
+fn case_rows(page: &Page) -> Vec<String> {
+    page.body.split("data-case=\"").skip(1).filter_map(|s| s.split('"').next()).map(str::to_owned).collect()
+}
+
+#[test]
+fn the_queue_pages_forward_and_back_without_losing_or_repeating_a_case() {
+    let d = District::new();
+    console_users(&d);
+    let mut w1 = phone(&d, "w1", None);
+    let mut all = capture(&w1, 0, 120, 33).iter().map(|c| c.to_string()).collect::<Vec<_>>();
+    w1.sync(&d.url()).expect("worker pushes");
+    let mut sup = Browser::new(&d.url());
+    assert_eq!(sup.sign_in("s1", PASSWORD).status, 303);
+    let p1 = sup.get("/console/cases");
+    let p2 = sup.get(&link(&p1, "next-page").expect("a next page"));
+    let p3 = sup.get(&link(&p2, "next-page").expect("a third page"));
+    assert!(
+        link(&p3, "next-page").is_none(),
+        "three pages of 50, 50 and 20: {:?} {:?}",
+        link(&p1, "next-page"),
+        link(&p2, "next-page")
+    );
+    let (r1, r2, r3) = (case_rows(&p1), case_rows(&p2), case_rows(&p3));
+    assert_eq!((r1.len(), r2.len(), r3.len()), (50, 50, 20));
+    let mut seen: Vec<String> = r1.iter().chain(&r2).chain(&r3).cloned().collect();
+    seen.sort();
+    all.sort();
+    assert_eq!(seen, all, "every case once");
+    assert!(p2.body.contains("2 / 3"));
+    let back = sup.get(&link(&p3, "prev-page").expect("a previous page"));
+    assert_eq!(case_rows(&back), r2, "back to the same second page");
+}
+
+#[test]
+fn map_coverage_assessment_and_administration() {
+    let d = District::new();
+    console_users(&d);
+    d.store.set_user("admin", Role::Administrator, None, &[]).expect("admin");
+    (d.store.as_ref() as &dyn ConsoleStore).set_password("admin", PASSWORD, 0).expect("password");
+    let mut w1 = phone(&d, "w1", None);
+    let cases = capture(&w1, 0, 4, 34);
+    // A patrol: two of grid g0's four points checked in, one check-in far outside the grid.
+    let catalog = gridwork_tests::district(4);
+    let grid = &catalog.grids[0];
+    let patrol = w1.store.start_patrol(&grid.id).expect("patrol");
+    for p in &grid.points[..2] {
+        let location = gridwork_core::model::geo::Location::gps(p.lat, p.lon, 5.0, 0);
+        let input = gridwork_core::store::CheckInInput {
+            patrol,
+            point: Some(p.id.clone()),
+            location,
+            note: String::new(),
+            photo: None,
+        };
+        w1.store.check_in(input).expect("check in");
+    }
+    let far = gridwork_core::model::geo::Location::gps(grid.points[0].lat + 0.5, grid.points[0].lon, 5.0, 0);
+    let input =
+        gridwork_core::store::CheckInInput { patrol, point: None, location: far, note: String::new(), photo: None };
+    w1.store.check_in(input).expect("check in outside");
+    w1.store.finish_patrol(&patrol).expect("finish");
+    w1.sync(&d.url()).expect("worker pushes");
+
+    let mut sup = Browser::new(&d.url());
+    assert_eq!(sup.sign_in("s1", PASSWORD).status, 303);
+    let map = sup.get("/console/map");
+    assert_eq!(map.status, 200);
+    assert_eq!(map.body.matches(" data-status=\"").count(), cases.len(), "a pin per case");
+    let mut other = Browser::new(&d.url());
+    assert_eq!(other.sign_in("s2", PASSWORD).status, 303);
+    assert_eq!(other.get("/console/map").body.matches(" data-status=\"").count(), 0, "another area's map has none");
+
+    let coverage = sup.get("/console/coverage?grid=g0");
+    assert_eq!(coverage.status, 200);
+    let row = coverage.body.split("data-grid=\"g0\"").nth(1).expect("g0's row");
+    let cells: Vec<&str> = row.split("<td>").skip(2).map(|c| c.split('<').next().unwrap_or("")).collect();
+    assert_eq!(cells[..2], ["4", "2"], "four points, two checked in: {row}");
+    assert!(coverage.body.contains("w1"), "who checked in");
+    let csv = sup.get("/console/coverage.csv");
+    assert!(csv.body.lines().count() >= 2);
+
+    let assessment = sup.get("/console/assessment");
+    assert_eq!(assessment.status, 200);
+    let w1_row = assessment.body.split("data-user=\"w1\"").nth(1).expect("w1's row");
+    let cells: Vec<&str> = w1_row.split("<td>").skip(1).map(|c| c.split('<').next().unwrap_or("")).collect();
+    assert_eq!((cells[2], cells[8]), ("4", "3"), "four reported, three check-ins: {w1_row}");
+    assert!(sup.get("/console/assessment.csv").body.contains("w1"));
+
+    // Administration is for administrators only.
+    assert_eq!(sup.get("/console/admin").status, 409);
+    let mut admin = Browser::new(&d.url());
+    assert_eq!(admin.sign_in("admin", PASSWORD).status, 303);
+    let page = admin.get("/console/admin");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains(&w1.store.identity().device.0), "the worker's phone is listed");
+    let csrf = page.csrf();
+    let enrolled = admin.post("/console/admin/enrol", &[("csrf", &csrf), ("user", "w2")]);
+    assert_eq!(enrolled.status, 200, "{}", enrolled.body);
+    assert!(enrolled.body.contains("<svg"), "a QR code");
+    let code = enrolled.body.split("id=\"code\">").nth(1).and_then(|s| s.split('<').next()).expect("code");
+    let e = gridwork_core::sync::enrol(&d.url(), code, None, "0.1.0").expect("the code enrols a phone");
+    assert_eq!(e.user, "w2");
+    let retired = admin.post("/console/admin/retire", &[("csrf", &csrf), ("device", &e.device_id)]);
+    assert_eq!(retired.status, 303);
+    assert!(d.store.list_devices(0).expect("devices").iter().any(|x| x.id == e.device_id && x.status == "retired"));
+    let before = d.store.current_catalog().version;
+    let cat = d.store.current_catalog().categories[0].id.0.clone();
+    let changed = admin.post("/console/admin/category", &[("csrf", &csrf), ("id", &cat), ("hours", "36")]);
+    assert_eq!(changed.status, 303, "{}", changed.body);
+    let catalog = d.store.current_catalog();
+    assert_eq!(catalog.version, before + 1, "a new catalog version goes to the phones");
+    assert_eq!(catalog.categories[0].default_deadline_hours, 36);
+    let forged = admin.post("/console/admin/revoke", &[("device", &e.device_id)]);
+    assert_eq!(forged.status, 403, "no token, no change");
+}

@@ -305,6 +305,8 @@ fn parse_filter(q: &HashMap<String, String>) -> CaseFilter {
         from: get("from"),
         to: get("to"),
         page: get("page").parse().unwrap_or(1),
+        after: get("after"),
+        before: get("before"),
         all: false,
     }
 }
@@ -563,7 +565,8 @@ async fn map_view(
         })
         .await;
         let (pins, catalog) = result.map_err(|e| (session.clone(), e))?;
-        let page = views::map_page(chrome(lang, lang.t("map"), Some(&session)), &catalog, &session.user, &filter, &pins);
+        let page =
+            views::map_page(chrome(lang, lang.t("map"), Some(&session)), &catalog, &session.user, &filter, &pins);
         Ok(html(StatusCode::OK, page.render()))
     })
     .await

@@ -161,7 +161,7 @@ pub fn enc(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-/// The query string of a filter, with `status` and `page` replaced.
+/// The query string of a filter, with `status` and `page` replaced (and no page position).
 pub fn filter_query(f: &CaseFilter, status: &str, page: u32) -> String {
     let mut q = vec![];
     for (k, v) in [
@@ -300,9 +300,18 @@ pub fn queue_page(
         total: queue.total,
         page,
         pages: queue.pages,
-        prev_href: (page > 1).then(|| format!("/console/cases?{}", filter_query(&filter, &filter.status, page - 1))),
-        next_href: (page < queue.pages)
-            .then(|| format!("/console/cases?{}", filter_query(&filter, &filter.status, page + 1))),
+        prev_href: queue.first_key.as_ref().filter(|_| queue.has_prev).map(|k| {
+            format!(
+                "/console/cases?{}&before={}",
+                filter_query(&filter, &filter.status, page.saturating_sub(1).max(1)),
+                enc(k)
+            )
+        }),
+        next_href: queue
+            .last_key
+            .as_ref()
+            .filter(|_| queue.has_next)
+            .map(|k| format!("/console/cases?{}&after={}", filter_query(&filter, &filter.status, page + 1), enc(k))),
         csv_href: format!("/console/cases.csv?{}", filter_query(&filter, &filter.status, 1)),
         filter,
         chrome,
@@ -753,8 +762,18 @@ pub fn score_cells(s: &crate::store::console::WorkerScore, catalog: &Catalog) ->
 }
 
 /// The header of the assessment's table and CSV.
-pub const SCORE_COLUMNS: [&str; 10] =
-    ["worker", "grid", "reported_n", "accepted_n", "rejected_n", "on_time", "late", "overdue", "check_ins", "satisfaction"];
+pub const SCORE_COLUMNS: [&str; 10] = [
+    "worker",
+    "grid",
+    "reported_n",
+    "accepted_n",
+    "rejected_n",
+    "on_time",
+    "late",
+    "overdue",
+    "check_ins",
+    "satisfaction",
+];
 
 /// Any table as CSV, header translated; formula-like cells defused.
 pub fn table_csv(lang: Lang, header: &[&str], rows: &[Vec<String>]) -> Result<Vec<u8>, crate::error::ServerError> {

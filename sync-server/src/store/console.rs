@@ -15,6 +15,18 @@ pub const LOCKOUT_MS: i64 = 15 * 60 * 1000;
 /// How long a console session lasts without signing in again.
 pub const SESSION_MS: i64 = 12 * 60 * 60 * 1000;
 
+/// The queue's sort key: cases with a deadline first, soonest first; then the newest report;
+/// the case id breaks ties. One text column, so that a page can start where the previous one
+/// ended with one index seek.
+pub fn queue_key(deadline_ms: Option<i64>, reported_ms: Option<i64>, doc_id: &str) -> String {
+    const MAX: i64 = 9_999_999_999_999_999;
+    let clamp = |v: i64| v.clamp(0, MAX);
+    match deadline_ms {
+        Some(d) => format!("0{:016}{:016}{doc_id}", clamp(d), MAX - clamp(reported_ms.unwrap_or(0))),
+        None => format!("1{:016}{:016}{doc_id}", 0, MAX - clamp(reported_ms.unwrap_or(0))),
+    }
+}
+
 /// A person signed in to the console.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsoleUser {
@@ -71,8 +83,12 @@ pub struct CaseFilter {
     /// Reported on or after / before (YYYY-MM-DD, district time zone).
     pub from: String,
     pub to: String,
-    /// 1-based.
+    /// 1-based; shown, not used to find the rows (see `after` and `before`).
     pub page: u32,
+    /// The queue key of the previous page's last case: this page starts after it.
+    pub after: String,
+    /// The queue key of the next page's first case: this page ends before it.
+    pub before: String,
     /// Every matching case on one page (the CSV export), up to [`MAX_EXPORT`].
     #[serde(skip)]
     pub all: bool,
@@ -108,6 +124,11 @@ pub struct CaseQueue {
     pub counts: Vec<(String, i64)>,
     pub page: u32,
     pub pages: u32,
+    /// Queue keys of the page's first and last case, for the links to the pages around it.
+    pub first_key: Option<String>,
+    pub last_key: Option<String>,
+    pub has_prev: bool,
+    pub has_next: bool,
 }
 
 /// One photo of a case, as the console shows it.

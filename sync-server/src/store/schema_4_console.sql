@@ -10,10 +10,17 @@ ALTER TABLE docs ADD COLUMN departments TEXT NOT NULL DEFAULT '';
 -- Where the case is (WGS-84), for the console's map.
 ALTER TABLE docs ADD COLUMN lat REAL;
 ALTER TABLE docs ADD COLUMN lon REAL;
--- The queue's order (soonest deadline first, then newest report), so a page is read from the
--- index instead of sorting every case; and counts per status.
-CREATE INDEX docs_queue_order ON docs ((deadline_ms IS NULL), deadline_ms, reported_ms DESC, doc_id);
-CREATE INDEX docs_by_status ON docs (status);
+-- The queue's order as one sortable text (see console.rs `queue_key`): soonest deadline first,
+-- then the newest report. A page is read from the index from where the last one ended (keyset
+-- paging), never by skipping rows.
+ALTER TABLE docs ADD COLUMN queue_key TEXT;
+CREATE INDEX docs_queue_order ON docs (queue_key);
+-- Counts per status, over the whole district or one category, from indexes alone; and the case
+-- columns a person's area is counted over, reachable from the membership index.
+CREATE INDEX docs_by_status ON docs (status, queue_key);
+CREATE INDEX docs_by_category ON docs (category_id, status);
+CREATE INDEX docs_cover ON docs (doc_id, status, category_id, deadline_ms, reported_ms);
+CREATE INDEX membership_scope_doc ON membership (scope, doc_id);
 
 -- Console sign-in: an argon2 hash (PHC string) per person, and lockout after repeated failures.
 CREATE TABLE console_accounts (

@@ -794,6 +794,7 @@ impl SqliteStore {
                 reported_ms,
             ],
         )?;
+        console::refresh_queue_key(tx, doc_id)?;
         Ok(())
     }
 

@@ -18,8 +18,9 @@ use gridwork_model::wire::{DeviceState, Outcome, SyncRequest, PROTOCOL_VERSION};
 
 use super::*;
 use crate::store::console::{
-    CaseFilter, CaseQueue, CaseRow, CaseView, CheckInView, ConsoleAction, ConsoleStore, ConsoleUser, GridCoverage, MapPin,
-    PersonView, PhotoView, Session, WorkerScore, LOCKOUT_MS, MAX_EXPORT, MAX_FAILED_SIGN_INS, SESSION_MS,
+    queue_key, CaseFilter, CaseQueue, CaseRow, CaseView, CheckInView, ConsoleAction, ConsoleStore, ConsoleUser,
+    GridCoverage, MapPin, PersonView, PhotoView, Session, WorkerScore, LOCKOUT_MS, MAX_EXPORT, MAX_FAILED_SIGN_INS,
+    SESSION_MS,
 };
 
 /// Rows per queue page.
@@ -63,6 +64,7 @@ pub(super) fn fill_case_columns(tx: &Transaction<'_>) -> Result<()> {
             "UPDATE docs SET reported_ms = ?2, departments = ?3 WHERE doc_id = ?1",
             params![doc_id, reported, departments_column(state.dispatched.keys().map(|d| d.0.as_str()))],
         )?;
+        refresh_queue_key(tx, &doc_id)?;
     }
     let records: Vec<(String, String, String)> = tx
         .prepare("SELECT id, device_id, body FROM records")?
@@ -102,6 +104,20 @@ pub(super) fn index_record(tx: &Connection, id: &str, device_id: &str, body: &st
             c.inside_grid,
             c.distance_to_point_m
         ],
+    )?;
+    Ok(())
+}
+
+/// Recomputes a case's queue key from its stored deadline and report time.
+pub(super) fn refresh_queue_key(tx: &Connection, doc_id: &str) -> Result<()> {
+    let (deadline, reported): (Option<i64>, Option<i64>) =
+        q1(tx, "SELECT deadline_ms, reported_ms FROM docs WHERE doc_id = ?1", [doc_id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    exec(
+        tx,
+        "UPDATE docs SET queue_key = ?2 WHERE doc_id = ?1",
+        params![doc_id, queue_key(deadline, reported, doc_id)],
     )?;
     Ok(())
 }
@@ -155,12 +171,18 @@ struct FilterSql {
     with_status: String,
     args: Vec<Box<dyn rusqlite::ToSql>>,
     args_without_status: usize,
+    /// `with_status` with the area tests written as per-row lookups: a page walks the queue's
+    /// order and stops after a page of matches, where the `IN` form would first collect every
+    /// case of the area (right for counting them, wrong for 50 rows).
+    per_row: String,
 }
 
 fn filter_sql(user: &ConsoleUser, filter: &CaseFilter, now_ms: i64) -> Result<FilterSql> {
     let calendar = DistrictCalendar::default();
     // A document whose report has not arrived yet (status "empty") is not a case to list.
     let mut clauses = vec!["d.status != 'empty'".to_owned()];
+    // (IN form, per-row form) of the area tests, substituted into `per_row` below.
+    let mut area_forms: Vec<(String, String)> = vec![];
     let mut args: Vec<Box<dyn rusqlite::ToSql>> = vec![];
     let arg = |v: Box<dyn rusqlite::ToSql>, args: &mut Vec<Box<dyn rusqlite::ToSql>>| {
         args.push(v);
@@ -169,11 +191,18 @@ fn filter_sql(user: &ConsoleUser, filter: &CaseFilter, now_ms: i64) -> Result<Fi
     if let Some(scopes) = SqliteStore::visible_scopes(user) {
         let marks: Vec<String> = scopes.into_iter().map(|s| arg(Box::new(s), &mut args)).collect();
         // Driven from the membership index: a community's cases, not every case checked.
-        clauses.push(format!("d.doc_id IN (SELECT m.doc_id FROM membership m WHERE m.scope IN ({}))", marks.join(",")));
+        let marks = marks.join(",");
+        let in_form = format!("d.doc_id IN (SELECT m.doc_id FROM membership m WHERE m.scope IN ({marks}))");
+        let per_row = format!("EXISTS (SELECT 1 FROM membership m WHERE m.doc_id = d.doc_id AND m.scope IN ({marks}))");
+        clauses.push(in_form.clone());
+        area_forms.push((in_form, per_row));
     }
     if !filter.area.is_empty() {
         let a = arg(Box::new(filter.area.clone()), &mut args);
-        clauses.push(format!("d.doc_id IN (SELECT m2.doc_id FROM membership m2 WHERE m2.scope = {a})"));
+        let in_form = format!("d.doc_id IN (SELECT m2.doc_id FROM membership m2 WHERE m2.scope = {a})");
+        let per_row = format!("EXISTS (SELECT 1 FROM membership m2 WHERE m2.doc_id = d.doc_id AND m2.scope = {a})");
+        clauses.push(in_form.clone());
+        area_forms.push((in_form, per_row));
     }
     if !filter.category.is_empty() {
         let a = arg(Box::new(filter.category.clone()), &mut args);
@@ -203,7 +232,12 @@ fn filter_sql(user: &ConsoleUser, filter: &CaseFilter, now_ms: i64) -> Result<Fi
         let a = arg(Box::new(filter.status.clone()), &mut args);
         clauses.push(format!("d.status = {a}"));
     }
-    Ok(FilterSql { without_status, with_status: clauses.join(" AND "), args, args_without_status })
+    let with_status = clauses.join(" AND ");
+    let mut per_row = with_status.clone();
+    for (in_form, row_form) in area_forms {
+        per_row = per_row.replace(&in_form, &row_form);
+    }
+    Ok(FilterSql { without_status, with_status, args, args_without_status, per_row })
 }
 
 impl SqliteStore {
@@ -375,10 +409,24 @@ impl ConsoleStore for SqliteStore {
     }
 
     fn case_queue(&self, user: &ConsoleUser, filter: &CaseFilter, now_ms: i64) -> Result<CaseQueue> {
-        let FilterSql { without_status, with_status, args, args_without_status } = filter_sql(user, filter, now_ms)?;
+        let FilterSql { without_status, with_status, mut args, args_without_status, per_row } =
+            filter_sql(user, filter, now_ms)?;
+        let size = if filter.all { MAX_EXPORT } else { PAGE_SIZE };
+        // Keyset paging: a page starts after the last key of the one before (or ends before the
+        // first key of the one after), found by one index seek however deep it is.
+        let (condition, order, backwards) = if filter.all {
+            (with_status, "ASC", false)
+        } else if !filter.before.is_empty() {
+            args.push(Box::new(filter.before.clone()));
+            (format!("{per_row} AND d.queue_key < ?{}", args.len()), "DESC", true)
+        } else if !filter.after.is_empty() {
+            args.push(Box::new(filter.after.clone()));
+            (format!("{per_row} AND d.queue_key > ?{}", args.len()), "ASC", false)
+        } else {
+            (per_row, "ASC", false)
+        };
         let reader = self.reader()?;
         let result = (|| -> Result<CaseQueue> {
-            let params = rusqlite::params_from_iter(args.iter().map(|b| b.as_ref()));
             let counts: Vec<(String, i64)> = reader
                 .prepare(&format!(
                     "SELECT d.status, count(*) FROM docs d WHERE {without_status} GROUP BY d.status ORDER BY d.status"
@@ -392,51 +440,66 @@ impl ConsoleStore for SqliteStore {
             } else {
                 counts.iter().filter(|(s, _)| *s == filter.status).map(|(_, n)| n).sum()
             };
-            let size = if filter.all { MAX_EXPORT } else { PAGE_SIZE };
             let pages = u32::try_from((total + i64::from(size) - 1) / i64::from(size)).unwrap_or(1).max(1);
-            let page = if filter.all { 1 } else { filter.page.clamp(1, pages) };
-            let offset = i64::from(page - 1) * i64::from(size);
-            // Soonest deadline first; cases without one after, newest report first.
-            let rows: Vec<CaseRow> = reader
+            let mut rows: Vec<(CaseRow, String)> = reader
                 .prepare(&format!(
                     "SELECT d.doc_id, coalesce(d.code, ''), d.title, d.status, coalesce(d.grid_id, ''),
                             coalesce(d.category_id, ''), coalesce(d.reporter, ''), d.reported_ms, d.deadline_ms,
-                            d.departments, d.flags
-                     FROM docs d WHERE {with_status}
-                     ORDER BY (d.deadline_ms IS NULL), d.deadline_ms, d.reported_ms DESC, d.doc_id
-                     LIMIT {size} OFFSET {offset}"
+                            d.departments, d.flags, coalesce(d.queue_key, '')
+                     FROM docs d WHERE {condition}
+                     ORDER BY d.queue_key {order} LIMIT {}",
+                    size + 1
                 ))?
-                .query_map(params, |r| {
+                .query_map(rusqlite::params_from_iter(args.iter().map(|b| b.as_ref())), |r| {
                     let status: String = r.get(3)?;
                     let deadline_ms: Option<i64> = r.get(8)?;
-                    Ok(CaseRow {
-                        id: r.get(0)?,
-                        code: r.get(1)?,
-                        title: r.get(2)?,
-                        overdue: deadline_ms.is_some_and(|d| d < now_ms)
-                            && matches!(status.as_str(), "dispatched" | "in_progress"),
-                        status,
-                        grid: r.get(4)?,
-                        category: r.get(5)?,
-                        reporter: r.get(6)?,
-                        reported_ms: r.get(7)?,
-                        deadline_ms,
-                        departments: r
-                            .get::<_, String>(9)?
-                            .split(',')
-                            .filter(|s| !s.is_empty())
-                            .map(str::to_owned)
-                            .collect(),
-                        flags: r
-                            .get::<_, String>(10)?
-                            .split(',')
-                            .filter(|s| !s.is_empty())
-                            .map(str::to_owned)
-                            .collect(),
-                    })
+                    Ok((
+                        CaseRow {
+                            id: r.get(0)?,
+                            code: r.get(1)?,
+                            title: r.get(2)?,
+                            overdue: deadline_ms.is_some_and(|d| d < now_ms)
+                                && matches!(status.as_str(), "dispatched" | "in_progress"),
+                            status,
+                            grid: r.get(4)?,
+                            category: r.get(5)?,
+                            reporter: r.get(6)?,
+                            reported_ms: r.get(7)?,
+                            deadline_ms,
+                            departments: r
+                                .get::<_, String>(9)?
+                                .split(',')
+                                .filter(|s| !s.is_empty())
+                                .map(str::to_owned)
+                                .collect(),
+                            flags: r
+                                .get::<_, String>(10)?
+                                .split(',')
+                                .filter(|s| !s.is_empty())
+                                .map(str::to_owned)
+                                .collect(),
+                        },
+                        r.get(11)?,
+                    ))
                 })?
                 .collect::<rusqlite::Result<_>>()?;
-            Ok(CaseQueue { rows, total, counts, page, pages })
+            let more = rows.len() > size as usize;
+            rows.truncate(size as usize);
+            if backwards {
+                rows.reverse();
+            }
+            let (has_prev, has_next) = if backwards { (more, true) } else { (!filter.after.is_empty(), more) };
+            Ok(CaseQueue {
+                first_key: rows.first().map(|(_, k)| k.clone()),
+                last_key: rows.last().map(|(_, k)| k.clone()),
+                rows: rows.into_iter().map(|(r, _)| r).collect(),
+                total,
+                counts,
+                page: filter.page.clamp(1, pages),
+                pages,
+                has_prev,
+                has_next,
+            })
         })();
         self.give_back(reader);
         result

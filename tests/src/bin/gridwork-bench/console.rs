@@ -24,7 +24,7 @@ use gridwork_core::model::time::ClockStamp;
 use gridwork_core::model::wire::{DeviceState, EnrolRequest, PushedChange, SyncRequest, PROTOCOL_VERSION};
 use gridwork_sync_server::console::i18n::Lang;
 use gridwork_sync_server::console::views::{self, Chrome};
-use gridwork_sync_server::store::console::{CaseFilter, ConsoleStore};
+use gridwork_sync_server::store::console::{queue_key, CaseFilter, CaseRow, ConsoleStore};
 use gridwork_sync_server::store::Device;
 use gridwork_sync_server::{SqliteStore, SyncStore};
 use gridwork_tests::{district, grid_centre, Rng, TITLES};
@@ -241,21 +241,34 @@ pub fn run(args: ConsoleArgs) -> Result<(), String> {
         let visible = console.case_queue(&user, &CaseFilter::default(), now_ms()).map_err(|e| e.to_string())?.total;
         progress(&format!("console: timing pages for {who} ({label}, {visible} cases)"));
         let mut rng = Rng::new(11);
+        // Cases this person can open: the administrator any, the supervisor their community's.
+        let everything = CaseFilter { all: true, ..Default::default() };
+        let openable: Vec<CaseRow> = console.case_queue(&user, &everything, now_ms()).map_err(|e| e.to_string())?.rows;
+        if openable.is_empty() {
+            return Err(format!("{who} sees no case"));
+        }
+        // "deep_page": the next page from anywhere in the queue, as its Next link asks for it.
         const KINDS: [&str; 6] = ["none", "status", "overdue", "grid", "category_status", "deep_page"];
-        let filters = |rng: &mut Rng, pages: u32| -> (usize, CaseFilter) {
+        let filters = |rng: &mut Rng, _pages: u32| -> (usize, CaseFilter) {
             let k = rng.below(6);
-            (k, match k {
-                0 => CaseFilter::default(),
-                1 => CaseFilter { status: "reported".into(), ..Default::default() },
-                2 => CaseFilter { overdue: "1".into(), ..Default::default() },
-                3 => CaseFilter { area: format!("grid:g{}", rng.below(grids_per_community)), ..Default::default() },
-                4 => CaseFilter {
-                    category: catalog.categories[0].id.0.clone(),
-                    status: "dispatched".into(),
-                    ..Default::default()
+            (
+                k,
+                match k {
+                    0 => CaseFilter::default(),
+                    1 => CaseFilter { status: "reported".into(), ..Default::default() },
+                    2 => CaseFilter { overdue: "1".into(), ..Default::default() },
+                    3 => CaseFilter { area: format!("grid:g{}", rng.below(grids_per_community)), ..Default::default() },
+                    4 => CaseFilter {
+                        category: catalog.categories[0].id.0.clone(),
+                        status: "dispatched".into(),
+                        ..Default::default()
+                    },
+                    _ => {
+                        let r = &openable[rng.below(openable.len())];
+                        CaseFilter { after: queue_key(r.deadline_ms, r.reported_ms, &r.id), ..Default::default() }
+                    }
                 },
-                _ => CaseFilter { page: 1 + rng.below(pages.max(1) as usize) as u32, ..Default::default() },
-            })
+            )
         };
         let mut by_kind: Vec<Vec<f64>> = vec![vec![]; KINDS.len()];
         let pages = console.case_queue(&user, &CaseFilter::default(), now_ms()).map_err(|e| e.to_string())?.pages;
@@ -278,21 +291,9 @@ pub fn run(args: ConsoleArgs) -> Result<(), String> {
             by_kind[kind].push(ms_since(t));
             std::hint::black_box(html);
         }
-        // Cases this person can open: the administrator any, the supervisor their community's.
-        let everything = CaseFilter { all: true, ..Default::default() };
-        let openable: Vec<String> = console
-            .case_queue(&user, &everything, now_ms())
-            .map_err(|e| e.to_string())?
-            .rows
-            .into_iter()
-            .map(|r| r.id)
-            .collect();
-        if openable.is_empty() {
-            return Err(format!("{who} sees no case"));
-        }
         let mut detail_ms = vec![];
         for _ in 0..args.samples {
-            let id = &openable[rng.below(openable.len())];
+            let id = &openable[rng.below(openable.len())].id;
             let t = Instant::now();
             let view = console.case_view(&user, id).map_err(|e| e.to_string())?;
             let chrome = Chrome {
