@@ -1506,7 +1506,7 @@ impl SqliteStore {
                 "INSERT INTO records (id, device_id, received_ms, body) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
                 params![hash, device_id, now_ms, body],
             )?;
-            console::index_record(&tx, &hash, &device_id, &body)?;
+            console::index_record(&tx, hash, &device_id, &body)?;
         } else {
             let (_, facts) = read_change(&bytes).map_err(ServerError::BadRequest)?;
             let missing = missing_deps(&tx, facts.deps.iter().map(String::as_str))?;
