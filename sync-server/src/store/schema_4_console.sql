@@ -19,6 +19,7 @@ CREATE INDEX docs_queue_order ON docs (queue_key);
 -- columns a person's area is counted over, reachable from the membership index.
 CREATE INDEX docs_by_status ON docs (status, queue_key);
 CREATE INDEX docs_by_category ON docs (category_id, status);
+CREATE INDEX docs_by_status_deadline ON docs (status, deadline_ms);
 CREATE INDEX docs_cover ON docs (doc_id, status, category_id, deadline_ms, reported_ms);
 CREATE INDEX membership_scope_doc ON membership (scope, doc_id);
 

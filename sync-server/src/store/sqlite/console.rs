@@ -412,19 +412,6 @@ impl ConsoleStore for SqliteStore {
         let FilterSql { without_status, with_status, mut args, args_without_status, per_row } =
             filter_sql(user, filter, now_ms)?;
         let size = if filter.all { MAX_EXPORT } else { PAGE_SIZE };
-        // Keyset paging: a page starts after the last key of the one before (or ends before the
-        // first key of the one after), found by one index seek however deep it is.
-        let (condition, order, backwards) = if filter.all {
-            (with_status, "ASC", false)
-        } else if !filter.before.is_empty() {
-            args.push(Box::new(filter.before.clone()));
-            (format!("{per_row} AND d.queue_key < ?{}", args.len()), "DESC", true)
-        } else if !filter.after.is_empty() {
-            args.push(Box::new(filter.after.clone()));
-            (format!("{per_row} AND d.queue_key > ?{}", args.len()), "ASC", false)
-        } else {
-            (per_row, "ASC", false)
-        };
         let reader = self.reader()?;
         let result = (|| -> Result<CaseQueue> {
             let counts: Vec<(String, i64)> = reader
@@ -441,6 +428,26 @@ impl ConsoleStore for SqliteStore {
                 counts.iter().filter(|(s, _)| *s == filter.status).map(|(_, n)| n).sum()
             };
             let pages = u32::try_from((total + i64::from(size) - 1) / i64::from(size)).unwrap_or(1).max(1);
+            // Two ways to a page, chosen by how many cases match (known from the counts): walk
+            // the district's queue order testing each case until a page is full (about
+            // PAGE_SIZE × all / matching cases read), or collect the matching cases and sort
+            // them (about `matching` read). Walking wins when matches are dense.
+            let all_docs: i64 = reader.query_row("SELECT coalesce(max(rowid), 0) FROM docs", [], |r| r.get(0))?;
+            let walk = !filter.all && total.saturating_mul(total) > i64::from(PAGE_SIZE) * all_docs;
+            let base = if walk { per_row.as_str() } else { with_status.as_str() };
+            // Keyset paging: a page starts after the last key of the one before (or ends before
+            // the first key of the one after), found by one index seek however deep it is.
+            let (condition, order, backwards) = if filter.all {
+                (base.to_owned(), "ASC", false)
+            } else if !filter.before.is_empty() {
+                args.push(Box::new(filter.before.clone()));
+                (format!("{base} AND d.queue_key < ?{}", args.len()), "DESC", true)
+            } else if !filter.after.is_empty() {
+                args.push(Box::new(filter.after.clone()));
+                (format!("{base} AND d.queue_key > ?{}", args.len()), "ASC", false)
+            } else {
+                (base.to_owned(), "ASC", false)
+            };
             let mut rows: Vec<(CaseRow, String)> = reader
                 .prepare(&format!(
                     "SELECT d.doc_id, coalesce(d.code, ''), d.title, d.status, coalesce(d.grid_id, ''),
