@@ -360,4 +360,94 @@ fn map_coverage_assessment_and_administration() {
     assert_eq!(catalog.categories[0].default_deadline_hours, 36);
     let forged = admin.post("/console/admin/revoke", &[("device", &e.device_id)]);
     assert_eq!(forged.status, 403, "no token, no change");
+    let devices_csv = admin.get("/console/admin.csv?list=devices");
+    assert!(devices_csv.body.contains(&e.device_id), "{}", devices_csv.body);
+
+    // Grids from a GeoJSON file: two overlapping squares are imported and the overlap reported.
+    let square = |id: &str, lat: f64, lon: f64| {
+        serde_json::json!({
+            "type": "Feature",
+            "properties": { "id": id, "name": format!("{id}网格"), "community": "东湖社区", "street": "东湖街道" },
+            "geometry": { "type": "Polygon", "coordinates": [[
+                [lon, lat], [lon + 0.01, lat], [lon + 0.01, lat + 0.01], [lon, lat + 0.01], [lon, lat]
+            ]] }
+        })
+    };
+    let file = serde_json::json!({ "type": "FeatureCollection",
+        "features": [square("east-1", 31.30, 121.50), square("east-2", 31.305, 121.505)] })
+    .to_string();
+    let imported = admin.post("/console/admin/grids", &[("csrf", &csrf), ("geojson", &file), ("datum", "wgs84")]);
+    assert_eq!(imported.status, 303, "{}", imported.body);
+    let after = admin.get(imported.location.as_deref().expect("back to administration"));
+    assert!(after.body.contains("east-1 &amp; east-2") || after.body.contains("east-1 &#38; east-2"), "{}", after.body);
+    assert!(d.store.current_catalog().grids.iter().any(|g| g.id.0 == "east-2"));
+    let bad = admin.post("/console/admin/grids", &[("csrf", &csrf), ("geojson", "{not json"), ("datum", "wgs84")]);
+    assert_eq!(bad.status, 400, "a bad file is refused and changes nothing");
+}
+
+#[test]
+fn photos_and_conflicting_values_on_the_case_page() {
+    use gridwork_core::evidence::synthetic::{camera_like_jpeg, ExifSpec};
+    use gridwork_core::model::doc::CasePatch;
+
+    let d = District::new();
+    console_users(&d);
+    let mut w1 = phone(&d, "w1", None);
+    let mut s1_phone = phone(&d, "s1", None);
+    let catalog = gridwork_tests::district(4);
+    let mut new = gridwork_tests::random_case(&mut gridwork_tests::Rng::new(5), &catalog, 0, 0);
+    new.photos = vec![camera_like_jpeg(800, 600, &ExifSpec::default(), 4)];
+    let case = w1.store.capture_case(new).expect("capture").id;
+    w1.sync(&d.url()).expect("worker pushes case and photo");
+    s1_phone.sync(&d.url()).expect("supervisor's phone pulls");
+    // The worker and the supervisor's phone retitle the case at once, offline.
+    w1.store
+        .edit_case(&case, CasePatch { title: Some("楼道堆物（三楼）".into()), ..Default::default() })
+        .expect("edit");
+    s1_phone.store.edit_case(&case, CasePatch { title: Some("楼道堆物".into()), ..Default::default() }).expect("edit");
+    w1.sync(&d.url()).expect("w1 pushes");
+    s1_phone.sync(&d.url()).expect("s1 pushes");
+
+    let mut sup = Browser::new(&d.url());
+    assert_eq!(sup.sign_in("s1", PASSWORD).status, 303);
+    let page = sup.get(&format!("/console/cases/{case}"));
+    assert_eq!(page.status, 200);
+    let evidence = &w1.store.get_case(&case).expect("case").case.evidence[0];
+    assert!(page.body.contains(&evidence.sha256), "the photo's SHA-256 is shown");
+    let thumb = evidence.thumb_sha256.clone().expect("a thumbnail");
+    assert!(page.body.contains(&format!("/console/photos/{thumb}")), "the thumbnail is shown");
+    for sha in [&evidence.sha256, &thumb] {
+        let resp = sup
+            .client
+            .get(format!("{}/console/photos/{sha}", d.url()))
+            .header("cookie", sup.cookie_header())
+            .send()
+            .expect("photo");
+        assert_eq!(resp.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("image/jpeg"));
+        let bytes = resp.bytes().expect("bytes");
+        assert_eq!(&gridwork_core::evidence::sha256_hex(&bytes), sha, "the bytes the phone took");
+    }
+    let mut other = Browser::new(&d.url());
+    assert_eq!(other.sign_in("s2", PASSWORD).status, 303);
+    assert_eq!(other.get(&format!("/console/photos/{thumb}")).status, 403, "not another area's photos");
+
+    // Both titles side by side; keeping one resolves the conflict on every phone.
+    let conflict = page.body.split("data-field=\"title\"").nth(1).expect("the title conflict is shown");
+    assert!(conflict.contains("楼道堆物（三楼）") && conflict.contains("楼道堆物"));
+    // The index posted with the option that shows the worker's title.
+    let at = conflict.find("楼道堆物（三楼）").expect("the worker's title");
+    let index = conflict[at..]
+        .split("name=\"index\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("its form")
+        .to_owned();
+    let index = index.as_str();
+    let kept = sup.act(&case.to_string(), &[("action", "keep"), ("field", "title"), ("index", index)]);
+    assert_eq!(kept.status, 303, "{}", kept.body);
+    w1.sync(&d.url()).expect("w1 pulls the choice");
+    let title = w1.store.get_case(&case).expect("case").case.title;
+    assert!(!title.in_conflict(), "resolved");
+    assert_eq!(title.value, "楼道堆物（三楼）");
+    assert!(!sup.get(&format!("/console/cases/{case}")).body.contains("data-field=\"title\""));
 }

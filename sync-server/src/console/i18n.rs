@@ -156,6 +156,7 @@ const WORDS: &[(&str, &str, &str)] = &[
     ("datum", "坐标系", "Datum"),
     ("import", "导入", "Import"),
     ("one_time_code", "一次性登记码", "One-time enrolment code"),
+    ("oldest_unsynced_min", "最早未同步（分钟）", "Oldest unsynced work (minutes)"),
     ("map_truncated", "案件过多，只显示部分：请缩小范围", "Too many cases: only some are shown; narrow the area"),
     // Statuses.
     ("st_reported", "已上报", "Reported"),

@@ -68,6 +68,7 @@ pub fn routes(store: Arc<dyn SyncStore>, secure: bool) -> Router {
         .route("/console/assessment", get(assessment))
         .route("/console/assessment.csv", get(assessment_csv))
         .route("/console/admin", get(admin))
+        .route("/console/admin.csv", get(admin_csv))
         .route("/console/admin/{action}", post(admin_action))
         .with_state(ConsoleState { store, secure })
 }
@@ -729,6 +730,7 @@ async fn admin(
 ) -> Response {
     let store = state.store.clone();
     let done = q.contains_key("done");
+    let note = q.get("note").cloned();
     signed_in(&state, &headers, &q, |lang, session| async move {
         let user = session.user.clone();
         let result = blocking(move || {
@@ -744,7 +746,10 @@ async fn admin(
         let (devices, quarantine, people, catalog) = result.map_err(|e| (session.clone(), e))?;
         let mut c = chrome(lang, lang.t("admin"), Some(&session));
         if done {
-            c.notice = Some(lang.t("done").to_owned());
+            c.notice = Some(match note {
+                Some(n) => format!("{}: {n}", lang.t("done")),
+                None => lang.t("done").to_owned(),
+            });
         }
         Ok(html(StatusCode::OK, views::admin_page(c, &catalog, &devices, quarantine, &people).render()))
     })
@@ -770,7 +775,11 @@ async fn admin_action(
         let user = session.user.clone();
         let result = blocking(move || admin_change(store.as_ref(), &user, &action, &f, &server_url)).await;
         match result.map_err(|e| (session.clone(), e))? {
-            Some((for_user, device, code, uri)) => {
+            AdminOutcome::Done(None) => Ok(redirect("/console/admin?done=1")),
+            AdminOutcome::Done(Some(note)) => {
+                Ok(redirect(&format!("/console/admin?done=1&note={}", views::enc(&note))))
+            }
+            AdminOutcome::Enrolled { for_user, device, code, uri } => {
                 let qr_svg = views::qr_svg(&uri).map_err(|e| (session.clone(), e))?;
                 let page = views::EnrolledPage {
                     chrome: chrome(lang, lang.t("enrol_device"), Some(&session)),
@@ -782,20 +791,27 @@ async fn admin_action(
                 };
                 Ok(html(StatusCode::OK, page.render()))
             }
-            None => Ok(redirect("/console/admin?done=1")),
         }
     })
     .await
 }
 
-/// Applies one administration form. Returns the enrolment (user, device, code, URI) for `enrol`.
+/// What an administration form did.
+enum AdminOutcome {
+    /// Done, with something to tell the administrator (e.g. overlapping grids).
+    Done(Option<String>),
+    /// A device was enrolled: show its one-time code and QR code.
+    Enrolled { for_user: String, device: String, code: String, uri: String },
+}
+
+/// Applies one administration form.
 fn admin_change(
     store: &dyn SyncStore,
     user: &crate::store::console::ConsoleUser,
     action: &str,
     f: &HashMap<String, String>,
     server_url: &str,
-) -> Result<Option<(String, String, String, String)>, ServerError> {
+) -> Result<AdminOutcome, ServerError> {
     let console = store.console().ok_or_else(no_console)?;
     user.must_administer()?;
     let get = |k: &str| f.get(k).map(|v| v.trim().to_owned()).unwrap_or_default();
@@ -810,7 +826,7 @@ fn admin_change(
                 ca_fingerprint: console.ca_fingerprint(),
             }
             .to_uri();
-            return Ok(Some((for_user, device, code, uri)));
+            return Ok(AdminOutcome::Enrolled { for_user, device, code, uri });
         }
         "retire" => console.retire(user, &get("device"), now)?,
         "revoke" => console.revoke(user, &get("device"))?,
@@ -858,9 +874,79 @@ fn admin_change(
             let file = crate::grids::parse(f.get("geojson").map(String::as_str).unwrap_or(""), datum)
                 .map_err(|e| ServerError::BadRequest(e.to_string()))?;
             let merged = crate::grids::merge(&console.catalog(), &file);
-            console.set_catalog(user, &merged)?;
+            let version = console.set_catalog(user, &merged)?;
+            let mut note = format!("{} grids imported; reference data version {version}", file.grids.len());
+            if !file.overlaps.is_empty() {
+                let pairs: Vec<String> = file.overlaps.iter().map(|(a, b)| format!("{a} & {b}")).collect();
+                note.push_str(&format!("; overlapping grids: {}", pairs.join(", ")));
+            }
+            return Ok(AdminOutcome::Done(Some(note)));
         }
         other => return Err(ServerError::NotFound(format!("administration action {other:?}"))),
     }
-    Ok(None)
+    Ok(AdminOutcome::Done(None))
+}
+
+/// The administration lists as CSV: `?list=devices|quarantine|people`.
+async fn admin_csv(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let store = state.store.clone();
+    let list = q.get("list").cloned().unwrap_or_default();
+    signed_in(&state, &headers, &q, |lang, session| async move {
+        let user = session.user.clone();
+        let name = format!("gridwork-{list}.csv");
+        let result = blocking(move || {
+            let console = store.console().ok_or_else(no_console)?;
+            let (header, rows): (&[&str], Vec<Vec<String>>) = match list.as_str() {
+                "devices" => (
+                    &["device", "code", "user", "status", "oldest_unsynced_min", "last_seen"],
+                    console
+                        .devices(&user, now_ms())?
+                        .into_iter()
+                        .map(|d| {
+                            vec![
+                                d.id,
+                                d.code,
+                                d.user,
+                                d.status,
+                                d.unsynced_age_ms.map(|a| (a / 60_000).to_string()).unwrap_or_default(),
+                                d.last_seen_ms
+                                    .map(|t| gridwork_model::time::DistrictCalendar::default().minute_of(t))
+                                    .unwrap_or_default(),
+                            ]
+                        })
+                        .collect(),
+                ),
+                "quarantine" => (
+                    &["key", "case", "device", "reason", "status"],
+                    console
+                        .quarantine(&user)?
+                        .into_iter()
+                        .map(|q| vec![q.key, q.doc_id, q.device_id, q.reason, q.status])
+                        .collect(),
+                ),
+                "people" => (
+                    &["user", "role", "department", "scopes"],
+                    console
+                        .people(&user)?
+                        .into_iter()
+                        .map(|p| {
+                            vec![p.id, p.role.as_str().to_owned(), p.department.unwrap_or_default(), p.scopes.join(" ")]
+                        })
+                        .collect(),
+                ),
+                other => {
+                    return Err(ServerError::NotFound(format!("list {other:?}: use devices, quarantine or people")))
+                }
+            };
+            views::table_csv(lang, header, &rows)
+        })
+        .await;
+        let body = result.map_err(|e| (session.clone(), e))?;
+        Ok(csv_response(&name, body))
+    })
+    .await
 }
