@@ -219,11 +219,20 @@ fn the_case_chain_worked_in_a_real_browser() {
     w1.sync(&d.url()).expect("worker pulls the close");
     assert_eq!(w1.store.get_case(&case).expect("case").case.timeline.state.status.label(), "closed");
 
-    // English on request, and the phone-sized layout still shows the queue.
+    // English on request; on a phone-sized screen the page fits its width (tables scroll inside).
     web.goto("/console/cases?lang=en");
     assert!(web.text("h1").contains("Case queue"));
+    web.rt.block_on(web.client.set_window_size(390, 844)).expect("phone-sized window");
+    web.goto(&format!("/console/cases/{id}"));
+    let widths = web
+        .rt
+        .block_on(web.client.execute("return [document.documentElement.scrollWidth, window.innerWidth];", vec![]))
+        .expect("page widths");
+    let (page_w, window_w) = (widths[0].as_f64().unwrap_or(f64::MAX), widths[1].as_f64().unwrap_or(0.0));
+    assert!(page_w <= window_w + 1.0, "the case page is {page_w}px wide in a {window_w}px window");
+    let phone_shot = web.screenshot("case-detail-phone.png");
     web.close();
-    for shot in [&queue_shot, &detail_shot, &closed_shot] {
+    for shot in [&queue_shot, &detail_shot, &closed_shot, &phone_shot] {
         println!("screenshot: {}", shot.display());
         assert!(std::fs::metadata(shot).expect("written").len() > 10_000, "{} is a real page", shot.display());
     }

@@ -551,47 +551,39 @@ pub fn parse_event_id(s: &str) -> Option<EventId> {
 /// would run as a formula are prefixed with `'`.
 pub fn queue_csv(queue: &CaseQueue, catalog: &Catalog, lang: Lang) -> Result<Vec<u8>, crate::error::ServerError> {
     let calendar = DistrictCalendar::default();
-    let safe = |s: String| if s.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{s}") } else { s };
-    let mut w = csv::Writer::from_writer(vec![]);
-    let fail = |e: csv::Error| crate::error::ServerError::Internal(format!("writing CSV: {e}"));
-    w.write_record(
-        [
-            "code",
-            "title",
-            "status",
-            "grid",
-            "category",
-            "departments",
-            "reported",
-            "deadline",
-            "overdue",
-            "flags",
-            "id",
-        ]
-        .map(|k| match k {
-            "id" => "id".to_owned(),
-            "overdue" => lang.t("overdue").to_owned(),
-            other => lang.t(other).to_owned(),
-        }),
-    )
-    .map_err(fail)?;
-    for r in &queue.rows {
-        w.write_record([
-            safe(r.code.clone()),
-            safe(r.title.clone()),
-            status_label(lang, &r.status),
-            grid_name(catalog, &r.grid),
-            category_name(catalog, lang, &r.category),
-            r.departments.iter().map(|d| department_name(catalog, d)).collect::<Vec<_>>().join(" "),
-            minute(&calendar, r.reported_ms),
-            minute(&calendar, r.deadline_ms),
-            if r.overdue { "1".into() } else { String::new() },
-            r.flags.join(" "),
-            r.id.clone(),
-        ])
-        .map_err(fail)?;
-    }
-    w.into_inner().map_err(|e| crate::error::ServerError::Internal(format!("writing CSV: {e}")))
+    let rows: Vec<Vec<String>> = queue
+        .rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.code.clone(),
+                r.title.clone(),
+                status_label(lang, &r.status),
+                grid_name(catalog, &r.grid),
+                category_name(catalog, lang, &r.category),
+                r.departments.iter().map(|d| department_name(catalog, d)).collect::<Vec<_>>().join(" "),
+                minute(&calendar, r.reported_ms),
+                minute(&calendar, r.deadline_ms),
+                if r.overdue { "1".into() } else { String::new() },
+                r.flags.join(" "),
+                r.id.clone(),
+            ]
+        })
+        .collect();
+    let header = [
+        "code",
+        "title",
+        "status",
+        "grid",
+        "category",
+        "departments",
+        "reported",
+        "deadline",
+        "overdue",
+        "flags",
+        "id",
+    ];
+    table_csv(lang, &header, &rows)
 }
 
 /// Most pins one map draws.
@@ -919,4 +911,18 @@ pub fn qr_svg(text: &str) -> Result<String, crate::error::ServerError> {
     let code = qrcode::QrCode::new(text.as_bytes())
         .map_err(|e| crate::error::ServerError::Internal(format!("QR code: {e}")))?;
     Ok(code.render::<qrcode::render::svg::Color<'_>>().min_dimensions(240, 240).build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_cells_a_spreadsheet_would_run_are_defused_and_quotes_escaped() {
+        let rows = vec![vec!["=HYPERLINK(\"x\")".to_owned(), "楼道, 三楼".to_owned(), "-5".to_owned()]];
+        let text = String::from_utf8(table_csv(Lang::En, &["title", "note", "id"], &rows).expect("csv")).expect("utf8");
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("Title,Note,id"));
+        assert_eq!(lines.next(), Some("\"'=HYPERLINK(\"\"x\"\")\",\"楼道, 三楼\",'-5"));
+    }
 }

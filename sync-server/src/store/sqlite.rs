@@ -663,23 +663,17 @@ impl SqliteStore {
             match k.as_str() {
                 keys::GRID => {
                     t.grids.insert(v.clone());
-                    exec(tx, "UPDATE docs SET grid_id = ?2 WHERE doc_id = ?1", params![doc_id, v])?;
+                    t.fields.grid = Some(v.clone());
                 }
-                keys::CATEGORY => {
-                    exec(tx, "UPDATE docs SET category_id = ?2 WHERE doc_id = ?1", params![doc_id, v])?;
-                }
-                keys::TITLE => {
-                    exec(tx, "UPDATE docs SET title = ?2 WHERE doc_id = ?1", params![doc_id, v]).map(drop)?
-                }
-                keys::CODE => exec(tx, "UPDATE docs SET code = ?2 WHERE doc_id = ?1", params![doc_id, v]).map(drop)?,
-                keys::REPORTER => {
-                    exec(tx, "UPDATE docs SET reporter = ?2 WHERE doc_id = ?1", params![doc_id, v]).map(drop)?
-                }
+                keys::CATEGORY => t.fields.category = Some(v.clone()),
+                keys::TITLE => t.fields.title = Some(v.clone()),
+                keys::CODE => t.fields.code = Some(v.clone()),
+                keys::REPORTER => t.fields.reporter = Some(v.clone()),
                 keys::LOCATION => {
                     if let Ok(loc) = serde_json::from_str::<Location>(v) {
                         t.locations.push((loc.lat, loc.lon));
+                        t.fields.position = Some((loc.lat, loc.lon));
                     }
-                    console::set_location(tx, doc_id, v)?;
                 }
                 _ => {}
             }
@@ -737,8 +731,12 @@ impl SqliteStore {
                 grids.insert(g.id.0.clone());
             }
         }
-        let category: Option<String> =
-            q1(tx, "SELECT category_id FROM docs WHERE doc_id = ?1", [doc_id], |r| r.get(0)).optional()?.flatten();
+        // What the row holds now, read once: the fields this push did not set keep their values.
+        let (stored_category, existing_flags, stored_reported): (Option<String>, String, Option<i64>) =
+            q1(tx, "SELECT category_id, flags, reported_ms FROM docs WHERE doc_id = ?1", [doc_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+        let category = t.fields.category.clone().or(stored_category);
         if let Some(c) = category {
             // A category retired since is flagged, never refused.
             match catalog.categories.iter().find(|k| k.id.0 == c) {
@@ -784,13 +782,18 @@ impl SqliteStore {
                 )?;
             }
         }
-        let existing_flags: String = q1(tx, "SELECT flags FROM docs WHERE doc_id = ?1", [doc_id], |r| r.get(0))?;
         let mut all_flags: BTreeSet<&str> = existing_flags.split(',').filter(|f| !f.is_empty()).collect();
         all_flags.extend(flags);
+        let reported_ms = reported_ms.or(stored_reported);
+        let f = &t.fields;
+        // One write per case and push: every docs index is touched once.
         exec(
             tx,
-            "UPDATE docs SET status = ?2, deadline_ms = ?3, flags = ?4, departments = ?5,
-                reported_ms = coalesce(?6, reported_ms) WHERE doc_id = ?1",
+            "UPDATE docs SET status = ?2, deadline_ms = ?3, flags = ?4, departments = ?5, reported_ms = ?6,
+                queue_key = ?7, grid_id = coalesce(?8, grid_id), category_id = coalesce(?9, category_id),
+                title = coalesce(?10, title), code = coalesce(?11, code), reporter = coalesce(?12, reporter),
+                lat = coalesce(?13, lat), lon = coalesce(?14, lon)
+             WHERE doc_id = ?1",
             params![
                 doc_id,
                 state.status.label(),
@@ -798,9 +801,16 @@ impl SqliteStore {
                 all_flags.into_iter().collect::<Vec<_>>().join(","),
                 departments_column(state.dispatched.keys().map(|d| d.0.as_str())),
                 reported_ms,
+                crate::store::console::queue_key(state.deadline_ms, reported_ms, doc_id),
+                f.grid,
+                f.category,
+                f.title,
+                f.code,
+                f.reporter,
+                f.position.map(|p| p.0),
+                f.position.map(|p| p.1),
             ],
         )?;
-        console::refresh_queue_key(tx, doc_id)?;
         Ok(())
     }
 
@@ -1013,6 +1023,19 @@ struct Touched {
     clock_skew: bool,
     grids: BTreeSet<String>,
     locations: Vec<(f64, f64)>,
+    /// The case's root fields these changes set, latest last: written once, in `refresh_doc`.
+    fields: CaseFields,
+}
+
+/// Root fields of a case the server keeps in `docs` (None: not set by this push).
+#[derive(Debug, Default)]
+struct CaseFields {
+    grid: Option<String>,
+    category: Option<String>,
+    title: Option<String>,
+    code: Option<String>,
+    reporter: Option<String>,
+    position: Option<(f64, f64)>,
 }
 
 fn load_device_by_id(conn: &Connection, id: &str) -> Result<Device> {

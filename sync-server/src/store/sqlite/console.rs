@@ -84,23 +84,56 @@ pub(super) fn set_location(tx: &Connection, doc_id: &str, json: &str) -> Result<
     Ok(())
 }
 
+/// The district's calendar, made once (finding a time zone in the bundled database is not free,
+/// and every check-in needs its day).
+fn district_calendar() -> &'static DistrictCalendar {
+    static CALENDAR: std::sync::OnceLock<DistrictCalendar> = std::sync::OnceLock::new();
+    CALENDAR.get_or_init(DistrictCalendar::default)
+}
+
 /// Files a stored record's check-in where coverage and assessment read it. Other records
 /// (patrol start and finish) and bodies this build cannot read stay only in `records`.
 pub(super) fn index_record(tx: &Connection, id: &str, device_id: &str, body: &str) -> Result<()> {
-    let Ok(gridwork_model::record::Record::CheckIn(c)) = serde_json::from_str(body) else { return Ok(()) };
-    let at = c.clock.estimated_ms();
+    /// The fields of a check-in record coverage needs, read without building the whole record.
+    #[derive(serde::Deserialize)]
+    struct CheckInFacts<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        grid: Option<std::borrow::Cow<'a, str>>,
+        #[serde(borrow, default)]
+        point: Option<std::borrow::Cow<'a, str>>,
+        #[serde(default)]
+        inside_grid: bool,
+        #[serde(default)]
+        distance_to_point_m: Option<f64>,
+        #[serde(borrow)]
+        actor: Option<ActorFacts<'a>>,
+        clock: Option<ClockStamp>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ActorFacts<'a> {
+        #[serde(borrow)]
+        user: std::borrow::Cow<'a, str>,
+    }
+    let Ok(c) = serde_json::from_str::<CheckInFacts<'_>>(body) else { return Ok(()) };
+    let (Some(grid), Some(actor), Some(clock)) = (c.grid, c.actor, c.clock) else { return Ok(()) };
+    if c.kind != "check_in" {
+        return Ok(());
+    }
+    let at = clock.estimated_ms();
     exec(
         tx,
         "INSERT INTO check_ins (id, grid_id, point_id, user_id, device_id, at_ms, day, inside_grid, distance_m)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO NOTHING",
         params![
             id,
-            c.grid.0,
-            c.point.as_ref().map(|p| p.0.clone()),
-            c.actor.user.0,
+            grid.as_ref(),
+            c.point.as_deref(),
+            actor.user.as_ref(),
             device_id,
             at,
-            DistrictCalendar::default().day_of(at),
+            district_calendar().day_of(at),
             c.inside_grid,
             c.distance_to_point_m
         ],
@@ -213,8 +246,10 @@ fn filter_sql(user: &ConsoleUser, filter: &CaseFilter, now_ms: i64) -> Result<Fi
         clauses.push(format!("d.departments LIKE {a}"));
     }
     if filter.overdue == "1" {
-        let a = arg(Box::new(now_ms), &mut args);
-        clauses.push(format!("d.deadline_ms < {a} AND d.status IN ('dispatched', 'in_progress')"));
+        // A deadline before now, as a queue key range (keys start with the deadline): the
+        // (status, queue_key) index answers it without reading a case.
+        let a = arg(Box::new(queue_key(Some(now_ms), Some(i64::MAX), "")), &mut args);
+        clauses.push(format!("d.status IN ('dispatched', 'in_progress') AND d.queue_key < {a}"));
     }
     for (day, start) in [(&filter.from, true), (&filter.to, false)] {
         if day.is_empty() {
@@ -429,11 +464,11 @@ impl ConsoleStore for SqliteStore {
             };
             let pages = u32::try_from((total + i64::from(size) - 1) / i64::from(size)).unwrap_or(1).max(1);
             // Two ways to a page, chosen by how many cases match (known from the counts): walk
-            // the district's queue order testing each case until a page is full (about
-            // PAGE_SIZE × all / matching cases read), or collect the matching cases and sort
-            // them (about `matching` read). Walking wins when matches are dense.
-            let all_docs: i64 = reader.query_row("SELECT coalesce(max(rowid), 0) FROM docs", [], |r| r.get(0))?;
-            let walk = !filter.all && total.saturating_mul(total) > i64::from(PAGE_SIZE) * all_docs;
+            // the queue order (of the district, or of one status) testing each case until a
+            // page is full, or collect the matching cases and sort them. Collecting a few
+            // thousand costs a few milliseconds; walking costs PAGE_SIZE divided by how dense
+            // the matches are, which is low once there are many.
+            let walk = !filter.all && total > i64::from(PAGE_SIZE) * 100;
             let base = if walk { per_row.as_str() } else { with_status.as_str() };
             // Keyset paging: a page starts after the last key of the one before (or ends before
             // the first key of the one after), found by one index seek however deep it is.
