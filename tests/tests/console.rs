@@ -260,6 +260,7 @@ fn the_queue_pages_forward_and_back_without_losing_or_repeating_a_case() {
     let mut sup = Browser::new(&d.url());
     assert_eq!(sup.sign_in("s1", PASSWORD).status, 303);
     let p1 = sup.get("/console/cases");
+    assert!(p1.body.contains("data-status=\"reported\">已上报 120<"), "counts per status: {}", p1.body);
     let p2 = sup.get(&link(&p1, "next-page").expect("a next page"));
     let p3 = sup.get(&link(&p2, "next-page").expect("a third page"));
     assert!(

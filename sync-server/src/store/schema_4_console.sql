@@ -22,7 +22,10 @@ CREATE INDEX docs_queue_order ON docs (queue_key);
 CREATE INDEX docs_by_status ON docs (status, queue_key);
 CREATE INDEX docs_by_category ON docs (category_id, status);
 CREATE INDEX docs_cover ON docs (doc_id, status, category_id, deadline_ms, reported_ms);
-CREATE INDEX membership_scope_doc ON membership (scope, doc_id);
+-- Each membership row carries its case's status, so a person's counts per status come from one
+-- index range per scope instead of a lookup per case.
+ALTER TABLE membership ADD COLUMN status TEXT NOT NULL DEFAULT 'empty';
+CREATE INDEX membership_scope_status ON membership (scope, status, doc_id);
 
 -- Console sign-in: an argon2 hash (PHC string) per person, and lockout after repeated failures.
 CREATE TABLE console_accounts (

@@ -769,6 +769,9 @@ impl SqliteStore {
                 params![doc_id, s, at],
             )?;
         }
+        // Each membership row carries the case's status (the console counts by it).
+        tx.prepare_cached("UPDATE membership SET status = ?2 WHERE doc_id = ?1 AND status != ?2")?
+            .execute(params![doc_id, state.status.label()])?;
         let all_scopes: Vec<String> = tx
             .prepare_cached("SELECT scope FROM membership WHERE doc_id = ?1")?
             .query_map([doc_id], |r| r.get(0))?

@@ -66,6 +66,7 @@ pub(super) fn fill_case_columns(tx: &Transaction<'_>) -> Result<()> {
         )?;
         refresh_queue_key(tx, &doc_id)?;
     }
+    exec(tx, "UPDATE membership SET status = (SELECT d.status FROM docs d WHERE d.doc_id = membership.doc_id)", [])?;
     let records: Vec<(String, String, String)> = tx
         .prepare("SELECT id, device_id, body FROM records")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -200,6 +201,9 @@ fn decoy_hash() -> &'static str {
 /// The WHERE clauses of a queue filter within a person's area, with and without its status
 /// (the counts per status ignore it), and their arguments.
 struct FilterSql {
+    /// Only the person's area limits the cases (no other filter but the status): counts per
+    /// status can come from the membership rows alone. The area's arguments are the first ones.
+    area_only: Option<usize>,
     without_status: String,
     with_status: String,
     args: Vec<Box<dyn rusqlite::ToSql>>,
@@ -267,12 +271,25 @@ fn filter_sql(user: &ConsoleUser, filter: &CaseFilter, now_ms: i64) -> Result<Fi
         let a = arg(Box::new(filter.status.clone()), &mut args);
         clauses.push(format!("d.status = {a}"));
     }
+    let area_only = match SqliteStore::visible_scopes(user) {
+        Some(scopes)
+            if filter.area.is_empty()
+                && filter.category.is_empty()
+                && filter.department.is_empty()
+                && filter.overdue != "1"
+                && filter.from.is_empty()
+                && filter.to.is_empty() =>
+        {
+            Some(scopes.len())
+        }
+        _ => None,
+    };
     let with_status = clauses.join(" AND ");
     let mut per_row = with_status.clone();
     for (in_form, row_form) in area_forms {
         per_row = per_row.replace(&in_form, &row_form);
     }
-    Ok(FilterSql { without_status, with_status, args, args_without_status, per_row })
+    Ok(FilterSql { area_only, without_status, with_status, args, args_without_status, per_row })
 }
 
 impl SqliteStore {
@@ -444,19 +461,34 @@ impl ConsoleStore for SqliteStore {
     }
 
     fn case_queue(&self, user: &ConsoleUser, filter: &CaseFilter, now_ms: i64) -> Result<CaseQueue> {
-        let FilterSql { without_status, with_status, mut args, args_without_status, per_row } =
+        let FilterSql { area_only, without_status, with_status, mut args, args_without_status, per_row } =
             filter_sql(user, filter, now_ms)?;
         let size = if filter.all { MAX_EXPORT } else { PAGE_SIZE };
         let reader = self.reader()?;
         let result = (|| -> Result<CaseQueue> {
-            let counts: Vec<(String, i64)> = reader
-                .prepare(&format!(
-                    "SELECT d.status, count(*) FROM docs d WHERE {without_status} GROUP BY d.status ORDER BY d.status"
-                ))?
-                .query_map(rusqlite::params_from_iter(args[..args_without_status].iter().map(|b| b.as_ref())), |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?
-                .collect::<rusqlite::Result<_>>()?;
+            let counts: Vec<(String, i64)> = match area_only {
+                // A case in two of the person's scopes (their community, and assigned to them)
+                // has a row in each: counted once.
+                Some(n) => reader
+                    .prepare(&format!(
+                        "SELECT m.status, count(DISTINCT m.doc_id) FROM membership m
+                         WHERE m.scope IN ({}) AND m.status != 'empty' GROUP BY m.status ORDER BY m.status",
+                        (1..=n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(",")
+                    ))?
+                    .query_map(rusqlite::params_from_iter(args[..n].iter().map(|b| b.as_ref())), |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?
+                    .collect::<rusqlite::Result<_>>()?,
+                None => reader
+                    .prepare(&format!(
+                        "SELECT d.status, count(*) FROM docs d WHERE {without_status} GROUP BY d.status ORDER BY d.status"
+                    ))?
+                    .query_map(
+                        rusqlite::params_from_iter(args[..args_without_status].iter().map(|b| b.as_ref())),
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )?
+                    .collect::<rusqlite::Result<_>>()?,
+            };
             let total: i64 = if filter.status.is_empty() {
                 counts.iter().map(|(_, n)| n).sum()
             } else {
