@@ -452,3 +452,89 @@ fn photos_and_conflicting_values_on_the_case_page() {
     assert_eq!(title.value, "楼道堆物（三楼）");
     assert!(!sup.get(&format!("/console/cases/{case}")).body.contains("data-field=\"title\""));
 }
+
+/// A district's store from before the console (schema 3) upgrades with its cases and check-ins
+/// readable by the console: the backfill of schema 4 reads them out of the stored changes and
+/// records.
+#[test]
+fn a_store_from_before_the_console_upgrades_with_everything_visible() {
+    let d = District::new();
+    console_users(&d);
+    let mut w1 = phone(&d, "w1", None);
+    let cases = capture(&w1, 0, 3, 35);
+    let catalog = gridwork_tests::district(4);
+    let patrol = w1.store.start_patrol(&catalog.grids[0].id).expect("patrol");
+    let p = &catalog.grids[0].points[0];
+    let input = gridwork_core::store::CheckInInput {
+        patrol,
+        point: Some(p.id.clone()),
+        location: gridwork_core::model::geo::Location::gps(p.lat, p.lon, 5.0, 0),
+        note: String::new(),
+        photo: None,
+    };
+    w1.store.check_in(input).expect("check in");
+    w1.sync(&d.url()).expect("worker pushes");
+    let current = d.dir.path().join("server.db");
+    let expected: Vec<(String, String, String)> = {
+        let conn = rusqlite::Connection::open(&current).expect("open");
+        let mut stmt = conn.prepare("SELECT doc_id, title, queue_key FROM docs ORDER BY doc_id").expect("query");
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("rows")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows")
+    };
+    assert_eq!(expected.len(), cases.len());
+
+    // The same district as schema 3 wrote it: schema 3's tables, the rows' schema 3 columns.
+    let old_dir = tempfile::tempdir().expect("tempdir");
+    {
+        let conn = rusqlite::Connection::open(old_dir.path().join("server.db")).expect("old store");
+        for sql in [
+            include_str!("../../sync-server/src/store/schema.sql"),
+            include_str!("../../sync-server/src/store/schema_2_blobs.sql"),
+            include_str!("../../sync-server/src/store/schema_3_retire.sql"),
+        ] {
+            conn.execute_batch(sql).expect("old schema");
+        }
+        conn.execute("ATTACH DATABASE ?1 AS cur", [current.to_string_lossy()]).expect("attach");
+        let v3 = |table: &str, columns: &str| {
+            conn.execute(&format!("INSERT INTO {table} ({columns}) SELECT {columns} FROM cur.{table}"), [])
+                .unwrap_or_else(|e| panic!("copy {table}: {e}"));
+        };
+        v3("meta", "key, value");
+        v3("grids", "id, community, street, json");
+        v3("categories", "id, json");
+        v3("departments", "id, json");
+        v3("users", "id, role, department");
+        v3("user_scopes", "user_id, scope, granted_seq");
+        v3(
+            "devices",
+            "id, code, user_id, enrol_hash, token_hash, status, created_ms, last_seen_ms, last_state, retired_ms, drained_ms",
+        );
+        v3("actors", "actor, device_id, first_seen_ms");
+        v3("changes", "seq, hash, doc_id, device_id, received_ms, bytes");
+        v3("docs", "doc_id, events_obj, grid_id, category_id, status, deadline_ms, flags, updated_seq");
+        v3("doc_events", "doc_id, event_id, json");
+        v3("membership", "doc_id, scope, joined_seq");
+        v3("scope_changes", "scope, seq, doc_id");
+        v3("records", "id, device_id, received_ms, body");
+        conn.execute_batch("DETACH DATABASE cur; PRAGMA user_version = 3;").expect("version 3");
+    }
+    let upgraded = gridwork_sync_server::SqliteStore::open(old_dir.path()).expect("upgrades");
+    let console = &upgraded as &dyn ConsoleStore;
+    console.set_password("s1", PASSWORD, 0).expect("password");
+    let (_, session) = console.sign_in("s1", PASSWORD, 0).expect("sign in");
+    let queue = console
+        .case_queue(&session.user, &gridwork_sync_server::store::console::CaseFilter::default(), 0)
+        .expect("queue");
+    let mut listed: Vec<(String, String)> = queue.rows.iter().map(|r| (r.id.clone(), r.title.clone())).collect();
+    listed.sort();
+    let want: Vec<(String, String)> = expected.iter().map(|(id, t, _)| (id.clone(), t.clone())).collect();
+    assert_eq!(listed, want, "every case, with its title, in the upgraded store's queue");
+    assert_eq!(queue.counts, vec![("reported".to_owned(), 3)]);
+    let day = gridwork_core::model::time::DistrictCalendar::default()
+        .day_of(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64);
+    let coverage = console.coverage(&session.user, &day).expect("coverage");
+    let g0 = coverage.iter().find(|g| g.grid == "g0").expect("g0");
+    assert_eq!(g0.check_ins.len(), 1, "the check-in is read out of its record");
+}

@@ -77,8 +77,9 @@ pub(super) fn fill_case_columns(tx: &Transaction<'_>) -> Result<()> {
     Ok(())
 }
 
-/// The case's position for the map, from a `location` put (JSON of a `Location`).
-pub(super) fn set_location(tx: &Connection, doc_id: &str, json: &str) -> Result<()> {
+/// The case's position for the map, from a `location` put (JSON of a `Location`); used by the
+/// schema 4 backfill (the sync path writes it with the rest of the case in `refresh_doc`).
+fn set_location(tx: &Connection, doc_id: &str, json: &str) -> Result<()> {
     if let Ok(loc) = serde_json::from_str::<Location>(json) {
         exec(tx, "UPDATE docs SET lat = ?2, lon = ?3 WHERE doc_id = ?1", params![doc_id, loc.lat, loc.lon])?;
     }
@@ -143,7 +144,7 @@ pub(super) fn index_record(tx: &Connection, id: &str, device_id: &str, body: &st
 }
 
 /// Recomputes a case's queue key from its stored deadline and report time.
-pub(super) fn refresh_queue_key(tx: &Connection, doc_id: &str) -> Result<()> {
+fn refresh_queue_key(tx: &Connection, doc_id: &str) -> Result<()> {
     let (deadline, reported): (Option<i64>, Option<i64>) =
         q1(tx, "SELECT deadline_ms, reported_ms FROM docs WHERE doc_id = ?1", [doc_id], |r| {
             Ok((r.get(0)?, r.get(1)?))
