@@ -50,6 +50,19 @@ impl Frame {
         let y = self.size - self.pad - (lat - self.min_lat) * self.scale;
         (x, y)
     }
+
+    /// A polygon's ring as an SVG `points` attribute.
+    fn points(&self, polygon: &Polygon) -> String {
+        let pts: Vec<String> = polygon
+            .ring
+            .iter()
+            .map(|(la, lo)| {
+                let (x, y) = self.xy(*la, *lo);
+                format!("{x:.1},{y:.1}")
+            })
+            .collect();
+        pts.join(" ")
+    }
 }
 
 /// One case's grid with its pin.
@@ -61,16 +74,11 @@ pub fn case_map(grid: Option<&Polygon>, lat: f64, lon: f64, status: &str) -> Str
         r#"<svg class="map" id="case-map" viewBox="0 0 300 300" xmlns="http://www.w3.org/2000/svg" role="img">"#,
     );
     if let Some(g) = grid {
-        let pts: Vec<String> = g
-            .ring
-            .iter()
-            .map(|(la, lo)| {
-                let (x, y) = frame.xy(*la, *lo);
-                format!("{x:.1},{y:.1}")
-            })
-            .collect();
-        let _ =
-            write!(svg, r##"<polygon points="{}" fill="#e7edf4" stroke="#0b5cad" stroke-width="2"/>"##, pts.join(" "));
+        let _ = write!(
+            svg,
+            r##"<polygon points="{}" fill="#e7edf4" stroke="#0b5cad" stroke-width="2"/>"##,
+            frame.points(g)
+        );
     }
     let (x, y) = frame.xy(lat, lon);
     let _ = write!(
@@ -97,18 +105,10 @@ pub fn district_map(grids: &[(&str, &Polygon)], pins: &[crate::store::console::M
         r#"<svg class="map" id="district-map" viewBox="0 0 800 800" xmlns="http://www.w3.org/2000/svg" role="img">"#,
     );
     for (name, g) in grids {
-        let pts: Vec<String> = g
-            .ring
-            .iter()
-            .map(|(la, lo)| {
-                let (x, y) = frame.xy(*la, *lo);
-                format!("{x:.1},{y:.1}")
-            })
-            .collect();
         let _ = write!(
             svg,
             r##"<polygon points="{}" fill="#eef2f7" stroke="#0b5cad" stroke-width="1"><title>{}</title></polygon>"##,
-            pts.join(" "),
+            frame.points(g),
             escape(name)
         );
     }

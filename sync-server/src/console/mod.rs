@@ -28,7 +28,7 @@ use gridwork_model::ids::DepartmentId;
 use gridwork_model::lifecycle::{EventKind, Level, RejectReason};
 
 use crate::error::ServerError;
-use crate::store::console::{CaseFilter, ConsoleAction, Session};
+use crate::store::console::{CaseFilter, ConsoleAction, ConsoleStore, Session};
 use crate::store::SyncStore;
 use i18n::Lang;
 use views::Chrome;
@@ -137,11 +137,29 @@ fn no_console() -> ServerError {
     ServerError::NotFound("this store has no console".into())
 }
 
+/// Runs `f` on the console store off the async runtime.
+async fn call<T: Send + 'static>(
+    store: Arc<dyn SyncStore>,
+    f: impl FnOnce(&dyn ConsoleStore) -> Result<T, ServerError> + Send + 'static,
+) -> Result<T, ServerError> {
+    blocking(move || f(store.console().ok_or_else(no_console)?)).await
+}
+
+/// [`call`] for a signed-in page: an error comes back with the session, for [`signed_in`] to
+/// render as a page.
+async fn with_console<T: Send + 'static>(
+    store: Arc<dyn SyncStore>,
+    session: &Session,
+    f: impl FnOnce(&dyn ConsoleStore) -> Result<T, ServerError> + Send + 'static,
+) -> Result<T, (Session, ServerError)> {
+    call(store, f).await.map_err(|e| (session.clone(), e))
+}
+
 /// The signed-in session, or None (the caller redirects to sign-in).
 async fn current_session(state: &ConsoleState, headers: &HeaderMap) -> Result<Option<Session>, ServerError> {
     let Some(token) = cookie(headers, SESSION_COOKIE) else { return Ok(None) };
     let store = state.store.clone();
-    match blocking(move || store.console().ok_or_else(no_console)?.session(&token, now_ms())).await {
+    match call(store, move |console| console.session(&token, now_ms())).await {
         Ok(s) => Ok(Some(s)),
         Err(ServerError::Unauthenticated) => Ok(None),
         Err(e) => Err(e),
@@ -226,7 +244,7 @@ async fn login(State(state): State<ConsoleState>, headers: HeaderMap, form: RawF
     let (user, password) = (get("user"), get("password"));
     let store = state.store.clone();
     let u = user.clone();
-    match blocking(move || store.console().ok_or_else(no_console)?.sign_in(&u, &password, now_ms())).await {
+    match call(store, move |console| console.sign_in(&u, &password, now_ms())).await {
         Ok((token, _)) => {
             let mut resp = redirect("/console/cases");
             let (k, v) = set_cookie(SESSION_COOKIE, &token, crate::store::console::SESSION_MS / 1000, state.secure);
@@ -267,7 +285,7 @@ async fn logout(State(state): State<ConsoleState>, headers: HeaderMap, form: Raw
     }
     let store = state.store.clone();
     let token = cookie(&headers, SESSION_COOKIE).unwrap_or_default();
-    if let Err(e) = blocking(move || store.console().ok_or_else(no_console)?.sign_out(&token)).await {
+    if let Err(e) = call(store, move |console| console.sign_out(&token)).await {
         return error_page(lang, Some(&session), &e);
     }
     let mut resp = redirect("/console/login");
@@ -322,12 +340,10 @@ async fn queue(
     signed_in(&state, &headers, &q, |lang, session| async move {
         let user = session.user.clone();
         let f = filter.clone();
-        let result = blocking(move || {
-            let console = store.console().ok_or_else(no_console)?;
+        let (queue, catalog) = with_console(store, &session, move |console| {
             Ok((console.case_queue(&user, &f, now_ms())?, console.catalog()))
         })
-        .await;
-        let (queue, catalog) = result.map_err(|e| (session.clone(), e))?;
+        .await?;
         let page =
             views::queue_page(chrome(lang, lang.t("queue"), Some(&session)), &catalog, &session.user, filter, queue);
         Ok(html(StatusCode::OK, page.render()))
@@ -345,13 +361,11 @@ async fn queue_csv(
     let store = state.store.clone();
     signed_in(&state, &headers, &q, |lang, session| async move {
         let user = session.user.clone();
-        let result = blocking(move || {
-            let console = store.console().ok_or_else(no_console)?;
+        let body = with_console(store, &session, move |console| {
             let queue = console.case_queue(&user, &filter, now_ms())?;
             views::queue_csv(&queue, &console.catalog(), lang)
         })
-        .await;
-        let body = result.map_err(|e| (session.clone(), e))?;
+        .await?;
         Ok((
             StatusCode::OK,
             [
@@ -376,12 +390,9 @@ async fn case_detail(
     let done = q.contains_key("done");
     signed_in(&state, &headers, &q, |lang, session| async move {
         let user = session.user.clone();
-        let result = blocking(move || {
-            let console = store.console().ok_or_else(no_console)?;
-            Ok((console.case_view(&user, &id)?, console.catalog()))
-        })
-        .await;
-        let (view, catalog) = result.map_err(|e| (session.clone(), e))?;
+        let (view, catalog) =
+            with_console(store, &session, move |console| Ok((console.case_view(&user, &id)?, console.catalog())))
+                .await?;
         let mut c = chrome(lang, &view.case.code, Some(&session));
         if done {
             c.notice = Some(lang.t("done").to_owned());
@@ -456,8 +467,8 @@ fn parse_action(
         "note" if !note.trim().is_empty() => EventKind::Note { text: note },
         "note" => return Err(ServerError::BadRequest("the note is empty".into())),
         "settle" => EventKind::Settle {
-            chosen: views::parse_event_id(&get("chosen"))
-                .ok_or_else(|| ServerError::BadRequest("no decision chosen".into()))?,
+            chosen: gridwork_model::ids::EventId::parse(&get("chosen"))
+                .map_err(|_| ServerError::BadRequest("no decision chosen".into()))?,
         },
         "keep" => {
             let view = view.ok_or_else(|| ServerError::Internal("case not loaded".into()))?;
@@ -499,8 +510,7 @@ async fn act(State(state): State<ConsoleState>, headers: HeaderMap, Path(id): Pa
         check_csrf(&session, &f).map_err(|e| (session.clone(), e))?;
         let s = session.clone();
         let case_id = id.clone();
-        let result = blocking(move || {
-            let console = store.console().ok_or_else(no_console)?;
+        with_console(store, &session, move |console| {
             let now = now_ms();
             let view = if f.get("action").map(String::as_str) == Some("keep") {
                 Some(console.case_view(&s.user, &case_id)?)
@@ -510,8 +520,7 @@ async fn act(State(state): State<ConsoleState>, headers: HeaderMap, Path(id): Pa
             let action = parse_action(&f, &s, view.as_ref(), now)?;
             console.act(&s.user, &case_id, action, now)
         })
-        .await;
-        result.map_err(|e| (session.clone(), e))?;
+        .await?;
         Ok(redirect(&format!("/console/cases/{}?done=1", views::enc(&id))))
     })
     .await
@@ -536,9 +545,7 @@ async fn photo(
     let store = state.store.clone();
     signed_in(&state, &headers, &q, |_lang, session| async move {
         let user = session.user.clone();
-        let bytes = blocking(move || store.console().ok_or_else(no_console)?.photo(&user, &sha256))
-            .await
-            .map_err(|e| (session.clone(), e))?;
+        let bytes = with_console(store, &session, move |console| console.photo(&user, &sha256)).await?;
         // Content-addressed: the bytes behind a hash never change.
         Ok((
             StatusCode::OK,
@@ -560,12 +567,10 @@ async fn map_view(
     signed_in(&state, &headers, &q, |lang, session| async move {
         let user = session.user.clone();
         let f = filter.clone();
-        let result = blocking(move || {
-            let console = store.console().ok_or_else(no_console)?;
+        let (pins, catalog) = with_console(store, &session, move |console| {
             Ok((console.map_pins(&user, &f, views::MAX_PINS, now_ms())?, console.catalog()))
         })
-        .await;
-        let (pins, catalog) = result.map_err(|e| (session.clone(), e))?;
+        .await?;
         let page =
             views::map_page(chrome(lang, lang.t("map"), Some(&session)), &catalog, &session.user, &filter, &pins);
         Ok(html(StatusCode::OK, page.render()))
@@ -592,12 +597,8 @@ async fn coverage(
     signed_in(&state, &headers, &q, |lang, session| async move {
         let user = session.user.clone();
         let d = day.clone();
-        let result = blocking(move || {
-            let console = store.console().ok_or_else(no_console)?;
-            Ok((console.coverage(&user, &d)?, console.catalog()))
-        })
-        .await;
-        let (cov, catalog) = result.map_err(|e| (session.clone(), e))?;
+        let (cov, catalog) =
+            with_console(store, &session, move |console| Ok((console.coverage(&user, &d)?, console.catalog()))).await?;
         let page = views::coverage_page(
             chrome(lang, lang.t("coverage"), Some(&session)),
             &catalog,
@@ -632,8 +633,7 @@ async fn coverage_csv(
     let store = state.store.clone();
     signed_in(&state, &headers, &q, |lang, session| async move {
         let user = session.user.clone();
-        let result = blocking(move || {
-            let console = store.console().ok_or_else(no_console)?;
+        let body = with_console(store, &session, move |console| {
             let catalog = console.catalog();
             let rows: Vec<Vec<String>> = views::coverage_rows(&catalog, &console.coverage(&user, &day)?)
                 .into_iter()
@@ -651,8 +651,7 @@ async fn coverage_csv(
                 .collect();
             views::table_csv(lang, &["day", "grid", "points", "covered", "missed", "check_ins", "outside_grid"], &rows)
         })
-        .await;
-        let body = result.map_err(|e| (session.clone(), e))?;
+        .await?;
         Ok(csv_response("gridwork-coverage.csv", body))
     })
     .await
@@ -679,12 +678,10 @@ async fn assessment(
     signed_in(&state, &headers, &q, |lang, session| async move {
         let (from, to, start, end) = p.map_err(|e| (session.clone(), e))?;
         let user = session.user.clone();
-        let result = blocking(move || {
-            let console = store.console().ok_or_else(no_console)?;
+        let (scores, catalog) = with_console(store, &session, move |console| {
             Ok((console.assessment(&user, start, end, now_ms())?, console.catalog()))
         })
-        .await;
-        let (scores, catalog) = result.map_err(|e| (session.clone(), e))?;
+        .await?;
         let page = views::AssessmentPage {
             chrome: chrome(lang, lang.t("assessment"), Some(&session)),
             from,
@@ -706,8 +703,7 @@ async fn assessment_csv(
     signed_in(&state, &headers, &q, |lang, session| async move {
         let (_, _, start, end) = p.map_err(|e| (session.clone(), e))?;
         let user = session.user.clone();
-        let result = blocking(move || {
-            let console = store.console().ok_or_else(no_console)?;
+        let body = with_console(store, &session, move |console| {
             let catalog = console.catalog();
             let rows: Vec<Vec<String>> = console
                 .assessment(&user, start, end, now_ms())?
@@ -716,8 +712,7 @@ async fn assessment_csv(
                 .collect();
             views::table_csv(lang, &views::SCORE_COLUMNS, &rows)
         })
-        .await;
-        let body = result.map_err(|e| (session.clone(), e))?;
+        .await?;
         Ok(csv_response("gridwork-assessment.csv", body))
     })
     .await
@@ -733,8 +728,7 @@ async fn admin(
     let note = q.get("note").cloned();
     signed_in(&state, &headers, &q, |lang, session| async move {
         let user = session.user.clone();
-        let result = blocking(move || {
-            let console = store.console().ok_or_else(no_console)?;
+        let (devices, quarantine, people, catalog) = with_console(store, &session, move |console| {
             Ok((
                 console.devices(&user, now_ms())?,
                 console.quarantine(&user)?,
@@ -742,8 +736,7 @@ async fn admin(
                 console.catalog(),
             ))
         })
-        .await;
-        let (devices, quarantine, people, catalog) = result.map_err(|e| (session.clone(), e))?;
+        .await?;
         let mut c = chrome(lang, lang.t("admin"), Some(&session));
         if done {
             c.notice = Some(match note {
@@ -773,8 +766,9 @@ async fn admin_action(
     signed_in(&state, &headers, &HashMap::new(), |lang, session| async move {
         check_csrf(&session, &f).map_err(|e| (session.clone(), e))?;
         let user = session.user.clone();
-        let result = blocking(move || admin_change(store.as_ref(), &user, &action, &f, &server_url)).await;
-        match result.map_err(|e| (session.clone(), e))? {
+        match with_console(store, &session, move |console| admin_change(console, &user, &action, &f, &server_url))
+            .await?
+        {
             AdminOutcome::Done(None) => Ok(redirect("/console/admin?done=1")),
             AdminOutcome::Done(Some(note)) => {
                 Ok(redirect(&format!("/console/admin?done=1&note={}", views::enc(&note))))
@@ -806,13 +800,14 @@ enum AdminOutcome {
 
 /// Applies one administration form.
 fn admin_change(
-    store: &dyn SyncStore,
+    console: &dyn ConsoleStore,
     user: &crate::store::console::ConsoleUser,
     action: &str,
     f: &HashMap<String, String>,
     server_url: &str,
 ) -> Result<AdminOutcome, ServerError> {
-    let console = store.console().ok_or_else(no_console)?;
+    // The store checks each administration method itself; this check also covers the password
+    // a "person" form may set, which `set_password` (an operator's tool too) does not check.
     user.must_administer()?;
     let get = |k: &str| f.get(k).map(|v| v.trim().to_owned()).unwrap_or_default();
     let now = now_ms();
@@ -898,8 +893,7 @@ async fn admin_csv(
     signed_in(&state, &headers, &q, |lang, session| async move {
         let user = session.user.clone();
         let name = format!("gridwork-{list}.csv");
-        let result = blocking(move || {
-            let console = store.console().ok_or_else(no_console)?;
+        let body = with_console(store, &session, move |console| {
             let (header, rows): (&[&str], Vec<Vec<String>>) = match list.as_str() {
                 "devices" => (
                     &["device", "code", "user", "status", "oldest_unsynced_min", "last_seen"],
@@ -944,8 +938,7 @@ async fn admin_csv(
             };
             views::table_csv(lang, header, &rows)
         })
-        .await;
-        let body = result.map_err(|e| (session.clone(), e))?;
+        .await?;
         Ok(csv_response(&name, body))
     })
     .await

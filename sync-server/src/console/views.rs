@@ -2,9 +2,9 @@
 //! compiled into the binary (`sync-server/templates/console/`).
 
 use askama::Template;
-use gridwork_model::catalog::{Actor, Catalog, Role};
+use gridwork_model::catalog::{Catalog, Role};
 use gridwork_model::doc::keys;
-use gridwork_model::ids::{DepartmentId, DeviceId, EventId, UserId};
+use gridwork_model::ids::DepartmentId;
 use gridwork_model::lifecycle::{self, EventKind, Level, RejectReason, StatusView, Verdict};
 use gridwork_model::time::DistrictCalendar;
 
@@ -215,18 +215,10 @@ fn minute(calendar: &DistrictCalendar, ms: Option<i64>) -> String {
 /// The areas a person may filter by: the grids they see, with those grids' communities and
 /// streets (administrators: all).
 fn area_choices(catalog: &Catalog, user: &ConsoleUser, selected: &str) -> Vec<Choice> {
-    let sees = |g: &gridwork_model::catalog::Grid| {
-        user.sees_everything()
-            || user.scopes.iter().any(|s| {
-                *s == format!("grid:{}", g.id)
-                    || *s == format!("community:{}", g.community)
-                    || *s == format!("street:{}", g.street)
-            })
-    };
     let mut streets = std::collections::BTreeSet::new();
     let mut communities = std::collections::BTreeSet::new();
     let mut grids = vec![];
-    for g in catalog.grids.iter().filter(|g| sees(g)) {
+    for g in catalog.grids.iter().filter(|g| user.sees_grid(g)) {
         streets.insert(g.street.clone());
         communities.insert(g.community.clone());
         grids.push((format!("grid:{}", g.id), g.name.clone()));
@@ -381,12 +373,7 @@ fn role_label(role: Role, lang: Lang) -> &'static str {
 /// The actions this person may take on the case as the server sees it: the lifecycle's role
 /// table decides, as it will again when the action is posted.
 fn allowed_actions(user: &ConsoleUser, view: &CaseView, lang: Lang, catalog: &Catalog, now_ms: i64) -> Vec<ActionView> {
-    let actor = Actor {
-        user: UserId::from(user.id.as_str()),
-        role: user.role,
-        device: DeviceId::from(format!("console-{}", user.id).as_str()),
-        department: user.department.as_deref().map(DepartmentId::from),
-    };
+    let actor = user.actor();
     let dept = DepartmentId::from(user.department.clone().unwrap_or_default().as_str());
     let candidates = [
         EventKind::Accept { note: String::new() },
@@ -540,11 +527,6 @@ pub fn case_page(chrome: Chrome, catalog: &Catalog, user: &ConsoleUser, view: &C
         default_hours,
         chrome,
     }
-}
-
-/// An event id from a form, or a clear error.
-pub fn parse_event_id(s: &str) -> Option<EventId> {
-    EventId::parse(s).ok()
 }
 
 /// The queue as CSV (every matching case), in the page's language. Cells that a spreadsheet

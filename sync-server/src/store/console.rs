@@ -52,6 +52,21 @@ impl ConsoleUser {
             })
     }
 
+    /// The device a person's console changes are attributed to: a pseudo-device without a token.
+    pub fn console_device_id(&self) -> String {
+        format!("console-{}", self.id)
+    }
+
+    /// Who the person's lifecycle events say made them.
+    pub fn actor(&self) -> gridwork_model::catalog::Actor {
+        gridwork_model::catalog::Actor {
+            user: gridwork_model::ids::UserId::from(self.id.as_str()),
+            role: self.role,
+            device: gridwork_model::ids::DeviceId::from(self.console_device_id().as_str()),
+            department: self.department.as_deref().map(gridwork_model::ids::DepartmentId::from),
+        }
+    }
+
     /// Refuses anyone but an administrator.
     pub fn must_administer(&self) -> crate::error::Result<()> {
         if self.role == Role::Administrator {

@@ -11,7 +11,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use automerge::{ActorId, Automerge};
 use gridwork_model::doc::{self, read_case};
-use gridwork_model::ids::{DepartmentId, DeviceId, EventId, UserId};
+use gridwork_model::ids::EventId;
 use gridwork_model::lifecycle::{self, Event, EventKind};
 use gridwork_model::time::{ClockStamp, DistrictCalendar};
 use gridwork_model::wire::{DeviceState, Outcome, SyncRequest, PROTOCOL_VERSION};
@@ -172,10 +172,6 @@ pub(super) fn departments_column<'a>(departments: impl Iterator<Item = &'a str>)
 fn console_actor(user: &str) -> ActorId {
     let digest = Sha256::digest(format!("gridwork-console:{user}").as_bytes());
     ActorId::from(&digest[..16])
-}
-
-fn console_device_id(user: &str) -> String {
-    format!("console-{user}")
 }
 
 fn hash_password(password: &str) -> Result<String> {
@@ -345,7 +341,7 @@ impl SqliteStore {
 
     /// The console pseudo-device of `user`, registered on first use.
     fn console_device(&self, user: &ConsoleUser, now_ms: i64) -> Result<Device> {
-        let id = console_device_id(&user.id);
+        let id = user.console_device_id();
         let conn = self.conn();
         exec(
             &conn,
@@ -637,12 +633,7 @@ impl ConsoleStore for SqliteStore {
                         }
                     }
                 }
-                let actor = gridwork_model::catalog::Actor {
-                    user: UserId::from(user.id.as_str()),
-                    role: user.role,
-                    device: DeviceId::from(device.id.as_str()),
-                    department: user.department.as_deref().map(DepartmentId::from),
-                };
+                let actor = user.actor();
                 lifecycle::check(kind, &actor, &case.timeline.state)
                     .map_err(|r| ServerError::NotAllowed(format!("{} from {}: {}", r.kind, r.from, r.reason)))?;
                 let (parents, lamport) =
