@@ -676,8 +676,13 @@ impl ConsoleStore for SqliteStore {
             max_pull_bytes: 0,
             want_full: vec![],
         };
-        let results =
-            self.write(PushJob { device, req, pushed: vec![(case_id.to_owned(), bytes)], now_ms, reply: None })?;
+        let results = self.write(PushJob {
+            device,
+            req,
+            pushed: vec![Pushed::new(case_id.to_owned(), bytes)],
+            now_ms,
+            reply: None,
+        })?;
         match results.first() {
             Some(r) if r.outcome == Outcome::Accepted => {
                 tracing::info!(case = %case_id, "console action stored");
