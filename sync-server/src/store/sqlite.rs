@@ -864,12 +864,18 @@ impl SqliteStore {
         let mut args: Vec<&dyn rusqlite::ToSql> = vec![&cursor];
         args.extend(names.iter().map(|n| *n as &dyn rusqlite::ToSql));
 
-        // Documents that entered the device's view after the cursor: their whole history is due.
+        // Documents that entered the device's view after the cursor: their whole history is due,
+        // unless every change of theirs came from this device (its own new cases, right after
+        // it pushed them), which this query leaves out at once.
+        let device_arg = names.len() + 2;
+        let mut own_args = args.clone();
+        own_args.push(&device.id);
         let mut candidates: BTreeSet<String> = conn
             .prepare_cached(&format!(
-                "SELECT DISTINCT doc_id FROM membership WHERE joined_seq > ?1 AND scope IN ({placeholders})"
+                "SELECT DISTINCT m.doc_id FROM membership m WHERE m.joined_seq > ?1 AND m.scope IN ({placeholders})
+                 AND EXISTS (SELECT 1 FROM changes c WHERE c.doc_id = m.doc_id AND c.device_id != ?{device_arg})"
             ))?
-            .query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?
+            .query_map(rusqlite::params_from_iter(own_args.iter()), |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         for (scope, granted) in &scopes {
             if *granted > cursor {
@@ -1152,17 +1158,21 @@ impl SyncStore for SqliteStore {
     }
 
     fn authenticate(&self, token: &str) -> Result<Device> {
-        let conn = self.conn();
+        // On a reader: a request is not held behind the writer's batch just to learn who sent it.
+        // A revocation is committed before it is acknowledged, so a reader sees it.
+        let conn = self.reader()?;
         let row: Option<(String, String)> =
             q1(&conn, "SELECT id, status FROM devices WHERE token_hash = ?1", [sha256_hex(token)], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .optional()?;
-        match row {
+        let device = match row {
             Some((id, status)) if status == "active" => load_device_by_id(&conn, &id),
             Some(_) => Err(ServerError::DeviceRevoked),
             None => Err(ServerError::Unauthenticated),
-        }
+        };
+        self.give_back(conn);
+        device
     }
 
     fn blob_status(&self, _device: &Device, sha256: &str) -> Result<BlobStatus> {
