@@ -5,6 +5,7 @@
 //! - [`ingest`]: reading a change's hash, actor, dependencies and lifecycle events without
 //!   loading its document.
 //! - [`http`]: the axum routes.
+//! - [`places`]: the district's grids found by id and by position (an R-tree).
 //!
 //! - [`demo`]: the simulated district the README's main command runs.
 //!
@@ -20,6 +21,7 @@ pub mod grids;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod places;
 pub mod store;
 pub mod tls;
 

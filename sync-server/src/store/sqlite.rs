@@ -26,6 +26,7 @@ use super::{Device, OperatorStats, SyncStore};
 use crate::blobs::{Begun, BlobFiles, Writer};
 use crate::error::{Result, ServerError};
 use crate::ingest::{read_change, ChangeFacts};
+use crate::places::Places;
 use console::departments_column;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -87,7 +88,8 @@ pub struct SqliteStore {
     path: std::path::PathBuf,
     epoch: String,
     /// Shared, not cloned: refreshing a case reads it for every change.
-    catalog: RwLock<Arc<Catalog>>,
+    /// The reference data devices receive, with its lookups.
+    places: RwLock<Arc<Places>>,
     /// Console actions, one at a time (see `console.rs`).
     console_writes: Mutex<()>,
     /// Write batches committed since open.
@@ -242,7 +244,7 @@ impl SqliteStore {
             readers: Mutex::new(vec![]),
             path: dir.join("server.db"),
             epoch,
-            catalog: RwLock::new(Arc::new(catalog)),
+            places: RwLock::new(Arc::new(Places::new(Arc::new(catalog)))),
             console_writes: Mutex::new(()),
             batches: std::sync::atomic::AtomicU64::new(0),
         })
@@ -252,8 +254,12 @@ impl SqliteStore {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn places(&self) -> Arc<Places> {
+        self.places.read().map(|c| Arc::clone(&c)).unwrap_or_else(|p| Arc::clone(&p.into_inner()))
+    }
+
     fn catalog(&self) -> Arc<Catalog> {
-        self.catalog.read().map(|c| Arc::clone(&c)).unwrap_or_else(|p| Arc::clone(&p.into_inner()))
+        Arc::clone(self.places().catalog())
     }
 
     /// The reference data devices receive now.
@@ -286,7 +292,7 @@ impl SqliteStore {
         tx.commit()?;
         let mut new = catalog.clone();
         new.version = version;
-        *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        *self.places.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Places::new(Arc::new(new)));
         Ok(version)
     }
 
@@ -717,7 +723,8 @@ impl SqliteStore {
     /// Recomputes a touched case's status and the scopes it belongs to (grow-only), and records
     /// which scopes saw each of its new changes.
     fn refresh_doc(&self, tx: &Transaction<'_>, doc_id: &str, t: &Touched) -> Result<()> {
-        let catalog = self.catalog();
+        let places = self.places();
+        let catalog = places.catalog();
         // What the row holds now, read once: the fields this push did not set keep their values.
         // No row: the case is new in this push, and its events are the ones the push added.
         let stored: Option<(Option<String>, String, Option<i64>)> =
@@ -745,7 +752,7 @@ impl SqliteStore {
         let mut grids: BTreeSet<String> = t.grids.clone();
         // A case reported outside its grid is routed to the grid it lies in, and flagged.
         for (lat, lon) in &t.locations {
-            if let Some(g) = catalog.grids.iter().find(|g| g.boundary.contains(*lat, *lon)) {
+            if let Some(g) = places.grid_at(*lat, *lon) {
                 if !t.grids.is_empty() && !t.grids.contains(&g.id.0) {
                     flags.push("outside_grid");
                 }
@@ -763,7 +770,7 @@ impl SqliteStore {
         }
         for g in &grids {
             scopes.insert(format!("grid:{g}"));
-            if let Some(grid) = catalog.grids.iter().find(|x| x.id.0 == *g) {
+            if let Some(grid) = places.grid(g) {
                 scopes.insert(format!("community:{}", grid.community));
                 scopes.insert(format!("street:{}", grid.street));
             }
