@@ -91,7 +91,9 @@ mod tests {
             name: id.into(),
             community: format!("c-{id}"),
             street: "s".into(),
-            boundary: Polygon { ring: vec![(lat, lon), (lat + size, lon), (lat + size, lon + size), (lat, lon + size)] },
+            boundary: Polygon {
+                ring: vec![(lat, lon), (lat + size, lon), (lat + size, lon + size), (lat, lon + size)],
+            },
             points: vec![],
         }
     }

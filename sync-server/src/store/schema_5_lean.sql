@@ -65,3 +65,5 @@ CREATE INDEX check_ins_by_user ON check_ins (user_id, at_ms);
 
 -- Parked changes are looked up by the document whose changes just arrived.
 CREATE INDEX parked_by_doc ON parked (doc_id);
+-- A pull asks which of the user's scopes were taken away since its cursor.
+CREATE INDEX user_scopes_removed_by_user ON user_scopes_removed (user_id, removed_seq);

@@ -175,9 +175,13 @@ fn last_seq(conn: &Connection) -> Result<i64> {
 
 /// Takes the next sequence number. Only ever called inside the writer's transaction.
 fn next_seq(conn: &Connection) -> Result<i64> {
-    let seq = last_seq(conn)? + 1;
-    meta_set(conn, "last_seq", &seq.to_string())?;
-    Ok(seq)
+    Ok(q1(
+        conn,
+        "INSERT INTO meta (key, value) VALUES ('last_seq', '1')
+         ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1 RETURNING CAST(value AS INTEGER)",
+        [],
+        |r| r.get(0),
+    )?)
 }
 
 /// Dotted version compare: is `a` older than `b`?
@@ -1168,18 +1172,30 @@ impl SyncStore for SqliteStore {
         // On a reader: a request is not held behind the writer's batch just to learn who sent it.
         // A revocation is committed before it is acknowledged, so a reader sees it.
         let conn = self.reader()?;
-        let row: Option<(String, String)> =
-            q1(&conn, "SELECT id, status FROM devices WHERE token_hash = ?1", [sha256_hex(token)], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()?;
-        let device = match row {
-            Some((id, status)) if status == "active" => load_device_by_id(&conn, &id),
+        let row = q1(
+            &conn,
+            "SELECT d.status, d.id, d.user_id, u.role, u.department, d.retired_ms IS NOT NULL FROM devices d
+             JOIN users u ON u.id = d.user_id WHERE d.token_hash = ?1",
+            [sha256_hex(token)],
+            |r| {
+                let status: String = r.get(0)?;
+                let device = Device {
+                    id: r.get(1)?,
+                    user: r.get(2)?,
+                    role: Role::Worker,
+                    department: r.get(4)?,
+                    retired: r.get(5)?,
+                };
+                Ok((status, device, r.get::<_, String>(3)?))
+            },
+        )
+        .optional();
+        self.give_back(conn);
+        match row? {
+            Some((status, device, role)) if status == "active" => Ok(Device { role: parse_role(&role)?, ..device }),
             Some(_) => Err(ServerError::DeviceRevoked),
             None => Err(ServerError::Unauthenticated),
-        };
-        self.give_back(conn);
-        device
+        }
     }
 
     fn blob_status(&self, _device: &Device, sha256: &str) -> Result<BlobStatus> {
