@@ -639,3 +639,31 @@ fn a_finished_case_leaves_the_phone_and_comes_back_whole_when_it_changes_again()
     let again = w1.sync(&d.url()).expect("next sync");
     assert_eq!((again.asked_whole, again.pulled_changes), (0, 0), "nothing left waiting: {again:?}");
 }
+
+#[test]
+fn an_idle_sync_is_seen_without_a_write_of_its_own_and_the_sighting_survives_a_restart() {
+    let mut d = District::new();
+    let mut w1 = phone(&d, "w1", None);
+    capture(&w1, 0, 2, 70);
+    w1.sync(&d.url()).expect("push");
+    let seen = |d: &District| {
+        d.store
+            .list_devices(0)
+            .expect("devices")
+            .into_iter()
+            .find(|x| x.user == "w1")
+            .and_then(|x| x.last_seen_ms)
+            .expect("w1 was seen")
+    };
+    let after_push = seen(&d);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let idle = w1.sync(&d.url()).expect("idle sync");
+    assert_eq!((idle.accepted, idle.pulled_changes), (0, 0), "nothing to send or receive");
+    let after_idle = seen(&d);
+    assert!(after_idle > after_push, "listing the devices shows the idle sync: {after_idle} > {after_push}");
+    // A sighting not yet written when the server stops is written on the way out.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    w1.sync(&d.url()).expect("another idle sync");
+    d.restart();
+    assert!(seen(&d) > after_idle, "the last idle sync outlived the restart");
+}

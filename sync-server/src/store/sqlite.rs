@@ -94,6 +94,9 @@ pub struct SqliteStore {
     console_writes: Mutex<()>,
     /// Write batches committed since open.
     batches: std::sync::atomic::AtomicU64,
+    /// When each device last synced without sending anything, and the state it reported, not
+    /// yet written: see `note_seen`.
+    seen: Mutex<HashMap<String, (i64, String)>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -202,6 +205,7 @@ impl SqliteStore {
         // The writer touches every index of a district's tables: 16 MiB keeps their inner pages
         // cached at district scale. More did not help (a commit walks the cache) and costs memory.
         conn.execute_batch("PRAGMA cache_size = -16384;")?;
+
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version > SCHEMA_VERSION {
             return Err(ServerError::Internal(format!("store schema {version} is newer than this server: update it")));
@@ -251,6 +255,7 @@ impl SqliteStore {
             places: RwLock::new(Arc::new(Places::new(Arc::new(catalog)))),
             console_writes: Mutex::new(()),
             batches: std::sync::atomic::AtomicU64::new(0),
+            seen: Mutex::new(HashMap::new()),
         })
     }
 
@@ -399,7 +404,12 @@ impl SqliteStore {
 
     /// Every device, the one sitting longest on unsynced work first.
     pub fn list_devices(&self, now_ms: i64) -> Result<Vec<DeviceInfo>> {
-        let conn = self.conn();
+        let mut conn = self.conn();
+        {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            self.write_seen(&tx)?;
+            tx.commit()?;
+        }
         let mut stmt = conn.prepare(
             "SELECT id, code, user_id, status, last_seen_ms, last_state, retired_ms, drained_ms FROM devices
                  WHERE id NOT LIKE 'console-%' ORDER BY id",
@@ -1064,6 +1074,20 @@ impl SqliteStore {
     }
 }
 
+impl Drop for SqliteStore {
+    /// Sightings not yet written are written on the way out (best effort: they are only timestamps).
+    fn drop(&mut self) {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let written = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(ServerError::from)
+            .and_then(|tx| self.write_seen(&tx).and_then(|()| Ok(tx.commit()?)));
+        if let Err(e) = written {
+            eprintln!("gridwork-sync-server: could not record when devices were last seen: {e}");
+        }
+    }
+}
+
 /// What a sync changed about one document.
 #[derive(Debug, Default)]
 struct Touched {
@@ -1304,7 +1328,12 @@ impl SyncStore for SqliteStore {
         let (app_version, catalog_version, budget) =
             (req.app_version.clone(), req.state.catalog_version, req.max_pull_bytes.max(1));
         let want_full = std::mem::take(&mut req.want_full);
-        let results = self.write(PushJob { device: device.clone(), req, pushed, now_ms, reply: None })?;
+        let results = if pushed.is_empty() && req.records.is_empty() && !device.retired {
+            self.note_seen(device, &req, now_ms)?;
+            vec![]
+        } else {
+            self.write(PushJob { device: device.clone(), req, pushed, now_ms, reply: None })?
+        };
 
         // The pull reads a snapshot on a reader connection, beside the writer.
         // One read transaction, so that every query of the pull sees the same snapshot.
@@ -1401,12 +1430,14 @@ impl SqliteStore {
 
     fn write_batch(&self, conn: &mut Connection, batch: Vec<PushJob>) {
         let replies: Vec<Reply> = batch.iter().filter_map(|j| j.reply.clone()).collect();
+
         let mut answers: Vec<(Reply, Result<Vec<ItemResult>>)> = vec![];
         let outcome = (|| -> Result<()> {
             // First every push in one transaction without savepoints: a savepoint copies each page
             // it first changes, and a push fails only when storage does. If one does fail, the
             // batch starts over with a savepoint around each push, so that failure stays its own.
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            self.write_seen(&tx)?;
             let mut all_ok = true;
             for job in &batch {
                 let Some(reply) = job.reply.clone() else { continue };
@@ -1459,6 +1490,30 @@ impl SqliteStore {
                 }
             }
         }
+    }
+
+    /// A sync that sends nothing changes nothing but when the device was last seen and what it
+    /// reported. Writing that at once cost every idle sync a transaction and an fsync, one at a
+    /// time through the writer; it is kept here and written with the next write batch (before its
+    /// pushes, so a newer push's state wins) or when an administrator lists the devices. A crash
+    /// loses at most those timestamps, never anything a device sent.
+    fn note_seen(&self, device: &Device, req: &SyncRequest, now_ms: i64) -> Result<()> {
+        let state = json(&serde_json::json!({ "app_version": req.app_version, "state": req.state }))?;
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(device.id.clone(), (now_ms, state));
+        Ok(())
+    }
+
+    /// Writes the sightings `note_seen` kept, inside the writer's transaction.
+    fn write_seen(&self, tx: &Transaction<'_>) -> Result<()> {
+        let seen = std::mem::take(&mut *self.seen.lock().unwrap_or_else(|p| p.into_inner()));
+        for (id, (at, state)) in seen {
+            exec(
+                tx,
+                "UPDATE devices SET last_seen_ms = max(coalesce(last_seen_ms, 0), ?2), last_state = ?3 WHERE id = ?1",
+                params![id, at, state],
+            )?;
+        }
+        Ok(())
     }
 
     /// One device's push, inside the writer's transaction.
