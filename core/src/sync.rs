@@ -249,7 +249,18 @@ impl Store {
                 .iter()
                 .map(|c| B64.decode(c).map_err(|_| CoreError::BadChange { reason: "change is not base64".into() }))
                 .collect::<Result<Vec<_>>>()?;
-            parsed.push((id, crate::store::parse_changes(&bytes)?));
+            let mut changes = crate::store::parse_changes(&bytes)?;
+            // A long history may come as one compacted document: its changes, same hashes.
+            if let Some(c) = &d.compacted {
+                let raw = B64.decode(c).map_err(|_| CoreError::BadChange {
+                    reason: format!("compacted document {} is not base64", d.doc),
+                })?;
+                let whole = automerge::Automerge::load(&raw).map_err(|e| CoreError::BadChange {
+                    reason: format!("compacted document {} does not load: {e}", d.doc),
+                })?;
+                changes.extend(whole.get_changes(&[]));
+            }
+            parsed.push((id, changes));
         }
         let mut conn = self.writer();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -326,6 +337,7 @@ impl Store {
                 records,
                 max_pull_bytes: config.max_pull_bytes,
                 want_full,
+                accept_compacted: true,
             };
             let body = serde_json::to_vec(&request)
                 .map_err(|e| CoreError::Network { message: e.to_string(), retryable: false })?;

@@ -88,6 +88,10 @@ pub struct SyncRequest {
     /// the cursor. Documents outside the device's scope are ignored.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub want_full: Vec<String>,
+    /// The device can take a document's history as one compacted document
+    /// ([`PulledDoc::compacted`]). Older apps leave it out and receive change lists.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accept_compacted: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +121,10 @@ pub struct PulledDoc {
     pub doc: String,
     /// base64 Automerge change bytes, in server order.
     pub changes: Vec<String>,
+    /// base64 of a saved Automerge document holding every change of the document's history up
+    /// to its join (sent instead of those changes to a device far behind that accepts it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compacted: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -80,3 +80,16 @@ pub fn read_change(bytes: &[u8]) -> Result<(Change, ChangeFacts), String> {
     }
     Ok((change, facts))
 }
+
+/// The whole history in `changes` as one saved (compacted) document, for a device far behind.
+/// None if the changes do not make a complete document (then they are sent as they are).
+pub fn compact(changes: &[Vec<u8>]) -> Option<Vec<u8>> {
+    let parsed: Vec<Change> = changes.iter().map(|b| Change::from_bytes(b.clone()).ok()).collect::<Option<_>>()?;
+    let mut doc = automerge::Automerge::new();
+    doc.apply_changes(parsed).ok()?;
+    // Every change applied (none left waiting for a dependency): the saved document holds them all.
+    if doc.get_changes(&[]).len() != changes.len() {
+        return None;
+    }
+    Some(doc.save())
+}

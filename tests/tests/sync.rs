@@ -6,7 +6,9 @@ use base64::Engine;
 use gridwork_core::model::catalog::Role;
 use gridwork_core::model::ids::CaseId;
 use gridwork_core::model::lifecycle::EventKind;
-use gridwork_core::model::wire::{DeviceState, Outcome, PushedChange, PushedRecord, SyncRequest, PROTOCOL_VERSION};
+use gridwork_core::model::wire::{
+    DeviceState, Outcome, PushedChange, PushedRecord, SyncRequest, SyncResponse, PROTOCOL_VERSION,
+};
 use gridwork_core::store::CaseQuery;
 use gridwork_core::sync::{enrol, SyncConfig, SyncReport};
 use gridwork_core::CoreError;
@@ -27,6 +29,7 @@ fn push_request(changes: Vec<PushedChange>, records: Vec<PushedRecord>) -> SyncR
         changes,
         records,
         want_full: vec![],
+        accept_compacted: false,
         max_pull_bytes: 1 << 20,
     }
 }
@@ -666,4 +669,54 @@ fn an_idle_sync_is_seen_without_a_write_of_its_own_and_the_sighting_survives_a_r
     w1.sync(&d.url()).expect("another idle sync");
     d.restart();
     assert!(seen(&d) > after_idle, "the last idle sync outlived the restart");
+}
+
+#[test]
+fn a_long_history_reaches_a_device_far_behind_as_one_compacted_document() {
+    let d = District::new();
+    let mut w1 = phone(&d, "w1", None);
+    let case = capture(&w1, 0, 1, 80).remove(0);
+    for i in 0..40 {
+        let patch = gridwork_core::model::doc::CasePatch { title: Some(format!("标题 {i}")), ..Default::default() };
+        w1.store.edit_case(&case, patch).expect("edit");
+    }
+    w1.sync(&d.url()).expect("push");
+    let heads = d.store.doc_heads(&case.to_string()).expect("server heads");
+
+    // What the server answers a supervisor's new phone, asked as this app asks and as an old app.
+    let s1 = phone(&d, "s1", None);
+    let client = reqwest::blocking::Client::builder()
+        .tls_backend_preconfigured(gridwork_core::tls::trust_nobody().expect("tls config"))
+        .build()
+        .expect("client");
+    let ask = |accept_compacted: bool| -> SyncResponse {
+        let req = SyncRequest { accept_compacted, ..push_request(vec![], vec![]) };
+        let resp = client
+            .post(format!("{}/v1/sync", d.url()))
+            .bearer_auth(&s1.config.token)
+            .body(serde_json::to_vec(&req).expect("request"))
+            .send()
+            .expect("send");
+        assert_eq!(resp.status().as_u16(), 200);
+        serde_json::from_slice(&resp.bytes().expect("body")).expect("json")
+    };
+    let old = ask(false);
+    let old_doc = old.docs.iter().find(|x| x.doc == case.to_string()).expect("the case, for an old app");
+    assert_eq!((old_doc.changes.len(), old_doc.compacted.is_some()), (41, false), "an old app gets the changes");
+    let new = ask(true);
+    let new_doc = new.docs.iter().find(|x| x.doc == case.to_string()).expect("the case");
+    let compacted = new_doc.compacted.as_ref().expect("compacted for a device that accepts it");
+    assert!(new_doc.changes.is_empty(), "the history is in the compacted document, not beside it");
+    let listed: usize = old_doc.changes.iter().map(String::len).sum();
+    assert!(compacted.len() * 2 < listed, "compacted {} bytes against {listed} in changes", compacted.len());
+
+    // The phone itself: the whole history, the server's heads, the last title.
+    let mut s1 = s1;
+    s1.sync(&d.url()).expect("pull");
+    let got = s1.store.get_case(&case).expect("the case is on the supervisor's phone");
+    let mut h = got.heads.clone();
+    h.sort();
+    assert_eq!(h, heads);
+    assert_eq!(s1.store.export_changes(&case).expect("changes").len(), 41, "every change, none twice");
+    assert_eq!(got.case.title.value, "标题 39");
 }

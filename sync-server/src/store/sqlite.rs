@@ -68,6 +68,10 @@ pub struct QuarantinedItem {
     pub status: String,
 }
 
+/// A joining document's history of at least this many changes is sent compacted (to devices
+/// that accept it): below it, a saved document is not much smaller than the changes.
+const COMPACT_FROM_CHANGES: usize = 32;
+
 /// Reader connections kept open between syncs.
 const MAX_READERS: usize = 64;
 
@@ -874,6 +878,7 @@ impl SqliteStore {
         device: &Device,
         cursor: i64,
         budget: u64,
+        accept_compacted: bool,
     ) -> Result<(Vec<PulledDoc>, Vec<String>, i64, bool)> {
         let scopes = Self::device_scopes(conn, device)?;
         let head = last_seq(conn)?;
@@ -947,7 +952,7 @@ impl SqliteStore {
                 group.push(items[i].clone());
                 i += 1;
             }
-            let mut group_bytes: Vec<(String, Vec<Vec<u8>>)> = vec![];
+            let mut group_bytes: Vec<(String, Vec<Vec<u8>>, Option<Vec<u8>>)> = vec![];
             let mut size = 0u64;
             for (s, doc, is_join) in group {
                 // A device is never sent its own changes back: it made them, and an enrolled
@@ -974,19 +979,30 @@ impl SqliteStore {
                 if bytes.is_empty() {
                     continue;
                 }
-                size += bytes.iter().map(|b| b.len() as u64 * 4 / 3 + 4).sum::<u64>();
-                group_bytes.push((doc, bytes));
+                // A long history goes to a device far behind as one compacted document.
+                let compacted = (is_join && accept_compacted && bytes.len() >= COMPACT_FROM_CHANGES)
+                    .then(|| crate::ingest::compact(&bytes))
+                    .flatten();
+                let (bytes, compacted) = match compacted {
+                    Some(c) => (vec![], Some(c)),
+                    None => (bytes, None),
+                };
+                size += bytes.iter().chain(compacted.iter()).map(|b| b.len() as u64 * 4 / 3 + 4).sum::<u64>();
+                group_bytes.push((doc, bytes, compacted));
             }
             if used > 0 && used + size > budget {
                 more = true;
                 break;
             }
             used += size;
-            for (doc, bytes) in group_bytes {
+            for (doc, bytes, compacted) in group_bytes {
                 let slot = *index.entry(doc.clone()).or_insert_with(|| {
-                    out.push(PulledDoc { doc: doc.clone(), changes: vec![] });
+                    out.push(PulledDoc { doc: doc.clone(), changes: vec![], compacted: None });
                     out.len() - 1
                 });
+                if let Some(c) = compacted {
+                    out[slot].compacted = Some(B64.encode(c));
+                }
                 out[slot].changes.extend(bytes.iter().map(|b| B64.encode(b)));
             }
             new_cursor = seq;
@@ -1054,7 +1070,7 @@ impl SqliteStore {
             let encoded = bytes.iter().map(|b| B64.encode(b));
             match out.iter_mut().find(|d| &d.doc == doc) {
                 Some(d) => d.changes.extend(encoded),
-                None => out.push(PulledDoc { doc: doc.clone(), changes: encoded.collect() }),
+                None => out.push(PulledDoc { doc: doc.clone(), changes: encoded.collect(), compacted: None }),
             }
         }
         Ok(())
@@ -1328,6 +1344,7 @@ impl SyncStore for SqliteStore {
         let (app_version, catalog_version, budget) =
             (req.app_version.clone(), req.state.catalog_version, req.max_pull_bytes.max(1));
         let want_full = std::mem::take(&mut req.want_full);
+        let accept_compacted = req.accept_compacted;
         let results = if pushed.is_empty() && req.records.is_empty() && !device.retired {
             self.note_seen(device, &req, now_ms)?;
             vec![]
@@ -1343,7 +1360,7 @@ impl SyncStore for SqliteStore {
         let (docs, left_scope, new_cursor, more) = if device.retired {
             (vec![], vec![], cursor, false)
         } else {
-            let (mut docs, left, new_cursor, more) = self.pull(&snapshot, device, cursor, budget)?;
+            let (mut docs, left, new_cursor, more) = self.pull(&snapshot, device, cursor, budget, accept_compacted)?;
             self.add_whole_documents(&snapshot, device, &want_full, &mut docs)?;
             (docs, left, new_cursor, more)
         };

@@ -675,6 +675,7 @@ impl ConsoleStore for SqliteStore {
             records: vec![],
             max_pull_bytes: 0,
             want_full: vec![],
+            accept_compacted: false,
         };
         let results = self.write(PushJob {
             device,

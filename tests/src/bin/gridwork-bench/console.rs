@@ -91,6 +91,7 @@ fn flush(server: &SqliteStore, w: &mut Writer) -> Result<(), String> {
         records: vec![],
         max_pull_bytes: 1,
         want_full: vec![],
+        accept_compacted: false,
     };
     let resp = server.sync(&w.device, req, now_ms()).map_err(|e| e.to_string())?;
     if let Some(bad) = resp.results.iter().find(|r| r.outcome != gridwork_core::model::wire::Outcome::Accepted) {

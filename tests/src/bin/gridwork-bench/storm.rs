@@ -173,6 +173,7 @@ fn prepare(
         changes,
         records,
         want_full: vec![],
+        accept_compacted: true,
         max_pull_bytes: 1,
     };
     let first_request = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
