@@ -952,7 +952,7 @@ impl SqliteStore {
                 group.push(items[i].clone());
                 i += 1;
             }
-            let mut group_bytes: Vec<(String, Vec<Vec<u8>>, Option<Vec<u8>>)> = vec![];
+            let mut group_bytes: Vec<Pulled> = vec![];
             let mut size = 0u64;
             for (s, doc, is_join) in group {
                 // A device is never sent its own changes back: it made them, and an enrolled
@@ -988,14 +988,14 @@ impl SqliteStore {
                     None => (bytes, None),
                 };
                 size += bytes.iter().chain(compacted.iter()).map(|b| b.len() as u64 * 4 / 3 + 4).sum::<u64>();
-                group_bytes.push((doc, bytes, compacted));
+                group_bytes.push(Pulled { doc, changes: bytes, compacted });
             }
             if used > 0 && used + size > budget {
                 more = true;
                 break;
             }
             used += size;
-            for (doc, bytes, compacted) in group_bytes {
+            for Pulled { doc, changes: bytes, compacted } in group_bytes {
                 let slot = *index.entry(doc.clone()).or_insert_with(|| {
                     out.push(PulledDoc { doc: doc.clone(), changes: vec![], compacted: None });
                     out.len() - 1
@@ -1397,6 +1397,13 @@ struct ClaimedActor<'a> {
     device: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
     user: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// What a pull sends of one document: changes, or a compacted history (and changes after it).
+struct Pulled {
+    doc: String,
+    changes: Vec<Vec<u8>>,
+    compacted: Option<Vec<u8>>,
 }
 
 /// One pushed change, parsed (or why it is not a change).
