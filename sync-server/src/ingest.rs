@@ -25,8 +25,9 @@ pub struct ChangeFacts {
 }
 
 impl ChangeFacts {
-    /// The lifecycle events this change adds, given the document's `events` object id.
-    pub fn events(&self, events_obj: &str) -> Vec<Result<Event, String>> {
+    /// The lifecycle events this change adds, given the document's `events` object id, each with
+    /// its JSON as the change holds it.
+    pub fn events(&self, events_obj: &str) -> Vec<Result<(Event, &str), String>> {
         self.map_puts
             .iter()
             .filter(|(obj, _, _)| obj == events_obj)
@@ -34,7 +35,7 @@ impl ChangeFacts {
                 serde_json::from_str::<Event>(json).map_err(|e| format!("event {key} is not readable: {e}")).and_then(
                     |e| {
                         if e.id.to_string() == *key {
-                            Ok(e)
+                            Ok((e, json.as_str()))
                         } else {
                             Err(format!("event {key} is filed under another id"))
                         }

@@ -502,6 +502,7 @@ impl SqliteStore {
         device: &Device,
         pushed: &Pushed,
         now: i64,
+        own_actors: &mut BTreeSet<String>,
         touched: &mut HashMap<String, Touched>,
     ) -> Result<ItemResult> {
         let (doc_id, bytes) = (pushed.doc.as_str(), pushed.bytes.as_slice());
@@ -530,9 +531,12 @@ impl SqliteStore {
         if quarantined.is_some() {
             return Ok(ItemResult { key, outcome: Outcome::Quarantined, reason: Some("already quarantined".into()) });
         }
-        // Every actor belongs to exactly one device.
-        let owner: Option<String> =
-            q1(tx, "SELECT device_id FROM actors WHERE actor = ?1", [&facts.actor], |r| r.get(0)).optional()?;
+        // Every actor belongs to exactly one device (looked up once per actor and push).
+        let owner: Option<String> = if own_actors.contains(&facts.actor) {
+            Some(device.id.clone())
+        } else {
+            q1(tx, "SELECT device_id FROM actors WHERE actor = ?1", [&facts.actor], |r| r.get(0)).optional()?
+        };
         match owner {
             None => {
                 exec(
@@ -554,6 +558,7 @@ impl SqliteStore {
             }
             Some(_) => {}
         }
+        own_actors.insert(facts.actor.clone());
         // The change must belong to the document it is filed under.
         for (k, v) in &facts.root_puts {
             if k == keys::ID && v != doc_id {
@@ -646,7 +651,7 @@ impl SqliteStore {
                 match e {
                     Err(_) if released => {}
                     Err(reason) => return self.quarantine(tx, &key, doc_id, device, now, &reason, bytes),
-                    Ok(e) => {
+                    Ok((e, raw)) => {
                         let a = &e.actor;
                         if !released && (a.device.0 != device.id || a.user.0 != device.user || a.role != device.role) {
                             let reason = format!(
@@ -655,7 +660,7 @@ impl SqliteStore {
                             );
                             return self.quarantine(tx, &key, doc_id, device, now, &reason, bytes);
                         }
-                        events.push(e);
+                        events.push((e, raw));
                     }
                 }
             }
@@ -666,11 +671,12 @@ impl SqliteStore {
             "INSERT INTO changes (seq, hash, doc_id, device_id, received_ms, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![seq, key, doc_id, device.id, now, bytes],
         )?;
-        for e in &events {
+        // Stored as the change holds it: it parsed to this event above.
+        for (e, raw) in &events {
             exec(
                 tx,
                 "INSERT INTO doc_events (doc_id, event_id, json) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-                params![doc_id, e.id.to_string(), json(e)?],
+                params![doc_id, e.id.to_string(), raw],
             )?;
         }
         // The docs row is written once per case and push, in `refresh_doc`.
@@ -679,7 +685,7 @@ impl SqliteStore {
         if t.events_obj.is_none() {
             t.events_obj = events_obj;
         }
-        t.new_events.extend(events);
+        t.new_events.extend(events.into_iter().map(|(e, _)| e));
         for (k, v) in &facts.root_puts {
             match k.as_str() {
                 keys::GRID => {
@@ -1545,8 +1551,9 @@ impl SqliteStore {
         let (device, req, now_ms) = (&job.device, &job.req, job.now_ms);
         let mut results = Vec::with_capacity(job.pushed.len() + req.records.len());
         let mut touched: HashMap<String, Touched> = HashMap::new();
+        let mut own_actors = BTreeSet::new();
         for p in &job.pushed {
-            results.push(self.ingest_change(tx, device, p, now_ms, &mut touched)?);
+            results.push(self.ingest_change(tx, device, p, now_ms, &mut own_actors, &mut touched)?);
         }
         for r in &req.records {
             let body = r.body.get();
