@@ -100,7 +100,7 @@ pub struct SqliteStore {
     batches: std::sync::atomic::AtomicU64,
     /// When each device last synced without sending anything, and the state it reported, not
     /// yet written: see `note_seen`.
-    seen: Mutex<HashMap<String, (i64, String)>>,
+    seen: Mutex<Sightings>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -409,11 +409,7 @@ impl SqliteStore {
     /// Every device, the one sitting longest on unsynced work first.
     pub fn list_devices(&self, now_ms: i64) -> Result<Vec<DeviceInfo>> {
         let mut conn = self.conn();
-        {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            self.write_seen(&tx)?;
-            tx.commit()?;
-        }
+        self.flush_seen(&mut conn)?;
         let mut stmt = conn.prepare(
             "SELECT id, code, user_id, status, last_seen_ms, last_state, retired_ms, drained_ms FROM devices
                  WHERE id NOT LIKE 'console-%' ORDER BY id",
@@ -1100,14 +1096,25 @@ impl Drop for SqliteStore {
     /// Sightings not yet written are written on the way out (best effort: they are only timestamps).
     fn drop(&mut self) {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let written = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(ServerError::from)
-            .and_then(|tx| self.write_seen(&tx).and_then(|()| Ok(tx.commit()?)));
-        if let Err(e) = written {
+        if let Err(e) = self.flush_seen(&mut conn) {
             eprintln!("gridwork-sync-server: could not record when devices were last seen: {e}");
         }
     }
+}
+
+/// Device id → (when it was last seen, the state it reported as JSON), not yet written.
+type Sightings = HashMap<String, (i64, String)>;
+
+/// Writes sightings inside the caller's write transaction.
+fn write_seen(tx: &Transaction<'_>, seen: &Sightings) -> Result<()> {
+    for (id, (at, state)) in seen {
+        exec(
+            tx,
+            "UPDATE devices SET last_seen_ms = max(coalesce(last_seen_ms, 0), ?2), last_state = ?3 WHERE id = ?1",
+            params![id, at, state],
+        )?;
+    }
+    Ok(())
 }
 
 /// What a sync changed about one document.
@@ -1460,46 +1467,47 @@ impl SqliteStore {
 
     fn write_batch(&self, conn: &mut Connection, batch: Vec<PushJob>) {
         let replies: Vec<Reply> = batch.iter().filter_map(|j| j.reply.clone()).collect();
-
+        let seen = self.take_seen();
         let mut answers: Vec<(Reply, Result<Vec<ItemResult>>)> = vec![];
         let outcome = (|| -> Result<()> {
             // First every push in one transaction without savepoints: a savepoint copies each page
             // it first changes, and a push fails only when storage does. If one does fail, the
             // batch starts over with a savepoint around each push, so that failure stays its own.
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            self.write_seen(&tx)?;
-            let mut all_ok = true;
-            for job in &batch {
-                let Some(reply) = job.reply.clone() else { continue };
-                match self.push(&tx, job) {
-                    Ok(r) => answers.push((reply, Ok(r))),
-                    Err(_) => {
-                        all_ok = false;
-                        break;
-                    }
-                }
-            }
-            if !all_ok {
-                tx.rollback()?;
-                answers.clear();
+            let mut savepoints = false;
+            loop {
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                write_seen(&tx, &seen)?;
+                answers.clear();
+                let mut failed = false;
                 for job in &batch {
                     let Some(reply) = job.reply.clone() else { continue };
-                    tx.execute_batch("SAVEPOINT push")?;
+                    if savepoints {
+                        tx.execute_batch("SAVEPOINT push")?;
+                    }
                     match self.push(&tx, job) {
                         Ok(r) => {
-                            tx.execute_batch("RELEASE push")?;
+                            if savepoints {
+                                tx.execute_batch("RELEASE push")?;
+                            }
                             answers.push((reply, Ok(r)));
                         }
-                        Err(e) => {
+                        Err(e) if savepoints => {
                             tx.execute_batch("ROLLBACK TO push; RELEASE push")?;
                             answers.push((reply, Err(e)));
                         }
+                        Err(_) => {
+                            failed = true;
+                            break;
+                        }
                     }
                 }
+                if failed {
+                    tx.rollback()?;
+                    savepoints = true;
+                    continue;
+                }
                 tx.commit()?;
-            } else {
-                tx.commit()?;
+                break;
             }
             // Keep the planner's statistics current as the district grows (cheap when they are).
             if self.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1000 == 999 {
@@ -1514,7 +1522,9 @@ impl SqliteStore {
                 }
             }
             Err(e) => {
-                // Nothing of the batch was stored: every push hears so and will be resent.
+                // Nothing of the batch was stored: every push hears so and will be resent, and
+                // the sightings wait for the next batch.
+                self.restore_seen(seen);
                 for reply in replies {
                     let _ = reply.send(Err(ServerError::Internal(format!("storing the push failed: {e}"))));
                 }
@@ -1533,17 +1543,35 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Writes the sightings `note_seen` kept, inside the writer's transaction.
-    fn write_seen(&self, tx: &Transaction<'_>) -> Result<()> {
-        let seen = std::mem::take(&mut *self.seen.lock().unwrap_or_else(|p| p.into_inner()));
-        for (id, (at, state)) in seen {
-            exec(
-                tx,
-                "UPDATE devices SET last_seen_ms = max(coalesce(last_seen_ms, 0), ?2), last_state = ?3 WHERE id = ?1",
-                params![id, at, state],
-            )?;
+    /// The sightings `note_seen` kept, handed to whoever writes them.
+    fn take_seen(&self) -> Sightings {
+        std::mem::take(&mut *self.seen.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Sightings that could not be written go back, unless the device was seen again since.
+    fn restore_seen(&self, seen: Sightings) {
+        let mut pending = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, at) in seen {
+            pending.entry(id).or_insert(at);
         }
-        Ok(())
+    }
+
+    /// Writes the kept sightings in a transaction of their own (a device listing, closing the
+    /// store); nothing to do when none is kept.
+    fn flush_seen(&self, conn: &mut Connection) -> Result<()> {
+        let seen = self.take_seen();
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let written =
+            conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(ServerError::from).and_then(|tx| {
+                write_seen(&tx, &seen)?;
+                Ok(tx.commit()?)
+            });
+        if written.is_err() {
+            self.restore_seen(seen);
+        }
+        written
     }
 
     /// One device's push, inside the writer's transaction.
