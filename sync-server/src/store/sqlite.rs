@@ -101,6 +101,8 @@ pub struct SqliteStore {
     /// When each device last synced without sending anything, and the state it reported, not
     /// yet written: see `note_seen`.
     seen: Mutex<Sightings>,
+    /// See [`SeqCounter`]; only touched by whoever holds the writer connection.
+    seq: Mutex<SeqCounter>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -180,15 +182,25 @@ fn last_seq(conn: &Connection) -> Result<i64> {
     Ok(meta_get(conn, "last_seq")?.and_then(|v| v.parse().ok()).unwrap_or(0))
 }
 
-/// Takes the next sequence number. Only ever called inside the writer's transaction.
-fn next_seq(conn: &Connection) -> Result<i64> {
-    Ok(q1(
-        conn,
-        "INSERT INTO meta (key, value) VALUES ('last_seq', '1')
-         ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1 RETURNING CAST(value AS INTEGER)",
-        [],
-        |r| r.get(0),
-    )?)
+/// Sequence numbers as the one writer hands them out: counted in memory and written to `meta`
+/// once per transaction, just before it commits (`SqliteStore::commit`), instead of an upsert
+/// of `meta` for every change. Numbers taken by a transaction that rolls back are never reused
+/// (the count only grows), so a gap can appear but a cursor never skips a committed change.
+#[derive(Debug, Default)]
+struct SeqCounter {
+    /// The last number taken; `None` until the writer first needs one (then read from `meta`).
+    taken: Option<i64>,
+    /// The last number `meta` holds as committed.
+    stored: i64,
+}
+
+/// Turns on SQLite's query planner stability guarantee for a connection: a cached statement keeps
+/// the plan it was compiled with. Without it SQLite may compile a statement again whenever a
+/// bound value changes (for STAT4 statistics, LIKE patterns), and it did so on every request
+/// that authenticated: a tenth of the storm's request handling went into compiling one query.
+fn plan_once(conn: &Connection) -> Result<()> {
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    Ok(())
 }
 
 /// Dotted version compare: is `a` older than `b`?
@@ -209,6 +221,7 @@ impl SqliteStore {
         // The writer touches every index of a district's tables: 16 MiB keeps their inner pages
         // cached at district scale. More did not help (a commit walks the cache) and costs memory.
         conn.execute_batch("PRAGMA cache_size = -16384;")?;
+        plan_once(&conn)?;
 
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version > SCHEMA_VERSION {
@@ -260,6 +273,7 @@ impl SqliteStore {
             console_writes: Mutex::new(()),
             batches: std::sync::atomic::AtomicU64::new(0),
             seen: Mutex::new(HashMap::new()),
+            seq: Mutex::new(SeqCounter::default()),
         })
     }
 
@@ -336,7 +350,7 @@ impl SqliteStore {
         let wanted: BTreeSet<String> = scopes.iter().cloned().collect();
         if current != wanted {
             // A sequence number marks the moment, so devices' cursors can tell what is new to them.
-            let seq = next_seq(&tx)?;
+            let seq = self.next_seq(&tx)?;
             for s in wanted.difference(&current) {
                 exec(
                     &tx,
@@ -353,7 +367,7 @@ impl SqliteStore {
                 )?;
             }
         }
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(())
     }
 
@@ -661,7 +675,7 @@ impl SqliteStore {
                 }
             }
         }
-        let seq = next_seq(tx)?;
+        let seq = self.next_seq(tx)?;
         exec(
             tx,
             "INSERT INTO changes (seq, hash, doc_id, device_id, received_ms, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -1506,7 +1520,7 @@ impl SqliteStore {
                     savepoints = true;
                     continue;
                 }
-                tx.commit()?;
+                self.commit(tx)?;
                 break;
             }
             // Keep the planner's statistics current as the district grows (cheap when they are).
@@ -1544,6 +1558,38 @@ impl SqliteStore {
     }
 
     /// The sightings `note_seen` kept, handed to whoever writes them.
+    /// Takes the next sequence number. Only ever called inside a transaction of the writer
+    /// connection, which then commits through [`SqliteStore::commit`].
+    fn next_seq(&self, tx: &Connection) -> Result<i64> {
+        let mut seq = self.seq.lock().unwrap_or_else(|p| p.into_inner());
+        let last = match seq.taken {
+            Some(n) => n,
+            None => {
+                let n = last_seq(tx)?;
+                seq.stored = n;
+                n
+            }
+        };
+        seq.taken = Some(last + 1);
+        Ok(last + 1)
+    }
+
+    /// Commits a transaction of the writer connection, first recording in `meta` the last
+    /// sequence number it took: a reader's `last_seq` (a device's new cursor) and a restarted
+    /// server both start from there.
+    fn commit(&self, tx: Transaction<'_>) -> Result<()> {
+        let mut seq = self.seq.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = seq.taken.filter(|t| *t > seq.stored);
+        if let Some(t) = pending {
+            meta_set(&tx, "last_seq", &t.to_string())?;
+        }
+        tx.commit()?;
+        if let Some(t) = pending {
+            seq.stored = t;
+        }
+        Ok(())
+    }
+
     fn take_seen(&self) -> Sightings {
         std::mem::take(&mut *self.seen.lock().unwrap_or_else(|p| p.into_inner()))
     }
@@ -1663,6 +1709,7 @@ impl SqliteStore {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
         )?;
         c.execute_batch("PRAGMA busy_timeout = 5000;")?;
+        plan_once(&c)?;
         c.set_prepared_statement_cache_capacity(256);
         Ok(c)
     }
@@ -1779,7 +1826,7 @@ impl SqliteStore {
                 self.refresh_doc(&tx, d, t)?;
             }
         }
-        tx.commit()?;
+        self.commit(tx)?;
         Ok(())
     }
 
@@ -1818,5 +1865,54 @@ impl SqliteStore {
     /// Devices older than this are told to upgrade (their pushes are still accepted).
     pub fn set_min_app_version(&self, version: &str) -> Result<()> {
         meta_set(&self.conn(), "min_app_version", version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A statement every request runs is compiled once per connection, whatever is bound to it:
+    /// with STAT4 statistics (this build of SQLite gathers them) SQLite would otherwise compile
+    /// it again each time the bound user changes.
+    #[test]
+    fn a_cached_statement_is_not_compiled_again_when_its_binding_changes() {
+        let dir = std::env::temp_dir().join(format!("gridwork-plan-once-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = SqliteStore::open(&dir).expect("open");
+        {
+            let conn = store.conn();
+            for u in 0..20 {
+                conn.execute("INSERT INTO users (id, role) VALUES (?1, 'worker')", [format!("u{u}")]).expect("user");
+                // Skewed, so the statistics have something to say about each user.
+                for g in 0..(1 + u * u) {
+                    conn.execute(
+                        "INSERT INTO user_scopes (user_id, scope, granted_seq) VALUES (?1, ?2, 1)",
+                        params![format!("u{u}"), format!("grid:{g}")],
+                    )
+                    .expect("scope");
+                }
+            }
+            conn.execute_batch("ANALYZE;").expect("analyze");
+        }
+        let reader = store.reader().expect("reader");
+        for u in 0..20 {
+            let device = Device {
+                id: format!("d{u}"),
+                user: format!("u{u}"),
+                role: Role::Worker,
+                department: None,
+                retired: false,
+            };
+            let scopes = SqliteStore::device_scopes(&reader, &device).expect("scopes");
+            assert_eq!(scopes.len() as i64, 2 + u * u, "the user's scopes and their own");
+        }
+        let stmt =
+            reader.prepare_cached("SELECT scope, granted_seq FROM user_scopes WHERE user_id = ?1").expect("cached");
+        assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
+        drop(stmt);
+        drop(reader);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
