@@ -455,7 +455,8 @@ fn photos_and_conflicting_values_on_the_case_page() {
 
 /// A district's store from before the console (schema 3) upgrades with its cases and check-ins
 /// readable by the console: the backfill of schema 4 reads them out of the stored changes and
-/// records.
+/// records. Schema 6 drops the community and street rows servers until then wrote for every
+/// case; the community's supervisor still sees every case, through its grids.
 #[test]
 fn a_store_from_before_the_console_upgrades_with_everything_visible() {
     let d = District::new();
@@ -517,10 +518,38 @@ fn a_store_from_before_the_console_upgrades_with_everything_visible() {
         v3("doc_events", "doc_id, event_id, json");
         v3("membership", "doc_id, scope, joined_seq");
         v3("scope_changes", "scope, seq, doc_id");
+        // What servers before schema 6 also wrote: a row for the case's community and street.
+        for (kind, column) in [("community", "g.community"), ("street", "g.street")] {
+            conn.execute(
+                &format!(
+                    "INSERT INTO membership (doc_id, scope, joined_seq) SELECT m.doc_id, '{kind}:' || {column}, m.joined_seq
+                     FROM membership m JOIN grids g ON m.scope = 'grid:' || g.id"
+                ),
+                [],
+            )
+            .expect("area rows");
+        }
+        let areas: i64 = conn
+            .query_row("SELECT count(*) FROM membership WHERE scope LIKE 'community:%'", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(areas, 3, "the old store has a community row per case");
         v3("records", "id, device_id, received_ms, body");
         conn.execute_batch("DETACH DATABASE cur; PRAGMA user_version = 3;").expect("version 3");
     }
     let upgraded = gridwork_sync_server::SqliteStore::open(old_dir.path()).expect("upgrades");
+    {
+        let conn = rusqlite::Connection::open(old_dir.path().join("server.db")).expect("upgraded store");
+        let (areas, grids): (i64, i64) = conn
+            .query_row(
+                "SELECT count(*) FILTER (WHERE scope NOT LIKE 'grid:%' AND scope NOT LIKE 'user:%'),
+                        count(*) FILTER (WHERE scope LIKE 'grid:%') FROM membership",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("count");
+        assert_eq!((areas, grids), (0, 3), "community and street rows dropped, grid rows kept");
+    }
+    assert_eq!(upgraded.docs_in_scope("s1").expect("scope").len(), 3, "s1's community, through its grids");
     let console = &upgraded as &dyn ConsoleStore;
     console.set_password("s1", PASSWORD, 0).expect("password");
     let (_, session) = console.sign_in("s1", PASSWORD, 0).expect("sign in");

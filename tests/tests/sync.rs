@@ -487,6 +487,55 @@ fn cases_that_leave_a_scope_are_hidden_but_kept_and_unsynced_work_on_them_still_
         .any(|t| matches!(&t.event.kind, EventKind::Note { text } if text == "gate still open")));
 }
 
+/// A community sees its cases through the grids placed in it (schema 6). When the catalog moves
+/// a grid to another community, the new community's phones receive the grid's cases whole on
+/// their next sync, the old community's phones hear that they left, and later cases follow the
+/// grid.
+#[test]
+fn a_grid_moved_to_another_community_takes_its_cases_along() {
+    let d = District::new();
+    d.store.set_user("s9", Role::Supervisor, None, &["community:Community 9".into()]).expect("s9");
+    let mut w1 = phone(&d, "w1", None);
+    let mut s1 = phone(&d, "s1", None);
+    let mut s9 = phone(&d, "s9", None);
+    let mut before = capture(&w1, 0, 2, 51);
+    before.sort();
+    w1.sync(&d.url()).expect("w1 pushes");
+    s1.sync(&d.url()).expect("s1");
+    s9.sync(&d.url()).expect("s9");
+    let listed = |p: &Phone| {
+        let q = CaseQuery { limit: 50, ..Default::default() };
+        let mut v: Vec<CaseId> = p.store.list_cases(&q).expect("list").items.into_iter().map(|c| c.id).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(listed(&s1), before, "g0 lies in Community 0");
+    assert!(listed(&s9).is_empty());
+
+    let mut moved = district(4);
+    moved.grids[0].community = "Community 9".into();
+    d.store.import_catalog(&moved).expect("catalog");
+    let r9 = s9.sync(&d.url()).expect("s9 after the move");
+    assert_eq!(listed(&s9), before, "the moved grid's cases arrive whole");
+    assert_eq!(r9.left_scope, 0);
+    let r1 = s1.sync(&d.url()).expect("s1 after the move");
+    assert_eq!(r1.left_scope, 2, "Community 0's phone hears the cases left");
+    assert!(listed(&s1).is_empty());
+    assert_eq!(d.store.docs_in_scope("s9").expect("scope"), before.iter().map(|c| c.to_string()).collect::<Vec<_>>());
+
+    let later = capture(&w1, 0, 1, 52)[0];
+    w1.sync(&d.url()).expect("w1 again");
+    s1.sync(&d.url()).expect("s1 again");
+    s9.sync(&d.url()).expect("s9 again");
+    assert!(listed(&s1).is_empty(), "a later case in g0 is not Community 0's");
+    assert!(listed(&s9).contains(&later));
+    // Moving nothing changes nothing: no placement gets a new moment.
+    let head = d.store.sync(&d.store.authenticate(&s9.config.token).expect("token"), push_request(vec![], vec![]), 0);
+    d.store.import_catalog(&moved).expect("same catalog");
+    let again = d.store.sync(&d.store.authenticate(&s9.config.token).expect("token"), push_request(vec![], vec![]), 0);
+    assert_eq!(head.expect("pull").cursor, again.expect("pull").cursor, "no new sequence number");
+}
+
 #[test]
 fn a_record_claiming_another_device_is_quarantined_and_kept_as_sent() {
     let d = District::new();

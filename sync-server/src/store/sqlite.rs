@@ -79,7 +79,7 @@ const MAX_READERS: usize = 64;
 const MAX_WANT_FULL: usize = 100;
 
 /// The schema this server writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 pub struct SqliteStore {
     /// Evidence blobs beside the database.
@@ -228,12 +228,13 @@ impl SqliteStore {
             return Err(ServerError::Internal(format!("store schema {version} is newer than this server: update it")));
         }
         // Each step in its own transaction with its version bump: a crash leaves a whole schema.
-        let steps: [(i64, &str); 5] = [
+        let steps: [(i64, &str); 6] = [
             (1, include_str!("schema.sql")),
             (2, include_str!("schema_2_blobs.sql")),
             (3, include_str!("schema_3_retire.sql")),
             (4, include_str!("schema_4_console.sql")),
             (5, include_str!("schema_5_lean.sql")),
+            (6, include_str!("schema_6_areas.sql")),
         ];
         let mut conn = conn;
         for (to, sql) in steps {
@@ -294,6 +295,42 @@ impl SqliteStore {
         self.catalog()
     }
 
+    /// Records where each grid of `catalog` lies: a grid placed in a community or street from now
+    /// on, a grid no longer in one since now (a sequence number, so cursors tell which devices
+    /// have yet to hear). Unchanged placements keep their moment.
+    fn place_grids(&self, tx: &Transaction<'_>, catalog: &Catalog) -> Result<()> {
+        let wanted: BTreeSet<(String, String)> = catalog
+            .grids
+            .iter()
+            .flat_map(|g| [("community", &g.community), ("street", &g.street)].map(|(kind, name)| (kind, name, g)))
+            .filter(|(_, name, _)| !name.is_empty())
+            .map(|(kind, name, g)| (format!("{kind}:{name}"), g.id.0.clone()))
+            .collect();
+        let current: BTreeSet<(String, String)> = tx
+            .prepare("SELECT scope, grid_id FROM grid_placements WHERE to_seq IS NULL")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        if wanted == current {
+            return Ok(());
+        }
+        let seq = self.next_seq(tx)?;
+        for (scope, grid) in current.difference(&wanted) {
+            exec(
+                tx,
+                "UPDATE grid_placements SET to_seq = ?3 WHERE scope = ?1 AND grid_id = ?2 AND to_seq IS NULL",
+                params![scope, grid, seq],
+            )?;
+        }
+        for (scope, grid) in wanted.difference(&current) {
+            exec(
+                tx,
+                "INSERT INTO grid_placements (scope, grid_id, from_seq) VALUES (?1, ?2, ?3)",
+                params![scope, grid, seq],
+            )?;
+        }
+        Ok(())
+    }
+
     /// Replaces the reference data and bumps the catalog version.
     pub fn import_catalog(&self, catalog: &Catalog) -> Result<u64> {
         let mut conn = self.conn();
@@ -315,8 +352,9 @@ impl SqliteStore {
         for d in &catalog.departments {
             exec(&tx, "INSERT INTO departments (id, json) VALUES (?1, ?2)", params![d.id.0, json(d)?])?;
         }
+        self.place_grids(&tx, catalog)?;
         meta_set(&tx, "catalog_version", &version.to_string())?;
-        tx.commit()?;
+        self.commit(tx)?;
         let mut new = catalog.clone();
         new.version = version;
         *self.places.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Places::new(Arc::new(new)));
@@ -498,7 +536,7 @@ impl SqliteStore {
     /// Every scope a device of `user` sees, with when it was granted.
     fn device_scopes(tx: &Connection, device: &Device) -> Result<BTreeMap<String, i64>> {
         let mut scopes: BTreeMap<String, i64> = tx
-            .prepare_cached("SELECT scope, granted_seq FROM user_scopes WHERE user_id = ?1")?
+            .prepare_cached("SELECT scope, min(granted_seq) FROM user_areas WHERE user_id = ?1 GROUP BY scope")?
             .query_map([&device.user], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
         scopes.insert(format!("user:{}", device.user), 0);
@@ -802,12 +840,9 @@ impl SqliteStore {
                 _ => {}
             }
         }
+        // A grid's community and street see its cases through `grid_placements` (schema 6).
         for g in &grids {
             scopes.insert(format!("grid:{g}"));
-            if let Some(grid) = places.grid(g) {
-                scopes.insert(format!("community:{}", grid.community));
-                scopes.insert(format!("street:{}", grid.street));
-            }
         }
         for a in &state.assignees {
             match a {
@@ -1031,8 +1066,17 @@ impl SqliteStore {
             }
         }
         // Documents that left the device's view: in a scope the user lost, and in no scope kept.
-        let removed: Vec<String> = conn
-            .prepare_cached("SELECT scope FROM user_scopes_removed WHERE user_id = ?1 AND removed_seq > ?2")?
+        // A community or street stands for the grids placed in it (ever: whichever of them the
+        // device still sees is kept below); a grid that left one of the user's communities or
+        // streets since the cursor is a scope lost too.
+        let removed: BTreeSet<String> = conn
+            .prepare_cached(
+                "SELECT scope FROM user_scopes_removed WHERE user_id = ?1 AND removed_seq > ?2
+                 UNION SELECT 'grid:' || p.grid_id FROM user_scopes_removed r JOIN grid_placements p ON p.scope = r.scope
+                     WHERE r.user_id = ?1 AND r.removed_seq > ?2
+                 UNION SELECT 'grid:' || p.grid_id FROM user_scopes s JOIN grid_placements p ON p.scope = s.scope
+                     WHERE s.user_id = ?1 AND p.to_seq > ?2",
+            )?
             .query_map(params![device.user, cursor], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         let mut left = BTreeSet::new();
@@ -1336,7 +1380,7 @@ impl SyncStore for SqliteStore {
             "SELECT 1 FROM blob_links l WHERE l.sha256 = ?1 AND (
                  (l.owner_kind = 'case' AND EXISTS (
                      SELECT 1 FROM membership m WHERE m.doc_id = l.owner_id
-                     AND (m.scope = 'user:' || ?2 OR m.scope IN (SELECT scope FROM user_scopes WHERE user_id = ?2))))
+                     AND (m.scope = 'user:' || ?2 OR m.scope IN (SELECT scope FROM user_areas WHERE user_id = ?2))))
                  OR (l.owner_kind = 'check_in' AND EXISTS (
                      SELECT 1 FROM records r JOIN devices d ON d.id = r.device_id
                      WHERE r.id = l.owner_id AND d.user_id = ?2)))
@@ -1722,7 +1766,7 @@ impl SqliteStore {
             BlobOwner::Case(id) => q1(
                 &reader,
                 "SELECT 1 FROM membership m WHERE m.doc_id = ?1
-                 AND (m.scope = 'user:' || ?2 OR m.scope IN (SELECT scope FROM user_scopes WHERE user_id = ?2)) LIMIT 1",
+                 AND (m.scope = 'user:' || ?2 OR m.scope IN (SELECT scope FROM user_areas WHERE user_id = ?2)) LIMIT 1",
                 params![id, device.user],
                 |r| r.get::<_, i64>(0),
             ),
@@ -1847,7 +1891,7 @@ impl SqliteStore {
         let mut docs: Vec<String> = conn
             .prepare(
                 "SELECT DISTINCT m.doc_id FROM membership m
-                 WHERE m.scope = 'user:' || ?1 OR m.scope IN (SELECT scope FROM user_scopes WHERE user_id = ?1)",
+                 WHERE m.scope = 'user:' || ?1 OR m.scope IN (SELECT scope FROM user_areas WHERE user_id = ?1)",
             )?
             .query_map([user], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;

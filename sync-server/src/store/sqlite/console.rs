@@ -211,7 +211,19 @@ struct FilterSql {
     per_row: String,
 }
 
-fn filter_sql(user: &ConsoleUser, filter: &CaseFilter, now_ms: i64) -> Result<FilterSql> {
+/// The membership scopes an area filter stands for: a community or street is the grids placed in
+/// it now (schema 6); a grid, a department or a person is itself.
+fn area_scopes(conn: &Connection, area: &str) -> Result<Vec<String>> {
+    if !(area.starts_with("community:") || area.starts_with("street:")) {
+        return Ok(vec![area.to_owned()]);
+    }
+    Ok(conn
+        .prepare_cached("SELECT 'grid:' || grid_id FROM grid_placements WHERE scope = ?1 AND to_seq IS NULL")?
+        .query_map([area], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+fn filter_sql(conn: &Connection, user: &ConsoleUser, filter: &CaseFilter, now_ms: i64) -> Result<FilterSql> {
     let calendar = DistrictCalendar::default();
     // A document whose report has not arrived yet (status "empty") is not a case to list.
     let mut clauses = vec!["d.status != 'empty'".to_owned()];
@@ -222,7 +234,8 @@ fn filter_sql(user: &ConsoleUser, filter: &CaseFilter, now_ms: i64) -> Result<Fi
         args.push(v);
         format!("?{}", args.len())
     };
-    if let Some(scopes) = SqliteStore::visible_scopes(user) {
+    let visible = SqliteStore::visible_scopes(conn, user)?;
+    if let Some(scopes) = visible.clone() {
         let marks: Vec<String> = scopes.into_iter().map(|s| arg(Box::new(s), &mut args)).collect();
         // Driven from the membership index: a community's cases, not every case checked.
         let marks = marks.join(",");
@@ -232,9 +245,12 @@ fn filter_sql(user: &ConsoleUser, filter: &CaseFilter, now_ms: i64) -> Result<Fi
         area_forms.push((in_form, per_row));
     }
     if !filter.area.is_empty() {
-        let a = arg(Box::new(filter.area.clone()), &mut args);
-        let in_form = format!("d.doc_id IN (SELECT m2.doc_id FROM membership m2 WHERE m2.scope = {a})");
-        let per_row = format!("EXISTS (SELECT 1 FROM membership m2 WHERE m2.doc_id = d.doc_id AND m2.scope = {a})");
+        let marks: Vec<String> =
+            area_scopes(conn, &filter.area)?.into_iter().map(|s| arg(Box::new(s), &mut args)).collect();
+        let marks = marks.join(",");
+        let in_form = format!("d.doc_id IN (SELECT m2.doc_id FROM membership m2 WHERE m2.scope IN ({marks}))");
+        let per_row =
+            format!("EXISTS (SELECT 1 FROM membership m2 WHERE m2.doc_id = d.doc_id AND m2.scope IN ({marks}))");
         clauses.push(in_form.clone());
         area_forms.push((in_form, per_row));
     }
@@ -268,7 +284,7 @@ fn filter_sql(user: &ConsoleUser, filter: &CaseFilter, now_ms: i64) -> Result<Fi
         let a = arg(Box::new(filter.status.clone()), &mut args);
         clauses.push(format!("d.status = {a}"));
     }
-    let area_only = match SqliteStore::visible_scopes(user) {
+    let area_only = match visible {
         Some(scopes)
             if filter.area.is_empty()
                 && filter.category.is_empty()
@@ -302,14 +318,18 @@ impl SqliteStore {
         Ok(ConsoleUser { id: user.to_owned(), role: parse_role(&role)?, department, scopes })
     }
 
-    /// The scopes a console person's queue and actions are limited to (None: everything).
-    fn visible_scopes(user: &ConsoleUser) -> Option<Vec<String>> {
+    /// The scopes a console person's queue and actions are limited to (None: everything), with
+    /// their communities and streets read as the grids placed in them.
+    fn visible_scopes(conn: &Connection, user: &ConsoleUser) -> Result<Option<Vec<String>>> {
         if user.sees_everything() {
-            return None;
+            return Ok(None);
         }
-        let mut scopes = user.scopes.clone();
+        let mut scopes: Vec<String> = conn
+            .prepare_cached("SELECT DISTINCT scope FROM user_areas WHERE user_id = ?1")?
+            .query_map([&user.id], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
         scopes.push(format!("user:{}", user.id));
-        Some(scopes)
+        Ok(Some(scopes))
     }
 
     fn can_see_case(conn: &Connection, user: &ConsoleUser, case_id: &str) -> Result<bool> {
@@ -318,10 +338,13 @@ impl SqliteStore {
         if exists.is_none() {
             return Ok(false);
         }
-        let Some(scopes) = Self::visible_scopes(user) else { return Ok(true) };
-        let mut stmt = conn.prepare_cached("SELECT 1 FROM membership WHERE doc_id = ?1 AND scope = ?2")?;
-        for s in &scopes {
-            if stmt.exists(params![case_id, s])? {
+        let Some(scopes) = Self::visible_scopes(conn, user)? else { return Ok(true) };
+        let joined: Vec<String> = conn
+            .prepare_cached("SELECT scope FROM membership WHERE doc_id = ?1")?
+            .query_map([case_id], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for s in &joined {
+            if scopes.contains(s) {
                 return Ok(true);
             }
         }
@@ -458,10 +481,10 @@ impl ConsoleStore for SqliteStore {
     }
 
     fn case_queue(&self, user: &ConsoleUser, filter: &CaseFilter, now_ms: i64) -> Result<CaseQueue> {
-        let FilterSql { area_only, without_status, with_status, mut args, args_without_status, per_row } =
-            filter_sql(user, filter, now_ms)?;
-        let size = if filter.all { MAX_EXPORT } else { PAGE_SIZE };
         let reader = self.reader()?;
+        let FilterSql { area_only, without_status, with_status, mut args, args_without_status, per_row } =
+            filter_sql(&reader, user, filter, now_ms)?;
+        let size = if filter.all { MAX_EXPORT } else { PAGE_SIZE };
         let result = (|| -> Result<CaseQueue> {
             let counts: Vec<(String, i64)> = match area_only {
                 // A case in two of the person's scopes (their community, and assigned to them)
@@ -702,8 +725,8 @@ impl ConsoleStore for SqliteStore {
     }
 
     fn map_pins(&self, user: &ConsoleUser, filter: &CaseFilter, limit: u32, now_ms: i64) -> Result<Vec<MapPin>> {
-        let FilterSql { with_status, args, .. } = filter_sql(user, filter, now_ms)?;
         let reader = self.reader()?;
+        let FilterSql { with_status, args, .. } = filter_sql(&reader, user, filter, now_ms)?;
         let pins = reader
             .prepare(&format!(
                 "SELECT d.doc_id, coalesce(d.code, ''), d.status, d.lat, d.lon FROM docs d
