@@ -31,32 +31,47 @@ mod weak_link;
 #[allow(unsafe_code)]
 mod counting_alloc {
     //! Counts live heap bytes and their peak, so the photo pipeline's memory is measured
-    //! exactly rather than guessed from RSS. Wrapping the system allocator needs `unsafe`.
-    use std::alloc::{GlobalAlloc, Layout, System};
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    //! exactly rather than guessed from RSS. Wrapping the allocator needs `unsafe`.
+    //!
+    //! Underneath is the server's allocator, mimalloc (ADR 14): the storm's server child runs
+    //! from this binary and must run what `gridwork-sync-server serve` runs, and it stops the
+    //! counting (shared counters every thread updates on every allocation would be measured as
+    //! the server's own cost).
+    use std::alloc::{GlobalAlloc, Layout};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use mimalloc::MiMalloc;
 
     pub static CURRENT: AtomicUsize = AtomicUsize::new(0);
     pub static PEAK: AtomicUsize = AtomicUsize::new(0);
+    static COUNTING: AtomicBool = AtomicBool::new(true);
 
     pub struct Counting;
 
-    // SAFETY: every call is forwarded unchanged to the system allocator; only counters are added.
+    /// Stops counting for the rest of the process (the counters are not read after).
+    pub fn stop() {
+        COUNTING.store(false, Ordering::Relaxed);
+    }
+
+    // SAFETY: every call is forwarded unchanged to mimalloc; only counters are added.
     unsafe impl GlobalAlloc for Counting {
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            let p = unsafe { System.alloc(layout) };
-            if !p.is_null() {
+            let p = unsafe { MiMalloc.alloc(layout) };
+            if !p.is_null() && COUNTING.load(Ordering::Relaxed) {
                 let now = CURRENT.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
                 PEAK.fetch_max(now, Ordering::Relaxed);
             }
             p
         }
         unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-            unsafe { System.dealloc(ptr, layout) };
-            CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
+            unsafe { MiMalloc.dealloc(ptr, layout) };
+            if COUNTING.load(Ordering::Relaxed) {
+                CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
+            }
         }
         unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-            let p = unsafe { System.realloc(ptr, layout, new_size) };
-            if !p.is_null() {
+            let p = unsafe { MiMalloc.realloc(ptr, layout, new_size) };
+            if !p.is_null() && COUNTING.load(Ordering::Relaxed) {
                 if new_size >= layout.size() {
                     let now = CURRENT.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size - layout.size();
                     PEAK.fetch_max(now, Ordering::Relaxed);
@@ -400,7 +415,10 @@ fn main() {
         "weak-link" => weak_link::parse(args).and_then(weak_link::run),
         "storm" => storm::parse(args).and_then(|a| storm::run(a, &|v| println!("{v}"))),
         "storm-server" => match args.next() {
-            Some(dir) => storm::serve_child(&dir),
+            Some(dir) => {
+                counting_alloc::stop();
+                storm::serve_child(&dir)
+            }
             None => Err("storm-server DIR".to_owned()),
         },
         _ => Err("usage: gridwork-bench device|idle-sync [--cases N] [--photo PATH] [--photo-runs N]
