@@ -536,6 +536,39 @@ fn a_grid_moved_to_another_community_takes_its_cases_along() {
     assert_eq!(head.expect("pull").cursor, again.expect("pull").cursor, "no new sequence number");
 }
 
+/// An `admin` command may write the store while the server runs (another process, its own
+/// `SqliteStore`). Sequence numbers come from the store under its write lock, not from a count
+/// the server keeps: a number the admin took is never handed out again, so no cursor passing it
+/// can skip a change.
+#[test]
+fn an_admin_writing_the_store_while_the_server_runs_never_shares_a_sequence_number() {
+    let d = District::new();
+    let mut w1 = phone(&d, "w1", None);
+    capture(&w1, 0, 2, 61);
+    w1.sync(&d.url()).expect("first push");
+    let admin = gridwork_sync_server::SqliteStore::open(d.dir.path()).expect("admin opens the store");
+    admin.set_user("w9", Role::Worker, None, &["grid:g1".into()]).expect("admin grants");
+    drop(admin);
+    capture(&w1, 0, 1, 62);
+    w1.sync(&d.url()).expect("second push");
+    let conn = rusqlite::Connection::open(d.dir.path().join("server.db")).expect("open");
+    let granted: i64 =
+        conn.query_row("SELECT granted_seq FROM user_scopes WHERE user_id = 'w9'", [], |r| r.get(0)).expect("grant");
+    let (shared, after): (i64, i64) = conn
+        .query_row(
+            "SELECT count(*) FILTER (WHERE seq = ?1), count(*) FILTER (WHERE seq > ?1) FROM changes",
+            [granted],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("changes");
+    assert_eq!(shared, 0, "no change numbered like the grant");
+    assert_eq!(after, 1, "the later push comes after the grant");
+    let last: String =
+        conn.query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| r.get(0)).expect("last_seq");
+    let max: i64 = conn.query_row("SELECT max(seq) FROM changes", [], |r| r.get(0)).expect("max");
+    assert_eq!(last.parse::<i64>().expect("number"), max, "meta holds the last number taken");
+}
+
 #[test]
 fn a_record_claiming_another_device_is_quarantined_and_kept_as_sent() {
     let d = District::new();

@@ -182,15 +182,18 @@ fn last_seq(conn: &Connection) -> Result<i64> {
     Ok(meta_get(conn, "last_seq")?.and_then(|v| v.parse().ok()).unwrap_or(0))
 }
 
-/// Sequence numbers as the one writer hands them out: counted in memory and written to `meta`
-/// once per transaction, just before it commits (`SqliteStore::commit`), instead of an upsert
-/// of `meta` for every change. Numbers taken by a transaction that rolls back are never reused
-/// (the count only grows), so a gap can appear but a cursor never skips a committed change.
+/// Sequence numbers as the writer hands them out within one write transaction: read from `meta`
+/// when the transaction first needs one, counted in memory, and written to `meta` once, just
+/// before it commits (`SqliteStore::commit`), instead of an upsert of `meta` for every change.
+/// Every write transaction starts from `meta` again (`SqliteStore::begin_write`), under the
+/// database's write lock: another process writing the same store (an `admin` command while the
+/// server runs) is never overtaken by a stale count, and numbers a rolled-back transaction took
+/// were never committed, so reusing them is safe.
 #[derive(Debug, Default)]
 struct SeqCounter {
-    /// The last number taken; `None` until the writer first needs one (then read from `meta`).
+    /// The last number taken in the open transaction; `None` until it first needs one.
     taken: Option<i64>,
-    /// The last number `meta` holds as committed.
+    /// What `meta` held when the open transaction first took a number.
     stored: i64,
 }
 
@@ -334,7 +337,7 @@ impl SqliteStore {
     /// Replaces the reference data and bumps the catalog version.
     pub fn import_catalog(&self, catalog: &Catalog) -> Result<u64> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = self.begin_write(&mut conn)?;
         let version = meta_get(&tx, "catalog_version")?.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + 1;
         exec(&tx, "DELETE FROM grids", [])?;
         exec(&tx, "DELETE FROM categories", [])?;
@@ -374,7 +377,7 @@ impl SqliteStore {
             }
         }
         let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin_write(&mut conn)?;
         exec(
             &tx,
             "INSERT INTO users (id, role, department) VALUES (?1, ?2, ?3)
@@ -1533,7 +1536,7 @@ impl SqliteStore {
             // batch starts over with a savepoint around each push, so that failure stays its own.
             let mut savepoints = false;
             loop {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let tx = self.begin_write(conn)?;
                 write_seen(&tx, &seen)?;
                 answers.clear();
                 let mut failed = false;
@@ -1602,8 +1605,8 @@ impl SqliteStore {
     }
 
     /// The sightings `note_seen` kept, handed to whoever writes them.
-    /// Takes the next sequence number. Only ever called inside a transaction of the writer
-    /// connection, which then commits through [`SqliteStore::commit`].
+    /// Takes the next sequence number. Only ever called inside a transaction from
+    /// [`SqliteStore::begin_write`], which then commits through [`SqliteStore::commit`].
     fn next_seq(&self, tx: &Connection) -> Result<i64> {
         let mut seq = self.seq.lock().unwrap_or_else(|p| p.into_inner());
         let last = match seq.taken {
@@ -1618,19 +1621,24 @@ impl SqliteStore {
         Ok(last + 1)
     }
 
-    /// Commits a transaction of the writer connection, first recording in `meta` the last
-    /// sequence number it took: a reader's `last_seq` (a device's new cursor) and a restarted
-    /// server both start from there.
+    /// Starts a write transaction on the writer connection (taking the database's write lock
+    /// at once); sequence numbers start again from `meta` (see [`SeqCounter`]).
+    fn begin_write<'c>(&self, conn: &'c mut Connection) -> Result<Transaction<'c>> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        *self.seq.lock().unwrap_or_else(|p| p.into_inner()) = SeqCounter::default();
+        Ok(tx)
+    }
+
+    /// Commits a transaction from [`SqliteStore::begin_write`], first recording in `meta` the
+    /// last sequence number it took: a reader's `last_seq` (a device's new cursor), the next
+    /// transaction and a restarted server all start from there.
     fn commit(&self, tx: Transaction<'_>) -> Result<()> {
         let mut seq = self.seq.lock().unwrap_or_else(|p| p.into_inner());
-        let pending = seq.taken.filter(|t| *t > seq.stored);
-        if let Some(t) = pending {
+        if let Some(t) = seq.taken.filter(|t| *t > seq.stored) {
             meta_set(&tx, "last_seq", &t.to_string())?;
         }
+        *seq = SeqCounter::default();
         tx.commit()?;
-        if let Some(t) = pending {
-            seq.stored = t;
-        }
         Ok(())
     }
 
@@ -1828,7 +1836,7 @@ impl SqliteStore {
     /// case. Its earlier changes must be on the server (release those first).
     pub fn release_quarantined(&self, hash: &str, now_ms: i64) -> Result<()> {
         let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.begin_write(&mut conn)?;
         let row: Option<(String, String, String, Vec<u8>)> = tx
             .query_row("SELECT doc_id, device_id, status, bytes FROM quarantine WHERE hash = ?1", [hash], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
