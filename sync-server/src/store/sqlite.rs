@@ -193,14 +193,12 @@ fn last_seq(conn: &Connection) -> Result<i64> {
 struct SeqCounter {
     /// The last number taken in the open transaction; `None` until it first needs one.
     taken: Option<i64>,
-    /// What `meta` held when the open transaction first took a number.
-    stored: i64,
 }
 
 /// Turns on SQLite's query planner stability guarantee for a connection: a cached statement keeps
 /// the plan it was compiled with. Without it SQLite may compile a statement again whenever a
-/// bound value changes (for STAT4 statistics, LIKE patterns), and it did so on every request
-/// that authenticated: a tenth of the storm's request handling went into compiling one query.
+/// bound value changes (for STAT4 statistics, LIKE patterns), and it did so for the authenticate
+/// and device-scope queries on every request: 3.5% of the server's CPU in the storm (ADR 14).
 fn plan_once(conn: &Connection) -> Result<()> {
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     Ok(())
@@ -1611,11 +1609,7 @@ impl SqliteStore {
         let mut seq = self.seq.lock().unwrap_or_else(|p| p.into_inner());
         let last = match seq.taken {
             Some(n) => n,
-            None => {
-                let n = last_seq(tx)?;
-                seq.stored = n;
-                n
-            }
+            None => last_seq(tx)?,
         };
         seq.taken = Some(last + 1);
         Ok(last + 1)
@@ -1634,7 +1628,7 @@ impl SqliteStore {
     /// transaction and a restarted server all start from there.
     fn commit(&self, tx: Transaction<'_>) -> Result<()> {
         let mut seq = self.seq.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = seq.taken.filter(|t| *t > seq.stored) {
+        if let Some(t) = seq.taken {
             meta_set(&tx, "last_seq", &t.to_string())?;
         }
         *seq = SeqCounter::default();
