@@ -14,6 +14,7 @@
 
 pub mod backup;
 pub mod blobs;
+pub mod change_ops;
 pub mod console;
 pub mod demo;
 pub mod error;

@@ -1,0 +1,323 @@
+//! Reading the operations of a change straight from its columns, without expanding them.
+//!
+//! `Change::decode()` turns every operation into an owned `legacy::Op`: a case's description is
+//! Automerge text, one operation per character, so most of that work is for operations the
+//! server never looks at. It was a third of the parse cost in the storm (ADR 15). The server
+//! needs only the string values put into maps, and the maps a change creates; this reader walks
+//! the columns of the uncompressed change chunk and keeps just those.
+//!
+//! It reads only changes `Change::from_bytes` has already verified, so the bytes are well formed.
+//! Anything it does not expect (another chunk type, a compressed column, a value running past its
+//! column) is an error, and the caller falls back to `decode()`: this is a shortcut, never a
+//! second opinion. A test compares both on generated changes.
+//!
+//! Layout (Automerge binary format, "change chunks"): magic, checksum, chunk type, length;
+//! dependencies, actor, seq, start op, time, message, other actors; then column metadata (spec,
+//! length) and the column data.
+
+use automerge::Change;
+
+/// Where an operation puts something: the root map, or an object by (counter, actor index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Obj {
+    Root,
+    Id { counter: u64, actor: usize },
+}
+
+/// One map operation the server may care about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MapOp {
+    /// A string put under `key` in `obj`.
+    PutStr { obj: Obj, key: String, value: String },
+    /// A new map created under `key` in `obj`; `counter` is the new map's id counter.
+    MakeMap { obj: Obj, key: String, counter: u64 },
+}
+
+/// Why the shortcut could not read a change (the caller then uses `decode()`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable(pub &'static str);
+
+const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+const CHUNK_CHANGE: u8 = 1;
+
+// Column ids and types of a change's operation columns (id << 4 | deflate bit | type).
+const OBJ_ACTOR: u64 = 1;
+const OBJ_CTR: u64 = 2;
+const KEY_ACTOR: u64 = 0x11;
+const KEY_CTR: u64 = 0x13;
+const KEY_STR: u64 = 0x15;
+const INSERT: u64 = 0x34;
+const ACTION: u64 = 0x42;
+const VAL_META: u64 = 0x56;
+const VAL_RAW: u64 = 0x57;
+const DEFLATE_BIT: u64 = 0x08;
+
+const ACTION_MAKE_MAP: u64 = 0;
+const ACTION_SET: u64 = 1;
+const VALUE_TYPE_STR: u64 = 6;
+
+/// The map operations of a verified change, in order.
+pub fn map_ops(change: &Change) -> Result<Vec<MapOp>, Unreadable> {
+    map_ops_in(change.raw_bytes(), change.len())
+}
+
+/// [`map_ops`] on the bytes of an uncompressed change chunk holding `count` operations.
+pub fn map_ops_in(chunk: &[u8], count: usize) -> Result<Vec<MapOp>, Unreadable> {
+    let mut input = Reader(chunk);
+    if input.take(4)? != MAGIC {
+        return Err(Unreadable("no chunk magic"));
+    }
+    input.take(4)?; // checksum, verified by `Change::from_bytes`
+    if input.take(1)? != [CHUNK_CHANGE] {
+        return Err(Unreadable("not an uncompressed change chunk"));
+    }
+    let len = input.uleb()? as usize;
+    let mut body = Reader(input.take(len)?);
+    let deps = body.uleb()? as usize;
+    body.take(deps.checked_mul(32).ok_or(Unreadable("dependency count"))?)?;
+    let actor_len = body.uleb()? as usize;
+    body.take(actor_len)?;
+    body.uleb()?; // seq
+    let start_op = body.uleb()?;
+    body.sleb()?; // time
+    let message_len = body.uleb()? as usize;
+    body.take(message_len)?;
+    let others = body.uleb()? as usize;
+    for _ in 0..others {
+        let l = body.uleb()? as usize;
+        body.take(l)?;
+    }
+    let columns = body.uleb()? as usize;
+    let mut specs = Vec::with_capacity(columns.min(32));
+    for _ in 0..columns {
+        specs.push((body.uleb()?, body.uleb()? as usize));
+    }
+    let mut cols = Columns::default();
+    for (spec, len) in specs {
+        let data = body.take(len)?;
+        if spec & DEFLATE_BIT != 0 {
+            return Err(Unreadable("compressed column"));
+        }
+        match spec {
+            OBJ_ACTOR => cols.obj_actor = data,
+            OBJ_CTR => cols.obj_ctr = data,
+            KEY_ACTOR => cols.key_actor = data,
+            KEY_CTR => cols.key_ctr = data,
+            KEY_STR => cols.key_str = data,
+            INSERT => cols.insert = data,
+            ACTION => cols.action = data,
+            VAL_META => cols.val_meta = data,
+            VAL_RAW => cols.val_raw = data,
+            _ => {}
+        }
+    }
+    read_ops(&cols, count, start_op)
+}
+
+#[derive(Default)]
+struct Columns<'a> {
+    obj_actor: &'a [u8],
+    obj_ctr: &'a [u8],
+    key_actor: &'a [u8],
+    key_ctr: &'a [u8],
+    key_str: &'a [u8],
+    insert: &'a [u8],
+    action: &'a [u8],
+    val_meta: &'a [u8],
+    val_raw: &'a [u8],
+}
+
+fn read_ops(cols: &Columns<'_>, count: usize, start_op: u64) -> Result<Vec<MapOp>, Unreadable> {
+    let mut obj_actor = Rle::new(cols.obj_actor, Kind::Uleb);
+    let mut obj_ctr = Rle::new(cols.obj_ctr, Kind::Uleb);
+    let mut key_actor = Rle::new(cols.key_actor, Kind::Uleb);
+    let mut key_ctr = Rle::new(cols.key_ctr, Kind::Sleb);
+    let mut key_str = Rle::new(cols.key_str, Kind::Str);
+    let mut insert = Bools::new(cols.insert);
+    let mut action = Rle::new(cols.action, Kind::Uleb);
+    let mut val_meta = Rle::new(cols.val_meta, Kind::Uleb);
+    let mut raw = Reader(cols.val_raw);
+    let mut out = vec![];
+    for i in 0..count {
+        let (oa, oc) = (obj_actor.next()?, obj_ctr.next()?);
+        // Key actor and counter are read to keep the columns in step; only map keys matter here.
+        key_actor.next()?;
+        key_ctr.next()?;
+        let key = key_str.next_str()?;
+        insert.next()?;
+        // Every operation has an action: a null one means the columns ended before `count`.
+        let act = action.next()?.ok_or(Unreadable("fewer operations than the change counts"))?.as_u64();
+        let meta = val_meta.next()?.map(|v| v.as_u64()).unwrap_or(0);
+        let value = raw.take((meta >> 4) as usize)?;
+        let Some(key) = key else { continue };
+        let obj = match (oa, oc) {
+            (None, None) => Obj::Root,
+            (Some(a), Some(c)) => Obj::Id { counter: c.as_u64(), actor: a.as_u64() as usize },
+            _ => return Err(Unreadable("object id with half its columns")),
+        };
+        match act {
+            ACTION_SET if meta & 0x0f == VALUE_TYPE_STR => {
+                let value = std::str::from_utf8(value).map_err(|_| Unreadable("string value is not UTF-8"))?;
+                out.push(MapOp::PutStr { obj, key: key.to_owned(), value: value.to_owned() });
+            }
+            ACTION_MAKE_MAP => out.push(MapOp::MakeMap { obj, key: key.to_owned(), counter: start_op + i as u64 }),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// A cursor over bytes with LEB128 reads.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Unreadable> {
+        if n > self.0.len() {
+            return Err(Unreadable("runs past its end"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn uleb(&mut self) -> Result<u64, Unreadable> {
+        leb128::read::unsigned(&mut self.0).map_err(|_| Unreadable("bad unsigned LEB128"))
+    }
+    fn sleb(&mut self) -> Result<i64, Unreadable> {
+        leb128::read::signed(&mut self.0).map_err(|_| Unreadable("bad signed LEB128"))
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Uleb,
+    Sleb,
+    Str,
+}
+
+#[derive(Clone, Copy)]
+enum Val<'a> {
+    Int(i64),
+    Uint(u64),
+    Str(&'a [u8]),
+}
+
+impl Val<'_> {
+    fn as_u64(self) -> u64 {
+        match self {
+            Val::Uint(u) => u,
+            Val::Int(i) => i as u64,
+            Val::Str(_) => 0,
+        }
+    }
+}
+
+/// Automerge's run-length encoding: a signed count n, then n > 0: one value repeated n times;
+/// n < 0: -n literal values; n = 0: an unsigned count of nulls. An exhausted column reads as nulls.
+struct Rle<'a> {
+    input: Reader<'a>,
+    kind: Kind,
+    run: Run<'a>,
+    /// Delta columns (`Sleb`) hold differences: this is the running value.
+    absolute: i64,
+}
+
+enum Run<'a> {
+    None,
+    Repeat(u64, Val<'a>),
+    Literal(u64),
+    Nulls(u64),
+}
+
+impl<'a> Rle<'a> {
+    fn new(data: &'a [u8], kind: Kind) -> Self {
+        Rle { input: Reader(data), kind, run: Run::None, absolute: 0 }
+    }
+
+    fn value(&mut self) -> Result<Val<'a>, Unreadable> {
+        Ok(match self.kind {
+            Kind::Uleb => Val::Uint(self.input.uleb()?),
+            Kind::Sleb => Val::Int(self.input.sleb()?),
+            Kind::Str => {
+                let n = self.input.uleb()? as usize;
+                Val::Str(self.input.take(n)?)
+            }
+        })
+    }
+
+    fn next(&mut self) -> Result<Option<Val<'a>>, Unreadable> {
+        loop {
+            match &mut self.run {
+                Run::Repeat(n, v) if *n > 0 => {
+                    *n -= 1;
+                    let v = *v;
+                    return Ok(Some(self.delta(v)));
+                }
+                Run::Literal(n) if *n > 0 => {
+                    *n -= 1;
+                    let v = self.value()?;
+                    return Ok(Some(self.delta(v)));
+                }
+                Run::Nulls(n) if *n > 0 => {
+                    *n -= 1;
+                    return Ok(None);
+                }
+                _ => {}
+            }
+            if self.input.is_empty() {
+                return Ok(None);
+            }
+            let count = self.input.sleb()?;
+            self.run = match count {
+                c if c > 0 => Run::Repeat(c as u64, self.value()?),
+                c if c < 0 => Run::Literal(c.unsigned_abs()),
+                _ => Run::Nulls(self.input.uleb()?),
+            };
+        }
+    }
+
+    fn delta(&mut self, v: Val<'a>) -> Val<'a> {
+        match (self.kind, v) {
+            (Kind::Sleb, Val::Int(d)) => {
+                self.absolute = self.absolute.wrapping_add(d);
+                Val::Int(self.absolute)
+            }
+            _ => v,
+        }
+    }
+
+    fn next_str(&mut self) -> Result<Option<&'a str>, Unreadable> {
+        match self.next()? {
+            None => Ok(None),
+            Some(Val::Str(b)) => std::str::from_utf8(b).map(Some).map_err(|_| Unreadable("key is not UTF-8")),
+            Some(_) => Err(Unreadable("string column holds a number")),
+        }
+    }
+}
+
+/// Automerge's boolean encoding: alternating run lengths, starting with false.
+struct Bools<'a> {
+    input: Reader<'a>,
+    value: bool,
+    left: u64,
+}
+
+impl<'a> Bools<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        // The first run is of `false`; `next` flips before reading each run.
+        Bools { input: Reader(data), value: true, left: 0 }
+    }
+    fn next(&mut self) -> Result<bool, Unreadable> {
+        while self.left == 0 {
+            if self.input.is_empty() {
+                return Ok(false);
+            }
+            self.left = self.input.uleb()?;
+            self.value = !self.value;
+        }
+        self.left -= 1;
+        Ok(self.value)
+    }
+}
