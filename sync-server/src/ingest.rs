@@ -5,8 +5,8 @@
 //! map, whose object id the server learns from the change that created it) and the root fields
 //! that decide where a case belongs (`grid`, `category`, `location`).
 
-use automerge::legacy::{Key, ObjectId, OpType};
 use crate::change_ops::{self, MapOp, Obj};
+use automerge::legacy::{Key, ObjectId, OpType};
 use automerge::{Change, ObjType, ScalarValue};
 use gridwork_model::doc::keys;
 use gridwork_model::lifecycle::Event;
@@ -182,51 +182,52 @@ mod tests {
     /// A case-like document, then the edits: every change of its history.
     fn history(edits: &[Edit]) -> Vec<Change> {
         let mut doc = AutoCommit::new().with_actor(ActorId::from(&[1u8; 16][..]));
-        doc.put(ROOT, keys::ID, "case-1").unwrap();
-        let text_obj = doc.put_object(ROOT, keys::DESCRIPTION, ObjType::Text).unwrap();
-        doc.splice_text(&text_obj, 0, 0, "巡查发现，位置在3号楼附近。Reported on patrol.").unwrap();
+        doc.put(ROOT, keys::ID, "case-1").expect("edit the test document");
+        let text_obj = doc.put_object(ROOT, keys::DESCRIPTION, ObjType::Text).expect("edit the test document");
+        doc.splice_text(&text_obj, 0, 0, "巡查发现，位置在3号楼附近。Reported on patrol.")
+            .expect("edit the test document");
         for m in MAPS {
-            doc.put_object(ROOT, m, ObjType::Map).unwrap();
+            doc.put_object(ROOT, m, ObjType::Map).expect("edit the test document");
         }
-        let list = doc.put_object(ROOT, "list", ObjType::List).unwrap();
-        doc.put(ROOT, "count", ScalarValue::counter(0)).unwrap();
+        let list = doc.put_object(ROOT, "list", ObjType::List).expect("edit the test document");
+        doc.put(ROOT, "count", ScalarValue::counter(0)).expect("edit the test document");
         doc.commit();
         for e in edits {
             match e {
-                Edit::PutRoot(k, v) => doc.put(ROOT, ROOT_KEYS[*k], v.as_str()).unwrap(),
-                Edit::PutInt(k, v) => doc.put(ROOT, ROOT_KEYS[*k], *v).unwrap(),
+                Edit::PutRoot(k, v) => doc.put(ROOT, ROOT_KEYS[*k], v.as_str()).expect("edit the test document"),
+                Edit::PutInt(k, v) => doc.put(ROOT, ROOT_KEYS[*k], *v).expect("edit the test document"),
                 Edit::PutInMap(m, k, v) => {
                     let obj = map(&doc, MAPS[*m]);
-                    doc.put(&obj, format!("k{k}"), v.as_str()).unwrap()
+                    doc.put(&obj, format!("k{k}"), v.as_str()).expect("edit the test document")
                 }
                 Edit::PutOther(m, k) => {
                     let obj = map(&doc, MAPS[*m]);
-                    doc.put(&obj, format!("k{k}"), 2.5f64).unwrap();
-                    doc.put(&obj, format!("b{k}"), vec![1u8, 2, 3]).unwrap();
-                    doc.put(&obj, format!("t{k}"), ScalarValue::Timestamp(7)).unwrap();
-                    doc.put(&obj, format!("n{k}"), ScalarValue::Null).unwrap();
+                    doc.put(&obj, format!("k{k}"), 2.5f64).expect("edit the test document");
+                    doc.put(&obj, format!("b{k}"), vec![1u8, 2, 3]).expect("edit the test document");
+                    doc.put(&obj, format!("t{k}"), ScalarValue::Timestamp(7)).expect("edit the test document");
+                    doc.put(&obj, format!("n{k}"), ScalarValue::Null).expect("edit the test document");
                 }
                 Edit::Delete(k) => {
-                    if doc.get(ROOT, ROOT_KEYS[*k]).unwrap().is_some() {
-                        doc.delete(ROOT, ROOT_KEYS[*k]).unwrap()
+                    if doc.get(ROOT, ROOT_KEYS[*k]).expect("edit the test document").is_some() {
+                        doc.delete(ROOT, ROOT_KEYS[*k]).expect("edit the test document")
                     }
                 }
                 Edit::Splice(at, t) => {
                     let len = doc.length(&text_obj);
-                    doc.splice_text(&text_obj, (*at).min(len), 0, t).unwrap()
+                    doc.splice_text(&text_obj, (*at).min(len), 0, t).expect("edit the test document")
                 }
-                Edit::ListInsert(t) => doc.insert(&list, 0, t.as_str()).unwrap(),
-                Edit::Increment => doc.increment(ROOT, "count", 3).unwrap(),
+                Edit::ListInsert(t) => doc.insert(&list, 0, t.as_str()).expect("edit the test document"),
+                Edit::Increment => doc.increment(ROOT, "count", 3).expect("edit the test document"),
                 Edit::FromPeer(t) => {
                     let mut peer = doc.fork().with_actor(ActorId::from(&[2u8; 16][..]));
                     let events = map(&peer, keys::EVENTS);
-                    peer.put(&events, "from-peer", t.as_str()).unwrap();
-                    let nested = peer.put_object(&events, "nested", ObjType::Map).unwrap();
-                    peer.put(&nested, "inside", t.as_str()).unwrap();
+                    peer.put(&events, "from-peer", t.as_str()).expect("edit the test document");
+                    let nested = peer.put_object(&events, "nested", ObjType::Map).expect("edit the test document");
+                    peer.put(&nested, "inside", t.as_str()).expect("edit the test document");
                     peer.commit();
-                    doc.merge(&mut peer).unwrap();
+                    doc.merge(&mut peer).expect("edit the test document");
                     // A change of ours into the peer's map: its object id names the other actor.
-                    doc.put(&nested, "ours", t.as_str()).unwrap();
+                    doc.put(&nested, "ours", t.as_str()).expect("edit the test document");
                 }
             }
             doc.commit();
@@ -243,7 +244,7 @@ mod tests {
         fn the_column_reader_reads_what_decode_reads(edits in proptest::collection::vec(edit(), 0..12)) {
             for mut change in history(&edits) {
                 let wire = change.bytes().into_owned();
-                let (parsed, facts) = read_change(&wire).unwrap();
+                let (parsed, facts) = read_change(&wire).expect("a change automerge wrote");
                 let decoded = facts_by_decoding(&parsed);
                 prop_assert_eq!(facts_from_columns(&parsed), Some(decoded.clone()));
                 prop_assert_eq!(facts, decoded);

@@ -548,6 +548,16 @@ fn a_store_from_before_the_console_upgrades_with_everything_visible() {
             )
             .expect("count");
         assert_eq!((areas, grids), (0, 3), "community and street rows dropped, grid rows kept");
+        // Schema 7: the check-in's facts moved into its record's row; `check_ins` is a view.
+        let (records, check_ins, kind): (i64, i64, String) = conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM records), (SELECT count(*) FROM records WHERE grid_id = 'g0'),
+                        (SELECT type FROM sqlite_master WHERE name = 'check_ins')",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .expect("records");
+        assert_eq!((records, check_ins, kind.as_str()), (2, 1, "view"), "patrol start and check-in, one row each");
     }
     assert_eq!(upgraded.docs_in_scope("s1").expect("scope").len(), 3, "s1's community, through its grids");
     let console = &upgraded as &dyn ConsoleStore;

@@ -580,20 +580,27 @@ fn a_record_claiming_another_device_is_quarantined_and_kept_as_sent() {
         device.id
     );
     let forged = r#"{"kind":"note","actor":{"device":"someone-else","user":"w1","role":"worker"}}"#.to_owned();
+    // A check-in from a newer build whose fields this server reads differently: still its sender's.
+    let odd = format!(
+        r#"{{"type":"check_in","grid":"g0","inside_grid":"yes","actor":{{"device":"{}","user":"w1"}}}}"#,
+        device.id
+    );
     let req = push_request(
         vec![],
         vec![
             PushedRecord { id: "r-own".into(), body: raw(own) },
             PushedRecord { id: "r-forged".into(), body: raw(forged) },
+            PushedRecord { id: "r-odd".into(), body: raw(odd) },
         ],
     );
     let resp = d.store.sync(&device, req, 0).expect("sync");
     let outcome = |k: &str| resp.results.iter().find(|r| r.key == k).map(|r| r.outcome);
     assert_eq!(outcome("r-own"), Some(Outcome::Accepted), "an escaped quote in the body does not confuse the claim");
     assert_eq!(outcome("r-forged"), Some(Outcome::Quarantined));
+    assert_eq!(outcome("r-odd"), Some(Outcome::Accepted), "a field of another type does not hide the claim");
     let q = d.store.quarantined().expect("quarantine");
     assert_eq!(q.iter().map(|i| i.key.as_str()).collect::<Vec<_>>(), vec!["r-forged"]);
-    assert_eq!(d.store.counts().expect("counts").2, 1, "only the honest record is stored");
+    assert_eq!(d.store.counts().expect("counts").2, 2, "only the honest records are stored");
 }
 
 #[test]

@@ -72,7 +72,7 @@ pub(super) fn fill_case_columns(tx: &Transaction<'_>) -> Result<()> {
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
     for (id, device, body) in records {
-        index_record(tx, &id, &device, &body)?;
+        super::records::file_check_in_before_7(tx, &id, &device, &body)?;
     }
     Ok(())
 }
@@ -83,63 +83,6 @@ fn set_location(tx: &Connection, doc_id: &str, json: &str) -> Result<()> {
     if let Ok(loc) = serde_json::from_str::<Location>(json) {
         exec(tx, "UPDATE docs SET lat = ?2, lon = ?3 WHERE doc_id = ?1", params![doc_id, loc.lat, loc.lon])?;
     }
-    Ok(())
-}
-
-/// The district's calendar, made once (finding a time zone in the bundled database is not free,
-/// and every check-in needs its day).
-fn district_calendar() -> &'static DistrictCalendar {
-    static CALENDAR: std::sync::OnceLock<DistrictCalendar> = std::sync::OnceLock::new();
-    CALENDAR.get_or_init(DistrictCalendar::default)
-}
-
-/// Files a stored record's check-in where coverage and assessment read it. Other records
-/// (patrol start and finish) and bodies this build cannot read stay only in `records`.
-pub(super) fn index_record(tx: &Connection, id: &str, device_id: &str, body: &str) -> Result<()> {
-    /// The fields of a check-in record coverage needs, read without building the whole record.
-    #[derive(serde::Deserialize)]
-    struct CheckInFacts<'a> {
-        #[serde(rename = "type", borrow)]
-        kind: std::borrow::Cow<'a, str>,
-        #[serde(borrow)]
-        grid: Option<std::borrow::Cow<'a, str>>,
-        #[serde(borrow, default)]
-        point: Option<std::borrow::Cow<'a, str>>,
-        #[serde(default)]
-        inside_grid: bool,
-        #[serde(default)]
-        distance_to_point_m: Option<f64>,
-        #[serde(borrow)]
-        actor: Option<ActorFacts<'a>>,
-        clock: Option<ClockStamp>,
-    }
-    #[derive(serde::Deserialize)]
-    struct ActorFacts<'a> {
-        #[serde(borrow)]
-        user: std::borrow::Cow<'a, str>,
-    }
-    let Ok(c) = serde_json::from_str::<CheckInFacts<'_>>(body) else { return Ok(()) };
-    let (Some(grid), Some(actor), Some(clock)) = (c.grid, c.actor, c.clock) else { return Ok(()) };
-    if c.kind != "check_in" {
-        return Ok(());
-    }
-    let at = clock.estimated_ms();
-    exec(
-        tx,
-        "INSERT INTO check_ins (id, grid_id, point_id, user_id, device_id, at_ms, day, inside_grid, distance_m)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO NOTHING",
-        params![
-            id,
-            grid.as_ref(),
-            c.point.as_deref(),
-            actor.user.as_ref(),
-            device_id,
-            at,
-            district_calendar().day_of(at),
-            c.inside_grid,
-            c.distance_to_point_m
-        ],
-    )?;
     Ok(())
 }
 
