@@ -43,10 +43,7 @@ const CHUNK_CHANGE: u8 = 1;
 // Column ids and types of a change's operation columns (id << 4 | deflate bit | type).
 const OBJ_ACTOR: u64 = 1;
 const OBJ_CTR: u64 = 2;
-const KEY_ACTOR: u64 = 0x11;
-const KEY_CTR: u64 = 0x13;
 const KEY_STR: u64 = 0x15;
-const INSERT: u64 = 0x34;
 const ACTION: u64 = 0x42;
 const VAL_META: u64 = 0x56;
 const VAL_RAW: u64 = 0x57;
@@ -101,10 +98,7 @@ pub fn map_ops_in(chunk: &[u8], count: usize) -> Result<Vec<MapOp>, Unreadable> 
         match spec {
             OBJ_ACTOR => cols.obj_actor = data,
             OBJ_CTR => cols.obj_ctr = data,
-            KEY_ACTOR => cols.key_actor = data,
-            KEY_CTR => cols.key_ctr = data,
             KEY_STR => cols.key_str = data,
-            INSERT => cols.insert = data,
             ACTION => cols.action = data,
             VAL_META => cols.val_meta = data,
             VAL_RAW => cols.val_raw = data,
@@ -118,10 +112,7 @@ pub fn map_ops_in(chunk: &[u8], count: usize) -> Result<Vec<MapOp>, Unreadable> 
 struct Columns<'a> {
     obj_actor: &'a [u8],
     obj_ctr: &'a [u8],
-    key_actor: &'a [u8],
-    key_ctr: &'a [u8],
     key_str: &'a [u8],
-    insert: &'a [u8],
     action: &'a [u8],
     val_meta: &'a [u8],
     val_raw: &'a [u8],
@@ -130,21 +121,16 @@ struct Columns<'a> {
 fn read_ops(cols: &Columns<'_>, count: usize, start_op: u64) -> Result<Vec<MapOp>, Unreadable> {
     let mut obj_actor = Rle::new(cols.obj_actor, Kind::Uleb);
     let mut obj_ctr = Rle::new(cols.obj_ctr, Kind::Uleb);
-    let mut key_actor = Rle::new(cols.key_actor, Kind::Uleb);
-    let mut key_ctr = Rle::new(cols.key_ctr, Kind::Sleb);
+    // Each column is its own stream: the ones the server does not read (a list element's key,
+    // the insert flag, predecessors) are not decoded at all.
     let mut key_str = Rle::new(cols.key_str, Kind::Str);
-    let mut insert = Bools::new(cols.insert);
     let mut action = Rle::new(cols.action, Kind::Uleb);
     let mut val_meta = Rle::new(cols.val_meta, Kind::Uleb);
     let mut raw = Reader(cols.val_raw);
     let mut out = vec![];
     for i in 0..count {
         let (oa, oc) = (obj_actor.next()?, obj_ctr.next()?);
-        // Key actor and counter are read to keep the columns in step; only map keys matter here.
-        key_actor.next()?;
-        key_ctr.next()?;
         let key = key_str.next_str()?;
-        insert.next()?;
         // Every operation has an action: a null one means the columns ended before `count`.
         let act = action.next()?.ok_or(Unreadable("fewer operations than the change counts"))?.as_u64();
         let meta = val_meta.next()?.map(|v| v.as_u64()).unwrap_or(0);
@@ -190,16 +176,14 @@ impl<'a> Reader<'a> {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Kind {
     Uleb,
-    Sleb,
     Str,
 }
 
 #[derive(Clone, Copy)]
 enum Val<'a> {
-    Int(i64),
     Uint(u64),
     Str(&'a [u8]),
 }
@@ -208,7 +192,6 @@ impl Val<'_> {
     fn as_u64(self) -> u64 {
         match self {
             Val::Uint(u) => u,
-            Val::Int(i) => i as u64,
             Val::Str(_) => 0,
         }
     }
@@ -220,8 +203,6 @@ struct Rle<'a> {
     input: Reader<'a>,
     kind: Kind,
     run: Run<'a>,
-    /// Delta columns (`Sleb`) hold differences: this is the running value.
-    absolute: i64,
 }
 
 enum Run<'a> {
@@ -233,13 +214,12 @@ enum Run<'a> {
 
 impl<'a> Rle<'a> {
     fn new(data: &'a [u8], kind: Kind) -> Self {
-        Rle { input: Reader(data), kind, run: Run::None, absolute: 0 }
+        Rle { input: Reader(data), kind, run: Run::None }
     }
 
     fn value(&mut self) -> Result<Val<'a>, Unreadable> {
         Ok(match self.kind {
             Kind::Uleb => Val::Uint(self.input.uleb()?),
-            Kind::Sleb => Val::Int(self.input.sleb()?),
             Kind::Str => {
                 let n = self.input.uleb()? as usize;
                 Val::Str(self.input.take(n)?)
@@ -253,12 +233,11 @@ impl<'a> Rle<'a> {
                 Run::Repeat(n, v) if *n > 0 => {
                     *n -= 1;
                     let v = *v;
-                    return Ok(Some(self.delta(v)));
+                    return Ok(Some(v));
                 }
                 Run::Literal(n) if *n > 0 => {
                     *n -= 1;
-                    let v = self.value()?;
-                    return Ok(Some(self.delta(v)));
+                    return Ok(Some(self.value()?));
                 }
                 Run::Nulls(n) if *n > 0 => {
                     *n -= 1;
@@ -278,46 +257,11 @@ impl<'a> Rle<'a> {
         }
     }
 
-    fn delta(&mut self, v: Val<'a>) -> Val<'a> {
-        match (self.kind, v) {
-            (Kind::Sleb, Val::Int(d)) => {
-                self.absolute = self.absolute.wrapping_add(d);
-                Val::Int(self.absolute)
-            }
-            _ => v,
-        }
-    }
-
     fn next_str(&mut self) -> Result<Option<&'a str>, Unreadable> {
         match self.next()? {
             None => Ok(None),
             Some(Val::Str(b)) => std::str::from_utf8(b).map(Some).map_err(|_| Unreadable("key is not UTF-8")),
             Some(_) => Err(Unreadable("string column holds a number")),
         }
-    }
-}
-
-/// Automerge's boolean encoding: alternating run lengths, starting with false.
-struct Bools<'a> {
-    input: Reader<'a>,
-    value: bool,
-    left: u64,
-}
-
-impl<'a> Bools<'a> {
-    fn new(data: &'a [u8]) -> Self {
-        // The first run is of `false`; `next` flips before reading each run.
-        Bools { input: Reader(data), value: true, left: 0 }
-    }
-    fn next(&mut self) -> Result<bool, Unreadable> {
-        while self.left == 0 {
-            if self.input.is_empty() {
-                return Ok(false);
-            }
-            self.left = self.input.uleb()?;
-            self.value = !self.value;
-        }
-        self.left -= 1;
-        Ok(self.value)
     }
 }
