@@ -29,18 +29,18 @@ pub(super) struct RecordFacts<'a> {
     #[serde(default)]
     distance_to_point_m: Option<f64>,
     #[serde(borrow, default)]
-    pub actor: Option<ClaimedActor<'a>>,
+    actor: Option<ClaimedActor<'a>>,
     #[serde(default)]
     clock: Option<ClockStamp>,
 }
 
 /// Who a record says made it.
 #[derive(Debug, Default, serde::Deserialize)]
-pub(super) struct ClaimedActor<'a> {
+struct ClaimedActor<'a> {
     #[serde(borrow, default)]
-    pub device: Option<Cow<'a, str>>,
+    device: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    pub user: Option<Cow<'a, str>>,
+    user: Option<Cow<'a, str>>,
 }
 
 /// Only the claim, for a body whose other fields this build cannot read.
