@@ -110,7 +110,8 @@ pub(super) fn insert_record(
     body: &str,
     facts: &RecordFacts<'_>,
 ) -> Result<()> {
-    let c = facts.check_in();
+    let row = facts.check_in();
+    let c = row.as_ref();
     exec(
         tx,
         "INSERT INTO records (id, device_id, received_ms, body, grid_id, point_id, user_id, at_ms, day, inside_grid,
@@ -121,13 +122,13 @@ pub(super) fn insert_record(
             device_id,
             received_ms,
             body,
-            c.as_ref().map(|c| c.grid),
-            c.as_ref().and_then(|c| c.point),
-            c.as_ref().map(|c| c.user),
-            c.as_ref().map(|c| c.at_ms),
-            c.as_ref().map(|c| c.day.as_str()),
-            c.as_ref().map(|c| c.inside_grid),
-            c.as_ref().and_then(|c| c.distance_m),
+            c.map(|c| c.grid),
+            c.and_then(|c| c.point),
+            c.map(|c| c.user),
+            c.map(|c| c.at_ms),
+            c.map(|c| c.day.as_str()),
+            c.map(|c| c.inside_grid),
+            c.and_then(|c| c.distance_m),
         ],
     )?;
     Ok(())
