@@ -73,7 +73,7 @@ impl From<CoreError> for GridworkError {
             | CoreError::UnknownPatrol { .. }
             | CoreError::EvidenceFile { .. }
             | CoreError::EvidenceEvicted { .. } => GridworkError::NotFound { what: message },
-            CoreError::TransitionNotAllowed { .. } | CoreError::PatrolFinished { .. } => {
+            CoreError::TransitionNotAllowed { .. } | CoreError::PatrolFinished { .. } | CoreError::ReadOnlyCase { .. } => {
                 GridworkError::NotAllowed { reason: message }
             }
             CoreError::Network { retryable, .. } => GridworkError::Network { detail: message, retryable },
@@ -310,6 +310,11 @@ pub struct CaseDetail {
     pub synced: bool,
     /// This case's photos and thumbnails the server has not confirmed yet.
     pub photos_pending: u32,
+    /// False when this user may not change the case (it left their area, or the district's write
+    /// rule refuses them): show it read-only; edits and actions answer `NotAllowed`.
+    pub editable: bool,
+    /// Why the case is read-only, when it is.
+    pub read_only_reason: Option<String>,
 }
 
 /// A lifecycle step. Whether the user's role may take it in the case's state is checked by the
@@ -560,6 +565,8 @@ impl GridworkStore {
             photos: c.evidence.iter().cloned().map(Photo::from).collect(),
             synced: sync_state.is_synced(),
             photos_pending: u32::try_from(sync_state.photos_pending).unwrap_or(u32::MAX),
+            editable: d.read_only.is_none(),
+            read_only_reason: d.read_only.clone(),
         })
     }
 

@@ -37,6 +37,8 @@ pub enum CoreError {
     TransitionNotAllowed { kind: String, from: String, role: String, reason: String },
     #[error("nothing to change")]
     NothingToChange,
+    #[error("case {case_id} is read-only on this phone: {reason}")]
+    ReadOnlyCase { case_id: String, reason: String },
     #[error(transparent)]
     Evidence(#[from] EvidenceError),
     #[error("evidence file {sha256} is missing or damaged: {reason}")]

@@ -107,8 +107,11 @@ pub struct SyncReport {
     pub photos_pending: usize,
     /// (sha256, why) for uploads that did not finish; they are retried on the next sync.
     pub photo_errors: Vec<(String, String)>,
-    /// Changes and records queued again because the server was restored from a backup.
+    /// Changes and records queued again because the server was restored from a backup (or did
+    /// not know this phone's cursor).
     pub reoffered: usize,
+    /// The server did not know this phone's cursor: the phone pulled its scope from the start.
+    pub cursor_restarted: bool,
     /// The server retired this device: it takes what the phone holds and sends nothing new.
     pub retired: bool,
     /// Thumbnails of other phones' photos downloaded during this sync.
@@ -279,8 +282,24 @@ impl Store {
             "INSERT INTO meta (key, value) VALUES ('sync_cursor', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             [&resp.cursor],
         )?;
+        // The scopes the user holds now: which cases this phone may still change (see
+        // `Store::may_change`). An older server sends none; the phone then keeps what it knew.
+        if !resp.scopes.is_empty() {
+            let scopes = serde_json::to_string(&resp.scopes)
+                .map_err(|e| CoreError::Network { message: e.to_string(), retryable: false })?;
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('write_scopes', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [&scopes],
+            )?;
+        }
         tx.commit()?;
         Ok(n)
+    }
+
+    /// Forgets the cursor, so the next request pulls the whole scope again.
+    fn forget_cursor(&self) -> Result<()> {
+        self.writer().execute("DELETE FROM meta WHERE key = 'sync_cursor'", [])?;
+        Ok(())
     }
 
     /// Pushes the outbox and pulls what is new, page by page, until both are done.
@@ -292,6 +311,8 @@ impl Store {
         // Asked once per sync: a document the server cannot complete either is not asked again
         // until the next sync.
         let mut asked: std::collections::HashSet<String> = std::collections::HashSet::new();
+        // A cursor the server does not know is started over once per sync; twice is an error.
+        let mut restarted = false;
         loop {
             let items = self.outbox_page_after(after_seq, config.max_push_bytes)?;
             let now = self.now_ms();
@@ -342,7 +363,21 @@ impl Store {
             let body = serde_json::to_vec(&request)
                 .map_err(|e| CoreError::Network { message: e.to_string(), retryable: false })?;
             report.bytes_up += body.len() as u64;
-            let answer = post(&client, &url, Some(&config.token), body, config.max_attempts)?;
+            let answer = match post(&client, &url, Some(&config.token), body, config.max_attempts) {
+                Err(CoreError::Server { code, .. }) if code == "cursor_unknown" && !restarted => {
+                    // The server never issued this cursor (it was restored without a new epoch,
+                    // or the cursor was damaged): answering it would skip what it holds. Start
+                    // the scope over and offer everything again; the server stores each once.
+                    restarted = true;
+                    self.forget_cursor()?;
+                    let r = self.reoffer_everything()?;
+                    report.reoffered += r.changes + r.records;
+                    report.cursor_restarted = true;
+                    after_seq = 0;
+                    continue;
+                }
+                other => other?,
+            };
             report.bytes_down += answer.len() as u64;
             report.round_trips += 1;
             let resp: SyncResponse = serde_json::from_slice(&answer)

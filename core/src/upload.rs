@@ -127,7 +127,7 @@ impl Store {
         report: &mut SyncReport,
     ) -> Result<bool> {
         let url = format!("{}/v1/blobs/{}", config.server, blob.sha256);
-        let mut status = blob_status(http, &url, &config.token)?;
+        let mut status = blob_status(http, &url, &config.token, &blob.owner.to_query())?;
         if status.complete {
             // Another phone sent the same bytes: an empty chunk links this phone's case to the
             // blob, so the people who see the case can download it. Nothing is resent.
@@ -164,7 +164,7 @@ impl Store {
             report.photo_bytes_up += chunk.len() as u64;
             if code == 409 && resyncs < 3 {
                 resyncs += 1;
-                status = blob_status(http, &url, &config.token)?;
+                status = blob_status(http, &url, &config.token, &blob.owner.to_query())?;
                 continue;
             }
             status = parse_answer(code, &body)?;
@@ -202,7 +202,9 @@ pub(crate) fn send(http: &Http, request: reqwest::blocking::RequestBuilder) -> R
     Ok((code, body.to_vec()))
 }
 
-fn blob_status(http: &Http, url: &str, token: &str) -> Result<BlobStatus> {
-    let (code, body) = send(http, http.client.get(format!("{url}/status")).bearer_auth(token))?;
+/// How much of a blob the server holds, asked for the case or check-in this phone uploads it for
+/// (the server answers only for an owner the device may upload to, or a blob it may see).
+fn blob_status(http: &Http, url: &str, token: &str, owner: &str) -> Result<BlobStatus> {
+    let (code, body) = send(http, http.client.get(format!("{url}/status?owner={owner}")).bearer_auth(token))?;
     parse_answer(code, &body)
 }

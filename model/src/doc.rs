@@ -44,6 +44,43 @@ pub mod keys {
     pub const OFFICIAL_NUMBER: &str = "official_number";
 }
 
+/// Longest identifier a case document may name (grid, category, reporter, case code).
+pub const MAX_ID_CHARS: usize = 200;
+
+/// Checks a string a change puts on a case document's root, as strictly as reading the case
+/// back ([`read_case`]) would: an id that is not a case id, a location that is not a valid fix,
+/// an overlong title or an identifier with control characters is refused before it is stored,
+/// so no replica ever holds a document it cannot show. Keys this schema does not know pass (a
+/// newer app may write them).
+pub fn check_root_string(key: &str, value: &str) -> Result<(), ModelError> {
+    let malformed = |reason: String| ModelError::MalformedDocument { reason };
+    match key {
+        keys::ID => {
+            CaseId::parse(value).map_err(|_| malformed(format!("id {:?} is not a case id", short(value))))?;
+        }
+        keys::LOCATION => {
+            let loc: Location = serde_json::from_str(value).map_err(|e| malformed(format!("location: {e}")))?;
+            crate::geo::check_coordinates(loc.lat, loc.lon)?;
+            if !loc.accuracy_m.is_finite() || loc.accuracy_m < 0.0 {
+                return Err(ModelError::InvalidAccuracy { accuracy_m: loc.accuracy_m });
+            }
+        }
+        keys::TITLE => crate::error::check_text("title", value)?,
+        keys::GRID | keys::CATEGORY | keys::REPORTER | keys::CODE | keys::OFFICIAL_NUMBER => {
+            if value.chars().count() > MAX_ID_CHARS || value.chars().any(char::is_control) {
+                return Err(malformed(format!("{key} {:?} is not an identifier", short(value))));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The start of a value quoted in an error (an attacker's megabyte is not echoed back).
+fn short(value: &str) -> String {
+    value.chars().take(60).collect()
+}
+
 /// What a worker enters at capture (already validated against the catalog by the caller).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewCaseDoc {

@@ -2,6 +2,7 @@
 //! I/O at all (no SQLite, no HTTP, no files), so the server can link it without dragging in the
 //! device store or the photo pipeline.
 //!
+//! - [`access`]: who may change which case — the one write-authorization rule.
 //! - [`ids`]: case, event and record identifiers, and the readable case code.
 //! - [`geo`]: locations in WGS-84, GCJ-02 conversion, point-in-polygon.
 //! - [`catalog`]: grids, patrol points, categories, departments, roles.
@@ -11,6 +12,7 @@
 //! - [`time`]: clock readings that do not trust the device clock, and the district's time zone.
 //! - [`wire`]: the sync protocol's request and response types (docs/PROTOCOL.md).
 
+pub mod access;
 pub mod catalog;
 pub mod doc;
 pub mod error;

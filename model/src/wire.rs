@@ -8,6 +8,10 @@ use crate::catalog::{Catalog, Role};
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// Changes, records and `want_full` ids one sync request may carry together; the server refuses
+/// a request with more (413 `too_many_items`), and the phone pages its outbox below it.
+pub const MAX_ITEMS_PER_REQUEST: usize = 2_000;
+
 /// `POST /v1/enrol`: exchange a one-time code for a device token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnrolRequest {
@@ -157,6 +161,13 @@ pub struct SyncResponse {
     /// More is waiting: sync again with the new cursor.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub more: bool,
+    /// The scopes the device's user holds now (`grid:…`, `department:…`, `user:…`; areas spelled
+    /// out as their grids): the phone makes a case read-only when the write rule
+    /// (`access::may_change`) would refuse its changes. Empty from a server that predates it.
+    /// Text, not [`crate::access::Scope`]: a kind of scope this app does not know is skipped, not
+    /// a failed sync.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
 }
 
 /// Body of every 4xx/5xx answer.

@@ -14,8 +14,22 @@ pub enum ServerError {
     ProtocolFromFuture { got: u32, supported: u32 },
     #[error("invalid request: {0}")]
     BadRequest(String),
+    #[error("cursor {cursor:?} was not issued by this server: sync again from the start (no cursor) and offer everything again")]
+    CursorUnknown { cursor: String },
+    #[error("{0}: send it as application/json")]
+    UnsupportedMediaType(String),
+    #[error("too many requests: {what}; try again in {retry_after_s} s")]
+    RateLimited { what: &'static str, retry_after_s: u64 },
+    #[error("the request took longer than {seconds} s to arrive: what arrived of an upload is kept, send the rest")]
+    RequestTimeout { seconds: u64 },
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("case {case_id} is damaged and cannot be shown ({reason}); it was sent by {senders}. Nothing was changed: an administrator can look at its changes in the store")]
+    DamagedDocument { case_id: String, senders: String, reason: String },
     #[error("request body over {limit} bytes: send fewer changes per request")]
     TooLarge { limit: usize },
+    #[error("{items} items in one request; at most {limit}: send fewer per request")]
+    TooManyItems { items: usize, limit: usize },
     #[error("not found: {0}")]
     NotFound(String),
     #[error("chunk at offset {offset}, but the server holds {expected} bytes: resume from {expected}")]
@@ -32,6 +46,7 @@ pub enum ServerError {
     AccountLocked { minutes: i64 },
     #[error("the form has expired or did not come from this console: reload the page and try again")]
     CsrfMismatch,
+    /// The action is not possible in the case's current state (the role may act, the state not).
     #[error("not allowed: {0}")]
     NotAllowed(String),
     #[error("storage error: {0}")]
@@ -50,7 +65,14 @@ impl ServerError {
             ServerError::BadEnrolmentCode => (403, "bad_enrolment_code"),
             ServerError::ProtocolFromFuture { .. } => (400, "protocol_unsupported"),
             ServerError::BadRequest(_) => (400, "bad_request"),
+            ServerError::CursorUnknown { .. } => (409, "cursor_unknown"),
+            ServerError::UnsupportedMediaType(_) => (415, "unsupported_media_type"),
+            ServerError::RateLimited { .. } => (429, "rate_limited"),
+            ServerError::RequestTimeout { .. } => (408, "request_timeout"),
+            ServerError::Forbidden(_) => (403, "forbidden"),
+            ServerError::DamagedDocument { .. } => (422, "damaged_document"),
             ServerError::TooLarge { .. } => (413, "too_large"),
+            ServerError::TooManyItems { .. } => (413, "too_many_items"),
             ServerError::NotFound(_) => (404, "not_found"),
             ServerError::WrongOffset { .. } => (409, "wrong_offset"),
             ServerError::PastEnd { .. } => (400, "past_end"),

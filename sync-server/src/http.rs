@@ -1,14 +1,16 @@
 //! The HTTP surface: `POST /v1/enrol`, `POST /v1/sync`, the evidence blobs under `/v1/blobs/`,
-//! `GET /metrics`, `GET /v1/health`. Errors are a status
-//! code and `{ "error": code, "message": … }`; storage work runs off the async runtime.
+//! `GET /v1/health`; `/metrics` on its own listener ([`metrics_router`]). Errors are a status
+//! code and `{ "error": code, "message": … }`; storage work runs off the async runtime. Every
+//! bound a request meets is in [`crate::limits`].
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRef, MatchedPath, Path, Query, Request, State};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRef, MatchedPath, Path, Query, Request, State};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,17 +20,22 @@ use http_body_util::BodyExt;
 
 use crate::blobs::Begun;
 use crate::error::ServerError;
+use crate::limits::{self, EnrolLimits, MemoryBudget};
 use crate::metrics::{ItemOutcome, Metrics};
 use crate::store::SyncStore;
 
-/// Largest request body accepted (a page of pushed changes).
-pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+pub use crate::limits::MAX_BODY_BYTES;
 
 /// What every handler shares: the store, and the metrics it reports to.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn SyncStore>,
     pub metrics: Arc<Metrics>,
+    /// Bytes requests in flight may buffer, together.
+    pub budget: MemoryBudget,
+    pub enrol_limits: Arc<EnrolLimits>,
+    /// How long a request's body may take to arrive.
+    pub body_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for AppState {
@@ -55,6 +62,9 @@ impl IntoResponse for ServerError {
             tracing::error!(code, error = %self, "request failed");
         }
         let mut resp = (status, Json(ErrorBody { error: code.to_owned(), message: self.to_string() })).into_response();
+        if let ServerError::RateLimited { retry_after_s, .. } = &self {
+            resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(*retry_after_s));
+        }
         resp.extensions_mut().insert(ErrorCode(code));
         resp
     }
@@ -93,36 +103,70 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(|e| ServerError::Internal(format!("worker failed: {e}")))?
 }
 
-/// The body, or a JSON error instead of axum's plain-text rejection.
-fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ServerError> {
-    body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ServerError::TooLarge { limit: MAX_BODY_BYTES }
-        } else {
-            ServerError::BadRequest(e.body_text())
-        }
-    })
+/// A request's declared length, when it declares one.
+fn content_length(headers: &HeaderMap) -> Option<usize> {
+    headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok())
 }
 
-async fn enrol(
-    State(store): State<Arc<dyn SyncStore>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ServerError> {
-    let body = body_or_error(body)?;
-    let req: EnrolRequest = parse(&body)?;
-    let resp = blocking(move || store.redeem(&req, now_ms())).await?;
+/// JSON endpoints take JSON only: anything else is refused before its body is read.
+fn require_json(headers: &HeaderMap) -> Result<(), ServerError> {
+    let ct = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ServerError::UnsupportedMediaType(format!("content type {:?} is not accepted here", ct)))
+    }
+}
+
+/// Reads a body of at most `limit` bytes, which must arrive within `timeout`.
+async fn read_body(body: Body, limit: usize, timeout: std::time::Duration) -> Result<Bytes, ServerError> {
+    let limited = http_body_util::Limited::new(body, limit);
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Err(_) => Err(ServerError::RequestTimeout { seconds: timeout.as_secs() }),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ServerError::TooLarge { limit }),
+        Ok(Err(e)) => Err(ServerError::BadRequest(format!("the body did not arrive whole: {e}"))),
+    }
+}
+
+async fn enrol(State(state): State<AppState>, req: Request) -> Result<Response, ServerError> {
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    require_json(req.headers())?;
+    let body = read_body(req.into_body(), limits::MAX_ENROL_BODY_BYTES, state.body_timeout).await?;
+    let enrolment: EnrolRequest = parse(&body)?;
+    state.enrol_limits.check(peer, &enrolment.code)?;
+    let store = state.store.clone();
+    let resp = blocking(move || store.redeem(&enrolment, now_ms())).await?;
     Ok(Json(resp).into_response())
 }
 
-async fn sync(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ServerError> {
+async fn sync(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ServerError> {
+    // Who is asking comes first: an unknown device learns nothing and costs no body.
     let token = bearer(&headers)?;
+    let store = state.store.clone();
+    let device = blocking(move || store.authenticate(&token)).await?;
+    require_json(&headers)?;
+    let declared = content_length(&headers);
+    if let Some(n) = declared.filter(|n| *n > MAX_BODY_BYTES) {
+        return Err(ServerError::TooLarge { limit: MAX_BODY_BYTES.min(n) });
+    }
+    // The body and the page pulled for it are buffered: their bytes come from the budget first.
+    let _reserved = state
+        .budget
+        .reserve(declared.unwrap_or(MAX_BODY_BYTES) + limits::MAX_PULL_BYTES as usize)
+        .await;
+    let body = read_body(body, MAX_BODY_BYTES, state.body_timeout).await?;
     let up = body.len();
     let store = state.store.clone();
     let start = std::time::Instant::now();
     let (device, resp) = blocking(move || {
-        // Who is asking comes first: an unknown device learns nothing about the body.
-        let device = store.authenticate(&token)?;
         let req: SyncRequest = parse(&body)?;
+        let items = req.changes.len() + req.records.len() + req.want_full.len();
+        if items > limits::MAX_ITEMS_PER_REQUEST {
+            return Err(ServerError::TooManyItems { items, limit: limits::MAX_ITEMS_PER_REQUEST });
+        }
+        drop(body);
         let resp = store.sync(&device, req, now_ms())?;
         Ok((device.id, resp))
     })
@@ -158,15 +202,29 @@ fn bearer(headers: &HeaderMap) -> Result<String, ServerError> {
         .ok_or(ServerError::Unauthenticated)
 }
 
+#[derive(serde::Deserialize)]
+struct StatusQuery {
+    owner: Option<String>,
+}
+
 async fn blob_status(
     State(store): State<Arc<dyn SyncStore>>,
     Path(sha256): Path<String>,
+    query: Result<Query<StatusQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ServerError> {
     let token = bearer(&headers)?;
+    let Query(q) = query.map_err(|e| ServerError::BadRequest(e.body_text()))?;
+    let owner = match q.owner {
+        Some(o) => Some(
+            BlobOwner::parse(&o)
+                .ok_or_else(|| ServerError::BadRequest(format!("owner {o:?} is not case:ID or check_in:ID")))?,
+        ),
+        None => None,
+    };
     let status = blocking(move || {
         let device = store.authenticate(&token)?;
-        store.blob_status(&device, &sha256)
+        store.blob_status(&device, &sha256, owner.as_ref())
     })
     .await?;
     Ok(Json(status).into_response())
@@ -208,9 +266,15 @@ async fn put_blob(
         Begun::Open(w) => w,
     };
     let mut body = body;
-    while let Some(frame) = body.frame().await {
-        // A cut connection ends the request; what arrived before it stays (the writer's drop
-        // frees the blob for the phone's next attempt).
+    let deadline = tokio::time::Instant::now() + state.body_timeout;
+    loop {
+        // A cut connection, or a body slower than the deadline, ends the request; what arrived
+        // before it stays (the writer's drop frees the blob for the phone's next attempt).
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(ServerError::RequestTimeout { seconds: state.body_timeout.as_secs() }),
+            Ok(None) => break,
+            Ok(Some(frame)) => frame,
+        };
         let frame = frame.map_err(|e| ServerError::BadRequest(format!("upload interrupted: {e}")))?;
         if let Ok(data) = frame.into_data() {
             state.metrics.blob_bytes(data.len() as u64);
@@ -230,16 +294,22 @@ async fn put_blob(
 }
 
 async fn get_blob(
-    State(store): State<Arc<dyn SyncStore>>,
+    State(state): State<AppState>,
     Path(sha256): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ServerError> {
     let token = bearer(&headers)?;
-    let bytes = blocking(move || {
+    let (store, sha) = (state.store.clone(), sha256.clone());
+    // Its size first (with the same scope check), so its bytes come from the budget.
+    let (device, status) = blocking(move || {
         let device = store.authenticate(&token)?;
-        store.get_blob(&device, &sha256)
+        let status = store.blob_status(&device, &sha, None)?;
+        Ok((device, status))
     })
     .await?;
+    let _reserved = state.budget.reserve(usize::try_from(status.offset).unwrap_or(usize::MAX)).await;
+    let store = state.store.clone();
+    let bytes = blocking(move || store.get_blob(&device, &sha256)).await?;
     Ok(([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
@@ -247,21 +317,51 @@ async fn not_found() -> ServerError {
     ServerError::NotFound("no such endpoint; see docs/PROTOCOL.md".into())
 }
 
-/// Every route: the sync protocol, metrics, and the supervisor console under `/console`
-/// (`secure`: served over TLS, so console cookies are `Secure`).
+/// Every route of the sync listener: the sync protocol and the supervisor console under
+/// `/console` (`secure`: served over TLS, so console cookies are `Secure`). `/metrics` is not
+/// here: it has a listener of its own ([`metrics_router`]), on loopback unless the operator
+/// says otherwise.
 pub fn router(store: Arc<dyn SyncStore>, metrics: Arc<Metrics>, secure: bool) -> Router {
-    let state = AppState { store: store.clone(), metrics: metrics.clone() };
+    router_with(store, metrics, secure, limits::BODY_TIMEOUT)
+}
+
+/// [`router`] with another body timeout (tests use a short one).
+pub fn router_with(
+    store: Arc<dyn SyncStore>,
+    metrics: Arc<Metrics>,
+    secure: bool,
+    body_timeout: std::time::Duration,
+) -> Router {
+    let state = AppState {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        budget: MemoryBudget::new(limits::MEMORY_BUDGET_BYTES),
+        enrol_limits: Arc::new(EnrolLimits::default()),
+        body_timeout,
+    };
     let protocol: Router = Router::new()
         .route("/v1/health", get(|| async { "ok" }))
         .route("/v1/enrol", post(enrol))
         .route("/v1/sync", post(sync))
         .route("/v1/blobs/{sha256}/status", get(blob_status))
         .route("/v1/blobs/{sha256}", get(get_blob).put(put_blob))
-        .route("/metrics", get(metrics_text))
         .with_state(state);
     protocol
         .merge(crate::console::routes(store, secure))
         .route_layer(middleware::from_fn_with_state(metrics, track))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+}
+
+/// `/metrics` for Prometheus, on its own listener: operators scrape it from the server's host
+/// (or a network they choose), and devices on the sync listener never reach it.
+pub fn metrics_router(store: Arc<dyn SyncStore>, metrics: Arc<Metrics>) -> Router {
+    let state = AppState {
+        store,
+        metrics,
+        budget: MemoryBudget::new(limits::MEMORY_BUDGET_BYTES),
+        enrol_limits: Arc::new(EnrolLimits::default()),
+        body_timeout: limits::BODY_TIMEOUT,
+    };
+    Router::new().route("/metrics", get(metrics_text)).fallback(not_found).with_state(state)
 }

@@ -9,6 +9,8 @@ use crate::change_ops::{self, MapOp, Obj};
 use automerge::legacy::{Key, ObjectId, OpType};
 use automerge::{Change, ObjType, ScalarValue};
 use gridwork_model::doc::keys;
+use gridwork_model::ids::CaseId;
+use std::io::Read;
 use gridwork_model::lifecycle::Event;
 
 /// What the server needs from one change.
@@ -51,9 +53,65 @@ pub fn obj_id(counter: u64, actor: &automerge::ActorId) -> String {
     format!("{counter}@{}", actor.to_hex_string())
 }
 
+/// Largest a pushed change may be once inflated: a case's longest text is 10,000 characters, so
+/// a legitimate change is a few tens of KiB; this bounds what one compressed change can cost.
+pub const MAX_CHANGE_BYTES: usize = 4 << 20;
+
+/// Automerge's chunk magic, and the chunk type of a DEFLATE-compressed change.
+const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+const COMPRESSED_CHANGE: u8 = 2;
+
+/// How many bytes a change holds once inflated, refusing it past [`MAX_CHANGE_BYTES`] without
+/// inflating the rest: a few KiB of DEFLATE can stand for gigabytes, and `Change::from_bytes`
+/// would inflate all of it. Bytes that are not a compressed chunk are their own length (the
+/// parser then says what is wrong with them).
+pub fn inflated_len(bytes: &[u8]) -> Result<usize, String> {
+    if bytes.len() > MAX_CHANGE_BYTES {
+        return Err(format!("change of {} bytes is over the limit of {MAX_CHANGE_BYTES}", bytes.len()));
+    }
+    if bytes.get(..4) != Some(&MAGIC[..]) || bytes.get(8) != Some(&COMPRESSED_CHANGE) {
+        return Ok(bytes.len());
+    }
+    let mut rest = &bytes[9..];
+    let Ok(len) = leb128::read::unsigned(&mut rest) else { return Ok(bytes.len()) };
+    let body = rest.get(..usize::try_from(len).unwrap_or(usize::MAX).min(rest.len())).unwrap_or_default();
+    let mut inflater = flate2::read::DeflateDecoder::new(body).take(MAX_CHANGE_BYTES as u64 + 1);
+    let n = std::io::copy(&mut inflater, &mut std::io::sink()).unwrap_or(0) as usize;
+    if n > MAX_CHANGE_BYTES {
+        return Err(format!("change inflates past the limit of {MAX_CHANGE_BYTES} bytes"));
+    }
+    Ok(n.max(bytes.len()))
+}
+
+/// Reads a change a device pushed, as strictly as a phone reads a case: the document id is a
+/// case id, the bytes are a change whose checksum holds, no larger than [`MAX_CHANGE_BYTES`]
+/// inflated, and every string it puts on the document's root passes
+/// [`gridwork_model::doc::check_root_string`] (its `id` naming this document). Errors are the
+/// reason the item is refused; nothing is stored.
+pub fn read_pushed(doc: &str, bytes: &[u8]) -> Result<ChangeFacts, String> {
+    if CaseId::parse(doc).is_err() {
+        return Err(format!("document id {:?} is not a case id (a UUID)", doc.chars().take(60).collect::<String>()));
+    }
+    inflated_len(bytes)?;
+    let (_, facts) = read_change(bytes)?;
+    for (k, v) in &facts.root_puts {
+        gridwork_model::doc::check_root_string(k, v).map_err(|e| format!("the change would damage the case: {e}"))?;
+        if k == keys::ID && v != doc {
+            return Err(format!("change creates document {v}, filed under {doc}"));
+        }
+    }
+    Ok(facts)
+}
+
 /// Parses change bytes and reads what the server needs. Errors say why the bytes are not a change.
 pub fn read_change(bytes: &[u8]) -> Result<(Change, ChangeFacts), String> {
     let change = Change::from_bytes(bytes.to_vec()).map_err(|e| format!("not an Automerge change: {e}"))?;
+    // The chunk's checksum is the first four bytes of the SHA-256 that is the change's hash
+    // (over the uncompressed change, for a compressed one). `from_bytes` does not compare them,
+    // so a change damaged in transit or on a phone's disk would otherwise be stored as sent.
+    if bytes.get(4..8) != Some(&change.hash().0[..4]) {
+        return Err("the change's checksum does not match its contents: it was damaged; send it again".into());
+    }
     // The column reader skips what `decode()` would expand (ADR 15); it reads only changes
     // `from_bytes` verified, and anything it does not expect goes the long way.
     let facts = facts_from_columns(&change).unwrap_or_else(|| facts_by_decoding(&change));

@@ -21,8 +21,10 @@ pub mod error;
 pub mod grids;
 pub mod http;
 pub mod ingest;
+pub mod limits;
 pub mod metrics;
 pub mod places;
+pub mod serve;
 pub mod store;
 pub mod tls;
 
@@ -32,6 +34,7 @@ use std::sync::Arc;
 pub use error::ServerError;
 pub use store::{SqliteStore, SyncStore};
 
+
 /// A server running on its own runtime thread (tests, the demo, the benchmark). Dropping it
 /// stops the server.
 #[derive(Debug)]
@@ -39,7 +42,9 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// `https` when serving TLS, `http` otherwise (loopback only).
     pub scheme: &'static str,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Where `/metrics` answers (its own listener), when it was started.
+    pub metrics_addr: Option<SocketAddr>,
+    shutdown: Option<tokio::sync::watch::Sender<bool>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -47,12 +52,17 @@ impl RunningServer {
     pub fn url(&self) -> String {
         format!("{}://{}", self.scheme, self.addr)
     }
+
+    /// `http://ADDR/metrics`, when the metrics listener runs.
+    pub fn metrics_url(&self) -> Option<String> {
+        self.metrics_addr.map(|a| format!("http://{a}/metrics"))
+    }
 }
 
 impl Drop for RunningServer {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -60,10 +70,30 @@ impl Drop for RunningServer {
     }
 }
 
-/// Starts the server on `addr` (use port 0 for a random one) on a background thread, plain HTTP.
-/// Refused on anything but a loopback address: phones' reports never cross a network in the clear.
+/// How to serve: TLS, where `/metrics` listens, and the accept loop's limits.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub tls: Option<rustls::ServerConfig>,
+    /// The metrics listener (plain HTTP): loopback by default; `None` runs none.
+    pub metrics: Option<SocketAddr>,
+    pub limits: serve::ServeLimits,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            tls: None,
+            metrics: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            limits: serve::ServeLimits::default(),
+        }
+    }
+}
+
+/// Starts the server on `addr` (use port 0 for a random one) on a background thread, plain HTTP,
+/// with `/metrics` on a random loopback port. Refused on anything but a loopback address: phones'
+/// reports never cross a network in the clear.
 pub fn start(store: Arc<dyn SyncStore>, addr: SocketAddr) -> std::io::Result<RunningServer> {
-    start_with(store, addr, None)
+    start_serving(store, addr, ServeOptions::default())
 }
 
 /// Starts the server with TLS (see [`tls`]), or plain HTTP on loopback when `tls` is `None`.
@@ -72,6 +102,16 @@ pub fn start_with(
     addr: SocketAddr,
     tls: Option<rustls::ServerConfig>,
 ) -> std::io::Result<RunningServer> {
+    start_serving(store, addr, ServeOptions { tls, ..ServeOptions::default() })
+}
+
+/// Starts the server as `options` say.
+pub fn start_serving(
+    store: Arc<dyn SyncStore>,
+    addr: SocketAddr,
+    options: ServeOptions,
+) -> std::io::Result<RunningServer> {
+    let ServeOptions { tls, metrics: metrics_at, limits } = options;
     if tls.is_none() && !addr.ip().is_loopback() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -81,23 +121,33 @@ pub fn start_with(
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let listener = runtime.block_on(tokio::net::TcpListener::bind(addr))?;
     let addr = listener.local_addr()?;
+    let metrics_listener = match metrics_at {
+        Some(at) => Some(runtime.block_on(tokio::net::TcpListener::bind(at))?),
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let secure = tls.is_some();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (tx, rx) = tokio::sync::watch::channel(false);
     let thread = std::thread::spawn(move || {
         runtime.block_on(async move {
-            let app = http::router(store, Arc::new(metrics::Metrics::new()), secure);
-            let stop = async {
-                let _ = rx.await;
+            let metrics = Arc::new(metrics::Metrics::new());
+            let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = rx.wait_for(|stop| *stop).await;
             };
-            let _ = match tls {
+            if let Some(l) = metrics_listener {
+                let app = http::metrics_router(store.clone(), metrics.clone());
+                tokio::spawn(serve::serve(l, app, limits, stopped(rx.clone())));
+            }
+            let app = http::router_with(store, metrics, secure, limits.body_timeout);
+            match tls {
                 Some(config) => match tls::TlsListener::new(listener, config) {
-                    Ok(l) => axum::serve(l, app).with_graceful_shutdown(stop).await,
-                    Err(_) => return,
+                    Ok(l) => serve::serve(l, app, limits, stopped(rx)).await,
+                    Err(_) => (),
                 },
-                None => axum::serve(listener, app).with_graceful_shutdown(stop).await,
+                None => serve::serve(listener, app, limits, stopped(rx)).await,
             };
         });
     });
-    Ok(RunningServer { addr, scheme, shutdown: Some(tx), thread: Some(thread) })
+    Ok(RunningServer { addr, scheme, metrics_addr, shutdown: Some(tx), thread: Some(thread) })
 }

@@ -1,7 +1,7 @@
 //! gridwork-sync-server command line.
 //!
 //!   gridwork-sync-server demo [--devices N] [--data-dir DIR] [--no-console]
-//!   gridwork-sync-server serve --data-dir DIR [--listen 127.0.0.1:8080]
+//!   gridwork-sync-server serve --data-dir DIR [--listen 127.0.0.1:8080] [--metrics-listen ADDR|off]
 //!   gridwork-sync-server --data-dir DIR backup DEST | restore FROM
 //!   gridwork-sync-server --data-dir DIR grids import FILE.geojson --datum wgs84|gcj02
 //!   gridwork-sync-server admin --data-dir DIR init-tls HOST...
@@ -31,7 +31,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "usage:
   gridwork-sync-server demo [--devices N] [--cases N] [--checkins N] [--data-dir DIR] [--no-console]
-  gridwork-sync-server serve --data-dir DIR [--listen 127.0.0.1:8080]   (TLS once init-tls has run; plain HTTP on loopback only)
+  gridwork-sync-server serve --data-dir DIR [--listen 127.0.0.1:8080] [--metrics-listen 127.0.0.1:9464|off]   (TLS once init-tls has run; plain HTTP on loopback only)
   gridwork-sync-server --data-dir DIR backup DEST   (while serving: a consistent copy of the store, blobs and TLS files)
   gridwork-sync-server --data-dir DIR restore FROM  (server stopped: the old contents are moved aside; phones re-offer)
   gridwork-sync-server admin --data-dir DIR init-tls HOST...   (district CA + server certificate for these names/IPs)
@@ -122,9 +122,21 @@ fn run() -> Result<(), String> {
             let store: Arc<dyn SyncStore> = Arc::new(store);
             let files = TlsFiles::in_data_dir(&data_dir);
             let tls = if files.exists() { Some(files.server_config().map_err(|e| e.to_string())?) } else { None };
-            let server = gridwork_sync_server::start_with(store, addr, tls)
-                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-            tracing::info!(url = %server.url(), data_dir = %data_dir.display(), "serving; Ctrl-C stops");
+            // /metrics listens apart from the phones, on loopback unless the operator says where.
+            let metrics = match take_flag(&mut rest, "--metrics-listen")?.as_deref() {
+                Some("off") => None,
+                Some(m) => Some(m.parse().map_err(|_| format!("--metrics-listen {m:?} is not an address or `off`"))?),
+                None => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9464))),
+            };
+            let options = gridwork_sync_server::ServeOptions { tls, metrics, ..Default::default() };
+            let server = gridwork_sync_server::start_serving(store, addr, options)
+                .map_err(|e| format!("cannot listen on {listen} (or the metrics address): {e}"))?;
+            tracing::info!(
+                url = %server.url(),
+                metrics = server.metrics_url().unwrap_or_else(|| "off".into()),
+                data_dir = %data_dir.display(),
+                "serving; Ctrl-C stops"
+            );
             loop {
                 std::thread::park();
             }

@@ -150,7 +150,7 @@ fn a_case_worked_from_the_console_reaches_the_phones_and_closes() {
 
     // The role table decides on the server too: a handler cannot close.
     let refused = handler.act(&case.to_string(), &[("action", "close"), ("note", "")]);
-    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert_eq!(refused.status, 403, "want of a role is 403: {}", refused.body);
 
     w1.sync(&d.url()).expect("worker pulls the handling");
     w1.store
@@ -336,7 +336,9 @@ fn map_coverage_assessment_and_administration() {
     assert!(sup.get("/console/assessment.csv").body.contains("w1"));
 
     // Administration is for administrators only.
-    assert_eq!(sup.get("/console/admin").status, 409);
+    let refused = sup.get("/console/admin");
+    assert_eq!(refused.status, 403, "want of a role is 403, with the console's page");
+    assert!(refused.body.contains("</html>") || refused.body.contains("<html"), "{}", refused.body);
     let mut admin = Browser::new(&d.url());
     assert_eq!(admin.sign_in("admin", PASSWORD).status, 303);
     let page = admin.get("/console/admin");
@@ -576,4 +578,29 @@ fn a_store_from_before_the_console_upgrades_with_everything_visible() {
     let coverage = console.coverage(&session.user, &day).expect("coverage");
     let g0 = coverage.iter().find(|g| g.grid == "g0").expect("g0");
     assert_eq!(g0.check_ins.len(), 1, "the check-in is read out of its record");
+}
+
+#[test]
+fn a_damaged_stored_case_shows_as_damaged_with_who_sent_it_never_a_500() {
+    let d = District::new();
+    d.store.set_user("admin", Role::Administrator, None, &[]).expect("admin");
+    (d.store.as_ref() as &dyn ConsoleStore).set_password("admin", PASSWORD, 0).expect("password");
+    let mut w1 = phone(&d, "w1", None);
+    let case = capture(&w1, 0, 1, 71)[0];
+    w1.sync(&d.url()).expect("sync");
+    // Damage the stored change on disk (a bad sector, or what an older server let through).
+    {
+        let conn = rusqlite::Connection::open(d.dir.path().join("server.db")).expect("open server db");
+        conn.execute("UPDATE changes SET bytes = x'00' WHERE doc_id = ?1", [case.to_string()]).expect("damage");
+    }
+    let device = d.store.list_devices(0).expect("devices").into_iter().find(|x| x.user == "w1").expect("w1's phone");
+    let mut admin = Browser::new(&d.url());
+    assert_eq!(admin.sign_in("admin", PASSWORD).status, 303);
+    let page = admin.get(&format!("/console/cases/{case}"));
+    assert_ne!(page.status, 500);
+    assert_eq!(page.status, 422, "{}", page.body);
+    assert!(page.body.contains(&case.to_string()), "names the case: {}", page.body);
+    assert!(page.body.contains(&device.id), "names who sent it: {}", page.body);
+    // The queue still lists it, and acting on it is refused the same way, changing nothing.
+    assert_eq!(admin.get("/console/cases").status, 200);
 }

@@ -1,6 +1,7 @@
 //! Cases: capture, edits, lifecycle events, photos, reading, and changes received from elsewhere.
 
 use automerge::{Automerge, Change, ReadDoc};
+use gridwork_model::access::{access_from_document, may_change, Scope, Subject};
 use gridwork_model::doc::{self, CaseDoc, CasePatch, NewCaseDoc};
 use gridwork_model::error::check_text;
 use gridwork_model::evidence::EvidenceRef;
@@ -54,6 +55,9 @@ pub struct CaseDetail {
     pub flags: Vec<String>,
     /// Automerge heads, hex.
     pub heads: Vec<String>,
+    /// Why this phone may not change the case (it left the user's scope, or the write rule
+    /// refuses it); `None` when it may. The app shows the case read-only then.
+    pub read_only: Option<String>,
 }
 
 /// What applying received changes did.
@@ -221,6 +225,7 @@ impl Store {
         let mut conn = self.writer();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut am = self.load_for_change(&tx, id)?;
+        self.must_be_writable(&tx, id, &doc::read_case(&am)?)?;
         let written = am
             .transact::<_, _, ModelError>(|t| doc::apply_patch(t, &patch))
             .map_err(|f| CoreError::Invalid(f.error))?
@@ -264,6 +269,7 @@ impl Store {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut am = self.load_for_change(&tx, id)?;
         let case = doc::read_case(&am)?;
+        self.must_be_writable(&tx, id, &case)?;
         lifecycle::check(&kind, &actor, &case.timeline.state).map_err(|r| CoreError::TransitionNotAllowed {
             kind: r.kind.to_owned(),
             from: r.from,
@@ -284,6 +290,7 @@ impl Store {
         let mut conn = self.writer();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut am = self.load_for_change(&tx, id)?;
+        self.must_be_writable(&tx, id, &doc::read_case(&am)?)?;
         let before = am.get_heads();
         am.transact::<_, _, ModelError>(|t| doc::put_evidence(t, &processed[0].evidence))
             .map_err(|f| CoreError::Invalid(f.error))?;
@@ -301,15 +308,53 @@ impl Store {
         let conn = self.reader();
         let am = documents::load(&conn, &id.to_string())?
             .ok_or_else(|| CoreError::UnknownCase { case_id: id.to_string() })?;
-        drop(conn);
         let case = doc::read_case(&am)?;
+        let read_only = self.read_only_reason(&conn, id, &case)?;
+        drop(conn);
         let flags = self.flags_for(&case);
         Ok(CaseDetail {
+            read_only,
             overdue: case.timeline.state.is_overdue(self.now_ms()),
             flags,
             heads: am.get_heads().iter().map(|h| h.to_string()).collect(),
             case,
         })
+    }
+
+    /// Why this phone may not change the case, by the rule the server enforces
+    /// (`gridwork_model::access::may_change`) with the scopes the server last said the user
+    /// holds; `None` when it may. A case that left the user's scope is read-only too. Before the
+    /// first sync with a server that sends scopes, only the second applies.
+    pub(crate) fn read_only_reason(&self, conn: &Connection, id: &CaseId, case: &CaseDoc) -> Result<Option<String>> {
+        let left: Option<i64> = conn
+            .query_row("SELECT out_of_scope_ms FROM cases WHERE id = ?1", [id.to_string()], |r| r.get(0))
+            .optional()?
+            .flatten();
+        if left.is_some() {
+            return Ok(Some("this case is no longer in your area".into()));
+        }
+        let scopes: Option<String> =
+            conn.query_row("SELECT value FROM meta WHERE key = 'write_scopes'", [], |r| r.get(0)).optional()?;
+        let Some(scopes) = scopes else { return Ok(None) };
+        let scopes: Vec<String> = serde_json::from_str(&scopes).unwrap_or_default();
+        let me = self.identity();
+        let subject = Subject::new(
+            me.device.clone(),
+            me.user.clone(),
+            me.role,
+            scopes.iter().filter_map(|s| Scope::parse(s).ok()),
+        );
+        let access = access_from_document(case, &self.catalog());
+        Ok(may_change(&subject, &access).err().map(|e| e.to_string()))
+    }
+
+    /// Refuses a change to a case this phone may not change ([`Store::read_only_reason`]):
+    /// honest users never have their work quarantined by the server.
+    fn must_be_writable(&self, conn: &Connection, id: &CaseId, case: &CaseDoc) -> Result<()> {
+        match self.read_only_reason(conn, id, case)? {
+            Some(reason) => Err(CoreError::ReadOnlyCase { case_id: id.to_string(), reason }),
+            None => Ok(()),
+        }
     }
 
     /// Ids of every case document on this device.

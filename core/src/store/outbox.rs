@@ -4,6 +4,7 @@
 //! when a server acknowledges it, so a crash, a kill or a failed upload can never lose one. Entries
 //! are keyed by change hash or record id, so the server can store them idempotently.
 
+use gridwork_model::wire::MAX_ITEMS_PER_REQUEST;
 use rusqlite::{params, Connection};
 
 use super::Store;
@@ -77,7 +78,9 @@ impl Store {
         let mut total = 0;
         while let Some(r) = rows.next()? {
             let bytes: Vec<u8> = r.get(4)?;
-            if !out.is_empty() && total + bytes.len() > max_bytes {
+            // The server takes at most MAX_ITEMS_PER_REQUEST items in one request; half of it
+            // leaves room for the documents the request asks for whole.
+            if !out.is_empty() && (total + bytes.len() > max_bytes || out.len() >= MAX_ITEMS_PER_REQUEST / 2) {
                 break;
             }
             total += bytes.len();

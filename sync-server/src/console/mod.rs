@@ -421,7 +421,7 @@ fn parse_action(
             .department
             .as_deref()
             .map(DepartmentId::from)
-            .ok_or_else(|| ServerError::NotAllowed("you belong to no department".into()))
+            .ok_or_else(|| ServerError::Forbidden("you belong to no department".into()))
     };
     let kind = match get("action").as_str() {
         "accept" => EventKind::Accept { note },

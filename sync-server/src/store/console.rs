@@ -72,7 +72,7 @@ impl ConsoleUser {
         if self.role == Role::Administrator {
             Ok(())
         } else {
-            Err(crate::error::ServerError::NotAllowed("only administrators manage the district".into()))
+            Err(crate::error::ServerError::Forbidden("only administrators manage the district".into()))
         }
     }
 }

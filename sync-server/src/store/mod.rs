@@ -6,6 +6,8 @@ mod sqlite;
 
 pub use console::ConsoleStore;
 pub use sqlite::{DeviceInfo, QuarantinedItem, SqliteStore};
+/// A record body as the server reads it (public for the fuzz targets in `gridwork-tests`).
+pub use sqlite::records::RecordFacts;
 
 use gridwork_model::wire::{BlobOwner, BlobStatus, EnrolRequest, EnrolResponse, SyncRequest, SyncResponse};
 
@@ -38,8 +40,10 @@ pub trait SyncStore: Send + Sync + 'static {
     fn redeem(&self, req: &EnrolRequest, now_ms: i64) -> Result<EnrolResponse>;
     fn authenticate(&self, token: &str) -> Result<Device>;
     fn sync(&self, device: &Device, req: SyncRequest, now_ms: i64) -> Result<SyncResponse>;
-    /// How much of a blob the server holds (any enrolled device may ask).
-    fn blob_status(&self, device: &Device, sha256: &str) -> Result<BlobStatus>;
+    /// How much of a blob the server holds, for a device uploading it for `owner` (one it may
+    /// upload to) or one that may see the blob; anyone else hears `NotInScope`, whether the blob
+    /// exists or not.
+    fn blob_status(&self, device: &Device, sha256: &str, owner: Option<&BlobOwner>) -> Result<BlobStatus>;
     /// Starts receiving a request's bytes of a blob. The device must see `owner`; a blob the
     /// server already holds is linked to it at once ([`Begun::Complete`]).
     #[allow(clippy::too_many_arguments)]

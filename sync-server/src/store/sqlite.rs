@@ -12,7 +12,9 @@ use base64::Engine;
 use gridwork_model::catalog::{Catalog, Category, Department, Grid, Role};
 use gridwork_model::doc::keys;
 use gridwork_model::geo::Location;
-use gridwork_model::lifecycle::{fold, Assignee, Event, EventKind};
+use gridwork_model::access::{case_scopes, may_change, CaseAccess, Scope, Subject, WriteDenied};
+use gridwork_model::ids::{DeviceId, GridId, UserId};
+use gridwork_model::lifecycle::{fold, Event, EventKind};
 use gridwork_model::wire::{
     BlobOwner, BlobStatus, EnrolRequest, EnrolResponse, ItemResult, Outcome, PulledDoc, SyncRequest, SyncResponse,
     PROTOCOL_VERSION,
@@ -21,7 +23,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction, Tr
 use sha2::{Digest, Sha256};
 
 mod console;
-mod records;
+pub(super) mod records;
 
 use super::{Device, OperatorStats, SyncStore};
 use crate::blobs::{Begun, BlobFiles, Writer};
@@ -614,16 +616,8 @@ impl SqliteStore {
             Some(_) => {}
         }
         own_actors.insert(facts.actor.clone());
-        // The change must belong to the document it is filed under.
-        for (k, v) in &facts.root_puts {
-            if k == keys::ID && v != doc_id {
-                return Ok(ItemResult {
-                    key,
-                    outcome: Outcome::Refused,
-                    reason: Some(format!("change creates document {v}, filed under {doc_id}")),
-                });
-            }
-        }
+        // That the change belongs to the document it is filed under was checked when it was read
+        // (`ingest::read_pushed`).
         let mut missing = 0;
         for dep in &facts.deps {
             let dep_doc: Option<String> =
@@ -667,11 +661,95 @@ impl SqliteStore {
         reason: &str,
         bytes: &[u8],
     ) -> Result<ItemResult> {
+        self.quarantine_told(tx, key, doc_id, device, now, reason, reason, bytes)
+    }
+
+    /// Quarantines an item, keeping `reason` for the administrator and telling the device `told`
+    /// (which says nothing of the case it could not see).
+    #[allow(clippy::too_many_arguments)]
+    fn quarantine_told(
+        &self,
+        tx: &Transaction<'_>,
+        key: &str,
+        doc_id: &str,
+        device: &Device,
+        now: i64,
+        reason: &str,
+        told: &str,
+        bytes: &[u8],
+    ) -> Result<ItemResult> {
         exec(tx,
             "INSERT INTO quarantine (hash, doc_id, device_id, received_ms, reason, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
             params![key, doc_id, device.id, now, reason, bytes],
         )?;
-        Ok(ItemResult { key: key.to_owned(), outcome: Outcome::Quarantined, reason: Some(reason.to_owned()) })
+        Ok(ItemResult { key: key.to_owned(), outcome: Outcome::Quarantined, reason: Some(told.to_owned()) })
+    }
+
+    /// The one write-authorization rule (`gridwork_model::access::may_change`) with what the
+    /// server knows when the change arrives: the case's membership, the device that created it,
+    /// and the scopes the device's user holds now. A change to a case the server does not hold
+    /// yet creates it, and a device may always create a case (its reporter scope then covers it).
+    fn authorize(
+        &self,
+        tx: &Transaction<'_>,
+        device: &Device,
+        doc_id: &str,
+        touched: &HashMap<String, Touched>,
+    ) -> Result<std::result::Result<(), WriteDenied>> {
+        if touched.get(doc_id).is_some_and(|t| t.authorized.contains(&device.id)) {
+            return Ok(Ok(())); // an earlier change of this push to the same case was allowed
+        }
+        let Some(access) = case_access(tx, doc_id)? else { return Ok(Ok(())) };
+        Ok(may_change(&subject(tx, device)?, &access))
+    }
+
+    /// What the administrator reads in the quarantine for a change refused for its scope: the
+    /// rule's verdict, and whether it looks like work done before the user lost the case's scope
+    /// (it builds only on changes the server had when the scope was taken away — a worker moved
+    /// to another grid syncing late) or like an attack (it builds on what the user never held).
+    fn explain_denial(
+        &self,
+        tx: &Transaction<'_>,
+        device: &Device,
+        facts: &ChangeFacts,
+        denied: &WriteDenied,
+    ) -> Result<String> {
+        let WriteDenied::OutOfScope { case_scopes, .. } = denied;
+        // When the user last lost a scope the case belongs to: a scope taken away, a community or
+        // street taken away with its grids, or a grid moved out of one of the user's areas.
+        let mut lost: Option<(String, i64)> = None;
+        let removed: Vec<(String, i64)> = tx
+            .prepare_cached(
+                "SELECT scope, removed_seq FROM user_scopes_removed WHERE user_id = ?1
+                 UNION ALL SELECT 'grid:' || p.grid_id, r.removed_seq FROM user_scopes_removed r
+                     JOIN grid_placements p ON p.scope = r.scope WHERE r.user_id = ?1
+                 UNION ALL SELECT 'grid:' || p.grid_id, p.to_seq FROM user_scopes s
+                     JOIN grid_placements p ON p.scope = s.scope WHERE s.user_id = ?1 AND p.to_seq IS NOT NULL",
+            )?
+            .query_map([&device.user], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (scope, at) in removed {
+            if case_scopes.contains(&scope) && lost.as_ref().is_none_or(|(_, a)| at > *a) {
+                lost = Some((scope, at));
+            }
+        }
+        let mut built_on = 0i64;
+        for d in &facts.deps {
+            let seq: Option<i64> = q1(tx, "SELECT seq FROM changes WHERE hash = ?1", [d], |r| r.get(0)).optional()?;
+            built_on = built_on.max(seq.unwrap_or(i64::MAX));
+        }
+        Ok(match lost {
+            Some((scope, at)) if built_on <= at => format!(
+                "late change: {denied}. {} held {scope} until sequence {at}, and this change builds only on what \
+                 the server had then: work done offline before the move — release it if it is genuine",
+                device.user
+            ),
+            Some((scope, at)) => format!(
+                "out of scope: {denied}. {} lost {scope} at sequence {at}, and this change builds on later changes",
+                device.user
+            ),
+            None => format!("out of scope: {denied}"),
+        })
     }
 
     /// Applies a change whose dependencies are all present: attribution checks, then a sequence
@@ -689,6 +767,14 @@ impl SqliteStore {
         touched: &mut HashMap<String, Touched>,
     ) -> Result<ItemResult> {
         let key = facts.hash.clone();
+        // Allowed by the device's role and scope (model::access): checked before anything else,
+        // so a change that is not allowed stores nothing but its quarantine row.
+        if !released {
+            if let Err(denied) = self.authorize(tx, device, doc_id, touched)? {
+                let reason = self.explain_denial(tx, device, facts, &denied)?;
+                return self.quarantine_told(tx, &key, doc_id, device, now, &reason, OUT_OF_SCOPE_TOLD, bytes);
+            }
+        }
         // Where the case's events live: this change, an earlier change of this push, or the store.
         let earlier = touched.get(doc_id).and_then(|t| t.events_obj.clone());
         let events_obj: Option<String> = match (&facts.events_obj_created, earlier) {
@@ -736,6 +822,7 @@ impl SqliteStore {
         }
         // The docs row is written once per case and push, in `refresh_doc`.
         let t = touched.entry(doc_id.to_owned()).or_default();
+        t.authorized.insert(device.id.clone());
         t.seqs.push(seq);
         if t.events_obj.is_none() {
             t.events_obj = events_obj;
@@ -823,7 +910,6 @@ impl SqliteStore {
         };
         let reported_ms = events.iter().find(|e| matches!(e.kind, EventKind::Report)).map(|e| e.clock.estimated_ms());
         let state = fold(events).state;
-        let mut scopes: BTreeSet<String> = BTreeSet::new();
         let mut flags = vec![];
         if t.clock_skew {
             flags.push("device_clock_skew");
@@ -847,19 +933,10 @@ impl SqliteStore {
                 _ => {}
             }
         }
-        // A grid's community and street see its cases through `grid_placements` (schema 6).
-        for g in &grids {
-            scopes.insert(format!("grid:{g}"));
-        }
-        for a in &state.assignees {
-            match a {
-                Assignee::Department(d) => scopes.insert(format!("department:{d}")),
-                Assignee::User(u) => scopes.insert(format!("user:{u}")),
-            };
-        }
-        if let Some(r) = &state.reporter {
-            scopes.insert(format!("user:{r}"));
-        }
+        // The case's scopes, by the rule the phone applies too (model::access); a grid's community
+        // and street see its cases through `grid_placements` (schema 6).
+        let grid_ids: Vec<GridId> = grids.iter().map(|g| GridId::from(g.as_str())).collect();
+        let scopes: BTreeSet<String> = case_scopes(&grid_ids, &state).iter().map(Scope::to_string).collect();
         let at = t.seqs.iter().copied().max().unwrap_or(0);
         let status = state.status.label();
         // Each membership row carries the case's status (the console counts by it).
@@ -1114,13 +1191,20 @@ impl SqliteStore {
         conn: &Connection,
         device: &Device,
         wanted: &[String],
+        budget: u64,
         out: &mut Vec<PulledDoc>,
     ) -> Result<()> {
         if wanted.is_empty() {
             return Ok(());
         }
         let scopes = Self::device_scopes(conn, device)?;
+        // Within the pull's byte budget, like the rest of the response: what does not fit the
+        // device asks for again on its next sync.
+        let mut used: u64 = out.iter().flat_map(|d| d.changes.iter().chain(d.compacted.iter())).map(|c| c.len() as u64).sum();
         for doc in wanted.iter().take(MAX_WANT_FULL) {
+            if used >= budget {
+                break;
+            }
             let in_scope = conn
                 .prepare_cached("SELECT scope FROM membership WHERE doc_id = ?1")?
                 .query_map([doc], |r| r.get::<_, String>(0))?
@@ -1134,6 +1218,7 @@ impl SqliteStore {
                 .prepare_cached("SELECT bytes FROM changes WHERE doc_id = ?1 ORDER BY seq")?
                 .query_map([doc], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
+            used += bytes.iter().map(|b| b.len() as u64 * 4 / 3 + 4).sum::<u64>();
             let encoded = bytes.iter().map(|b| B64.encode(b));
             match out.iter_mut().find(|d| &d.doc == doc) {
                 Some(d) => d.changes.extend(encoded),
@@ -1145,15 +1230,32 @@ impl SqliteStore {
 
     /// The sequence number a cursor stands for, and whether it is from another epoch (then the
     /// pull starts over and the device is asked to re-offer what it holds).
+    ///
+    /// A cursor this server cannot have issued — malformed, or in this epoch but past the last
+    /// sequence number it ever committed — is refused with `CursorUnknown`: answering it would
+    /// skip every change until the server caught up with it. The phone then starts over.
     fn parse_cursor(&self, cursor: Option<&str>) -> Result<(i64, bool)> {
         let Some(c) = cursor else { return Ok((0, false)) };
-        let (epoch, seq) = c
-            .split_once(':')
-            .ok_or_else(|| ServerError::BadRequest("malformed cursor: sync again without one".into()))?;
-        let seq: i64 =
-            seq.parse().map_err(|_| ServerError::BadRequest("malformed cursor: sync again without one".into()))?;
+        let unknown = || ServerError::CursorUnknown { cursor: c.chars().take(40).collect() };
+        let (epoch, seq) = c.split_once(':').ok_or_else(unknown)?;
+        let well_formed = |part: &str, max: usize, digit: fn(&char) -> bool| {
+            !part.is_empty() && part.len() <= max && part.chars().all(|ch| digit(&ch))
+        };
+        if !well_formed(epoch, 16, char::is_ascii_hexdigit) || !well_formed(seq, 18, char::is_ascii_digit) {
+            return Err(unknown());
+        }
+        let seq: i64 = seq.parse().map_err(|_| unknown())?;
         // A cursor from another epoch (a restored server) starts over from the beginning.
-        Ok(if epoch == self.epoch { (seq, false) } else { (0, true) })
+        if epoch != self.epoch {
+            return Ok((0, true));
+        }
+        let reader = self.reader()?;
+        let head = last_seq(&reader);
+        self.give_back(reader);
+        if seq > head? {
+            return Err(unknown());
+        }
+        Ok((seq, false))
     }
 }
 
@@ -1186,6 +1288,8 @@ fn write_seen(tx: &Transaction<'_>, seen: &Sightings) -> Result<()> {
 #[derive(Debug, Default)]
 struct Touched {
     seqs: Vec<i64>,
+    /// Devices whose changes to this case this push already found allowed.
+    authorized: BTreeSet<String>,
     /// The sending device's clock was far from the server's.
     clock_skew: bool,
     grids: BTreeSet<String>,
@@ -1207,6 +1311,36 @@ struct CaseFields {
     code: Option<String>,
     reporter: Option<String>,
     position: Option<(f64, f64)>,
+}
+
+/// What a device tells the device that sent a change refused for its scope: nothing of the case.
+const OUT_OF_SCOPE_TOLD: &str =
+    "not in your scope (any more): kept on the server for an administrator, who can release it";
+
+/// The case's membership and the device that created it, as the write rule needs them; `None`
+/// when the server holds no change of the case yet.
+fn case_access(conn: &Connection, doc_id: &str) -> Result<Option<CaseAccess>> {
+    let created_by: Option<String> =
+        q1(conn, "SELECT device_id FROM changes WHERE doc_id = ?1 ORDER BY seq LIMIT 1", [doc_id], |r| r.get(0))
+            .optional()?;
+    let Some(created_by) = created_by else { return Ok(None) };
+    let scopes = conn
+        .prepare_cached("SELECT scope FROM membership WHERE doc_id = ?1")?
+        .query_map([doc_id], |r| r.get::<_, String>(0))?
+        .filter_map(|s| s.ok().and_then(|s| Scope::parse(&s).ok()))
+        .collect();
+    Ok(Some(CaseAccess { scopes, created_by: Some(DeviceId::from(created_by.as_str())) }))
+}
+
+/// The device as the write rule sees it: its user's role and the scopes the user holds now.
+fn subject(conn: &Connection, device: &Device) -> Result<Subject> {
+    let scopes = SqliteStore::device_scopes(conn, device)?;
+    Ok(Subject::new(
+        DeviceId::from(device.id.as_str()),
+        UserId::from(device.user.as_str()),
+        device.role,
+        scopes.keys().filter_map(|s| Scope::parse(s).ok()),
+    ))
 }
 
 fn load_device_by_id(conn: &Connection, id: &str) -> Result<Device> {
@@ -1316,7 +1450,15 @@ impl SyncStore for SqliteStore {
         }
     }
 
-    fn blob_status(&self, _device: &Device, sha256: &str) -> Result<BlobStatus> {
+    fn blob_status(&self, device: &Device, sha256: &str, owner: Option<&BlobOwner>) -> Result<BlobStatus> {
+        let allowed = match owner {
+            Some(o) => self.can_see_owner(device, o)?,
+            None => false,
+        };
+        if !allowed && !self.sees_blob(device, sha256)? {
+            // The same answer as a download's: an outsider learns nothing of whether it exists.
+            return Err(ServerError::NotInScope(format!("blob {sha256} belongs to nothing you can see")));
+        }
         self.blobs.status(sha256)
     }
 
@@ -1381,24 +1523,7 @@ impl SyncStore for SqliteStore {
         if device.retired {
             return Err(ServerError::DeviceRetired);
         }
-        let reader = self.reader()?;
-        let visible = q1(
-            &reader,
-            "SELECT 1 FROM blob_links l WHERE l.sha256 = ?1 AND (
-                 (l.owner_kind = 'case' AND EXISTS (
-                     SELECT 1 FROM membership m WHERE m.doc_id = l.owner_id
-                     AND (m.scope = 'user:' || ?2 OR m.scope IN (SELECT scope FROM user_areas WHERE user_id = ?2))))
-                 OR (l.owner_kind = 'check_in' AND EXISTS (
-                     SELECT 1 FROM records r JOIN devices d ON d.id = r.device_id
-                     WHERE r.id = l.owner_id AND d.user_id = ?2)))
-             LIMIT 1",
-            params![sha256, device.user],
-            |r| r.get::<_, i64>(0),
-        )
-        .optional()?
-        .is_some();
-        self.give_back(reader);
-        if !visible {
+        if !self.sees_blob(device, sha256)? {
             // The same answer whether the blob exists or not: a device learns nothing of others' evidence.
             return Err(ServerError::NotInScope(format!("blob {sha256} belongs to nothing you can see")));
         }
@@ -1412,15 +1537,31 @@ impl SyncStore for SqliteStore {
         let (cursor, reoffer) = self.parse_cursor(req.cursor.as_deref())?;
         // Decode and parse every pushed change before queueing for the writer: parsing is a fifth
         // of the push's CPU, and here it runs beside other requests instead of inside the one writer.
+        // Bytes are bounded per change (`ingest::MAX_CHANGE_BYTES`) and per request: changes past
+        // the request's budget are refused, stay in the phone's outbox and go in its next request.
         let mut pushed = Vec::with_capacity(req.changes.len());
+        let mut decoded = 0usize;
         for c in &req.changes {
-            let bytes = B64
-                .decode(&c.bytes)
-                .map_err(|_| ServerError::BadRequest(format!("change for {} is not base64", c.doc)))?;
+            let bytes = B64.decode(&c.bytes).map_err(|_| {
+                ServerError::BadRequest(format!("change for {} is not base64", c.doc.chars().take(60).collect::<String>()))
+            })?;
+            let inflated = crate::ingest::inflated_len(&bytes).unwrap_or(bytes.len());
+            decoded = decoded.saturating_add(inflated);
+            if decoded > crate::limits::MAX_DECODED_BYTES_PER_REQUEST {
+                let why = format!(
+                    "this request's changes hold over {} bytes: sent again in the next request",
+                    crate::limits::MAX_DECODED_BYTES_PER_REQUEST
+                );
+                pushed.push(Pushed { doc: c.doc.clone(), bytes, facts: Err(why) });
+                continue;
+            }
             pushed.push(Pushed::new(c.doc.clone(), bytes));
         }
-        let (app_version, catalog_version, budget) =
-            (req.app_version.clone(), req.state.catalog_version, req.max_pull_bytes.max(1));
+        let (app_version, catalog_version, budget) = (
+            req.app_version.clone(),
+            req.state.catalog_version,
+            req.max_pull_bytes.clamp(1, crate::limits::MAX_PULL_BYTES),
+        );
         let want_full = std::mem::take(&mut req.want_full);
         let accept_compacted = req.accept_compacted;
         let results = if pushed.is_empty() && req.records.is_empty() && !device.retired {
@@ -1439,9 +1580,13 @@ impl SyncStore for SqliteStore {
             (vec![], vec![], cursor, false)
         } else {
             let (mut docs, left, new_cursor, more) = self.pull(&snapshot, device, cursor, budget, accept_compacted)?;
-            self.add_whole_documents(&snapshot, device, &want_full, &mut docs)?;
+            self.add_whole_documents(&snapshot, device, &want_full, budget, &mut docs)?;
             (docs, left, new_cursor, more)
         };
+        let scopes: Vec<String> = Self::device_scopes(&snapshot, device)?
+            .into_keys()
+            .filter(|s| !s.starts_with("community:") && !s.starts_with("street:"))
+            .collect();
         let min_version = meta_get(&snapshot, "min_app_version")?;
         snapshot.finish()?;
         self.give_back(reader);
@@ -1458,6 +1603,7 @@ impl SyncStore for SqliteStore {
             reoffer,
             retired: device.retired,
             more,
+            scopes,
         })
     }
 }
@@ -1478,7 +1624,7 @@ struct Pushed {
 
 impl Pushed {
     fn new(doc: String, bytes: Vec<u8>) -> Self {
-        let facts = read_change(&bytes).map(|(_, f)| f);
+        let facts = crate::ingest::read_pushed(&doc, &bytes);
         Pushed { doc, bytes, facts }
     }
 }
@@ -1743,29 +1889,50 @@ impl SqliteStore {
         Ok(c)
     }
 
-    /// Whether `device` sees the case or check-in a blob belongs to: a case in one of its user's
-    /// scopes, or a check-in recorded by one of its user's devices.
+    /// Whether `device` may see a blob: it is linked to a case in its user's scopes or to a
+    /// check-in one of its user's devices recorded.
+    fn sees_blob(&self, device: &Device, sha256: &str) -> Result<bool> {
+        let reader = self.reader()?;
+        let visible = q1(
+            &reader,
+            "SELECT 1 FROM blob_links l WHERE l.sha256 = ?1 AND (
+                 (l.owner_kind = 'case' AND EXISTS (
+                     SELECT 1 FROM membership m WHERE m.doc_id = l.owner_id
+                     AND (m.scope = 'user:' || ?2 OR m.scope IN (SELECT scope FROM user_areas WHERE user_id = ?2))))
+                 OR (l.owner_kind = 'check_in' AND EXISTS (
+                     SELECT 1 FROM records r JOIN devices d ON d.id = r.device_id
+                     WHERE r.id = l.owner_id AND d.user_id = ?2)))
+             LIMIT 1",
+            params![sha256, device.user],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional();
+        self.give_back(reader);
+        Ok(visible?.is_some())
+    }
+
+    /// Whether `device` may upload evidence for `owner`: a case it may change (the one write
+    /// rule, `model::access::may_change`), or a check-in one of its user's devices recorded.
     fn can_see_owner(&self, device: &Device, owner: &BlobOwner) -> Result<bool> {
         let reader = self.reader()?;
-        let found = match owner {
-            BlobOwner::Case(id) => q1(
-                &reader,
-                "SELECT 1 FROM membership m WHERE m.doc_id = ?1
-                 AND (m.scope = 'user:' || ?2 OR m.scope IN (SELECT scope FROM user_areas WHERE user_id = ?2)) LIMIT 1",
-                params![id, device.user],
-                |r| r.get::<_, i64>(0),
-            ),
-            BlobOwner::CheckIn(id) => q1(
-                &reader,
-                "SELECT 1 FROM records r JOIN devices d ON d.id = r.device_id WHERE r.id = ?1 AND d.user_id = ?2",
-                params![id, device.user],
-                |r| r.get::<_, i64>(0),
-            ),
-        }
-        .optional()?
-        .is_some();
+        let found = (|| -> Result<bool> {
+            Ok(match owner {
+                BlobOwner::Case(id) => match case_access(&reader, id)? {
+                    Some(access) => may_change(&subject(&reader, device)?, &access).is_ok(),
+                    None => false,
+                },
+                BlobOwner::CheckIn(id) => q1(
+                    &reader,
+                    "SELECT 1 FROM records r JOIN devices d ON d.id = r.device_id WHERE r.id = ?1 AND d.user_id = ?2",
+                    params![id, device.user],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()?
+                .is_some(),
+            })
+        })();
         self.give_back(reader);
-        Ok(found)
+        found
     }
 
     /// Records a complete blob (once) and links it to `owner` (once per owner).

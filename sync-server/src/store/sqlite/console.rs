@@ -10,7 +10,7 @@
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use automerge::{ActorId, Automerge};
-use gridwork_model::doc::{self, read_case};
+use gridwork_model::doc::{self, read_case, CaseDoc};
 use gridwork_model::ids::EventId;
 use gridwork_model::lifecycle::{self, Event, EventKind};
 use gridwork_model::time::{ClockStamp, DistrictCalendar};
@@ -294,15 +294,27 @@ impl SqliteStore {
         Ok(false)
     }
 
-    fn load_document(conn: &Connection, case_id: &str) -> Result<Automerge> {
+    /// A stored case, loaded and read. A document the server cannot read (whatever slipped past
+    /// ingest, or a store damaged on disk) is `DamagedDocument`, naming the devices that sent it:
+    /// the console shows it as damaged instead of failing.
+    fn load_case(conn: &Connection, case_id: &str) -> Result<(Automerge, CaseDoc)> {
         let changes: Vec<automerge::Change> = conn
             .prepare_cached("SELECT bytes FROM changes WHERE doc_id = ?1 ORDER BY seq")?
             .query_map([case_id], |r| r.get::<_, Vec<u8>>(0))?
             .filter_map(|b| b.ok().and_then(|b| automerge::Change::from_bytes(b).ok()))
             .collect();
         let mut doc = Automerge::new();
-        doc.apply_changes(changes).map_err(|e| ServerError::Internal(format!("case {case_id}: {e}")))?;
-        Ok(doc)
+        let read = doc.apply_changes(changes).map_err(|e| e.to_string()).and_then(|()| read_case(&doc).map_err(|e| e.to_string()));
+        match read {
+            Ok(case) => Ok((doc, case)),
+            Err(reason) => {
+                let senders: Vec<String> = conn
+                    .prepare_cached("SELECT DISTINCT device_id FROM changes WHERE doc_id = ?1 ORDER BY device_id")?
+                    .query_map([case_id], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                Err(ServerError::DamagedDocument { case_id: case_id.to_owned(), senders: senders.join(", "), reason })
+            }
+        }
     }
 
     /// The console pseudo-device of `user`, registered on first use.
@@ -549,8 +561,7 @@ impl ConsoleStore for SqliteStore {
                 // The same answer whether the case exists or not.
                 return Err(ServerError::NotInScope(format!("case {case_id} is not in your area")));
             }
-            let doc = Self::load_document(&reader, case_id)?;
-            let case = read_case(&doc).map_err(|e| ServerError::Internal(format!("case {case_id}: {e}")))?;
+            let (_, case) = Self::load_case(&reader, case_id)?;
             let flags: String = q1(&reader, "SELECT flags FROM docs WHERE doc_id = ?1", [case_id], |r| r.get(0))?;
             let received_ms: Option<i64> =
                 q1(&reader, "SELECT min(received_ms) FROM changes WHERE doc_id = ?1", [case_id], |r| r.get(0))?;
@@ -579,16 +590,16 @@ impl ConsoleStore for SqliteStore {
         // document, would both claim the actor's next sequence number.
         let _one_at_a_time = self.console_writes.lock().unwrap_or_else(|p| p.into_inner());
         let reader = self.reader()?;
-        let loaded = (|| -> Result<Automerge> {
+        let loaded = (|| -> Result<(Automerge, CaseDoc)> {
             if !Self::can_see_case(&reader, user, case_id)? {
                 return Err(ServerError::NotInScope(format!("case {case_id} is not in your area")));
             }
-            Self::load_document(&reader, case_id)
+            Self::load_case(&reader, case_id)
         })();
         self.give_back(reader);
-        let mut doc = loaded?.with_actor(console_actor(&user.id));
+        let (doc, case) = loaded?;
+        let mut doc = doc.with_actor(console_actor(&user.id));
         let device = self.console_device(user, now_ms)?;
-        let case = read_case(&doc).map_err(|e| ServerError::Internal(format!("case {case_id}: {e}")))?;
         let catalog = self.catalog();
         match &action {
             ConsoleAction::Event(kind) => {
@@ -601,7 +612,7 @@ impl ConsoleStore for SqliteStore {
                 }
                 let actor = user.actor();
                 lifecycle::check(kind, &actor, &case.timeline.state)
-                    .map_err(|r| ServerError::NotAllowed(format!("{} from {}: {}", r.kind, r.from, r.reason)))?;
+                    .map_err(|r| ServerError::Forbidden(format!("{} from {}: {}", r.kind, r.from, r.reason)))?;
                 let (parents, lamport) =
                     doc::next_event_position(&doc).map_err(|e| ServerError::Internal(e.to_string()))?;
                 let clock = ClockStamp {
@@ -616,7 +627,7 @@ impl ConsoleStore for SqliteStore {
             }
             ConsoleAction::Keep(patch) => {
                 if user.role == gridwork_model::catalog::Role::DepartmentHandler {
-                    return Err(ServerError::NotAllowed("department handlers do not edit case fields".into()));
+                    return Err(ServerError::Forbidden("department handlers do not edit case fields".into()));
                 }
                 let written = doc
                     .transact::<_, _, gridwork_model::error::ModelError>(|t| doc::apply_patch(t, patch))
@@ -655,6 +666,10 @@ impl ConsoleStore for SqliteStore {
                 tracing::info!(case = %case_id, "console action stored");
                 Ok(())
             }
+            Some(r) if r.outcome == Outcome::Quarantined => Err(ServerError::Forbidden(format!(
+                "you may not change this case: {}",
+                r.reason.clone().unwrap_or_default()
+            ))),
             Some(r) => Err(ServerError::Internal(format!(
                 "the console's change was not accepted: {}",
                 r.reason.clone().unwrap_or_default()

@@ -1,0 +1,182 @@
+//! Every bound on what a request may cost the server, in one place (docs/SECURITY.md, "Bounded
+//! resources"). Connections and headers are bounded by the accept loop ([`crate::serve`]) with
+//! hyper's own settings; bodies, items and decoded bytes here, where a request enters.
+//!
+//! Memory is bounded by construction, not by hoping requests are small: every request that
+//! buffers bytes — a sync's body and the page it pulls, a downloaded blob — first takes that many
+//! bytes from one [`MemoryBudget`], and waits (in arrival order) while the budget is spent. What
+//! a request costs in memory is a small multiple of what it takes (parsed JSON, decoded changes,
+//! the response's base64), so the budget times that multiple plus the server's own working set
+//! stays under the 512 MB a district server is given; `gridwork-bench abuse` measures it.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{Quota, RateLimiter};
+
+use crate::error::ServerError;
+
+/// Largest request body accepted (a page of pushed changes; phones send about 256 KiB).
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// Largest enrolment request: a code and an app version.
+pub const MAX_ENROL_BODY_BYTES: usize = 4 * 1024;
+/// Changes, records and whole-document requests one sync may carry (the phone pages below it).
+pub use gridwork_model::wire::MAX_ITEMS_PER_REQUEST;
+/// Bytes the changes of one request may inflate to, all together (each change on its own is
+/// bounded by [`crate::ingest::MAX_CHANGE_BYTES`]). Changes past it are refused with a reason and
+/// stay in the phone's outbox for its next request.
+pub const MAX_DECODED_BYTES_PER_REQUEST: usize = 32 * 1024 * 1024;
+/// The most a sync's pulled page may hold, whatever the device asks for in `max_pull_bytes`.
+pub const MAX_PULL_BYTES: u64 = 4 * 1024 * 1024;
+/// Bytes of requests and responses buffered at once, across every request (see the module doc).
+pub const MEMORY_BUDGET_BYTES: usize = 96 * 1024 * 1024;
+/// A request's headers must arrive within this (hyper closes the connection otherwise); it also
+/// ends an idle keep-alive connection.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
+/// A request's body must arrive within this. A phone's page of 256 KiB takes 33 s at 64 kbit/s;
+/// an evidence upload cut by it keeps what arrived and resumes from there.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Connections open at once; more wait in the kernel's accept queue until one closes.
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// The unit the memory budget counts in (a semaphore has at most `u32::MAX` permits).
+const BUDGET_UNIT: usize = 1024;
+
+/// Bytes buffered by requests in flight, across the server (see the module doc).
+#[derive(Debug, Clone)]
+pub struct MemoryBudget {
+    permits: Arc<tokio::sync::Semaphore>,
+    total_units: u32,
+}
+
+/// Bytes taken from the budget, given back when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl MemoryBudget {
+    pub fn new(bytes: usize) -> MemoryBudget {
+        let total_units = u32::try_from(bytes / BUDGET_UNIT).unwrap_or(u32::MAX).max(1);
+        MemoryBudget { permits: Arc::new(tokio::sync::Semaphore::new(total_units as usize)), total_units }
+    }
+
+    /// Takes `bytes` from the budget, waiting while it is spent. A request larger than the whole
+    /// budget takes all of it (it then runs alone).
+    pub async fn reserve(&self, bytes: usize) -> Reservation {
+        let units = u32::try_from(bytes.div_ceil(BUDGET_UNIT)).unwrap_or(u32::MAX).clamp(1, self.total_units);
+        // The semaphore is never closed, so acquiring only fails if it were; then run unbudgeted
+        // rather than refuse the request.
+        Reservation { _permit: self.permits.clone().acquire_many_owned(units).await.ok() }
+    }
+
+    /// Bytes free now (for tests and metrics).
+    pub fn available(&self) -> usize {
+        self.permits.available_permits() * BUDGET_UNIT
+    }
+}
+
+type Keyed<K> = RateLimiter<K, governor::state::keyed::DefaultKeyedStateStore<K>, governor::clock::DefaultClock>;
+
+/// Enrolment attempts, limited per network address and per code presented. A code is 80 random
+/// bits (20 hex digits, `SqliteStore::enrol_device`), so guessing one is hopeless anyway; the
+/// limits keep a guesser from costing the server work and make a stolen QR code's misuse slow
+/// and visible in the logs.
+#[derive(Debug)]
+pub struct EnrolLimits {
+    by_address: Keyed<IpAddr>,
+    by_code: Keyed<String>,
+}
+
+/// Attempts per address: a burst of 10 (a supervisor enrolling a team from one office), then one
+/// every 6 seconds.
+const ENROL_PER_ADDRESS: (u32, Duration) = (10, Duration::from_secs(6));
+/// Attempts with one code: a few retries over a flaky link, then one a minute.
+const ENROL_PER_CODE: (u32, Duration) = (5, Duration::from_secs(60));
+
+impl Default for EnrolLimits {
+    fn default() -> Self {
+        let quota = |(burst, every): (u32, Duration)| {
+            Quota::with_period(every)
+                .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+                .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN))
+        };
+        EnrolLimits {
+            by_address: RateLimiter::keyed(quota(ENROL_PER_ADDRESS)),
+            by_code: RateLimiter::keyed(quota(ENROL_PER_CODE)),
+        }
+    }
+}
+
+impl EnrolLimits {
+    /// Counts one attempt from `peer` with `code`; `RateLimited` when either is over its limit.
+    pub fn check(&self, peer: Option<IpAddr>, code: &str) -> Result<(), ServerError> {
+        let wait = |not_until: governor::NotUntil<_>| {
+            not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()))
+        };
+        if let Some(ip) = peer {
+            self.by_address.check_key(&ip).map_err(|n| ServerError::RateLimited {
+                what: "enrolment attempts from this address",
+                retry_after_s: wait(n).as_secs().max(1),
+            })?;
+        }
+        // Keyed by the code's first 64 characters: a megabyte-long "code" is not kept.
+        let key: String = code.chars().take(64).collect();
+        self.by_code.check_key(&key).map_err(|n| ServerError::RateLimited {
+            what: "attempts with this enrolment code",
+            retry_after_s: wait(n).as_secs().max(1),
+        })?;
+        // The maps forget keys whose limits have recovered, so they cannot grow without bound.
+        if self.by_address.len() > 10_000 {
+            self.by_address.retain_recent();
+        }
+        if self.by_code.len() > 10_000 {
+            self.by_code.retain_recent();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enrolment_attempts_are_limited_per_address_and_per_code() {
+        let limits = EnrolLimits::default();
+        let ip: IpAddr = [10, 0, 0, 7].into();
+        let mut allowed = 0;
+        for i in 0..30 {
+            if limits.check(Some(ip), &format!("guess-{i}")).is_ok() {
+                allowed += 1;
+            }
+        }
+        assert_eq!(allowed, ENROL_PER_ADDRESS.0, "a burst, then refused");
+        let refused = limits.check(Some(ip), "another").expect_err("still limited");
+        assert_eq!(refused.status_and_code(), (429, "rate_limited"));
+        // Another address is not held back by the first one's guesses…
+        assert!(limits.check(Some([10, 0, 0, 8].into()), "x").is_ok());
+        // …but one code tried from many addresses is.
+        let tries = (0..20u8).filter(|i| limits.check(Some([10, 1, 0, *i].into()), "same-code").is_ok()).count();
+        assert_eq!(tries, ENROL_PER_CODE.0 as usize);
+    }
+
+    #[tokio::test]
+    async fn the_memory_budget_makes_requests_wait_until_bytes_are_given_back() {
+        let budget = MemoryBudget::new(4 * BUDGET_UNIT);
+        let first = budget.reserve(3 * BUDGET_UNIT).await;
+        assert_eq!(budget.available(), BUDGET_UNIT);
+        let waiting = tokio::time::timeout(Duration::from_millis(50), budget.reserve(2 * BUDGET_UNIT)).await;
+        assert!(waiting.is_err(), "over the budget: waits");
+        drop(first);
+        let second = tokio::time::timeout(Duration::from_millis(500), budget.reserve(2 * BUDGET_UNIT)).await;
+        assert!(second.is_ok(), "given back: proceeds");
+        // Larger than the whole budget: takes all of it rather than wait forever.
+        drop(second);
+        let all = tokio::time::timeout(Duration::from_millis(500), budget.reserve(usize::MAX)).await;
+        assert!(all.is_ok());
+        assert_eq!(budget.available(), 0);
+    }
+}

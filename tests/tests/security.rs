@@ -1,0 +1,442 @@
+//! Attacks on the real server, one per rule of docs/SECURITY.md: a client written from
+//! docs/PROTOCOL.md alone, holding a real device token, tries what the rules forbid.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use automerge::transaction::Transactable;
+use automerge::{AutoCommit, ROOT};
+use base64::Engine;
+use gridwork_core::model::catalog::Role;
+use gridwork_core::model::doc::{keys, CasePatch};
+use gridwork_core::model::ids::CaseId;
+use gridwork_core::model::wire::{DeviceState, PushedChange, SyncRequest, SyncResponse, PROTOCOL_VERSION};
+use gridwork_core::CoreError;
+use gridwork_sync_server::serve::ServeLimits;
+use gridwork_sync_server::{ServeOptions, SyncStore};
+
+mod common;
+use common::{capture, phone, District, Phone};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .tls_backend_preconfigured(gridwork_core::tls::trust_nobody().expect("tls config"))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+fn request(changes: Vec<PushedChange>, cursor: Option<String>) -> SyncRequest {
+    SyncRequest {
+        protocol: PROTOCOL_VERSION,
+        app_version: "0.1.0".into(),
+        doc_schema: 1,
+        cursor,
+        state: DeviceState::default(),
+        changes,
+        records: vec![],
+        want_full: vec![],
+        accept_compacted: false,
+        max_pull_bytes: 1 << 20,
+    }
+}
+
+/// Posts a sync as the device holding `token`: (status, body as JSON).
+fn post_sync(d: &District, token: &str, req: &SyncRequest) -> (u16, serde_json::Value) {
+    let resp = client()
+        .post(format!("{}/v1/sync", d.url()))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(req).expect("json"))
+        .send()
+        .expect("send");
+    let status = resp.status().as_u16();
+    (status, serde_json::from_slice(&resp.bytes().expect("body")).unwrap_or(serde_json::Value::Null))
+}
+
+/// A change to case `id` written by a fresh actor: on top of `history` when given (the attacker
+/// knows the case's heads), or from nothing (it knows only the id).
+fn forged_change(id: &CaseId, history: Option<Vec<Vec<u8>>>, title: &str) -> Vec<u8> {
+    let mut doc = AutoCommit::new();
+    if let Some(changes) = history {
+        let parsed: Vec<automerge::Change> =
+            changes.into_iter().map(|b| automerge::Change::from_bytes(b).expect("change")).collect();
+        doc.apply_changes(parsed).expect("history");
+    } else {
+        doc.put(ROOT, keys::ID, id.to_string()).expect("id");
+    }
+    doc.put(ROOT, keys::TITLE, title).expect("title");
+    doc.commit();
+    doc.get_last_local_change().expect("a change").raw_bytes().to_vec()
+}
+
+fn pushed(id: &CaseId, bytes: &[u8]) -> PushedChange {
+    PushedChange { doc: id.to_string(), bytes: B64.encode(bytes) }
+}
+
+fn title(p: &Phone, id: &CaseId) -> String {
+    p.store.get_case(id).expect("case").case.title.value
+}
+
+#[test]
+fn a_worker_cannot_change_a_case_in_another_grid_with_or_without_its_heads() {
+    let d = District::new();
+    let mut w1 = phone(&d, "w1", None);
+    let w2 = phone(&d, "w2", None);
+    let victim = capture(&w1, 0, 1, 1)[0];
+    w1.sync(&d.url()).expect("w1 reports in g0");
+    let original = title(&w1, &victim);
+    let history = w1.store.export_changes(&victim).expect("history");
+
+    // w2 (grid g1) sends two changes to w1's case and one to a case of its own, in one batch.
+    let blind = forged_change(&victim, None, "rewritten blind");
+    let informed = forged_change(&victim, Some(history), "rewritten on top");
+    let own = capture(&w2, 1, 1, 2)[0];
+    let own_change = w2.store.export_changes(&own).expect("own")[0].clone();
+    let (status, body) = post_sync(
+        &d,
+        &w2.config.token,
+        &request(vec![pushed(&victim, &blind), pushed(&victim, &informed), pushed(&own, &own_change)], None),
+    );
+    assert_eq!(status, 200, "{body}");
+    let outcomes: Vec<&str> = body["results"].as_array().expect("results").iter().map(|r| r["outcome"].as_str().unwrap_or("")).collect();
+    assert_eq!(outcomes, ["quarantined", "quarantined", "accepted"], "{body}");
+    let told = body["results"][0]["reason"].as_str().unwrap_or("");
+    assert!(!told.contains("g0") && !told.contains("w1"), "the device learns nothing of the case: {told}");
+
+    // Nothing reached the owner or the server's view of the case.
+    w1.sync(&d.url()).expect("w1 again");
+    assert_eq!(title(&w1, &victim), original);
+    assert_eq!(d.store.doc_heads(&victim.to_string()).expect("heads").len(), 1, "only w1's change is applied");
+    let q = d.store.quarantined().expect("quarantine");
+    assert_eq!(q.len(), 2);
+    assert!(q.iter().all(|i| i.reason.starts_with("out of scope") && i.reason.contains("grid:g0")), "{q:?}");
+}
+
+#[test]
+fn a_late_change_from_a_moved_worker_is_quarantined_as_late_and_an_administrator_can_release_it() {
+    let d = District::new();
+    d.store.set_user("w3", Role::Worker, None, &["grid:g0".into()]).expect("w3");
+    let mut w1 = phone(&d, "w1", None);
+    let mut w3 = phone(&d, "w3", None);
+    let theirs = capture(&w3, 0, 1, 3)[0];
+    w3.sync(&d.url()).expect("w3");
+    w1.sync(&d.url()).expect("w1 receives g0");
+    assert_eq!(w1.store.get_case(&theirs).expect("case").read_only, None, "in w1's grid: editable");
+    // Offline, w1 retitles w3's case; then w1 is moved to g1 before syncing.
+    w1.store.edit_case(&theirs, CasePatch { title: Some("gate broken".into()), ..Default::default() }).expect("edit");
+    d.store.set_user("w1", Role::Worker, None, &["grid:g1".into()]).expect("move");
+    let r = w1.sync(&d.url()).expect("after the move");
+    assert_eq!(r.quarantined.len(), 1, "{r:?}");
+    assert_eq!(w1.store.outbox_len().expect("outbox"), 0, "kept on the server, not resent");
+    let q = d.store.quarantined().expect("quarantine");
+    assert!(q[0].reason.starts_with("late change"), "told apart from an attack: {}", q[0].reason);
+
+    // The phone now shows the case read-only, and refuses to change it.
+    let detail = w1.store.get_case(&theirs).expect("case");
+    assert!(detail.read_only.is_some());
+    let refused = w1.store.edit_case(&theirs, CasePatch { title: Some("again".into()), ..Default::default() });
+    assert!(matches!(refused, Err(CoreError::ReadOnlyCase { .. })), "{refused:?}");
+
+    // Released, the edit reaches w3: nothing a worker recorded is lost.
+    d.store.release_quarantined(&q[0].key, 0).expect("release");
+    w3.sync(&d.url()).expect("w3 again");
+    assert_eq!(title(&w3, &theirs), "gate broken");
+}
+
+#[test]
+fn the_phone_makes_a_case_it_may_not_change_read_only_before_anyone_edits_it() {
+    let d = District::new();
+    let mut s1 = phone(&d, "s1", None);
+    let mut w1 = phone(&d, "w1", None);
+    let case = capture(&w1, 0, 1, 4)[0];
+    w1.sync(&d.url()).expect("w1");
+    s1.sync(&d.url()).expect("s1 receives its community");
+    assert_eq!(s1.store.get_case(&case).expect("case").read_only, None);
+    // The supervisor loses the community: the scopes the server sends say so at once.
+    d.store.set_user("s1", Role::Supervisor, None, &["community:Community 1".into()]).expect("re-scope");
+    s1.sync(&d.url()).expect("s1 again");
+    let reason = s1.store.get_case(&case).expect("case").read_only.expect("read-only now");
+    assert!(!reason.is_empty());
+    let before = s1.store.outbox_len().expect("outbox");
+    assert!(matches!(
+        s1.store.record_event(&case, gridwork_core::model::lifecycle::EventKind::Note { text: "x".into() }),
+        Err(CoreError::ReadOnlyCase { .. })
+    ));
+    assert_eq!(s1.store.outbox_len().expect("outbox"), before, "nothing was written");
+}
+
+#[test]
+fn a_cursor_the_server_never_issued_is_refused_and_the_phone_starts_its_scope_over() {
+    let d = District::new();
+    let w1 = phone(&d, "w1", None);
+    let (_, first) = post_sync(&d, &w1.config.token, &request(vec![], None));
+    let cursor = first["cursor"].as_str().expect("cursor").to_owned();
+    let (epoch, seq) = cursor.split_once(':').expect("epoch:seq");
+    let ahead = format!("{epoch}:{}", seq.parse::<i64>().expect("seq") + 1000);
+    for bad in [ahead.as_str(), "nonsense", "abc:-1", "zz:1", &format!("{epoch}:1e3"), &format!("{epoch}: 5")] {
+        let (status, body) = post_sync(&d, &w1.config.token, &request(vec![], Some(bad.to_owned())));
+        assert_eq!((status, body["error"].as_str()), (409, Some("cursor_unknown")), "{bad}: {body}");
+    }
+}
+
+/// A server put back from a disk snapshot keeps its epoch but not what came after the snapshot;
+/// a phone's cursor is then ahead of it. The phone hears `cursor_unknown`, pulls its scope from
+/// the start and offers everything again: the server gets back what it lost.
+#[test]
+fn a_server_rolled_back_under_the_same_epoch_gets_everything_back_from_the_phones() {
+    let mut d = District::new();
+    let mut w1 = phone(&d, "w1", None);
+    let mut w3 = {
+        d.store.set_user("w3", Role::Worker, None, &["grid:g0".into()]).expect("w3");
+        phone(&d, "w3", None)
+    };
+    let early = capture(&w1, 0, 1, 5);
+    w1.sync(&d.url()).expect("first");
+    let snapshot = tempfile::tempdir().expect("snapshot dir");
+    gridwork_sync_server::backup::backup(d.dir.path(), snapshot.path()).expect("snapshot");
+    let late = capture(&w1, 0, 2, 6);
+    w1.sync(&d.url()).expect("second");
+    w3.sync(&d.url()).expect("w3 before the rollback");
+
+    // The disk is put back as it was at the snapshot, epoch and all.
+    d.server = None;
+    d.store = Arc::new(gridwork_sync_server::SqliteStore::open(snapshot.path()).expect("open snapshot"));
+    d.server = Some(
+        gridwork_sync_server::start(d.store.clone() as Arc<dyn SyncStore>, "127.0.0.1:0".parse().expect("addr"))
+            .expect("start on the snapshot"),
+    );
+    assert!(d.store.docs_in_scope("w1").expect("docs").len() < 3, "the snapshot lacks the later cases");
+    let r = w1.sync(&d.url()).expect("sync against the rolled-back server");
+    assert!(r.cursor_restarted, "{r:?}");
+    let mut all: Vec<String> = early.iter().chain(&late).map(|c| c.to_string()).collect();
+    all.sort();
+    assert_eq!(d.store.docs_in_scope("w1").expect("docs"), all, "every case is back");
+    // And the phone's new cursor works: a case made elsewhere reaches it.
+    let more = capture(&w3, 0, 1, 7)[0];
+    w3.sync(&d.url()).expect("w3 after");
+    w1.sync(&d.url()).expect("w1 after");
+    assert!(w1.store.document_ids().expect("ids").contains(&more));
+}
+
+#[test]
+fn malformed_documents_and_damaged_changes_are_refused_per_item_with_a_reason() {
+    let d = District::new();
+    let w1 = phone(&d, "w1", None);
+    let good = capture(&w1, 0, 1, 8)[0];
+    let good_change = w1.store.export_changes(&good).expect("changes")[0].clone();
+    let mut corrupted = good_change.clone();
+    corrupted[5] ^= 0xff; // the checksum
+    let other = CaseId::generate();
+    let wrong_id = forged_change(&other, None, "t");
+    let mut bad_location = AutoCommit::new();
+    let new_id = CaseId::generate();
+    bad_location.put(ROOT, keys::ID, new_id.to_string()).expect("id");
+    bad_location.put(ROOT, keys::LOCATION, r#"{"lat":123,"lon":0,"accuracy_m":1,"provider":"gps"}"#).expect("loc");
+    bad_location.commit();
+    let bad_location = bad_location.get_last_local_change().expect("change").raw_bytes().to_vec();
+    let changes = vec![
+        PushedChange { doc: "not-a-uuid".into(), bytes: B64.encode(&wrong_id) },
+        pushed(&good, &corrupted),
+        pushed(&good, &wrong_id),
+        pushed(&new_id, &bad_location),
+        pushed(&good, &good_change),
+    ];
+    let (status, body) = post_sync(&d, &w1.config.token, &request(changes, None));
+    assert_eq!(status, 200, "{body}");
+    let results = body["results"].as_array().expect("results");
+    let reasons: Vec<String> = results.iter().map(|r| r["reason"].as_str().unwrap_or("").to_owned()).collect();
+    let outcomes: Vec<&str> = results.iter().map(|r| r["outcome"].as_str().unwrap_or("")).collect();
+    assert_eq!(outcomes, ["refused", "refused", "refused", "refused", "accepted"], "{reasons:?}");
+    assert!(reasons[0].contains("not a case id"), "{}", reasons[0]);
+    assert!(reasons[1].contains("checksum"), "{}", reasons[1]);
+    assert!(reasons[2].contains("filed under"), "{}", reasons[2]);
+    assert!(reasons[3].contains("coordinates") || reasons[3].contains("lat"), "{}", reasons[3]);
+    assert_eq!(d.store.counts().expect("counts").1, 1, "only the good case is stored");
+}
+
+#[test]
+fn requests_over_their_bounds_are_refused_before_they_cost_anything() {
+    let d = District::new();
+    let w1 = phone(&d, "w1", None);
+    let url = format!("{}/v1/sync", d.url());
+    let c = client();
+    // Not JSON.
+    let resp = c.post(&url).bearer_auth(&w1.config.token).header("content-type", "text/plain").body("{}").send();
+    assert_eq!(resp.expect("send").status().as_u16(), 415);
+    // Too many items.
+    let item = PushedChange { doc: CaseId::generate().to_string(), bytes: "AA==".into() };
+    let many = request(vec![item; gridwork_core::model::wire::MAX_ITEMS_PER_REQUEST + 1], None);
+    let (status, body) = post_sync(&d, &w1.config.token, &many);
+    assert_eq!((status, body["error"].as_str()), (413, Some("too_many_items")), "{body}");
+    // A change that inflates past its bound is refused without being inflated whole.
+    let mut big = AutoCommit::new();
+    let id = CaseId::generate();
+    big.put(ROOT, keys::ID, id.to_string()).expect("id");
+    big.put(ROOT, "padding", "x".repeat(gridwork_sync_server::ingest::MAX_CHANGE_BYTES + 10)).expect("pad");
+    big.commit();
+    let bytes = big.get_last_local_change().expect("change").bytes().into_owned();
+    assert!(bytes.len() < 1 << 20, "compressed on the wire: {}", bytes.len());
+    let (status, body) = post_sync(&d, &w1.config.token, &request(vec![pushed(&id, &bytes)], None));
+    assert_eq!(status, 200);
+    assert_eq!(body["results"][0]["outcome"], "refused", "{body}");
+    assert!(body["results"][0]["reason"].as_str().unwrap_or("").contains("limit"), "{body}");
+    assert_eq!(d.store.counts().expect("counts"), (0, 0, 0));
+    // A device asking for a pull larger than the server allows gets at most the server's page.
+    let mut greedy = request(vec![], None);
+    greedy.max_pull_bytes = u64::MAX;
+    let (status, _) = post_sync(&d, &w1.config.token, &greedy);
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn a_blobs_status_tells_an_outsider_nothing() {
+    let d = District::new();
+    let mut w1 = phone(&d, "w1", None);
+    let w2 = phone(&d, "w2", None);
+    let case = capture(&w1, 0, 1, 9)[0];
+    let photo = gridwork_core::evidence::synthetic::camera_like_jpeg(640, 480, &Default::default(), 1);
+    let evidence = w1.store.attach_photo(&case, &photo).expect("photo");
+    w1.sync(&d.url()).expect("sync with the photo");
+    let c = client();
+    let status = |token: &str, sha: &str, owner: Option<&str>| {
+        let mut url = format!("{}/v1/blobs/{sha}/status", d.url());
+        if let Some(o) = owner {
+            url.push_str(&format!("?owner={o}"));
+        }
+        let resp = c.get(url).bearer_auth(token).send().expect("send");
+        let code = resp.status().as_u16();
+        let body: serde_json::Value = serde_json::from_slice(&resp.bytes().expect("body")).unwrap_or_default();
+        (code, body["error"].as_str().unwrap_or("").to_owned())
+    };
+    let absent = "0".repeat(64);
+    assert_eq!(status(&w1.config.token, &evidence.sha256, None).0, 200, "the owner sees it");
+    let outsider = status(&w2.config.token, &evidence.sha256, None);
+    assert_eq!(outsider, (403, "not_in_scope".to_owned()));
+    assert_eq!(status(&w2.config.token, &absent, None), outsider, "the same answer as for nothing at all");
+    let own_case = capture(&w2, 1, 1, 10)[0];
+    let mut w2 = w2;
+    w2.sync(&d.url()).expect("w2 syncs its case");
+    // Naming a case of one's own shows an upload's progress: the phone's resumable upload.
+    assert_eq!(status(&w2.config.token, &absent, Some(&format!("case:{own_case}"))).0, 200);
+    // Naming someone else's case does not.
+    assert_eq!(status(&w2.config.token, &evidence.sha256, Some(&format!("case:{case}"))), outsider);
+}
+
+#[test]
+fn metrics_answer_on_their_own_loopback_listener_only() {
+    let d = District::new();
+    let c = client();
+    let on_sync = c.get(format!("{}/metrics", d.url())).send().expect("send");
+    assert_eq!(on_sync.status().as_u16(), 404);
+    let url = d.server.as_ref().and_then(|s| s.metrics_url()).expect("metrics listener");
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    assert_eq!(c.get(url).send().expect("send").status().as_u16(), 200);
+}
+
+#[test]
+fn enrolment_codes_cannot_be_guessed_quickly() {
+    let d = District::new();
+    let c = client();
+    let statuses: Vec<u16> = (0..30)
+        .map(|i| {
+            c.post(format!("{}/v1/enrol", d.url()))
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"code":"guess{i:04}","app_version":"1"}}"#))
+                .send()
+                .expect("send")
+                .status()
+                .as_u16()
+        })
+        .collect();
+    assert!(statuses[..10].iter().all(|s| *s == 403), "{statuses:?}");
+    assert!(statuses[10..].iter().all(|s| *s == 429), "{statuses:?}");
+    let resp = c
+        .post(format!("{}/v1/enrol", d.url()))
+        .header("content-type", "application/json")
+        .body(r#"{"code":"one-more","app_version":"1"}"#)
+        .send()
+        .expect("send");
+    let retry: u64 = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).expect("Retry-After");
+    assert!(retry >= 1);
+}
+
+/// A server with short timeouts and two connection slots, for the tests of the accept loop.
+fn tight_server(d: &District) -> gridwork_sync_server::RunningServer {
+    let limits = ServeLimits {
+        max_connections: 2,
+        header_read_timeout: Duration::from_millis(700),
+        body_timeout: Duration::from_millis(700),
+    };
+    gridwork_sync_server::start_serving(
+        d.store.clone() as Arc<dyn SyncStore>,
+        "127.0.0.1:0".parse().expect("addr"),
+        ServeOptions { limits, metrics: None, tls: None },
+    )
+    .expect("tight server")
+}
+
+/// Whether the server closed `stream` within `within` (it reads an answer or end of stream).
+fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    stream.set_read_timeout(Some(within)).expect("timeout");
+    let mut buf = [0u8; 4096];
+    let start = Instant::now();
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue, // an error answer, then the close
+            Err(_) => return start.elapsed() < within,
+        }
+    }
+}
+
+#[test]
+fn slow_headers_and_slow_bodies_are_cut_off() {
+    let d = District::new();
+    let w1 = phone(&d, "w1", None);
+    let server = tight_server(&d);
+    // Headers that never finish.
+    let mut slow_headers = TcpStream::connect(server.addr).expect("connect");
+    slow_headers.write_all(b"POST /v1/sync HTTP/1.1\r\nHost: x\r\n").expect("write");
+    assert!(closed_within(&mut slow_headers, Duration::from_secs(5)), "a header read timeout");
+    // A body that trickles.
+    let mut slow_body = TcpStream::connect(server.addr).expect("connect");
+    let head = format!(
+        "POST /v1/sync HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{",
+        w1.config.token
+    );
+    slow_body.write_all(head.as_bytes()).expect("write");
+    slow_body.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut answer = String::new();
+    let _ = slow_body.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+}
+
+#[test]
+fn connections_past_the_cap_wait_until_one_closes() {
+    let d = District::new();
+    let limits = ServeLimits { max_connections: 2, header_read_timeout: Duration::from_secs(30), body_timeout: Duration::from_secs(30) };
+    let server = gridwork_sync_server::start_serving(
+        d.store.clone() as Arc<dyn SyncStore>,
+        "127.0.0.1:0".parse().expect("addr"),
+        ServeOptions { limits, metrics: None, tls: None },
+    )
+    .expect("server");
+    let idle_a = TcpStream::connect(server.addr).expect("a");
+    let _idle_b = TcpStream::connect(server.addr).expect("b");
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = TcpStream::connect(server.addr).expect("c (in the kernel's queue)");
+    third.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("write");
+    third.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+    let mut buf = [0u8; 64];
+    assert!(third.read(&mut buf).is_err(), "no answer while both slots are held");
+    drop(idle_a);
+    third.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut answer = String::new();
+    let _ = third.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "answered once a slot freed: {answer}");
+}
