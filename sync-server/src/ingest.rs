@@ -323,6 +323,45 @@ mod tests {
         }
     }
 
+    /// A large change, as automerge sends it: compressed.
+    fn compressed_change(padding: usize) -> Vec<u8> {
+        let mut doc = AutoCommit::new();
+        doc.put(ROOT, keys::ID, "0192a1b2-0000-7000-8000-000000000001").expect("id");
+        doc.put(ROOT, "padding", "x".repeat(padding)).expect("padding");
+        doc.commit();
+        doc.get_last_local_change().expect("a change").bytes().into_owned()
+    }
+
+    #[test]
+    fn a_change_whose_checksum_does_not_match_is_refused_plain_or_compressed() {
+        let plain = history(&[])[0].raw_bytes().to_vec();
+        let compressed = compressed_change(10_000);
+        assert_eq!(compressed.get(8), Some(&COMPRESSED_CHANGE), "automerge compressed it");
+        for good in [plain, compressed] {
+            assert!(read_change(&good).is_ok());
+            for at in 4..8 {
+                let mut bad = good.clone();
+                bad[at] ^= 0x5a;
+                let err = read_change(&bad).expect_err("a damaged checksum");
+                assert!(err.contains("checksum") || err.contains("not an Automerge change"), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_change_that_inflates_past_the_bound_is_refused_before_automerge_inflates_it() {
+        let small = compressed_change(100_000);
+        assert!(inflated_len(&small).expect("small enough") >= 100_000);
+        let bomb = compressed_change(MAX_CHANGE_BYTES + 1);
+        assert!(bomb.len() < 64 * 1024, "a few KiB on the wire: {}", bomb.len());
+        let err = inflated_len(&bomb).expect_err("over the bound");
+        assert!(err.contains("limit"), "{err}");
+        let id = "0192a1b2-0000-7000-8000-000000000001";
+        assert!(read_pushed(id, &bomb).is_err());
+        assert!(read_pushed(id, &small).is_ok());
+        assert!(read_pushed("not-a-uuid", &small).expect_err("bad id").contains("not a case id"));
+    }
+
     #[test]
     fn a_case_as_a_phone_writes_it_is_read_without_decoding() {
         let changes = history(&[Edit::PutInMap(0, 1, "{\"kind\":\"report\"}".into()), Edit::PutRoot(0, "g7".into())]);

@@ -12,7 +12,7 @@ use base64::Engine;
 use gridwork_core::model::catalog::Role;
 use gridwork_core::model::doc::{keys, CasePatch};
 use gridwork_core::model::ids::CaseId;
-use gridwork_core::model::wire::{DeviceState, PushedChange, SyncRequest, SyncResponse, PROTOCOL_VERSION};
+use gridwork_core::model::wire::{DeviceState, PushedChange, SyncRequest, PROTOCOL_VERSION};
 use gridwork_core::CoreError;
 use gridwork_sync_server::serve::ServeLimits;
 use gridwork_sync_server::{ServeOptions, SyncStore};
@@ -236,7 +236,9 @@ fn malformed_documents_and_damaged_changes_are_refused_per_item_with_a_reason() 
     let mut bad_location = AutoCommit::new();
     let new_id = CaseId::generate();
     bad_location.put(ROOT, keys::ID, new_id.to_string()).expect("id");
-    bad_location.put(ROOT, keys::LOCATION, r#"{"lat":123,"lon":0,"accuracy_m":1,"provider":"gps"}"#).expect("loc");
+    let mut location = serde_json::to_value(w1.store.get_case(&good).expect("case").case.location.value).expect("json");
+    location["lat"] = serde_json::json!(123.0);
+    bad_location.put(ROOT, keys::LOCATION, location.to_string()).expect("loc");
     bad_location.commit();
     let bad_location = bad_location.get_last_local_change().expect("change").raw_bytes().to_vec();
     let changes = vec![
