@@ -33,8 +33,10 @@ fn photo_of(p: &Phone, id: &CaseId) -> (String, u64, String, u64) {
     (e.sha256, e.size, thumb, thumb_size)
 }
 
-fn status(d: &District, token: &str, sha: &str) -> BlobStatus {
-    let resp = client().get(format!("{}/v1/blobs/{sha}/status", d.url())).bearer_auth(token).send().expect("send");
+/// The server's status of a blob, asked as the phone uploading it for case `owner` asks.
+fn status(d: &District, token: &str, sha: &str, owner: &CaseId) -> BlobStatus {
+    let url = format!("{}/v1/blobs/{sha}/status?owner=case:{owner}", d.url());
+    let resp = client().get(url).bearer_auth(token).send().expect("send");
     assert_eq!(resp.status().as_u16(), 200);
     serde_json::from_slice(&resp.bytes().expect("body")).expect("status json")
 }
@@ -59,8 +61,8 @@ fn a_cut_upload_resumes_where_the_server_stopped_and_the_case_is_synced_only_the
     let state = w1.store.case_sync_state(&id.to_string()).expect("state");
     assert_eq!(state.unsynced_changes, 0);
     assert!(!state.is_synced(), "a case is not synced while its photo is missing: {state:?}");
-    assert_eq!(status(&d, &w1.config.token, &full).offset, 2 * 64 * 1024, "the server holds two chunks");
-    assert!(status(&d, &w1.config.token, &thumb).complete);
+    assert_eq!(status(&d, &w1.config.token, &full, &id).offset, 2 * 64 * 1024, "the server holds two chunks");
+    assert!(status(&d, &w1.config.token, &thumb, &id).complete);
 
     // The next sync resumes from the server's offset: nothing already received is sent again.
     w1.config.photo_budget_bytes = None;
@@ -70,7 +72,7 @@ fn a_cut_upload_resumes_where_the_server_stopped_and_the_case_is_synced_only_the
     assert_eq!(first.photo_bytes_up + second.photo_bytes_up, thumb_size + full_size, "no byte sent twice");
     assert_eq!(d.store.blob_bytes_received(&full), full_size, "the server received each byte once");
     assert!(w1.store.case_sync_state(&id.to_string()).expect("state").is_synced());
-    let done = status(&d, &w1.config.token, &full);
+    let done = status(&d, &w1.config.token, &full, &id);
     assert!(done.complete && done.offset == full_size, "{done:?}");
     assert_eq!(d.store.blob_count().expect("count"), 2);
 
@@ -146,13 +148,13 @@ fn bad_uploads_and_downloads_get_a_json_4xx_and_change_nothing() {
     check(put(&full, 0, 10, &owner, bytes[..20].to_vec(), &token), 400, "past_end");
     // Someone else's case: w2 cannot upload evidence for it.
     check(put(&full, 0, full_size, &owner, bytes[..100].to_vec(), &w2.config.token), 403, "not_in_scope");
-    assert_eq!(status(&d, &token, &full).offset, 0, "nothing of those was stored");
+    assert_eq!(status(&d, &token, &full, &id).offset, 0, "nothing of those was stored");
 
     // A complete upload whose bytes are not the named photo: refused, set aside, not stored.
     let mut wrong = bytes.clone();
     wrong[500] ^= 0xff;
     check(put(&full, 0, full_size, &owner, wrong, &token), 422, "hash_mismatch");
-    let after = status(&d, &token, &full);
+    let after = status(&d, &token, &full, &id);
     assert!(!after.complete && after.offset == 0, "{after:?}");
     assert_eq!(std::fs::read_dir(d.dir.path().join("blobs/rejected")).expect("rejected dir").count(), 1);
     assert_eq!(d.store.blob_count().expect("count"), 0);
@@ -211,7 +213,7 @@ fn a_request_cut_mid_body_keeps_what_arrived_and_the_phone_resumes_from_there() 
         .body(body)
         .send();
     assert!(sent.is_err(), "the request was cut");
-    let kept = status(&d, &w1.config.token, &full);
+    let kept = status(&d, &w1.config.token, &full, &id);
     assert_eq!(kept.offset, cut as u64, "the server kept every byte that arrived");
 
     w1.config.photo_budget_bytes = None;
@@ -219,7 +221,7 @@ fn a_request_cut_mid_body_keeps_what_arrived_and_the_phone_resumes_from_there() 
     assert_eq!((r.photos_uploaded, r.photos_pending), (2, 0), "{:?}", r.photo_errors);
     assert_eq!(r.photo_bytes_up, full_size - cut as u64 + thumb_size, "only the rest was sent");
     assert_eq!(d.store.blob_bytes_received(&full), full_size, "no byte received twice");
-    assert!(status(&d, &w1.config.token, &thumb).complete);
+    assert!(status(&d, &w1.config.token, &thumb, &id).complete);
 }
 
 #[test]

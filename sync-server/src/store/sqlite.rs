@@ -1451,6 +1451,10 @@ impl SyncStore for SqliteStore {
     }
 
     fn blob_status(&self, device: &Device, sha256: &str, owner: Option<&BlobOwner>) -> Result<BlobStatus> {
+        // Without an owner it is a download's question, and a retired device downloads nothing.
+        if owner.is_none() && device.retired {
+            return Err(ServerError::DeviceRetired);
+        }
         let allowed = match owner {
             Some(o) => self.can_see_owner(device, o)?,
             None => false,
