@@ -66,10 +66,10 @@ pub fn check_root_string(key: &str, value: &str) -> Result<(), ModelError> {
             }
         }
         keys::TITLE => crate::error::check_text("title", value)?,
-        keys::GRID | keys::CATEGORY | keys::REPORTER | keys::CODE | keys::OFFICIAL_NUMBER => {
-            if value.chars().count() > MAX_ID_CHARS || value.chars().any(char::is_control) {
-                return Err(malformed(format!("{key} {:?} is not an identifier", short(value))));
-            }
+        keys::GRID | keys::CATEGORY | keys::REPORTER | keys::CODE | keys::OFFICIAL_NUMBER
+            if value.chars().count() > MAX_ID_CHARS || value.chars().any(char::is_control) =>
+        {
+            return Err(malformed(format!("{key} {:?} is not an identifier", short(value))));
         }
         _ => {}
     }

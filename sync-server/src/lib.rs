@@ -34,7 +34,6 @@ use std::sync::Arc;
 pub use error::ServerError;
 pub use store::{SqliteStore, SyncStore};
 
-
 /// A server running on its own runtime thread (tests, the demo, the benchmark). Dropping it
 /// stops the server.
 #[derive(Debug)]
@@ -143,7 +142,7 @@ pub fn start_serving(
             match tls {
                 Some(config) => match tls::TlsListener::new(listener, config) {
                     Ok(l) => serve::serve(l, app, limits, stopped(rx)).await,
-                    Err(_) => (),
+                    Err(e) => tracing::error!(error = %e, "cannot start the TLS listener"),
                 },
                 None => serve::serve(listener, app, limits, stopped(rx)).await,
             };
