@@ -73,9 +73,9 @@ impl From<CoreError> for GridworkError {
             | CoreError::UnknownPatrol { .. }
             | CoreError::EvidenceFile { .. }
             | CoreError::EvidenceEvicted { .. } => GridworkError::NotFound { what: message },
-            CoreError::TransitionNotAllowed { .. } | CoreError::PatrolFinished { .. } | CoreError::ReadOnlyCase { .. } => {
-                GridworkError::NotAllowed { reason: message }
-            }
+            CoreError::TransitionNotAllowed { .. }
+            | CoreError::PatrolFinished { .. }
+            | CoreError::ReadOnlyCase { .. } => GridworkError::NotAllowed { reason: message },
             CoreError::Network { retryable, .. } => GridworkError::Network { detail: message, retryable },
             CoreError::UntrustedServer { .. } => GridworkError::UntrustedServer { detail: message },
             CoreError::Server { status, code, message } => GridworkError::Server { status, code, detail: message },

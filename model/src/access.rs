@@ -254,8 +254,9 @@ mod tests {
     fn a_case_belongs_to_its_grids_departments_reporter_and_assignees() {
         let mut state = crate::lifecycle::fold(vec![]).state;
         state.reporter = Some(UserId::from("w1"));
-        state.assignees =
-            [Assignee::Department(DepartmentId::from("police")), Assignee::User(UserId::from("w2"))].into_iter().collect();
+        state.assignees = [Assignee::Department(DepartmentId::from("police")), Assignee::User(UserId::from("w2"))]
+            .into_iter()
+            .collect();
         let got: Vec<String> = case_scopes([&GridId::from("g1")], &state).iter().map(Scope::to_string).collect();
         assert_eq!(got, ["grid:g1", "department:police", "user:w1", "user:w2"]);
     }

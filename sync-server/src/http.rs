@@ -152,10 +152,7 @@ async fn sync(State(state): State<AppState>, headers: HeaderMap, body: Body) -> 
         return Err(ServerError::TooLarge { limit: MAX_BODY_BYTES.min(n) });
     }
     // The body and the page pulled for it are buffered: their bytes come from the budget first.
-    let _reserved = state
-        .budget
-        .reserve(declared.unwrap_or(MAX_BODY_BYTES) + limits::MAX_PULL_BYTES as usize)
-        .await;
+    let _reserved = state.budget.reserve(declared.unwrap_or(MAX_BODY_BYTES) + limits::MAX_PULL_BYTES as usize).await;
     let body = read_body(body, MAX_BODY_BYTES, state.body_timeout).await?;
     let up = body.len();
     let store = state.store.clone();

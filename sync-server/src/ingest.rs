@@ -10,8 +10,8 @@ use automerge::legacy::{Key, ObjectId, OpType};
 use automerge::{Change, ObjType, ScalarValue};
 use gridwork_model::doc::keys;
 use gridwork_model::ids::CaseId;
-use std::io::Read;
 use gridwork_model::lifecycle::Event;
+use std::io::Read;
 
 /// What the server needs from one change.
 #[derive(Debug, Clone, PartialEq)]

@@ -103,7 +103,8 @@ fn a_worker_cannot_change_a_case_in_another_grid_with_or_without_its_heads() {
         &request(vec![pushed(&victim, &blind), pushed(&victim, &informed), pushed(&own, &own_change)], None),
     );
     assert_eq!(status, 200, "{body}");
-    let outcomes: Vec<&str> = body["results"].as_array().expect("results").iter().map(|r| r["outcome"].as_str().unwrap_or("")).collect();
+    let outcomes: Vec<&str> =
+        body["results"].as_array().expect("results").iter().map(|r| r["outcome"].as_str().unwrap_or("")).collect();
     assert_eq!(outcomes, ["quarantined", "quarantined", "accepted"], "{body}");
     let told = body["results"][0]["reason"].as_str().unwrap_or("");
     assert!(!told.contains("g0") && !told.contains("w1"), "the device learns nothing of the case: {told}");
@@ -363,7 +364,12 @@ fn enrolment_codes_cannot_be_guessed_quickly() {
         .body(r#"{"code":"one-more","app_version":"1"}"#)
         .send()
         .expect("send");
-    let retry: u64 = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).expect("Retry-After");
+    let retry: u64 = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
     assert!(retry >= 1);
 }
 
@@ -421,7 +427,11 @@ fn slow_headers_and_slow_bodies_are_cut_off() {
 #[test]
 fn connections_past_the_cap_wait_until_one_closes() {
     let d = District::new();
-    let limits = ServeLimits { max_connections: 2, header_read_timeout: Duration::from_secs(30), body_timeout: Duration::from_secs(30) };
+    let limits = ServeLimits {
+        max_connections: 2,
+        header_read_timeout: Duration::from_secs(30),
+        body_timeout: Duration::from_secs(30),
+    };
     let server = gridwork_sync_server::start_serving(
         d.store.clone() as Arc<dyn SyncStore>,
         "127.0.0.1:0".parse().expect("addr"),

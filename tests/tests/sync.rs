@@ -253,18 +253,20 @@ fn bad_requests_get_a_json_4xx_and_change_nothing() {
     };
     check(client.post(&url).body("{}").send().expect("send"), 401, "unauthenticated");
     check(client.post(&url).bearer_auth("nope").body("{}").send().expect("send"), 401, "unauthenticated");
-    let json = |body: String| client.post(&url).bearer_auth(&w1.config.token).header("content-type", "application/json").body(body);
-    check(client.post(&url).bearer_auth(&w1.config.token).body("{}").send().expect("send"), 415, "unsupported_media_type");
+    let json = |body: String| {
+        client.post(&url).bearer_auth(&w1.config.token).header("content-type", "application/json").body(body)
+    };
+    check(
+        client.post(&url).bearer_auth(&w1.config.token).body("{}").send().expect("send"),
+        415,
+        "unsupported_media_type",
+    );
     check(json("not json".into()).send().expect("send"), 400, "bad_request");
     let future = serde_json::json!({
         "protocol": 99, "app_version": "9", "doc_schema": 1, "cursor": null,
         "state": DeviceState::default(), "changes": [], "records": [], "max_pull_bytes": 100
     });
-    check(
-        json(future.to_string()).send().expect("send"),
-        400,
-        "protocol_unsupported",
-    );
+    check(json(future.to_string()).send().expect("send"), 400, "protocol_unsupported");
     let garbage = serde_json::json!({
         "protocol": 1, "app_version": "0.1.0", "doc_schema": 1, "cursor": null,
         "state": DeviceState::default(), "changes": [{"doc": "x", "bytes": "Z2FyYmFnZQ=="}], "records": [], "max_pull_bytes": 100

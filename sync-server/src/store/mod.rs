@@ -5,9 +5,9 @@ pub mod console;
 mod sqlite;
 
 pub use console::ConsoleStore;
-pub use sqlite::{DeviceInfo, QuarantinedItem, SqliteStore};
 /// A record body as the server reads it (public for the fuzz targets in `gridwork-tests`).
 pub use sqlite::records::RecordFacts;
+pub use sqlite::{DeviceInfo, QuarantinedItem, SqliteStore};
 
 use gridwork_model::wire::{BlobOwner, BlobStatus, EnrolRequest, EnrolResponse, SyncRequest, SyncResponse};
 

@@ -9,10 +9,10 @@ use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, RwLock};
 
 use base64::Engine;
+use gridwork_model::access::{case_scopes, may_change, CaseAccess, Scope, Subject, WriteDenied};
 use gridwork_model::catalog::{Catalog, Category, Department, Grid, Role};
 use gridwork_model::doc::keys;
 use gridwork_model::geo::Location;
-use gridwork_model::access::{case_scopes, may_change, CaseAccess, Scope, Subject, WriteDenied};
 use gridwork_model::ids::{DeviceId, GridId, UserId};
 use gridwork_model::lifecycle::{fold, Event, EventKind};
 use gridwork_model::wire::{
@@ -1200,7 +1200,8 @@ impl SqliteStore {
         let scopes = Self::device_scopes(conn, device)?;
         // Within the pull's byte budget, like the rest of the response: what does not fit the
         // device asks for again on its next sync.
-        let mut used: u64 = out.iter().flat_map(|d| d.changes.iter().chain(d.compacted.iter())).map(|c| c.len() as u64).sum();
+        let mut used: u64 =
+            out.iter().flat_map(|d| d.changes.iter().chain(d.compacted.iter())).map(|c| c.len() as u64).sum();
         for doc in wanted.iter().take(MAX_WANT_FULL) {
             if used >= budget {
                 break;
@@ -1547,7 +1548,10 @@ impl SyncStore for SqliteStore {
         let mut decoded = 0usize;
         for c in &req.changes {
             let bytes = B64.decode(&c.bytes).map_err(|_| {
-                ServerError::BadRequest(format!("change for {} is not base64", c.doc.chars().take(60).collect::<String>()))
+                ServerError::BadRequest(format!(
+                    "change for {} is not base64",
+                    c.doc.chars().take(60).collect::<String>()
+                ))
             })?;
             let inflated = crate::ingest::inflated_len(&bytes).unwrap_or(bytes.len());
             decoded = decoded.saturating_add(inflated);

@@ -304,7 +304,10 @@ impl SqliteStore {
             .filter_map(|b| b.ok().and_then(|b| automerge::Change::from_bytes(b).ok()))
             .collect();
         let mut doc = Automerge::new();
-        let read = doc.apply_changes(changes).map_err(|e| e.to_string()).and_then(|()| read_case(&doc).map_err(|e| e.to_string()));
+        let read = doc
+            .apply_changes(changes)
+            .map_err(|e| e.to_string())
+            .and_then(|()| read_case(&doc).map_err(|e| e.to_string()));
         match read {
             Ok(case) => Ok((doc, case)),
             Err(reason) => {

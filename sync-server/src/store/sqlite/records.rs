@@ -16,8 +16,11 @@ use crate::error::Result;
 
 /// What the server reads of a record body. Every field is optional: a body this build cannot
 /// read is still stored (and quarantined if it does not name its sender).
+///
+/// Public (re-exported as `store::RecordFacts`) only so the fuzz targets in `gridwork-tests` can
+/// call [`RecordFacts::read`] on arbitrary bodies, as a device can send them.
 #[derive(Debug, Default, serde::Deserialize)]
-pub(super) struct RecordFacts<'a> {
+pub struct RecordFacts<'a> {
     #[serde(rename = "type", borrow, default)]
     kind: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
