@@ -81,6 +81,7 @@ fun theFieldScenarioThroughTheServer() {
 
     val detail = worker.store.getCase(case.id)
     assertTrue(detail.photos.isNotEmpty(), "the photo is attached")
+    assertTrue(detail.editable && detail.readOnlyReason == null, "a worker's own case is editable")
     val stored = worker.store.readPhoto(detail.photos.first().sha256)
     assertTrue(stored.size > 1000 && stored[0] == 0xFF.toByte() && stored[1] == 0xD8.toByte(), "stored photo is a JPEG")
 

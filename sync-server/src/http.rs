@@ -115,7 +115,7 @@ fn require_json(headers: &HeaderMap) -> Result<(), ServerError> {
     if essence.eq_ignore_ascii_case("application/json") {
         Ok(())
     } else {
-        Err(ServerError::UnsupportedMediaType(format!("content type {:?} is not accepted here", ct)))
+        Err(ServerError::UnsupportedMediaType(format!("content type {ct:?} is not accepted here")))
     }
 }
 
@@ -148,8 +148,8 @@ async fn sync(State(state): State<AppState>, headers: HeaderMap, body: Body) -> 
     let device = blocking(move || store.authenticate(&token)).await?;
     require_json(&headers)?;
     let declared = content_length(&headers);
-    if let Some(n) = declared.filter(|n| *n > MAX_BODY_BYTES) {
-        return Err(ServerError::TooLarge { limit: MAX_BODY_BYTES.min(n) });
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+        return Err(ServerError::TooLarge { limit: MAX_BODY_BYTES });
     }
     // The body and the page pulled for it are buffered: their bytes come from the budget first.
     let _reserved = state.budget.reserve(declared.unwrap_or(MAX_BODY_BYTES) + limits::MAX_PULL_BYTES as usize).await;

@@ -122,6 +122,8 @@ final class GridworkTests: XCTestCase {
         XCTAssertEqual(try worker.store.listCases(filter: filter(categoryId: "dispute")).items.count, 1)
 
         let detail = try worker.store.getCase(caseId: reported.id)
+        XCTAssertTrue(detail.editable, "a worker's own case is editable")
+        XCTAssertNil(detail.readOnlyReason)
         let first = try XCTUnwrap(detail.photos.first, "the photo is attached")
         let stored = try worker.store.readPhoto(sha256: first.sha256)
         XCTAssertGreaterThan(stored.count, 1000)
