@@ -20,7 +20,7 @@ use http_body_util::BodyExt;
 
 use crate::blobs::Begun;
 use crate::error::ServerError;
-use crate::limits::{self, EnrolLimits, MemoryBudget};
+use crate::limits::{self, BodyDeadline, EnrolLimits, MemoryBudget};
 use crate::metrics::{ItemOutcome, Metrics};
 use crate::store::SyncStore;
 
@@ -119,15 +119,40 @@ fn require_json(headers: &HeaderMap) -> Result<(), ServerError> {
     }
 }
 
-/// Reads a body of at most `limit` bytes, which must arrive within `timeout`.
-async fn read_body(body: Body, limit: usize, timeout: std::time::Duration) -> Result<Bytes, ServerError> {
-    let limited = http_body_util::Limited::new(body, limit);
-    match tokio::time::timeout(timeout, limited.collect()).await {
-        Err(_) => Err(ServerError::RequestTimeout { seconds: timeout.as_secs() }),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ServerError::TooLarge { limit }),
-        Ok(Err(e)) => Err(ServerError::BadRequest(format!("the body did not arrive whole: {e}"))),
+/// The next piece of a body, by the deadline [`limits::BodyDeadline`] sets for what has arrived.
+async fn next_piece(
+    body: &mut Body,
+    clock: &BodyDeadline,
+    received: u64,
+    timeout: std::time::Duration,
+) -> Result<Option<Bytes>, ServerError> {
+    loop {
+        let frame = match tokio::time::timeout_at(clock.next(received), body.frame()).await {
+            Err(_) => return Err(ServerError::RequestTimeout { seconds: timeout.as_secs() }),
+            Ok(None) => return Ok(None),
+            Ok(Some(frame)) => {
+                frame.map_err(|e| ServerError::BadRequest(format!("the body did not arrive whole: {e}")))?
+            }
+        };
+        // Trailers carry no bytes; skip them.
+        if let Ok(data) = frame.into_data() {
+            return Ok(Some(data));
+        }
     }
+}
+
+/// Reads a body of at most `limit` bytes, which must arrive within `timeout` and at a minimum
+/// average rate ([`limits::BodyDeadline`]).
+async fn read_body(mut body: Body, limit: usize, timeout: std::time::Duration) -> Result<Bytes, ServerError> {
+    let clock = BodyDeadline::start(timeout);
+    let mut out = Vec::new();
+    while let Some(piece) = next_piece(&mut body, &clock, out.len() as u64, timeout).await? {
+        if out.len() + piece.len() > limit {
+            return Err(ServerError::TooLarge { limit });
+        }
+        out.extend_from_slice(&piece);
+    }
+    Ok(Bytes::from(out))
 }
 
 async fn enrol(State(state): State<AppState>, req: Request) -> Result<Response, ServerError> {
@@ -136,9 +161,15 @@ async fn enrol(State(state): State<AppState>, req: Request) -> Result<Response, 
     let body = read_body(req.into_body(), limits::MAX_ENROL_BODY_BYTES, state.body_timeout).await?;
     let enrolment: EnrolRequest = parse(&body)?;
     state.enrol_limits.check(peer, &enrolment.code)?;
-    let store = state.store.clone();
-    let resp = blocking(move || store.redeem(&enrolment, now_ms())).await?;
-    Ok(Json(resp).into_response())
+    let (store, code) = (state.store.clone(), enrolment.code.clone());
+    match blocking(move || store.redeem(&enrolment, now_ms())).await {
+        Ok(resp) => Ok(Json(resp).into_response()),
+        Err(ServerError::BadEnrolmentCode) => {
+            state.enrol_limits.failed(peer, &code)?;
+            Err(ServerError::BadEnrolmentCode)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 async fn sync(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ServerError> {
@@ -263,24 +294,18 @@ async fn put_blob(
         Begun::Open(w) => w,
     };
     let mut body = body;
-    let deadline = tokio::time::Instant::now() + state.body_timeout;
-    loop {
-        // A cut connection, or a body slower than the deadline, ends the request; what arrived
-        // before it stays (the writer's drop frees the blob for the phone's next attempt).
-        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-            Err(_) => return Err(ServerError::RequestTimeout { seconds: state.body_timeout.as_secs() }),
-            Ok(None) => break,
-            Ok(Some(frame)) => frame,
-        };
-        let frame = frame.map_err(|e| ServerError::BadRequest(format!("upload interrupted: {e}")))?;
-        if let Ok(data) = frame.into_data() {
-            state.metrics.blob_bytes(data.len() as u64);
-            writer = blocking(move || {
-                writer.write(&data)?;
-                Ok(writer)
-            })
-            .await?;
-        }
+    let clock = BodyDeadline::start(state.body_timeout);
+    let mut received = 0u64;
+    // A cut connection, or a body slower than its deadline, ends the request; what arrived before
+    // it stays (the writer's drop frees the blob for the phone's next attempt).
+    while let Some(data) = next_piece(&mut body, &clock, received, state.body_timeout).await? {
+        received += data.len() as u64;
+        state.metrics.blob_bytes(data.len() as u64);
+        writer = blocking(move || {
+            writer.write(&data)?;
+            Ok(writer)
+        })
+        .await?;
     }
     let device_id = device.id.clone();
     let status = blocking(move || store.end_blob(&device, &owner, writer, now_ms())).await?;

@@ -9,10 +9,11 @@
 //! the response's base64), so the budget times that multiple plus the server's own working set
 //! stays under the 512 MB a district server is given; `gridwork-bench abuse` measures it.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use governor::{Quota, RateLimiter};
 
@@ -38,8 +39,34 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
 /// A request's body must arrive within this. A phone's page of 256 KiB takes 33 s at 64 kbit/s;
 /// an evidence upload cut by it keeps what arrived and resumes from there.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(120);
+/// A body slower than this on average is cut off once [`BODY_GRACE`] has passed: a phone on a
+/// 2G link sends several KiB a second, a connection trickling a byte a second is holding a slot.
+pub const MIN_BODY_RATE_BYTES_PER_S: u64 = 512;
+/// How long a body may take before [`MIN_BODY_RATE_BYTES_PER_S`] applies (a slow start, a stall).
+pub const BODY_GRACE: Duration = Duration::from_secs(10);
 /// Connections open at once; more wait in the kernel's accept queue until one closes.
 pub const MAX_CONNECTIONS: usize = 4096;
+
+/// When a body's next bytes must have arrived: within the whole-body timeout, and at an average
+/// of at least [`MIN_BODY_RATE_BYTES_PER_S`] once [`BODY_GRACE`] has passed.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyDeadline {
+    start: tokio::time::Instant,
+    timeout: Duration,
+}
+
+impl BodyDeadline {
+    /// Starts the clock for a body that must arrive within `timeout`.
+    pub fn start(timeout: Duration) -> BodyDeadline {
+        BodyDeadline { start: tokio::time::Instant::now(), timeout }
+    }
+
+    /// The moment by which more than `received` bytes must have arrived.
+    pub fn next(&self, received: u64) -> tokio::time::Instant {
+        let by_rate = BODY_GRACE + Duration::from_millis(received.saturating_mul(1000) / MIN_BODY_RATE_BYTES_PER_S);
+        self.start + by_rate.min(self.timeout)
+    }
+}
 
 /// The unit the memory budget counts in (a semaphore has at most `u32::MAX` permits).
 const BUDGET_UNIT: usize = 1024;
@@ -80,20 +107,28 @@ impl MemoryBudget {
 
 type Keyed<K> = RateLimiter<K, governor::state::keyed::DefaultKeyedStateStore<K>, governor::clock::DefaultClock>;
 
-/// Enrolment attempts, limited per network address and per code presented. A code is 80 random
-/// bits (20 hex digits, `SqliteStore::enrol_device`), so guessing one is hopeless anyway; the
-/// limits keep a guesser from costing the server work and make a stolen QR code's misuse slow
-/// and visible in the logs.
+/// Failed enrolment attempts, limited per network address and per code presented. A code is 80
+/// random bits (20 hex digits, `SqliteStore::enrol_device`), so guessing one is hopeless anyway;
+/// the limits keep a guesser from costing the server work and make a stolen QR code's misuse slow
+/// and visible. Only failures count: an office enrolling a team's phones behind one address is
+/// never held back.
 #[derive(Debug)]
 pub struct EnrolLimits {
     by_address: Keyed<IpAddr>,
     by_code: Keyed<String>,
+    /// Who is refused until when, after going over a limit.
+    blocked: Mutex<HashMap<Blocked, Instant>>,
 }
 
-/// Attempts per address: a burst of 10 (a supervisor enrolling a team from one office), then one
-/// every 6 seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Blocked {
+    Address(IpAddr),
+    Code(String),
+}
+
+/// Failures per address: a burst of 10 (typos while enrolling a team), then one every 6 seconds.
 const ENROL_PER_ADDRESS: (u32, Duration) = (10, Duration::from_secs(6));
-/// Attempts with one code: a few retries over a flaky link, then one a minute.
+/// Failures with one code: a few retries over a flaky link, then one a minute.
 const ENROL_PER_CODE: (u32, Duration) = (5, Duration::from_secs(60));
 
 impl Default for EnrolLimits {
@@ -106,37 +141,64 @@ impl Default for EnrolLimits {
         EnrolLimits {
             by_address: RateLimiter::keyed(quota(ENROL_PER_ADDRESS)),
             by_code: RateLimiter::keyed(quota(ENROL_PER_CODE)),
+            blocked: Mutex::new(HashMap::new()),
         }
     }
 }
 
+/// The code as a key: its first 64 characters (a megabyte-long "code" is not kept).
+fn code_key(code: &str) -> String {
+    code.chars().take(64).collect()
+}
+
 impl EnrolLimits {
-    /// Counts one attempt from `peer` with `code`; `RateLimited` when either is over its limit.
+    /// Before an attempt: `RateLimited` while `peer` or `code` is over its limit.
     pub fn check(&self, peer: Option<IpAddr>, code: &str) -> Result<(), ServerError> {
-        let wait = |not_until: governor::NotUntil<_>| {
-            not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()))
-        };
-        if let Some(ip) = peer {
-            self.by_address.check_key(&ip).map_err(|n| ServerError::RateLimited {
-                what: "enrolment attempts from this address",
-                retry_after_s: wait(n).as_secs().max(1),
-            })?;
+        let now = Instant::now();
+        let blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+        let until = |key: &Blocked| blocked.get(key).filter(|t| **t > now).map(|t| *t - now);
+        if let Some(wait) = peer.and_then(|ip| until(&Blocked::Address(ip))) {
+            return Err(refused("enrolment attempts from this address", wait));
         }
-        // Keyed by the code's first 64 characters: a megabyte-long "code" is not kept.
-        let key: String = code.chars().take(64).collect();
-        self.by_code.check_key(&key).map_err(|n| ServerError::RateLimited {
-            what: "attempts with this enrolment code",
-            retry_after_s: wait(n).as_secs().max(1),
-        })?;
-        // The maps forget keys whose limits have recovered, so they cannot grow without bound.
-        if self.by_address.len() > 10_000 {
-            self.by_address.retain_recent();
-        }
-        if self.by_code.len() > 10_000 {
-            self.by_code.retain_recent();
+        if let Some(wait) = until(&Blocked::Code(code_key(code))) {
+            return Err(refused("attempts with this enrolment code", wait));
         }
         Ok(())
     }
+
+    /// After a wrong code: counts the failure, and answers `RateLimited` (instead of the wrong
+    /// code's 403) when it takes the address or the code over its limit.
+    pub fn failed(&self, peer: Option<IpAddr>, code: &str) -> Result<(), ServerError> {
+        let clock = governor::clock::DefaultClock::default();
+        let now = Instant::now();
+        let mut over = None;
+        if let Some(ip) = peer {
+            if let Err(n) = self.by_address.check_key(&ip) {
+                let wait = n.wait_time_from(governor::clock::Clock::now(&clock));
+                over = Some((Blocked::Address(ip), wait, "enrolment attempts from this address"));
+            }
+        }
+        if over.is_none() {
+            if let Err(n) = self.by_code.check_key(&code_key(code)) {
+                let wait = n.wait_time_from(governor::clock::Clock::now(&clock));
+                over = Some((Blocked::Code(code_key(code)), wait, "attempts with this enrolment code"));
+            }
+        }
+        let Some((key, wait, what)) = over else { return Ok(()) };
+        let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget blocks that have ended, so the map cannot grow without bound.
+        if blocked.len() > 10_000 {
+            blocked.retain(|_, t| *t > now);
+            self.by_address.retain_recent();
+            self.by_code.retain_recent();
+        }
+        blocked.insert(key, now + wait);
+        Err(refused(what, wait))
+    }
+}
+
+fn refused(what: &'static str, wait: Duration) -> ServerError {
+    ServerError::RateLimited { what, retry_after_s: wait.as_secs().max(1) }
 }
 
 #[cfg(test)]
@@ -144,23 +206,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn enrolment_attempts_are_limited_per_address_and_per_code() {
+    fn failed_enrolment_attempts_are_limited_per_address_and_per_code() {
         let limits = EnrolLimits::default();
         let ip: IpAddr = [10, 0, 0, 7].into();
-        let mut allowed = 0;
-        for i in 0..30 {
-            if limits.check(Some(ip), &format!("guess-{i}")).is_ok() {
-                allowed += 1;
-            }
-        }
-        assert_eq!(allowed, ENROL_PER_ADDRESS.0, "a burst, then refused");
+        let attempt =
+            |ip: IpAddr, code: &str| limits.check(Some(ip), code).and_then(|()| limits.failed(Some(ip), code));
+        let allowed = (0..30).filter(|i| attempt(ip, &format!("guess-{i}")).is_ok()).count();
+        assert_eq!(allowed, ENROL_PER_ADDRESS.0 as usize, "a burst, then refused");
         let refused = limits.check(Some(ip), "another").expect_err("still limited");
         assert_eq!(refused.status_and_code(), (429, "rate_limited"));
         // Another address is not held back by the first one's guesses…
-        assert!(limits.check(Some([10, 0, 0, 8].into()), "x").is_ok());
+        assert!(attempt([10, 0, 0, 8].into(), "x").is_ok());
         // …but one code tried from many addresses is.
-        let tries = (0..20u8).filter(|i| limits.check(Some([10, 1, 0, *i].into()), "same-code").is_ok()).count();
+        let tries = (0..20u8).filter(|i| attempt([10, 1, 0, *i].into(), "same-code").is_ok()).count();
         assert_eq!(tries, ENROL_PER_CODE.0 as usize);
+        // Successes are never counted: checking alone does not spend anything.
+        let office: IpAddr = [10, 2, 0, 1].into();
+        assert!((0..100).all(|i| limits.check(Some(office), &format!("good-{i}")).is_ok()));
+    }
+
+    #[tokio::test]
+    async fn a_body_must_keep_a_minimum_average_rate_after_its_grace_and_end_within_its_timeout() {
+        let clock = BodyDeadline::start(Duration::from_secs(120));
+        let at = |received: u64| clock.next(received) - clock.start;
+        assert_eq!(at(0), BODY_GRACE, "a byte a second is cut off when the grace ends");
+        assert_eq!(at(10), BODY_GRACE + Duration::from_millis(10 * 1000 / MIN_BODY_RATE_BYTES_PER_S));
+        // A 64 kbit/s phone has sent 8 KiB by each second: always well ahead of its deadline.
+        for t in 1..60u64 {
+            assert!(at(8 * 1024 * t) > Duration::from_secs(t));
+        }
+        assert_eq!(at(u64::MAX), Duration::from_secs(120), "never past the whole-body timeout");
     }
 
     #[tokio::test]
