@@ -108,6 +108,119 @@ pub fn map_ops_in(chunk: &[u8], count: usize) -> Result<Vec<MapOp>, Unreadable> 
     read_ops(&cols, count, start_op)
 }
 
+/// The most operations any column of an uncompressed change chunk stands for, counted from its
+/// run lengths without expanding them (a deflated column is inflated, up to `max_inflate` bytes).
+/// Automerge's column encodings let a few bytes claim billions of operations, and
+/// `Change::from_bytes` walks every one it is told about: this is the bound a pushed change is
+/// checked against before automerge sees it (docs/SECURITY.md).
+pub fn op_bound(chunk: &[u8], max_inflate: usize) -> Result<u64, Unreadable> {
+    let mut input = Reader(chunk);
+    if input.take(4)? != MAGIC {
+        return Err(Unreadable("no chunk magic"));
+    }
+    input.take(4)?;
+    if input.take(1)? != [CHUNK_CHANGE] {
+        return Err(Unreadable("not an uncompressed change chunk"));
+    }
+    let len = usize::try_from(input.uleb()?).map_err(|_| Unreadable("length"))?;
+    let mut body = Reader(input.take(len)?);
+    let deps = usize::try_from(body.uleb()?).map_err(|_| Unreadable("dependency count"))?;
+    body.take(deps.checked_mul(32).ok_or(Unreadable("dependency count"))?)?;
+    let actor_len = usize::try_from(body.uleb()?).map_err(|_| Unreadable("actor"))?;
+    body.take(actor_len)?;
+    body.uleb()?;
+    body.uleb()?;
+    body.sleb()?;
+    let message_len = usize::try_from(body.uleb()?).map_err(|_| Unreadable("message"))?;
+    body.take(message_len)?;
+    let others = body.uleb()?;
+    for _ in 0..others {
+        let l = usize::try_from(body.uleb()?).map_err(|_| Unreadable("actor"))?;
+        body.take(l)?;
+    }
+    let columns = body.uleb()?;
+    let mut specs = vec![];
+    for _ in 0..columns.min(1024) {
+        specs.push((body.uleb()?, usize::try_from(body.uleb()?).map_err(|_| Unreadable("column length"))?));
+    }
+    if columns > 1024 {
+        return Err(Unreadable("too many columns"));
+    }
+    let mut bound = 0u64;
+    for (spec, len) in specs {
+        let data = body.take(len)?;
+        let inflated;
+        let data = if spec & DEFLATE_BIT != 0 {
+            use std::io::Read;
+            let mut out = vec![];
+            flate2::read::DeflateDecoder::new(data)
+                .take(max_inflate as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|_| Unreadable("deflated column"))?;
+            if out.len() > max_inflate {
+                return Err(Unreadable("deflated column too large"));
+            }
+            inflated = out;
+            &inflated[..]
+        } else {
+            data
+        };
+        bound = bound.max(column_entries(data, spec & 7)?);
+    }
+    Ok(bound)
+}
+
+/// How many entries a column of type `kind` holds (Automerge's column types: 0 group, 1 actor,
+/// 2 integer, 3 delta — run-length encoded; 4 boolean — alternating run lengths; 5 string —
+/// run-length encoded; 6 value metadata — run-length encoded; 7 raw values — bytes only).
+fn column_entries(data: &[u8], kind: u64) -> Result<u64, Unreadable> {
+    let mut r = Reader(data);
+    let mut n = 0u64;
+    match kind {
+        7 => return Ok(0),
+        4 => {
+            while !r.0.is_empty() {
+                n = n.saturating_add(r.uleb()?);
+            }
+        }
+        _ => {
+            while !r.0.is_empty() {
+                let count = r.sleb()?;
+                if count > 0 {
+                    // A run: one value repeated.
+                    literal(&mut r, kind)?;
+                    n = n.saturating_add(count as u64);
+                } else if count < 0 {
+                    for _ in 0..count.unsigned_abs() {
+                        literal(&mut r, kind)?;
+                    }
+                    n = n.saturating_add(count.unsigned_abs());
+                } else {
+                    n = n.saturating_add(r.uleb()?); // a run of nulls
+                }
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Skips one value of a run-length encoded column.
+fn literal(r: &mut Reader<'_>, kind: u64) -> Result<(), Unreadable> {
+    match kind {
+        3 => {
+            r.sleb()?;
+        }
+        5 => {
+            let l = usize::try_from(r.uleb()?).map_err(|_| Unreadable("string"))?;
+            r.take(l)?;
+        }
+        _ => {
+            r.uleb()?;
+        }
+    }
+    Ok(())
+}
+
 #[derive(Default)]
 struct Columns<'a> {
     obj_actor: &'a [u8],

@@ -24,6 +24,8 @@ pub enum ServerError {
     RequestTimeout { seconds: u64 },
     #[error("{0}")]
     Forbidden(String),
+    #[error("the server is busy with other requests: try again in {retry_after_s} s")]
+    Busy { retry_after_s: u64 },
     #[error("case {case_id} is damaged and cannot be shown ({reason}); it was sent by {senders}. Nothing was changed: an administrator can look at its changes in the store")]
     DamagedDocument { case_id: String, senders: String, reason: String },
     #[error("request body over {limit} bytes: send fewer changes per request")]
@@ -70,6 +72,7 @@ impl ServerError {
             ServerError::RateLimited { .. } => (429, "rate_limited"),
             ServerError::RequestTimeout { .. } => (408, "request_timeout"),
             ServerError::Forbidden(_) => (403, "forbidden"),
+            ServerError::Busy { .. } => (503, "busy"),
             ServerError::DamagedDocument { .. } => (422, "damaged_document"),
             ServerError::TooLarge { .. } => (413, "too_large"),
             ServerError::TooManyItems { .. } => (413, "too_many_items"),

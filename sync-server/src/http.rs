@@ -62,7 +62,7 @@ impl IntoResponse for ServerError {
             tracing::error!(code, error = %self, "request failed");
         }
         let mut resp = (status, Json(ErrorBody { error: code.to_owned(), message: self.to_string() })).into_response();
-        if let ServerError::RateLimited { retry_after_s, .. } = &self {
+        if let ServerError::RateLimited { retry_after_s, .. } | ServerError::Busy { retry_after_s } = &self {
             resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(*retry_after_s));
         }
         resp.extensions_mut().insert(ErrorCode(code));
@@ -183,7 +183,7 @@ async fn sync(State(state): State<AppState>, headers: HeaderMap, body: Body) -> 
         return Err(ServerError::TooLarge { limit: MAX_BODY_BYTES });
     }
     // The body and the page pulled for it are buffered: their bytes come from the budget first.
-    let _reserved = state.budget.reserve(declared.unwrap_or(MAX_BODY_BYTES) + limits::MAX_PULL_BYTES as usize).await;
+    let _reserved = state.budget.reserve(declared.unwrap_or(MAX_BODY_BYTES) + limits::MAX_PULL_BYTES as usize).await?;
     let body = read_body(body, MAX_BODY_BYTES, state.body_timeout).await?;
     let up = body.len();
     let store = state.store.clone();
@@ -329,7 +329,7 @@ async fn get_blob(
         Ok((device, status))
     })
     .await?;
-    let _reserved = state.budget.reserve(usize::try_from(status.offset).unwrap_or(usize::MAX)).await;
+    let _reserved = state.budget.reserve(usize::try_from(status.offset).unwrap_or(usize::MAX)).await?;
     let store = state.store.clone();
     let bytes = blocking(move || store.get_blob(&device, &sha256)).await?;
     Ok(([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())

@@ -61,39 +61,84 @@ pub const MAX_CHANGE_BYTES: usize = 4 << 20;
 const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
 const COMPRESSED_CHANGE: u8 = 2;
 
-/// How many bytes a change holds once inflated, refusing it past [`MAX_CHANGE_BYTES`] without
-/// inflating the rest: a few KiB of DEFLATE can stand for gigabytes, and `Change::from_bytes`
-/// would inflate all of it. Bytes that are not a compressed chunk are their own length (the
-/// parser then says what is wrong with them).
-pub fn inflated_len(bytes: &[u8]) -> Result<usize, String> {
-    if bytes.len() > MAX_CHANGE_BYTES {
-        return Err(format!("change of {} bytes is over the limit of {MAX_CHANGE_BYTES}", bytes.len()));
+/// Most operations one pushed change may hold. A phone's largest change is a capture with a
+/// 10,000-character description: about 10,000 operations.
+pub const MAX_CHANGE_OPS: u64 = 200_000;
+
+/// The change as an uncompressed chunk: a compressed one is inflated, refusing it past `limit`
+/// bytes without inflating the rest (a few KiB of DEFLATE can stand for gigabytes, and
+/// `Change::from_bytes` would inflate all of it). Bytes that are not a compressed chunk come back
+/// as they are (the parser then says what is wrong with them). `Err(n)`: over `limit`.
+fn uncompressed(bytes: &[u8], limit: usize) -> Result<std::borrow::Cow<'_, [u8]>, usize> {
+    if bytes.len() > limit {
+        return Err(bytes.len());
     }
     if bytes.get(..4) != Some(&MAGIC[..]) || bytes.get(8) != Some(&COMPRESSED_CHANGE) {
-        return Ok(bytes.len());
+        return Ok(std::borrow::Cow::Borrowed(bytes));
     }
     let mut rest = &bytes[9..];
-    let Ok(len) = leb128::read::unsigned(&mut rest) else { return Ok(bytes.len()) };
+    let Ok(len) = leb128::read::unsigned(&mut rest) else { return Ok(std::borrow::Cow::Borrowed(bytes)) };
     let body = rest.get(..usize::try_from(len).unwrap_or(usize::MAX).min(rest.len())).unwrap_or_default();
-    let mut inflater = flate2::read::DeflateDecoder::new(body).take(MAX_CHANGE_BYTES as u64 + 1);
-    let n = std::io::copy(&mut inflater, &mut std::io::sink()).unwrap_or(0) as usize;
-    if n > MAX_CHANGE_BYTES {
-        return Err(format!("change inflates past the limit of {MAX_CHANGE_BYTES} bytes"));
+    let mut inflated = vec![];
+    let read = flate2::read::DeflateDecoder::new(body).take(limit as u64 + 1).read_to_end(&mut inflated);
+    if inflated.len() > limit {
+        return Err(inflated.len());
     }
-    Ok(n.max(bytes.len()))
+    if read.is_err() {
+        return Ok(std::borrow::Cow::Borrowed(bytes));
+    }
+    // The same change, uncompressed: magic, checksum, chunk type 1, length, body. Its hash and
+    // checksum are the compressed chunk's (both are over the uncompressed change).
+    let mut chunk = Vec::with_capacity(inflated.len() + 19);
+    chunk.extend_from_slice(&bytes[..8]);
+    chunk.push(1);
+    let _ = leb128::write::unsigned(&mut chunk, inflated.len() as u64);
+    chunk.extend_from_slice(&inflated);
+    Ok(std::borrow::Cow::Owned(chunk))
+}
+
+/// How many bytes a change holds once inflated, refusing it past [`MAX_CHANGE_BYTES`] without
+/// inflating the rest.
+pub fn inflated_len(bytes: &[u8]) -> Result<usize, String> {
+    uncompressed(bytes, MAX_CHANGE_BYTES)
+        .map(|c| c.len().max(bytes.len()))
+        .map_err(|_| format!("change inflates past the limit of {MAX_CHANGE_BYTES} bytes"))
 }
 
 /// Reads a change a device pushed, as strictly as a phone reads a case: the document id is a
-/// case id, the bytes are a change whose checksum holds, no larger than [`MAX_CHANGE_BYTES`]
-/// inflated, and every string it puts on the document's root passes
-/// [`gridwork_model::doc::check_root_string`] (its `id` naming this document). Errors are the
-/// reason the item is refused; nothing is stored.
-pub fn read_pushed(doc: &str, bytes: &[u8]) -> Result<ChangeFacts, String> {
+/// case id; the bytes are a change whose checksum holds, no larger than [`MAX_CHANGE_BYTES`]
+/// inflated nor than what is left of the request's `budget` (which it spends), whose columns
+/// claim at most [`MAX_CHANGE_OPS`] operations (counted before automerge walks them: run-length
+/// encoding lets a few bytes claim billions); and every string it puts on the document's root
+/// passes [`gridwork_model::doc::check_root_string`] (its `id` naming this document). A
+/// compressed change is inflated once. Errors are the reason the item is refused; nothing is
+/// stored.
+pub fn read_pushed(doc: &str, bytes: &[u8], budget: &mut usize) -> Result<ChangeFacts, String> {
     if CaseId::parse(doc).is_err() {
         return Err(format!("document id {:?} is not a case id (a UUID)", doc.chars().take(60).collect::<String>()));
     }
-    inflated_len(bytes)?;
-    let (_, facts) = read_change(bytes)?;
+    let over_budget = || "this request's changes hold too many bytes: sent again in the next request".to_owned();
+    if *budget == 0 {
+        return Err(over_budget());
+    }
+    let limit = MAX_CHANGE_BYTES.min(*budget);
+    let chunk = match uncompressed(bytes, limit) {
+        Ok(c) => c,
+        Err(_) if limit < MAX_CHANGE_BYTES => {
+            *budget = 0;
+            return Err(over_budget());
+        }
+        Err(_) => return Err(format!("change inflates past the limit of {MAX_CHANGE_BYTES} bytes")),
+    };
+    *budget = budget.saturating_sub(chunk.len());
+    match change_ops::op_bound(&chunk, MAX_CHANGE_BYTES) {
+        Ok(n) if n > MAX_CHANGE_OPS => {
+            return Err(format!("change claims {n} operations; at most {MAX_CHANGE_OPS} are accepted"))
+        }
+        Ok(_) => {}
+        Err(change_ops::Unreadable(why)) => return Err(format!("not an Automerge change: {why}")),
+    }
+    let (_, facts) = read_change(&chunk)?;
     for (k, v) in &facts.root_puts {
         gridwork_model::doc::check_root_string(k, v).map_err(|e| format!("the change would damage the case: {e}"))?;
         if k == keys::ID && v != doc {
@@ -357,9 +402,45 @@ mod tests {
         let err = inflated_len(&bomb).expect_err("over the bound");
         assert!(err.contains("limit"), "{err}");
         let id = "0192a1b2-0000-7000-8000-000000000001";
-        assert!(read_pushed(id, &bomb).is_err());
-        assert!(read_pushed(id, &small).is_ok());
-        assert!(read_pushed("not-a-uuid", &small).expect_err("bad id").contains("not a case id"));
+        let mut budget = usize::MAX;
+        assert!(read_pushed(id, &bomb, &mut budget).is_err());
+        assert!(read_pushed(id, &small, &mut budget).is_ok());
+        assert!(read_pushed("not-a-uuid", &small, &mut budget).expect_err("bad id").contains("not a case id"));
+        // A request's budget is spent by what its changes inflate to; then the rest wait.
+        let mut budget = 150_000;
+        assert!(read_pushed(id, &small, &mut budget).is_ok());
+        assert!(read_pushed(id, &small, &mut budget).expect_err("over budget").contains("next request"));
+        assert_eq!(budget, 0);
+    }
+
+    /// A change chunk whose action column is one run claiming `ops` operations, in a few bytes.
+    fn run_length_bomb(ops: i64) -> Vec<u8> {
+        let mut column = vec![];
+        leb128::write::signed(&mut column, ops).expect("write");
+        leb128::write::unsigned(&mut column, 1).expect("write");
+        let mut body = vec![0u8, 1, 0xaa, 1, 1, 0, 0, 0, 1, 0x42];
+        leb128::write::unsigned(&mut body, column.len() as u64).expect("write");
+        body.extend_from_slice(&column);
+        let mut chunk = MAGIC.to_vec();
+        chunk.extend_from_slice(&[0, 0, 0, 0, 1]);
+        leb128::write::unsigned(&mut chunk, body.len() as u64).expect("write");
+        chunk.extend_from_slice(&body);
+        chunk
+    }
+
+    #[test]
+    fn a_change_claiming_billions_of_operations_is_refused_before_automerge_walks_them() {
+        let bomb = run_length_bomb(1 << 40);
+        assert!(bomb.len() < 40, "a few bytes: {}", bomb.len());
+        assert_eq!(change_ops::op_bound(&bomb, MAX_CHANGE_BYTES), Ok(1 << 40));
+        let err =
+            read_pushed("0192a1b2-0000-7000-8000-000000000001", &bomb, &mut usize::MAX.clone()).expect_err("refused");
+        assert!(err.contains("operations"), "{err}");
+        // A phone's own changes are far below the bound.
+        for change in history(&[Edit::Splice(0, "巡查".repeat(100))]) {
+            let n = change_ops::op_bound(change.raw_bytes(), MAX_CHANGE_BYTES).expect("readable");
+            assert!(n >= change.len() as u64 && n < MAX_CHANGE_OPS, "{n} for {} ops", change.len());
+        }
     }
 
     #[test]

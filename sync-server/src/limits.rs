@@ -30,7 +30,7 @@ pub use gridwork_model::wire::MAX_ITEMS_PER_REQUEST;
 /// stay in the phone's outbox for its next request.
 pub const MAX_DECODED_BYTES_PER_REQUEST: usize = 32 * 1024 * 1024;
 /// The most a sync's pulled page may hold, whatever the device asks for in `max_pull_bytes`.
-pub const MAX_PULL_BYTES: u64 = 4 * 1024 * 1024;
+pub const MAX_PULL_BYTES: u64 = 1024 * 1024;
 /// Bytes of requests and responses buffered at once, across every request (see the module doc).
 pub const MEMORY_BUDGET_BYTES: usize = 96 * 1024 * 1024;
 /// A request's headers must arrive within this (hyper closes the connection otherwise); it also
@@ -44,6 +44,8 @@ pub const BODY_TIMEOUT: Duration = Duration::from_secs(120);
 pub const MIN_BODY_RATE_BYTES_PER_S: u64 = 512;
 /// How long a body may take before [`MIN_BODY_RATE_BYTES_PER_S`] applies (a slow start, a stall).
 pub const BODY_GRACE: Duration = Duration::from_secs(10);
+/// How long a request waits for the memory budget before it is told the server is busy.
+pub const BUDGET_WAIT: Duration = Duration::from_secs(20);
 /// Connections open at once; more wait in the kernel's accept queue until one closes.
 pub const MAX_CONNECTIONS: usize = 4096;
 
@@ -90,13 +92,17 @@ impl MemoryBudget {
         MemoryBudget { permits: Arc::new(tokio::sync::Semaphore::new(total_units as usize)), total_units }
     }
 
-    /// Takes `bytes` from the budget, waiting while it is spent. A request larger than the whole
-    /// budget takes all of it (it then runs alone).
-    pub async fn reserve(&self, bytes: usize) -> Reservation {
+    /// Takes `bytes` from the budget, waiting while it is spent — for at most [`BUDGET_WAIT`],
+    /// then `Busy` (503 with `Retry-After`: the phone backs off and retries). A request larger
+    /// than the whole budget takes all of it (it then runs alone).
+    pub async fn reserve(&self, bytes: usize) -> Result<Reservation, ServerError> {
         let units = u32::try_from(bytes.div_ceil(BUDGET_UNIT)).unwrap_or(u32::MAX).clamp(1, self.total_units);
-        // The semaphore is never closed, so acquiring only fails if it were; then run unbudgeted
-        // rather than refuse the request.
-        Reservation { _permit: self.permits.clone().acquire_many_owned(units).await.ok() }
+        match tokio::time::timeout(BUDGET_WAIT, self.permits.clone().acquire_many_owned(units)).await {
+            Err(_) => Err(ServerError::Busy { retry_after_s: 5 }),
+            // The semaphore is never closed, so acquiring only fails if it were; then run
+            // unbudgeted rather than refuse the request.
+            Ok(permit) => Ok(Reservation { _permit: permit.ok() }),
+        }
     }
 
     /// Bytes free now (for tests and metrics).
@@ -241,7 +247,7 @@ mod tests {
     #[tokio::test]
     async fn the_memory_budget_makes_requests_wait_until_bytes_are_given_back() {
         let budget = MemoryBudget::new(4 * BUDGET_UNIT);
-        let first = budget.reserve(3 * BUDGET_UNIT).await;
+        let first = budget.reserve(3 * BUDGET_UNIT).await.expect("free");
         assert_eq!(budget.available(), BUDGET_UNIT);
         let waiting = tokio::time::timeout(Duration::from_millis(50), budget.reserve(2 * BUDGET_UNIT)).await;
         assert!(waiting.is_err(), "over the budget: waits");
@@ -251,7 +257,7 @@ mod tests {
         // Larger than the whole budget: takes all of it rather than wait forever.
         drop(second);
         let all = tokio::time::timeout(Duration::from_millis(500), budget.reserve(usize::MAX)).await;
-        assert!(all.is_ok());
+        assert!(matches!(all, Ok(Ok(_))));
         assert_eq!(budget.available(), 0);
     }
 }

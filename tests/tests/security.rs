@@ -119,6 +119,34 @@ fn a_worker_cannot_change_a_case_in_another_grid_with_or_without_its_heads() {
 }
 
 #[test]
+fn a_change_replacing_a_cases_events_map_is_quarantined_even_in_scope() {
+    let d = District::new();
+    d.store.set_user("w3", Role::Worker, None, &["grid:g0".into()]).expect("w3");
+    let mut w1 = phone(&d, "w1", None);
+    let w3 = phone(&d, "w3", None);
+    let case = capture(&w1, 0, 1, 12)[0];
+    w1.sync(&d.url()).expect("w1");
+    // w3 shares the grid, so it may change the case, but not swap its history for its own.
+    let mut doc = AutoCommit::new();
+    let history: Vec<automerge::Change> = w1
+        .store
+        .export_changes(&case)
+        .expect("history")
+        .into_iter()
+        .map(|b| automerge::Change::from_bytes(b).expect("change"))
+        .collect();
+    doc.apply_changes(history).expect("apply");
+    let events = doc.put_object(ROOT, keys::EVENTS, automerge::ObjType::Map).expect("new map");
+    doc.put(&events, "forged", "{}").expect("forged event");
+    doc.commit();
+    let swap = doc.get_last_local_change().expect("change").raw_bytes().to_vec();
+    let (status, body) = post_sync(&d, &w3.config.token, &request(vec![pushed(&case, &swap)], None));
+    assert_eq!(status, 200);
+    assert_eq!(body["results"][0]["outcome"], "quarantined", "{body}");
+    assert!(d.store.quarantined().expect("q")[0].reason.contains("events map"));
+}
+
+#[test]
 fn a_late_change_from_a_moved_worker_is_quarantined_as_late_and_an_administrator_can_release_it() {
     let d = District::new();
     d.store.set_user("w3", Role::Worker, None, &["grid:g0".into()]).expect("w3");

@@ -722,7 +722,9 @@ impl SqliteStore {
             .prepare_cached(
                 "SELECT scope, removed_seq FROM user_scopes_removed WHERE user_id = ?1
                  UNION ALL SELECT 'grid:' || p.grid_id, r.removed_seq FROM user_scopes_removed r
-                     JOIN grid_placements p ON p.scope = r.scope WHERE r.user_id = ?1
+                     JOIN grid_placements p ON p.scope = r.scope AND p.from_seq <= r.removed_seq
+                         AND (p.to_seq IS NULL OR p.to_seq >= r.removed_seq)
+                     WHERE r.user_id = ?1
                  UNION ALL SELECT 'grid:' || p.grid_id, p.to_seq FROM user_scopes s
                      JOIN grid_placements p ON p.scope = s.scope WHERE s.user_id = ?1 AND p.to_seq IS NOT NULL",
             )?
@@ -739,7 +741,8 @@ impl SqliteStore {
             built_on = built_on.max(seq.unwrap_or(i64::MAX));
         }
         Ok(match lost {
-            Some((scope, at)) if built_on <= at => format!(
+            // A change that builds on nothing cannot be work on the case as its author saw it.
+            Some((scope, at)) if built_on <= at && !facts.deps.is_empty() => format!(
                 "late change: {denied}. {} held {scope} until sequence {at}, and this change builds only on what \
                  the server had then: work done offline before the move — release it if it is genuine",
                 device.user
@@ -777,14 +780,23 @@ impl SqliteStore {
         }
         // Where the case's events live: this change, an earlier change of this push, or the store.
         let earlier = touched.get(doc_id).and_then(|t| t.events_obj.clone());
-        let events_obj: Option<String> = match (&facts.events_obj_created, earlier) {
-            (Some(o), _) => Some(o.clone()),
-            (None, Some(o)) => Some(o),
-            (None, None) => {
+        let known = match earlier {
+            Some(o) => Some(o),
+            None => {
                 q1(tx, "SELECT events_obj FROM docs WHERE doc_id = ?1", [doc_id], |r| r.get::<_, Option<String>>(0))
                     .optional()?
                     .flatten()
             }
+        };
+        let events_obj: Option<String> = match (&facts.events_obj_created, known) {
+            // A second `events` map would hide the case's history behind one the server never
+            // checked (Automerge picks one of two concurrent maps): no replica makes one.
+            (Some(new), Some(old)) if *new != old && !released => {
+                let reason = "the change replaces the case's events map: its events could not be attributed";
+                return self.quarantine(tx, &key, doc_id, device, now, reason, bytes);
+            }
+            (Some(o), _) => Some(o.clone()),
+            (None, known) => known,
         };
         let mut events = vec![];
         if let Some(obj) = &events_obj {
@@ -822,7 +834,11 @@ impl SqliteStore {
         }
         // The docs row is written once per case and push, in `refresh_doc`.
         let t = touched.entry(doc_id.to_owned()).or_default();
-        t.authorized.insert(device.id.clone());
+        // A released change vouches for itself only: the device's other changes to the case
+        // (parked ones that build on it) still face the rule.
+        if !released {
+            t.authorized.insert(device.id.clone());
+        }
         t.seqs.push(seq);
         if t.events_obj.is_none() {
             t.events_obj = events_obj;
@@ -1545,7 +1561,7 @@ impl SyncStore for SqliteStore {
         // Bytes are bounded per change (`ingest::MAX_CHANGE_BYTES`) and per request: changes past
         // the request's budget are refused, stay in the phone's outbox and go in its next request.
         let mut pushed = Vec::with_capacity(req.changes.len());
-        let mut decoded = 0usize;
+        let mut decoded = crate::limits::MAX_DECODED_BYTES_PER_REQUEST;
         for c in &req.changes {
             let bytes = B64.decode(&c.bytes).map_err(|_| {
                 ServerError::BadRequest(format!(
@@ -1553,17 +1569,8 @@ impl SyncStore for SqliteStore {
                     c.doc.chars().take(60).collect::<String>()
                 ))
             })?;
-            let inflated = crate::ingest::inflated_len(&bytes).unwrap_or(bytes.len());
-            decoded = decoded.saturating_add(inflated);
-            if decoded > crate::limits::MAX_DECODED_BYTES_PER_REQUEST {
-                let why = format!(
-                    "this request's changes hold over {} bytes: sent again in the next request",
-                    crate::limits::MAX_DECODED_BYTES_PER_REQUEST
-                );
-                pushed.push(Pushed { doc: c.doc.clone(), bytes, facts: Err(why) });
-                continue;
-            }
-            pushed.push(Pushed::new(c.doc.clone(), bytes));
+            let facts = crate::ingest::read_pushed(&c.doc, &bytes, &mut decoded);
+            pushed.push(Pushed { doc: c.doc.clone(), bytes, facts });
         }
         let (app_version, catalog_version, budget) = (
             req.app_version.clone(),
@@ -1632,7 +1639,8 @@ struct Pushed {
 
 impl Pushed {
     fn new(doc: String, bytes: Vec<u8>) -> Self {
-        let facts = crate::ingest::read_pushed(&doc, &bytes);
+        let mut budget = crate::ingest::MAX_CHANGE_BYTES;
+        let facts = crate::ingest::read_pushed(&doc, &bytes, &mut budget);
         Pushed { doc, bytes, facts }
     }
 }
@@ -1841,8 +1849,8 @@ impl SqliteStore {
         }
         self.unpark(tx, now_ms, &mut touched)?;
         // The server stamps what it receives; a device clock far from it is flagged on what it sent.
-        let skew_ms = if req.state.device_time_ms == 0 { 0 } else { req.state.device_time_ms - now_ms };
-        if skew_ms.abs() > MAX_CLOCK_SKEW_MS {
+        let skew_ms = if req.state.device_time_ms == 0 { 0 } else { req.state.device_time_ms.saturating_sub(now_ms) };
+        if skew_ms.saturating_abs() > MAX_CLOCK_SKEW_MS {
             for (doc, t) in touched.iter_mut() {
                 if job.pushed.iter().any(|p| &p.doc == doc) {
                     t.clock_skew = true;

@@ -435,6 +435,11 @@ impl ConsoleStore for SqliteStore {
                 locked_until_ms = 0, updated_ms = excluded.updated_ms",
             params![user, hash, now_ms],
         )?;
+        // The person's console actor is registered to their console device now, before their
+        // first action: a phone that pushed a change with that (derivable) actor first would
+        // otherwise own it, and every console action would be quarantined.
+        let person = Self::console_user(&self.conn(), user)?;
+        self.console_device(&person, now_ms)?;
         Ok(())
     }
 
