@@ -20,7 +20,7 @@ use http_body_util::BodyExt;
 
 use crate::blobs::Begun;
 use crate::error::ServerError;
-use crate::limits::{self, BodyDeadline, EnrolLimits, MemoryBudget};
+use crate::limits::{self, BodyDeadline, EnrolLimits, MemoryBudget, Reservation};
 use crate::metrics::{ItemOutcome, Metrics};
 use crate::store::SyncStore;
 
@@ -142,13 +142,30 @@ async fn next_piece(
 }
 
 /// Reads a body of at most `limit` bytes, which must arrive within `timeout` and at a minimum
-/// average rate ([`limits::BodyDeadline`]).
-async fn read_body(mut body: Body, limit: usize, timeout: std::time::Duration) -> Result<Bytes, ServerError> {
+/// average rate ([`limits::BodyDeadline`]). With a `budget`, the bytes are taken from it as they
+/// arrive (in steps of 64 KiB, kept in `held`): a body trickling in holds next to nothing, and a
+/// flood of large bodies waits for the budget instead of growing the server.
+async fn read_body(
+    mut body: Body,
+    limit: usize,
+    timeout: std::time::Duration,
+    budget: Option<(&MemoryBudget, &mut Vec<Reservation>)>,
+) -> Result<Bytes, ServerError> {
+    const STEP: usize = 64 * 1024;
     let clock = BodyDeadline::start(timeout);
     let mut out = Vec::new();
+    let mut reserved = 0usize;
+    let mut budget = budget;
     while let Some(piece) = next_piece(&mut body, &clock, out.len() as u64, timeout).await? {
         if out.len() + piece.len() > limit {
             return Err(ServerError::TooLarge { limit });
+        }
+        if let Some((b, held)) = budget.as_mut() {
+            if out.len() + piece.len() > reserved {
+                let more = piece.len().max(STEP);
+                held.push(b.reserve(more).await?);
+                reserved += more;
+            }
         }
         out.extend_from_slice(&piece);
     }
@@ -158,7 +175,7 @@ async fn read_body(mut body: Body, limit: usize, timeout: std::time::Duration) -
 async fn enrol(State(state): State<AppState>, req: Request) -> Result<Response, ServerError> {
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     require_json(req.headers())?;
-    let body = read_body(req.into_body(), limits::MAX_ENROL_BODY_BYTES, state.body_timeout).await?;
+    let body = read_body(req.into_body(), limits::MAX_ENROL_BODY_BYTES, state.body_timeout, None).await?;
     let enrolment: EnrolRequest = parse(&body)?;
     state.enrol_limits.check(peer, &enrolment.code)?;
     let (store, code) = (state.store.clone(), enrolment.code.clone());
@@ -178,13 +195,14 @@ async fn sync(State(state): State<AppState>, headers: HeaderMap, body: Body) -> 
     let store = state.store.clone();
     let device = blocking(move || store.authenticate(&token)).await?;
     require_json(&headers)?;
-    let declared = content_length(&headers);
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+    if content_length(&headers).is_some_and(|n| n > MAX_BODY_BYTES) {
         return Err(ServerError::TooLarge { limit: MAX_BODY_BYTES });
     }
-    // The body and the page pulled for it are buffered: their bytes come from the budget first.
-    let _reserved = state.budget.reserve(declared.unwrap_or(MAX_BODY_BYTES) + limits::MAX_PULL_BYTES as usize).await?;
-    let body = read_body(body, MAX_BODY_BYTES, state.body_timeout).await?;
+    // The body (as it arrives), what parsing it costs, and the page pulled for it are buffered:
+    // their bytes come from the budget first.
+    let mut held = vec![];
+    let body = read_body(body, MAX_BODY_BYTES, state.body_timeout, Some((&state.budget, &mut held))).await?;
+    held.push(state.budget.reserve(body.len() * 2 + limits::MAX_PULL_BYTES as usize).await?);
     let up = body.len();
     let store = state.store.clone();
     let start = std::time::Instant::now();

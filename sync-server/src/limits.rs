@@ -28,11 +28,11 @@ pub use gridwork_model::wire::MAX_ITEMS_PER_REQUEST;
 /// Bytes the changes of one request may inflate to, all together (each change on its own is
 /// bounded by [`crate::ingest::MAX_CHANGE_BYTES`]). Changes past it are refused with a reason and
 /// stay in the phone's outbox for its next request.
-pub const MAX_DECODED_BYTES_PER_REQUEST: usize = 32 * 1024 * 1024;
+pub const MAX_DECODED_BYTES_PER_REQUEST: usize = 8 * 1024 * 1024;
 /// The most a sync's pulled page may hold, whatever the device asks for in `max_pull_bytes`.
 pub const MAX_PULL_BYTES: u64 = 1024 * 1024;
 /// Bytes of requests and responses buffered at once, across every request (see the module doc).
-pub const MEMORY_BUDGET_BYTES: usize = 96 * 1024 * 1024;
+pub const MEMORY_BUDGET_BYTES: usize = 64 * 1024 * 1024;
 /// A request's headers must arrive within this (hyper closes the connection otherwise); it also
 /// ends an idle keep-alive connection.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
