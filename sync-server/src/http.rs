@@ -31,8 +31,11 @@ pub use crate::limits::MAX_BODY_BYTES;
 pub struct AppState {
     pub store: Arc<dyn SyncStore>,
     pub metrics: Arc<Metrics>,
-    /// Bytes requests in flight may buffer, together.
+    /// Bytes requests in flight may buffer, together: requests that declare at most
+    /// [`limits::SMALL_REQUEST_BYTES`] (every phone's page) from `budget`, larger or undeclared
+    /// ones from `large_budget`, so a flood of large requests never starves the phones.
     pub budget: MemoryBudget,
+    pub large_budget: MemoryBudget,
     pub enrol_limits: Arc<EnrolLimits>,
     /// How long a request's body may take to arrive.
     pub body_timeout: std::time::Duration,
@@ -200,9 +203,17 @@ async fn sync(State(state): State<AppState>, headers: HeaderMap, body: Body) -> 
     }
     // The body (as it arrives), what parsing it costs, and the page pulled for it are buffered:
     // their bytes come from the budget first.
+    let pool = match content_length(&headers) {
+        Some(n) if n <= limits::SMALL_REQUEST_BYTES => &state.budget,
+        _ => &state.large_budget,
+    };
     let mut held = vec![];
-    let body = read_body(body, MAX_BODY_BYTES, state.body_timeout, Some((&state.budget, &mut held))).await?;
-    held.push(state.budget.reserve(body.len() * 2 + limits::MAX_PULL_BYTES as usize).await?);
+    let body = read_body(body, MAX_BODY_BYTES, state.body_timeout, Some((pool, &mut held))).await?;
+    // Never more than the pool has left beside what this request already holds (a request
+    // larger than the pool runs alone rather than wait for itself).
+    let holding: usize = held.iter().map(Reservation::bytes).sum();
+    let wanted = (body.len() * 2 + limits::MAX_PULL_BYTES as usize).min(pool.total().saturating_sub(holding));
+    held.push(pool.reserve(wanted).await?);
     let up = body.len();
     let store = state.store.clone();
     let start = std::time::Instant::now();
@@ -376,6 +387,7 @@ pub fn router_with(
         store: store.clone(),
         metrics: metrics.clone(),
         budget: MemoryBudget::new(limits::MEMORY_BUDGET_BYTES),
+        large_budget: MemoryBudget::new(limits::LARGE_REQUEST_BUDGET_BYTES),
         enrol_limits: Arc::new(EnrolLimits::default()),
         body_timeout,
     };
@@ -400,6 +412,7 @@ pub fn metrics_router(store: Arc<dyn SyncStore>, metrics: Arc<Metrics>) -> Route
         store,
         metrics,
         budget: MemoryBudget::new(limits::MEMORY_BUDGET_BYTES),
+        large_budget: MemoryBudget::new(limits::LARGE_REQUEST_BUDGET_BYTES),
         enrol_limits: Arc::new(EnrolLimits::default()),
         body_timeout: limits::BODY_TIMEOUT,
     };

@@ -219,6 +219,19 @@ pub fn facts_by_decoding(change: &Change) -> ChangeFacts {
     facts
 }
 
+/// [`compact`], unless the history inflates past `max_inflated` bytes (measured by streaming each
+/// change through the inflater, not by holding it): then `None`, and the changes go as they are.
+pub fn compact_within(changes: &[Vec<u8>], max_inflated: usize) -> Option<Vec<u8>> {
+    let mut total = 0usize;
+    for c in changes {
+        total = total.saturating_add(inflated_len(c).ok()?);
+        if total > max_inflated {
+            return None;
+        }
+    }
+    compact(changes)
+}
+
 /// The whole history in `changes` as one saved (compacted) document, for a device far behind.
 /// None if the changes do not make a complete document (then they are sent as they are).
 pub fn compact(changes: &[Vec<u8>]) -> Option<Vec<u8>> {

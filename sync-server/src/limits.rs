@@ -31,8 +31,14 @@ pub use gridwork_model::wire::MAX_ITEMS_PER_REQUEST;
 pub const MAX_DECODED_BYTES_PER_REQUEST: usize = 8 * 1024 * 1024;
 /// The most a sync's pulled page may hold, whatever the device asks for in `max_pull_bytes`.
 pub const MAX_PULL_BYTES: u64 = 1024 * 1024;
-/// Bytes of requests and responses buffered at once, across every request (see the module doc).
-pub const MEMORY_BUDGET_BYTES: usize = 64 * 1024 * 1024;
+/// Bytes of requests and responses buffered at once by requests that declare a body of at most
+/// [`SMALL_REQUEST_BYTES`] — every phone's sync — and by downloads (see the module doc).
+pub const MEMORY_BUDGET_BYTES: usize = 48 * 1024 * 1024;
+/// A request declaring more than this (or no length) is large: it draws from
+/// [`LARGE_REQUEST_BUDGET_BYTES`], so large requests wait for each other, never for the phones.
+pub const SMALL_REQUEST_BYTES: usize = 1024 * 1024;
+/// The budget large requests share: one request at the body limit runs at a time.
+pub const LARGE_REQUEST_BUDGET_BYTES: usize = 24 * 1024 * 1024;
 /// A request's headers must arrive within this (hyper closes the connection otherwise); it also
 /// ends an idle keep-alive connection.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
@@ -84,6 +90,14 @@ pub struct MemoryBudget {
 #[derive(Debug)]
 pub struct Reservation {
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    bytes: usize,
+}
+
+impl Reservation {
+    /// How many bytes this holds.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
 }
 
 impl MemoryBudget {
@@ -101,8 +115,13 @@ impl MemoryBudget {
             Err(_) => Err(ServerError::Busy { retry_after_s: 5 }),
             // The semaphore is never closed, so acquiring only fails if it were; then run
             // unbudgeted rather than refuse the request.
-            Ok(permit) => Ok(Reservation { _permit: permit.ok() }),
+            Ok(permit) => Ok(Reservation { _permit: permit.ok(), bytes: units as usize * BUDGET_UNIT }),
         }
+    }
+
+    /// All the bytes this budget has.
+    pub fn total(&self) -> usize {
+        self.total_units as usize * BUDGET_UNIT
     }
 
     /// Bytes free now (for tests and metrics).

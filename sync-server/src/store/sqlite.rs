@@ -75,6 +75,10 @@ pub struct QuarantinedItem {
 /// that accept it): below it, a saved document is not much smaller than the changes.
 const COMPACT_FROM_CHANGES: usize = 32;
 
+/// The most a history may inflate to for the server to compact it (compacting loads it whole);
+/// a longer one goes as its changes.
+const MAX_COMPACT_INPUT: usize = 8 * 1024 * 1024;
+
 /// Reader connections kept open between syncs.
 const MAX_READERS: usize = 64;
 
@@ -1131,8 +1135,9 @@ impl SqliteStore {
                     continue;
                 }
                 // A long history goes to a device far behind as one compacted document.
+                // Not a history that inflates past MAX_COMPACT_INPUT: compacting loads all of it.
                 let compacted = (is_join && accept_compacted && bytes.len() >= COMPACT_FROM_CHANGES)
-                    .then(|| crate::ingest::compact(&bytes))
+                    .then(|| crate::ingest::compact_within(&bytes, MAX_COMPACT_INPUT))
                     .flatten();
                 let (bytes, compacted) = match compacted {
                     Some(c) => (vec![], Some(c)),

@@ -6,6 +6,7 @@
 //!   gridwork-bench weak-link [--rate-bps 64000] [--rtt-ms 500] [--cut-every-s 30]
 //!   gridwork-bench console [--cases 100000] [--grids 100] [--samples 300]
 //!   gridwork-bench storm [--devices 5000] [--cases 20] [--checkins 50] [--concurrency 32] [--phones-dir /dev/shm]
+//!   gridwork-bench abuse [--seconds 30] [--quiet-seconds 8] [--honest 8] [--think-ms 200] [--only KIND,...] [--threads N]
 //!
 //! Benchmarks are not tests: nothing here asserts a timing. Quote medians and ratios measured in
 //! the same run; this machine is shared.
@@ -23,6 +24,7 @@ use gridwork_core::model::lifecycle::Status;
 use gridwork_core::store::{CaseQuery, SortOrder};
 use gridwork_tests::{district, identity, open_device, random_case, Rng};
 
+mod abuse;
 mod console;
 mod ffi;
 mod storm;
@@ -414,6 +416,7 @@ fn main() {
         "console" => console::parse(args).and_then(console::run),
         "weak-link" => weak_link::parse(args).and_then(weak_link::run),
         "storm" => storm::parse(args).and_then(|a| storm::run(a, &|v| println!("{v}"))),
+        "abuse" => abuse::parse(args).and_then(|a| abuse::run(a, &|v| println!("{v}"))),
         "storm-server" => match args.next() {
             Some(dir) => {
                 counting_alloc::stop();
@@ -425,6 +428,7 @@ fn main() {
        gridwork-bench ffi [--captures N] [--warmup N]
        gridwork-bench weak-link [--rate-bps N] [--rtt-ms N] [--cut-every-s N]
        gridwork-bench storm [--devices N] [--cases N] [--checkins N] [--concurrency N]
+       gridwork-bench abuse [--seconds N] [--quiet-seconds N] [--honest N] [--think-ms N] [--only KIND,...] [--threads N]
        gridwork-bench console [--cases 100000] [--grids 100] [--samples 300]"
             .to_owned()),
     };
