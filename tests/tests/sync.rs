@@ -275,17 +275,24 @@ fn bad_requests_get_a_json_4xx_and_change_nothing() {
     assert_eq!(resp.status().as_u16(), 200);
     let body: serde_json::Value = serde_json::from_slice(&resp.bytes().expect("body")).expect("json");
     assert_eq!(body["results"][0]["outcome"], "refused");
-    // The server answers before reading the whole body and closes the connection, so the client
-    // may not get to read the JSON body: the status is what is checked.
-    let huge = vec![b' '; gridwork_sync_server::http::MAX_BODY_BYTES + 1];
-    let resp = client
-        .post(&url)
-        .bearer_auth(&w1.config.token)
-        .header("content-type", "application/json")
-        .body(huge)
-        .send()
-        .expect("send");
-    assert_eq!(resp.status().as_u16(), 413);
+    // Too large, declared up front: refused from the headers alone, before any body is read.
+    let limit = gridwork_sync_server::http::MAX_BODY_BYTES;
+    let (status, body) =
+        raw_post(&d.url(), &w1.config.token, &format!("content-length: {}\r\n", limit + 1), Vec::new());
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("too_large"), "{body}");
+    // Too large, undeclared (chunked): refused once the limit is crossed. The server closes
+    // without reading the rest, so the writer's errors are expected and the answer is read
+    // concurrently rather than after the whole body was sent.
+    let mut chunked = Vec::new();
+    for _ in 0..(limit / (1 << 20) + 2) {
+        chunked.extend_from_slice(format!("{:x}\r\n", 1 << 20).as_bytes());
+        chunked.extend(std::iter::repeat_n(b' ', 1 << 20));
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let (status, body) = raw_post(&d.url(), &w1.config.token, "transfer-encoding: chunked\r\n", chunked);
+    assert_eq!(status, 413, "{body}");
     check(
         client
             .post(format!("{}/v1/enrol", d.url()))
@@ -297,6 +304,42 @@ fn bad_requests_get_a_json_4xx_and_change_nothing() {
         "bad_enrolment_code",
     );
     assert_eq!(d.store.counts().expect("counts"), (0, 0, 0));
+}
+
+/// Sends a POST to /v1/sync over a bare socket, writing `body` from another thread while the
+/// answer is read: a server that refuses early must still be heard, whatever the writer meets.
+fn raw_post(base: &str, token: &str, framing: &str, body: Vec<u8>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let mut stream = std::net::TcpStream::connect(&addr).expect("connect");
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).expect("timeout");
+    let head = format!(
+        "POST /v1/sync HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\n{framing}\r\n"
+    );
+    stream.write_all(head.as_bytes()).expect("headers");
+    let mut writer = stream.try_clone().expect("clone");
+    let sending = std::thread::spawn(move || {
+        // A refused body ends in a reset or a broken pipe: both are the server's right.
+        let _ = writer.write_all(&body);
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                answer.extend_from_slice(&buf[..n]);
+                if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}") {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let _ = sending.join();
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text)
 }
 
 #[test]
