@@ -258,9 +258,12 @@ impl Store {
                 let raw = B64.decode(c).map_err(|_| CoreError::BadChange {
                     reason: format!("compacted document {} is not base64", d.doc),
                 })?;
-                let whole = automerge::Automerge::load(&raw).map_err(|e| CoreError::BadChange {
-                    reason: format!("compacted document {} does not load: {e}", d.doc),
-                })?;
+                let whole = gridwork_model::fence::fenced(|| automerge::Automerge::load(&raw))
+                    .map_err(|p| format!("Automerge could not load it: {p}"))
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+                    .map_err(|e| CoreError::BadChange {
+                        reason: format!("compacted document {} does not load: {e}", d.doc),
+                    })?;
                 changes.extend(whole.get_changes(&[]));
             }
             parsed.push((id, changes));

@@ -17,6 +17,7 @@ pub mod catalog;
 pub mod doc;
 pub mod error;
 pub mod evidence;
+pub mod fence;
 pub mod geo;
 pub mod ids;
 pub mod lifecycle;

@@ -257,8 +257,10 @@ impl EnrolmentCode {
             .strip_prefix("gridwork:enrol?")
             .ok_or("not a Gridwork enrolment code (it should start with gridwork:enrol?)")?;
         let (mut server, mut code, mut ca) = (None, None, None);
+        // Each value is trimmed: a code that ends in a space in the scanned text would otherwise
+        // keep it, and lose it when written back as the last field (found by fuzzing).
         for pair in query.split('&') {
-            match pair.split_once('=') {
+            match pair.split_once('=').map(|(k, v)| (k, v.trim())) {
                 Some(("server", v)) => server = Some(v.to_owned()),
                 Some(("code", v)) => code = Some(v.to_owned()),
                 Some(("ca", v)) => ca = Some(v.to_ascii_lowercase()),
@@ -295,6 +297,10 @@ mod enrolment_code_tests {
         assert!(EnrolmentCode::parse(&without_ca).is_err(), "https without a CA pin");
         assert!(EnrolmentCode::parse(&c.to_uri().replace("abab", "zzzz")).is_err());
         assert!(EnrolmentCode::parse("K7M2QX").is_err());
+        let spaced = EnrolmentCode::parse("gridwork:enrol?code=K7M2QX &server=http://127.0.0.1:8080 ").expect("parses");
+        assert_eq!(spaced.code, "K7M2QX");
+        assert_eq!(EnrolmentCode::parse(&spaced.to_uri()), Ok(spaced));
+        assert!(EnrolmentCode::parse("gridwork:enrol?code= &server=http://127.0.0.1:8080").is_err(), "a blank code");
         let local =
             EnrolmentCode { server: "http://127.0.0.1:8080".into(), code: "K7M2QX".into(), ca_fingerprint: None };
         assert_eq!(EnrolmentCode::parse(&local.to_uri()), Ok(local));

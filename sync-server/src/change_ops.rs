@@ -31,6 +31,8 @@ pub enum MapOp {
     PutStr { obj: Obj, key: String, value: String },
     /// A new map created under `key` in `obj`; `counter` is the new map's id counter.
     MakeMap { obj: Obj, key: String, counter: u64 },
+    /// An operation of a kind no case document holds (in a map or a list): see [`is_foreign`].
+    Foreign { action: u64 },
 }
 
 /// Why the shortcut could not read a change (the caller then uses `decode()`).
@@ -44,6 +46,7 @@ const CHUNK_CHANGE: u8 = 1;
 const OBJ_ACTOR: u64 = 1;
 const OBJ_CTR: u64 = 2;
 const KEY_STR: u64 = 0x15;
+const INSERT: u64 = 0x34;
 const ACTION: u64 = 0x42;
 const VAL_META: u64 = 0x56;
 const VAL_RAW: u64 = 0x57;
@@ -51,7 +54,37 @@ const DEFLATE_BIT: u64 = 0x08;
 
 const ACTION_MAKE_MAP: u64 = 0;
 const ACTION_SET: u64 = 1;
+pub const ACTION_INCREMENT: u64 = 5;
+pub const ACTION_MAKE_TABLE: u64 = 6;
+pub const ACTION_MARK: u64 = 7;
 const VALUE_TYPE_STR: u64 = 6;
+/// Value types with no bytes in the raw column whatever length their metadata claims (null,
+/// false, true): Automerge reads nothing for them, and so must this reader.
+const VALUE_TYPES_WITHOUT_BYTES: u64 = 2;
+
+/// Whether an operation's action is one a case document never holds. A Gridwork case is maps,
+/// one text and string, number and boolean values (`gridwork_model::doc`): make map, put, make
+/// list, delete and make text (actions 0-4). Counters, tables and text marks (5-7, and any number
+/// Automerge does not know) are refused at ingest: no app writes them, and Automerge's handling of
+/// forged ones is where fuzzing found panics (fuzz/README.md).
+pub fn is_foreign(action: u64) -> bool {
+    action > 4
+}
+
+/// Not an action: what [`MapOp::Foreign`] carries for an operation under a map key flagged as an
+/// insert, which Automerge's format allows and no document holds.
+pub const INSERT_UNDER_A_MAP_KEY: u64 = u64::MAX;
+
+/// A foreign action's name, for the refusal.
+pub fn action_name(action: u64) -> &'static str {
+    match action {
+        INSERT_UNDER_A_MAP_KEY => "an insert under a map key",
+        ACTION_INCREMENT => "a counter increment",
+        ACTION_MAKE_TABLE => "a table",
+        ACTION_MARK => "a text mark",
+        _ => "an operation Automerge does not define",
+    }
+}
 
 /// The map operations of a verified change, in order.
 pub fn map_ops(change: &Change) -> Result<Vec<MapOp>, Unreadable> {
@@ -99,6 +132,7 @@ pub fn map_ops_in(chunk: &[u8], count: usize) -> Result<Vec<MapOp>, Unreadable> 
             OBJ_ACTOR => cols.obj_actor = data,
             OBJ_CTR => cols.obj_ctr = data,
             KEY_STR => cols.key_str = data,
+            INSERT => cols.insert = data,
             ACTION => cols.action = data,
             VAL_META => cols.val_meta = data,
             VAL_RAW => cols.val_raw = data,
@@ -226,6 +260,7 @@ struct Columns<'a> {
     obj_actor: &'a [u8],
     obj_ctr: &'a [u8],
     key_str: &'a [u8],
+    insert: &'a [u8],
     action: &'a [u8],
     val_meta: &'a [u8],
     val_raw: &'a [u8],
@@ -237,6 +272,7 @@ fn read_ops(cols: &Columns<'_>, count: usize, start_op: u64) -> Result<Vec<MapOp
     // Each column is its own stream: the ones the server does not read (a list element's key,
     // the insert flag, predecessors) are not decoded at all.
     let mut key_str = Rle::new(cols.key_str, Kind::Str);
+    let mut insert = Bools::new(cols.insert);
     let mut action = Rle::new(cols.action, Kind::Uleb);
     let mut val_meta = Rle::new(cols.val_meta, Kind::Uleb);
     let mut raw = Reader(cols.val_raw);
@@ -244,11 +280,23 @@ fn read_ops(cols: &Columns<'_>, count: usize, start_op: u64) -> Result<Vec<MapOp
     for i in 0..count {
         let (oa, oc) = (obj_actor.next()?, obj_ctr.next()?);
         let key = key_str.next_str()?;
+        let inserts = insert.next()?;
         // Every operation has an action: a null one means the columns ended before `count`.
         let act = action.next()?.ok_or(Unreadable("fewer operations than the change counts"))?.as_u64();
         let meta = val_meta.next()?.map(|v| v.as_u64()).unwrap_or(0);
-        let value = raw.take((meta >> 4) as usize)?;
+        let len = if meta & 0x0f <= VALUE_TYPES_WITHOUT_BYTES { 0 } else { meta >> 4 };
+        let value = raw.take(usize::try_from(len).map_err(|_| Unreadable("value length"))?)?;
+        if is_foreign(act) {
+            out.push(MapOp::Foreign { action: act });
+            continue;
+        }
         let Some(key) = key else { continue };
+        if inserts {
+            // Only a list or text element is inserted; an "insert" under a map key breaks the
+            // order Automerge keeps a map's operations in (found by fuzzing).
+            out.push(MapOp::Foreign { action: INSERT_UNDER_A_MAP_KEY });
+            continue;
+        }
         let obj = match (oa, oc) {
             (None, None) => Obj::Root,
             (Some(a), Some(c)) => Obj::Id { counter: c.as_u64(), actor: a.as_u64() as usize },
@@ -264,6 +312,33 @@ fn read_ops(cols: &Columns<'_>, count: usize, start_op: u64) -> Result<Vec<MapOp
         }
     }
     Ok(out)
+}
+
+/// Automerge's boolean column: alternating run lengths, starting with a run of `false`. An
+/// exhausted column reads as `false`.
+struct Bools<'a> {
+    input: Reader<'a>,
+    value: bool,
+    left: u64,
+}
+
+impl<'a> Bools<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        // The first run read is of `false`: start "after" a run of `true`.
+        Bools { input: Reader(data), value: true, left: 0 }
+    }
+
+    fn next(&mut self) -> Result<bool, Unreadable> {
+        while self.left == 0 {
+            if self.input.is_empty() {
+                return Ok(false);
+            }
+            self.left = self.input.uleb()?;
+            self.value = !self.value;
+        }
+        self.left -= 1;
+        Ok(self.value)
+    }
 }
 
 /// A cursor over bytes with LEB128 reads.

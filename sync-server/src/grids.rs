@@ -98,9 +98,20 @@ pub fn parse(text_in: &str, datum: Datum) -> Result<GridFile, GridFileError> {
                 if ring.len() > 1 && ring.first() == ring.last() {
                     ring.pop();
                 }
+                // geo's validation accepts an empty ring (an empty polygon is valid to it), and a
+                // case can never be inside a grid without area (found by fuzzing, fuzz/README.md).
+                if ring.len() < 3 {
+                    return Err(bad(&format!(
+                        "a grid's boundary needs at least 3 corners; this one has {}",
+                        ring.len()
+                    )));
+                }
                 let shape = to_geo(&ring);
                 if let Err(e) = shape.check_validation() {
                     return Err(bad(&format!("invalid polygon: {e}")));
+                }
+                if geo::Area::unsigned_area(&shape) <= 0.0 {
+                    return Err(bad("a grid's boundary encloses no area (its corners are on one line)"));
                 }
                 if grids.iter().any(|g| g.id.0 == id) {
                     return Err(bad(&format!("grid id {id} appears twice")));
@@ -202,6 +213,26 @@ mod tests {
 
     fn collection(features: Vec<serde_json::Value>) -> String {
         serde_json::json!({ "type": "FeatureCollection", "features": features }).to_string()
+    }
+
+    #[test]
+    fn a_boundary_without_area_is_refused_with_the_feature_named() {
+        let ring = |coords: serde_json::Value| {
+            collection(vec![serde_json::json!({
+                "type": "Feature", "properties": { "id": "g9" },
+                "geometry": { "type": "Polygon", "coordinates": coords }
+            })])
+        };
+        for coords in [
+            serde_json::json!([[]]),
+            serde_json::json!([[[116.4, 39.9], [116.41, 39.9], [116.4, 39.9]]]),
+            serde_json::json!([[[116.4, 39.9], [116.41, 39.9], [116.42, 39.9], [116.4, 39.9]]]),
+        ] {
+            match parse(&ring(coords.clone()), Datum::Wgs84) {
+                Err(GridFileError::Feature { feature, .. }) => assert!(feature.contains("g9"), "{feature}"),
+                other => panic!("{coords} gave {other:?}"),
+            }
+        }
     }
 
     #[test]

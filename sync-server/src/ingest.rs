@@ -18,7 +18,16 @@ use std::io::Read;
 pub struct ChangeFacts {
     pub hash: String,
     pub actor: String,
+    /// The change's sequence number among its actor's changes (1 for the actor's first).
+    pub seq: u64,
+    /// The other actors the change's operations name (objects, list elements, predecessors).
+    pub others: Vec<String>,
+    /// How many operations it holds.
+    pub ops: usize,
     pub deps: Vec<String>,
+    /// The first operation a case document never holds (a counter increment, a table, a text
+    /// mark): such a change is refused, whoever sent it (docs/SECURITY.md).
+    pub foreign_op: Option<String>,
     /// Set when this change creates the case's `events` map: its object id.
     pub events_obj_created: Option<String>,
     /// String puts on the root map: (key, value).
@@ -139,6 +148,14 @@ pub fn read_pushed(doc: &str, bytes: &[u8], budget: &mut usize) -> Result<Change
         Err(change_ops::Unreadable(why)) => return Err(format!("not an Automerge change: {why}")),
     }
     let (_, facts) = read_change(&chunk)?;
+    if facts.ops == 0 {
+        // No app makes one, and Automerge drops an empty change's actor from the document, so
+        // that actor's next change would name an actor the document does not hold.
+        return Err("empty change (no operations): refused".into());
+    }
+    if let Some(op) = &facts.foreign_op {
+        return Err(format!("the change holds {op}, which no case document holds: refused"));
+    }
     for (k, v) in &facts.root_puts {
         gridwork_model::doc::check_root_string(k, v).map_err(|e| format!("the change would damage the case: {e}"))?;
         if k == keys::ID && v != doc {
@@ -159,7 +176,10 @@ pub fn read_change(bytes: &[u8]) -> Result<(Change, ChangeFacts), String> {
     }
     // The column reader skips what `decode()` would expand (ADR 15); it reads only changes
     // `from_bytes` verified, and anything it does not expect goes the long way.
-    let facts = facts_from_columns(&change).unwrap_or_else(|| facts_by_decoding(&change));
+    let facts = match facts_from_columns(&change) {
+        Some(f) => f,
+        None => facts_by_decoding(&change)?,
+    };
     Ok((change, facts))
 }
 
@@ -167,7 +187,11 @@ fn bare_facts(change: &Change) -> ChangeFacts {
     ChangeFacts {
         hash: change.hash().to_string(),
         actor: change.actor_id().to_hex_string(),
+        seq: change.seq(),
+        others: change.other_actor_ids().iter().map(|a| a.to_hex_string()).collect(),
+        ops: change.len(),
         deps: change.deps().iter().map(|d| d.to_string()).collect(),
+        foreign_op: None,
         events_obj_created: None,
         root_puts: vec![],
         map_puts: vec![],
@@ -181,6 +205,9 @@ pub fn facts_from_columns(change: &Change) -> Option<ChangeFacts> {
     let mut facts = bare_facts(change);
     for op in ops {
         match op {
+            MapOp::Foreign { action } => {
+                facts.foreign_op.get_or_insert_with(|| change_ops::action_name(action).to_owned());
+            }
             MapOp::MakeMap { obj: Obj::Root, key, counter } if key == keys::EVENTS => {
                 facts.events_obj_created = Some(obj_id(counter, change.actor_id()));
             }
@@ -196,13 +223,34 @@ pub fn facts_from_columns(change: &Change) -> Option<ChangeFacts> {
 
 /// The facts through `decode()`, which expands every operation: the reference the column
 /// reader is tested against, and its fallback.
-pub fn facts_by_decoding(change: &Change) -> ChangeFacts {
-    let decoded = change.decode();
+///
+/// `decode()` panics on some changes `from_bytes` verified (an operation naming an actor index
+/// past the change's actors, found by fuzzing: fuzz/README.md), so it runs fenced: a change it
+/// cannot decode is an error, not a crash of the request.
+pub fn facts_by_decoding(change: &Change) -> Result<ChangeFacts, String> {
+    let decoded =
+        fenced(|| change.decode()).map_err(|why| format!("not an Automerge change this server can read ({why})"))?;
     let start = change.start_op().get();
     let actor = change.actor_id();
     let mut facts = bare_facts(change);
     for (i, op) in decoded.operations.iter().enumerate() {
+        let foreign = match &op.action {
+            OpType::Increment(_) => Some(change_ops::action_name(change_ops::ACTION_INCREMENT)),
+            OpType::Make(ObjType::Table) => Some(change_ops::action_name(change_ops::ACTION_MAKE_TABLE)),
+            OpType::MarkBegin(..) | OpType::MarkEnd(..) => Some(change_ops::action_name(change_ops::ACTION_MARK)),
+            _ => None,
+        };
+        if let Some(f) = foreign {
+            facts.foreign_op.get_or_insert_with(|| f.to_owned());
+            continue;
+        }
         let Key::Map(key) = &op.key else { continue };
+        if op.insert {
+            facts
+                .foreign_op
+                .get_or_insert_with(|| change_ops::action_name(change_ops::INSERT_UNDER_A_MAP_KEY).to_owned());
+            continue;
+        }
         match (&op.obj, &op.action) {
             (ObjectId::Root, OpType::Make(ObjType::Map)) if key.as_str() == keys::EVENTS => {
                 facts.events_obj_created = Some(obj_id(start + i as u64, actor));
@@ -216,7 +264,32 @@ pub fn facts_by_decoding(change: &Change) -> ChangeFacts {
             _ => {}
         }
     }
-    facts
+    Ok(facts)
+}
+
+pub use gridwork_model::fence::fenced;
+
+/// Why a change names an actor its document's history does not hold (`known` says which it
+/// does), or None when every one is there: its own actor unless this is the actor's first change
+/// in the document (seq 1), and every other actor its operations name. Automerge assumes this of
+/// every change it applies and panics otherwise (fuzz/README.md), so the server checks it before
+/// it stores a change (docs/SECURITY.md, "Document shape").
+pub fn unknown_actor<E>(
+    facts: &ChangeFacts,
+    mut known: impl FnMut(&str) -> Result<bool, E>,
+) -> Result<Option<String>, E> {
+    if facts.seq != 1 && !known(&facts.actor)? {
+        return Ok(Some(format!(
+            "damaged change: it is change {} of actor {}, whose earlier changes the case does not hold",
+            facts.seq, facts.actor
+        )));
+    }
+    for other in &facts.others {
+        if !known(other)? {
+            return Ok(Some(format!("damaged change: it names actor {other}, which the case's history does not hold")));
+        }
+    }
+    Ok(None)
 }
 
 /// [`compact`], unless the history inflates past `max_inflated` bytes (measured by streaming each
@@ -236,13 +309,19 @@ pub fn compact_within(changes: &[Vec<u8>], max_inflated: usize) -> Option<Vec<u8
 /// None if the changes do not make a complete document (then they are sent as they are).
 pub fn compact(changes: &[Vec<u8>]) -> Option<Vec<u8>> {
     let parsed: Vec<Change> = changes.iter().map(|b| Change::from_bytes(b.clone()).ok()).collect::<Option<_>>()?;
-    let mut doc = automerge::Automerge::new();
-    doc.apply_changes(parsed).ok()?;
-    // Every change applied (none left waiting for a dependency): the saved document holds them all.
-    if doc.get_changes(&[]).len() != changes.len() {
-        return None;
-    }
-    Some(doc.save())
+    // Fenced: a history Automerge cannot apply goes as its changes, which is what happens to one
+    // it refuses with an error.
+    fenced(|| {
+        let mut doc = automerge::Automerge::new();
+        doc.apply_changes(parsed).ok()?;
+        // Every change applied (none left waiting for a dependency): the saved document holds them all.
+        if doc.get_changes(&[]).len() != changes.len() {
+            return None;
+        }
+        Some(doc.save())
+    })
+    .ok()
+    .flatten()
 }
 
 #[cfg(test)]
@@ -361,7 +440,7 @@ mod tests {
             for mut change in history(&edits) {
                 let wire = change.bytes().into_owned();
                 let (parsed, facts) = read_change(&wire).expect("a change automerge wrote");
-                let decoded = facts_by_decoding(&parsed);
+                let decoded = facts_by_decoding(&parsed).expect("a generated change decodes");
                 prop_assert_eq!(facts_from_columns(&parsed), Some(decoded.clone()));
                 prop_assert_eq!(facts, decoded);
             }

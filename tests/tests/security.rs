@@ -488,3 +488,101 @@ fn connections_past_the_cap_wait_until_one_closes() {
     let _ = third.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "answered once a slot freed: {answer}");
 }
+
+/// A change by a fresh actor on top of `history`, passed through `edit` as Automerge's expanded
+/// form and re-encoded: how an attacker writes a change no Automerge API would.
+fn reencoded(history: Vec<Vec<u8>>, edit: impl FnOnce(&mut automerge::ExpandedChange)) -> Vec<u8> {
+    let base = forged_change(&CaseId::generate(), Some(history), "forged");
+    let mut expanded = automerge::Change::from_bytes(base).expect("change").decode();
+    edit(&mut expanded);
+    expanded.hash = None;
+    automerge::Change::from(expanded).raw_bytes().to_vec()
+}
+
+#[test]
+fn changes_automerge_would_panic_on_are_refused_or_quarantined_and_every_replica_still_syncs() {
+    use automerge::marks::{ExpandMark, Mark};
+    let d = District::new();
+    let mut w1 = phone(&d, "w1", None);
+    let mut s1 = phone(&d, "s1", None);
+    let case = capture(&w1, 0, 1, 9)[0];
+    w1.sync(&d.url()).expect("w1 reports");
+    s1.sync(&d.url()).expect("s1 pulls");
+    let history = w1.store.export_changes(&case).expect("history");
+    let load = || {
+        let parsed: Vec<automerge::Change> =
+            history.iter().map(|b| automerge::Change::from_bytes(b.clone()).expect("change")).collect();
+        let mut doc = AutoCommit::new();
+        doc.apply_changes(parsed).expect("history");
+        doc
+    };
+
+    // A text mark on the description: Automerge's own API writes it; no Gridwork app does.
+    let mut marked = load();
+    let text = match automerge::ReadDoc::get(&marked, ROOT, keys::DESCRIPTION) {
+        Ok(Some((_, id))) => id,
+        other => panic!("no description: {other:?}"),
+    };
+    marked.mark(&text, Mark::new("bold".into(), true, 0, 2), ExpandMark::None).expect("mark");
+    marked.commit();
+    let mark = marked.get_last_local_change().expect("change").raw_bytes().to_vec();
+    // An empty change: Automerge drops its actor, so the actor's next change names an unknown one.
+    let mut empty = load();
+    empty.empty_change(Default::default());
+    let empty = empty.get_last_local_change().expect("change").raw_bytes().to_vec();
+    // A fresh actor's "second" change, whose first the case never held.
+    let second = reencoded(history.clone(), |c| c.seq = 2);
+    // A change whose operation names, as its predecessor, an operation of an actor the case
+    // never held.
+    let stranger = automerge::ActorId::random();
+    let pointing = reencoded(history.clone(), |c| {
+        c.operations[0].pred = vec![automerge::legacy::OpId(1, stranger.clone())].into();
+    });
+    // A put under a map key flagged as a list insert.
+    let inserted = reencoded(history.clone(), |c| c.operations[0].insert = true);
+
+    let items = [&mark, &empty, &second, &pointing, &inserted].map(|b| pushed(&case, b)).to_vec();
+    let (status, body) = post_sync(&d, &w1.config.token, &request(items, None));
+    assert_eq!(status, 200, "{body}");
+    let results = body["results"].as_array().expect("results");
+    let outcomes: Vec<&str> = results.iter().map(|r| r["outcome"].as_str().unwrap_or("")).collect();
+    let reasons: Vec<&str> = results.iter().map(|r| r["reason"].as_str().unwrap_or("")).collect();
+    assert_eq!(outcomes, ["refused", "refused", "quarantined", "quarantined", "refused"], "{reasons:?}");
+    assert!(reasons[0].contains("text mark"), "{}", reasons[0]);
+    assert!(reasons[1].contains("empty change"), "{}", reasons[1]);
+    assert!(reasons[4].contains("insert under a map key"), "{}", reasons[4]);
+    let q = d.store.quarantined().expect("quarantine");
+    assert_eq!(q.len(), 2, "{q:?}");
+    assert!(q.iter().any(|i| i.reason.contains("earlier changes the case does not hold")), "{q:?}");
+    assert!(q.iter().any(|i| i.reason.contains(&stranger.to_hex_string())), "{q:?}");
+
+    // Nothing reached the case: it still loads, on the server, the console and both phones.
+    assert_eq!(d.store.doc_heads(&case.to_string()).expect("heads").len(), 1);
+    w1.sync(&d.url()).expect("w1 syncs");
+    s1.sync(&d.url()).expect("s1 syncs");
+    for p in [&w1, &s1] {
+        assert!(p.store.get_case(&case).is_ok());
+    }
+    // And the phone's own next change (its actor's second in the case) is still accepted.
+    w1.store.edit_case(&case, CasePatch { title: Some("楼道堆物已清".into()), ..Default::default() }).expect("edit");
+    let r = w1.sync(&d.url()).expect("w1 pushes an edit");
+    assert_eq!((r.accepted, r.quarantined.len()), (1, 0), "{r:?}");
+}
+
+#[test]
+fn a_store_from_before_schema_8_learns_its_cases_actors_when_opened() {
+    let mut d = District::new();
+    let mut w1 = phone(&d, "w1", None);
+    let case = capture(&w1, 0, 1, 10)[0];
+    w1.sync(&d.url()).expect("w1 reports");
+    // The store as schema 7 left it: no actors table.
+    {
+        let db = rusqlite::Connection::open(d.dir.path().join("server.db")).expect("open the store");
+        db.execute_batch("DROP TABLE doc_actors; PRAGMA user_version = 7;").expect("downgrade");
+    }
+    d.restart();
+    // Filled from the stored changes: the phone's next change (seq 2 of a known actor) goes in.
+    w1.store.edit_case(&case, CasePatch { title: Some("已转物业".into()), ..Default::default() }).expect("edit");
+    let r = w1.sync(&d.url()).expect("w1 pushes an edit");
+    assert_eq!((r.accepted, r.quarantined.len()), (1, 0), "{r:?}");
+}

@@ -388,7 +388,7 @@ impl Store {
     /// Applies already-parsed changes to one document inside the caller's transaction.
     pub(crate) fn receive_in(&self, tx: &Connection, id: &CaseId, parsed: Vec<Change>) -> Result<ReceiveReport> {
         let doc_id = id.to_string();
-        let mut am = documents::load(tx, &doc_id)?.unwrap_or_default();
+        let am = documents::load(tx, &doc_id)?.unwrap_or_default();
         let mut report = ReceiveReport::default();
         let mut fresh: Vec<Change> = vec![];
         for c in parsed {
@@ -402,7 +402,14 @@ impl Store {
             return Ok(report);
         }
         let chunks: Vec<Vec<u8>> = fresh.iter_mut().map(|c| c.bytes().into_owned()).collect();
-        am.apply_changes(fresh).map_err(|e| CoreError::BadChange { reason: e.to_string() })?;
+        // Fenced (gridwork_model::fence): on a panic the half-applied `am` is dropped with the
+        // transaction, and the stored document is as it was.
+        let am = gridwork_model::fence::fenced(move || {
+            let mut am = am;
+            am.apply_changes(fresh).map(|()| am)
+        })
+        .map_err(|p| CoreError::BadChange { reason: format!("Automerge could not apply it: {p}") })?
+        .map_err(|e| CoreError::BadChange { reason: e.to_string() })?;
         report.new_changes = chunks.len();
         report.waiting_for_dependencies = chunks
             .iter()

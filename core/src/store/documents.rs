@@ -28,9 +28,13 @@ pub(crate) fn load(conn: &Connection, doc_id: &str) -> Result<Option<Automerge>>
     if !any {
         return Ok(None);
     }
-    let mut doc = Automerge::new();
-    doc.load_incremental(&bytes)
-        .map_err(|e| CoreError::CorruptDocument { doc_id: doc_id.to_owned(), reason: e.to_string() })?;
+    let corrupt = |reason: String| CoreError::CorruptDocument { doc_id: doc_id.to_owned(), reason };
+    let doc = gridwork_model::fence::fenced(move || {
+        let mut doc = Automerge::new();
+        doc.load_incremental(&bytes).map(|_| doc)
+    })
+    .map_err(|p| corrupt(format!("Automerge could not load it: {p}")))?
+    .map_err(|e| corrupt(e.to_string()))?;
     Ok(Some(doc))
 }
 

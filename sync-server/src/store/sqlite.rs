@@ -86,7 +86,7 @@ const MAX_READERS: usize = 64;
 const MAX_WANT_FULL: usize = 100;
 
 /// The schema this server writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 pub struct SqliteStore {
     /// Evidence blobs beside the database.
@@ -240,7 +240,7 @@ impl SqliteStore {
             return Err(ServerError::Internal(format!("store schema {version} is newer than this server: update it")));
         }
         // Each step in its own transaction with its version bump: a crash leaves a whole schema.
-        let steps: [(i64, &str); 7] = [
+        let steps: [(i64, &str); 8] = [
             (1, include_str!("schema.sql")),
             (2, include_str!("schema_2_blobs.sql")),
             (3, include_str!("schema_3_retire.sql")),
@@ -248,6 +248,7 @@ impl SqliteStore {
             (5, include_str!("schema_5_lean.sql")),
             (6, include_str!("schema_6_areas.sql")),
             (7, include_str!("schema_7_records.sql")),
+            (8, include_str!("schema_8_doc_actors.sql")),
         ];
         let mut conn = conn;
         for (to, sql) in steps {
@@ -256,6 +257,9 @@ impl SqliteStore {
                 tx.execute_batch(sql)?;
                 if to == 4 {
                     console::fill_case_columns(&tx)?;
+                }
+                if to == 8 {
+                    fill_doc_actors(&tx)?;
                 }
                 tx.pragma_update(None, "user_version", to)?;
                 tx.commit()?;
@@ -539,9 +543,13 @@ impl SqliteStore {
             .into_iter()
             .filter_map(|b| automerge::Change::from_bytes(b).ok())
             .collect::<Vec<_>>();
-        let mut doc = automerge::Automerge::new();
-        doc.apply_changes(changes).map_err(|e| ServerError::Internal(e.to_string()))?;
-        let mut heads: Vec<String> = doc.get_heads().iter().map(|h| h.to_string()).collect();
+        let heads = crate::ingest::fenced(move || {
+            let mut doc = automerge::Automerge::new();
+            doc.apply_changes(changes).map(|()| doc.get_heads())
+        })
+        .map_err(ServerError::Internal)?
+        .map_err(|e| ServerError::Internal(e.to_string()))?;
+        let mut heads: Vec<String> = heads.iter().map(|h| h.to_string()).collect();
         heads.sort();
         Ok(heads)
     }
@@ -821,6 +829,11 @@ impl SqliteStore {
                     }
                 }
             }
+        }
+        // Every actor it names must be in the case's history already (schema 8), released or not:
+        // an administrator vouches for who may change a case, not for Automerge's invariants.
+        if let Some(reason) = unknown_actor(tx, doc_id, facts)? {
+            return self.quarantine(tx, &key, doc_id, device, now, &reason, bytes);
         }
         let seq = self.next_seq(tx)?;
         exec(
@@ -2078,6 +2091,41 @@ impl SqliteStore {
     pub fn set_min_app_version(&self, version: &str) -> Result<()> {
         meta_set(&self.conn(), "min_app_version", version)
     }
+}
+
+/// [`crate::ingest::unknown_actor`] against the case's actors (schema 8); a change that passes
+/// and is its actor's first in the case adds its actor.
+fn unknown_actor(tx: &Transaction<'_>, doc_id: &str, facts: &ChangeFacts) -> Result<Option<String>> {
+    let why = crate::ingest::unknown_actor(facts, |actor| {
+        q1(tx, "SELECT EXISTS (SELECT 1 FROM doc_actors WHERE doc_id = ?1 AND actor = ?2)", [doc_id, actor], |r| {
+            r.get::<_, bool>(0)
+        })
+    })?;
+    if why.is_none() && facts.seq == 1 {
+        exec(
+            tx,
+            "INSERT INTO doc_actors (doc_id, actor) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            [doc_id, &facts.actor],
+        )?;
+    }
+    Ok(why)
+}
+
+/// Schema 8: the actors of every stored change, read from the changes themselves.
+fn fill_doc_actors(tx: &Transaction<'_>) -> Result<()> {
+    let mut read = tx.prepare("SELECT doc_id, bytes FROM changes")?;
+    let mut insert = tx.prepare("INSERT INTO doc_actors (doc_id, actor) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?;
+    let mut rows = read.query([])?;
+    while let Some(row) = rows.next()? {
+        let doc: String = row.get(0)?;
+        let bytes: Vec<u8> = row.get(1)?;
+        // Stored changes were read when they arrived; one that no longer parses is left to the
+        // console's damaged-case page rather than stopping the upgrade.
+        if let Ok(change) = automerge::Change::from_bytes(bytes) {
+            insert.execute(params![doc, change.actor_id().to_hex_string()])?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

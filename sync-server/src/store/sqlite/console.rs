@@ -303,13 +303,16 @@ impl SqliteStore {
             .query_map([case_id], |r| r.get::<_, Vec<u8>>(0))?
             .filter_map(|b| b.ok().and_then(|b| automerge::Change::from_bytes(b).ok()))
             .collect();
-        let mut doc = Automerge::new();
-        let read = doc
-            .apply_changes(changes)
-            .map_err(|e| e.to_string())
-            .and_then(|()| read_case(&doc).map_err(|e| e.to_string()));
+        // Fenced: a history Automerge panics on is a damaged case, not a failed page.
+        let read = crate::ingest::fenced(move || {
+            let mut doc = Automerge::new();
+            doc.apply_changes(changes).map_err(|e| e.to_string())?;
+            let case = read_case(&doc).map_err(|e| e.to_string())?;
+            Ok::<_, String>((doc, case))
+        })
+        .and_then(|r| r);
         match read {
-            Ok(case) => Ok((doc, case)),
+            Ok(loaded) => Ok(loaded),
             Err(reason) => {
                 let senders: Vec<String> = conn
                     .prepare_cached("SELECT DISTINCT device_id FROM changes WHERE doc_id = ?1 ORDER BY device_id")?
