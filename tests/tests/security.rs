@@ -586,3 +586,41 @@ fn a_store_from_before_schema_8_learns_its_cases_actors_when_opened() {
     let r = w1.sync(&d.url()).expect("w1 pushes an edit");
     assert_eq!((r.accepted, r.quarantined.len()), (1, 0), "{r:?}");
 }
+
+#[test]
+fn a_scope_granted_at_once_arrives_over_pages_split_inside_its_sequence_number() {
+    let d = District::new();
+    let mut w1 = phone(&d, "w1", None);
+    let cases: std::collections::BTreeSet<String> = capture(&w1, 0, 24, 11).iter().map(|c| c.to_string()).collect();
+    w1.sync(&d.url()).expect("w1 reports");
+    // A supervisor given the grid now: its 24 cases join their view at one sequence number.
+    d.store.set_user("s9", Role::Supervisor, None, &["grid:g0".to_owned()]).expect("grant");
+    let s9 = phone(&d, "s9", None);
+    let mut seen: Vec<String> = vec![];
+    let mut cursor = None;
+    let mut split = 0;
+    for round in 0.. {
+        assert!(round < 200, "the pull never ended");
+        let mut req = request(vec![], cursor.clone());
+        req.max_pull_bytes = 2_500; // about one case's history per page
+        let (status, body) = post_sync(&d, &s9.config.token, &req);
+        assert_eq!(status, 200, "{body}");
+        for doc in body["docs"].as_array().expect("docs") {
+            seen.push(doc["doc"].as_str().expect("doc id").to_owned());
+        }
+        let next = body["cursor"].as_str().expect("cursor").to_owned();
+        split += usize::from(next.matches(':').count() == 2);
+        cursor = Some(next);
+        if body["more"] != true {
+            break;
+        }
+    }
+    let unique: std::collections::BTreeSet<String> = seen.iter().cloned().collect();
+    assert_eq!(unique, cases, "every case of the grid, and nothing else");
+    assert_eq!(seen.len(), cases.len(), "no case twice: {seen:?}");
+    assert!(split > 5, "the pages were split inside the sequence number ({split} split cursors)");
+    // A cursor naming something that is not a case id is one the server never issued.
+    let epoch = cursor.expect("cursor").split(':').next().expect("epoch").to_owned();
+    let (status, body) = post_sync(&d, &s9.config.token, &request(vec![], Some(format!("{epoch}:0:not-a-case"))));
+    assert_eq!((status, body["error"].as_str()), (409, Some("cursor_unknown")), "{body}");
+}

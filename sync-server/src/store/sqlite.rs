@@ -82,6 +82,11 @@ const MAX_COMPACT_INPUT: usize = 8 * 1024 * 1024;
 /// Reader connections kept open between syncs.
 const MAX_READERS: usize = 64;
 
+/// Memberships (documents joining the device's view) and changes one pull reads past its cursor:
+/// a pull's memory is bounded whatever its scope holds; the device is told there is more.
+const MAX_PULL_JOIN_ROWS: usize = 2_000;
+const MAX_PULL_CHANGE_ROWS: usize = 20_000;
+
 /// Whole documents one sync request may ask for; the device asks for the rest on its next round.
 const MAX_WANT_FULL: usize = 100;
 
@@ -1044,38 +1049,67 @@ impl SqliteStore {
         &self,
         conn: &Connection,
         device: &Device,
-        cursor: i64,
+        from: &Position,
         budget: u64,
         accept_compacted: bool,
-    ) -> Result<(Vec<PulledDoc>, Vec<String>, i64, bool)> {
+    ) -> Result<(Vec<PulledDoc>, Vec<String>, Position, bool)> {
+        let cursor = from.seq;
         let scopes = Self::device_scopes(conn, device)?;
         let head = last_seq(conn)?;
         if scopes.is_empty() {
-            return Ok((vec![], vec![], head, false));
+            return Ok((vec![], vec![], Position::at(head), false));
         }
         let names: Vec<&String> = scopes.keys().collect();
         let placeholders = (0..names.len()).map(|i| format!("?{}", i + 2)).collect::<Vec<_>>().join(",");
         let mut args: Vec<&dyn rusqlite::ToSql> = vec![&cursor];
         args.extend(names.iter().map(|n| *n as &dyn rusqlite::ToSql));
 
+        // What a pull reads is bounded whatever the scope holds (docs/SECURITY.md, "Bounded
+        // resources"): at most MAX_PULL_JOIN_ROWS memberships and MAX_PULL_CHANGE_ROWS changes
+        // after the cursor, in sequence order. When either is cut, `horizon` is the last sequence
+        // number read in full, the walk stops there and the device is told there is more.
+        let mut horizon = i64::MAX;
+
         // Documents that entered the device's view after the cursor: their whole history is due,
         // unless every change of theirs came from this device (its own new cases, right after
         // it pushed them), which this query leaves out at once.
         let device_arg = names.len() + 2;
+        let limit = MAX_PULL_JOIN_ROWS as i64;
         let mut own_args = args.clone();
         own_args.push(&device.id);
-        let mut candidates: BTreeSet<String> = conn
-            .prepare_cached(&format!(
-                "SELECT DISTINCT m.doc_id FROM membership m WHERE m.joined_seq > ?1 AND m.scope IN ({placeholders})
-                 AND EXISTS (SELECT 1 FROM changes c WHERE c.doc_id = m.doc_id AND c.device_id != ?{device_arg})"
-            ))?
-            .query_map(rusqlite::params_from_iter(own_args.iter()), |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+        own_args.push(&limit);
+        let joined_rows = |extra: &str, args: &[&dyn rusqlite::ToSql]| -> Result<Vec<(String, i64)>> {
+            Ok(conn
+                .prepare_cached(&format!(
+                    "SELECT m.doc_id, m.joined_seq FROM membership m WHERE m.joined_seq > ?1 AND m.scope IN ({placeholders})
+                     AND EXISTS (SELECT 1 FROM changes c WHERE c.doc_id = m.doc_id AND c.device_id != ?{device_arg}) {extra}"
+                ))?
+                .query_map(rusqlite::params_from_iter(args.iter()), |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?)
+        };
+        let mut rows = joined_rows(&format!("ORDER BY m.joined_seq LIMIT ?{}", device_arg + 1), &own_args)?;
+        if rows.len() == MAX_PULL_JOIN_ROWS {
+            let last = rows.last().map_or(cursor, |r| r.1);
+            if last - 1 > cursor {
+                horizon = last - 1;
+                rows.retain(|r| r.1 <= horizon);
+            } else {
+                // Every row read joined at one sequence number: that one is read whole (the walk
+                // below splits it across pages if it must).
+                horizon = last;
+                let mut at_args = own_args[..own_args.len() - 1].to_vec();
+                at_args.push(&last);
+                rows.extend(joined_rows(&format!("AND m.joined_seq = ?{}", device_arg + 1), &at_args)?);
+            }
+        }
+        let mut candidates: BTreeSet<String> = rows.into_iter().map(|r| r.0).collect();
+        // A scope granted after the cursor brings the documents it held then, all at the sequence
+        // number of the grant (later ones joined it after, and are read above).
         for (scope, granted) in &scopes {
-            if *granted > cursor {
+            if *granted > cursor && *granted <= horizon {
                 let docs: Vec<String> = conn
-                    .prepare_cached("SELECT doc_id FROM membership WHERE scope = ?1")?
-                    .query_map([scope], |r| r.get(0))?
+                    .prepare_cached("SELECT doc_id FROM membership WHERE scope = ?1 AND joined_seq <= ?2")?
+                    .query_map(params![scope, granted], |r| r.get(0))?
                     .collect::<rusqlite::Result<_>>()?;
                 candidates.extend(docs);
             }
@@ -1088,99 +1122,102 @@ impl SqliteStore {
                 .query_map([&doc], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?;
             let effective = rows.iter().filter_map(|(s, j)| scopes.get(s).map(|g| (*j).max(*g))).min();
-            if let Some(e) = effective.filter(|e| *e > cursor) {
-                joins.entry(e).or_default().push(doc.clone());
+            let Some(e) = effective.filter(|e| *e > cursor && *e <= horizon) else { continue };
+            // Sent already, in the first part of a sequence number split across pages.
+            if e == cursor + 1 && from.after.as_ref().is_some_and(|a| doc <= *a) {
                 join_at.insert(doc, e);
+                continue;
             }
+            joins.entry(e).or_default().push(doc.clone());
+            join_at.insert(doc, e);
         }
         // Changes to documents already in view.
-        let changes: Vec<(i64, String)> = conn
-            .prepare_cached(&format!("SELECT DISTINCT seq, doc_id FROM scope_changes WHERE seq > ?1 AND scope IN ({placeholders}) ORDER BY seq LIMIT 20000"))?
-            .query_map(rusqlite::params_from_iter(args.iter()), |r| Ok((r.get(0)?, r.get(1)?)))?
+        let mut change_args = args.clone();
+        let change_limit = MAX_PULL_CHANGE_ROWS as i64;
+        change_args.push(&change_limit);
+        let mut changes: Vec<(i64, String)> = conn
+            .prepare_cached(&format!(
+                "SELECT DISTINCT seq, doc_id FROM scope_changes WHERE seq > ?1 AND scope IN ({placeholders})
+                 ORDER BY seq LIMIT ?{}",
+                names.len() + 2
+            ))?
+            .query_map(rusqlite::params_from_iter(change_args.iter()), |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
-        let truncated_changes = changes.len() == 20000;
+        if changes.len() == MAX_PULL_CHANGE_ROWS {
+            // One change per sequence number: everything up to the last one read is read.
+            horizon = horizon.min(changes.last().map_or(cursor, |c| c.0));
+        }
+        changes.retain(|c| c.0 <= horizon);
+        joins.retain(|s, _| *s <= horizon);
 
         // Walk both in sequence order until the byte budget is spent.
         let mut items: Vec<(i64, String, bool)> = changes.into_iter().map(|(s, d)| (s, d, false)).collect();
         for (s, docs) in &joins {
             items.extend(docs.iter().map(|d| (*s, d.clone(), true)));
         }
+        // Within a sequence number, documents that joined come first, by id: that is the order a
+        // page split inside one sequence number resumes from (`Position::after`).
         items.sort_by(|a, b| (a.0, !a.2, &a.1).cmp(&(b.0, !b.2, &b.1)));
         let mut out: Vec<PulledDoc> = vec![];
         let mut index: HashMap<String, usize> = HashMap::new();
+        let mut add = |out: &mut Vec<PulledDoc>, Pulled { doc, changes: bytes, compacted }: Pulled| {
+            let slot = *index.entry(doc.clone()).or_insert_with(|| {
+                out.push(PulledDoc { doc: doc.clone(), changes: vec![], compacted: None });
+                out.len() - 1
+            });
+            if let Some(c) = compacted {
+                out[slot].compacted = Some(B64.encode(c));
+            }
+            out[slot].changes.extend(bytes.iter().map(|b| B64.encode(b)));
+        };
         let mut used = 0u64;
-        let mut new_cursor = cursor;
+        let mut to = from.clone();
         let mut more = false;
         let mut i = 0;
-        while i < items.len() {
+        'walk: while i < items.len() {
             let seq = items[i].0;
-            // Items sharing a sequence number go together, so the cursor never splits them.
-            let mut group = vec![];
-            while i < items.len() && items[i].0 == seq {
-                group.push(items[i].clone());
-                i += 1;
-            }
-            let mut group_bytes: Vec<Pulled> = vec![];
+            // Items sharing a sequence number go together, so the cursor never splits them,
+            // except a run of documents joining at one sequence number that does not fit one page:
+            // it is split after a document, and the cursor says which (`Position::after`).
+            let mut group: Vec<Pulled> = vec![];
             let mut size = 0u64;
-            for (s, doc, is_join) in group {
-                // A device is never sent its own changes back: it made them, and an enrolled
-                // device's store outlives its token (a reinstall enrols a new device).
-                let bytes: Vec<Vec<u8>> = if is_join {
-                    let others: i64 = conn
-                        .prepare_cached(
-                            "SELECT count(*) FROM changes WHERE doc_id = ?1 AND seq <= ?2 AND device_id != ?3",
-                        )?
-                        .query_row(params![doc, s, device.id], |r| r.get(0))?;
-                    if others == 0 {
-                        continue;
-                    }
-                    conn.prepare_cached("SELECT bytes FROM changes WHERE doc_id = ?1 AND seq <= ?2 ORDER BY seq")?
-                        .query_map(params![doc, s], |r| r.get(0))?
-                        .collect::<rusqlite::Result<_>>()?
-                } else if join_at.get(&doc).is_some_and(|j| s <= *j) {
-                    continue; // covered by the document's full history
-                } else {
-                    conn.prepare_cached("SELECT bytes FROM changes WHERE seq = ?1 AND device_id != ?2")?
-                        .query_map(params![s, device.id], |r| r.get(0))?
-                        .collect::<rusqlite::Result<_>>()?
-                };
-                if bytes.is_empty() {
+            let mut last_join: Option<String> = None;
+            while i < items.len() && items[i].0 == seq {
+                let (s, doc, is_join) = items[i].clone();
+                i += 1;
+                let Some(p) = self.pulled(conn, device, s, &doc, is_join, &join_at, accept_compacted)? else {
                     continue;
-                }
-                // A long history goes to a device far behind as one compacted document.
-                // Not a history that inflates past MAX_COMPACT_INPUT: compacting loads all of it.
-                let compacted = (is_join && accept_compacted && bytes.len() >= COMPACT_FROM_CHANGES)
-                    .then(|| crate::ingest::compact_within(&bytes, MAX_COMPACT_INPUT))
-                    .flatten();
-                let (bytes, compacted) = match compacted {
-                    Some(c) => (vec![], Some(c)),
-                    None => (bytes, None),
                 };
-                size += bytes.iter().chain(compacted.iter()).map(|b| b.len() as u64 * 4 / 3 + 4).sum::<u64>();
-                group_bytes.push(Pulled { doc, changes: bytes, compacted });
-            }
-            if used > 0 && used + size > budget {
-                more = true;
-                break;
+                let cost = p.cost();
+                if used + size > 0 && used + size + cost > budget {
+                    more = true;
+                    if let Some(after) = last_join.filter(|_| !group.is_empty()) {
+                        // Only joins come before this item in its sequence number: send those.
+                        for p in group {
+                            add(&mut out, p);
+                        }
+                        to = Position { seq: seq - 1, after: Some(after) };
+                    }
+                    break 'walk;
+                }
+                size += cost;
+                if is_join {
+                    last_join = Some(doc);
+                }
+                group.push(p);
             }
             used += size;
-            for Pulled { doc, changes: bytes, compacted } in group_bytes {
-                let slot = *index.entry(doc.clone()).or_insert_with(|| {
-                    out.push(PulledDoc { doc: doc.clone(), changes: vec![], compacted: None });
-                    out.len() - 1
-                });
-                if let Some(c) = compacted {
-                    out[slot].compacted = Some(B64.encode(c));
-                }
-                out[slot].changes.extend(bytes.iter().map(|b| B64.encode(b)));
+            for p in group {
+                add(&mut out, p);
             }
-            new_cursor = seq;
+            to = Position::at(seq);
         }
         if !more {
-            if truncated_changes {
+            if horizon < i64::MAX {
+                to = Position::at(horizon);
                 more = true;
             } else {
-                new_cursor = new_cursor.max(head);
+                to = Position::at(to.seq.max(head));
             }
         }
         // Documents that left the device's view: in a scope the user lost, and in no scope kept.
@@ -1213,7 +1250,52 @@ impl SqliteStore {
                 }
             }
         }
-        Ok((out, left.into_iter().collect(), new_cursor, more))
+        Ok((out, left.into_iter().collect(), to, more))
+    }
+
+    /// What one item of a pull sends (None: nothing, the device made it all or a join covers it).
+    /// A device is never sent its own changes back: it made them, and an enrolled device's store
+    /// outlives its token (a reinstall enrols a new device).
+    #[allow(clippy::too_many_arguments)]
+    fn pulled(
+        &self,
+        conn: &Connection,
+        device: &Device,
+        s: i64,
+        doc: &str,
+        is_join: bool,
+        join_at: &HashMap<String, i64>,
+        accept_compacted: bool,
+    ) -> Result<Option<Pulled>> {
+        let bytes: Vec<Vec<u8>> = if is_join {
+            let others: i64 = conn
+                .prepare_cached("SELECT count(*) FROM changes WHERE doc_id = ?1 AND seq <= ?2 AND device_id != ?3")?
+                .query_row(params![doc, s, device.id], |r| r.get(0))?;
+            if others == 0 {
+                return Ok(None);
+            }
+            conn.prepare_cached("SELECT bytes FROM changes WHERE doc_id = ?1 AND seq <= ?2 ORDER BY seq")?
+                .query_map(params![doc, s], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        } else if join_at.get(doc).is_some_and(|j| s <= *j) {
+            return Ok(None); // covered by the document's full history
+        } else {
+            conn.prepare_cached("SELECT bytes FROM changes WHERE seq = ?1 AND device_id != ?2")?
+                .query_map(params![s, device.id], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        // A long history goes to a device far behind as one compacted document.
+        // Not a history that inflates past MAX_COMPACT_INPUT: compacting loads all of it.
+        let compacted = (is_join && accept_compacted && bytes.len() >= COMPACT_FROM_CHANGES)
+            .then(|| crate::ingest::compact_within(&bytes, MAX_COMPACT_INPUT))
+            .flatten();
+        Ok(Some(match compacted {
+            Some(c) => Pulled { doc: doc.to_owned(), changes: vec![], compacted: Some(c) },
+            None => Pulled { doc: doc.to_owned(), changes: bytes, compacted: None },
+        }))
     }
 
     /// Adds the whole history of each document the device asked for (`want_full`) and may see.
@@ -1269,28 +1351,38 @@ impl SqliteStore {
     /// A cursor this server cannot have issued — malformed, or in this epoch but past the last
     /// sequence number it ever committed — is refused with `CursorUnknown`: answering it would
     /// skip every change until the server caught up with it. The phone then starts over.
-    fn parse_cursor(&self, cursor: Option<&str>) -> Result<(i64, bool)> {
-        let Some(c) = cursor else { return Ok((0, false)) };
+    fn parse_cursor(&self, cursor: Option<&str>) -> Result<(Position, bool)> {
+        let Some(c) = cursor else { return Ok((Position::at(0), false)) };
         let unknown = || ServerError::CursorUnknown { cursor: c.chars().take(40).collect() };
-        let (epoch, seq) = c.split_once(':').ok_or_else(unknown)?;
+        let mut parts = c.splitn(3, ':');
+        let (Some(epoch), Some(seq)) = (parts.next(), parts.next()) else { return Err(unknown()) };
+        let after = parts.next();
         let well_formed = |part: &str, max: usize, digit: fn(&char) -> bool| {
             !part.is_empty() && part.len() <= max && part.chars().all(|ch| digit(&ch))
         };
         if !well_formed(epoch, 16, char::is_ascii_hexdigit) || !well_formed(seq, 18, char::is_ascii_digit) {
             return Err(unknown());
         }
+        // A split page names the last document it sent: a case id, as this server writes it.
+        if let Some(a) = after {
+            if gridwork_model::ids::CaseId::parse(a).map(|id| id.to_string() != a).unwrap_or(true) {
+                return Err(unknown());
+            }
+        }
         let seq: i64 = seq.parse().map_err(|_| unknown())?;
         // A cursor from another epoch (a restored server) starts over from the beginning.
         if epoch != self.epoch {
-            return Ok((0, true));
+            return Ok((Position::at(0), true));
         }
         let reader = self.reader()?;
         let head = last_seq(&reader);
         self.give_back(reader);
-        if seq > head? {
+        let head = head?;
+        // A split page is inside a sequence number the server has committed.
+        if seq > head || (after.is_some() && seq >= head) {
             return Err(unknown());
         }
-        Ok((seq, false))
+        Ok((Position { seq, after: after.map(str::to_owned) }, false))
     }
 }
 
@@ -1612,7 +1704,7 @@ impl SyncStore for SqliteStore {
         let (docs, left_scope, new_cursor, more) = if device.retired {
             (vec![], vec![], cursor, false)
         } else {
-            let (mut docs, left, new_cursor, more) = self.pull(&snapshot, device, cursor, budget, accept_compacted)?;
+            let (mut docs, left, new_cursor, more) = self.pull(&snapshot, device, &cursor, budget, accept_compacted)?;
             self.add_whole_documents(&snapshot, device, &want_full, budget, &mut docs)?;
             (docs, left, new_cursor, more)
         };
@@ -1632,7 +1724,7 @@ impl SyncStore for SqliteStore {
             docs,
             left_scope,
             catalog: (catalog.version > catalog_version).then(|| Catalog::clone(&catalog)),
-            cursor: format!("{}:{new_cursor}", self.epoch),
+            cursor: new_cursor.cursor(&self.epoch),
             reoffer,
             retired: device.retired,
             more,
@@ -1646,6 +1738,36 @@ struct Pulled {
     doc: String,
     changes: Vec<Vec<u8>>,
     compacted: Option<Vec<u8>>,
+}
+
+impl Pulled {
+    /// Its bytes in the response (base64, with quotes and a comma).
+    fn cost(&self) -> u64 {
+        self.changes.iter().chain(self.compacted.iter()).map(|b| b.len() as u64 * 4 / 3 + 4).sum()
+    }
+}
+
+/// Where a device's pull stands, as its cursor says (`EPOCH:SEQ` or `EPOCH:SEQ:DOC`): every item
+/// up to sequence number `seq` is delivered and, when `after` is set, of the documents that joined
+/// the device's view at `seq + 1` those up to `after` (by id) are too — a page split inside one
+/// sequence number, when a scope granted at once holds more than a page (docs/PROTOCOL.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Position {
+    seq: i64,
+    after: Option<String>,
+}
+
+impl Position {
+    fn at(seq: i64) -> Self {
+        Position { seq, after: None }
+    }
+
+    fn cursor(&self, epoch: &str) -> String {
+        match &self.after {
+            None => format!("{epoch}:{}", self.seq),
+            Some(doc) => format!("{epoch}:{}:{doc}", self.seq),
+        }
+    }
 }
 
 /// One pushed change, parsed (or why it is not a change).
