@@ -12,6 +12,7 @@
 //! The server links `gridwork-model` (model, fold, document keys, wire types); only [`demo`] uses
 //! the device store, to simulate phones. The protocol is in docs/PROTOCOL.md.
 
+pub mod allocator;
 pub mod backup;
 pub mod blobs;
 pub mod change_ops;

@@ -260,6 +260,7 @@ fn run() -> Result<(), String> {
 }
 
 fn main() {
+    gridwork_sync_server::allocator::return_freed_memory_at_once();
     if let Err(e) = run() {
         eprintln!("gridwork-sync-server: {e}");
         std::process::exit(2);

@@ -420,6 +420,7 @@ fn main() {
         "storm-server" => match args.next() {
             Some(dir) => {
                 counting_alloc::stop();
+                gridwork_sync_server::allocator::return_freed_memory_at_once();
                 storm::serve_child(&dir)
             }
             None => Err("storm-server DIR".to_owned()),
