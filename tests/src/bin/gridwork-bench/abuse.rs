@@ -14,7 +14,7 @@
 //! - `tiny_changes`: the item limit's worth of real, fresh one-change cases (stored), filed under
 //!   grid g8 (community 0, no honest phone's grid), so the greedy pulls have plenty to pull;
 //! - `bombs`: compressed changes that inflate to just under the 4 MiB bound, as many per request
-//!   as the item limit and the body allow (the server meets its 32 MiB per-request budget), with
+//!   as the item limit and the body allow (the server meets its 8 MiB per-request budget), with
 //!   a few that inflate past the bound;
 //! - `bomb_history`: cases in g8 whose history is 41 such changes, pushed in requests that fit
 //!   the per-request budget (a supervisor's phone pulling such a case far behind is sent it

@@ -261,25 +261,38 @@ pub fn run(args: StormArgs, line: &dyn Fn(serde_json::Value)) -> Result<(), Stri
         let answer = client
             .post(format!("{}/v1/sync", p.config.server))
             .bearer_auth(&p.config.token)
+            .header("content-type", "application/json")
             .body(p.first_request.clone())
             .send()
-            .ok()
-            .filter(|r| r.status().is_success())
-            .and_then(|r| r.bytes().ok());
+            .map_err(|e| e.to_string())
+            .and_then(|r| {
+                let status = r.status();
+                let body = r.bytes().map_err(|e| e.to_string())?;
+                if status.is_success() {
+                    Ok(body)
+                } else {
+                    Err(format!(
+                        "HTTP {status}: {}",
+                        String::from_utf8_lossy(&body).chars().take(200).collect::<String>()
+                    ))
+                }
+            });
         bytes_up.fetch_add(p.first_request.len() as u64, Ordering::Relaxed);
         let resp = answer.and_then(|b| {
             bytes_down.fetch_add(b.len() as u64, Ordering::Relaxed);
-            serde_json::from_slice::<SyncResponse>(&b).ok()
+            serde_json::from_slice::<SyncResponse>(&b).map_err(|e| format!("the answer is not a sync response: {e}"))
         });
-        let done = resp.ok_or_else(|| "push failed".to_owned()).and_then(|resp| {
+        let done = resp.and_then(|resp| {
             let store = p.open()?;
             let items = store.outbox_page(usize::MAX).map_err(|e| e.to_string())?;
             let acked: Vec<i64> =
                 items.iter().filter(|it| resp.results.iter().any(|r| r.key == it.key)).map(|it| it.seq).collect();
             store.acknowledge(&acked).map_err(|e| e.to_string())
         });
-        if done.is_err() {
-            failures.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = done {
+            if failures.fetch_add(1, Ordering::Relaxed) == 0 {
+                eprintln!("gridwork-bench: storm: first failed push: {e}");
+            }
         }
     });
     for_each_index(
@@ -293,8 +306,10 @@ pub fn run(args: StormArgs, line: &dyn Fn(serde_json::Value)) -> Result<(), Stri
                     bytes_up.fetch_add(r.bytes_up, Ordering::Relaxed);
                     bytes_down.fetch_add(r.bytes_down, Ordering::Relaxed);
                 }
-                Err(_) => {
-                    failures.fetch_add(1, Ordering::Relaxed);
+                Err(e) => {
+                    if failures.fetch_add(1, Ordering::Relaxed) == 0 {
+                        eprintln!("gridwork-bench: storm: first failed sync: {e}");
+                    }
                 }
             }
         },
@@ -309,13 +324,30 @@ pub fn run(args: StormArgs, line: &dyn Fn(serde_json::Value)) -> Result<(), Stri
     eprintln!("gridwork-bench: storm: verifying");
     let verify = SqliteStore::open(&server_dir).map_err(|e| e.to_string())?;
     let (_, docs, _) = verify.counts().map_err(|e| e.to_string())?;
-    let mut converged = failures.load(Ordering::Relaxed) == 0;
+    let failed = failures.load(Ordering::Relaxed);
+    let mut converged = failed == 0;
+    if failed > 0 {
+        eprintln!("gridwork-bench: storm: {failed} phones' push or sync failed");
+    }
+    let mut reported = false;
     for p in &phones {
         let store = p.open()?;
         let mut held: Vec<String> =
             store.document_ids().map_err(|e| e.to_string())?.iter().map(|i| i.to_string()).collect();
         held.sort();
-        if held != verify.docs_in_scope(&p.user).map_err(|e| e.to_string())? || store.outbox_len().unwrap_or(1) != 0 {
+        let due = verify.docs_in_scope(&p.user).map_err(|e| e.to_string())?;
+        let outbox = store.outbox_len().unwrap_or(usize::MAX);
+        if held != due || outbox != 0 {
+            // The first divergence, so that a failed run says where to look.
+            if !reported {
+                reported = true;
+                eprintln!(
+                    "gridwork-bench: storm: {} holds {} cases, its scope {}, outbox {outbox}",
+                    p.user,
+                    held.len(),
+                    due.len()
+                );
+            }
             converged = false;
         }
     }
