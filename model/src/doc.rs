@@ -76,6 +76,40 @@ pub fn check_root_string(key: &str, value: &str) -> Result<(), ModelError> {
     Ok(())
 }
 
+/// What a case document's root key holds: what [`new_case_doc`](self) and [`apply_patch`] write
+/// there and [`read_case`] reads. A change that puts anything else at one of these keys, or
+/// deletes one, would leave a document no replica can show; the server refuses it at ingest.
+/// Keys this schema does not know are `None`: a newer app may write them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootField {
+    /// A string scalar (checked further by [`check_root_string`]).
+    Str,
+    /// An integer or a timestamp (`schema`, `created_ms`).
+    Number,
+    /// The description's Automerge text.
+    Text,
+    /// A map (`events`, `evidence`).
+    Map,
+}
+
+/// The kind of `key` on a case's root, if the schema defines it.
+pub fn root_field(key: &str) -> Option<RootField> {
+    match key {
+        keys::ID
+        | keys::CODE
+        | keys::REPORTER
+        | keys::TITLE
+        | keys::CATEGORY
+        | keys::GRID
+        | keys::LOCATION
+        | keys::OFFICIAL_NUMBER => Some(RootField::Str),
+        keys::SCHEMA | keys::CREATED_MS => Some(RootField::Number),
+        keys::DESCRIPTION => Some(RootField::Text),
+        keys::EVENTS | keys::EVIDENCE => Some(RootField::Map),
+        _ => None,
+    }
+}
+
 /// The start of a value quoted in an error (an attacker's megabyte is not echoed back).
 fn short(value: &str) -> String {
     value.chars().take(60).collect()

@@ -31,8 +31,8 @@ pub enum MapOp {
     PutStr { obj: Obj, key: String, value: String },
     /// A new map created under `key` in `obj`; `counter` is the new map's id counter.
     MakeMap { obj: Obj, key: String, counter: u64 },
-    /// An operation of a kind no case document holds (in a map or a list): see [`is_foreign`].
-    Foreign { action: u64 },
+    /// An operation no case document holds (see [`is_foreign`] and [`root_misfit`]): what it is.
+    Foreign(&'static str),
 }
 
 /// Why the shortcut could not read a change (the caller then uses `decode()`).
@@ -54,6 +54,8 @@ const DEFLATE_BIT: u64 = 0x08;
 
 const ACTION_MAKE_MAP: u64 = 0;
 const ACTION_SET: u64 = 1;
+const ACTION_DELETE: u64 = 3;
+const ACTION_MAKE_TEXT: u64 = 4;
 pub const ACTION_INCREMENT: u64 = 5;
 pub const ACTION_MAKE_TABLE: u64 = 6;
 pub const ACTION_MARK: u64 = 7;
@@ -69,6 +71,27 @@ const VALUE_TYPES_WITHOUT_BYTES: u64 = 2;
 /// forged ones is where fuzzing found panics (fuzz/README.md).
 pub fn is_foreign(action: u64) -> bool {
     action > 4
+}
+
+/// What a root operation does to a field the case schema defines (`gridwork_model::doc::
+/// root_field`) that no app does: deletes it, or puts a value or object of another kind there.
+/// `value_type` is the low four bits of the value's metadata (6: string; 3, 4: integers;
+/// 9: timestamp). None when the operation fits, or the key is not the schema's.
+pub fn root_misfit(key: &str, action: u64, value_type: u64) -> Option<&'static str> {
+    use gridwork_model::doc::{root_field, RootField};
+    let field = root_field(key)?;
+    let fits = match action {
+        ACTION_DELETE => return Some("a deletion of a case's field"),
+        ACTION_SET => match field {
+            RootField::Str => value_type == VALUE_TYPE_STR,
+            RootField::Number => matches!(value_type, 3 | 4 | 9),
+            RootField::Text | RootField::Map => false,
+        },
+        ACTION_MAKE_MAP => field == RootField::Map,
+        ACTION_MAKE_TEXT => field == RootField::Text,
+        _ => false,
+    };
+    (!fits).then_some("a value of the wrong kind in a case's field")
 }
 
 /// Not an action: what [`MapOp::Foreign`] carries for an operation under a map key flagged as an
@@ -270,7 +293,7 @@ fn read_ops(cols: &Columns<'_>, count: usize, start_op: u64) -> Result<Vec<MapOp
     let mut obj_actor = Rle::new(cols.obj_actor, Kind::Uleb);
     let mut obj_ctr = Rle::new(cols.obj_ctr, Kind::Uleb);
     // Each column is its own stream: the ones the server does not read (a list element's key,
-    // the insert flag, predecessors) are not decoded at all.
+    // predecessors) are not decoded at all.
     let mut key_str = Rle::new(cols.key_str, Kind::Str);
     let mut insert = Bools::new(cols.insert);
     let mut action = Rle::new(cols.action, Kind::Uleb);
@@ -287,14 +310,14 @@ fn read_ops(cols: &Columns<'_>, count: usize, start_op: u64) -> Result<Vec<MapOp
         let len = if meta & 0x0f <= VALUE_TYPES_WITHOUT_BYTES { 0 } else { meta >> 4 };
         let value = raw.take(usize::try_from(len).map_err(|_| Unreadable("value length"))?)?;
         if is_foreign(act) {
-            out.push(MapOp::Foreign { action: act });
+            out.push(MapOp::Foreign(action_name(act)));
             continue;
         }
         let Some(key) = key else { continue };
         if inserts {
             // Only a list or text element is inserted; an "insert" under a map key breaks the
             // order Automerge keeps a map's operations in (found by fuzzing).
-            out.push(MapOp::Foreign { action: INSERT_UNDER_A_MAP_KEY });
+            out.push(MapOp::Foreign(action_name(INSERT_UNDER_A_MAP_KEY)));
             continue;
         }
         let obj = match (oa, oc) {
@@ -302,6 +325,12 @@ fn read_ops(cols: &Columns<'_>, count: usize, start_op: u64) -> Result<Vec<MapOp
             (Some(a), Some(c)) => Obj::Id { counter: c.as_u64(), actor: a.as_u64() as usize },
             _ => return Err(Unreadable("object id with half its columns")),
         };
+        if obj == Obj::Root {
+            if let Some(misfit) = root_misfit(key, act, meta & 0x0f) {
+                out.push(MapOp::Foreign(misfit));
+                continue;
+            }
+        }
         match act {
             ACTION_SET if meta & 0x0f == VALUE_TYPE_STR => {
                 let value = std::str::from_utf8(value).map_err(|_| Unreadable("string value is not UTF-8"))?;

@@ -205,8 +205,8 @@ pub fn facts_from_columns(change: &Change) -> Option<ChangeFacts> {
     let mut facts = bare_facts(change);
     for op in ops {
         match op {
-            MapOp::Foreign { action } => {
-                facts.foreign_op.get_or_insert_with(|| change_ops::action_name(action).to_owned());
+            MapOp::Foreign(what) => {
+                facts.foreign_op.get_or_insert_with(|| what.to_owned());
             }
             MapOp::MakeMap { obj: Obj::Root, key, counter } if key == keys::EVENTS => {
                 facts.events_obj_created = Some(obj_id(counter, change.actor_id()));
@@ -251,6 +251,20 @@ pub fn facts_by_decoding(change: &Change) -> Result<ChangeFacts, String> {
                 .get_or_insert_with(|| change_ops::action_name(change_ops::INSERT_UNDER_A_MAP_KEY).to_owned());
             continue;
         }
+        if op.obj == ObjectId::Root {
+            let (action, value_type) = match &op.action {
+                OpType::Make(ObjType::Map) => (0, 0),
+                OpType::Put(v) => (1, value_type(v)),
+                OpType::Make(ObjType::List) => (2, 0),
+                OpType::Delete => (3, 0),
+                OpType::Make(ObjType::Text) => (4, 0),
+                _ => (u64::MAX, 0),
+            };
+            if let Some(misfit) = change_ops::root_misfit(key, action, value_type) {
+                facts.foreign_op.get_or_insert_with(|| misfit.to_owned());
+                continue;
+            }
+        }
         match (&op.obj, &op.action) {
             (ObjectId::Root, OpType::Make(ObjType::Map)) if key.as_str() == keys::EVENTS => {
                 facts.events_obj_created = Some(obj_id(start + i as u64, actor));
@@ -268,6 +282,23 @@ pub fn facts_by_decoding(change: &Change) -> Result<ChangeFacts, String> {
 }
 
 pub use gridwork_model::fence::fenced;
+
+/// A scalar's type code in Automerge's value metadata (the column reader sees only the code).
+fn value_type(v: &ScalarValue) -> u64 {
+    match v {
+        ScalarValue::Null => 0,
+        ScalarValue::Boolean(false) => 1,
+        ScalarValue::Boolean(true) => 2,
+        ScalarValue::Uint(_) => 3,
+        ScalarValue::Int(_) => 4,
+        ScalarValue::F64(_) => 5,
+        ScalarValue::Str(_) => 6,
+        ScalarValue::Bytes(_) => 7,
+        ScalarValue::Counter(_) => 8,
+        ScalarValue::Timestamp(_) => 9,
+        ScalarValue::Unknown { type_code, .. } => u64::from(*type_code),
+    }
+}
 
 /// Why a change names an actor its document's history does not hold (`known` says which it
 /// does), or None when every one is there: its own actor unless this is the actor's first change

@@ -131,11 +131,20 @@ pub fn grids(data: &[u8]) {
     }
 }
 
+/// The pixel cap the `photo` target runs the pipeline with (`process_photo_within`): every
+/// decoder path is the same, but an input may not declare more than 2 megapixels. Under the real
+/// 50-megapixel cap, sub-kilobyte JPEGs declaring 34 megapixels each took 2 s, and the first
+/// campaign ran at a few executions a second (fuzz/README.md). Large images are covered by the
+/// evidence tests (`core/src/evidence/tests.rs`: decompression bombs, 12 MP photos).
+pub const PHOTO_FUZZ_MAX_PIXELS: u64 = 2_000_000;
+
 /// The phone's photo pipeline (`gridwork_core::evidence::process_photo`): camera or gallery
 /// bytes in, the stored JPEG, its thumbnail and its evidence reference out.
 pub fn photo(data: &[u8]) {
-    use gridwork_core::evidence::{jpeg_dimensions, process_photo, sha256_hex, STORED_LONG_EDGE, THUMB_LONG_EDGE};
-    let Ok(p) = process_photo(data) else { return };
+    use gridwork_core::evidence::{
+        jpeg_dimensions, process_photo_within, sha256_hex, STORED_LONG_EDGE, THUMB_LONG_EDGE,
+    };
+    let Ok(p) = process_photo_within(data, PHOTO_FUZZ_MAX_PIXELS) else { return };
     let e = &p.evidence;
     assert!(
         e.width > 0 && e.height > 0 && e.width.max(e.height) <= STORED_LONG_EDGE,

@@ -130,14 +130,14 @@ fn read_exif(bytes: &[u8]) -> ExifFacts {
     facts
 }
 
-fn check_pixels(width: u32, height: u32) -> Result<(), EvidenceError> {
+fn check_pixels(width: u32, height: u32, max_pixels: u64) -> Result<(), EvidenceError> {
     let pixels = u64::from(width) * u64::from(height);
-    if pixels > MAX_PIXELS {
+    if pixels > max_pixels {
         return Err(EvidenceError::TooManyPixels {
             width,
             height,
             megapixels: pixels / 1_000_000,
-            max_megapixels: MAX_PIXELS / 1_000_000,
+            max_megapixels: max_pixels / 1_000_000,
         });
     }
     // A decoder holds the RGBA frame at worst; component planes and buffers add about as much.
@@ -171,7 +171,7 @@ fn fit(width: u32, height: u32, long_edge: u32) -> (u32, u32) {
     (w, h)
 }
 
-fn decode_jpeg(bytes: &[u8]) -> Result<Rgb, EvidenceError> {
+fn decode_jpeg(bytes: &[u8], max_pixels: u64) -> Result<Rgb, EvidenceError> {
     // A JPEG must end with an EOI marker (cameras sometimes append data after it, so look for
     // it near the end rather than exactly at it). jpeg-decoder pads a cut-off scan with grey
     // rather than failing, which would store a half photo as evidence.
@@ -183,7 +183,7 @@ fn decode_jpeg(bytes: &[u8]) -> Result<Rgb, EvidenceError> {
     decoder.set_max_decoding_buffer_size(usize::try_from(MAX_DECODE_BYTES).unwrap_or(usize::MAX));
     decoder.read_info().map_err(corrupt)?;
     let info = decoder.info().ok_or_else(|| corrupt("no frame header"))?;
-    check_pixels(u32::from(info.width), u32::from(info.height))?;
+    check_pixels(u32::from(info.width), u32::from(info.height), max_pixels)?;
     let (tw, th) = fit(u32::from(info.width), u32::from(info.height), STORED_LONG_EDGE);
     // Decode at the smallest DCT scale (1/8 … 1) that is still at least the target size.
     let (w, h) =
@@ -211,13 +211,13 @@ fn decode_jpeg(bytes: &[u8]) -> Result<Rgb, EvidenceError> {
     Ok(Rgb { width, height, pixels })
 }
 
-fn decode_with_image(bytes: &[u8], format: image::ImageFormat) -> Result<Rgb, EvidenceError> {
+fn decode_with_image(bytes: &[u8], format: image::ImageFormat, max_pixels: u64) -> Result<Rgb, EvidenceError> {
     let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
     let (w, h) = image::ImageReader::with_format(Cursor::new(bytes), format).into_dimensions().map_err(corrupt)?;
-    check_pixels(w, h)?;
+    check_pixels(w, h, max_pixels)?;
     let img = reader.decode().map_err(|e| match e {
         image::ImageError::Limits(_) => EvidenceError::DecodeTooLarge {
             needed_mb: (u64::from(w) * u64::from(h) * 8) >> 20,
@@ -291,12 +291,20 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Runs the whole pipeline on the bytes a camera or gallery produced.
 pub fn process_photo(original: &[u8]) -> Result<ProcessedPhoto, EvidenceError> {
+    process_photo_within(original, MAX_PIXELS)
+}
+
+/// [`process_photo`] with another pixel cap than [`MAX_PIXELS`] (at most it): the fuzz target
+/// runs the pipeline with a small one, so that inputs of a few hundred bytes declaring tens of
+/// megapixels (each a 2 s decode, within the real cap) do not take the fuzzer's whole time.
+pub fn process_photo_within(original: &[u8], max_pixels: u64) -> Result<ProcessedPhoto, EvidenceError> {
+    let max_pixels = max_pixels.min(MAX_PIXELS);
     let format = sniff(original)?;
     let exif = read_exif(original);
     let decoded = match format {
-        Format::Jpeg => decode_jpeg(original)?,
-        Format::Png => decode_with_image(original, image::ImageFormat::Png)?,
-        Format::WebP => decode_with_image(original, image::ImageFormat::WebP)?,
+        Format::Jpeg => decode_jpeg(original, max_pixels)?,
+        Format::Png => decode_with_image(original, image::ImageFormat::Png, max_pixels)?,
+        Format::WebP => decode_with_image(original, image::ImageFormat::WebP, max_pixels)?,
     };
     let stored_img = orient(resize(decoded, STORED_LONG_EDGE)?, exif.orientation);
     let (width, height) = (stored_img.width, stored_img.height);

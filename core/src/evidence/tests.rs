@@ -104,6 +104,25 @@ fn decompression_bombs_are_refused_before_decoding() {
     assert!(matches!(process_photo(&png), Err(EvidenceError::TooManyPixels { .. })), "{:?}", process_photo(&png).err());
 }
 
+#[test]
+fn a_smaller_pixel_cap_refuses_what_the_real_one_takes_and_never_raises_it() {
+    // 2000×1500 declared (3 MP) in a small image's header: within the real cap, over 2 MP.
+    let mut jpeg = camera_like_jpeg(64, 64, &ExifSpec::default(), 1);
+    let sof = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).expect("baseline SOF0");
+    jpeg[sof + 5..sof + 7].copy_from_slice(&1_500u16.to_be_bytes());
+    jpeg[sof + 7..sof + 9].copy_from_slice(&2_000u16.to_be_bytes());
+    assert!(matches!(
+        process_photo_within(&jpeg, 2_000_000),
+        Err(EvidenceError::TooManyPixels { megapixels: 3, max_megapixels: 2, .. })
+    ));
+    assert!(!matches!(process_photo(&jpeg), Err(EvidenceError::TooManyPixels { .. })));
+    // A cap above the real one is the real one.
+    let mut bomb = jpeg.clone();
+    bomb[sof + 5..sof + 7].copy_from_slice(&10_000u16.to_be_bytes());
+    bomb[sof + 7..sof + 9].copy_from_slice(&10_000u16.to_be_bytes());
+    assert!(matches!(process_photo_within(&bomb, u64::MAX), Err(EvidenceError::TooManyPixels { megapixels: 100, .. })));
+}
+
 /// PNG chunk CRC (the header must be valid for the size check to be what refuses it).
 fn crc32(bytes: &[u8]) -> u32 {
     let mut crc = 0xFFFF_FFFFu32;
