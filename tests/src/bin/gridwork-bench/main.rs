@@ -4,6 +4,7 @@
 //!   gridwork-bench idle-sync [--cases N]
 //!   gridwork-bench ffi [--captures 200] [--warmup 50]
 //!   gridwork-bench weak-link [--rate-bps 64000] [--rtt-ms 500] [--cut-every-s 30]
+//!   gridwork-bench chaos [--seed 1] [--schedules 100] [--phones 6] [--rounds 8] [--server-kills 1]
 //!   gridwork-bench console [--cases 100000] [--grids 100] [--samples 300]
 //!   gridwork-bench storm [--devices 5000] [--cases 20] [--checkins 50] [--concurrency 32] [--phones-dir /dev/shm]
 //!   gridwork-bench abuse [--seconds 30] [--quiet-seconds 8] [--honest 8] [--think-ms 200] [--only KIND,...] [--threads N]
@@ -25,6 +26,7 @@ use gridwork_core::store::{CaseQuery, SortOrder};
 use gridwork_tests::{district, identity, open_device, random_case, Rng};
 
 mod abuse;
+mod chaos;
 mod console;
 mod ffi;
 mod storm;
@@ -415,6 +417,7 @@ fn main() {
         "ffi" => ffi::parse(args).and_then(ffi::run),
         "console" => console::parse(args).and_then(console::run),
         "weak-link" => weak_link::parse(args).and_then(weak_link::run),
+        "chaos" => chaos::parse(args).and_then(chaos::run),
         "storm" => storm::parse(args).and_then(|a| storm::run(a, &|v| println!("{v}"))),
         "abuse" => abuse::parse(args).and_then(|a| abuse::run(a, &|v| println!("{v}"))),
         "storm-server" => match args.next() {
@@ -428,6 +431,7 @@ fn main() {
         _ => Err("usage: gridwork-bench device|idle-sync [--cases N] [--photo PATH] [--photo-runs N]
        gridwork-bench ffi [--captures N] [--warmup N]
        gridwork-bench weak-link [--rate-bps N] [--rtt-ms N] [--cut-every-s N]
+       gridwork-bench chaos [--seed S] [--schedules N] [--phones N] [--rounds N] [--server-kills N]
        gridwork-bench storm [--devices N] [--cases N] [--checkins N] [--concurrency N]
        gridwork-bench abuse [--seconds N] [--quiet-seconds N] [--honest N] [--think-ms N] [--only KIND,...] [--threads N]
        gridwork-bench console [--cases 100000] [--grids 100] [--samples 300]"
