@@ -11,7 +11,13 @@
 //! (the server committed, the phone never hears); forwards it and cuts the answer halfway (a
 //! phone that sees part of a pull page); or forwards it twice and answers with the second reply.
 //! Each request goes to the server on a fresh connection, so a server restarted on another port
-//! is picked up at once. Phone crashes, a full disk and clock faults are not in this part yet.
+//! is picked up at once.
+//!
+//! Some phones run as child processes (`gridwork-bench chaos-phone`) that capture, attach photos
+//! and sync in a loop; they are SIGKILLed at random moments (mid-capture, mid-photo-write,
+//! mid-sync, after a request was sent or before an answer was applied) and started again on their
+//! store. What they acknowledged is what they printed after the store returned. A full disk,
+//! clock faults and racing supervisors are not in the harness yet.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -42,6 +48,10 @@ pub struct ChaosConfig {
     pub rounds: usize,
     /// Server SIGKILLs spread over the rounds, each at a random moment of its round.
     pub server_kills: usize,
+    /// How many of the phones run as child processes (the first phone of the first grids),
+    /// capturing and syncing in a loop; each round kills each of them with SIGKILL with
+    /// probability one half, at a random moment, and starts it again on its store.
+    pub process_phones: usize,
     /// A binary that serves a data directory when run as `EXE storm-server DIR` and prints
     /// `listening URL` (gridwork-bench).
     pub server_exe: PathBuf,
@@ -54,6 +64,7 @@ pub struct ChaosReport {
     /// Requests the proxy saw, by what it did to them.
     pub faults: BTreeMap<&'static str, u64>,
     pub server_kills: usize,
+    pub phone_kills: usize,
     /// Cases a phone's store acknowledged to its user that the server or a phone in scope lacks.
     pub lost: usize,
     /// Cases held more often than they were captured, on the server or on a phone.
@@ -288,11 +299,102 @@ impl Drop for Server {
 
 struct ChaosPhone {
     user: String,
-    store: Store,
+    dir: PathBuf,
+    enrolment: EnrolResponse,
+    /// Open in this process; None for a phone that runs as a child process until the calm.
+    store: Option<Store>,
     config: SyncConfig,
     grid: usize,
-    /// Cases this phone's store acknowledged (capture returned Ok).
-    captured: Vec<CaseId>,
+    /// Cases this phone's store acknowledged (capture returned Ok; for a child process, the
+    /// `ACK case ID` lines it printed after the call returned).
+    captured: Arc<Mutex<Vec<CaseId>>>,
+    child: Option<Child>,
+    incarnation: u64,
+}
+
+impl ChaosPhone {
+    /// Starts (again) the child process of a process phone.
+    fn spawn(&mut self, exe: &Path, seed: u64, grids: usize) -> Result<(), String> {
+        self.incarnation += 1;
+        let enrolment = self.dir.with_extension("enrolment.json");
+        std::fs::write(&enrolment, serde_json::to_vec(&self.enrolment).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+        let mut child = Command::new(exe)
+            .arg("chaos-phone")
+            .arg(&self.dir)
+            .arg(&enrolment)
+            .arg(&self.config.server)
+            .arg(seed.wrapping_mul(1_000_003).wrapping_add(self.incarnation).to_string())
+            .arg(self.grid.to_string())
+            .arg(grids.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start a phone process: {e}"))?;
+        let out = child.stdout.take().ok_or("no stdout")?;
+        let captured = self.captured.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some(id) = line.strip_prefix("ACK case ").and_then(|c| CaseId::parse(c.trim()).ok()) {
+                    lock(&captured).push(id);
+                }
+            }
+        });
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn store(&self) -> Result<&Store, String> {
+        self.store.as_ref().ok_or_else(|| format!("{}'s store is not open here", self.user))
+    }
+
+    /// SIGKILL, and wait until the process is gone.
+    fn kill(&mut self) -> bool {
+        match self.child.take() {
+            Some(mut c) => {
+                let _ = c.kill();
+                let _ = c.wait();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The child process of a process phone (`gridwork-bench chaos-phone DIR ENROLMENT URL SEED GRID
+/// GRIDS`): opens its store, then captures a case (a photo with every third), prints
+/// `ACK case ID` once the store returned, and syncs, in a loop until it is killed.
+pub fn phone_child(mut args: impl Iterator<Item = String>) -> Result<(), String> {
+    let usage = "chaos-phone DIR ENROLMENT URL SEED GRID GRIDS";
+    let mut next = || args.next().ok_or(usage);
+    let (dir, enrolment, url) = (PathBuf::from(next()?), PathBuf::from(next()?), next()?);
+    let (seed, grid, grids) = (next()?, next()?, next()?);
+    let seed: u64 = seed.parse().map_err(|_| usage)?;
+    let grid: usize = grid.parse().map_err(|_| usage)?;
+    let grids: usize = grids.parse().map_err(|_| usage)?;
+    let e: EnrolResponse =
+        serde_json::from_slice(&std::fs::read(&enrolment).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let catalog = district(grids);
+    let store = open_device(&dir, identity_from_enrolment(&e), &catalog, None).map_err(|e| e.to_string())?;
+    let config = SyncConfig::new(url, e.token);
+    let mut rng = Rng::new(seed);
+    let stdout = std::io::stdout();
+    for i in 0u64.. {
+        let new = random_case(&mut rng, &catalog, grid, 0);
+        if let Ok(c) = store.capture_case(new) {
+            if i % 3 == 0 {
+                let _ =
+                    store.attach_photo(&c.id, &camera_like_jpeg(64, 48, &ExifSpec::default(), seed.wrapping_add(i)));
+            }
+            let mut out = stdout.lock();
+            let _ = writeln!(out, "ACK case {}", c.id);
+            let _ = out.flush();
+        }
+        let _ = store.sync(&config, &mut |_| {});
+        std::thread::sleep(Duration::from_millis(10 + rng.below(40) as u64));
+    }
+    Ok(())
 }
 
 /// Runs one schedule. Errors are the harness's own failures (a server that would not start);
@@ -320,15 +422,31 @@ pub fn run(cfg: &ChaosConfig, root: &Path) -> Result<ChaosReport, String> {
     server.start()?;
     let mut phones = vec![];
     for (i, (user, e)) in enrolments.into_iter().enumerate() {
-        let store =
-            open_device(&root.join(&user), identity_from_enrolment(&e), &catalog, None).map_err(|e| e.to_string())?;
-        phones.push(ChaosPhone {
+        let dir = root.join(&user);
+        // Process phones are the first phone of the first grids: the other phone of their grid
+        // runs in this process and must receive what they captured.
+        let process = i % 2 == 0 && i / 2 < cfg.process_phones;
+        let store = if process {
+            None
+        } else {
+            Some(open_device(&dir, identity_from_enrolment(&e), &catalog, None).map_err(|e| e.to_string())?)
+        };
+        let config = SyncConfig::new(proxy.url(), e.token.clone());
+        let mut phone = ChaosPhone {
             user,
+            dir,
+            enrolment: e,
             store,
-            config: SyncConfig::new(proxy.url(), e.token),
+            config,
             grid: i / 2,
-            captured: vec![],
-        });
+            captured: Arc::new(Mutex::new(vec![])),
+            child: None,
+            incarnation: 0,
+        };
+        if process {
+            phone.spawn(&cfg.server_exe, cfg.seed, grids)?;
+        }
+        phones.push(phone);
     }
 
     // Which rounds kill the server, from the seed.
@@ -342,33 +460,77 @@ pub fn run(cfg: &ChaosConfig, root: &Path) -> Result<ChaosReport, String> {
             phones.iter().map(|_| (1 + rng.below(2), rng.below(3) == 0, rng.next_u64())).collect();
         let kills_now = kill_rounds.iter().filter(|r| **r == round).count();
         let kill_after: Vec<u64> = (0..kills_now).map(|_| rng.below(300) as u64).collect();
-        std::thread::scope(|s| -> Result<(), String> {
-            for (p, (cases, photo, seed)) in phones.iter_mut().zip(plans) {
+        let phone_kill_after: Vec<Option<u64>> =
+            phones.iter().map(|p| (p.store.is_none() && rng.below(2) == 0).then(|| rng.below(300) as u64)).collect();
+        let (server_exe, seed) = (&cfg.server_exe, cfg.seed);
+        let phone_kills = std::thread::scope(|s| -> Result<usize, String> {
+            let mut children = vec![];
+            for ((p, (cases, photo, seed)), kill_after) in phones.iter_mut().zip(plans).zip(phone_kill_after) {
                 let catalog = &catalog;
+                if p.store.is_none() {
+                    children.push((p, kill_after));
+                    continue;
+                }
+                let p: &ChaosPhone = p;
+                let Some(store) = &p.store else { continue };
+                let captured = p.captured.clone();
+                let (grid, config) = (p.grid, &p.config);
                 s.spawn(move || {
                     let mut r = Rng::new(seed);
                     for _ in 0..cases {
-                        let new = random_case(&mut r, catalog, p.grid, 0);
-                        if let Ok(c) = p.store.capture_case(new) {
+                        let new = random_case(&mut r, catalog, grid, 0);
+                        if let Ok(c) = store.capture_case(new) {
                             if photo {
                                 let jpeg = camera_like_jpeg(64, 48, &ExifSpec::default(), seed);
-                                let _ = p.store.attach_photo(&c.id, &jpeg);
+                                let _ = store.attach_photo(&c.id, &jpeg);
                             }
-                            p.captured.push(c.id);
+                            lock(&captured).push(c.id);
                         }
                     }
                     // Faults surface as sync errors: the phone tries again next round, as an app does.
-                    let _ = p.store.sync(&p.config, &mut |_| {});
+                    let _ = store.sync(config, &mut |_| {});
                 });
             }
+            // Phone processes die at their moment: mid-capture, mid-photo or mid-sync.
+            let killer = s.spawn(move || -> Result<usize, String> {
+                let mut killed = 0;
+                let mut by_time: Vec<(u64, &mut ChaosPhone)> =
+                    children.into_iter().filter_map(|(p, k)| k.map(|k| (k, p))).collect();
+                by_time.sort_by_key(|(k, _)| *k);
+                let mut waited = 0;
+                for (at, p) in by_time {
+                    std::thread::sleep(Duration::from_millis(at - waited));
+                    waited = at;
+                    if p.kill() {
+                        killed += 1;
+                    }
+                    p.spawn(server_exe, seed, grids)?;
+                }
+                Ok(killed)
+            });
             for after in &kill_after {
                 std::thread::sleep(Duration::from_millis(*after));
                 server.kill();
                 report.server_kills += 1;
                 server.start()?;
             }
-            Ok(())
+            killer.join().map_err(|_| "the phone killer panicked".to_owned())?
         })?;
+        report.phone_kills += phone_kills;
+        // The phone processes work on through part of each round.
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    // The phone processes stop (one more SIGKILL each) and their stores open here for the calm.
+    for p in phones.iter_mut() {
+        if p.store.is_none() {
+            if p.kill() {
+                report.phone_kills += 1;
+            }
+            p.store = Some(
+                open_device(&p.dir, identity_from_enrolment(&p.enrolment), &catalog, None)
+                    .map_err(|e| e.to_string())?,
+            );
+        }
     }
 
     // Calm: no faults; every phone syncs until it has nothing to send, then once more to pull
@@ -377,8 +539,8 @@ pub fn run(cfg: &ChaosConfig, root: &Path) -> Result<ChaosReport, String> {
     for _ in 0..2 {
         for p in &phones {
             for _ in 0..8 {
-                let r = p.store.sync(&p.config, &mut |_| {});
-                if r.is_ok() && p.store.outbox_len().unwrap_or(1) == 0 {
+                let r = p.store()?.sync(&p.config, &mut |_| {});
+                if r.is_ok() && p.store()?.outbox_len().unwrap_or(1) == 0 {
                     break;
                 }
             }
@@ -399,7 +561,7 @@ pub fn run(cfg: &ChaosConfig, root: &Path) -> Result<ChaosReport, String> {
         let scope: BTreeSet<String> = store.docs_in_scope(&p.user).map_err(|e| e.to_string())?.into_iter().collect();
         on_server.extend(scope.iter().cloned());
         let held_list: Vec<String> =
-            p.store.document_ids().map_err(|e| e.to_string())?.iter().map(|c| c.to_string()).collect();
+            p.store()?.document_ids().map_err(|e| e.to_string())?.iter().map(|c| c.to_string()).collect();
         let held: BTreeSet<String> = held_list.iter().cloned().collect();
         if held.len() != held_list.len() {
             duplicated += held_list.len() - held.len();
@@ -415,14 +577,14 @@ pub fn run(cfg: &ChaosConfig, root: &Path) -> Result<ChaosReport, String> {
                 scope.len()
             ));
         }
-        let outbox = p.store.outbox_len().map_err(|e| e.to_string())?;
+        let outbox = p.store()?.outbox_len().map_err(|e| e.to_string())?;
         if outbox != 0 {
             converged = false;
             diverge(format!("{} still has {outbox} items to send", p.user));
         }
         for id in held.intersection(&scope) {
             let Ok(case) = CaseId::parse(id) else { continue };
-            let mine = heads(&p.store.export_changes(&case).map_err(|e| e.to_string())?);
+            let mine = heads(&p.store()?.export_changes(&case).map_err(|e| e.to_string())?);
             let theirs = store.doc_heads(id).map_err(|e| e.to_string())?;
             if mine != theirs {
                 converged = false;
@@ -430,7 +592,8 @@ pub fn run(cfg: &ChaosConfig, root: &Path) -> Result<ChaosReport, String> {
             }
         }
     }
-    let captured: Vec<String> = phones.iter().flat_map(|p| p.captured.iter().map(|c| c.to_string())).collect();
+    let captured: Vec<String> =
+        phones.iter().flat_map(|p| lock(&p.captured).iter().map(|c| c.to_string()).collect::<Vec<_>>()).collect();
     let unique: BTreeSet<&String> = captured.iter().collect();
     duplicated += captured.len() - unique.len();
     for id in &unique {

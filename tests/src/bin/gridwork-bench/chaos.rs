@@ -1,5 +1,6 @@
 //! `gridwork-bench chaos`: many seeded schedules of `gridwork_tests::chaos` (network faults
-//! through the proxy, server SIGKILLs and restarts), one JSON line for the whole run. `--seed S
+//! through the proxy, server and phone-process SIGKILLs and restarts), one JSON line for the
+//! whole run. `--seed S
 //! --schedules 1` replays one schedule; a failing schedule prints its seed and first divergence.
 
 use std::collections::BTreeMap;
@@ -13,10 +14,11 @@ pub struct Args {
     phones: usize,
     rounds: usize,
     server_kills: usize,
+    process_phones: usize,
 }
 
 pub fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
-    let mut a = Args { seed: 1, schedules: 100, phones: 6, rounds: 8, server_kills: 1 };
+    let mut a = Args { seed: 1, schedules: 100, phones: 6, rounds: 8, server_kills: 1, process_phones: 2 };
     while let Some(flag) = it.next() {
         let mut num = |name: &str| -> Result<u64, String> {
             it.next().and_then(|v| v.parse().ok()).ok_or(format!("{name} takes a number"))
@@ -27,6 +29,7 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--phones" => a.phones = num("--phones")?.clamp(2, 64) as usize,
             "--rounds" => a.rounds = num("--rounds")?.clamp(1, 1000) as usize,
             "--server-kills" => a.server_kills = num("--server-kills")? as usize,
+            "--process-phones" => a.process_phones = num("--process-phones")? as usize,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -37,7 +40,7 @@ pub fn run(args: Args) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let started = Instant::now();
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let (mut kills, mut lost, mut duplicated, mut converged) = (0usize, 0usize, 0usize, true);
+    let (mut kills, mut phone_kills, mut lost, mut duplicated, mut converged) = (0usize, 0usize, 0usize, 0usize, true);
     let mut failing = vec![];
     for seed in args.seed..args.seed + args.schedules {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -46,6 +49,7 @@ pub fn run(args: Args) -> Result<(), String> {
             phones: args.phones,
             rounds: args.rounds,
             server_kills: args.server_kills,
+            process_phones: args.process_phones,
             server_exe: exe.clone(),
         };
         let r = run_schedule(&cfg, dir.path()).map_err(|e| format!("seed {seed}: {e}"))?;
@@ -53,6 +57,7 @@ pub fn run(args: Args) -> Result<(), String> {
             *faults.entry(k).or_default() += v;
         }
         kills += r.server_kills;
+        phone_kills += r.phone_kills;
         lost += r.lost;
         duplicated += r.duplicated;
         if !r.converged {
@@ -79,8 +84,8 @@ pub fn run(args: Args) -> Result<(), String> {
             "rounds": args.rounds,
             "faults": faults,
             "server_kills": kills,
-            // Not in the harness yet (issue 16): phone processes killed, a full disk, skewed clocks.
-            "phone_kills": 0,
+            "phone_kills": phone_kills,
+            // Not in the harness yet (issue 16): a full disk, skewed clocks, racing supervisors.
             "disk_full_events": 0,
             "lost": lost,
             "duplicated": duplicated,

@@ -418,6 +418,7 @@ fn main() {
         "console" => console::parse(args).and_then(console::run),
         "weak-link" => weak_link::parse(args).and_then(weak_link::run),
         "chaos" => chaos::parse(args).and_then(chaos::run),
+        "chaos-phone" => gridwork_tests::chaos::phone_child(args),
         "storm" => storm::parse(args).and_then(|a| storm::run(a, &|v| println!("{v}"))),
         "abuse" => abuse::parse(args).and_then(|a| abuse::run(a, &|v| println!("{v}"))),
         "storm-server" => match args.next() {
@@ -431,7 +432,7 @@ fn main() {
         _ => Err("usage: gridwork-bench device|idle-sync [--cases N] [--photo PATH] [--photo-runs N]
        gridwork-bench ffi [--captures N] [--warmup N]
        gridwork-bench weak-link [--rate-bps N] [--rtt-ms N] [--cut-every-s N]
-       gridwork-bench chaos [--seed S] [--schedules N] [--phones N] [--rounds N] [--server-kills N]
+       gridwork-bench chaos [--seed S] [--schedules N] [--phones N] [--rounds N] [--server-kills N] [--process-phones N]
        gridwork-bench storm [--devices N] [--cases N] [--checkins N] [--concurrency N]
        gridwork-bench abuse [--seconds N] [--quiet-seconds N] [--honest N] [--think-ms N] [--only KIND,...] [--threads N]
        gridwork-bench console [--cases 100000] [--grids 100] [--samples 300]"
