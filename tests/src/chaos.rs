@@ -72,6 +72,10 @@ pub struct ChaosReport {
     /// Every phone holds exactly its scope, with the server's heads for every case, and nothing
     /// waits in its outbox.
     pub converged: bool,
+    /// Photos the cases reference, checked on the server: present and byte for byte their SHA-256.
+    pub photos_checked: usize,
+    /// Of those, missing on the server or with other bytes.
+    pub photos_bad: usize,
     /// The first difference found, for the failing seed's message.
     pub first_divergence: Option<String>,
 }
@@ -556,6 +560,8 @@ pub fn run(cfg: &ChaosConfig, root: &Path) -> Result<ChaosReport, String> {
     let mut diverge = |what: String| {
         first.get_or_insert(what);
     };
+    let blobs = gridwork_sync_server::blobs::BlobFiles::open(&server_dir).map_err(|e| e.to_string())?;
+    let (mut photos_checked, mut photos_bad, mut checked_photos) = (0usize, 0usize, BTreeSet::new());
     let mut on_server = BTreeSet::new();
     let mut on_phones: BTreeSet<String> = BTreeSet::new();
     for p in &phones {
@@ -586,6 +592,16 @@ pub fn run(cfg: &ChaosConfig, root: &Path) -> Result<ChaosReport, String> {
         }
         for id in held.intersection(&scope) {
             let Ok(case) = CaseId::parse(id) else { continue };
+            // Every photo the case references is on the server, byte for byte what its name says.
+            let evidence = p.store()?.get_case(&case).map_err(|e| e.to_string())?.case.evidence;
+            for ev in evidence.iter().filter(|e| checked_photos.insert(e.sha256.clone())) {
+                photos_checked += 1;
+                let ok = blobs.read(&ev.sha256).is_ok_and(|b| gridwork_core::evidence::sha256_hex(&b) == ev.sha256);
+                if !ok {
+                    photos_bad += 1;
+                    diverge(format!("photo {} of case {id} is missing or damaged on the server", ev.sha256));
+                }
+            }
             let mine = heads(&p.store()?.export_changes(&case).map_err(|e| e.to_string())?);
             let theirs = store.doc_heads(id).map_err(|e| e.to_string())?;
             if mine != theirs {
@@ -615,7 +631,9 @@ pub fn run(cfg: &ChaosConfig, root: &Path) -> Result<ChaosReport, String> {
     }
     report.lost = lost;
     report.duplicated = duplicated;
-    report.converged = converged && lost == 0 && duplicated == 0;
+    report.photos_checked = photos_checked;
+    report.photos_bad = photos_bad;
+    report.converged = converged && lost == 0 && duplicated == 0 && photos_bad == 0;
     report.first_divergence = first;
     Ok(report)
 }

@@ -24,6 +24,7 @@ fn seeded_network_faults_and_server_kills_lose_and_duplicate_nothing() {
         let report = run(&cfg, dir.path()).unwrap_or_else(|e| panic!("seed {seed}: the harness failed: {e}"));
         assert_eq!(report.server_kills, 2, "seed {seed}");
         phone_kills += report.phone_kills;
+        assert!(report.photos_checked > 0, "seed {seed}: no photo was checked");
         for (k, v) in &report.faults {
             *faults_seen.entry(*k).or_insert(0u64) += v;
         }

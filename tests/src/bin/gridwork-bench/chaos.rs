@@ -41,6 +41,7 @@ pub fn run(args: Args) -> Result<(), String> {
     let started = Instant::now();
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
     let (mut kills, mut phone_kills, mut lost, mut duplicated, mut converged) = (0usize, 0usize, 0usize, 0usize, true);
+    let (mut photos_checked, mut photos_bad) = (0usize, 0usize);
     let mut failing = vec![];
     for seed in args.seed..args.seed + args.schedules {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -58,6 +59,8 @@ pub fn run(args: Args) -> Result<(), String> {
         }
         kills += r.server_kills;
         phone_kills += r.phone_kills;
+        photos_checked += r.photos_checked;
+        photos_bad += r.photos_bad;
         lost += r.lost;
         duplicated += r.duplicated;
         if !r.converged {
@@ -90,6 +93,8 @@ pub fn run(args: Args) -> Result<(), String> {
             "lost": lost,
             "duplicated": duplicated,
             "converged": converged,
+            "photos_checked": photos_checked,
+            "photos_bad": photos_bad,
             "failing_seeds": failing,
             "elapsed_s": crate::round3(started.elapsed().as_secs_f64()),
         })
