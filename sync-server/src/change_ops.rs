@@ -74,14 +74,18 @@ pub fn is_foreign(action: u64) -> bool {
 }
 
 /// What a root operation does to a field the case schema defines (`gridwork_model::doc::
-/// root_field`) that no app does: deletes it, or puts a value or object of another kind there.
-/// `value_type` is the low four bits of the value's metadata (6: string; 3, 4: integers;
-/// 9: timestamp). None when the operation fits, or the key is not the schema's.
+/// root_field`) that no app does: puts a value or object of another kind there. `value_type` is
+/// the low four bits of the value's metadata (6: string; 3, 4: integers; 9: timestamp). None when
+/// the operation fits, or the key is not the schema's.
+///
+/// A deletion fits: Automerge resolves a conflict by deleting the values not kept (a phone or
+/// the console choosing one of two titles writes a delete of the other), and telling that from a
+/// delete that empties the field needs the document, which ingest does not load.
 pub fn root_misfit(key: &str, action: u64, value_type: u64) -> Option<&'static str> {
     use gridwork_model::doc::{root_field, RootField};
     let field = root_field(key)?;
     let fits = match action {
-        ACTION_DELETE => return Some("a deletion of a case's field"),
+        ACTION_DELETE => true,
         ACTION_SET => match field {
             RootField::Str => value_type == VALUE_TYPE_STR,
             RootField::Number => matches!(value_type, 3 | 4 | 9),

@@ -575,4 +575,29 @@ mod tests {
         assert_eq!(facts[1].map_puts, vec![(events, "k1".to_owned(), "{\"kind\":\"report\"}".to_owned())]);
         assert_eq!(facts[2].root_puts, vec![(keys::GRID.to_owned(), "g7".to_owned())]);
     }
+
+    #[test]
+    fn choosing_either_of_two_conflicting_titles_is_accepted_whatever_automerge_writes_for_it() {
+        // Automerge resolves a conflict with a put, or with a delete of the value not kept,
+        // depending on which value is chosen: both are what honest phones and the console send.
+        let id = "0192a1b2-0000-7000-8000-000000000001";
+        for keep in ["from a", "from b"] {
+            let mut a = AutoCommit::new().with_actor(ActorId::from(&[1u8; 16][..]));
+            a.put(ROOT, keys::ID, id).expect("id");
+            a.put(ROOT, keys::TITLE, "x").expect("title");
+            a.commit();
+            let mut b = a.fork().with_actor(ActorId::from(&[2u8; 16][..]));
+            a.put(ROOT, keys::TITLE, "from a").expect("title");
+            a.commit();
+            b.put(ROOT, keys::TITLE, "from b").expect("title");
+            b.commit();
+            a.merge(&mut b).expect("merge");
+            let patch = gridwork_model::doc::CasePatch { title: Some(keep.into()), ..Default::default() };
+            gridwork_model::doc::apply_patch(&mut a, &patch).expect("keep one");
+            a.commit();
+            let change = a.get_last_local_change().expect("a change").raw_bytes().to_vec();
+            let read = read_pushed(id, &change, &mut usize::MAX.clone());
+            assert!(read.is_ok(), "keeping {keep:?}: {read:?}");
+        }
+    }
 }
