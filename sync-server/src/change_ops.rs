@@ -52,10 +52,12 @@ const VAL_META: u64 = 0x56;
 const VAL_RAW: u64 = 0x57;
 const DEFLATE_BIT: u64 = 0x08;
 
-const ACTION_MAKE_MAP: u64 = 0;
-const ACTION_SET: u64 = 1;
-const ACTION_DELETE: u64 = 3;
-const ACTION_MAKE_TEXT: u64 = 4;
+// Operation actions in a change's action column (Automerge's binary format).
+pub const ACTION_MAKE_MAP: u64 = 0;
+pub const ACTION_SET: u64 = 1;
+pub const ACTION_MAKE_LIST: u64 = 2;
+pub const ACTION_DELETE: u64 = 3;
+pub const ACTION_MAKE_TEXT: u64 = 4;
 pub const ACTION_INCREMENT: u64 = 5;
 pub const ACTION_MAKE_TABLE: u64 = 6;
 pub const ACTION_MARK: u64 = 7;

@@ -253,11 +253,11 @@ pub fn facts_by_decoding(change: &Change) -> Result<ChangeFacts, String> {
         }
         if op.obj == ObjectId::Root {
             let (action, value_type) = match &op.action {
-                OpType::Make(ObjType::Map) => (0, 0),
-                OpType::Put(v) => (1, value_type(v)),
-                OpType::Make(ObjType::List) => (2, 0),
-                OpType::Delete => (3, 0),
-                OpType::Make(ObjType::Text) => (4, 0),
+                OpType::Make(ObjType::Map) => (change_ops::ACTION_MAKE_MAP, 0),
+                OpType::Put(v) => (change_ops::ACTION_SET, value_type(v)),
+                OpType::Make(ObjType::List) => (change_ops::ACTION_MAKE_LIST, 0),
+                OpType::Delete => (change_ops::ACTION_DELETE, 0),
+                OpType::Make(ObjType::Text) => (change_ops::ACTION_MAKE_TEXT, 0),
                 _ => (u64::MAX, 0),
             };
             if let Some(misfit) = change_ops::root_misfit(key, action, value_type) {
@@ -281,7 +281,7 @@ pub fn facts_by_decoding(change: &Change) -> Result<ChangeFacts, String> {
     Ok(facts)
 }
 
-pub use gridwork_model::fence::fenced;
+use gridwork_model::fence::fenced;
 
 /// A scalar's type code in Automerge's value metadata (the column reader sees only the code).
 fn value_type(v: &ScalarValue) -> u64 {

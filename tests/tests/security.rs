@@ -12,7 +12,7 @@ use base64::Engine;
 use gridwork_core::model::catalog::Role;
 use gridwork_core::model::doc::{keys, CasePatch};
 use gridwork_core::model::ids::CaseId;
-use gridwork_core::model::wire::{DeviceState, PushedChange, SyncRequest, PROTOCOL_VERSION};
+use gridwork_core::model::wire::{PushedChange, SyncRequest};
 use gridwork_core::CoreError;
 use gridwork_sync_server::serve::ServeLimits;
 use gridwork_sync_server::{ServeOptions, SyncStore};
@@ -31,18 +31,7 @@ fn client() -> reqwest::blocking::Client {
 }
 
 fn request(changes: Vec<PushedChange>, cursor: Option<String>) -> SyncRequest {
-    SyncRequest {
-        protocol: PROTOCOL_VERSION,
-        app_version: "0.1.0".into(),
-        doc_schema: 1,
-        cursor,
-        state: DeviceState::default(),
-        changes,
-        records: vec![],
-        want_full: vec![],
-        accept_compacted: false,
-        max_pull_bytes: 1 << 20,
-    }
+    gridwork_tests::sync_request(changes, vec![], cursor, 1 << 20)
 }
 
 /// Posts a sync as the device holding `token`: (status, body as JSON).

@@ -6,9 +6,7 @@ use base64::Engine;
 use gridwork_core::model::catalog::Role;
 use gridwork_core::model::ids::CaseId;
 use gridwork_core::model::lifecycle::EventKind;
-use gridwork_core::model::wire::{
-    DeviceState, Outcome, PushedChange, PushedRecord, SyncRequest, SyncResponse, PROTOCOL_VERSION,
-};
+use gridwork_core::model::wire::{DeviceState, Outcome, PushedChange, PushedRecord, SyncRequest, SyncResponse};
 use gridwork_core::store::CaseQuery;
 use gridwork_core::sync::{enrol, SyncConfig, SyncReport};
 use gridwork_core::CoreError;
@@ -20,18 +18,7 @@ use common::{capture, phone, District, Phone};
 
 /// A sync request pushing `changes` and `records`, for tests that talk to the store directly.
 fn push_request(changes: Vec<PushedChange>, records: Vec<PushedRecord>) -> SyncRequest {
-    SyncRequest {
-        protocol: PROTOCOL_VERSION,
-        app_version: "0.1.0".into(),
-        doc_schema: 1,
-        cursor: None,
-        state: DeviceState::default(),
-        changes,
-        records,
-        want_full: vec![],
-        accept_compacted: false,
-        max_pull_bytes: 1 << 20,
-    }
+    gridwork_tests::sync_request(changes, records, None, 1 << 20)
 }
 
 fn ids(p: &Phone) -> Vec<CaseId> {

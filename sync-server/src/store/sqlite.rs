@@ -548,7 +548,7 @@ impl SqliteStore {
             .into_iter()
             .filter_map(|b| automerge::Change::from_bytes(b).ok())
             .collect::<Vec<_>>();
-        let heads = crate::ingest::fenced(move || {
+        let heads = gridwork_model::fence::fenced(move || {
             let mut doc = automerge::Automerge::new();
             doc.apply_changes(changes).map(|()| doc.get_heads())
         })

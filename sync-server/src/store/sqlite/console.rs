@@ -304,7 +304,7 @@ impl SqliteStore {
             .filter_map(|b| b.ok().and_then(|b| automerge::Change::from_bytes(b).ok()))
             .collect();
         // Fenced: a history Automerge panics on is a damaged case, not a failed page.
-        let read = crate::ingest::fenced(move || {
+        let read = gridwork_model::fence::fenced(move || {
             let mut doc = Automerge::new();
             doc.apply_changes(changes).map_err(|e| e.to_string())?;
             let case = read_case(&doc).map_err(|e| e.to_string())?;

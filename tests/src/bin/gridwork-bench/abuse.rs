@@ -50,9 +50,7 @@ use base64::Engine;
 use gridwork_core::model::catalog::{Catalog, Role};
 use gridwork_core::model::doc::keys;
 use gridwork_core::model::ids::CaseId;
-use gridwork_core::model::wire::{
-    DeviceState, EnrolRequest, EnrolResponse, PushedChange, SyncRequest, MAX_ITEMS_PER_REQUEST, PROTOCOL_VERSION,
-};
+use gridwork_core::model::wire::{EnrolRequest, EnrolResponse, PushedChange, SyncRequest, MAX_ITEMS_PER_REQUEST};
 use gridwork_core::sync::SyncConfig;
 use gridwork_sync_server::ingest::MAX_CHANGE_BYTES;
 use gridwork_sync_server::limits::{MAX_BODY_BYTES, MAX_DECODED_BYTES_PER_REQUEST};
@@ -240,18 +238,7 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 fn request(changes: Vec<PushedChange>) -> SyncRequest {
-    SyncRequest {
-        protocol: PROTOCOL_VERSION,
-        app_version: "0.1.0".into(),
-        doc_schema: 1,
-        cursor: None,
-        state: DeviceState::default(),
-        changes,
-        records: vec![],
-        max_pull_bytes: 1,
-        want_full: vec![],
-        accept_compacted: false,
-    }
+    gridwork_tests::sync_request(changes, vec![], None, 1)
 }
 
 fn to_json(req: &SyncRequest) -> Result<Vec<u8>, String> {
