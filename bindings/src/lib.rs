@@ -82,6 +82,7 @@ impl From<CoreError> for GridworkError {
             CoreError::NewerSchema { .. }
             | CoreError::BadChange { .. }
             | CoreError::Storage(_)
+            | CoreError::StorageFull { .. }
             | CoreError::Io { .. }
             | CoreError::CorruptDocument { .. } => GridworkError::Storage { detail: message },
         }

@@ -59,17 +59,55 @@ pub enum CoreError {
     InvalidConfig { field: String, reason: String },
     #[error("the sync server answered {status} {code}: {message}")]
     Server { status: u16, code: String, message: String },
+    /// The phone's storage is full. Nothing of the action was stored (SQLite rolled the
+    /// transaction back; a photo file written in part is removed or set aside), and nothing
+    /// stored before was changed.
+    #[error("the phone's storage is full ({detail}): nothing of this was saved; free some space (old photos, other apps) and try again")]
+    StorageFull { detail: String },
     #[error("storage error: {0}")]
-    Storage(#[from] rusqlite::Error),
+    Storage(rusqlite::Error),
     #[error("I/O error on {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("stored document {doc_id} could not be loaded: {reason}")]
     CorruptDocument { doc_id: String, reason: String },
 }
 
+impl From<rusqlite::Error> for CoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            CoreError::StorageFull { detail: e.to_string() }
+        } else {
+            CoreError::Storage(e)
+        }
+    }
+}
+
 pub type Result<T, E = CoreError> = std::result::Result<T, E>;
 
 pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> CoreError {
     let path = path.into();
-    move |source| CoreError::Io { path, source }
+    move |source| {
+        if matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) {
+            CoreError::StorageFull { detail: format!("{}: {source}", path.display()) }
+        } else {
+            CoreError::Io { path, source }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_phone_is_storage_full_whether_sqlite_or_a_file_says_so() {
+        let sqlite =
+            rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL), Some("full".into()));
+        assert!(matches!(CoreError::from(sqlite), CoreError::StorageFull { .. }));
+        let file = io("evidence/x")(std::io::Error::from(std::io::ErrorKind::StorageFull));
+        assert!(matches!(file, CoreError::StorageFull { .. }), "{file}");
+        assert!(file.to_string().contains("free some space"), "says what to do: {file}");
+        let other = io("evidence/x")(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        assert!(matches!(other, CoreError::Io { .. }));
+    }
 }

@@ -21,7 +21,7 @@ const MANIFEST: &str = "gridwork-backup.json";
 const DB: &str = "server.db";
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> ServerError + '_ {
-    move |e| ServerError::Internal(format!("{}: {e}", path.display()))
+    move |e| ServerError::io(path, e)
 }
 
 /// What a backup holds.
@@ -44,9 +44,7 @@ pub struct Restored {
     pub moved_aside: Option<PathBuf>,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
+use crate::clock::now_ms;
 
 fn is_empty_dir(dir: &Path) -> Result<bool> {
     match fs::read_dir(dir) {
@@ -133,15 +131,63 @@ pub fn restore(backup_dir: &Path, data_dir: &Path) -> Result<Restored> {
         fs::rename(data_dir, &aside).map_err(io(&aside))?;
         Some(aside)
     };
-    fs::create_dir_all(data_dir).map_err(io(data_dir))?;
-    let db = data_dir.join(DB);
-    fs::copy(backup_dir.join(DB), &db).map_err(io(&db))?;
-    copy_files(&backup_dir.join("blobs"), &data_dir.join("blobs"), |_| true)?;
-    copy_files(&backup_dir.join("tls"), &data_dir.join("tls"), |_| true)?;
-    let mut epoch = [0u8; 4];
-    getrandom::fill(&mut epoch).map_err(|e| ServerError::Internal(format!("no randomness: {e}")))?;
-    let new_epoch = hex::encode(epoch);
-    let conn = Connection::open(&db)?;
-    conn.execute("UPDATE meta SET value = ?1 WHERE key = 'epoch'", [&new_epoch])?;
-    Ok(Restored { manifest, new_epoch, moved_aside })
+    let restored = (|| -> Result<String> {
+        fs::create_dir_all(data_dir).map_err(io(data_dir))?;
+        let db = data_dir.join(DB);
+        fs::copy(backup_dir.join(DB), &db).map_err(io(&db))?;
+        copy_files(&backup_dir.join("blobs"), &data_dir.join("blobs"), |_| true)?;
+        copy_files(&backup_dir.join("tls"), &data_dir.join("tls"), |_| true)?;
+        let mut epoch = [0u8; 4];
+        getrandom::fill(&mut epoch).map_err(|e| ServerError::Internal(format!("no randomness: {e}")))?;
+        let new_epoch = hex::encode(epoch);
+        let conn = Connection::open(&db)?;
+        conn.execute("UPDATE meta SET value = ?1 WHERE key = 'epoch'", [&new_epoch])?;
+        Ok(new_epoch)
+    })();
+    match restored {
+        Ok(new_epoch) => Ok(Restored { manifest, new_epoch, moved_aside }),
+        Err(e) => {
+            // Put the data directory back as it was (a full disk, say): what was copied is only
+            // a copy of what the backup still holds, so it goes, and the previous contents return.
+            let _ = fs::remove_dir_all(data_dir);
+            if let Some(aside) = &moved_aside {
+                fs::rename(aside, data_dir).map_err(|back| {
+                    ServerError::Internal(format!(
+                        "restoring failed ({e}) and the previous data could not be put back ({back}): it is in {}; move it to {} by hand",
+                        aside.display(),
+                        data_dir.display()
+                    ))
+                })?;
+            }
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A restore that fails half-way (here: the backup's database is not a file; in the chaos
+    /// harness, a full disk) leaves the data directory exactly as it was.
+    #[test]
+    fn a_restore_that_fails_half_way_puts_the_data_directory_back() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (data, backup_dir) = (root.path().join("data"), root.path().join("backup"));
+        fs::create_dir_all(data.join("blobs")).expect("data");
+        fs::write(data.join(DB), b"the live store").expect("db");
+        fs::write(data.join("blobs").join("a"), b"a blob").expect("blob");
+        fs::create_dir_all(backup_dir.join(DB)).expect("a directory where the database should be");
+        let manifest = BackupManifest { epoch: "e".into(), last_seq: 0, blobs: 0, blob_bytes: 0, made_ms: 0 };
+        fs::write(backup_dir.join(MANIFEST), serde_json::to_string(&manifest).expect("json")).expect("manifest");
+
+        assert!(restore(&backup_dir, &data).is_err());
+        assert_eq!(fs::read(data.join(DB)).expect("db back"), b"the live store");
+        assert_eq!(fs::read(data.join("blobs").join("a")).expect("blob back"), b"a blob");
+        let left: Vec<String> = fs::read_dir(root.path())
+            .expect("root")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!left.iter().any(|n| n.contains("before-restore")), "nothing left aside: {left:?}");
+    }
 }

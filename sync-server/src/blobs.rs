@@ -24,7 +24,7 @@ use crate::error::{Result, ServerError};
 pub const MAX_BLOB_BYTES: u64 = 25 * 1024 * 1024;
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> ServerError + '_ {
-    move |e| ServerError::Internal(format!("{}: {e}", path.display()))
+    move |e| ServerError::io(path, e)
 }
 
 pub struct BlobFiles {
@@ -74,6 +74,7 @@ impl Writer {
         }
         let file = self.file.as_mut().ok_or_else(|| ServerError::Internal("upload already finished".into()))?;
         file.write_all(bytes).map_err(io(&self.partial))?;
+        crate::crash_points::reached("blob-write");
         self.offset = end;
         let mut state = self.files.lock.lock().unwrap_or_else(|p| p.into_inner());
         *state.received.entry(self.sha256.clone()).or_default() += bytes.len() as u64;
@@ -231,14 +232,14 @@ impl BlobFiles {
         let actual = hex::encode(hasher.finalize());
         let total_file = self.total_path(sha256);
         if actual != sha256 {
-            let millis =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+            let millis = crate::clock::now_ms();
             let aside = self.dir.join("rejected").join(format!("{sha256}.{millis}"));
             fs::rename(partial, &aside).map_err(io(&aside))?;
             let _ = fs::remove_file(&total_file);
             return Err(ServerError::HashMismatch { expected: sha256.to_owned(), actual });
         }
         let target = self.final_path(sha256);
+        crate::crash_points::reached("blob-finish");
         fs::rename(partial, &target).map_err(io(&target))?;
         fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
         let _ = fs::remove_file(&total_file);

@@ -51,8 +51,12 @@ pub enum ServerError {
     /// The action is not possible in the case's current state (the role may act, the state not).
     #[error("not allowed: {0}")]
     NotAllowed(String),
+    /// The server's disk (or quota) is full. Nothing of the request was stored; the phone keeps
+    /// everything in its outbox and tries again, as after any 5xx.
+    #[error("the server's disk is full ({0}): nothing of this request was stored; try again later (an administrator must free space on the server's data directory)")]
+    StorageFull(String),
     #[error("storage error: {0}")]
-    Storage(#[from] rusqlite::Error),
+    Storage(rusqlite::Error),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -85,9 +89,53 @@ impl ServerError {
             ServerError::AccountLocked { .. } => (429, "account_locked"),
             ServerError::CsrfMismatch => (403, "csrf"),
             ServerError::NotAllowed(_) => (409, "not_allowed"),
+            ServerError::StorageFull(_) => (507, "storage_full"),
             ServerError::Storage(_) | ServerError::Internal(_) => (500, "internal"),
         }
     }
 }
 
+impl ServerError {
+    /// A file operation's failure on `path`: a full disk is [`ServerError::StorageFull`] (507,
+    /// retried by phones), anything else internal.
+    pub fn io(path: &std::path::Path, e: std::io::Error) -> ServerError {
+        if matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) {
+            ServerError::StorageFull(format!("{}: {e}", path.display()))
+        } else {
+            ServerError::Internal(format!("{}: {e}", path.display()))
+        }
+    }
+}
+
+impl From<rusqlite::Error> for ServerError {
+    fn from(e: rusqlite::Error) -> Self {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            ServerError::StorageFull(e.to_string())
+        } else {
+            ServerError::Storage(e)
+        }
+    }
+}
+
 pub type Result<T, E = ServerError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_507_storage_full_whether_sqlite_or_a_file_says_so() {
+        let sqlite = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            Some("database or disk is full".into()),
+        );
+        assert_eq!(ServerError::from(sqlite).status_and_code(), (507, "storage_full"));
+        let file = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        assert_eq!(ServerError::io(std::path::Path::new("blobs/x"), file).status_and_code(), (507, "storage_full"));
+        // Anything else stays internal.
+        let busy = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR), None);
+        assert_eq!(ServerError::from(busy).status_and_code(), (500, "internal"));
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert_eq!(ServerError::io(std::path::Path::new("x"), denied).status_and_code(), (500, "internal"));
+    }
+}

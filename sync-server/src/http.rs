@@ -92,9 +92,7 @@ async fn metrics_text(State(state): State<AppState>) -> Result<Response, ServerE
     Ok(([(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
+use crate::clock::now_ms;
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ServerError> {
     serde_json::from_slice(body).map_err(|e| ServerError::BadRequest(format!("body is not a valid request: {e}")))

@@ -47,9 +47,7 @@ const USAGE: &str = "usage:
   gridwork-sync-server admin --data-dir DIR release KEY
   gridwork-sync-server admin --data-dir DIR reject KEY";
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
+use gridwork_sync_server::clock::now_ms;
 
 fn take_flag(args: &mut Vec<String>, flag: &str) -> Result<Option<String>, String> {
     match args.iter().position(|a| a == flag) {

@@ -1,23 +1,34 @@
-//! The chaos harness (issue 16, first part): real phone stores sync with the real server — a
-//! child process, killed with SIGKILL and restarted on its data directory during the run — through
-//! a fault-injecting HTTP proxy, and afterwards the phones' stores and the server are compared.
+//! The chaos harness (issue 16): real phone stores sync with the real server — a child process,
+//! killed and restarted on its data directory during the run — through a fault-injecting HTTP
+//! proxy, and afterwards the phones' stores and the server are compared.
 //!
-//! Everything random comes from one seed: which fault meets each request, when the server is
-//! killed, what the phones capture. `gridwork-bench chaos --seed S` replays a schedule;
-//! `tests/tests/chaos.rs` runs a few seeds in CI.
+//! Everything random comes from one seed: which fault meets each request, when and where the
+//! server is killed, what the phones capture, when disks fill and clocks step.
+//! `gridwork-bench chaos --seed S` replays a schedule; `tests/tests/chaos.rs` runs a few seeds
+//! in CI.
 //!
-//! The proxy reads each HTTP/1.1 request whole (Content-Length or chunked), then, by the seed:
-//! forwards it; delays it; drops it before the server sees it; forwards it and drops the answer
-//! (the server committed, the phone never hears); forwards it and cuts the answer halfway (a
-//! phone that sees part of a pull page); or forwards it twice and answers with the second reply.
-//! Each request goes to the server on a fresh connection, so a server restarted on another port
-//! is picked up at once.
-//!
-//! Some phones run as child processes (`gridwork-bench chaos-phone`) that capture, attach photos
-//! and sync in a loop; they are SIGKILLed at random moments (mid-capture, mid-photo-write,
-//! mid-sync, after a request was sent or before an answer was applied) and started again on their
-//! store. What they acknowledged is what they printed after the store returned. A full disk,
-//! clock faults and racing supervisors are not in the harness yet.
+//! - **Network.** The proxy reads each HTTP/1.1 request whole (Content-Length or chunked), then,
+//!   by the seed: forwards it; delays it; drops it before the server sees it; forwards it and
+//!   drops the answer (the server committed, the phone never hears); forwards it and cuts the
+//!   answer halfway (a phone that sees part of a pull page); or forwards it twice and answers with
+//!   the second reply. Each request reaches the server on a fresh connection, so a restarted
+//!   server is picked up at once.
+//! - **Server crashes**, each at a moment drawn from the seed: a SIGKILL on a timer, an abort at
+//!   a named point inside the server (`gridwork_sync_server::crash_points`: mid-group-commit,
+//!   after the commit and before the answer, mid-pull, mid-blob-write, before a verified blob is
+//!   renamed), or a SIGKILL while a backup is being taken. Once per schedule the server is
+//!   restored from a backup taken during the run (a new epoch: phones re-offer what it lacks).
+//! - **Phone crashes.** Some phones run as child processes (`gridwork-bench chaos-phone`) that
+//!   capture, attach photos, add notes, check in and sync in a loop; they are SIGKILLed at
+//!   random moments (mid-capture, mid-photo-write, mid-sync, after a request was sent or before
+//!   an answer was applied) and started again on their store. What they acknowledged is what they
+//!   printed after the store returned.
+//! - **Full disks.** With `disk_mb`, the server's data directory and one phone's store live on
+//!   size-limited tmpfs mounts (root only), which a ballast file fills for two rounds: the server
+//!   must answer 507 and the phone refuse with `StorageFull`, losing nothing either acknowledged,
+//!   and both carry on when the ballast goes.
+//! - **Clocks.** Every phone's wall clock is hours off and jumps; the server's is stepped back.
+//! - **Supervisors.** A console user adds notes to the phones' cases while they push.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -28,14 +39,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use gridwork_core::clock::{ClockReading, DeviceClock, SystemClock};
 use gridwork_core::evidence::synthetic::{camera_like_jpeg, ExifSpec};
 use gridwork_core::model::catalog::{Catalog, Role};
-use gridwork_core::model::ids::CaseId;
+use gridwork_core::model::geo::Location;
+use gridwork_core::model::ids::{CaseId, GridId, RecordId};
+use gridwork_core::model::lifecycle::EventKind;
 use gridwork_core::model::wire::{EnrolRequest, EnrolResponse};
+use gridwork_core::store::CheckInInput;
 use gridwork_core::sync::SyncConfig;
 use gridwork_core::Store;
 use gridwork_sync_server::{SqliteStore, SyncStore};
 
+use crate::console_client::ConsoleClient;
 use crate::{district, identity_from_enrolment, open_device, random_case, Rng};
 
 /// One chaos run.
@@ -55,6 +71,9 @@ pub struct ChaosConfig {
     /// A binary that serves a data directory when run as `EXE storm-server DIR` and prints
     /// `listening URL` (gridwork-bench).
     pub server_exe: PathBuf,
+    /// Size of the tmpfs the server's data directory lives on (one phone's gets half): the
+    /// schedule fills both for two rounds. 0 leaves full disks out (mounting needs root).
+    pub disk_mb: u64,
 }
 
 /// What a run found.
@@ -64,10 +83,35 @@ pub struct ChaosReport {
     /// Requests the proxy saw, by what it did to them.
     pub faults: BTreeMap<&'static str, u64>,
     pub server_kills: usize,
+    /// Server kills by where they landed: a crash point's name, `timer` or `backup`.
+    pub kills_at: BTreeMap<&'static str, usize>,
     pub phone_kills: usize,
-    /// Cases a phone's store acknowledged to its user that the server or a phone in scope lacks.
+    /// Times a disk was filled, and requests or actions refused for a full disk meanwhile
+    /// (the server's 507 answers and the phone's `StorageFull` errors).
+    pub disk_fills: usize,
+    pub disk_full_events: u64,
+    /// Times the server's clock was stepped back.
+    pub clock_steps: usize,
+    /// Backups taken during the run (each while the server was being killed), and restores.
+    pub backups: usize,
+    pub restores: usize,
+    /// Restores refused for a full disk (the data directory put back as it was), tried again.
+    pub restores_refused: usize,
+    /// Notes the console acknowledged (303) while phones pushed to the same cases.
+    pub console_notes: usize,
+    /// Acknowledged notes (phones' and the console's) and check-ins looked for.
+    pub notes_checked: usize,
+    pub checkins_checked: usize,
+    /// Requests the server answered 500 (a bug: every refusal has its own status).
+    pub internal_errors: u64,
+    /// Health checks of the server between rounds, and those it did not answer.
+    pub health_checks: usize,
+    pub health_failures: usize,
+    /// Cases, notes and check-ins a phone's store (or the console) acknowledged that the server
+    /// or a phone in scope lacks.
     pub lost: usize,
-    /// Cases held twice by a phone, or held by the server and by no phone (a copy nobody made).
+    /// Cases held twice by a phone or held by the server and by no phone (a copy nobody made),
+    /// and notes held twice in a case.
     pub duplicated: usize,
     /// Every phone holds exactly its scope, with the server's heads for every case, and nothing
     /// waits in its outbox.
@@ -115,13 +159,20 @@ impl Fault {
     }
 }
 
+/// What the proxy counted: requests by fault, 5xx answers by status, and the first 500's body.
+#[derive(Debug, Default)]
+struct Tally {
+    counts: BTreeMap<&'static str, u64>,
+    first_500: Option<String>,
+}
+
 /// Shared state of the proxy.
 struct Proxy {
     addr: SocketAddr,
     upstream: Arc<Mutex<Option<SocketAddr>>>,
     faults_on: Arc<AtomicBool>,
     rng: Arc<Mutex<Rng>>,
-    counts: Arc<Mutex<BTreeMap<&'static str, u64>>>,
+    counts: Arc<Mutex<Tally>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -137,7 +188,7 @@ impl Proxy {
             upstream: Arc::new(Mutex::new(None)),
             faults_on: Arc::new(AtomicBool::new(false)),
             rng: Arc::new(Mutex::new(Rng::new(seed ^ 0x9e37_79b9_7f4a_7c15))),
-            counts: Arc::new(Mutex::new(BTreeMap::new())),
+            counts: Arc::new(Mutex::new(Tally::default())),
         };
         let (upstream, on, rng, counts) =
             (proxy.upstream.clone(), proxy.faults_on.clone(), proxy.rng.clone(), proxy.counts.clone());
@@ -161,7 +212,7 @@ fn serve_connection(
     upstream: &Mutex<Option<SocketAddr>>,
     on: &AtomicBool,
     rng: &Mutex<Rng>,
-    counts: &Mutex<BTreeMap<&'static str, u64>>,
+    counts: &Mutex<Tally>,
 ) {
     let _ = client.set_read_timeout(Some(Duration::from_secs(60)));
     while let Ok(Some(request)) = read_message(&mut client) {
@@ -172,7 +223,7 @@ fn serve_connection(
         } else {
             (Fault::Forward, 0)
         };
-        *lock(counts).entry(fault.name()).or_default() += 1;
+        *lock(counts).counts.entry(fault.name()).or_default() += 1;
         let forward = || -> Option<Vec<u8>> {
             let to = (*lock(upstream))?;
             let mut up = TcpStream::connect_timeout(&to, Duration::from_secs(5)).ok()?;
@@ -189,8 +240,24 @@ fn serve_connection(
             Fault::Duplicate => forward().and_then(|_| forward()),
             Fault::Forward | Fault::DropResponse | Fault::CutResponse => forward(),
         };
+        if let Some(status) = answer.as_deref().and_then(status_of).filter(|s| *s >= 500) {
+            if status == 500 {
+                let body = String::from_utf8_lossy(answer.as_deref().unwrap_or_default());
+                let body = body.split("\r\n\r\n").nth(1).unwrap_or_default().chars().take(300).collect::<String>();
+                lock(counts).first_500.get_or_insert(body);
+            }
+            *lock(counts)
+                .counts
+                .entry(match status {
+                    507 => "answered_507",
+                    503 => "answered_503",
+                    500 => "answered_500",
+                    _ => "answered_5xx",
+                })
+                .or_default() += 1;
+        }
         let Some(answer) = answer else {
-            *lock(counts).entry("server_unreachable").or_default() += u64::from(fault != Fault::DropRequest);
+            *lock(counts).counts.entry("server_unreachable").or_default() += u64::from(fault != Fault::DropRequest);
             break;
         };
         match fault {
@@ -207,6 +274,12 @@ fn serve_connection(
         }
     }
     let _ = client.shutdown(Shutdown::Both);
+}
+
+/// The status code of an HTTP answer.
+fn status_of(answer: &[u8]) -> Option<u16> {
+    let line = answer.split(|b| *b == b'\r').next()?;
+    std::str::from_utf8(line).ok()?.split(' ').nth(1)?.parse().ok()
 }
 
 /// One HTTP/1.1 message, head and body (by Content-Length, or chunked), as it came; None when the
@@ -262,10 +335,13 @@ struct Server {
     exe: PathBuf,
     dir: PathBuf,
     child: Option<Child>,
+    stdin: Option<std::process::ChildStdin>,
     upstream: Arc<Mutex<Option<SocketAddr>>>,
 }
 
 impl Server {
+    /// Starts the server; an error (it would not open its store, say on a full disk) leaves it
+    /// down, and the harness tries again later, as an operator's supervisor would.
     fn start(&mut self) -> Result<String, String> {
         let mut child = Command::new(&self.exe)
             .arg("storm-server")
@@ -277,17 +353,52 @@ impl Server {
             .map_err(|e| format!("cannot start the server process: {e}"))?;
         let mut first = String::new();
         BufReader::new(child.stdout.take().ok_or("no stdout")?).read_line(&mut first).map_err(|e| e.to_string())?;
-        let url = first.trim().strip_prefix("listening ").ok_or(format!("server said {first:?}"))?.to_owned();
+        let Some(url) = first.trim().strip_prefix("listening ").map(str::to_owned) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("the server did not start: {first:?}"));
+        };
         let addr: SocketAddr =
             url.trim_start_matches("http://").parse().map_err(|e| format!("server address {url}: {e}"))?;
         *lock(&self.upstream) = Some(addr);
+        self.stdin = child.stdin.take();
         self.child = Some(child);
         Ok(url)
+    }
+
+    fn is_up(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Its URL, for the console (which does not go through the proxy).
+    fn url(&self) -> Option<String> {
+        (*lock(&self.upstream)).map(|a| format!("http://{a}"))
+    }
+
+    /// Writes one command line to the server (`arm POINT N`, `clock-step MS`).
+    fn tell(&mut self, command: &str) -> bool {
+        self.stdin.as_mut().is_some_and(|s| writeln!(s, "{command}").and_then(|()| s.flush()).is_ok())
+    }
+
+    /// Waits up to `limit` for the server to die by itself (an armed crash point).
+    fn died_within(&mut self, limit: Duration) -> bool {
+        let until = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < until {
+            match self.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(_))) | None => {
+                    self.kill();
+                    return true;
+                }
+                _ => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        false
     }
 
     /// SIGKILL: no shutdown of any kind.
     fn kill(&mut self) {
         *lock(&self.upstream) = None;
+        self.stdin = None;
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -301,17 +412,111 @@ impl Drop for Server {
     }
 }
 
+/// A size-limited tmpfs, unmounted when dropped.
+struct SmallDisk {
+    dir: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(dir: PathBuf, megabytes: u64) -> Result<SmallDisk, String> {
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(&dir)
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| format!("mount: {e}"))?;
+        if !status.success() {
+            return Err(format!(
+                "cannot mount a {megabytes} MB tmpfs at {} (the full-disk schedule needs root): run as root, or pass --disk-mb 0 to leave full disks out",
+                dir.display()
+            ));
+        }
+        Ok(SmallDisk { dir })
+    }
+
+    fn ballast(&self) -> PathBuf {
+        self.dir.join("ballast")
+    }
+
+    /// Fills the disk with a ballast file; returns the bytes written.
+    fn fill(&self) -> u64 {
+        let Ok(mut f) = std::fs::File::create(self.ballast()) else { return 0 };
+        let chunk = vec![0x5a_u8; 256 * 1024];
+        let mut written = 0;
+        while f.write_all(&chunk).is_ok() {
+            written += chunk.len() as u64;
+        }
+        // The last partial chunk: fill to the last byte.
+        for size in [16 * 1024, 1024, 64, 1] {
+            while f.write_all(&chunk[..size]).is_ok() {
+                written += size as u64;
+            }
+        }
+        written
+    }
+
+    fn free(&self) {
+        let _ = std::fs::remove_file(self.ballast());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).stderr(Stdio::null()).status();
+    }
+}
+
+/// A phone's wall clock, hours off and jumping, as when a user sets the time by hand; time since
+/// boot and the boot id stay true, as they do on a phone.
+#[derive(Debug)]
+pub struct SkewedClock {
+    offset_ms: std::sync::atomic::AtomicI64,
+}
+
+impl SkewedClock {
+    pub fn new(offset_ms: i64) -> SkewedClock {
+        SkewedClock { offset_ms: std::sync::atomic::AtomicI64::new(offset_ms) }
+    }
+
+    pub fn jump(&self, by_ms: i64) {
+        self.offset_ms.fetch_add(by_ms, Ordering::Relaxed);
+    }
+}
+
+impl DeviceClock for SkewedClock {
+    fn now(&self) -> ClockReading {
+        let mut r = SystemClock.now();
+        r.wall_ms = r.wall_ms.saturating_add(self.offset_ms.load(Ordering::Relaxed));
+        r
+    }
+}
+
+/// A seeded wall-clock error: up to 12 hours either way.
+fn clock_error(rng: &mut Rng) -> i64 {
+    (rng.below(24 * 60) as i64 - 12 * 60) * 60_000
+}
+
+/// What a phone's store acknowledged to its user (for a child process, the `ACK …` lines it
+/// printed after the call returned).
+#[derive(Debug, Default)]
+struct Acked {
+    cases: Vec<CaseId>,
+    /// (case, the note's text): every note's text is unique in a run.
+    notes: Vec<(CaseId, String)>,
+    checkins: Vec<String>,
+}
+
 struct ChaosPhone {
     user: String,
     dir: PathBuf,
     enrolment: EnrolResponse,
     /// Open in this process; None for a phone that runs as a child process until the calm.
     store: Option<Store>,
+    clock: Arc<SkewedClock>,
     config: SyncConfig,
     grid: usize,
-    /// Cases this phone's store acknowledged (capture returned Ok; for a child process, the
-    /// `ACK case ID` lines it printed after the call returned).
-    captured: Arc<Mutex<Vec<CaseId>>>,
+    acked: Arc<Mutex<Acked>>,
     child: Option<Child>,
     incarnation: u64,
 }
@@ -331,17 +536,24 @@ impl ChaosPhone {
             .arg(seed.wrapping_mul(1_000_003).wrapping_add(self.incarnation).to_string())
             .arg(self.grid.to_string())
             .arg(grids.to_string())
+            .arg(self.clock.offset_ms.load(Ordering::Relaxed).to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot start a phone process: {e}"))?;
         let out = child.stdout.take().ok_or("no stdout")?;
-        let captured = self.captured.clone();
+        let acked = self.acked.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Some(id) = line.strip_prefix("ACK case ").and_then(|c| CaseId::parse(c.trim()).ok()) {
-                    lock(&captured).push(id);
+                let mut words = line.splitn(4, ' ');
+                let (Some("ACK"), Some(what), Some(id)) = (words.next(), words.next(), words.next()) else { continue };
+                let mut a = lock(&acked);
+                match (what, CaseId::parse(id)) {
+                    ("case", Ok(c)) => a.cases.push(c),
+                    ("note", Ok(c)) => a.notes.push((c, words.next().unwrap_or_default().to_owned())),
+                    ("checkin", _) => a.checkins.push(id.to_owned()),
+                    _ => {}
                 }
             }
         });
@@ -366,40 +578,150 @@ impl ChaosPhone {
     }
 }
 
+/// One step of a phone's work: a case (a photo with some), a note on its last case, a check-in.
+/// `ack` hears what the store acknowledged; `refused` every error a storage-full disk caused.
+struct Work<'a> {
+    store: &'a Store,
+    catalog: &'a Catalog,
+    grid: usize,
+    patrol: Option<RecordId>,
+    last_case: Option<CaseId>,
+}
+
+enum Ack {
+    Case(CaseId),
+    Note(CaseId, String),
+    CheckIn(String),
+}
+
+impl Work<'_> {
+    /// Captures one case (with a photo when `photo`), a note on the previous case when `note`,
+    /// and a check-in; returns what was acknowledged and how many actions a full disk refused.
+    fn step(&mut self, rng: &mut Rng, photo: bool, note: Option<String>) -> (Vec<Ack>, usize) {
+        let (mut acks, mut full) = (vec![], 0);
+        let mut count_full = |e: &gridwork_core::CoreError| {
+            if matches!(e, gridwork_core::CoreError::StorageFull { .. }) {
+                full += 1;
+            }
+        };
+        if let (Some(text), Some(case)) = (note, self.last_case) {
+            match self.store.record_event(&case, EventKind::Note { text: text.clone() }) {
+                Ok(_) => acks.push(Ack::Note(case, text)),
+                Err(e) => count_full(&e),
+            }
+        }
+        match self.store.capture_case(random_case(rng, self.catalog, self.grid, 0)) {
+            Ok(c) => {
+                if photo {
+                    let jpeg = camera_like_jpeg(64, 48, &ExifSpec::default(), rng.next_u64());
+                    if let Err(e) = self.store.attach_photo(&c.id, &jpeg) {
+                        count_full(&e);
+                    }
+                }
+                self.last_case = Some(c.id);
+                acks.push(Ack::Case(c.id));
+            }
+            Err(e) => count_full(&e),
+        }
+        if self.patrol.is_none() {
+            let grid = &self.catalog.grids[self.grid % self.catalog.grids.len()];
+            match self.store.start_patrol(&GridId(grid.id.0.clone())) {
+                Ok(p) => self.patrol = Some(p),
+                Err(e) => count_full(&e),
+            }
+        }
+        if let Some(patrol) = self.patrol {
+            let grid = &self.catalog.grids[self.grid % self.catalog.grids.len()];
+            if let Some(p) = grid.points.get(rng.below(grid.points.len().max(1))) {
+                let input = CheckInInput {
+                    patrol,
+                    point: Some(p.id.clone()),
+                    location: Location::gps(p.lat, p.lon, 5.0, 0),
+                    note: String::new(),
+                    photo: None,
+                };
+                match self.store.check_in(input) {
+                    Ok(c) => acks.push(Ack::CheckIn(c.id.to_string())),
+                    Err(e) => count_full(&e),
+                }
+            }
+        }
+        (acks, full)
+    }
+}
+
 /// The child process of a process phone (`gridwork-bench chaos-phone DIR ENROLMENT URL SEED GRID
-/// GRIDS`): opens its store, then captures a case (a photo with every third), prints
-/// `ACK case ID` once the store returned, and syncs, in a loop until it is killed.
+/// GRIDS CLOCK_OFFSET_MS`): opens its store with a wall clock that far off, then works
+/// ([`Work::step`]) and syncs in a loop until it is killed, printing `ACK case ID`,
+/// `ACK note CASE TEXT` and `ACK checkin ID` once the store returned. Its clock jumps now and then.
 pub fn phone_child(mut args: impl Iterator<Item = String>) -> Result<(), String> {
-    let usage = "chaos-phone DIR ENROLMENT URL SEED GRID GRIDS";
+    let usage = "chaos-phone DIR ENROLMENT URL SEED GRID GRIDS CLOCK_OFFSET_MS";
     let mut next = || args.next().ok_or(usage);
     let (dir, enrolment, url) = (PathBuf::from(next()?), PathBuf::from(next()?), next()?);
-    let (seed, grid, grids) = (next()?, next()?, next()?);
+    let (seed, grid, grids, offset) = (next()?, next()?, next()?, next()?);
     let seed: u64 = seed.parse().map_err(|_| usage)?;
     let grid: usize = grid.parse().map_err(|_| usage)?;
     let grids: usize = grids.parse().map_err(|_| usage)?;
+    let offset: i64 = offset.parse().map_err(|_| usage)?;
     let e: EnrolResponse =
         serde_json::from_slice(&std::fs::read(&enrolment).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
     let catalog = district(grids);
-    let store = open_device(&dir, identity_from_enrolment(&e), &catalog, None).map_err(|e| e.to_string())?;
+    let clock = Arc::new(SkewedClock::new(offset));
+    let store = open_device(&dir, identity_from_enrolment(&e), &catalog, Some(clock.clone() as Arc<dyn DeviceClock>))
+        .map_err(|e| e.to_string())?;
     let config = SyncConfig::new(url, e.token);
     let mut rng = Rng::new(seed);
+    let mut work = Work { store: &store, catalog: &catalog, grid, patrol: None, last_case: None };
     let stdout = std::io::stdout();
     for i in 0u64.. {
-        let new = random_case(&mut rng, &catalog, grid, 0);
-        if let Ok(c) = store.capture_case(new) {
-            if i % 3 == 0 {
-                let _ =
-                    store.attach_photo(&c.id, &camera_like_jpeg(64, 48, &ExifSpec::default(), seed.wrapping_add(i)));
-            }
-            let mut out = stdout.lock();
-            let _ = writeln!(out, "ACK case {}", c.id);
-            let _ = out.flush();
+        if rng.below(8) == 0 {
+            clock.jump(clock_error(&mut rng));
         }
+        let note = (i % 2 == 1).then(|| format!("note-{seed}-{i}"));
+        let (acks, _) = work.step(&mut rng, i % 3 == 0, note);
+        let mut out = stdout.lock();
+        for a in acks {
+            let _ = match a {
+                Ack::Case(c) => writeln!(out, "ACK case {c}"),
+                Ack::Note(c, text) => writeln!(out, "ACK note {c} {text}"),
+                Ack::CheckIn(id) => writeln!(out, "ACK checkin {id}"),
+            };
+        }
+        let _ = out.flush();
+        drop(out);
         let _ = store.sync(&config, &mut |_| {});
         std::thread::sleep(Duration::from_millis(10 + rng.below(40) as u64));
     }
     Ok(())
 }
+
+/// How the server dies in one kill.
+#[derive(Debug, Clone, Copy)]
+enum Kill {
+    /// SIGKILL after this many milliseconds of the round.
+    Timed(u64),
+    /// Abort at the n-th arrival at a named crash point from now.
+    At(&'static str, u64),
+    /// SIGKILL this many milliseconds after a backup started.
+    MidBackup(u64),
+}
+
+impl Kill {
+    fn pick(rng: &mut Rng) -> Kill {
+        match rng.below(10) {
+            0..=2 => Kill::Timed(rng.below(300) as u64),
+            3 => Kill::MidBackup(rng.below(40) as u64),
+            _ => {
+                let points = gridwork_sync_server::crash_points::POINTS;
+                Kill::At(points[rng.below(points.len())], 1 + rng.below(3) as u64)
+            }
+        }
+    }
+}
+
+/// The console user who races the phones.
+const SUPERVISOR: &str = "s0";
+const SUPERVISOR_PASSWORD: &str = "chaos-supervisor-password";
 
 /// Runs one schedule. Errors are the harness's own failures (a server that would not start);
 /// what the schedule did to the data is in the report.
@@ -407,7 +729,19 @@ pub fn run(cfg: &ChaosConfig, root: &Path) -> Result<ChaosReport, String> {
     let mut rng = Rng::new(cfg.seed);
     let grids = cfg.phones.div_ceil(2).max(1);
     let catalog: Catalog = district(grids);
-    let server_dir = root.join("server");
+    // The server's data directory, on a small disk when full disks are in the schedule. The
+    // directory is inside the mount, so that a restore can move it aside.
+    let server_disk = match cfg.disk_mb {
+        0 => None,
+        mb => Some(SmallDisk::mount(root.join("server-disk"), mb)?),
+    };
+    let server_dir = server_disk.as_ref().map_or_else(|| root.join("server"), |d| d.dir.join("server"));
+    // One phone (the second: it runs in this process) keeps its store on a small disk too.
+    let phone_disk = match cfg.disk_mb {
+        0 => None,
+        _ if cfg.phones < 2 => None,
+        mb => Some(SmallDisk::mount(root.join("phone-disk"), mb.div_ceil(2))?),
+    };
     let mut enrolments: Vec<(String, EnrolResponse)> = vec![];
     {
         let store = SqliteStore::open(&server_dir).map_err(|e| e.to_string())?;
@@ -419,21 +753,36 @@ pub fn run(cfg: &ChaosConfig, root: &Path) -> Result<ChaosReport, String> {
             let e = store.redeem(&EnrolRequest { code, app_version: "0.1.0".into() }, 0).map_err(|e| e.to_string())?;
             enrolments.push((user, e));
         }
+        store
+            .set_user(SUPERVISOR, Role::Supervisor, None, &["community:Community 0".into()])
+            .map_err(|e| e.to_string())?;
+        gridwork_sync_server::store::ConsoleStore::set_password(&store, SUPERVISOR, SUPERVISOR_PASSWORD, 0)
+            .map_err(|e| e.to_string())?;
     }
     let proxy = Proxy::start(cfg.seed)?;
-    let mut server =
-        Server { exe: cfg.server_exe.clone(), dir: server_dir.clone(), child: None, upstream: proxy.upstream.clone() };
+    let mut server = Server {
+        exe: cfg.server_exe.clone(),
+        dir: server_dir.clone(),
+        child: None,
+        stdin: None,
+        upstream: proxy.upstream.clone(),
+    };
     server.start()?;
     let mut phones = vec![];
     for (i, (user, e)) in enrolments.into_iter().enumerate() {
-        let dir = root.join(&user);
+        let dir = match (&phone_disk, i) {
+            (Some(d), 1) => d.dir.join(&user),
+            _ => root.join(&user),
+        };
+        let clock = Arc::new(SkewedClock::new(clock_error(&mut rng)));
         // Process phones are the first phone of the first grids: the other phone of their grid
         // runs in this process and must receive what they captured.
         let process = i % 2 == 0 && i / 2 < cfg.process_phones;
         let store = if process {
             None
         } else {
-            Some(open_device(&dir, identity_from_enrolment(&e), &catalog, None).map_err(|e| e.to_string())?)
+            let c = Some(clock.clone() as Arc<dyn DeviceClock>);
+            Some(open_device(&dir, identity_from_enrolment(&e), &catalog, c).map_err(|e| e.to_string())?)
         };
         let config = SyncConfig::new(proxy.url(), e.token.clone());
         let mut phone = ChaosPhone {
@@ -441,9 +790,10 @@ pub fn run(cfg: &ChaosConfig, root: &Path) -> Result<ChaosReport, String> {
             dir,
             enrolment: e,
             store,
+            clock,
             config,
             grid: i / 2,
-            captured: Arc::new(Mutex::new(vec![])),
+            acked: Arc::new(Mutex::new(Acked::default())),
             child: None,
             incarnation: 0,
         };
@@ -453,23 +803,85 @@ pub fn run(cfg: &ChaosConfig, root: &Path) -> Result<ChaosReport, String> {
         phones.push(phone);
     }
 
-    // Which rounds kill the server, from the seed.
-    let mut kill_rounds: Vec<usize> = (0..cfg.server_kills).map(|_| rng.below(cfg.rounds.max(1))).collect();
-    kill_rounds.sort_unstable();
+    // The schedule's events, from the seed: which rounds kill the server and how; when the
+    // disks fill (for two rounds); when the server's clock steps back; when a backup is restored.
+    let rounds = cfg.rounds.max(1);
+    let mut kills: Vec<(usize, Kill)> =
+        (0..cfg.server_kills).map(|_| (rng.below(rounds), Kill::pick(&mut rng))).collect();
+    kills.sort_by_key(|(r, _)| *r);
+    let fill_round = (cfg.disk_mb > 0 && rounds >= 4).then(|| 1 + rng.below(rounds - 3));
+    let clock_step_round = rng.below(rounds);
+    let restore_round = (rounds >= 3).then(|| rounds / 2 + rng.below(rounds - rounds / 2));
     let mut report = ChaosReport { seed: cfg.seed, ..ChaosReport::default() };
+    let mut backups: Vec<PathBuf> = vec![];
+    let phone_disk_full = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let console_acked: Arc<Mutex<Vec<(CaseId, String)>>> = Arc::new(Mutex::new(vec![]));
+    let mut console = ConsoleClient::new()?;
+    let mut note_counter = 0u64;
     proxy.faults_on.store(true, Ordering::Relaxed);
-    for round in 0..cfg.rounds {
+    for round in 0..rounds {
+        if !server.is_up() {
+            // Down since a restart failed (a full disk): try again, as an operator would.
+            let _ = server.start();
+        }
+        if Some(round) == fill_round {
+            for d in server_disk.iter().chain(phone_disk.iter()) {
+                if d.fill() > 0 {
+                    report.disk_fills += 1;
+                }
+            }
+        }
+        if fill_round.is_some_and(|f| round == f + 2) {
+            for d in server_disk.iter().chain(phone_disk.iter()) {
+                d.free();
+            }
+        }
+        if round == clock_step_round && server.tell(&format!("clock-step {}", -(1 + rng.below(6) as i64) * 3_600_000)) {
+            report.clock_steps += 1;
+        }
+        if restore_round.is_some_and(|r| round >= r) && report.restores == 0 {
+            if let Some(backup) = backups.last() {
+                server.kill();
+                match gridwork_sync_server::backup::restore(backup, &server_dir) {
+                    Ok(_) => report.restores += 1,
+                    // Refused on a full disk, with the data directory put back: try next round.
+                    Err(gridwork_sync_server::error::ServerError::StorageFull(_)) => report.restores_refused += 1,
+                    Err(e) => {
+                        report.first_divergence.get_or_insert(format!("restoring {} failed: {e}", backup.display()));
+                    }
+                }
+                let _ = server.start();
+            }
+        }
         // What each phone does this round, drawn before the threads start (reproducible).
-        let plans: Vec<(usize, bool, u64)> =
-            phones.iter().map(|_| (1 + rng.below(2), rng.below(3) == 0, rng.next_u64())).collect();
-        let kills_now = kill_rounds.iter().filter(|r| **r == round).count();
-        let kill_after: Vec<u64> = (0..kills_now).map(|_| rng.below(300) as u64).collect();
+        let plans: Vec<(usize, bool, u64, Option<i64>)> = phones
+            .iter()
+            .map(|_| {
+                (
+                    1 + rng.below(2),
+                    rng.below(3) == 0,
+                    rng.next_u64(),
+                    (rng.below(4) == 0).then(|| clock_error(&mut rng)),
+                )
+            })
+            .collect();
+        let kills_now: Vec<Kill> = kills.iter().filter(|(r, _)| *r == round).map(|(_, k)| *k).collect();
         let phone_kill_after: Vec<Option<u64>> =
             phones.iter().map(|p| (p.store.is_none() && rng.below(2) == 0).then(|| rng.below(300) as u64)).collect();
+        // The supervisor's notes this round: on cases the phones acknowledged so far.
+        let known: Vec<CaseId> = phones.iter().flat_map(|p| lock(&p.acked).cases.clone()).collect();
+        let console_notes: Vec<(CaseId, String)> = (0..2)
+            .filter(|_| !known.is_empty())
+            .map(|_| {
+                note_counter += 1;
+                (known[rng.below(known.len())], format!("console-note-{}-{note_counter}", cfg.seed))
+            })
+            .collect();
         let (server_exe, seed) = (&cfg.server_exe, cfg.seed);
+        let console_url = server.url();
         let phone_kills = std::thread::scope(|s| -> Result<usize, String> {
             let mut children = vec![];
-            for ((p, (cases, photo, seed)), kill_after) in phones.iter_mut().zip(plans).zip(phone_kill_after) {
+            for ((p, (cases, photo, seed, jump)), kill_after) in phones.iter_mut().zip(plans).zip(phone_kill_after) {
                 let catalog = &catalog;
                 if p.store.is_none() {
                     children.push((p, kill_after));
@@ -477,24 +889,50 @@ pub fn run(cfg: &ChaosConfig, root: &Path) -> Result<ChaosReport, String> {
                 }
                 let p: &ChaosPhone = p;
                 let Some(store) = &p.store else { continue };
-                let captured = p.captured.clone();
+                if let Some(by) = jump {
+                    p.clock.jump(by);
+                }
+                let (acked, full) = (p.acked.clone(), phone_disk_full.clone());
                 let (grid, config) = (p.grid, &p.config);
                 s.spawn(move || {
                     let mut r = Rng::new(seed);
-                    for _ in 0..cases {
-                        let new = random_case(&mut r, catalog, grid, 0);
-                        if let Ok(c) = store.capture_case(new) {
-                            if photo {
-                                let jpeg = camera_like_jpeg(64, 48, &ExifSpec::default(), seed);
-                                let _ = store.attach_photo(&c.id, &jpeg);
+                    let last = lock(&acked).cases.last().copied();
+                    let mut work = Work { store, catalog, grid, patrol: None, last_case: last };
+                    for i in 0..cases {
+                        let note = (i == 0).then(|| format!("note-{seed}-{i}"));
+                        let (acks, refused) = work.step(&mut r, photo, note);
+                        full.fetch_add(refused, Ordering::Relaxed);
+                        let mut a = lock(&acked);
+                        for ack in acks {
+                            match ack {
+                                Ack::Case(c) => a.cases.push(c),
+                                Ack::Note(c, t) => a.notes.push((c, t)),
+                                Ack::CheckIn(id) => a.checkins.push(id),
                             }
-                            lock(&captured).push(c.id);
                         }
                     }
                     // Faults surface as sync errors: the phone tries again next round, as an app does.
                     let _ = store.sync(config, &mut |_| {});
                 });
             }
+            // The supervisor works the queue while the phones push (straight to the server:
+            // the console is on the district's network, not on a phone's 4G).
+            let console = &mut console;
+            let console_acked = console_acked.clone();
+            s.spawn(move || {
+                let Some(base) = console_url else { return };
+                for (case, text) in console_notes {
+                    let fields = [("action", "note"), ("note", text.as_str())];
+                    let mut page = console.act(&base, &case.to_string(), &fields);
+                    if page.as_ref().is_ok_and(|p| p.location.as_deref() == Some("/console/login") || p.status == 401) {
+                        let _ = console.sign_in(&base, SUPERVISOR, SUPERVISOR_PASSWORD);
+                        page = console.act(&base, &case.to_string(), &fields);
+                    }
+                    if page.is_ok_and(|p| p.status == 303) {
+                        lock(&console_acked).push((case, text));
+                    }
+                }
+            });
             // Phone processes die at their moment: mid-capture, mid-photo or mid-sync.
             let killer = s.spawn(move || -> Result<usize, String> {
                 let mut killed = 0;
@@ -512,27 +950,73 @@ pub fn run(cfg: &ChaosConfig, root: &Path) -> Result<ChaosReport, String> {
                 }
                 Ok(killed)
             });
-            for after in &kill_after {
-                std::thread::sleep(Duration::from_millis(*after));
-                server.kill();
+            for kill in &kills_now {
+                if !server.is_up() && server.start().is_err() {
+                    continue;
+                }
+                let how = match *kill {
+                    Kill::Timed(after) => {
+                        std::thread::sleep(Duration::from_millis(after));
+                        server.kill();
+                        "timer"
+                    }
+                    Kill::At(point, nth) => {
+                        if server.tell(&format!("arm {point} {nth}")) && server.died_within(Duration::from_secs(3)) {
+                            point
+                        } else {
+                            // The point was not reached in time (no such traffic): a plain kill.
+                            server.kill();
+                            "timer"
+                        }
+                    }
+                    Kill::MidBackup(after) => {
+                        let dest = root.join("backups").join(format!("b{}", backups.len() + report.server_kills));
+                        let from = server_dir.clone();
+                        let backup = std::thread::spawn(move || {
+                            gridwork_sync_server::backup::backup(&from, &dest).map(|_| dest)
+                        });
+                        std::thread::sleep(Duration::from_millis(after));
+                        server.kill();
+                        if let Ok(Ok(dest)) = backup.join() {
+                            backups.push(dest);
+                        }
+                        "backup"
+                    }
+                };
                 report.server_kills += 1;
-                server.start()?;
+                *report.kills_at.entry(how).or_default() += 1;
+                let _ = server.start();
             }
             killer.join().map_err(|_| "the phone killer panicked".to_owned())?
         })?;
         report.phone_kills += phone_kills;
         // The phone processes work on through part of each round.
         std::thread::sleep(Duration::from_millis(150));
+        // The server, when up, still answers.
+        if let Some(url) = server.url() {
+            let ok = console.get(&format!("{url}/v1/health")).is_ok_and(|p| p.status == 200);
+            report.health_checks += 1;
+            if !ok {
+                report.health_failures += 1;
+            }
+        }
     }
-    // The phone processes stop (one more SIGKILL each) and their stores open here for the calm.
+    // Space comes back (if the schedule ended while full), the server is up, the phone
+    // processes stop (one more SIGKILL each) and their stores open here for the calm.
+    for d in server_disk.iter().chain(phone_disk.iter()) {
+        d.free();
+    }
+    if !server.is_up() {
+        server.start()?;
+    }
     for p in phones.iter_mut() {
         if p.store.is_none() {
             if p.kill() {
                 report.phone_kills += 1;
             }
+            let c = Some(p.clock.clone() as Arc<dyn DeviceClock>);
             p.store = Some(
-                open_device(&p.dir, identity_from_enrolment(&p.enrolment), &catalog, None)
-                    .map_err(|e| e.to_string())?,
+                open_device(&p.dir, identity_from_enrolment(&p.enrolment), &catalog, c).map_err(|e| e.to_string())?,
             );
         }
     }
@@ -551,20 +1035,42 @@ pub fn run(cfg: &ChaosConfig, root: &Path) -> Result<ChaosReport, String> {
         }
     }
     server.kill();
-    report.faults = lock(&proxy.counts).clone();
+    report.faults = lock(&proxy.counts).counts.clone();
+    if let Some(body) = lock(&proxy.counts).first_500.clone() {
+        // A refusal must say why (507 for a full disk); a 500 is a bug to find.
+        report.first_divergence.get_or_insert(format!("the server answered 500: {body}"));
+        report.internal_errors = report.faults.get("answered_500").copied().unwrap_or(0);
+    }
+    report.disk_full_events =
+        phone_disk_full.load(Ordering::Relaxed) as u64 + report.faults.get("answered_507").copied().unwrap_or(0);
+    report.backups = backups.len();
+    let console_acked = lock(&console_acked).clone();
+    report.console_notes = console_acked.len();
+    verdict(&phones, &server_dir, &console_acked, &mut report)?;
+    Ok(report)
+}
 
-    // The verdict, from the server's store and every phone's.
-    let store = SqliteStore::open(&server_dir).map_err(|e| e.to_string())?;
+/// Compares the phones' stores with the server's, filling the report's verdict.
+fn verdict(
+    phones: &[ChaosPhone],
+    server_dir: &Path,
+    console_acked: &[(CaseId, String)],
+    report: &mut ChaosReport,
+) -> Result<(), String> {
+    let store = SqliteStore::open(server_dir).map_err(|e| e.to_string())?;
     let (mut lost, mut duplicated, mut converged) = (0usize, 0usize, true);
-    let mut first: Option<String> = None;
+    let mut first: Option<String> = report.first_divergence.take();
     let mut diverge = |what: String| {
         first.get_or_insert(what);
     };
-    let blobs = gridwork_sync_server::blobs::BlobFiles::open(&server_dir).map_err(|e| e.to_string())?;
-    let (mut photos_checked, mut photos_bad, mut checked_photos) = (0usize, 0usize, BTreeSet::new());
+    let blobs = gridwork_sync_server::blobs::BlobFiles::open(server_dir).map_err(|e| e.to_string())?;
+    let mut checked_photos = BTreeSet::new();
     let mut on_server = BTreeSet::new();
     let mut on_phones: BTreeSet<String> = BTreeSet::new();
-    for p in &phones {
+    // Each case's timeline as a phone in scope holds it (with the server's heads, checked below):
+    // notes by text, to find the acknowledged ones and any held twice.
+    let mut notes: BTreeMap<CaseId, Vec<String>> = BTreeMap::new();
+    for p in phones {
         let scope: BTreeSet<String> = store.docs_in_scope(&p.user).map_err(|e| e.to_string())?.into_iter().collect();
         on_server.extend(scope.iter().cloned());
         let held_list: Vec<String> =
@@ -592,16 +1098,38 @@ pub fn run(cfg: &ChaosConfig, root: &Path) -> Result<ChaosReport, String> {
         }
         for id in held.intersection(&scope) {
             let Ok(case) = CaseId::parse(id) else { continue };
-            // Every photo the case references is on the server, byte for byte what its name says.
-            let evidence = p.store()?.get_case(&case).map_err(|e| e.to_string())?.case.evidence;
-            for ev in evidence.iter().filter(|e| checked_photos.insert(e.sha256.clone())) {
-                photos_checked += 1;
-                let ok = blobs.read(&ev.sha256).is_ok_and(|b| gridwork_core::evidence::sha256_hex(&b) == ev.sha256);
-                if !ok {
-                    photos_bad += 1;
-                    diverge(format!("photo {} of case {id} is missing or damaged on the server", ev.sha256));
+            let detail = p.store()?.get_case(&case).map_err(|e| e.to_string())?;
+            for ev in detail.case.evidence.iter() {
+                // On the phone: a photo it still holds is byte for byte what its name says.
+                match p.store()?.read_evidence(&ev.sha256) {
+                    Ok(b) if gridwork_core::evidence::sha256_hex(&b) != ev.sha256 => {
+                        report.photos_bad += 1;
+                        diverge(format!("photo {} of case {id} is damaged on {}", ev.sha256, p.user));
+                    }
+                    Ok(_) => report.photos_checked += 1,
+                    Err(_) => {}
+                }
+                // On the server: every photo a case references is there, byte for byte.
+                if checked_photos.insert(ev.sha256.clone()) {
+                    report.photos_checked += 1;
+                    let ok = blobs.read(&ev.sha256).is_ok_and(|b| gridwork_core::evidence::sha256_hex(&b) == ev.sha256);
+                    if !ok {
+                        report.photos_bad += 1;
+                        diverge(format!("photo {} of case {id} is missing or damaged on the server", ev.sha256));
+                    }
                 }
             }
+            let texts: Vec<String> = detail
+                .case
+                .timeline
+                .entries
+                .iter()
+                .filter_map(|e| match &e.event.kind {
+                    EventKind::Note { text } => Some(text.clone()),
+                    _ => None,
+                })
+                .collect();
+            notes.entry(case).or_insert(texts);
             let mine = heads(&p.store()?.export_changes(&case).map_err(|e| e.to_string())?);
             let theirs = store.doc_heads(id).map_err(|e| e.to_string())?;
             if mine != theirs {
@@ -610,8 +1138,42 @@ pub fn run(cfg: &ChaosConfig, root: &Path) -> Result<ChaosReport, String> {
             }
         }
     }
+    // Notes: every acknowledged one (a phone's or the console's) once in its case's timeline,
+    // and no note text twice anywhere.
+    let mut acked_notes: Vec<(CaseId, String)> = console_acked.to_vec();
+    for p in phones {
+        acked_notes.extend(lock(&p.acked).notes.iter().cloned());
+    }
+    for (case, text) in &acked_notes {
+        if !notes.get(case).is_some_and(|t| t.contains(text)) {
+            lost += 1;
+            diverge(format!("note {text:?} on case {case} was acknowledged but is not in its timeline"));
+        }
+    }
+    for (case, texts) in &notes {
+        let unique: BTreeSet<&String> = texts.iter().collect();
+        if unique.len() != texts.len() {
+            duplicated += texts.len() - unique.len();
+            diverge(format!("case {case} holds a note twice"));
+        }
+    }
+    report.notes_checked = acked_notes.len();
+    // Check-ins: every acknowledged one on the server (its id is the table's key: never twice).
+    let db = rusqlite::Connection::open(server_dir.join("server.db")).map_err(|e| e.to_string())?;
+    for p in phones {
+        for id in &lock(&p.acked).checkins {
+            report.checkins_checked += 1;
+            let n: i64 = db
+                .query_row("SELECT count(*) FROM records WHERE id = ?1", [id], |r| r.get(0))
+                .map_err(|e| e.to_string())?;
+            if n != 1 {
+                lost += 1;
+                diverge(format!("check-in {id} of {} was acknowledged but the server holds it {n} times", p.user));
+            }
+        }
+    }
     let captured: Vec<String> =
-        phones.iter().flat_map(|p| lock(&p.captured).iter().map(|c| c.to_string()).collect::<Vec<_>>()).collect();
+        phones.iter().flat_map(|p| lock(&p.acked).cases.iter().map(|c| c.to_string()).collect::<Vec<_>>()).collect();
     let unique: BTreeSet<&String> = captured.iter().collect();
     duplicated += captured.len() - unique.len();
     for id in &unique {
@@ -629,13 +1191,22 @@ pub fn run(cfg: &ChaosConfig, root: &Path) -> Result<ChaosReport, String> {
         duplicated += docs - on_phones.len();
         diverge(format!("the server holds {docs} cases, the phones {}", on_phones.len()));
     }
+    if report.health_failures > 0 {
+        diverge(format!(
+            "the server did not answer {} of {} health checks",
+            report.health_failures, report.health_checks
+        ));
+    }
     report.lost = lost;
     report.duplicated = duplicated;
-    report.photos_checked = photos_checked;
-    report.photos_bad = photos_bad;
-    report.converged = converged && lost == 0 && duplicated == 0 && photos_bad == 0;
+    report.converged = converged
+        && lost == 0
+        && duplicated == 0
+        && report.photos_bad == 0
+        && report.health_failures == 0
+        && report.internal_errors == 0;
     report.first_divergence = first;
-    Ok(report)
+    Ok(())
 }
 
 /// A document's heads from its changes, sorted as `SqliteStore::doc_heads` sorts them.

@@ -140,13 +140,27 @@ pub fn grids(data: &[u8]) {
 /// bombs, 12 MP photos).
 pub const PHOTO_FUZZ_MAX_PIXELS: u64 = 500_000;
 
+/// The cap a run uses: [`PHOTO_FUZZ_MAX_PIXELS`], or `GRIDWORK_PHOTO_FUZZ_MAX_PIXELS` when a
+/// campaign sets it (a smaller cap runs several times faster and still reaches every decoder
+/// path and the resize of panoramas; fuzz/README.md says which cap each run used).
+pub fn photo_fuzz_max_pixels() -> u64 {
+    static CAP: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| {
+        std::env::var("GRIDWORK_PHOTO_FUZZ_MAX_PIXELS")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|&cap| cap > 0)
+            .unwrap_or(PHOTO_FUZZ_MAX_PIXELS)
+    })
+}
+
 /// The phone's photo pipeline (`gridwork_core::evidence::process_photo`): camera or gallery
 /// bytes in, the stored JPEG, its thumbnail and its evidence reference out.
 pub fn photo(data: &[u8]) {
     use gridwork_core::evidence::{
         jpeg_dimensions, process_photo_within, sha256_hex, STORED_LONG_EDGE, THUMB_LONG_EDGE,
     };
-    let Ok(p) = process_photo_within(data, PHOTO_FUZZ_MAX_PIXELS) else { return };
+    let Ok(p) = process_photo_within(data, photo_fuzz_max_pixels()) else { return };
     let e = &p.evidence;
     assert!(
         e.width > 0 && e.height > 0 && e.width.max(e.height) <= STORED_LONG_EDGE,

@@ -5,6 +5,7 @@
 //! [`fuzz_targets`] holds the bodies of the cargo-fuzz targets in `fuzz/` (see fuzz/README.md).
 
 pub mod chaos;
+pub mod console_client;
 pub mod fuzz_targets;
 
 pub use gridwork_sync_server::demo::sim::*;

@@ -2,7 +2,7 @@
 //! worked from a desk, and the console's security rules. (The same chain in a real browser is
 //! tests/console-browser/.)
 
-use std::collections::HashMap;
+use gridwork_tests::console_client::{ConsoleClient, Page};
 
 use gridwork_core::model::catalog::Role;
 use gridwork_core::model::lifecycle::EventKind;
@@ -14,80 +14,30 @@ use common::{capture, phone, District};
 
 const PASSWORD: &str = "correct horse battery";
 
-/// A browser without JavaScript: follows nothing by itself, keeps cookies.
+/// A browser without JavaScript (`gridwork_tests::console_client`) at the district's URL,
+/// for tests: a failed request is a failed test.
 struct Browser {
-    client: reqwest::blocking::Client,
+    inner: ConsoleClient,
     base: String,
-    cookies: HashMap<String, String>,
-}
-
-struct Page {
-    status: u16,
-    location: Option<String>,
-    body: String,
-}
-
-impl Page {
-    /// The CSRF token of the page's forms.
-    fn csrf(&self) -> String {
-        let at = self.body.find("name=\"csrf\" value=\"").expect("page has a form") + 19;
-        self.body[at..].split('"').next().expect("token").to_owned()
-    }
 }
 
 impl Browser {
     fn new(base: &str) -> Browser {
-        let client = reqwest::blocking::Client::builder()
-            .tls_backend_preconfigured(gridwork_core::tls::trust_nobody().expect("tls config"))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("client");
-        Browser { client, base: base.to_owned(), cookies: HashMap::new() }
-    }
-
-    fn cookie_header(&self) -> String {
-        self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
-    }
-
-    fn keep(&mut self, resp: reqwest::blocking::Response) -> Page {
-        for c in resp.headers().get_all("set-cookie") {
-            let text = c.to_str().expect("cookie text");
-            let (pair, _) = text.split_once(';').unwrap_or((text, ""));
-            let (k, v) = pair.split_once('=').expect("name=value");
-            if v.is_empty() {
-                self.cookies.remove(k);
-            } else {
-                self.cookies.insert(k.to_owned(), v.to_owned());
-            }
-        }
-        let status = resp.status().as_u16();
-        let location = resp.headers().get("location").and_then(|l| l.to_str().ok()).map(str::to_owned);
-        Page { status, location, body: resp.text().expect("body") }
+        Browser { inner: ConsoleClient::new().expect("client"), base: base.to_owned() }
     }
 
     fn get(&mut self, path: &str) -> Page {
-        let resp =
-            self.client.get(format!("{}{path}", self.base)).header("cookie", self.cookie_header()).send().expect("GET");
-        self.keep(resp)
+        self.inner.get(&format!("{}{path}", self.base)).expect("GET")
     }
 
     fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
-        let body: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
-        let resp = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .header("cookie", self.cookie_header())
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .expect("POST");
-        self.keep(resp)
+        self.inner.post(&format!("{}{path}", self.base), form).expect("POST")
     }
 
     fn sign_in(&mut self, user: &str, password: &str) -> Page {
         let form = self.get("/console/login");
         assert_eq!(form.status, 200);
-        let csrf = form.csrf();
+        let csrf = form.csrf().expect("page has a form");
         self.post("/console/login", &[("csrf", &csrf), ("user", user), ("password", password)])
     }
 
@@ -95,7 +45,7 @@ impl Browser {
     fn act(&mut self, case: &str, fields: &[(&str, &str)]) -> Page {
         let page = self.get(&format!("/console/cases/{case}"));
         assert_eq!(page.status, 200, "{}", page.body);
-        let csrf = page.csrf();
+        let csrf = page.csrf().expect("page has a form");
         let mut form = vec![("csrf", csrf.as_str())];
         form.extend_from_slice(fields);
         self.post(&format!("/console/cases/{case}/act"), &form)
@@ -210,7 +160,7 @@ fn the_console_refuses_device_tokens_forged_forms_other_areas_and_password_guess
     let queue = other.get("/console/cases");
     assert!(!queue.body.contains(&case));
     assert_eq!(other.get(&format!("/console/cases/{case}")).status, 403);
-    let csrf = other.get("/console/cases").csrf();
+    let csrf = other.get("/console/cases").csrf().expect("page has a form");
     let act = other.post(&format!("/console/cases/{case}/act"), &[("csrf", &csrf), ("action", "accept")]);
     assert_eq!(act.status, 403);
     assert_eq!(d.store.doc_heads(&case).expect("heads"), heads, "nothing written");
@@ -231,7 +181,7 @@ fn the_console_refuses_device_tokens_forged_forms_other_areas_and_password_guess
     // The session signed in before the lockout still works; signing out ends it.
     let page = sup.get("/console/cases");
     assert_eq!(page.status, 200);
-    assert_eq!(sup.post("/console/logout", &[("csrf", &page.csrf())]).status, 303);
+    assert_eq!(sup.post("/console/logout", &[("csrf", &page.csrf().expect("page has a form"))]).status, 303);
     assert_eq!(sup.get("/console/cases").status, 303);
     // An administrator's reset unlocks.
     console.set_password("s1", PASSWORD, 0).expect("reset");
@@ -344,7 +294,7 @@ fn map_coverage_assessment_and_administration() {
     let page = admin.get("/console/admin");
     assert_eq!(page.status, 200);
     assert!(page.body.contains(&w1.store.identity().device.0), "the worker's phone is listed");
-    let csrf = page.csrf();
+    let csrf = page.csrf().expect("page has a form");
     let enrolled = admin.post("/console/admin/enrol", &[("csrf", &csrf), ("user", "w2")]);
     assert_eq!(enrolled.status, 200, "{}", enrolled.body);
     assert!(enrolled.body.contains("<svg"), "a QR code");
@@ -420,12 +370,7 @@ fn photos_and_conflicting_values_on_the_case_page() {
     let thumb = evidence.thumb_sha256.clone().expect("a thumbnail");
     assert!(page.body.contains(&format!("/console/photos/{thumb}")), "the thumbnail is shown");
     for sha in [&evidence.sha256, &thumb] {
-        let resp = sup
-            .client
-            .get(format!("{}/console/photos/{sha}", d.url()))
-            .header("cookie", sup.cookie_header())
-            .send()
-            .expect("photo");
+        let resp = sup.inner.get_raw(&format!("{}/console/photos/{sha}", d.url())).expect("photo");
         assert_eq!(resp.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("image/jpeg"));
         let bytes = resp.bytes().expect("bytes");
         assert_eq!(&gridwork_core::evidence::sha256_hex(&bytes), sha, "the bytes the phone took");

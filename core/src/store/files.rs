@@ -66,11 +66,17 @@ impl EvidenceFiles {
             .encrypt(&XNonce::from(nonce), plain)
             .map_err(|_| CoreError::EvidenceFile { sha256: sha.clone(), reason: "encryption failed".into() })?;
         let tmp = self.dir.join(format!(".{sha}.tmp"));
-        let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&nonce).map_err(io(&tmp))?;
-        f.write_all(&sealed).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        drop(f);
+        let written = fs::File::create(&tmp).and_then(|mut f| {
+            f.write_all(&nonce)?;
+            f.write_all(&sealed)?;
+            f.sync_all()
+        });
+        if let Err(e) = written {
+            // A half-written copy of bytes the caller still holds (nothing was acknowledged):
+            // removed, so that a full disk gets its space back and the next try starts clean.
+            let _ = fs::remove_file(&tmp);
+            return Err(io(&tmp)(e));
+        }
         fs::rename(&tmp, &path).map_err(io(&path))?;
         // The rename is durable only once the directory entry is.
         fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;

@@ -73,9 +73,7 @@ pub fn routes(store: Arc<dyn SyncStore>, secure: bool) -> Router {
         .with_state(ConsoleState { store, secure })
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
+use crate::clock::now_ms;
 
 fn redirect(to: &str) -> Response {
     (StatusCode::SEE_OTHER, [(LOCATION, to.to_owned())]).into_response()

@@ -95,9 +95,7 @@ fn enrol_phone(server: &SqliteStore, url: &str, user: &str, dir: &Path, catalog:
     Ok(Phone { user: user.to_owned(), store, config: SyncConfig::new(url, e.token) })
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|t| t.as_millis() as i64).unwrap_or(0)
-}
+use crate::clock::now_ms;
 
 /// Runs `f` on every phone from two plain threads (reqwest's blocking client must not run inside
 /// a tokio runtime), reporting progress every tenth phone.

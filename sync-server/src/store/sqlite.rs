@@ -1714,6 +1714,7 @@ impl SyncStore for SqliteStore {
             .collect();
         let min_version = meta_get(&snapshot, "min_app_version")?;
         snapshot.finish()?;
+        crate::crash_points::reached("pull");
         self.give_back(reader);
         let catalog = self.catalog();
         Ok(SyncResponse {
@@ -1858,7 +1859,9 @@ impl SqliteStore {
                     savepoints = true;
                     continue;
                 }
+                crate::crash_points::reached("group-commit");
                 self.commit(tx)?;
+                crate::crash_points::reached("push-committed");
                 break;
             }
             // Keep the planner's statistics current as the district grows (cheap when they are).
@@ -1878,7 +1881,12 @@ impl SqliteStore {
                 // the sightings wait for the next batch.
                 self.restore_seen(seen);
                 for reply in replies {
-                    let _ = reply.send(Err(ServerError::Internal(format!("storing the push failed: {e}"))));
+                    // Each push hears why: a full disk is the phone's 507 (retry later), not a 500.
+                    let told = match &e {
+                        ServerError::StorageFull(detail) => ServerError::StorageFull(detail.clone()),
+                        other => ServerError::Internal(format!("storing the push failed: {other}")),
+                    };
+                    let _ = reply.send(Err(told));
                 }
             }
         }

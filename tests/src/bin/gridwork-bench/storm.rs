@@ -61,9 +61,26 @@ pub fn serve_child(dir: &str) -> Result<(), String> {
     let server = gridwork_sync_server::start(store as Arc<dyn SyncStore>, "127.0.0.1:0".parse().map_err(|_| "addr")?)
         .map_err(|e| e.to_string())?;
     println!("listening {}", server.url());
-    // Serve until the parent closes our stdin.
-    let mut line = String::new();
-    let _ = std::io::stdin().read_line(&mut line);
+    // Serve until the parent closes our stdin. The chaos harness writes commands: `clock-step MS`
+    // steps the server's clock (NTP stepping it back), `arm POINT N` arms a crash point.
+    for line in std::io::stdin().lines() {
+        let Ok(line) = line else { break };
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next(), words.next()) {
+            (Some("clock-step"), Some(ms), None) => {
+                if let Ok(ms) = ms.parse::<i64>() {
+                    gridwork_sync_server::clock::step_by(ms);
+                }
+            }
+            (Some("arm"), Some(point), Some(nth)) => {
+                let armed = nth.parse().is_ok_and(|n| gridwork_sync_server::crash_points::arm(point, n));
+                if !armed {
+                    eprintln!("storm-server: cannot arm {point:?} {nth:?}");
+                }
+            }
+            _ => eprintln!("storm-server: unknown command {line:?}"),
+        }
+    }
     Ok(())
 }
 
