@@ -242,7 +242,10 @@ impl Store {
     }
 
     /// Applies one pulled page and its cursor in one transaction.
-    fn apply_pulled(&self, resp: &SyncResponse) -> Result<usize> {
+    /// Applies a sync answer in one transaction: the pulled changes, the scope's comings and
+    /// goings, the new cursor and, when the server asks (it was restored from a backup), the
+    /// re-offer of everything this phone holds. Returns (changes applied, items re-offered).
+    fn apply_pulled(&self, resp: &SyncResponse) -> Result<(usize, usize)> {
         let mut parsed = vec![];
         for d in &resp.docs {
             let id = CaseId::parse(&d.doc)
@@ -295,14 +298,28 @@ impl Store {
                 [&scopes],
             )?;
         }
+        // With the cursor of the restored server's new epoch: a crash between the two would
+        // keep the cursor and lose the re-offer (the chaos harness's seed 13 found it).
+        let reoffered = if resp.reoffer {
+            let r = self.reoffer_in(&tx)?;
+            r.changes + r.records
+        } else {
+            0
+        };
         tx.commit()?;
-        Ok(n)
+        Ok((n, reoffered))
     }
 
-    /// Forgets the cursor, so the next request pulls the whole scope again.
-    fn forget_cursor(&self) -> Result<()> {
-        self.writer().execute("DELETE FROM meta WHERE key = 'sync_cursor'", [])?;
-        Ok(())
+    /// Forgets the cursor, so the next request pulls the whole scope again, and queues
+    /// everything this phone holds to be offered again, in one transaction: without a cursor
+    /// the server does not ask for the re-offer, so it must not be lost to a crash.
+    fn start_over(&self) -> Result<usize> {
+        let mut conn = self.writer();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM meta WHERE key = 'sync_cursor'", [])?;
+        let r = self.reoffer_in(&tx)?;
+        tx.commit()?;
+        Ok(r.changes + r.records)
     }
 
     /// Pushes the outbox and pulls what is new, page by page, until both are done.
@@ -372,9 +389,7 @@ impl Store {
                     // or the cursor was damaged): answering it would skip what it holds. Start
                     // the scope over and offer everything again; the server stores each once.
                     restarted = true;
-                    self.forget_cursor()?;
-                    let r = self.reoffer_everything()?;
-                    report.reoffered += r.changes + r.records;
+                    report.reoffered += self.start_over()?;
                     report.cursor_restarted = true;
                     after_seq = 0;
                     continue;
@@ -383,6 +398,7 @@ impl Store {
             };
             report.bytes_down += answer.len() as u64;
             report.round_trips += 1;
+            gridwork_model::crash_points::reached("phone-sync-answered");
             let resp: SyncResponse = serde_json::from_slice(&answer)
                 .map_err(|e| CoreError::Network { message: format!("bad sync answer: {e}"), retryable: true })?;
 
@@ -404,11 +420,15 @@ impl Store {
                 }
             }
             self.acknowledge(&acked)?;
+            gridwork_model::crash_points::reached("phone-sync-acknowledged");
             report.pushed += items.len();
             if let Some(last) = items.last() {
                 after_seq = last.seq;
             }
-            report.pulled_changes += self.apply_pulled(&resp)?;
+            let (pulled, reoffered) = self.apply_pulled(&resp)?;
+            gridwork_model::crash_points::reached("phone-sync-applied");
+            report.pulled_changes += pulled;
+            report.reoffered += reoffered;
             report.pulled_docs += resp.docs.len();
             report.left_scope += resp.left_scope.len();
             report.upgrade_required |= resp.upgrade_required;
@@ -424,9 +444,8 @@ impl Store {
                 outbox_remaining: self.outbox_len()?,
             });
             if resp.reoffer {
-                // The server was restored from a backup: everything goes out again, in pages.
-                let r = self.reoffer_everything()?;
-                report.reoffered += r.changes + r.records;
+                // The server was restored from a backup: everything (queued with the answer
+                // above) goes out again, in pages.
                 after_seq = 0;
                 continue;
             }

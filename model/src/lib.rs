@@ -14,6 +14,7 @@
 
 pub mod access;
 pub mod catalog;
+pub mod crash_points;
 pub mod doc;
 pub mod error;
 pub mod evidence;

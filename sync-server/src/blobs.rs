@@ -74,7 +74,7 @@ impl Writer {
         }
         let file = self.file.as_mut().ok_or_else(|| ServerError::Internal("upload already finished".into()))?;
         file.write_all(bytes).map_err(io(&self.partial))?;
-        crate::crash_points::reached("blob-write");
+        gridwork_model::crash_points::reached("blob-write");
         self.offset = end;
         let mut state = self.files.lock.lock().unwrap_or_else(|p| p.into_inner());
         *state.received.entry(self.sha256.clone()).or_default() += bytes.len() as u64;
@@ -239,7 +239,7 @@ impl BlobFiles {
             return Err(ServerError::HashMismatch { expected: sha256.to_owned(), actual });
         }
         let target = self.final_path(sha256);
-        crate::crash_points::reached("blob-finish");
+        gridwork_model::crash_points::reached("blob-finish");
         fs::rename(partial, &target).map_err(io(&target))?;
         fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
         let _ = fs::remove_file(&total_file);

@@ -18,7 +18,6 @@ pub mod blobs;
 pub mod change_ops;
 pub mod clock;
 pub mod console;
-pub mod crash_points;
 pub mod demo;
 pub mod error;
 pub mod grids;

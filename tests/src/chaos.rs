@@ -14,7 +14,7 @@
 //!   the second reply. Each request reaches the server on a fresh connection, so a restarted
 //!   server is picked up at once.
 //! - **Server crashes**, each at a moment drawn from the seed: a SIGKILL on a timer, an abort at
-//!   a named point inside the server (`gridwork_sync_server::crash_points`: mid-group-commit,
+//!   a named point inside the server (`gridwork_model::crash_points`: mid-group-commit,
 //!   after the commit and before the answer, mid-pull, mid-blob-write, before a verified blob is
 //!   renamed), or a SIGKILL while a backup is being taken. Once per schedule the server is
 //!   restored from a backup taken during the run (a new epoch: phones re-offer what it lacks).
@@ -86,6 +86,8 @@ pub struct ChaosReport {
     /// Server kills by where they landed: a crash point's name, `timer` or `backup`.
     pub kills_at: BTreeMap<&'static str, usize>,
     pub phone_kills: usize,
+    /// Phone kills by where they landed: a crash point's name, `timer` or `end`.
+    pub phone_kills_at: BTreeMap<&'static str, usize>,
     /// Times a disk was filled, and requests or actions refused for a full disk meanwhile
     /// (the server's 507 answers and the phone's `StorageFull` errors).
     pub disk_fills: usize,
@@ -492,6 +494,13 @@ impl DeviceClock for SkewedClock {
     }
 }
 
+/// Half of a phone process's incarnations are armed to die at a named point of the core
+/// (`gridwork_model::crash_points::PHONE_POINTS`), the others die on a timer or at the end.
+fn phone_arm(rng: &mut Rng) -> Option<(&'static str, u64)> {
+    let points = gridwork_core::model::crash_points::PHONE_POINTS;
+    (rng.below(2) == 0).then(|| (points[rng.below(points.len())], 1 + rng.below(4) as u64))
+}
+
 /// A seeded wall-clock error: up to 12 hours either way.
 fn clock_error(rng: &mut Rng) -> i64 {
     (rng.below(24 * 60) as i64 - 12 * 60) * 60_000
@@ -519,12 +528,16 @@ struct ChaosPhone {
     acked: Arc<Mutex<Acked>>,
     child: Option<Child>,
     incarnation: u64,
+    /// The crash point the running child process is armed with.
+    armed: Option<&'static str>,
 }
 
 impl ChaosPhone {
     /// Starts (again) the child process of a process phone.
-    fn spawn(&mut self, exe: &Path, seed: u64, grids: usize) -> Result<(), String> {
+    /// `arm`: a crash point this incarnation dies at (its n-th arrival), or none.
+    fn spawn(&mut self, exe: &Path, seed: u64, grids: usize, arm: Option<(&'static str, u64)>) -> Result<(), String> {
         self.incarnation += 1;
+        self.armed = arm.map(|(point, _)| point);
         let enrolment = self.dir.with_extension("enrolment.json");
         std::fs::write(&enrolment, serde_json::to_vec(&self.enrolment).map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())?;
@@ -537,6 +550,7 @@ impl ChaosPhone {
             .arg(self.grid.to_string())
             .arg(grids.to_string())
             .arg(self.clock.offset_ms.load(Ordering::Relaxed).to_string())
+            .arg(arm.map_or_else(|| "-".to_owned(), |(point, n)| format!("{point}:{n}")))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -559,6 +573,15 @@ impl ChaosPhone {
         });
         self.child = Some(child);
         Ok(())
+    }
+
+    /// Whether the child process died by itself (at its armed crash point).
+    fn died(&mut self) -> bool {
+        let gone = self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+        if gone {
+            self.child = None;
+        }
+        gone
     }
 
     fn store(&self) -> Result<&Store, String> {
@@ -651,11 +674,12 @@ impl Work<'_> {
 }
 
 /// The child process of a process phone (`gridwork-bench chaos-phone DIR ENROLMENT URL SEED GRID
-/// GRIDS CLOCK_OFFSET_MS`): opens its store with a wall clock that far off, then works
+/// GRIDS CLOCK_OFFSET_MS POINT:N|-`): arms the crash point, if any, opens its store with a wall
+/// clock that far off, then works
 /// ([`Work::step`]) and syncs in a loop until it is killed, printing `ACK case ID`,
 /// `ACK note CASE TEXT` and `ACK checkin ID` once the store returned. Its clock jumps now and then.
 pub fn phone_child(mut args: impl Iterator<Item = String>) -> Result<(), String> {
-    let usage = "chaos-phone DIR ENROLMENT URL SEED GRID GRIDS CLOCK_OFFSET_MS";
+    let usage = "chaos-phone DIR ENROLMENT URL SEED GRID GRIDS CLOCK_OFFSET_MS POINT:N|-";
     let mut next = || args.next().ok_or(usage);
     let (dir, enrolment, url) = (PathBuf::from(next()?), PathBuf::from(next()?), next()?);
     let (seed, grid, grids, offset) = (next()?, next()?, next()?, next()?);
@@ -663,6 +687,11 @@ pub fn phone_child(mut args: impl Iterator<Item = String>) -> Result<(), String>
     let grid: usize = grid.parse().map_err(|_| usage)?;
     let grids: usize = grids.parse().map_err(|_| usage)?;
     let offset: i64 = offset.parse().map_err(|_| usage)?;
+    if let Some((point, n)) = next()?.split_once(':') {
+        if !n.parse().is_ok_and(|n| gridwork_core::model::crash_points::arm(point, n)) {
+            return Err(format!("cannot arm {point}:{n}"));
+        }
+    }
     let e: EnrolResponse =
         serde_json::from_slice(&std::fs::read(&enrolment).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
     let catalog = district(grids);
@@ -712,7 +741,7 @@ impl Kill {
             0..=2 => Kill::Timed(rng.below(300) as u64),
             3 => Kill::MidBackup(rng.below(40) as u64),
             _ => {
-                let points = gridwork_sync_server::crash_points::POINTS;
+                let points = gridwork_core::model::crash_points::SERVER_POINTS;
                 Kill::At(points[rng.below(points.len())], 1 + rng.below(3) as u64)
             }
         }
@@ -796,9 +825,10 @@ pub fn run(cfg: &ChaosConfig, root: &Path) -> Result<ChaosReport, String> {
             acked: Arc::new(Mutex::new(Acked::default())),
             child: None,
             incarnation: 0,
+            armed: None,
         };
         if process {
-            phone.spawn(&cfg.server_exe, cfg.seed, grids)?;
+            phone.spawn(&cfg.server_exe, cfg.seed, grids, phone_arm(&mut rng))?;
         }
         phones.push(phone);
     }
@@ -866,6 +896,15 @@ pub fn run(cfg: &ChaosConfig, root: &Path) -> Result<ChaosReport, String> {
             })
             .collect();
         let kills_now: Vec<Kill> = kills.iter().filter(|(r, _)| *r == round).map(|(_, k)| *k).collect();
+        // Phone processes that died at their crash point since the last round start again.
+        for p in phones.iter_mut() {
+            if p.died() {
+                report.phone_kills += 1;
+                *report.phone_kills_at.entry(p.armed.unwrap_or("unarmed exit")).or_default() += 1;
+                p.spawn(&cfg.server_exe, cfg.seed, grids, phone_arm(&mut rng))?;
+            }
+        }
+        let rearm: Vec<Option<(&'static str, u64)>> = phones.iter().map(|_| phone_arm(&mut rng)).collect();
         let phone_kill_after: Vec<Option<u64>> =
             phones.iter().map(|p| (p.store.is_none() && rng.below(2) == 0).then(|| rng.below(300) as u64)).collect();
         // The supervisor's notes this round: on cases the phones acknowledged so far.
@@ -879,12 +918,14 @@ pub fn run(cfg: &ChaosConfig, root: &Path) -> Result<ChaosReport, String> {
             .collect();
         let (server_exe, seed) = (&cfg.server_exe, cfg.seed);
         let console_url = server.url();
-        let phone_kills = std::thread::scope(|s| -> Result<usize, String> {
+        let phone_kills = std::thread::scope(|s| -> Result<BTreeMap<&'static str, usize>, String> {
             let mut children = vec![];
-            for ((p, (cases, photo, seed, jump)), kill_after) in phones.iter_mut().zip(plans).zip(phone_kill_after) {
+            for (((p, (cases, photo, seed, jump)), kill_after), arm) in
+                phones.iter_mut().zip(plans).zip(phone_kill_after).zip(rearm)
+            {
                 let catalog = &catalog;
                 if p.store.is_none() {
-                    children.push((p, kill_after));
+                    children.push((p, kill_after, arm));
                     continue;
                 }
                 let p: &ChaosPhone = p;
@@ -928,25 +969,32 @@ pub fn run(cfg: &ChaosConfig, root: &Path) -> Result<ChaosReport, String> {
                         let _ = console.sign_in(&base, SUPERVISOR, SUPERVISOR_PASSWORD);
                         page = console.act(&base, &case.to_string(), &fields);
                     }
-                    if page.is_ok_and(|p| p.status == 303) {
+                    // Stored: the action's own redirect back to the case (a redirect to the
+                    // sign-in page is a 303 too).
+                    if page
+                        .is_ok_and(|p| p.status == 303 && p.location.as_deref().is_some_and(|l| l.ends_with("?done=1")))
+                    {
                         lock(&console_acked).push((case, text));
                     }
                 }
             });
             // Phone processes die at their moment: mid-capture, mid-photo or mid-sync.
-            let killer = s.spawn(move || -> Result<usize, String> {
-                let mut killed = 0;
-                let mut by_time: Vec<(u64, &mut ChaosPhone)> =
-                    children.into_iter().filter_map(|(p, k)| k.map(|k| (k, p))).collect();
-                by_time.sort_by_key(|(k, _)| *k);
+            let killer = s.spawn(move || -> Result<BTreeMap<&'static str, usize>, String> {
+                let mut killed = BTreeMap::new();
+                let mut by_time: Vec<(u64, &mut ChaosPhone, Option<(&'static str, u64)>)> =
+                    children.into_iter().filter_map(|(p, k, arm)| k.map(|k| (k, p, arm))).collect();
+                by_time.sort_by_key(|(k, _, _)| *k);
                 let mut waited = 0;
-                for (at, p) in by_time {
+                for (at, p, arm) in by_time {
                     std::thread::sleep(Duration::from_millis(at - waited));
                     waited = at;
-                    if p.kill() {
-                        killed += 1;
+                    let point_first = p.died();
+                    if point_first || p.kill() {
+                        *killed
+                            .entry(if point_first { p.armed.unwrap_or("unarmed exit") } else { "timer" })
+                            .or_default() += 1;
                     }
-                    p.spawn(server_exe, seed, grids)?;
+                    p.spawn(server_exe, seed, grids, arm)?;
                 }
                 Ok(killed)
             });
@@ -989,7 +1037,10 @@ pub fn run(cfg: &ChaosConfig, root: &Path) -> Result<ChaosReport, String> {
             }
             killer.join().map_err(|_| "the phone killer panicked".to_owned())?
         })?;
-        report.phone_kills += phone_kills;
+        for (at, n) in phone_kills {
+            report.phone_kills += n;
+            *report.phone_kills_at.entry(at).or_default() += n;
+        }
         // The phone processes work on through part of each round.
         std::thread::sleep(Duration::from_millis(150));
         // The server, when up, still answers.
@@ -1011,8 +1062,13 @@ pub fn run(cfg: &ChaosConfig, root: &Path) -> Result<ChaosReport, String> {
     }
     for p in phones.iter_mut() {
         if p.store.is_none() {
-            if p.kill() {
+            let point_first = p.died();
+            if point_first || p.kill() {
                 report.phone_kills += 1;
+                *report
+                    .phone_kills_at
+                    .entry(if point_first { p.armed.unwrap_or("unarmed exit") } else { "end" })
+                    .or_default() += 1;
             }
             let c = Some(p.clock.clone() as Arc<dyn DeviceClock>);
             p.store = Some(
@@ -1047,6 +1103,14 @@ pub fn run(cfg: &ChaosConfig, root: &Path) -> Result<ChaosReport, String> {
     let console_acked = lock(&console_acked).clone();
     report.console_notes = console_acked.len();
     verdict(&phones, &server_dir, &console_acked, &mut report)?;
+    if !report.converged {
+        // The small disks are unmounted when this returns: keep a copy of what they held.
+        for (disk, name) in [(&server_disk, "server-disk.kept"), (&phone_disk, "phone-disk.kept")] {
+            if let Some(d) = disk {
+                let _ = Command::new("cp").arg("-a").arg(&d.dir).arg(root.join(name)).status();
+            }
+        }
+    }
     Ok(report)
 }
 
@@ -1084,8 +1148,10 @@ fn verdict(
         if held != scope {
             converged = false;
             let missing = scope.difference(&held).next().cloned().unwrap_or_default();
+            let extra = held.difference(&scope).next().cloned().unwrap_or_default();
+            let outbox = p.store()?.outbox_len().map_err(|e| e.to_string())?;
             diverge(format!(
-                "{} holds {} cases, its scope {} (first missing: {missing})",
+                "{} holds {} cases, its scope {} (first missing: {missing:?}, first not on the server: {extra:?}; outbox {outbox})",
                 p.user,
                 held.len(),
                 scope.len()
@@ -1099,6 +1165,11 @@ fn verdict(
         for id in held.intersection(&scope) {
             let Ok(case) = CaseId::parse(id) else { continue };
             let detail = p.store()?.get_case(&case).map_err(|e| e.to_string())?;
+            let shas: BTreeSet<&String> = detail.case.evidence.iter().map(|e| &e.sha256).collect();
+            if shas.len() != detail.case.evidence.len() {
+                duplicated += detail.case.evidence.len() - shas.len();
+                diverge(format!("case {id} lists a photo twice on {}", p.user));
+            }
             for ev in detail.case.evidence.iter() {
                 // On the phone: a photo it still holds is byte for byte what its name says.
                 match p.store()?.read_evidence(&ev.sha256) {

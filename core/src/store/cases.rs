@@ -156,6 +156,7 @@ impl Store {
         })
         .map_err(|f| CoreError::Invalid(f.error))?;
         let summary = self.commit_local_change(&tx, &id, &am, &photos)?;
+        gridwork_model::crash_points::reached("phone-capture");
         tx.commit()?;
         Ok(summary)
     }
@@ -299,6 +300,7 @@ impl Store {
             return Ok(processed[0].evidence.clone());
         }
         self.commit_local_change(&tx, id, &am, &processed)?;
+        gridwork_model::crash_points::reached("phone-photo");
         tx.commit()?;
         Ok(processed[0].evidence.clone())
     }

@@ -131,17 +131,29 @@ impl Store {
     /// stores by change hash and record id, so what it still has is acknowledged again and not
     /// duplicated. Photos are re-checked too (the server answers for the ones it kept).
     pub fn reoffer_everything(&self) -> Result<Reoffered> {
-        let ids = self.document_ids()?;
-        let now = self.now_ms();
         let mut conn = self.writer();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let out = self.reoffer_in(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// [`Store::reoffer_everything`] inside the caller's write transaction: the sync stores the
+    /// restored server's cursor in the same transaction, so that no crash can keep the new
+    /// cursor (the server would never ask again) and lose the re-offer.
+    pub(crate) fn reoffer_in(&self, tx: &rusqlite::Transaction<'_>) -> Result<Reoffered> {
+        let ids: Vec<String> = {
+            let mut stmt = tx.prepare("SELECT doc_id FROM documents ORDER BY doc_id")?;
+            let ids = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+            ids
+        };
+        let now = self.now_ms();
         let mut out = Reoffered::default();
-        for id in ids {
-            let doc_id = id.to_string();
-            let Some(am) = super::documents::load(&tx, &doc_id)? else { continue };
+        for doc_id in ids {
+            let Some(am) = super::documents::load(tx, &doc_id)? else { continue };
             for mut change in am.get_changes(&[]) {
                 let hash = change.hash().to_string();
-                push(&tx, OutboxKind::Change, Some(&doc_id), &hash, &change.bytes(), now)?;
+                push(tx, OutboxKind::Change, Some(&doc_id), &hash, &change.bytes(), now)?;
                 out.changes += 1;
             }
         }
@@ -150,12 +162,11 @@ impl Store {
             let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
             for row in rows {
                 let (id, json) = row?;
-                push(&tx, OutboxKind::Record, None, &id, json.as_bytes(), now)?;
+                push(tx, OutboxKind::Record, None, &id, json.as_bytes(), now)?;
                 out.records += 1;
             }
         }
         tx.execute("UPDATE evidence_files SET server_confirmed = 0 WHERE evicted = 0", [])?;
-        tx.commit()?;
         Ok(out)
     }
 }

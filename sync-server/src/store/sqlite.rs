@@ -1714,7 +1714,7 @@ impl SyncStore for SqliteStore {
             .collect();
         let min_version = meta_get(&snapshot, "min_app_version")?;
         snapshot.finish()?;
-        crate::crash_points::reached("pull");
+        gridwork_model::crash_points::reached("pull");
         self.give_back(reader);
         let catalog = self.catalog();
         Ok(SyncResponse {
@@ -1859,9 +1859,9 @@ impl SqliteStore {
                     savepoints = true;
                     continue;
                 }
-                crate::crash_points::reached("group-commit");
+                gridwork_model::crash_points::reached("group-commit");
                 self.commit(tx)?;
-                crate::crash_points::reached("push-committed");
+                gridwork_model::crash_points::reached("push-committed");
                 break;
             }
             // Keep the planner's statistics current as the district grows (cheap when they are).

@@ -17,10 +17,20 @@ pub struct Args {
     server_kills: usize,
     process_phones: usize,
     disk_mb: u64,
+    keep_failed: bool,
 }
 
 pub fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
-    let mut a = Args { seed: 1, schedules: 100, phones: 6, rounds: 8, server_kills: 1, process_phones: 2, disk_mb: 48 };
+    let mut a = Args {
+        seed: 1,
+        schedules: 100,
+        phones: 6,
+        rounds: 8,
+        server_kills: 1,
+        process_phones: 2,
+        disk_mb: 48,
+        keep_failed: false,
+    };
     while let Some(flag) = it.next() {
         let mut num = |name: &str| -> Result<u64, String> {
             it.next().and_then(|v| v.parse().ok()).ok_or(format!("{name} takes a number"))
@@ -33,6 +43,7 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--server-kills" => a.server_kills = num("--server-kills")? as usize,
             "--process-phones" => a.process_phones = num("--process-phones")? as usize,
             "--disk-mb" => a.disk_mb = num("--disk-mb")?,
+            "--keep-failed" => a.keep_failed = true,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -46,6 +57,7 @@ pub fn run(args: Args) -> Result<(), String> {
     let (mut kills, mut phone_kills, mut lost, mut duplicated, mut converged) = (0usize, 0usize, 0usize, 0usize, true);
     let (mut photos_checked, mut photos_bad) = (0usize, 0usize);
     let mut kills_at: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut phone_kills_at: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut tallies: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut failing = vec![];
     for seed in args.seed..args.seed + args.schedules {
@@ -66,6 +78,9 @@ pub fn run(args: Args) -> Result<(), String> {
         kills += r.server_kills;
         for (k, v) in &r.kills_at {
             *kills_at.entry(k).or_default() += v;
+        }
+        for (k, v) in &r.phone_kills_at {
+            *phone_kills_at.entry(k).or_default() += v;
         }
         for (k, v) in [
             ("disk_full_events", r.disk_full_events),
@@ -97,6 +112,12 @@ pub fn run(args: Args) -> Result<(), String> {
                 r.first_divergence.unwrap_or_default()
             );
             failing.push(seed);
+            if args.keep_failed {
+                // The server's and the phones' directories, for a post-mortem (`sqlite3`, or
+                // the phone stores opened with the demo key).
+                eprintln!("gridwork-bench: chaos: seed {seed}'s directories are kept in {}", dir.keep().display());
+                continue;
+            }
         }
         if (seed - args.seed + 1) % 10 == 0 {
             eprintln!("gridwork-bench: chaos: {} of {} schedules", seed - args.seed + 1, args.schedules);
@@ -112,6 +133,7 @@ pub fn run(args: Args) -> Result<(), String> {
         "server_kills": kills,
         "server_kills_at": kills_at,
         "phone_kills": phone_kills,
+        "phone_kills_at": phone_kills_at,
         "lost": lost,
         "duplicated": duplicated,
         "converged": converged,

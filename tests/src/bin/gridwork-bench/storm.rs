@@ -73,7 +73,7 @@ pub fn serve_child(dir: &str) -> Result<(), String> {
                 }
             }
             (Some("arm"), Some(point), Some(nth)) => {
-                let armed = nth.parse().is_ok_and(|n| gridwork_sync_server::crash_points::arm(point, n));
+                let armed = nth.parse().is_ok_and(|n| gridwork_core::model::crash_points::arm(point, n));
                 if !armed {
                     eprintln!("storm-server: cannot arm {point:?} {nth:?}");
                 }

@@ -1,15 +1,17 @@
-//! Named places where the chaos harness kills the server (issue 16), so that a crash lands
-//! where it hurts most instead of wherever a timer happens to fall.
+//! Named places where the chaos harness kills a server or a phone (issue 16), so that a crash
+//! lands where it hurts most instead of wherever a timer happens to fall. The server and the
+//! phone's core call [`reached`] at their points; one mechanism, here in the shared model.
 //!
-//! Built only with the `chaos-hooks` feature (the benchmark binary's server enables it; the
-//! `gridwork-sync-server` binary does not). With it, [`arm`]`(POINT, N)` makes the N-th arrival
-//! at `POINT` from then on abort the process on the spot (the benchmark's server child arms a
-//! point when its parent writes `arm POINT N` to its stdin): no destructor runs, no buffer is flushed,
+//! Built only with the `chaos-hooks` feature (the benchmark binary enables it; the server binary
+//! and the apps' library do not, and there [`reached`] is an empty inline function). With it,
+//! [`arm`]`(POINT, N)` makes the N-th arrival at `POINT` from then on abort the process on the
+//! spot (the benchmark's server child arms a point when its parent writes `arm POINT N` to its
+//! stdin; a phone child when it is started with one): no destructor runs, no buffer is flushed,
 //! no transaction is rolled back — what the kernel holds of the files is what a restart finds,
 //! as after `kill -9` or a power cut of the process.
 
-/// The points, in the order a request meets them.
-pub const POINTS: &[&str] = &[
+/// The server's points, in the order a request meets them.
+pub const SERVER_POINTS: &[&str] = &[
     // A pushed batch ran in the writer's transaction, which is not committed.
     "group-commit",
     // The batch is committed and no phone has heard so.
@@ -22,16 +24,30 @@ pub const POINTS: &[&str] = &[
     "blob-finish",
 ];
 
+/// The phone's points.
+pub const PHONE_POINTS: &[&str] = &[
+    // A case is in the store's transaction (its change in the outbox), not committed.
+    "phone-capture",
+    // A photo's files are written and its change made, not committed.
+    "phone-photo",
+    // A sync's answer arrived; the outbox is not yet acknowledged.
+    "phone-sync-answered",
+    // The outbox is acknowledged; what the answer pulled is not yet applied.
+    "phone-sync-acknowledged",
+    // The answer is applied (changes, cursor, a restored server's re-offer); the sync goes on.
+    "phone-sync-applied",
+];
+
 #[cfg(feature = "chaos-hooks")]
 static PLAN: std::sync::Mutex<Option<(&'static str, u64)>> = std::sync::Mutex::new(None);
 #[cfg(feature = "chaos-hooks")]
 static ARMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Arms the point named `point` (one of [`POINTS`]): its `nth` arrival from now aborts the
+/// Arms the point named `point` (one of [`SERVER_POINTS`] or [`PHONE_POINTS`]): its `nth` arrival from now aborts the
 /// process. Returns false for a name that is not a point.
 #[cfg(feature = "chaos-hooks")]
 pub fn arm(point: &str, nth: u64) -> bool {
-    let Some(name) = POINTS.iter().find(|p| **p == point) else { return false };
+    let Some(name) = SERVER_POINTS.iter().chain(PHONE_POINTS).find(|p| **p == point) else { return false };
     *PLAN.lock().unwrap_or_else(|p| p.into_inner()) = Some((name, nth.max(1)));
     ARMED.store(true, std::sync::atomic::Ordering::SeqCst);
     true
@@ -48,7 +64,6 @@ pub fn reached(point: &'static str) {
         if *name == point {
             *left -= 1;
             if *left == 0 {
-                eprintln!("crash point {point}: aborting");
                 std::process::abort();
             }
         }
