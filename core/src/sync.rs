@@ -228,6 +228,18 @@ pub fn enrol(server: &str, code: &str, ca_fingerprint: Option<&str>, app_version
 
 /// A stored record's JSON as sent. The store wrote it with serde_json, so it parses; should it
 /// not, `null` goes out and the server quarantines the record as unattributed (kept, visible).
+/// Keeps the well-formed receipts among `receipts` (the server's word; the phone only stores and
+/// returns them), by change hash.
+fn keep_receipts<'a>(tx: &rusqlite::Transaction<'_>, receipts: impl Iterator<Item = &'a String>) -> Result<()> {
+    let mut stmt = tx.prepare_cached("INSERT OR REPLACE INTO receipts (hash, receipt) VALUES (?1, ?2)")?;
+    for text in receipts {
+        if let Some(r) = gridwork_model::wire::Receipt::parse(text) {
+            stmt.execute(rusqlite::params![r.hash, text])?;
+        }
+    }
+    Ok(())
+}
+
 fn raw_json(bytes: &[u8]) -> Box<serde_json::value::RawValue> {
     std::str::from_utf8(bytes)
         .ok()
@@ -242,10 +254,16 @@ impl Store {
     }
 
     /// Applies one pulled page and its cursor in one transaction.
-    /// Applies a sync answer in one transaction: the pulled changes, the scope's comings and
-    /// goings, the new cursor and, when the server asks (it was restored from a backup), the
-    /// re-offer of everything this phone holds. Returns (changes applied, items re-offered).
-    fn apply_pulled(&self, resp: &SyncResponse) -> Result<(usize, usize)> {
+    /// Applies a sync answer in one transaction: the outbox items it acknowledged (`acked`), the
+    /// pulled changes, the scope's comings and goings, the new cursor and, when the server asks
+    /// (it was restored from a backup), the re-offer of everything this phone holds. Returns
+    /// (changes applied, items re-offered).
+    ///
+    /// One transaction, because a phone must never hold acknowledged work without the cursor of
+    /// the server that acknowledged it: a restored server asks for a re-offer only when it sees a
+    /// cursor from before the restore (the chaos harness found a phone killed between the two,
+    /// with no cursor at all, whose cases the restored server never saw again).
+    fn apply_answer(&self, resp: &SyncResponse, acked: &[i64]) -> Result<(usize, usize)> {
         let mut parsed = vec![];
         for d in &resp.docs {
             let id = CaseId::parse(&d.doc)
@@ -273,6 +291,14 @@ impl Store {
         }
         let mut conn = self.writer();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        crate::store::outbox::acknowledge_in(&tx, acked)?;
+        // The server's receipts, for the changes it sent and for those it accepted from us.
+        let receipts = resp
+            .docs
+            .iter()
+            .flat_map(|d| d.receipts.iter())
+            .chain(resp.results.iter().filter_map(|r| r.receipt.as_ref()));
+        keep_receipts(&tx, receipts)?;
         let mut n = 0;
         for (id, changes) in parsed {
             n += self.receive_in(&tx, &id, changes)?.new_changes;
@@ -308,6 +334,22 @@ impl Store {
         };
         tx.commit()?;
         Ok((n, reoffered))
+    }
+
+    /// The receipts this phone holds for the given change hashes.
+    fn receipts_for<'a>(
+        &self,
+        hashes: impl Iterator<Item = &'a String>,
+    ) -> Result<std::collections::HashMap<String, String>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached("SELECT receipt FROM receipts WHERE hash = ?1")?;
+        let mut out = std::collections::HashMap::new();
+        for h in hashes {
+            if let Some(r) = stmt.query_row([h], |r| r.get::<_, String>(0)).optional()? {
+                out.insert(h.clone(), r);
+            }
+        }
+        Ok(out)
     }
 
     /// Forgets the cursor, so the next request pulls the whole scope again, and queues
@@ -351,11 +393,13 @@ impl Store {
                 .filter(|i| i.kind == OutboxKind::Change)
                 .chain(items.iter().filter(|i| i.kind == OutboxKind::Record))
                 .collect();
+            let receipts = self.receipts_for(items.iter().filter(|i| i.kind == OutboxKind::Change).map(|i| &i.key))?;
             for it in &items {
                 match it.kind {
                     OutboxKind::Change => changes.push(PushedChange {
                         doc: it.doc_id.clone().unwrap_or_default(),
                         bytes: B64.encode(&it.bytes),
+                        receipt: receipts.get(&it.key).cloned(),
                     }),
                     OutboxKind::Record => records.push(PushedRecord { id: it.key.clone(), body: raw_json(&it.bytes) }),
                 }
@@ -419,13 +463,11 @@ impl Store {
                     Outcome::Refused => report.refused.push((item.key.clone(), r.reason.clone().unwrap_or_default())),
                 }
             }
-            self.acknowledge(&acked)?;
-            gridwork_model::crash_points::reached("phone-sync-acknowledged");
             report.pushed += items.len();
             if let Some(last) = items.last() {
                 after_seq = last.seq;
             }
-            let (pulled, reoffered) = self.apply_pulled(&resp)?;
+            let (pulled, reoffered) = self.apply_answer(&resp, &acked)?;
             gridwork_model::crash_points::reached("phone-sync-applied");
             report.pulled_changes += pulled;
             report.reoffered += reoffered;

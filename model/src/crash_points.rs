@@ -30,11 +30,10 @@ pub const PHONE_POINTS: &[&str] = &[
     "phone-capture",
     // A photo's files are written and its change made, not committed.
     "phone-photo",
-    // A sync's answer arrived; the outbox is not yet acknowledged.
+    // A sync's answer arrived and is not applied.
     "phone-sync-answered",
-    // The outbox is acknowledged; what the answer pulled is not yet applied.
-    "phone-sync-acknowledged",
-    // The answer is applied (changes, cursor, a restored server's re-offer); the sync goes on.
+    // The answer is applied (acknowledgements, changes, cursor, a restored server's re-offer);
+    // the sync goes on.
     "phone-sync-applied",
 ];
 

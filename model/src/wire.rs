@@ -56,6 +56,39 @@ pub struct PushedChange {
     pub doc: String,
     /// base64 of the Automerge change bytes.
     pub bytes: String,
+    /// The server's receipt for this change, when the device holds one ([`Receipt`]): what lets
+    /// a phone offer another device's change again after the server was restored from a backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<String>,
+}
+
+/// The server's word that it accepted a change of a document from its owner device:
+/// `HASH:OWNER:MAC`, the MAC a keyed hash (HMAC-SHA256, the server's key, first 16 bytes) of the
+/// document id, the change hash and the owner. Sent with push results and with every pulled
+/// change; a device keeps the receipts of the changes it holds. A server restored from a backup
+/// has the same key, so it can tell a change it once accepted from its owner, offered again by
+/// another device, from one a device made up (docs/PROTOCOL.md, "Restores").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub hash: String,
+    pub owner: String,
+    pub mac: String,
+}
+
+impl Receipt {
+    /// Reads `HASH:OWNER:MAC`; None for anything else.
+    pub fn parse(text: &str) -> Option<Receipt> {
+        let (hash, rest) = text.split_once(':')?;
+        let (owner, mac) = rest.rsplit_once(':')?;
+        (is_sha256_hex(hash) && !owner.is_empty() && mac.len() == 32 && mac.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| Receipt { hash: hash.to_owned(), owner: owner.to_owned(), mac: mac.to_owned() })
+    }
+}
+
+impl std::fmt::Display for Receipt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.hash, self.owner, self.mac)
+    }
 }
 
 /// One immutable record pushed (patrol start/finish, check-in). The body stays the JSON text the
@@ -117,6 +150,9 @@ pub struct ItemResult {
     pub outcome: Outcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// For an accepted change: the server's [`Receipt`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<String>,
 }
 
 /// Changes of one document the device should apply.
@@ -129,6 +165,9 @@ pub struct PulledDoc {
     /// to its join (sent instead of those changes to a device far behind that accepts it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compacted: Option<String>,
+    /// A [`Receipt`] for each change sent (in `changes` or in `compacted`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub receipts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

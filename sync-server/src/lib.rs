@@ -26,6 +26,7 @@ pub mod ingest;
 pub mod limits;
 pub mod metrics;
 pub mod places;
+pub mod receipts;
 pub mod serve;
 pub mod store;
 pub mod tls;

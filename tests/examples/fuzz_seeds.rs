@@ -70,7 +70,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 let count = u16::try_from(change.len()).unwrap_or(u16::MAX);
                 seeds.push(("change_columns", format!("device-change-{i}"), [&count.to_le_bytes()[..], &raw].concat()));
-                changes.push(PushedChange { doc: it.doc_id.clone().unwrap_or_default(), bytes: B64.encode(&it.bytes) });
+                changes.push(PushedChange {
+                    doc: it.doc_id.clone().unwrap_or_default(),
+                    bytes: B64.encode(&it.bytes),
+                    receipt: None,
+                });
             }
             OutboxKind::Record => {
                 seeds.push(("records", format!("device-record-{i}"), it.bytes.clone()));

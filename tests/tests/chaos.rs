@@ -44,13 +44,16 @@ fn seeded_faults_crashes_full_disks_and_clocks_lose_and_duplicate_nothing() {
     let (mut phone_kills, mut disk_full, mut console_notes, mut checkins) = (0, 0, 0, 0);
     for seed in [3u64, 4, 5] {
         let report = schedule(seed);
-        assert_eq!(report.server_kills, 2, "seed {seed}");
+        // Two planned; one is skipped when the server is down then (it would not start on the
+        // full disk).
+        assert!(report.server_kills >= 1, "seed {seed}");
         phone_kills += report.phone_kills;
         disk_full += report.disk_full_events;
         console_notes += report.console_notes;
         checkins += report.checkins_checked;
         assert!(report.photos_checked > 0, "seed {seed}: no photo was checked");
         assert_eq!(report.disk_fills, 2, "seed {seed}: the server's and a phone's disk filled");
+        assert_eq!(report.restores, 1, "seed {seed}: restored from a backup taken during the run");
         for (k, v) in &report.faults {
             *faults_seen.entry(*k).or_insert(0u64) += v;
         }
@@ -66,23 +69,32 @@ fn seeded_faults_crashes_full_disks_and_clocks_lose_and_duplicate_nothing() {
     }
 }
 
-/// Seed 1 found that a push on a full disk was answered 500 "internal error" (the group commit
-/// wrapped the storage error): now 507 `storage_full`, which phones retry.
+/// Seed 1 found two bugs. A push on a full disk was answered 500 "internal error" (the group
+/// commit wrapped the storage error): now 507 `storage_full`, which phones retry. And a restore
+/// on a full disk moved the data directory aside, failed half-way and left the server nothing to
+/// start on: now the data directory is put back, the restore is refused with `StorageFull`, and
+/// it succeeds once space returns. (Found as seeds 1 and 2 before the schedule's events got a
+/// stream of their own; seed 1 meets both since.)
 #[test]
-fn chaos_seed_1_a_push_on_a_full_disk_is_refused_with_507_not_500() {
+fn chaos_seed_1_a_full_disk_is_a_507_and_a_restore_on_it_puts_the_data_back() {
     let report = schedule(1);
     assert!(report.faults.get("answered_507").copied().unwrap_or(0) > 0, "{:?}", report.faults);
     assert_eq!(report.internal_errors, 0, "{:?}", report.first_divergence);
+    assert!(report.restores_refused > 0, "the restore met the full disk");
+    assert_eq!(report.restores, 1, "and went through once space returned");
     assert!(failure(1, &report).is_none(), "{:?}", failure(1, &report));
 }
 
-/// Seed 2 found that a restore on a full disk moved the data directory aside, failed half-way
-/// and left the server nothing to start on (every case "lost"): now the data directory is put
-/// back, the restore is refused with `StorageFull`, and it succeeds once space returns.
+/// Seed 2 found a phone process killed after it acknowledged what the server accepted and before
+/// it stored the answer's cursor: it had acknowledged work and no cursor, so the restored server
+/// (which asks for a re-offer only on a cursor from before the restore) never saw those cases
+/// again. The answer is now applied in one transaction. Seed 13 of the same schedule found that
+/// re-offered changes of other devices were quarantined as not the relaying phone's (and a
+/// relayed unknown actor was even registered to it): phones now relay with the server's receipts.
 #[test]
-fn chaos_seed_2_a_restore_on_a_full_disk_puts_the_data_back_and_succeeds_later() {
+fn chaos_seed_2_a_restored_server_gets_back_what_a_crashed_phone_acknowledged() {
     let report = schedule(2);
-    assert!(report.restores_refused > 0, "the restore met the full disk");
-    assert_eq!(report.restores, 1, "and went through once space returned");
+    assert_eq!(report.restores, 1);
+    assert_eq!(report.quarantined, 0, "{:?}", report.first_divergence);
     assert!(failure(2, &report).is_none(), "{:?}", failure(2, &report));
 }

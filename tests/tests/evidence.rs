@@ -280,6 +280,64 @@ fn a_restore_from_backup_recovers_what_phones_sent_after_it() {
     assert_eq!((again.reoffered, again.pushed, again.pulled_changes), (0, 0, 0), "{again:?}");
 }
 
+/// After a restore, what only other phones still hold comes back through them: a supervisor's
+/// change whose phone is gone and a console action, each offered again by a worker's phone with
+/// the server's receipt, and stored as its author's (docs/PROTOCOL.md, "Restores"). A receipt
+/// that does not belong to the bytes gets nothing in.
+#[test]
+fn after_a_restore_a_phone_brings_back_other_authors_changes_with_their_receipts() {
+    use gridwork_core::model::lifecycle::EventKind;
+    let mut d = District::new();
+    let mut w1 = phone(&d, "w1", None);
+    let mut s1 = phone(&d, "s1", None);
+    let cases = capture(&w1, 0, 2, 60);
+    w1.sync(&d.url()).expect("w1");
+    let backup = tempfile::tempdir().expect("tempdir");
+    let dest = backup.path().join("b1");
+    gridwork_sync_server::backup::backup(d.dir.path(), &dest).expect("backup");
+
+    // After the backup: the supervisor's phone accepts a case, the console adds a note, and the
+    // worker's phone pulls both. Then the supervisor's phone is lost.
+    s1.sync(&d.url()).expect("s1 pulls");
+    s1.store.record_event(&cases[0], EventKind::Accept { note: "核实".into() }).expect("accept");
+    s1.sync(&d.url()).expect("s1 pushes");
+    gridwork_sync_server::store::ConsoleStore::set_password(d.store.as_ref(), "s1", "chaos password 1", 0)
+        .expect("password");
+    let mut console = gridwork_tests::console_client::ConsoleClient::new().expect("client");
+    assert!(console.sign_in(&d.url(), "s1", "chaos password 1").expect("sign in"));
+    let noted =
+        console.act(&d.url(), &cases[1].to_string(), &[("action", "note"), ("note", "来电已回复")]).expect("note");
+    assert_eq!(noted.status, 303, "{}", noted.body);
+    w1.sync(&d.url()).expect("w1 pulls the accept and the note");
+    let heads: Vec<_> = cases.iter().map(|c| d.store.doc_heads(&c.to_string()).expect("heads")).collect();
+    drop(s1);
+
+    d.server = None;
+    gridwork_sync_server::backup::restore(&dest, d.dir.path()).expect("restore");
+    d.restart();
+    let r = w1.sync(&d.url()).expect("w1 after the restore");
+    assert!(r.reoffered > 0 && r.quarantined.is_empty() && r.refused.is_empty(), "{r:?}");
+    let now: Vec<_> = cases.iter().map(|c| d.store.doc_heads(&c.to_string()).expect("heads")).collect();
+    assert_eq!(now, heads, "the accept and the note are back");
+    assert!(d.store.quarantined().expect("quarantine").is_empty(), "nothing honest was quarantined");
+
+    // Each is its author's again: the supervisor's device and the console, not the worker's.
+    let db = rusqlite::Connection::open(d.dir.path().join("server.db")).expect("db");
+    let by: Vec<String> = db
+        .prepare("SELECT device_id FROM changes WHERE doc_id IN (?1, ?2) ORDER BY seq")
+        .expect("query")
+        .query_map([cases[0].to_string(), cases[1].to_string()], |r| r.get(0))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("devices");
+    assert!(by.iter().any(|d| d == "console-s1"), "{by:?}");
+    assert_eq!(
+        by.iter().filter(|d| d.starts_with("dev-")).collect::<std::collections::BTreeSet<_>>().len(),
+        2,
+        "{by:?}"
+    );
+}
+
 #[test]
 fn other_phones_get_the_thumbnail_after_their_sync_and_the_photo_on_demand() {
     let d = District::new();

@@ -64,7 +64,7 @@ fn forged_change(id: &CaseId, history: Option<Vec<Vec<u8>>>, title: &str) -> Vec
 }
 
 fn pushed(id: &CaseId, bytes: &[u8]) -> PushedChange {
-    PushedChange { doc: id.to_string(), bytes: B64.encode(bytes) }
+    PushedChange { doc: id.to_string(), bytes: B64.encode(bytes), receipt: None }
 }
 
 fn title(p: &Phone, id: &CaseId) -> String {
@@ -105,6 +105,51 @@ fn a_worker_cannot_change_a_case_in_another_grid_with_or_without_its_heads() {
     let q = d.store.quarantined().expect("quarantine");
     assert_eq!(q.len(), 2);
     assert!(q.iter().all(|i| i.reason.starts_with("out of scope") && i.reason.contains("grid:g0")), "{q:?}");
+}
+
+/// A relay (another device's change offered again after a restore) goes in as its owner's only
+/// with the server's receipt for exactly those bytes: a receipt borrowed from another change, or
+/// rewritten, gets a forged change nowhere.
+#[test]
+fn a_relay_needs_the_servers_receipt_for_exactly_those_bytes() {
+    let d = District::new();
+    let mut w1 = phone(&d, "w1", None);
+    let w2 = phone(&d, "w2", None);
+    let victim = capture(&w1, 0, 1, 7)[0];
+    w1.sync(&d.url()).expect("w1");
+    let original = title(&w1, &victim);
+    let genuine = w1.store.export_changes(&victim).expect("history");
+    // The server's receipt for w1's change (sent again: it is stored already).
+    let (_, body) = post_sync(&d, &w1.config.token, &request(vec![pushed(&victim, &genuine[0])], None));
+    let receipt = body["results"][0]["receipt"].as_str().expect("a receipt").to_owned();
+    let (_, rest) = receipt.split_once(':').expect("HASH:OWNER:MAC");
+
+    let borrowed = forged_change(&victim, Some(genuine.clone()), "rewritten under a borrowed receipt");
+    let rewritten = forged_change(&victim, Some(genuine.clone()), "rewritten under a rewritten receipt");
+    let rewritten_hash = automerge::Change::from_bytes(rewritten.clone()).expect("change").hash().to_string();
+    let with = |bytes: &[u8], r: String| PushedChange { receipt: Some(r), ..pushed(&victim, bytes) };
+    let (status, body) = post_sync(
+        &d,
+        &w2.config.token,
+        &request(
+            vec![
+                // w1's receipt on other bytes; a receipt rewritten for other bytes; and w1's own
+                // change relayed with its receipt, which the server holds already.
+                with(&borrowed, receipt.clone()),
+                with(&rewritten, format!("{rewritten_hash}:{rest}")),
+                with(&genuine[0], receipt.clone()),
+            ],
+            None,
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
+    let outcomes: Vec<&str> =
+        body["results"].as_array().expect("results").iter().map(|r| r["outcome"].as_str().unwrap_or("")).collect();
+    assert_eq!(outcomes, ["quarantined", "quarantined", "accepted"], "{body}");
+    w1.sync(&d.url()).expect("w1 again");
+    assert_eq!(title(&w1, &victim), original, "the forged titles reached nobody");
+    assert_eq!(d.store.doc_heads(&victim.to_string()).expect("heads").len(), 1);
+    assert_eq!(d.store.quarantined().expect("quarantine").len(), 2, "both forged changes, as w2's");
 }
 
 #[test]
@@ -260,7 +305,7 @@ fn malformed_documents_and_damaged_changes_are_refused_per_item_with_a_reason() 
     bad_location.commit();
     let bad_location = bad_location.get_last_local_change().expect("change").raw_bytes().to_vec();
     let changes = vec![
-        PushedChange { doc: "not-a-uuid".into(), bytes: B64.encode(&wrong_id) },
+        PushedChange { doc: "not-a-uuid".into(), bytes: B64.encode(&wrong_id), receipt: None },
         pushed(&good, &corrupted),
         pushed(&good, &wrong_id),
         pushed(&new_id, &bad_location),
@@ -289,7 +334,7 @@ fn requests_over_their_bounds_are_refused_before_they_cost_anything() {
     let resp = c.post(&url).bearer_auth(&w1.config.token).header("content-type", "text/plain").body("{}").send();
     assert_eq!(resp.expect("send").status().as_u16(), 415);
     // Too many items.
-    let item = PushedChange { doc: CaseId::generate().to_string(), bytes: "AA==".into() };
+    let item = PushedChange { doc: CaseId::generate().to_string(), bytes: "AA==".into(), receipt: None };
     let many = request(vec![item; gridwork_core::model::wire::MAX_ITEMS_PER_REQUEST + 1], None);
     let (status, body) = post_sync(&d, &w1.config.token, &many);
     assert_eq!((status, body["error"].as_str()), (413, Some("too_many_items")), "{body}");

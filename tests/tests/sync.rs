@@ -107,6 +107,7 @@ fn the_same_batch_twice_is_stored_once() {
         .map(|i| PushedChange {
             doc: i.doc_id.unwrap_or_default(),
             bytes: base64::engine::general_purpose::STANDARD.encode(i.bytes),
+            receipt: None,
         })
         .collect();
     let req = push_request(changes.iter().chain(changes.iter()).cloned().collect(), vec![]);

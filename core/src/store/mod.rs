@@ -14,7 +14,7 @@ mod cases;
 pub(crate) mod documents;
 mod evidence;
 mod files;
-mod outbox;
+pub(crate) mod outbox;
 mod patrols;
 mod queries;
 mod retention;

@@ -106,16 +106,21 @@ impl Store {
     pub fn acknowledge(&self, seqs: &[i64]) -> Result<usize> {
         let mut conn = self.writer();
         let tx = conn.transaction()?;
-        let mut n = 0;
-        {
-            let mut del = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
-            for s in seqs {
-                n += del.execute([s])?;
-            }
-        }
+        let n = acknowledge_in(&tx, seqs)?;
         tx.commit()?;
         Ok(n)
     }
+}
+
+/// [`Store::acknowledge`] inside the caller's transaction (the sync acknowledges in the same
+/// transaction as it stores the answer's cursor).
+pub(crate) fn acknowledge_in(tx: &rusqlite::Transaction<'_>, seqs: &[i64]) -> Result<usize> {
+    let mut del = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
+    let mut n = 0;
+    for s in seqs {
+        n += del.execute([s])?;
+    }
+    Ok(n)
 }
 
 /// What [`Store::reoffer_everything`] queued.

@@ -115,6 +115,8 @@ pub struct SqliteStore {
     seen: Mutex<Sightings>,
     /// See [`SeqCounter`]; only touched by whoever holds the writer connection.
     seq: Mutex<SeqCounter>,
+    /// The key of the server's receipts (`crate::receipts`), kept in `meta`.
+    receipts: crate::receipts::ReceiptKey,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -270,6 +272,17 @@ impl SqliteStore {
                 tx.commit()?;
             }
         }
+        // The receipt key: in the store, so that a restored backup still knows its receipts.
+        let receipt_key = match meta_get(&conn, "receipt_key")?.and_then(|k| hex::decode(k).ok()) {
+            Some(k) if k.len() == 32 => k,
+            _ => {
+                let k = random_hex(32)?;
+                meta_set(&conn, "receipt_key", &k)?;
+                hex::decode(k).map_err(|e| ServerError::Internal(e.to_string()))?
+            }
+        };
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&receipt_key);
         let epoch = match meta_get(&conn, "epoch")? {
             Some(e) => e,
             None => {
@@ -297,6 +310,7 @@ impl SqliteStore {
             batches: std::sync::atomic::AtomicU64::new(0),
             seen: Mutex::new(HashMap::new()),
             seq: Mutex::new(SeqCounter::default()),
+            receipts: crate::receipts::ReceiptKey::new(key),
         })
     }
 
@@ -587,26 +601,53 @@ impl SqliteStore {
                     key: sha256_hex(&B64.encode(bytes)),
                     outcome: Outcome::Refused,
                     reason: Some(reason.clone()),
+                    receipt: None,
                 })
             }
         };
         let key = facts.hash.clone();
-        // Known already? One statement for the three places a change can be.
-        let (stored, quarantined): (bool, Option<String>) = q1(
+        // Known already? One statement for the three places a change can be (and, when stored,
+        // the device it is attributed to, for the receipt).
+        let (stored, quarantined): (Option<String>, Option<String>) = q1(
             tx,
-            "SELECT EXISTS (SELECT 1 FROM changes WHERE hash = ?1) OR EXISTS (SELECT 1 FROM parked WHERE hash = ?1),
+            "SELECT coalesce((SELECT device_id FROM changes WHERE hash = ?1), (SELECT device_id FROM parked WHERE hash = ?1)),
                     (SELECT status FROM quarantine WHERE hash = ?1)",
             [&key],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        if stored {
-            return Ok(ItemResult { key, outcome: Outcome::Accepted, reason: None });
+        if let Some(owner) = stored {
+            let receipt = Some(self.receipts.issue(doc_id, &key, &owner));
+            return Ok(ItemResult { key, outcome: Outcome::Accepted, reason: None, receipt });
         }
         if quarantined.is_some() {
-            return Ok(ItemResult { key, outcome: Outcome::Quarantined, reason: Some("already quarantined".into()) });
+            let reason = Some("already quarantined".into());
+            return Ok(ItemResult { key, outcome: Outcome::Quarantined, reason, receipt: None });
         }
+        // A relay: another device's change offered again (after a restore) with the server's
+        // receipt for it. It goes in as its owner's, vouched for by the receipt like a change an
+        // administrator released; anything else is the pushing device's own.
+        let verified = pushed.receipt.as_deref().and_then(|t| self.receipts.verify(doc_id, &key, t));
+        let relayed_from: Option<Device> = match verified {
+            Some(r) if r.owner != device.id => match load_device_by_id(tx, &r.owner) {
+                Ok(owner) => Some(owner),
+                Err(_) if r.owner.starts_with("console-") => match console::console_device_again(tx, &r.owner, now)? {
+                    Some(owner) => Some(owner),
+                    None => {
+                        let reason = format!("relayed change of {}, a console user this server does not know", r.owner);
+                        return self.quarantine(tx, &key, doc_id, device, now, &reason, bytes);
+                    }
+                },
+                Err(_) => {
+                    let reason = format!("relayed change of device {}, which this server does not know", r.owner);
+                    return self.quarantine(tx, &key, doc_id, device, now, &reason, bytes);
+                }
+            },
+            _ => None,
+        };
+        let relayed = relayed_from.is_some();
+        let author: &Device = relayed_from.as_ref().unwrap_or(device);
         // Every actor belongs to exactly one device (looked up once per actor and push).
-        let owner: Option<String> = if own_actors.contains(&facts.actor) {
+        let owner: Option<String> = if !relayed && own_actors.contains(&facts.actor) {
             Some(device.id.clone())
         } else {
             q1(tx, "SELECT device_id FROM actors WHERE actor = ?1", [&facts.actor], |r| r.get(0)).optional()?
@@ -616,10 +657,10 @@ impl SqliteStore {
                 exec(
                     tx,
                     "INSERT INTO actors (actor, device_id, first_seen_ms) VALUES (?1, ?2, ?3)",
-                    params![facts.actor, device.id, now],
+                    params![facts.actor, author.id, now],
                 )?;
             }
-            Some(o) if o != device.id => {
+            Some(o) if o != author.id => {
                 return self.quarantine(
                     tx,
                     &key,
@@ -632,7 +673,9 @@ impl SqliteStore {
             }
             Some(_) => {}
         }
-        own_actors.insert(facts.actor.clone());
+        if !relayed {
+            own_actors.insert(facts.actor.clone());
+        }
         // That the change belongs to the document it is filed under was checked when it was read
         // (`ingest::read_pushed`).
         let mut missing = 0;
@@ -646,6 +689,7 @@ impl SqliteStore {
                         key,
                         outcome: Outcome::Refused,
                         reason: Some(format!("change depends on another document than {doc_id}")),
+                        receipt: None,
                     });
                 }
                 Some(_) => {}
@@ -654,15 +698,20 @@ impl SqliteStore {
         if missing > 0 {
             exec(tx,
                 "INSERT INTO parked (hash, doc_id, device_id, received_ms, deps, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![key, doc_id, device.id, now, facts.deps.join(","), bytes],
+                params![key, doc_id, author.id, now, facts.deps.join(","), bytes],
             )?;
             return Ok(ItemResult {
+                receipt: Some(self.receipts.issue(doc_id, &key, &author.id)),
                 key,
                 outcome: Outcome::Accepted,
                 reason: Some(format!("stored; waiting for {missing} earlier change(s)")),
             });
         }
-        self.apply(tx, device, doc_id, facts, bytes, false, now, touched)
+        let mut result = self.apply(tx, author, doc_id, facts, bytes, relayed, now, touched)?;
+        if result.outcome == Outcome::Accepted {
+            result.receipt = Some(self.receipts.issue(doc_id, &key, &author.id));
+        }
+        Ok(result)
     }
 
     // The push context (transaction, device, clock) travels as arguments; a context struct is due
@@ -699,7 +748,12 @@ impl SqliteStore {
             "INSERT INTO quarantine (hash, doc_id, device_id, received_ms, reason, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
             params![key, doc_id, device.id, now, reason, bytes],
         )?;
-        Ok(ItemResult { key: key.to_owned(), outcome: Outcome::Quarantined, reason: Some(told.to_owned()) })
+        Ok(ItemResult {
+            key: key.to_owned(),
+            outcome: Outcome::Quarantined,
+            reason: Some(told.to_owned()),
+            receipt: None,
+        })
     }
 
     /// The one write-authorization rule (`gridwork_model::access::may_change`) with what the
@@ -885,7 +939,7 @@ impl SqliteStore {
                 _ => {}
             }
         }
-        Ok(ItemResult { key, outcome: Outcome::Accepted, reason: None })
+        Ok(ItemResult { key, outcome: Outcome::Accepted, reason: None, receipt: None })
     }
 
     /// Applies parked changes whose dependencies have arrived, until none is left to apply.
@@ -1160,15 +1214,16 @@ impl SqliteStore {
         items.sort_by(|a, b| (a.0, !a.2, &a.1).cmp(&(b.0, !b.2, &b.1)));
         let mut out: Vec<PulledDoc> = vec![];
         let mut index: HashMap<String, usize> = HashMap::new();
-        let mut add = |out: &mut Vec<PulledDoc>, Pulled { doc, changes: bytes, compacted }: Pulled| {
+        let mut add = |out: &mut Vec<PulledDoc>, Pulled { doc, changes: bytes, compacted, receipts }: Pulled| {
             let slot = *index.entry(doc.clone()).or_insert_with(|| {
-                out.push(PulledDoc { doc: doc.clone(), changes: vec![], compacted: None });
+                out.push(PulledDoc { doc: doc.clone(), changes: vec![], compacted: None, receipts: vec![] });
                 out.len() - 1
             });
             if let Some(c) = compacted {
                 out[slot].compacted = Some(B64.encode(c));
             }
             out[slot].changes.extend(bytes.iter().map(|b| B64.encode(b)));
+            out[slot].receipts.extend(receipts);
         };
         let mut used = 0u64;
         let mut to = from.clone();
@@ -1267,34 +1322,39 @@ impl SqliteStore {
         join_at: &HashMap<String, i64>,
         accept_compacted: bool,
     ) -> Result<Option<Pulled>> {
-        let bytes: Vec<Vec<u8>> = if is_join {
+        // (bytes, hash, owner device) of each change sent.
+        let rows: Vec<(Vec<u8>, String, String)> = if is_join {
             let others: i64 = conn
                 .prepare_cached("SELECT count(*) FROM changes WHERE doc_id = ?1 AND seq <= ?2 AND device_id != ?3")?
                 .query_row(params![doc, s, device.id], |r| r.get(0))?;
             if others == 0 {
                 return Ok(None);
             }
-            conn.prepare_cached("SELECT bytes FROM changes WHERE doc_id = ?1 AND seq <= ?2 ORDER BY seq")?
-                .query_map(params![doc, s], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?
+            conn.prepare_cached(
+                "SELECT bytes, hash, device_id FROM changes WHERE doc_id = ?1 AND seq <= ?2 ORDER BY seq",
+            )?
+            .query_map(params![doc, s], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?
         } else if join_at.get(doc).is_some_and(|j| s <= *j) {
             return Ok(None); // covered by the document's full history
         } else {
-            conn.prepare_cached("SELECT bytes FROM changes WHERE seq = ?1 AND device_id != ?2")?
-                .query_map(params![s, device.id], |r| r.get(0))?
+            conn.prepare_cached("SELECT bytes, hash, device_id FROM changes WHERE seq = ?1 AND device_id != ?2")?
+                .query_map(params![s, device.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<rusqlite::Result<_>>()?
         };
-        if bytes.is_empty() {
+        if rows.is_empty() {
             return Ok(None);
         }
+        let receipts = rows.iter().map(|(_, hash, owner)| self.receipts.issue(doc, hash, owner)).collect();
+        let bytes: Vec<Vec<u8>> = rows.into_iter().map(|(b, _, _)| b).collect();
         // A long history goes to a device far behind as one compacted document.
         // Not a history that inflates past MAX_COMPACT_INPUT: compacting loads all of it.
         let compacted = (is_join && accept_compacted && bytes.len() >= COMPACT_FROM_CHANGES)
             .then(|| crate::ingest::compact_within(&bytes, MAX_COMPACT_INPUT))
             .flatten();
         Ok(Some(match compacted {
-            Some(c) => Pulled { doc: doc.to_owned(), changes: vec![], compacted: Some(c) },
-            None => Pulled { doc: doc.to_owned(), changes: bytes, compacted: None },
+            Some(c) => Pulled { doc: doc.to_owned(), changes: vec![], compacted: Some(c), receipts },
+            None => Pulled { doc: doc.to_owned(), changes: bytes, compacted: None, receipts },
         }))
     }
 
@@ -1331,15 +1391,24 @@ impl SqliteStore {
             if !in_scope {
                 continue;
             }
-            let bytes: Vec<Vec<u8>> = conn
-                .prepare_cached("SELECT bytes FROM changes WHERE doc_id = ?1 ORDER BY seq")?
-                .query_map([doc], |r| r.get(0))?
+            let rows: Vec<(Vec<u8>, String, String)> = conn
+                .prepare_cached("SELECT bytes, hash, device_id FROM changes WHERE doc_id = ?1 ORDER BY seq")?
+                .query_map([doc], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                 .collect::<rusqlite::Result<_>>()?;
-            used += bytes.iter().map(|b| b.len() as u64 * 4 / 3 + 4).sum::<u64>();
-            let encoded = bytes.iter().map(|b| B64.encode(b));
+            used += rows.iter().map(|(b, _, _)| b.len() as u64 * 4 / 3 + 4).sum::<u64>();
+            let encoded = rows.iter().map(|(b, _, _)| B64.encode(b));
+            let receipts = rows.iter().map(|(_, hash, owner)| self.receipts.issue(doc, hash, owner));
             match out.iter_mut().find(|d| &d.doc == doc) {
-                Some(d) => d.changes.extend(encoded),
-                None => out.push(PulledDoc { doc: doc.clone(), changes: encoded.collect(), compacted: None }),
+                Some(d) => {
+                    d.changes.extend(encoded);
+                    d.receipts.extend(receipts);
+                }
+                None => out.push(PulledDoc {
+                    doc: doc.clone(),
+                    changes: encoded.collect(),
+                    compacted: None,
+                    receipts: receipts.collect(),
+                }),
             }
         }
         Ok(())
@@ -1680,7 +1749,7 @@ impl SyncStore for SqliteStore {
                 ))
             })?;
             let facts = crate::ingest::read_pushed(&c.doc, &bytes, &mut decoded);
-            pushed.push(Pushed { doc: c.doc.clone(), bytes, facts });
+            pushed.push(Pushed { doc: c.doc.clone(), bytes, facts, receipt: c.receipt.clone() });
         }
         let (app_version, catalog_version, budget) = (
             req.app_version.clone(),
@@ -1739,12 +1808,15 @@ struct Pulled {
     doc: String,
     changes: Vec<Vec<u8>>,
     compacted: Option<Vec<u8>>,
+    /// A receipt for each change, in `changes` or in `compacted`.
+    receipts: Vec<String>,
 }
 
 impl Pulled {
     /// Its bytes in the response (base64, with quotes and a comma).
     fn cost(&self) -> u64 {
-        self.changes.iter().chain(self.compacted.iter()).map(|b| b.len() as u64 * 4 / 3 + 4).sum()
+        self.changes.iter().chain(self.compacted.iter()).map(|b| b.len() as u64 * 4 / 3 + 4).sum::<u64>()
+            + self.receipts.iter().map(|r| r.len() as u64 + 3).sum::<u64>()
     }
 }
 
@@ -1776,13 +1848,15 @@ struct Pushed {
     doc: String,
     bytes: Vec<u8>,
     facts: std::result::Result<ChangeFacts, String>,
+    /// The server's receipt the device sent with it (a relay of another device's change).
+    receipt: Option<String>,
 }
 
 impl Pushed {
     fn new(doc: String, bytes: Vec<u8>) -> Self {
         let mut budget = crate::ingest::MAX_CHANGE_BYTES;
         let facts = crate::ingest::read_pushed(&doc, &bytes, &mut budget);
-        Pushed { doc, bytes, facts }
+        Pushed { doc, bytes, facts, receipt: None }
     }
 }
 
@@ -1993,7 +2067,7 @@ impl SqliteStore {
                 continue;
             }
             records::insert_record(tx, &r.id, &device.id, now_ms, body, &facts)?;
-            results.push(ItemResult { key: r.id.clone(), outcome: Outcome::Accepted, reason: None });
+            results.push(ItemResult { key: r.id.clone(), outcome: Outcome::Accepted, reason: None, receipt: None });
         }
         self.unpark(tx, now_ms, &mut touched)?;
         // The server stamps what it receives; a device clock far from it is flagged on what it sent.

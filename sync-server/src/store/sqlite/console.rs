@@ -117,6 +117,39 @@ fn console_actor(user: &str) -> ActorId {
     ActorId::from(&digest[..16])
 }
 
+/// The console's device for a person (`console-USER`) and its one actor, made on their first
+/// action: their console changes are attributed to it like a phone's to its device.
+fn register_console_device(conn: &Connection, user: &ConsoleUser, now_ms: i64) -> Result<Device> {
+    let id = user.console_device_id();
+    exec(
+        conn,
+        "INSERT INTO devices (id, code, user_id, status, created_ms) VALUES (?1, ?2, ?3, 'active', ?4)
+         ON CONFLICT (id) DO NOTHING",
+        params![id, format!("console:{}", user.id), user.id, now_ms],
+    )?;
+    exec(
+        conn,
+        "INSERT INTO actors (actor, device_id, first_seen_ms) VALUES (?1, ?2, ?3) ON CONFLICT (actor) DO NOTHING",
+        params![console_actor(&user.id).to_hex_string(), id, now_ms],
+    )?;
+    Ok(Device { id, user: user.id.clone(), role: user.role, department: user.department.clone(), retired: false })
+}
+
+/// The console device `device_id` names (`console-USER`), made again if the store lost it (a
+/// restore from a backup taken before the person's first console action); None when it names no
+/// console user.
+pub(super) fn console_device_again(conn: &Connection, device_id: &str, now_ms: i64) -> Result<Option<Device>> {
+    let Some(user_id) = device_id.strip_prefix("console-") else { return Ok(None) };
+    let user: Option<(String, Option<String>)> =
+        q1(conn, "SELECT role, department FROM users WHERE id = ?1 AND role != 'worker'", [user_id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    let Some((role, department)) = user else { return Ok(None) };
+    let user = ConsoleUser { id: user_id.to_owned(), role: parse_role(&role)?, department, scopes: vec![] };
+    register_console_device(conn, &user, now_ms).map(Some)
+}
+
 fn hash_password(password: &str) -> Result<String> {
     let mut salt = [0u8; 16];
     getrandom::fill(&mut salt).map_err(|e| ServerError::Internal(format!("no randomness: {e}")))?;
@@ -325,20 +358,7 @@ impl SqliteStore {
 
     /// The console pseudo-device of `user`, registered on first use.
     fn console_device(&self, user: &ConsoleUser, now_ms: i64) -> Result<Device> {
-        let id = user.console_device_id();
-        let conn = self.conn();
-        exec(
-            &conn,
-            "INSERT INTO devices (id, code, user_id, status, created_ms) VALUES (?1, ?2, ?3, 'active', ?4)
-             ON CONFLICT (id) DO NOTHING",
-            params![id, format!("console:{}", user.id), user.id, now_ms],
-        )?;
-        exec(
-            &conn,
-            "INSERT INTO actors (actor, device_id, first_seen_ms) VALUES (?1, ?2, ?3) ON CONFLICT (actor) DO NOTHING",
-            params![console_actor(&user.id).to_hex_string(), id, now_ms],
-        )?;
-        Ok(Device { id, user: user.id.clone(), role: user.role, department: user.department.clone(), retired: false })
+        register_console_device(&self.conn(), user, now_ms)
     }
 }
 

@@ -250,8 +250,9 @@ fn to_json(req: &SyncRequest) -> Result<Vec<u8>, String> {
 fn max_body(seed: u64) -> Result<Vec<u8>, String> {
     let mut rng = Rng::new(seed);
     let docs: Vec<String> = (0..MAX_ITEMS_PER_REQUEST).map(|_| CaseId::generate().to_string()).collect();
-    let empty =
-        to_json(&request(docs.iter().map(|d| PushedChange { doc: d.clone(), bytes: String::new() }).collect()))?;
+    let empty = to_json(&request(
+        docs.iter().map(|d| PushedChange { doc: d.clone(), bytes: String::new(), receipt: None }).collect(),
+    ))?;
     // Base64 of a multiple of 3 bytes has no padding and needs no JSON escapes: exact sizes.
     let per_item = (MAX_BODY_BYTES - BODY_MARGIN - empty.len()) / MAX_ITEMS_PER_REQUEST;
     let raw = per_item / 4 * 3;
@@ -262,7 +263,7 @@ fn max_body(seed: u64) -> Result<Vec<u8>, String> {
             if let Some(b) = bytes.first_mut() {
                 *b = 0; // never Automerge's magic
             }
-            PushedChange { doc, bytes: b64(&bytes) }
+            PushedChange { doc, bytes: b64(&bytes), receipt: None }
         })
         .collect();
     let body = to_json(&request(changes))?;
@@ -282,7 +283,7 @@ fn tiny_change(rng: &mut Rng) -> Result<PushedChange, String> {
     doc.put(ROOT, keys::TITLE, TITLES[rng.below(TITLES.len())]).map_err(e)?;
     doc.commit();
     let bytes = doc.get_last_local_change().ok_or("no change")?.bytes().into_owned();
-    Ok(PushedChange { doc: id, bytes: b64(&bytes) })
+    Ok(PushedChange { doc: id, bytes: b64(&bytes), receipt: None })
 }
 
 /// A case whose one change puts `inflated` bytes of one repeated letter: a few KiB compressed.
@@ -295,7 +296,7 @@ fn bomb(inflated: usize, letter: u8) -> Result<PushedChange, String> {
     doc.put(ROOT, "padding", String::from(char::from(letter)).repeat(inflated)).map_err(e)?;
     doc.commit();
     let bytes = doc.get_last_local_change().ok_or("no change")?.bytes().into_owned();
-    Ok(PushedChange { doc: id, bytes: b64(&bytes) })
+    Ok(PushedChange { doc: id, bytes: b64(&bytes), receipt: None })
 }
 
 /// A request of bombs: four that inflate past the bound, then a pool of ones just under it
@@ -340,7 +341,11 @@ fn bomb_history() -> Result<(String, Vec<Vec<u8>>), String> {
     let per_request = (MAX_DECODED_BYTES_PER_REQUEST / MAX_CHANGE_BYTES).saturating_sub(1).max(1);
     let bodies = changes
         .chunks(per_request)
-        .map(|chunk| to_json(&request(chunk.iter().map(|b| PushedChange { doc: id.clone(), bytes: b64(b) }).collect())))
+        .map(|chunk| {
+            to_json(&request(
+                chunk.iter().map(|b| PushedChange { doc: id.clone(), bytes: b64(b), receipt: None }).collect(),
+            ))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((id, bodies))
 }

@@ -167,7 +167,7 @@ fn seed(server: &SqliteStore, args: &ConsoleArgs) -> Result<Vec<String>, String>
         let report = event(&workers[g], Role::Worker, EventKind::Report, &am, created)?;
         am.transact::<_, _, gridwork_core::model::error::ModelError>(|t| doc::init_case(t, &new, &report))
             .map_err(|f| f.error.to_string())?;
-        workers[g].pending.push(PushedChange { doc: new.id.to_string(), bytes: change_of(&am)? });
+        workers[g].pending.push(PushedChange { doc: new.id.to_string(), bytes: change_of(&am)?, receipt: None });
         // Most cases have been triaged: a quarter stay reported.
         let sup = supervisors.get_mut(&grid.community).ok_or("no supervisor")?;
         let decisions: Vec<EventKind> = match i % 8 {
@@ -189,7 +189,7 @@ fn seed(server: &SqliteStore, args: &ConsoleArgs) -> Result<Vec<String>, String>
                 let e = event(sup, Role::Supervisor, kind, &sd, created + 3_600_000)?;
                 sd.transact::<_, _, gridwork_core::model::error::ModelError>(|t| doc::put_event(t, &e))
                     .map_err(|f| f.error.to_string())?;
-                sup.pending.push(PushedChange { doc: new.id.to_string(), bytes: change_of(&sd)? });
+                sup.pending.push(PushedChange { doc: new.id.to_string(), bytes: change_of(&sd)?, receipt: None });
             }
         }
         ids.push(new.id.to_string());

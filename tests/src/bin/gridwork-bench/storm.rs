@@ -173,9 +173,11 @@ fn prepare(
     let mut records = vec![];
     for it in store.outbox_page(usize::MAX).map_err(|e| e.to_string())? {
         match it.kind {
-            OutboxKind::Change => {
-                changes.push(PushedChange { doc: it.doc_id.unwrap_or_default(), bytes: b64.encode(&it.bytes) })
-            }
+            OutboxKind::Change => changes.push(PushedChange {
+                doc: it.doc_id.unwrap_or_default(),
+                bytes: b64.encode(&it.bytes),
+                receipt: None,
+            }),
             OutboxKind::Record => {
                 records.push(PushedRecord { id: it.key, body: serde_json::from_slice(&it.bytes).unwrap_or_default() })
             }
