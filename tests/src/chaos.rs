@@ -1245,7 +1245,14 @@ fn verdict(
                 .collect();
             notes.entry(case).or_insert(texts);
             let mine = heads(&p.store()?.export_changes(&case).map_err(|e| e.to_string())?);
-            let theirs = store.doc_heads(id).map_err(|e| e.to_string())?;
+            let theirs = match store.doc_heads(id) {
+                Ok(h) => h,
+                Err(e) => {
+                    converged = false;
+                    diverge(format!("case {id} does not load on the server: {e}"));
+                    continue;
+                }
+            };
             if mine != theirs {
                 converged = false;
                 diverge(format!("{} has other heads than the server for {id}", p.user));

@@ -91,6 +91,10 @@ fn chaos_seed_1_a_full_disk_is_a_507_and_a_restore_on_it_puts_the_data_back() {
 /// again. The answer is now applied in one transaction. Seed 13 of the same schedule found that
 /// re-offered changes of other devices were quarantined as not the relaying phone's (and a
 /// relayed unknown actor was even registered to it): phones now relay with the server's receipts.
+/// Seed 2 then found the console's actor making a change with a sequence number a relayed change
+/// of its already had (the restore had forgotten it): the case no longer loaded. The console's
+/// actor is now another in each epoch, and the server quarantines any change that reuses its
+/// actor's sequence number in a case (schema 9).
 #[test]
 fn chaos_seed_2_a_restored_server_gets_back_what_a_crashed_phone_acknowledged() {
     let report = schedule(2);

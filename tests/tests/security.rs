@@ -152,6 +152,36 @@ fn a_relay_needs_the_servers_receipt_for_exactly_those_bytes() {
     assert_eq!(d.store.quarantined().expect("quarantine").len(), 2, "both forged changes, as w2's");
 }
 
+/// Two changes of one actor with one sequence number make a case unloadable everywhere
+/// (Automerge: "duplicate seq"); the second is quarantined as damaged and the case still loads.
+/// The console's actor did this after a restore (chaos seed 2, ADR 18).
+#[test]
+fn a_change_reusing_its_actors_sequence_number_is_quarantined_and_the_case_still_loads() {
+    let d = District::new();
+    let mut w1 = phone(&d, "w1", None);
+    let case = capture(&w1, 0, 1, 9)[0];
+    w1.sync(&d.url()).expect("w1");
+    let history = w1.store.export_changes(&case).expect("history");
+    let actor = automerge::Change::from_bytes(history[0].clone()).expect("change").actor_id().clone();
+    // Two forks of the case by the same actor, each making its next change differently.
+    let fork = |title: &str| {
+        let changes = history.iter().map(|b| automerge::Change::from_bytes(b.clone()).expect("change"));
+        let mut doc = AutoCommit::new().with_actor(actor.clone());
+        doc.apply_changes(changes).expect("history");
+        doc.put(ROOT, keys::TITLE, title).expect("title");
+        doc.commit();
+        doc.get_last_local_change().expect("a change").raw_bytes().to_vec()
+    };
+    let (first, second) = (fork("先写的标题"), fork("后写的标题"));
+    let (status, body) = post_sync(&d, &w1.config.token, &request(vec![pushed(&case, &first)], None));
+    assert_eq!((status, body["results"][0]["outcome"].as_str()), (200, Some("accepted")), "{body}");
+    let (status, body) = post_sync(&d, &w1.config.token, &request(vec![pushed(&case, &second)], None));
+    assert_eq!((status, body["results"][0]["outcome"].as_str()), (200, Some("quarantined")), "{body}");
+    let q = d.store.quarantined().expect("quarantine");
+    assert!(q.iter().any(|i| i.reason.contains("already made change 2")), "{q:?}");
+    assert_eq!(d.store.doc_heads(&case.to_string()).expect("the case loads").len(), 1);
+}
+
 #[test]
 fn a_change_replacing_a_cases_events_map_is_quarantined_even_in_scope() {
     let d = District::new();

@@ -91,7 +91,7 @@ const MAX_PULL_CHANGE_ROWS: usize = 20_000;
 const MAX_WANT_FULL: usize = 100;
 
 /// The schema this server writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 8;
+const SCHEMA_VERSION: i64 = 9;
 
 pub struct SqliteStore {
     /// Evidence blobs beside the database.
@@ -247,7 +247,7 @@ impl SqliteStore {
             return Err(ServerError::Internal(format!("store schema {version} is newer than this server: update it")));
         }
         // Each step in its own transaction with its version bump: a crash leaves a whole schema.
-        let steps: [(i64, &str); 8] = [
+        let steps: [(i64, &str); 9] = [
             (1, include_str!("schema.sql")),
             (2, include_str!("schema_2_blobs.sql")),
             (3, include_str!("schema_3_retire.sql")),
@@ -256,6 +256,7 @@ impl SqliteStore {
             (6, include_str!("schema_6_areas.sql")),
             (7, include_str!("schema_7_records.sql")),
             (8, include_str!("schema_8_doc_actors.sql")),
+            (9, include_str!("schema_9_actor_seq.sql")),
         ];
         let mut conn = conn;
         for (to, sql) in steps {
@@ -265,7 +266,7 @@ impl SqliteStore {
                 if to == 4 {
                     console::fill_case_columns(&tx)?;
                 }
-                if to == 8 {
+                if to == 9 {
                     fill_doc_actors(&tx)?;
                 }
                 tx.pragma_update(None, "user_version", to)?;
@@ -630,13 +631,16 @@ impl SqliteStore {
         let relayed_from: Option<Device> = match verified {
             Some(r) if r.owner != device.id => match load_device_by_id(tx, &r.owner) {
                 Ok(owner) => Some(owner),
-                Err(_) if r.owner.starts_with("console-") => match console::console_device_again(tx, &r.owner, now)? {
-                    Some(owner) => Some(owner),
-                    None => {
-                        let reason = format!("relayed change of {}, a console user this server does not know", r.owner);
-                        return self.quarantine(tx, &key, doc_id, device, now, &reason, bytes);
+                Err(_) if r.owner.starts_with("console-") => {
+                    match console::console_device_again(tx, &self.epoch, &r.owner, now)? {
+                        Some(owner) => Some(owner),
+                        None => {
+                            let reason =
+                                format!("relayed change of {}, a console user this server does not know", r.owner);
+                            return self.quarantine(tx, &key, doc_id, device, now, &reason, bytes);
+                        }
                     }
-                },
+                }
                 Err(_) => {
                     let reason = format!("relayed change of device {}, which this server does not know", r.owner);
                     return self.quarantine(tx, &key, doc_id, device, now, &reason, bytes);
@@ -2305,20 +2309,38 @@ fn unknown_actor(tx: &Transaction<'_>, doc_id: &str, facts: &ChangeFacts) -> Res
             r.get::<_, bool>(0)
         })
     })?;
-    if why.is_none() && facts.seq == 1 {
-        exec(
-            tx,
-            "INSERT INTO doc_actors (doc_id, actor) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-            [doc_id, &facts.actor],
-        )?;
+    if why.is_some() {
+        return Ok(why);
     }
-    Ok(why)
+    // Schema 9: one change per actor and sequence number in a case.
+    let last: Option<i64> =
+        q1(tx, "SELECT last_seq FROM doc_actors WHERE doc_id = ?1 AND actor = ?2", [doc_id, &facts.actor], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    if let Some(last) = last.filter(|l| facts.seq as i64 <= *l) {
+        return Ok(Some(format!(
+            "damaged change: its actor {} already made change {} of this case ({last} so far)",
+            facts.actor, facts.seq
+        )));
+    }
+    exec(
+        tx,
+        "INSERT INTO doc_actors (doc_id, actor, last_seq) VALUES (?1, ?2, ?3)
+         ON CONFLICT (doc_id, actor) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
+        params![doc_id, facts.actor, facts.seq as i64],
+    )?;
+    Ok(None)
 }
 
-/// Schema 8: the actors of every stored change, read from the changes themselves.
+/// Schemas 8 and 9: the actors of every stored change and the last sequence number each used,
+/// read from the changes themselves.
 fn fill_doc_actors(tx: &Transaction<'_>) -> Result<()> {
     let mut read = tx.prepare("SELECT doc_id, bytes FROM changes")?;
-    let mut insert = tx.prepare("INSERT INTO doc_actors (doc_id, actor) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?;
+    let mut insert = tx.prepare(
+        "INSERT INTO doc_actors (doc_id, actor, last_seq) VALUES (?1, ?2, ?3)
+         ON CONFLICT (doc_id, actor) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
+    )?;
     let mut rows = read.query([])?;
     while let Some(row) = rows.next()? {
         let doc: String = row.get(0)?;
@@ -2326,7 +2348,7 @@ fn fill_doc_actors(tx: &Transaction<'_>) -> Result<()> {
         // Stored changes were read when they arrived; one that no longer parses is left to the
         // console's damaged-case page rather than stopping the upgrade.
         if let Ok(change) = automerge::Change::from_bytes(bytes) {
-            insert.execute(params![doc, change.actor_id().to_hex_string()])?;
+            insert.execute(params![doc, change.actor_id().to_hex_string(), change.seq() as i64])?;
         }
     }
     Ok(())

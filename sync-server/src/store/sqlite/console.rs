@@ -111,15 +111,18 @@ pub(super) fn departments_column<'a>(departments: impl Iterator<Item = &'a str>)
 }
 
 /// The console person's Automerge actor: the same across restarts, so it stays registered to
-/// their console pseudo-device.
-fn console_actor(user: &str) -> ActorId {
-    let digest = Sha256::digest(format!("gridwork-console:{user}").as_bytes());
+/// their console pseudo-device, and another in each epoch. A restored store has lost the
+/// person's console changes since its backup (phones may bring them back later, with receipts):
+/// the same actor would make its next change with a sequence number one of those already has,
+/// and a case holding two changes of one actor and number no longer loads (chaos seed 2).
+fn console_actor(epoch: &str, user: &str) -> ActorId {
+    let digest = Sha256::digest(format!("gridwork-console:{epoch}:{user}").as_bytes());
     ActorId::from(&digest[..16])
 }
 
 /// The console's device for a person (`console-USER`) and its one actor, made on their first
 /// action: their console changes are attributed to it like a phone's to its device.
-fn register_console_device(conn: &Connection, user: &ConsoleUser, now_ms: i64) -> Result<Device> {
+fn register_console_device(conn: &Connection, epoch: &str, user: &ConsoleUser, now_ms: i64) -> Result<Device> {
     let id = user.console_device_id();
     exec(
         conn,
@@ -130,7 +133,7 @@ fn register_console_device(conn: &Connection, user: &ConsoleUser, now_ms: i64) -
     exec(
         conn,
         "INSERT INTO actors (actor, device_id, first_seen_ms) VALUES (?1, ?2, ?3) ON CONFLICT (actor) DO NOTHING",
-        params![console_actor(&user.id).to_hex_string(), id, now_ms],
+        params![console_actor(epoch, &user.id).to_hex_string(), id, now_ms],
     )?;
     Ok(Device { id, user: user.id.clone(), role: user.role, department: user.department.clone(), retired: false })
 }
@@ -138,7 +141,12 @@ fn register_console_device(conn: &Connection, user: &ConsoleUser, now_ms: i64) -
 /// The console device `device_id` names (`console-USER`), made again if the store lost it (a
 /// restore from a backup taken before the person's first console action); None when it names no
 /// console user.
-pub(super) fn console_device_again(conn: &Connection, device_id: &str, now_ms: i64) -> Result<Option<Device>> {
+pub(super) fn console_device_again(
+    conn: &Connection,
+    epoch: &str,
+    device_id: &str,
+    now_ms: i64,
+) -> Result<Option<Device>> {
     let Some(user_id) = device_id.strip_prefix("console-") else { return Ok(None) };
     let user: Option<(String, Option<String>)> =
         q1(conn, "SELECT role, department FROM users WHERE id = ?1 AND role != 'worker'", [user_id], |r| {
@@ -147,7 +155,7 @@ pub(super) fn console_device_again(conn: &Connection, device_id: &str, now_ms: i
         .optional()?;
     let Some((role, department)) = user else { return Ok(None) };
     let user = ConsoleUser { id: user_id.to_owned(), role: parse_role(&role)?, department, scopes: vec![] };
-    register_console_device(conn, &user, now_ms).map(Some)
+    register_console_device(conn, epoch, &user, now_ms).map(Some)
 }
 
 fn hash_password(password: &str) -> Result<String> {
@@ -358,7 +366,7 @@ impl SqliteStore {
 
     /// The console pseudo-device of `user`, registered on first use.
     fn console_device(&self, user: &ConsoleUser, now_ms: i64) -> Result<Device> {
-        register_console_device(&self.conn(), user, now_ms)
+        register_console_device(&self.conn(), &self.epoch, user, now_ms)
     }
 }
 
@@ -629,7 +637,7 @@ impl ConsoleStore for SqliteStore {
         })();
         self.give_back(reader);
         let (doc, case) = loaded?;
-        let mut doc = doc.with_actor(console_actor(&user.id));
+        let mut doc = doc.with_actor(console_actor(&self.epoch, &user.id));
         let device = self.console_device(user, now_ms)?;
         let catalog = self.catalog();
         match &action {
