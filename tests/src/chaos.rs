@@ -9,9 +9,10 @@
 //!
 //! - **Network.** The proxy reads each HTTP/1.1 request whole (Content-Length or chunked), then,
 //!   by the seed: forwards it; delays it; drops it before the server sees it; forwards it and
-//!   drops the answer (the server committed, the phone never hears); forwards it and cuts the
-//!   answer halfway (a phone that sees part of a pull page); or forwards it twice and answers with
-//!   the second reply. Each request reaches the server on a fresh connection, so a restarted
+//!   drops the answer (the server committed, the phone never hears), cuts the answer halfway (a
+//!   phone that sees part of a pull page), resets the connection (RST), or stalls mid-answer for
+//!   up to 1.7 s; or forwards it twice and answers with the second reply. Concurrent phones'
+//!   requests, delayed and stalled at random, reach the server out of order. Each request reaches the server on a fresh connection, so a restarted
 //!   server is picked up at once.
 //! - **Server crashes**, each at a moment drawn from the seed: a SIGKILL on a timer, an abort at
 //!   a named point inside the server (`gridwork_model::crash_points`: mid-group-commit,
@@ -140,6 +141,8 @@ enum Fault {
     DropResponse,
     CutResponse,
     Duplicate,
+    Reset,
+    Stall,
 }
 
 impl Fault {
@@ -151,17 +154,21 @@ impl Fault {
             Fault::DropResponse => "drop_response",
             Fault::CutResponse => "cut_response",
             Fault::Duplicate => "dup",
+            Fault::Reset => "reset",
+            Fault::Stall => "stall",
         }
     }
 
     fn pick(rng: &mut Rng) -> Fault {
         match rng.below(100) {
             0..=39 => Fault::Forward,
-            40..=54 => Fault::Delay,
-            55..=66 => Fault::DropRequest,
-            67..=78 => Fault::DropResponse,
-            79..=89 => Fault::CutResponse,
-            _ => Fault::Duplicate,
+            40..=49 => Fault::Delay,
+            50..=59 => Fault::DropRequest,
+            60..=69 => Fault::DropResponse,
+            70..=79 => Fault::CutResponse,
+            80..=87 => Fault::Duplicate,
+            88..=93 => Fault::Reset,
+            _ => Fault::Stall,
         }
     }
 }
@@ -245,7 +252,7 @@ fn serve_connection(
                 forward()
             }
             Fault::Duplicate => forward().and_then(|_| forward()),
-            Fault::Forward | Fault::DropResponse | Fault::CutResponse => forward(),
+            Fault::Forward | Fault::DropResponse | Fault::CutResponse | Fault::Reset | Fault::Stall => forward(),
         };
         if let Some(status) = answer.as_deref().and_then(status_of).filter(|s| *s >= 500) {
             if status == 500 {
@@ -272,6 +279,22 @@ fn serve_connection(
             Fault::CutResponse => {
                 let _ = client.write_all(&answer[..answer.len() / 2]);
                 break;
+            }
+            // The server committed; the phone's connection is reset (RST, not a clean close).
+            Fault::Reset => {
+                let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
+                return;
+            }
+            // Part of the answer, a stall, then the rest: a read that stalls mid-body.
+            Fault::Stall => {
+                let half = answer.len() / 2;
+                if client.write_all(&answer[..half]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500 + delay_ms * 3));
+                if client.write_all(&answer[half..]).is_err() {
+                    break;
+                }
             }
             _ => {
                 if client.write_all(&answer).is_err() {
@@ -499,9 +522,12 @@ impl DeviceClock for SkewedClock {
     }
 }
 
+/// A crash point and the arrival at it that kills, or none.
+type Arm = Option<(&'static str, u64)>;
+
 /// Half of a phone process's incarnations are armed to die at a named point of the core
 /// (`gridwork_model::crash_points::PHONE_POINTS`), the others die on a timer or at the end.
-fn phone_arm(rng: &mut Rng) -> Option<(&'static str, u64)> {
+fn phone_arm(rng: &mut Rng) -> Arm {
     let points = gridwork_core::model::crash_points::PHONE_POINTS;
     (rng.below(2) == 0).then(|| (points[rng.below(points.len())], 1 + rng.below(4) as u64))
 }
@@ -540,7 +566,7 @@ struct ChaosPhone {
 impl ChaosPhone {
     /// Starts (again) the child process of a process phone.
     /// `arm`: a crash point this incarnation dies at (its n-th arrival), or none.
-    fn spawn(&mut self, exe: &Path, seed: u64, grids: usize, arm: Option<(&'static str, u64)>) -> Result<(), String> {
+    fn spawn(&mut self, exe: &Path, seed: u64, grids: usize, arm: Arm) -> Result<(), String> {
         self.incarnation += 1;
         self.armed = arm.map(|(point, _)| point);
         let enrolment = self.dir.with_extension("enrolment.json");
@@ -923,7 +949,7 @@ pub fn run(cfg: &ChaosConfig, root: &Path) -> Result<ChaosReport, String> {
                 p.spawn(&cfg.server_exe, cfg.seed, grids, phone_arm(&mut rng))?;
             }
         }
-        let rearm: Vec<Option<(&'static str, u64)>> = phones.iter().map(|_| phone_arm(&mut rng)).collect();
+        let rearm: Vec<Arm> = phones.iter().map(|_| phone_arm(&mut rng)).collect();
         let phone_kill_after: Vec<Option<u64>> =
             phones.iter().map(|p| (p.store.is_none() && rng.below(2) == 0).then(|| rng.below(300) as u64)).collect();
         // The supervisor's notes this round: on cases the phones acknowledged so far.
@@ -1005,7 +1031,7 @@ pub fn run(cfg: &ChaosConfig, root: &Path) -> Result<ChaosReport, String> {
             // Phone processes die at their moment: mid-capture, mid-photo or mid-sync.
             let killer = s.spawn(move || -> Result<BTreeMap<&'static str, usize>, String> {
                 let mut killed = BTreeMap::new();
-                let mut by_time: Vec<(u64, &mut ChaosPhone, Option<(&'static str, u64)>)> =
+                let mut by_time: Vec<(u64, &mut ChaosPhone, Arm)> =
                     children.into_iter().filter_map(|(p, k, arm)| k.map(|k| (k, p, arm))).collect();
                 by_time.sort_by_key(|(k, _, _)| *k);
                 let mut waited = 0;

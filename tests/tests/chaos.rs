@@ -64,7 +64,7 @@ fn seeded_faults_crashes_full_disks_and_clocks_lose_and_duplicate_nothing() {
     assert!(phone_kills >= 3, "{phone_kills} phone kills");
     assert!(disk_full > 0 && console_notes > 0 && checkins > 0, "{disk_full} {console_notes} {checkins}");
     // The faults really happened: every kind was drawn at least once over the seeds.
-    for kind in ["drop_request", "drop_response", "cut_response", "dup", "delay", "answered_507"] {
+    for kind in ["drop_request", "drop_response", "cut_response", "dup", "delay", "reset", "stall", "answered_507"] {
         assert!(faults_seen.get(kind).copied().unwrap_or(0) > 0, "no {kind} in {faults_seen:?}");
     }
 }
