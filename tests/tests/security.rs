@@ -182,6 +182,33 @@ fn a_change_reusing_its_actors_sequence_number_is_quarantined_and_the_case_still
     assert_eq!(d.store.doc_heads(&case.to_string()).expect("the case loads").len(), 1);
 }
 
+/// A device that pushes another device's change first (the bytes of a phone's work it pulled
+/// before a restore, say) gets it quarantined as its own, and takes nothing from the author: not
+/// the actor, and not the change, which the author's own push then stores (the quarantine row is
+/// marked released).
+#[test]
+fn a_change_pushed_first_by_another_device_claims_nothing_from_its_author() {
+    let d = District::new();
+    let mut w1 = phone(&d, "w1", None);
+    let w2 = phone(&d, "w2", None);
+    // Not synced yet: the server knows neither the case nor w1's actor.
+    let case = capture(&w1, 0, 1, 12)[0];
+    let taken = w1.store.export_changes(&case).expect("history");
+    let (status, body) =
+        post_sync(&d, &w2.config.token, &request(taken.iter().map(|b| pushed(&case, b)).collect(), None));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["outcome"].as_str(), Some("quarantined"), "its events name w1: {body}");
+    let r = w1.sync(&d.url()).expect("w1");
+    assert_eq!((r.accepted, r.quarantined.len()), (1, 0), "{r:?}");
+    assert_eq!(d.store.doc_heads(&case.to_string()).expect("heads").len(), 1);
+    let q = d.store.quarantined().expect("quarantine");
+    assert!(q.iter().all(|i| i.status != "pending"), "resolved by its author's push: {q:?}");
+    // w1's next change, with the same actor, is w1's.
+    w1.store.edit_case(&case, CasePatch { title: Some("已派单".into()), ..Default::default() }).expect("edit");
+    let r = w1.sync(&d.url()).expect("w1 again");
+    assert_eq!((r.accepted, r.quarantined.len()), (1, 0), "{r:?}");
+}
+
 #[test]
 fn a_change_replacing_a_cases_events_map_is_quarantined_even_in_scope() {
     let d = District::new();
@@ -639,10 +666,11 @@ fn a_store_from_before_schema_8_learns_its_cases_actors_when_opened() {
     let mut w1 = phone(&d, "w1", None);
     let case = capture(&w1, 0, 1, 10)[0];
     w1.sync(&d.url()).expect("w1 reports");
-    // The store as schema 7 left it: no actors table.
+    // The store as schema 7 left it: no actors table, no `vouched` column on parked changes.
     {
         let db = rusqlite::Connection::open(d.dir.path().join("server.db")).expect("open the store");
-        db.execute_batch("DROP TABLE doc_actors; PRAGMA user_version = 7;").expect("downgrade");
+        db.execute_batch("DROP TABLE doc_actors; ALTER TABLE parked DROP COLUMN vouched; PRAGMA user_version = 7;")
+            .expect("downgrade");
     }
     d.restart();
     // Filled from the stored changes: the phone's next change (seq 2 of a known actor) goes in.

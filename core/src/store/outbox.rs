@@ -152,12 +152,26 @@ impl Store {
             let ids = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
             ids
         };
+        // This store's own actors: their changes always go; another author's change goes only
+        // with the server's receipt for it (without one the server would take it for this
+        // phone's own and quarantine it — its author offers it again instead).
+        let own: std::collections::HashSet<String> = {
+            let mut stmt = tx.prepare("SELECT actor_id FROM actors")?;
+            let own = stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<_>>()?;
+            own
+        };
+        let mut has_receipt = tx.prepare("SELECT EXISTS (SELECT 1 FROM receipts WHERE hash = ?1)")?;
         let now = self.now_ms();
         let mut out = Reoffered::default();
         for doc_id in ids {
             let Some(am) = super::documents::load(tx, &doc_id)? else { continue };
             for mut change in am.get_changes(&[]) {
                 let hash = change.hash().to_string();
+                if !own.contains(&change.actor_id().to_hex_string())
+                    && !has_receipt.query_row([&hash], |r| r.get::<_, bool>(0))?
+                {
+                    continue;
+                }
                 push(tx, OutboxKind::Change, Some(&doc_id), &hash, &change.bytes(), now)?;
                 out.changes += 1;
             }

@@ -4,4 +4,7 @@
 -- restore — would make the case unloadable on every replica that pulls it. The server checks it
 -- before storing (quarantined as a damaged change). Filled from the stored changes by
 -- `fill_doc_actors` when the store is upgraded.
+-- And whether a parked change came with the server's receipt (a relay after a restore), which
+-- it keeps when its dependencies arrive (ADR 18).
 ALTER TABLE doc_actors ADD COLUMN last_seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE parked ADD COLUMN vouched INTEGER NOT NULL DEFAULT 0;

@@ -607,26 +607,49 @@ impl SqliteStore {
             }
         };
         let key = facts.hash.clone();
-        // Known already? One statement for the three places a change can be (and, when stored,
-        // the device it is attributed to, for the receipt).
-        let (stored, quarantined): (Option<String>, Option<String>) = q1(
+        // Known already? One statement for the three places a change can be (and, when applied,
+        // its document and the device it is attributed to, for the receipt).
+        #[allow(clippy::type_complexity)]
+        let (owner_doc, parked, quarantined): (Option<(String, String)>, bool, Option<(String, String)>) = q1(
             tx,
-            "SELECT coalesce((SELECT device_id FROM changes WHERE hash = ?1), (SELECT device_id FROM parked WHERE hash = ?1)),
-                    (SELECT status FROM quarantine WHERE hash = ?1)",
+            "SELECT (SELECT device_id FROM changes WHERE hash = ?1), (SELECT doc_id FROM changes WHERE hash = ?1),
+                    EXISTS (SELECT 1 FROM parked WHERE hash = ?1),
+                    (SELECT status FROM quarantine WHERE hash = ?1), (SELECT device_id FROM quarantine WHERE hash = ?1)",
             [&key],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| {
+                let owner: Option<String> = r.get(0)?;
+                let doc: Option<String> = r.get(1)?;
+                let status: Option<String> = r.get(3)?;
+                let by: Option<String> = r.get(4)?;
+                Ok((owner.zip(doc), r.get(2)?, status.zip(by)))
+            },
         )?;
-        if let Some(owner) = stored {
-            let receipt = Some(self.receipts.issue(doc_id, &key, &owner));
+        if let Some((owner, stored_doc)) = owner_doc {
+            // A receipt is the server's word that it applied these bytes to this document: never
+            // for another document the push names.
+            let receipt = (stored_doc == doc_id).then(|| self.receipts.issue(doc_id, &key, &owner));
             return Ok(ItemResult { key, outcome: Outcome::Accepted, reason: None, receipt });
         }
-        if quarantined.is_some() {
-            let reason = Some("already quarantined".into());
-            return Ok(ItemResult { key, outcome: Outcome::Quarantined, reason, receipt: None });
+        if parked {
+            // Stored, waiting for its dependencies, and not checked yet: no receipt until applied.
+            return Ok(ItemResult { key, outcome: Outcome::Accepted, reason: None, receipt: None });
         }
+        // Quarantined before: the same verdict for the device that sent it then, and for bytes an
+        // administrator rejected. Another device's push of the same bytes (their author's, say,
+        // after someone else pushed them first) is judged on its own, and if it is accepted the
+        // quarantine row is marked released: else whoever pushed a change first, without the
+        // right to, would hold its author's work in quarantine.
+        let pending_from_another = match &quarantined {
+            Some((status, by)) if status == "pending" && by != &device.id => true,
+            Some(_) => {
+                let reason = Some("already quarantined".into());
+                return Ok(ItemResult { key, outcome: Outcome::Quarantined, reason, receipt: None });
+            }
+            None => false,
+        };
         // A relay: another device's change offered again (after a restore) with the server's
-        // receipt for it. It goes in as its owner's, vouched for by the receipt like a change an
-        // administrator released; anything else is the pushing device's own.
+        // receipt for it. It goes in as its owner's, and is not checked against the owner's scope
+        // again (`Vouch::Receipt`); anything else is the pushing device's own.
         let verified = pushed.receipt.as_deref().and_then(|t| self.receipts.verify(doc_id, &key, t));
         let relayed_from: Option<Device> = match verified {
             Some(r) if r.owner != device.id => match load_device_by_id(tx, &r.owner) {
@@ -650,36 +673,42 @@ impl SqliteStore {
         };
         let relayed = relayed_from.is_some();
         let author: &Device = relayed_from.as_ref().unwrap_or(device);
-        // Every actor belongs to exactly one device (looked up once per actor and push).
+        // Every actor belongs to exactly one device (looked up once per actor and push). A new
+        // actor is registered only once its change is stored: a change that is refused or
+        // quarantined claims nothing (else a relay without its receipt could take another
+        // device's actor after a restore, and every later change of the owner would be
+        // quarantined).
         let owner: Option<String> = if !relayed && own_actors.contains(&facts.actor) {
             Some(device.id.clone())
         } else {
             q1(tx, "SELECT device_id FROM actors WHERE actor = ?1", [&facts.actor], |r| r.get(0)).optional()?
         };
-        match owner {
-            None => {
+        let new_actor = match owner {
+            None => true,
+            Some(o) if o != author.id => {
+                let reason = match &relayed_from {
+                    Some(a) => {
+                        format!("the change's actor belongs to another device than {}, whose receipt it carries", a.id)
+                    }
+                    None => "the change's actor belongs to another device".to_owned(),
+                };
+                return self.quarantine(tx, &key, doc_id, device, now, &reason, bytes);
+            }
+            Some(_) => false,
+        };
+        let register = |tx: &Transaction<'_>, own_actors: &mut BTreeSet<String>| -> Result<()> {
+            if new_actor {
                 exec(
                     tx,
-                    "INSERT INTO actors (actor, device_id, first_seen_ms) VALUES (?1, ?2, ?3)",
+                    "INSERT INTO actors (actor, device_id, first_seen_ms) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
                     params![facts.actor, author.id, now],
                 )?;
             }
-            Some(o) if o != author.id => {
-                return self.quarantine(
-                    tx,
-                    &key,
-                    doc_id,
-                    device,
-                    now,
-                    "the change's actor belongs to another device",
-                    bytes,
-                );
+            if !relayed {
+                own_actors.insert(facts.actor.clone());
             }
-            Some(_) => {}
-        }
-        if !relayed {
-            own_actors.insert(facts.actor.clone());
-        }
+            Ok(())
+        };
         // That the change belongs to the document it is filed under was checked when it was read
         // (`ingest::read_pushed`).
         let mut missing = 0;
@@ -699,21 +728,30 @@ impl SqliteStore {
                 Some(_) => {}
             }
         }
+        let vouch = if relayed { Vouch::Receipt } else { Vouch::None };
         if missing > 0 {
             exec(tx,
-                "INSERT INTO parked (hash, doc_id, device_id, received_ms, deps, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![key, doc_id, author.id, now, facts.deps.join(","), bytes],
+                "INSERT INTO parked (hash, doc_id, device_id, received_ms, deps, bytes, vouched) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![key, doc_id, author.id, now, facts.deps.join(","), bytes, relayed],
             )?;
+            register(tx, own_actors)?;
+            if pending_from_another {
+                exec(tx, "UPDATE quarantine SET status = 'released' WHERE hash = ?1", [&key])?;
+            }
             return Ok(ItemResult {
-                receipt: Some(self.receipts.issue(doc_id, &key, &author.id)),
                 key,
                 outcome: Outcome::Accepted,
                 reason: Some(format!("stored; waiting for {missing} earlier change(s)")),
+                receipt: None,
             });
         }
-        let mut result = self.apply(tx, author, doc_id, facts, bytes, relayed, now, touched)?;
+        let mut result = self.apply(tx, author, doc_id, facts, bytes, vouch, now, touched)?;
         if result.outcome == Outcome::Accepted {
+            register(tx, own_actors)?;
             result.receipt = Some(self.receipts.issue(doc_id, &key, &author.id));
+        }
+        if pending_from_another && result.outcome == Outcome::Accepted {
+            exec(tx, "UPDATE quarantine SET status = 'released' WHERE hash = ?1", [&key])?;
         }
         Ok(result)
     }
@@ -840,14 +878,15 @@ impl SqliteStore {
         doc_id: &str,
         facts: &ChangeFacts,
         bytes: &[u8],
-        released: bool,
+        vouch: Vouch,
         now: i64,
         touched: &mut HashMap<String, Touched>,
     ) -> Result<ItemResult> {
+        let released = vouch == Vouch::Administrator;
         let key = facts.hash.clone();
         // Allowed by the device's role and scope (model::access): checked before anything else,
         // so a change that is not allowed stores nothing but its quarantine row.
-        if !released {
+        if vouch == Vouch::None {
             if let Err(denied) = self.authorize(tx, device, doc_id, touched)? {
                 let reason = self.explain_denial(tx, device, facts, &denied)?;
                 return self.quarantine_told(tx, &key, doc_id, device, now, &reason, OUT_OF_SCOPE_TOLD, bytes);
@@ -916,7 +955,7 @@ impl SqliteStore {
         let t = touched.entry(doc_id.to_owned()).or_default();
         // A released change vouches for itself only: the device's other changes to the case
         // (parked ones that build on it) still face the rule.
-        if !released {
+        if vouch == Vouch::None {
             t.authorized.insert(device.id.clone());
         }
         t.seqs.push(seq);
@@ -957,21 +996,22 @@ impl SqliteStore {
         let mut docs: Vec<String> = touched.keys().cloned().collect();
         while let Some(doc_id) = docs.pop() {
             loop {
-                let parked: Vec<(String, String, String, Vec<u8>)> = tx
+                let parked: Vec<(String, String, String, Vec<u8>, bool)> = tx
                     .prepare_cached(
-                        "SELECT hash, device_id, deps, bytes FROM parked WHERE doc_id = ?1 ORDER BY received_ms, hash",
+                        "SELECT hash, device_id, deps, bytes, vouched FROM parked WHERE doc_id = ?1 ORDER BY received_ms, hash",
                     )?
-                    .query_map([&doc_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                    .query_map([&doc_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
                     .collect::<rusqlite::Result<_>>()?;
                 let mut progressed = false;
-                for (hash, device_id, deps, bytes) in parked {
+                for (hash, device_id, deps, bytes, vouched) in parked {
                     if missing_deps(tx, deps.split(',').filter(|d| !d.is_empty()))? > 0 {
                         continue;
                     }
                     let device = load_device_by_id(tx, &device_id)?;
                     let Ok((_, facts)) = read_change(&bytes) else { continue };
                     exec(tx, "DELETE FROM parked WHERE hash = ?1", [&hash])?;
-                    self.apply(tx, &device, &doc_id, &facts, &bytes, false, now, touched)?;
+                    let vouch = if vouched { Vouch::Receipt } else { Vouch::None };
+                    self.apply(tx, &device, &doc_id, &facts, &bytes, vouch, now, touched)?;
                     progressed = true;
                 }
                 if !progressed {
@@ -1807,6 +1847,18 @@ impl SyncStore for SqliteStore {
     }
 }
 
+/// Who vouches for a change that [`SqliteStore::apply`] stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Vouch {
+    /// Nobody: every rule applies.
+    None,
+    /// The server's receipt (a relay after a restore): the server applied these bytes from their
+    /// owner once, so the owner's scope is not asked again; attribution and shape still are.
+    Receipt,
+    /// An administrator released it from quarantine: it vouches for itself only.
+    Administrator,
+}
+
 /// What a pull sends of one document: changes, or a compacted history (and changes after it).
 struct Pulled {
     doc: String,
@@ -2250,10 +2302,18 @@ impl SqliteStore {
             let device = load_device_by_id(&tx, &device_id)?;
             let mut touched = HashMap::new();
             // An administrator's release vouches for a quarantined change: its claims are not re-checked.
-            let result = self.apply(&tx, &device, &doc_id, &facts, &bytes, true, now_ms, &mut touched)?;
+            let result =
+                self.apply(&tx, &device, &doc_id, &facts, &bytes, Vouch::Administrator, now_ms, &mut touched)?;
             if result.outcome != Outcome::Accepted {
                 return Err(ServerError::Internal(format!("{hash} could not be applied: {:?}", result.reason)));
             }
+            // A quarantined change claimed no actor (`ingest_change`); stored now, its actor, if
+            // still nobody's, is its sender's.
+            exec(
+                &tx,
+                "INSERT INTO actors (actor, device_id, first_seen_ms) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                params![facts.actor, device_id, now_ms],
+            )?;
             self.unpark(&tx, now_ms, &mut touched)?;
             for (d, t) in &touched {
                 self.refresh_doc(&tx, d, t)?;
