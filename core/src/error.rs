@@ -60,7 +60,7 @@ pub enum CoreError {
     #[error("the sync server answered {status} {code}: {message}")]
     Server { status: u16, code: String, message: String },
     /// The phone's storage is full. Nothing of the action was stored (SQLite rolled the
-    /// transaction back; a photo file written in part is removed or set aside), and nothing
+    /// transaction back; a photo file written in part is removed), and nothing
     /// stored before was changed.
     #[error("the phone's storage is full ({detail}): nothing of this was saved; free some space (old photos, other apps) and try again")]
     StorageFull { detail: String },

@@ -36,19 +36,21 @@ impl ReceiptKey {
         ReceiptKey { key }
     }
 
-    fn mac(&self, doc: &str, hash: &str, owner: &str) -> String {
-        // new_from_slice fails only for key lengths HMAC cannot take; 32 bytes it always takes.
-        let Ok(mut m) = HmacSha256::new_from_slice(&self.key) else { return String::new() };
+    /// The keyed hash over the document, the change hash and the owner, each length-prefixed so
+    /// that no two inputs read alike. None only for a key HMAC cannot take (never 32 bytes).
+    fn keyed(&self, doc: &str, hash: &str, owner: &str) -> Option<HmacSha256> {
+        let mut m = HmacSha256::new_from_slice(&self.key).ok()?;
         for part in [doc, hash, owner] {
             m.update(&(part.len() as u64).to_be_bytes());
             m.update(part.as_bytes());
         }
-        hex::encode(&m.finalize().into_bytes()[..MAC_BYTES])
+        Some(m)
     }
 
     /// The receipt for `hash` of `doc`, owned by device `owner`.
     pub fn issue(&self, doc: &str, hash: &str, owner: &str) -> String {
-        Receipt { hash: hash.to_owned(), owner: owner.to_owned(), mac: self.mac(doc, hash, owner) }.to_string()
+        let mac = self.keyed(doc, hash, owner).map(|m| hex::encode(&m.finalize().into_bytes()[..MAC_BYTES]));
+        Receipt { hash: hash.to_owned(), owner: owner.to_owned(), mac: mac.unwrap_or_default() }.to_string()
     }
 
     /// The receipt in `text` if it is this server's for `hash` of `doc` (the MAC compared in
@@ -56,12 +58,7 @@ impl ReceiptKey {
     pub fn verify(&self, doc: &str, hash: &str, text: &str) -> Option<Receipt> {
         let r = Receipt::parse(text).filter(|r| r.hash == hash)?;
         let mac = hex::decode(&r.mac).ok()?;
-        let Ok(mut m) = HmacSha256::new_from_slice(&self.key) else { return None };
-        for part in [doc, hash, r.owner.as_str()] {
-            m.update(&(part.len() as u64).to_be_bytes());
-            m.update(part.as_bytes());
-        }
-        m.verify_truncated_left(&mac).ok().map(|()| r)
+        self.keyed(doc, hash, &r.owner)?.verify_truncated_left(&mac).ok().map(|()| r)
     }
 }
 

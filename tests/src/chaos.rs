@@ -1325,12 +1325,12 @@ fn verdict(
         }
     }
     // Every device here is honest: nothing it sent may sit in quarantine.
-    report.quarantined =
-        db.query_row("SELECT count(*) FROM quarantine", [], |r| r.get::<_, i64>(0)).map_err(|e| e.to_string())? as u64;
-    if report.quarantined > 0 {
-        let reason: String =
-            db.query_row("SELECT reason FROM quarantine LIMIT 1", [], |r| r.get(0)).map_err(|e| e.to_string())?;
-        diverge(format!("{} honest items are in quarantine, the first: {reason}", report.quarantined));
+    // (A row its author's own push resolved is marked released: only pending ones count.)
+    let pending: Vec<_> =
+        store.quarantined().map_err(|e| e.to_string())?.into_iter().filter(|q| q.status == "pending").collect();
+    report.quarantined = pending.len() as u64;
+    if let Some(first) = pending.first() {
+        diverge(format!("{} honest items are in quarantine, the first: {}", pending.len(), first.reason));
     }
     let captured: Vec<String> =
         phones.iter().flat_map(|p| lock(&p.acked).cases.iter().map(|c| c.to_string()).collect::<Vec<_>>()).collect();

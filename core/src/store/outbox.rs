@@ -123,7 +123,7 @@ pub(crate) fn acknowledge_in(tx: &rusqlite::Transaction<'_>, seqs: &[i64]) -> Re
     Ok(n)
 }
 
-/// What [`Store::reoffer_everything`] queued.
+/// What a re-offer ([`Store::reoffer_in`]) queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Reoffered {
     pub changes: usize,
@@ -131,21 +131,15 @@ pub struct Reoffered {
 }
 
 impl Store {
-    /// Queues every change and record this phone holds, as if none had been acknowledged: for a
+    /// Queues every change this phone made or holds the server's receipt for, and every record
+    /// it made, as if none had been acknowledged: for a
     /// server restored from a backup, which lost what it received after the backup. The server
     /// stores by change hash and record id, so what it still has is acknowledged again and not
     /// duplicated. Photos are re-checked too (the server answers for the ones it kept).
-    pub fn reoffer_everything(&self) -> Result<Reoffered> {
-        let mut conn = self.writer();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let out = self.reoffer_in(&tx)?;
-        tx.commit()?;
-        Ok(out)
-    }
-
-    /// [`Store::reoffer_everything`] inside the caller's write transaction: the sync stores the
-    /// restored server's cursor in the same transaction, so that no crash can keep the new
-    /// cursor (the server would never ask again) and lose the re-offer.
+    ///
+    /// Inside the caller's write transaction: the sync stores the restored server's cursor (or
+    /// forgets a cursor the server never issued) in the same transaction, so that no crash can
+    /// keep the new cursor (the server would never ask again) and lose the re-offer.
     pub(crate) fn reoffer_in(&self, tx: &rusqlite::Transaction<'_>) -> Result<Reoffered> {
         let ids: Vec<String> = {
             let mut stmt = tx.prepare("SELECT doc_id FROM documents ORDER BY doc_id")?;
