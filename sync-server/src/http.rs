@@ -17,6 +17,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use gridwork_model::wire::{BlobOwner, EnrolRequest, ErrorBody, Outcome, SyncRequest};
 use http_body_util::BodyExt;
+use sha2::{Digest, Sha256};
 
 use crate::blobs::Begun;
 use crate::error::ServerError;
@@ -405,7 +406,7 @@ pub fn router_with(
 
 /// `/metrics` for Prometheus, on its own listener: operators scrape it from the server's host
 /// (or a network they choose), and devices on the sync listener never reach it.
-pub fn metrics_router(store: Arc<dyn SyncStore>, metrics: Arc<Metrics>) -> Router {
+pub fn metrics_router(store: Arc<dyn SyncStore>, metrics: Arc<Metrics>, token: Option<Arc<str>>) -> Router {
     let state = AppState {
         store,
         metrics,
@@ -414,5 +415,29 @@ pub fn metrics_router(store: Arc<dyn SyncStore>, metrics: Arc<Metrics>) -> Route
         enrol_limits: Arc::new(EnrolLimits::default()),
         body_timeout: limits::BODY_TIMEOUT,
     };
-    Router::new().route("/metrics", get(metrics_text)).fallback(not_found).with_state(state)
+    let router = Router::new().route("/metrics", get(metrics_text)).fallback(not_found).with_state(state);
+    match token {
+        Some(token) => router.layer(middleware::from_fn(move |req: Request, next: Next| {
+            let token = token.clone();
+            async move {
+                if bearer_matches(req.headers(), &token) {
+                    next.run(req).await
+                } else {
+                    (StatusCode::UNAUTHORIZED, "/metrics needs the operator's bearer token\n").into_response()
+                }
+            }
+        })),
+        None => router,
+    }
+}
+
+/// `Authorization: Bearer TOKEN`, compared in constant time (the token guards an endpoint that
+/// may listen beyond loopback).
+fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+    let Some(given) = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Some(given) = given.strip_prefix("Bearer ") else { return false };
+    let (a, b) = (Sha256::digest(given.as_bytes()), Sha256::digest(token.as_bytes()));
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -6,19 +6,19 @@
 //!   loading its document.
 //! - [`http`]: the axum routes.
 //! - [`places`]: the district's grids found by id and by position (an R-tree).
+//! - [`config`]: `serve`'s settings from the command line, the environment and a TOML file.
 //!
-//! - [`demo`]: the simulated district the README's main command runs.
-//!
-//! The server links `gridwork-model` (model, fold, document keys, wire types); only [`demo`] uses
-//! the device store, to simulate phones. The protocol is in docs/PROTOCOL.md.
+//! The server links `gridwork-model` (model, fold, document keys, wire types) and no phone code:
+//! the demo that simulates phones is its own crate (`gridwork-demo`). The protocol is in
+//! docs/PROTOCOL.md.
 
 pub mod allocator;
 pub mod backup;
 pub mod blobs;
 pub mod change_ops;
 pub mod clock;
+pub mod config;
 pub mod console;
-pub mod demo;
 pub mod error;
 pub mod grids;
 pub mod http;
@@ -78,6 +78,8 @@ pub struct ServeOptions {
     pub tls: Option<rustls::ServerConfig>,
     /// The metrics listener (plain HTTP): loopback by default; `None` runs none.
     pub metrics: Option<SocketAddr>,
+    /// When set, `/metrics` answers only `Authorization: Bearer TOKEN`.
+    pub metrics_token: Option<Arc<str>>,
     pub limits: serve::ServeLimits,
 }
 
@@ -86,6 +88,7 @@ impl Default for ServeOptions {
         ServeOptions {
             tls: None,
             metrics: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            metrics_token: None,
             limits: serve::ServeLimits::default(),
         }
     }
@@ -113,7 +116,7 @@ pub fn start_serving(
     addr: SocketAddr,
     options: ServeOptions,
 ) -> std::io::Result<RunningServer> {
-    let ServeOptions { tls, metrics: metrics_at, limits } = options;
+    let ServeOptions { tls, metrics: metrics_at, metrics_token, limits } = options;
     if tls.is_none() && !addr.ip().is_loopback() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -138,7 +141,7 @@ pub fn start_serving(
                 let _ = rx.wait_for(|stop| *stop).await;
             };
             if let Some(l) = metrics_listener {
-                let app = http::metrics_router(store.clone(), metrics.clone());
+                let app = http::metrics_router(store.clone(), metrics.clone(), metrics_token);
                 tokio::spawn(serve::serve(l, app, limits, stopped(rx.clone())));
             }
             let app = http::router_with(store, metrics, secure, limits.body_timeout);

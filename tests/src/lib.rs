@@ -1,5 +1,5 @@
 //! Shared pieces for Gridwork's end-to-end tests and the benchmark. The simulated district lives
-//! with the demo in the sync server (`gridwork-sync-server demo`); it is re-exported here so the
+//! with the demo (`gridwork-demo`, its own crate); it is re-exported here so the
 //! tests use exactly what the demo runs.
 //!
 //! [`fuzz_targets`] holds the bodies of the cargo-fuzz targets in `fuzz/` (see fuzz/README.md).
@@ -8,7 +8,7 @@ pub mod chaos;
 pub mod console_client;
 pub mod fuzz_targets;
 
-pub use gridwork_sync_server::demo::sim::*;
+pub use gridwork_demo::sim::*;
 
 /// A sync request as this version of the app sends it, pushing `changes` and `records` from
 /// `cursor` and asking for pages of up to `max_pull_bytes`: for the tests and benchmarks that

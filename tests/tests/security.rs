@@ -507,7 +507,7 @@ fn tight_server(d: &District) -> gridwork_sync_server::RunningServer {
     gridwork_sync_server::start_serving(
         d.store.clone() as Arc<dyn SyncStore>,
         "127.0.0.1:0".parse().expect("addr"),
-        ServeOptions { limits, metrics: None, tls: None },
+        ServeOptions { limits, metrics: None, tls: None, metrics_token: None },
     )
     .expect("tight server")
 }
@@ -562,7 +562,7 @@ fn connections_past_the_cap_wait_until_one_closes() {
     let server = gridwork_sync_server::start_serving(
         d.store.clone() as Arc<dyn SyncStore>,
         "127.0.0.1:0".parse().expect("addr"),
-        ServeOptions { limits, metrics: None, tls: None },
+        ServeOptions { limits, metrics: None, tls: None, metrics_token: None },
     )
     .expect("server");
     let idle_a = TcpStream::connect(server.addr).expect("a");

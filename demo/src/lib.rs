@@ -1,6 +1,9 @@
 //! The demo: a simulated district going offline and coming back.
 //!
-//!   gridwork-sync-server demo [--devices N] [--cases N] [--checkins N] [--data-dir DIR] [--no-console]
+//!   gridwork-demo [--devices N] [--cases N] [--checkins N] [--data-dir DIR] [--no-console]
+//!
+//! Its own crate so that the server links no phone code: the demo drives real gridwork-core
+//! stores (image, reqwest, SQLCipher) against `gridwork-sync-server` as a library.
 //!
 //! Starts the sync server on loopback with its embedded store, seeds a district (grids with
 //! patrol points, workers, supervisors, a police handler) and enrols one phone per worker. Each
@@ -23,7 +26,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::{SqliteStore, SyncStore};
 use gridwork_core::evidence::synthetic::{camera_like_jpeg, ExifSpec};
 use gridwork_core::model::catalog::{Catalog, Role};
 use gridwork_core::model::geo::Location;
@@ -32,53 +34,41 @@ use gridwork_core::model::lifecycle::EventKind;
 use gridwork_core::store::{CaseQuery, CheckInInput};
 use gridwork_core::sync::{enrol, SyncConfig};
 use gridwork_core::Store;
+use gridwork_sync_server::{SqliteStore, SyncStore};
 use sim::{district, for_each_index, identity_from_enrolment, open_device, random_case, Rng};
 
 pub mod sim;
 
-struct Args {
-    devices: usize,
-    cases: usize,
-    checkins: usize,
-    data_dir: Option<PathBuf>,
-    console: bool,
+/// What the demo runs: `gridwork-demo --help` prints this.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "gridwork-demo",
+    version,
+    about = "A district goes offline and comes back, through the real sync server; then the supervisor console waits."
+)]
+pub struct Args {
+    /// Workers (one phone and one grid each); grids are grouped ten to a community.
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..))]
+    pub devices: u32,
+    /// Cases each worker reports offline.
+    #[arg(long, default_value_t = 20)]
+    pub cases: u32,
+    /// Patrol check-ins per worker.
+    #[arg(long, default_value_t = 8)]
+    pub checkins: u32,
+    /// Keep the server's and the phones' stores here (by default a temporary directory removed at exit).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Exit after the final JSON line instead of leaving the supervisor console running.
+    #[arg(long)]
+    pub no_console: bool,
 }
 
 /// The password of every demo console account (printed with the console's URL).
 pub const DEMO_PASSWORD: &str = "gridwork-demo";
 
-const HELP: &str = "usage: gridwork-sync-server demo [--devices N] [--cases N per device] [--checkins N per device] [--data-dir DIR] [--no-console]
-  --no-console  exit after the final line instead of leaving the supervisor console running";
-
-fn parse_args(args: Vec<String>) -> Result<Args, String> {
-    let mut a = Args { devices: 40, cases: 20, checkins: 8, data_dir: None, console: true };
-    let mut it = args.into_iter();
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        let number = |v: String| v.parse::<usize>().map_err(|_| format!("{flag} takes a number, got {v:?}"));
-        match flag.as_str() {
-            "--devices" => a.devices = number(value()?)?,
-            "--cases" => a.cases = number(value()?)?,
-            "--checkins" => a.checkins = number(value()?)?,
-            "--data-dir" => a.data_dir = Some(PathBuf::from(value()?)),
-            "--no-console" => a.console = false,
-            "-h" | "--help" => return Err(HELP.into()),
-            other => return Err(format!("unknown flag {other}\n{HELP}")),
-        }
-    }
-    if a.devices == 0 {
-        return Err("--devices must be at least 1".into());
-    }
-    Ok(a)
-}
-
-/// Runs the demo with the arguments after `demo`.
-pub fn main(args: Vec<String>) -> Result<(), String> {
-    parse_args(args).and_then(run)
-}
-
 fn say(msg: &str) {
-    eprintln!("gridwork-sync-server demo: {msg}");
+    eprintln!("gridwork-demo: {msg}");
 }
 
 /// A phone: its store and how it reaches the server.
@@ -95,7 +85,7 @@ fn enrol_phone(server: &SqliteStore, url: &str, user: &str, dir: &Path, catalog:
     Ok(Phone { user: user.to_owned(), store, config: SyncConfig::new(url, e.token) })
 }
 
-use crate::clock::now_ms;
+use gridwork_sync_server::clock::now_ms;
 
 /// Runs `f` on every phone from two plain threads (reqwest's blocking client must not run inside
 /// a tokio runtime), reporting progress every tenth phone.
@@ -131,8 +121,10 @@ fn sync(p: &Phone) -> Result<(), String> {
     p.store.sync(&p.config, &mut |_| {}).map(|_| ()).map_err(|e| e.to_string())
 }
 
-fn run(args: Args) -> Result<(), String> {
+/// Runs the demo.
+pub fn run(args: Args) -> Result<(), String> {
     let started = Instant::now();
+    let (devices, cases, checkins_each) = (args.devices as usize, args.cases as usize, args.checkins as usize);
     let (data_dir, _keep) = match &args.data_dir {
         Some(d) => (d.clone(), None),
         None => {
@@ -141,7 +133,7 @@ fn run(args: Args) -> Result<(), String> {
         }
     };
     std::fs::create_dir_all(&data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
-    let catalog = district(args.devices);
+    let catalog = district(devices);
     let communities: BTreeSet<String> = catalog.grids.iter().map(|g| g.community.clone()).collect();
 
     // The server and its district.
@@ -162,27 +154,30 @@ fn run(args: Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     server.set_user("admin", Role::Administrator, None, &[]).map_err(|e| e.to_string())?;
     {
-        use crate::store::ConsoleStore;
+        use gridwork_sync_server::store::ConsoleStore;
         let console: &dyn ConsoleStore = server.as_ref();
         let people = (0..communities.len()).map(|k| format!("sup{k}")).chain(["police1".into(), "admin".into()]);
         for u in people {
             console.set_password(&u, DEMO_PASSWORD, now_ms()).map_err(|e| e.to_string())?;
         }
     }
-    let running = crate::start(server.clone() as Arc<dyn SyncStore>, "127.0.0.1:0".parse().map_err(|_| "address")?)
-        .map_err(|e| format!("cannot start the server: {e}"))?;
+    let running = gridwork_sync_server::start(
+        server.clone() as Arc<dyn SyncStore>,
+        "127.0.0.1:0".parse().map_err(|_| "address")?,
+    )
+    .map_err(|e| format!("cannot start the server: {e}"))?;
     let url = running.url();
     say(&format!("sync server on {url}, data in {}", data_dir.display()));
     say(&format!(
         "district: {} grids in {} communities; {} workers, {} supervisors, 1 police handler",
         catalog.grids.len(),
         communities.len(),
-        args.devices,
+        devices,
         communities.len()
     ));
 
     let dev_dir = |name: &str| data_dir.join("phones").join(name);
-    let workers: Vec<Phone> = (0..args.devices)
+    let workers: Vec<Phone> = (0..devices)
         .map(|d| enrol_phone(&server, &url, &format!("w{d}"), &dev_dir(&format!("w{d}")), &catalog))
         .collect::<Result<_, _>>()?;
     let supervisors: Vec<Phone> = (0..communities.len())
@@ -191,7 +186,7 @@ fn run(args: Args) -> Result<(), String> {
     let police = enrol_phone(&server, &url, "police1", &dev_dir("police1"), &catalog)?;
 
     // Offline: patrols and reports.
-    say(&format!("offline: each worker checks in {} times and reports {} cases", args.checkins, args.cases));
+    say(&format!("offline: each worker checks in {} times and reports {} cases", checkins_each, cases));
     let photo = camera_like_jpeg(
         2000,
         1500,
@@ -207,7 +202,7 @@ fn run(args: Args) -> Result<(), String> {
         let grid = GridId(format!("g{d}"));
         let patrol = p.store.start_patrol(&grid).map_err(|e| e.to_string())?;
         let points = &catalog.grids[d].points;
-        for i in 0..args.checkins {
+        for i in 0..checkins_each {
             let pt = &points[i % points.len()];
             let location =
                 Location::gps(pt.lat + (rng.unit() - 0.5) * 1e-4, pt.lon + (rng.unit() - 0.5) * 1e-4, 5.0, now_ms());
@@ -223,7 +218,7 @@ fn run(args: Args) -> Result<(), String> {
             checkins.fetch_add(1, Ordering::SeqCst);
         }
         p.store.finish_patrol(&patrol).map_err(|e| e.to_string())?;
-        for i in 0..args.cases {
+        for i in 0..cases {
             let mut case = random_case(&mut rng, &catalog, d, now_ms());
             if i % 5 == 0 {
                 case.photos = vec![photo.clone()];
@@ -390,7 +385,7 @@ fn run(args: Args) -> Result<(), String> {
         "elapsed_s": (started.elapsed().as_secs_f64() * 100.0).round() / 100.0,
     });
     println!("{summary}");
-    if args.console {
+    if !args.no_console {
         wait_in_console(&running.url(), communities.len())?;
     }
     Ok(())

@@ -1,0 +1,122 @@
+//! The command line as an operator uses it: `--help`, `--data-dir` on either side of the
+//! command, settings from a file and the environment, and `/metrics` behind its token.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Output, Stdio};
+
+const EXE: &str = env!("CARGO_BIN_EXE_gridwork-sync-server");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(EXE).args(args).env_remove("GRIDWORK_DATA_DIR").output().expect("the server binary runs")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn help_is_an_answer_not_an_error() {
+    for args in [&["--help"][..], &["serve", "--help"], &["admin", "--help"], &["admin", "set-user", "--help"]] {
+        let o = run(args);
+        assert!(o.status.success(), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains("Usage:"), "{args:?}: {}", text(&o));
+    }
+    let o = run(&["serve", "--help"]);
+    for setting in ["--listen", "--store", "--tls", "--metrics-listen", "--metrics-token", "--log-format", "--config"] {
+        assert!(text(&o).contains(setting), "serve --help names {setting}");
+    }
+}
+
+#[test]
+fn the_data_dir_goes_before_or_after_the_command() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf-8 path");
+    let before = run(&["--data-dir", d, "admin", "set-user", "w1", "--role", "worker", "--scope", "grid:g1"]);
+    assert!(before.status.success(), "{}", text(&before));
+    let after = run(&["admin", "list-devices", "--data-dir", d]);
+    assert!(after.status.success(), "{}", text(&after));
+    let enrol = run(&["admin", "enrol-device", "w1", "--data-dir", d]);
+    assert!(enrol.status.success() && text(&enrol).contains("gridwork:enrol?"), "{}", text(&enrol));
+    let listed = run(&["--data-dir", d, "admin", "list-devices"]);
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 1, "{}", text(&listed));
+    let missing = run(&["admin", "list-devices"]);
+    assert!(!missing.status.success() && text(&missing).contains("--data-dir"), "{}", text(&missing));
+}
+
+#[test]
+fn a_bad_setting_stops_serve_naming_the_setting_and_its_source() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf-8 path");
+    let config = dir.path().join("server.toml");
+    std::fs::write(&config, "listne = \"127.0.0.1:0\"\n").expect("write");
+    let o = run(&["serve", "--data-dir", d, "--config", config.to_str().expect("utf-8")]);
+    assert!(!o.status.success() && text(&o).contains("listne") && text(&o).contains("server.toml"), "{}", text(&o));
+    let o =
+        Command::new(EXE).args(["serve", "--data-dir", d]).env("GRIDWORK_LOG_FORMAT", "yaml").output().expect("runs");
+    assert!(!o.status.success() && text(&o).contains("log_format"), "{}", text(&o));
+    let o = run(&["serve", "--data-dir", d, "--listen", "0.0.0.0:0"]);
+    assert!(!o.status.success() && text(&o).contains("init-tls"), "plain HTTP off loopback: {}", text(&o));
+}
+
+struct Serving(Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn get(addr: &str, path: &str, auth: Option<&str>) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    let auth = auth.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").expect("write");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+}
+
+/// Settings from the file, one overridden by the environment; `/metrics` refuses without the
+/// token from the file and answers with it.
+#[test]
+fn serve_takes_its_settings_from_file_and_environment_and_guards_metrics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("server.toml");
+    let token = "a-long-enough-metrics-token";
+    std::fs::write(
+        &config,
+        format!("listen = \"127.0.0.1:1\"\nmetrics_listen = \"127.0.0.1:0\"\nmetrics_token = \"{token}\"\nlog_format = \"json\"\n"),
+    )
+    .expect("write");
+    let child = Command::new(EXE)
+        .args(["serve", "--config", config.to_str().expect("utf-8")])
+        .env("GRIDWORK_DATA_DIR", dir.path().join("data"))
+        .env("GRIDWORK_LISTEN", "127.0.0.1:0")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("serve starts");
+    let mut serving = Serving(child);
+    let stderr = serving.0.stderr.take().expect("stderr");
+    let mut line = String::new();
+    let mut reader = BufReader::new(stderr);
+    while !line.contains("serving") {
+        line.clear();
+        assert!(reader.read_line(&mut line).expect("read") > 0, "serve exited before serving");
+    }
+    let log: serde_json::Value = serde_json::from_str(&line).expect("log_format json from the file");
+    let fields = &log["fields"];
+    let url = fields["url"].as_str().expect("url");
+    assert!(!url.ends_with(":1"), "the environment's listen wins over the file's: {url}");
+    let metrics = fields["metrics"].as_str().expect("metrics url");
+    let metrics_addr = metrics.trim_start_matches("http://").trim_end_matches("/metrics");
+    let health = get(url.trim_start_matches("http://"), "/v1/health", None);
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let refused = get(metrics_addr, "/metrics", None);
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    let wrong = get(metrics_addr, "/metrics", Some("not-the-token-at-all"));
+    assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+    let answered = get(metrics_addr, "/metrics", Some(token));
+    assert!(answered.starts_with("HTTP/1.1 200") && answered.contains("gridwork_"), "{answered}");
+}
