@@ -27,6 +27,8 @@ pub mod limits;
 pub mod metrics;
 pub mod places;
 pub mod receipts;
+pub mod records;
+pub mod rules;
 pub mod serve;
 pub mod store;
 pub mod tls;

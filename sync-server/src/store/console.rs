@@ -275,3 +275,13 @@ pub trait ConsoleStore: Send + Sync {
     /// Replaces the reference data (a new catalog version reaches every device on its next sync).
     fn set_catalog(&self, user: &ConsoleUser, catalog: &gridwork_model::catalog::Catalog) -> Result<u64>;
 }
+
+/// `,a,b,`: every department between commas, so `LIKE '%,a,%'` finds one exactly.
+pub fn departments_column<'a>(departments: impl Iterator<Item = &'a str>) -> String {
+    let list: Vec<&str> = departments.collect();
+    if list.is_empty() {
+        String::new()
+    } else {
+        format!(",{},", list.join(","))
+    }
+}

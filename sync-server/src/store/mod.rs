@@ -2,11 +2,12 @@
 //! default (one data directory). The SQL is kept portable for the PostgreSQL store to come.
 
 pub mod console;
+pub mod port;
 mod sqlite;
 
-pub use console::ConsoleStore;
 /// A record body as the server reads it (public for the fuzz targets in `gridwork-tests`).
-pub use sqlite::records::RecordFacts;
+pub use crate::records::RecordFacts;
+pub use console::ConsoleStore;
 pub use sqlite::{DeviceInfo, QuarantinedItem, SqliteStore};
 
 use gridwork_model::wire::{BlobOwner, BlobStatus, EnrolRequest, EnrolResponse, SyncRequest, SyncResponse};

@@ -4,38 +4,35 @@
 //! sequence numbers are taken from `meta.last_seq` inside it, so they commit in order and a cursor
 //! (the last sequence number a device has seen) can never skip a change (docs/PROTOCOL.md).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, RwLock};
 
 use base64::Engine;
-use gridwork_model::access::{case_scopes, may_change, CaseAccess, Scope, Subject, WriteDenied};
+use gridwork_model::access::may_change;
 use gridwork_model::catalog::{Catalog, Category, Department, Grid, Role};
 use gridwork_model::doc::keys;
 use gridwork_model::geo::Location;
-use gridwork_model::ids::{DeviceId, GridId, UserId};
-use gridwork_model::lifecycle::{fold, Event, EventKind};
 use gridwork_model::wire::{
-    BlobOwner, BlobStatus, EnrolRequest, EnrolResponse, ItemResult, Outcome, PulledDoc, SyncRequest, SyncResponse,
-    PROTOCOL_VERSION,
+    BlobOwner, BlobStatus, EnrolRequest, EnrolResponse, ItemResult, SyncRequest, SyncResponse, PROTOCOL_VERSION,
 };
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
 use sha2::{Digest, Sha256};
 
 mod console;
+mod port;
 pub(super) mod records;
 
 use super::{Device, OperatorStats, SyncStore};
 use crate::blobs::{Begun, BlobFiles, Writer};
 use crate::error::{Result, ServerError};
-use crate::ingest::{read_change, ChangeFacts};
 use crate::places::Places;
-use console::departments_column;
+use crate::rules::pull::{add_whole_documents, parse_cursor, pull, told_scopes};
+use crate::rules::push::{case_access, subject, Push, Pushed, Rules};
+use crate::store::port::ReadTx;
+use port::SqliteTx;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-/// A device clock further than this from the server's is flagged on what it sends.
-pub const MAX_CLOCK_SKEW_MS: i64 = 10 * 60 * 1000;
 
 /// A device as an administrator sees it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -71,24 +68,8 @@ pub struct QuarantinedItem {
     pub status: String,
 }
 
-/// A joining document's history of at least this many changes is sent compacted (to devices
-/// that accept it): below it, a saved document is not much smaller than the changes.
-const COMPACT_FROM_CHANGES: usize = 32;
-
-/// The most a history may inflate to for the server to compact it (compacting loads it whole);
-/// a longer one goes as its changes.
-const MAX_COMPACT_INPUT: usize = 8 * 1024 * 1024;
-
 /// Reader connections kept open between syncs.
 const MAX_READERS: usize = 64;
-
-/// Memberships (documents joining the device's view) and changes one pull reads past its cursor:
-/// a pull's memory is bounded whatever its scope holds; the device is told there is more.
-const MAX_PULL_JOIN_ROWS: usize = 2_000;
-const MAX_PULL_CHANGE_ROWS: usize = 20_000;
-
-/// Whole documents one sync request may ask for; the device asks for the rest on its next round.
-const MAX_WANT_FULL: usize = 100;
 
 /// The schema this server writes (`PRAGMA user_version`).
 const SCHEMA_VERSION: i64 = 9;
@@ -165,18 +146,6 @@ fn q1<T>(
     f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
 ) -> rusqlite::Result<T> {
     conn.prepare_cached(sql)?.query_row(params, f)
-}
-
-/// How many of `deps` are not applied on the server yet. Storage errors propagate: a failed
-/// lookup must not read as "missing".
-fn missing_deps<'a>(conn: &Connection, deps: impl IntoIterator<Item = &'a str>) -> Result<usize> {
-    let mut missing = 0;
-    for d in deps {
-        if q1(conn, "SELECT 1 FROM changes WHERE hash = ?1", [d], |_| Ok(())).optional()?.is_none() {
-            missing += 1;
-        }
-    }
-    Ok(missing)
 }
 
 fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>> {
@@ -573,930 +542,6 @@ impl SqliteStore {
         heads.sort();
         Ok(heads)
     }
-
-    /// Every scope a device of `user` sees, with when it was granted.
-    fn device_scopes(tx: &Connection, device: &Device) -> Result<BTreeMap<String, i64>> {
-        let mut scopes: BTreeMap<String, i64> = tx
-            .prepare_cached("SELECT scope, min(granted_seq) FROM user_areas WHERE user_id = ?1 GROUP BY scope")?
-            .query_map([&device.user], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        scopes.insert(format!("user:{}", device.user), 0);
-        Ok(scopes)
-    }
-
-    /// Stores one pushed change. Returns its outcome and, when applied, (seq, doc id).
-    fn ingest_change(
-        &self,
-        tx: &Transaction<'_>,
-        device: &Device,
-        pushed: &Pushed,
-        now: i64,
-        own_actors: &mut BTreeSet<String>,
-        touched: &mut HashMap<String, Touched>,
-    ) -> Result<ItemResult> {
-        let (doc_id, bytes) = (pushed.doc.as_str(), pushed.bytes.as_slice());
-        let facts = match &pushed.facts {
-            Ok(f) => f,
-            Err(reason) => {
-                return Ok(ItemResult {
-                    key: sha256_hex(&B64.encode(bytes)),
-                    outcome: Outcome::Refused,
-                    reason: Some(reason.clone()),
-                    receipt: None,
-                })
-            }
-        };
-        let key = facts.hash.clone();
-        // Known already? One statement for the three places a change can be (and, when applied,
-        // its document and the device it is attributed to, for the receipt).
-        #[allow(clippy::type_complexity)]
-        let (owner_doc, parked, quarantined): (Option<(String, String)>, bool, Option<(String, String)>) = q1(
-            tx,
-            "SELECT (SELECT device_id FROM changes WHERE hash = ?1), (SELECT doc_id FROM changes WHERE hash = ?1),
-                    EXISTS (SELECT 1 FROM parked WHERE hash = ?1),
-                    (SELECT status FROM quarantine WHERE hash = ?1), (SELECT device_id FROM quarantine WHERE hash = ?1)",
-            [&key],
-            |r| {
-                let owner: Option<String> = r.get(0)?;
-                let doc: Option<String> = r.get(1)?;
-                let status: Option<String> = r.get(3)?;
-                let by: Option<String> = r.get(4)?;
-                Ok((owner.zip(doc), r.get(2)?, status.zip(by)))
-            },
-        )?;
-        if let Some((owner, stored_doc)) = owner_doc {
-            // A receipt is the server's word that it applied these bytes to this document: never
-            // for another document the push names.
-            let receipt = (stored_doc == doc_id).then(|| self.receipts.issue(doc_id, &key, &owner));
-            return Ok(ItemResult { key, outcome: Outcome::Accepted, reason: None, receipt });
-        }
-        if parked {
-            // Stored, waiting for its dependencies, and not checked yet: no receipt until applied.
-            return Ok(ItemResult { key, outcome: Outcome::Accepted, reason: None, receipt: None });
-        }
-        // Quarantined before: the same verdict for the device that sent it then, and for bytes an
-        // administrator rejected. Another device's push of the same bytes (their author's, say,
-        // after someone else pushed them first) is judged on its own, and if it is accepted the
-        // quarantine row is marked released: else whoever pushed a change first, without the
-        // right to, would hold its author's work in quarantine.
-        let pending_from_another = match &quarantined {
-            Some((status, by)) if status == "pending" && by != &device.id => true,
-            Some(_) => {
-                let reason = Some("already quarantined".into());
-                return Ok(ItemResult { key, outcome: Outcome::Quarantined, reason, receipt: None });
-            }
-            None => false,
-        };
-        // A relay: another device's change offered again (after a restore) with the server's
-        // receipt for it. It goes in as its owner's, and is not checked against the owner's scope
-        // again (`Vouch::Receipt`); anything else is the pushing device's own.
-        let verified = pushed.receipt.as_deref().and_then(|t| self.receipts.verify(doc_id, &key, t));
-        let relayed_from: Option<Device> = match verified {
-            Some(r) if r.owner != device.id => match load_device_by_id(tx, &r.owner) {
-                Ok(owner) => Some(owner),
-                Err(_) if r.owner.starts_with("console-") => {
-                    match console::console_device_again(tx, &self.epoch, &r.owner, now)? {
-                        Some(owner) => Some(owner),
-                        None => {
-                            let reason =
-                                format!("relayed change of {}, a console user this server does not know", r.owner);
-                            return self.quarantine(tx, &key, doc_id, device, now, &reason, bytes);
-                        }
-                    }
-                }
-                Err(_) => {
-                    let reason = format!("relayed change of device {}, which this server does not know", r.owner);
-                    return self.quarantine(tx, &key, doc_id, device, now, &reason, bytes);
-                }
-            },
-            _ => None,
-        };
-        let relayed = relayed_from.is_some();
-        let author: &Device = relayed_from.as_ref().unwrap_or(device);
-        // Every actor belongs to exactly one device (looked up once per actor and push). A new
-        // actor is registered only once its change is stored: a change that is refused or
-        // quarantined claims nothing (else a relay without its receipt could take another
-        // device's actor after a restore, and every later change of the owner would be
-        // quarantined).
-        let owner: Option<String> = if !relayed && own_actors.contains(&facts.actor) {
-            Some(device.id.clone())
-        } else {
-            q1(tx, "SELECT device_id FROM actors WHERE actor = ?1", [&facts.actor], |r| r.get(0)).optional()?
-        };
-        let new_actor = match owner {
-            None => true,
-            Some(o) if o != author.id => {
-                let reason = match &relayed_from {
-                    Some(a) => {
-                        format!("the change's actor belongs to another device than {}, whose receipt it carries", a.id)
-                    }
-                    None => "the change's actor belongs to another device".to_owned(),
-                };
-                return self.quarantine(tx, &key, doc_id, device, now, &reason, bytes);
-            }
-            Some(_) => false,
-        };
-        let register = |tx: &Transaction<'_>, own_actors: &mut BTreeSet<String>| -> Result<()> {
-            if new_actor {
-                exec(
-                    tx,
-                    "INSERT INTO actors (actor, device_id, first_seen_ms) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-                    params![facts.actor, author.id, now],
-                )?;
-            }
-            if !relayed {
-                own_actors.insert(facts.actor.clone());
-            }
-            Ok(())
-        };
-        // That the change belongs to the document it is filed under was checked when it was read
-        // (`ingest::read_pushed`).
-        let mut missing = 0;
-        for dep in &facts.deps {
-            let dep_doc: Option<String> =
-                q1(tx, "SELECT doc_id FROM changes WHERE hash = ?1", [dep], |r| r.get(0)).optional()?;
-            match dep_doc {
-                None => missing += 1,
-                Some(d) if d != doc_id => {
-                    return Ok(ItemResult {
-                        key,
-                        outcome: Outcome::Refused,
-                        reason: Some(format!("change depends on another document than {doc_id}")),
-                        receipt: None,
-                    });
-                }
-                Some(_) => {}
-            }
-        }
-        let vouch = if relayed { Vouch::Receipt } else { Vouch::None };
-        if missing > 0 {
-            exec(tx,
-                "INSERT INTO parked (hash, doc_id, device_id, received_ms, deps, bytes, vouched) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![key, doc_id, author.id, now, facts.deps.join(","), bytes, relayed],
-            )?;
-            register(tx, own_actors)?;
-            if pending_from_another {
-                exec(tx, "UPDATE quarantine SET status = 'released' WHERE hash = ?1", [&key])?;
-            }
-            return Ok(ItemResult {
-                key,
-                outcome: Outcome::Accepted,
-                reason: Some(format!("stored; waiting for {missing} earlier change(s)")),
-                receipt: None,
-            });
-        }
-        let mut result = self.apply(tx, author, doc_id, facts, bytes, vouch, now, touched)?;
-        if result.outcome == Outcome::Accepted {
-            register(tx, own_actors)?;
-            result.receipt = Some(self.receipts.issue(doc_id, &key, &author.id));
-        }
-        if pending_from_another && result.outcome == Outcome::Accepted {
-            exec(tx, "UPDATE quarantine SET status = 'released' WHERE hash = ?1", [&key])?;
-        }
-        Ok(result)
-    }
-
-    // The push context (transaction, device, clock) travels as arguments; a context struct is due
-    // when the PostgreSQL store shares this code.
-    #[allow(clippy::too_many_arguments)]
-    fn quarantine(
-        &self,
-        tx: &Transaction<'_>,
-        key: &str,
-        doc_id: &str,
-        device: &Device,
-        now: i64,
-        reason: &str,
-        bytes: &[u8],
-    ) -> Result<ItemResult> {
-        self.quarantine_told(tx, key, doc_id, device, now, reason, reason, bytes)
-    }
-
-    /// Quarantines an item, keeping `reason` for the administrator and telling the device `told`
-    /// (which says nothing of the case it could not see).
-    #[allow(clippy::too_many_arguments)]
-    fn quarantine_told(
-        &self,
-        tx: &Transaction<'_>,
-        key: &str,
-        doc_id: &str,
-        device: &Device,
-        now: i64,
-        reason: &str,
-        told: &str,
-        bytes: &[u8],
-    ) -> Result<ItemResult> {
-        exec(tx,
-            "INSERT INTO quarantine (hash, doc_id, device_id, received_ms, reason, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
-            params![key, doc_id, device.id, now, reason, bytes],
-        )?;
-        Ok(ItemResult {
-            key: key.to_owned(),
-            outcome: Outcome::Quarantined,
-            reason: Some(told.to_owned()),
-            receipt: None,
-        })
-    }
-
-    /// The one write-authorization rule (`gridwork_model::access::may_change`) with what the
-    /// server knows when the change arrives: the case's membership, the device that created it,
-    /// and the scopes the device's user holds now. A change to a case the server does not hold
-    /// yet creates it, and a device may always create a case (its reporter scope then covers it).
-    fn authorize(
-        &self,
-        tx: &Transaction<'_>,
-        device: &Device,
-        doc_id: &str,
-        touched: &HashMap<String, Touched>,
-    ) -> Result<std::result::Result<(), WriteDenied>> {
-        if touched.get(doc_id).is_some_and(|t| t.authorized.contains(&device.id)) {
-            return Ok(Ok(())); // an earlier change of this push to the same case was allowed
-        }
-        let Some(access) = case_access(tx, doc_id)? else { return Ok(Ok(())) };
-        Ok(may_change(&subject(tx, device)?, &access))
-    }
-
-    /// What the administrator reads in the quarantine for a change refused for its scope: the
-    /// rule's verdict, and whether it looks like work done before the user lost the case's scope
-    /// (it builds only on changes the server had when the scope was taken away — a worker moved
-    /// to another grid syncing late) or like an attack (it builds on what the user never held).
-    fn explain_denial(
-        &self,
-        tx: &Transaction<'_>,
-        device: &Device,
-        facts: &ChangeFacts,
-        denied: &WriteDenied,
-    ) -> Result<String> {
-        let WriteDenied::OutOfScope { case_scopes, .. } = denied;
-        // When the user last lost a scope the case belongs to: a scope taken away, a community or
-        // street taken away with its grids, or a grid moved out of one of the user's areas.
-        let mut lost: Option<(String, i64)> = None;
-        let removed: Vec<(String, i64)> = tx
-            .prepare_cached(
-                "SELECT scope, removed_seq FROM user_scopes_removed WHERE user_id = ?1
-                 UNION ALL SELECT 'grid:' || p.grid_id, r.removed_seq FROM user_scopes_removed r
-                     JOIN grid_placements p ON p.scope = r.scope AND p.from_seq <= r.removed_seq
-                         AND (p.to_seq IS NULL OR p.to_seq >= r.removed_seq)
-                     WHERE r.user_id = ?1
-                 UNION ALL SELECT 'grid:' || p.grid_id, p.to_seq FROM user_scopes s
-                     JOIN grid_placements p ON p.scope = s.scope WHERE s.user_id = ?1 AND p.to_seq IS NOT NULL",
-            )?
-            .query_map([&device.user], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        for (scope, at) in removed {
-            if case_scopes.contains(&scope) && lost.as_ref().is_none_or(|(_, a)| at > *a) {
-                lost = Some((scope, at));
-            }
-        }
-        let mut built_on = 0i64;
-        for d in &facts.deps {
-            let seq: Option<i64> = q1(tx, "SELECT seq FROM changes WHERE hash = ?1", [d], |r| r.get(0)).optional()?;
-            built_on = built_on.max(seq.unwrap_or(i64::MAX));
-        }
-        Ok(match lost {
-            // A change that builds on nothing cannot be work on the case as its author saw it.
-            Some((scope, at)) if built_on <= at && !facts.deps.is_empty() => format!(
-                "late change: {denied}. {} held {scope} until sequence {at}, and this change builds only on what \
-                 the server had then: work done offline before the move — release it if it is genuine",
-                device.user
-            ),
-            Some((scope, at)) => format!(
-                "out of scope: {denied}. {} lost {scope} at sequence {at}, and this change builds on later changes",
-                device.user
-            ),
-            None => format!("out of scope: {denied}"),
-        })
-    }
-
-    /// Applies a change whose dependencies are all present: attribution checks, then a sequence
-    /// number and the server's view of the case.
-    #[allow(clippy::too_many_arguments)]
-    fn apply(
-        &self,
-        tx: &Transaction<'_>,
-        device: &Device,
-        doc_id: &str,
-        facts: &ChangeFacts,
-        bytes: &[u8],
-        vouch: Vouch,
-        now: i64,
-        touched: &mut HashMap<String, Touched>,
-    ) -> Result<ItemResult> {
-        let released = vouch == Vouch::Administrator;
-        let key = facts.hash.clone();
-        // Allowed by the device's role and scope (model::access): checked before anything else,
-        // so a change that is not allowed stores nothing but its quarantine row.
-        if vouch == Vouch::None {
-            if let Err(denied) = self.authorize(tx, device, doc_id, touched)? {
-                let reason = self.explain_denial(tx, device, facts, &denied)?;
-                return self.quarantine_told(tx, &key, doc_id, device, now, &reason, OUT_OF_SCOPE_TOLD, bytes);
-            }
-        }
-        // Where the case's events live: this change, an earlier change of this push, or the store.
-        let earlier = touched.get(doc_id).and_then(|t| t.events_obj.clone());
-        let known = match earlier {
-            Some(o) => Some(o),
-            None => {
-                q1(tx, "SELECT events_obj FROM docs WHERE doc_id = ?1", [doc_id], |r| r.get::<_, Option<String>>(0))
-                    .optional()?
-                    .flatten()
-            }
-        };
-        let events_obj: Option<String> = match (&facts.events_obj_created, known) {
-            // A second `events` map would hide the case's history behind one the server never
-            // checked (Automerge picks one of two concurrent maps): no replica makes one.
-            (Some(new), Some(old)) if *new != old && !released => {
-                let reason = "the change replaces the case's events map: its events could not be attributed";
-                return self.quarantine(tx, &key, doc_id, device, now, reason, bytes);
-            }
-            (Some(o), _) => Some(o.clone()),
-            (None, known) => known,
-        };
-        let mut events = vec![];
-        if let Some(obj) = &events_obj {
-            for e in facts.events(obj) {
-                match e {
-                    Err(_) if released => {}
-                    Err(reason) => return self.quarantine(tx, &key, doc_id, device, now, &reason, bytes),
-                    Ok((e, raw)) => {
-                        let a = &e.actor;
-                        if !released && (a.device.0 != device.id || a.user.0 != device.user || a.role != device.role) {
-                            let reason = format!(
-                                "event claims user {} as {:?} on {}, but the device is enrolled for {} as {:?}",
-                                a.user, a.role, a.device, device.user, device.role
-                            );
-                            return self.quarantine(tx, &key, doc_id, device, now, &reason, bytes);
-                        }
-                        events.push((e, raw));
-                    }
-                }
-            }
-        }
-        // Every actor it names must be in the case's history already (schema 8), released or not:
-        // an administrator vouches for who may change a case, not for Automerge's invariants.
-        if let Some(reason) = unknown_actor(tx, doc_id, facts)? {
-            return self.quarantine(tx, &key, doc_id, device, now, &reason, bytes);
-        }
-        let seq = self.next_seq(tx)?;
-        exec(
-            tx,
-            "INSERT INTO changes (seq, hash, doc_id, device_id, received_ms, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![seq, key, doc_id, device.id, now, bytes],
-        )?;
-        // Stored as the change holds it: it parsed to this event above.
-        for (e, raw) in &events {
-            exec(
-                tx,
-                "INSERT INTO doc_events (doc_id, event_id, json) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-                params![doc_id, e.id.to_string(), raw],
-            )?;
-        }
-        // The docs row is written once per case and push, in `refresh_doc`.
-        let t = touched.entry(doc_id.to_owned()).or_default();
-        // A released change vouches for itself only: the device's other changes to the case
-        // (parked ones that build on it) still face the rule.
-        if vouch == Vouch::None {
-            t.authorized.insert(device.id.clone());
-        }
-        t.seqs.push(seq);
-        if t.events_obj.is_none() {
-            t.events_obj = events_obj;
-        }
-        t.new_events.extend(events.into_iter().map(|(e, _)| e));
-        for (k, v) in &facts.root_puts {
-            match k.as_str() {
-                keys::GRID => {
-                    t.grids.insert(v.clone());
-                    t.fields.grid = Some(v.clone());
-                }
-                keys::CATEGORY => t.fields.category = Some(v.clone()),
-                keys::TITLE => t.fields.title = Some(v.clone()),
-                keys::CODE => t.fields.code = Some(v.clone()),
-                keys::REPORTER => t.fields.reporter = Some(v.clone()),
-                keys::LOCATION => {
-                    if let Ok(loc) = serde_json::from_str::<Location>(v) {
-                        t.locations.push((loc.lat, loc.lon));
-                        t.fields.position = Some((loc.lat, loc.lon));
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(ItemResult { key, outcome: Outcome::Accepted, reason: None, receipt: None })
-    }
-
-    /// Applies parked changes whose dependencies have arrived, until none is left to apply.
-    /// A change depends only on changes of its own document, so only the documents this push
-    /// touched can have become complete: parked changes of other documents are not read.
-    fn unpark(&self, tx: &Transaction<'_>, now: i64, touched: &mut HashMap<String, Touched>) -> Result<()> {
-        // Almost always nothing is parked: one cheap look instead of one per document.
-        if !q1(tx, "SELECT EXISTS (SELECT 1 FROM parked)", [], |r| r.get::<_, bool>(0))? {
-            return Ok(());
-        }
-        let mut docs: Vec<String> = touched.keys().cloned().collect();
-        while let Some(doc_id) = docs.pop() {
-            loop {
-                let parked: Vec<(String, String, String, Vec<u8>, bool)> = tx
-                    .prepare_cached(
-                        "SELECT hash, device_id, deps, bytes, vouched FROM parked WHERE doc_id = ?1 ORDER BY received_ms, hash",
-                    )?
-                    .query_map([&doc_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
-                    .collect::<rusqlite::Result<_>>()?;
-                let mut progressed = false;
-                for (hash, device_id, deps, bytes, vouched) in parked {
-                    if missing_deps(tx, deps.split(',').filter(|d| !d.is_empty()))? > 0 {
-                        continue;
-                    }
-                    let device = load_device_by_id(tx, &device_id)?;
-                    let Ok((_, facts)) = read_change(&bytes) else { continue };
-                    exec(tx, "DELETE FROM parked WHERE hash = ?1", [&hash])?;
-                    let vouch = if vouched { Vouch::Receipt } else { Vouch::None };
-                    self.apply(tx, &device, &doc_id, &facts, &bytes, vouch, now, touched)?;
-                    progressed = true;
-                }
-                if !progressed {
-                    break;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Recomputes a touched case's status and the scopes it belongs to (grow-only), and records
-    /// which scopes saw each of its new changes.
-    fn refresh_doc(&self, tx: &Transaction<'_>, doc_id: &str, t: &Touched) -> Result<()> {
-        let places = self.places();
-        let catalog = places.catalog();
-        // What the row holds now, read once: the fields this push did not set keep their values.
-        // No row: the case is new in this push, and its events are the ones the push added.
-        let stored: Option<(Option<String>, String, Option<i64>)> =
-            q1(tx, "SELECT category_id, flags, reported_ms FROM docs WHERE doc_id = ?1", [doc_id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
-            .optional()?;
-        let existed = stored.is_some();
-        let (stored_category, existing_flags, stored_reported) = stored.unwrap_or_default();
-        let events: Vec<Event> = if existed {
-            tx.prepare_cached("SELECT json FROM doc_events WHERE doc_id = ?1")?
-                .query_map([doc_id], |r| r.get::<_, String>(0))?
-                .filter_map(|j| j.ok().and_then(|j| serde_json::from_str(&j).ok()))
-                .collect()
-        } else {
-            t.new_events.clone()
-        };
-        let reported_ms = events.iter().find(|e| matches!(e.kind, EventKind::Report)).map(|e| e.clock.estimated_ms());
-        let state = fold(events).state;
-        let mut flags = vec![];
-        if t.clock_skew {
-            flags.push("device_clock_skew");
-        }
-        let mut grids: BTreeSet<String> = t.grids.clone();
-        // A case reported outside its grid is routed to the grid it lies in, and flagged.
-        for (lat, lon) in &t.locations {
-            if let Some(g) = places.grid_at(*lat, *lon) {
-                if !t.grids.is_empty() && !t.grids.contains(&g.id.0) {
-                    flags.push("outside_grid");
-                }
-                grids.insert(g.id.0.clone());
-            }
-        }
-        let category = t.fields.category.clone().or(stored_category);
-        if let Some(c) = category {
-            // A category retired since is flagged, never refused.
-            match catalog.categories.iter().find(|k| k.id.0 == c) {
-                Some(k) if k.retired => flags.push("retired_category"),
-                None if !catalog.categories.is_empty() => flags.push("unknown_category"),
-                _ => {}
-            }
-        }
-        // The case's scopes, by the rule the phone applies too (model::access); a grid's community
-        // and street see its cases through `grid_placements` (schema 6).
-        let grid_ids: Vec<GridId> = grids.iter().map(|g| GridId::from(g.as_str())).collect();
-        let scopes: BTreeSet<String> = case_scopes(&grid_ids, &state).iter().map(Scope::to_string).collect();
-        let at = t.seqs.iter().copied().max().unwrap_or(0);
-        let status = state.status.label();
-        // Each membership row carries the case's status (the console counts by it).
-        for s in &scopes {
-            exec(
-                tx,
-                "INSERT INTO membership (doc_id, scope, joined_seq, status) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-                params![doc_id, s, at, status],
-            )?;
-        }
-        if existed {
-            tx.prepare_cached("UPDATE membership SET status = ?2 WHERE doc_id = ?1 AND status != ?2")?
-                .execute(params![doc_id, status])?;
-            // A change is listed under each scope the case was already in. Under a scope it joined
-            // at or after the change, the pull sends the case's whole history instead (the join
-            // covers it), so no row is written: a new case costs no scope_changes rows at all.
-            let joined: Vec<(String, i64)> = tx
-                .prepare_cached("SELECT scope, joined_seq FROM membership WHERE doc_id = ?1")?
-                .query_map([doc_id], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            for seq in &t.seqs {
-                for (s, _) in joined.iter().filter(|(_, j)| seq > j) {
-                    exec(
-                        tx,
-                        "INSERT INTO scope_changes (scope, seq, doc_id) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-                        params![s, seq, doc_id],
-                    )?;
-                }
-            }
-        }
-        let mut all_flags: BTreeSet<&str> = existing_flags.split(',').filter(|f| !f.is_empty()).collect();
-        all_flags.extend(flags);
-        let reported_ms = reported_ms.or(stored_reported);
-        let f = &t.fields;
-        // One write per case and push: every docs index is touched once.
-        exec(
-            tx,
-            "INSERT INTO docs (doc_id, status, deadline_ms, flags, departments, reported_ms, queue_key, grid_id,
-                category_id, title, code, reporter, lat, lon, events_obj, updated_seq)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
-             ON CONFLICT(doc_id) DO UPDATE SET status = excluded.status, deadline_ms = excluded.deadline_ms,
-                flags = excluded.flags, departments = excluded.departments, reported_ms = excluded.reported_ms,
-                queue_key = excluded.queue_key, grid_id = coalesce(excluded.grid_id, grid_id),
-                category_id = coalesce(excluded.category_id, category_id), title = coalesce(excluded.title, title),
-                code = coalesce(excluded.code, code), reporter = coalesce(excluded.reporter, reporter),
-                lat = coalesce(excluded.lat, lat), lon = coalesce(excluded.lon, lon),
-                events_obj = coalesce(events_obj, excluded.events_obj), updated_seq = excluded.updated_seq",
-            params![
-                doc_id,
-                status,
-                state.deadline_ms,
-                all_flags.into_iter().collect::<Vec<_>>().join(","),
-                departments_column(state.dispatched.keys().map(|d| d.0.as_str())),
-                reported_ms,
-                crate::store::console::queue_key(state.deadline_ms, reported_ms, doc_id),
-                f.grid,
-                f.category,
-                f.title,
-                f.code,
-                f.reporter,
-                f.position.map(|p| p.0),
-                f.position.map(|p| p.1),
-                t.events_obj,
-                at,
-            ],
-        )?;
-        Ok(())
-    }
-
-    /// What is new in the device's scope since `cursor`, up to about `budget` bytes.
-    fn pull(
-        &self,
-        conn: &Connection,
-        device: &Device,
-        from: &Position,
-        budget: u64,
-        accept_compacted: bool,
-    ) -> Result<(Vec<PulledDoc>, Vec<String>, Position, bool)> {
-        let cursor = from.seq;
-        let scopes = Self::device_scopes(conn, device)?;
-        let head = last_seq(conn)?;
-        if scopes.is_empty() {
-            return Ok((vec![], vec![], Position::at(head), false));
-        }
-        let names: Vec<&String> = scopes.keys().collect();
-        let placeholders = (0..names.len()).map(|i| format!("?{}", i + 2)).collect::<Vec<_>>().join(",");
-        let mut args: Vec<&dyn rusqlite::ToSql> = vec![&cursor];
-        args.extend(names.iter().map(|n| *n as &dyn rusqlite::ToSql));
-
-        // What a pull reads is bounded whatever the scope holds (docs/SECURITY.md, "Bounded
-        // resources"): at most MAX_PULL_JOIN_ROWS memberships and MAX_PULL_CHANGE_ROWS changes
-        // after the cursor, in sequence order. When either is cut, `horizon` is the last sequence
-        // number read in full, the walk stops there and the device is told there is more.
-        let mut horizon = i64::MAX;
-
-        // Documents that entered the device's view after the cursor: their whole history is due,
-        // unless every change of theirs came from this device (its own new cases, right after
-        // it pushed them), which this query leaves out at once.
-        let device_arg = names.len() + 2;
-        let limit = MAX_PULL_JOIN_ROWS as i64;
-        let mut own_args = args.clone();
-        own_args.push(&device.id);
-        own_args.push(&limit);
-        let joined_rows = |extra: &str, args: &[&dyn rusqlite::ToSql]| -> Result<Vec<(String, i64)>> {
-            Ok(conn
-                .prepare_cached(&format!(
-                    "SELECT m.doc_id, m.joined_seq FROM membership m WHERE m.joined_seq > ?1 AND m.scope IN ({placeholders})
-                     AND EXISTS (SELECT 1 FROM changes c WHERE c.doc_id = m.doc_id AND c.device_id != ?{device_arg}) {extra}"
-                ))?
-                .query_map(rusqlite::params_from_iter(args.iter()), |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?)
-        };
-        let mut rows = joined_rows(&format!("ORDER BY m.joined_seq LIMIT ?{}", device_arg + 1), &own_args)?;
-        if rows.len() == MAX_PULL_JOIN_ROWS {
-            let last = rows.last().map_or(cursor, |r| r.1);
-            if last - 1 > cursor {
-                horizon = last - 1;
-                rows.retain(|r| r.1 <= horizon);
-            } else {
-                // Every row read joined at one sequence number: that one is read whole (the walk
-                // below splits it across pages if it must).
-                horizon = last;
-                let mut at_args = own_args[..own_args.len() - 1].to_vec();
-                at_args.push(&last);
-                rows.extend(joined_rows(&format!("AND m.joined_seq = ?{}", device_arg + 1), &at_args)?);
-            }
-        }
-        let mut candidates: BTreeSet<String> = rows.into_iter().map(|r| r.0).collect();
-        // A scope granted after the cursor brings the documents it held then, all at the sequence
-        // number of the grant (later ones joined it after, and are read above).
-        for (scope, granted) in &scopes {
-            if *granted > cursor && *granted <= horizon {
-                let docs: Vec<String> = conn
-                    .prepare_cached("SELECT doc_id FROM membership WHERE scope = ?1 AND joined_seq <= ?2")?
-                    .query_map(params![scope, granted], |r| r.get(0))?
-                    .collect::<rusqlite::Result<_>>()?;
-                candidates.extend(docs);
-            }
-        }
-        let mut joins: BTreeMap<i64, Vec<String>> = BTreeMap::new();
-        let mut join_at: HashMap<String, i64> = HashMap::new();
-        for doc in candidates {
-            let rows: Vec<(String, i64)> = conn
-                .prepare_cached("SELECT scope, joined_seq FROM membership WHERE doc_id = ?1")?
-                .query_map([&doc], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            let effective = rows.iter().filter_map(|(s, j)| scopes.get(s).map(|g| (*j).max(*g))).min();
-            let Some(e) = effective.filter(|e| *e > cursor && *e <= horizon) else { continue };
-            // Sent already, in the first part of a sequence number split across pages.
-            if e == cursor + 1 && from.after.as_ref().is_some_and(|a| doc <= *a) {
-                join_at.insert(doc, e);
-                continue;
-            }
-            joins.entry(e).or_default().push(doc.clone());
-            join_at.insert(doc, e);
-        }
-        // Changes to documents already in view.
-        let mut change_args = args.clone();
-        let change_limit = MAX_PULL_CHANGE_ROWS as i64;
-        change_args.push(&change_limit);
-        let mut changes: Vec<(i64, String)> = conn
-            .prepare_cached(&format!(
-                "SELECT DISTINCT seq, doc_id FROM scope_changes WHERE seq > ?1 AND scope IN ({placeholders})
-                 ORDER BY seq LIMIT ?{}",
-                names.len() + 2
-            ))?
-            .query_map(rusqlite::params_from_iter(change_args.iter()), |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        if changes.len() == MAX_PULL_CHANGE_ROWS {
-            // One change per sequence number: everything up to the last one read is read.
-            horizon = horizon.min(changes.last().map_or(cursor, |c| c.0));
-        }
-        changes.retain(|c| c.0 <= horizon);
-        joins.retain(|s, _| *s <= horizon);
-
-        // Walk both in sequence order until the byte budget is spent.
-        let mut items: Vec<(i64, String, bool)> = changes.into_iter().map(|(s, d)| (s, d, false)).collect();
-        for (s, docs) in &joins {
-            items.extend(docs.iter().map(|d| (*s, d.clone(), true)));
-        }
-        // Within a sequence number, documents that joined come first, by id: that is the order a
-        // page split inside one sequence number resumes from (`Position::after`).
-        items.sort_by(|a, b| (a.0, !a.2, &a.1).cmp(&(b.0, !b.2, &b.1)));
-        let mut out: Vec<PulledDoc> = vec![];
-        let mut index: HashMap<String, usize> = HashMap::new();
-        let mut add = |out: &mut Vec<PulledDoc>, Pulled { doc, changes: bytes, compacted, receipts }: Pulled| {
-            let slot = *index.entry(doc.clone()).or_insert_with(|| {
-                out.push(PulledDoc { doc: doc.clone(), changes: vec![], compacted: None, receipts: vec![] });
-                out.len() - 1
-            });
-            if let Some(c) = compacted {
-                out[slot].compacted = Some(B64.encode(c));
-            }
-            out[slot].changes.extend(bytes.iter().map(|b| B64.encode(b)));
-            out[slot].receipts.extend(receipts);
-        };
-        let mut used = 0u64;
-        let mut to = from.clone();
-        let mut more = false;
-        let mut i = 0;
-        'walk: while i < items.len() {
-            let seq = items[i].0;
-            // Items sharing a sequence number go together, so the cursor never splits them,
-            // except a run of documents joining at one sequence number that does not fit one page:
-            // it is split after a document, and the cursor says which (`Position::after`).
-            let mut group: Vec<Pulled> = vec![];
-            let mut size = 0u64;
-            let mut last_join: Option<String> = None;
-            while i < items.len() && items[i].0 == seq {
-                let (s, doc, is_join) = items[i].clone();
-                i += 1;
-                let Some(p) = self.pulled(conn, device, s, &doc, is_join, &join_at, accept_compacted)? else {
-                    continue;
-                };
-                let cost = p.cost();
-                if used + size > 0 && used + size + cost > budget {
-                    more = true;
-                    if let Some(after) = last_join.filter(|_| !group.is_empty()) {
-                        // Only joins come before this item in its sequence number: send those.
-                        for p in group {
-                            add(&mut out, p);
-                        }
-                        to = Position { seq: seq - 1, after: Some(after) };
-                    }
-                    break 'walk;
-                }
-                size += cost;
-                if is_join {
-                    last_join = Some(doc);
-                }
-                group.push(p);
-            }
-            used += size;
-            for p in group {
-                add(&mut out, p);
-            }
-            to = Position::at(seq);
-        }
-        if !more {
-            if horizon < i64::MAX {
-                to = Position::at(horizon);
-                more = true;
-            } else {
-                to = Position::at(to.seq.max(head));
-            }
-        }
-        // Documents that left the device's view: in a scope the user lost, and in no scope kept.
-        // A community or street stands for the grids placed in it (ever: whichever of them the
-        // device still sees is kept below); a grid that left one of the user's communities or
-        // streets since the cursor is a scope lost too.
-        let removed: BTreeSet<String> = conn
-            .prepare_cached(
-                "SELECT scope FROM user_scopes_removed WHERE user_id = ?1 AND removed_seq > ?2
-                 UNION SELECT 'grid:' || p.grid_id FROM user_scopes_removed r JOIN grid_placements p ON p.scope = r.scope
-                     WHERE r.user_id = ?1 AND r.removed_seq > ?2
-                 UNION SELECT 'grid:' || p.grid_id FROM user_scopes s JOIN grid_placements p ON p.scope = s.scope
-                     WHERE s.user_id = ?1 AND p.to_seq > ?2",
-            )?
-            .query_map(params![device.user, cursor], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        let mut left = BTreeSet::new();
-        for scope in removed {
-            let docs: Vec<String> = conn
-                .prepare_cached("SELECT doc_id FROM membership WHERE scope = ?1")?
-                .query_map([&scope], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            for d in docs {
-                let still: Vec<String> = conn
-                    .prepare_cached("SELECT scope FROM membership WHERE doc_id = ?1")?
-                    .query_map([&d], |r| r.get(0))?
-                    .collect::<rusqlite::Result<_>>()?;
-                if !still.iter().any(|s| scopes.contains_key(s)) {
-                    left.insert(d);
-                }
-            }
-        }
-        Ok((out, left.into_iter().collect(), to, more))
-    }
-
-    /// What one item of a pull sends (None: nothing, the device made it all or a join covers it).
-    /// A device is never sent its own changes back: it made them, and an enrolled device's store
-    /// outlives its token (a reinstall enrols a new device).
-    #[allow(clippy::too_many_arguments)]
-    fn pulled(
-        &self,
-        conn: &Connection,
-        device: &Device,
-        s: i64,
-        doc: &str,
-        is_join: bool,
-        join_at: &HashMap<String, i64>,
-        accept_compacted: bool,
-    ) -> Result<Option<Pulled>> {
-        // (bytes, hash, owner device) of each change sent.
-        let rows: Vec<(Vec<u8>, String, String)> = if is_join {
-            let others: i64 = conn
-                .prepare_cached("SELECT count(*) FROM changes WHERE doc_id = ?1 AND seq <= ?2 AND device_id != ?3")?
-                .query_row(params![doc, s, device.id], |r| r.get(0))?;
-            if others == 0 {
-                return Ok(None);
-            }
-            conn.prepare_cached(
-                "SELECT bytes, hash, device_id FROM changes WHERE doc_id = ?1 AND seq <= ?2 ORDER BY seq",
-            )?
-            .query_map(params![doc, s], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<rusqlite::Result<_>>()?
-        } else if join_at.get(doc).is_some_and(|j| s <= *j) {
-            return Ok(None); // covered by the document's full history
-        } else {
-            conn.prepare_cached("SELECT bytes, hash, device_id FROM changes WHERE seq = ?1 AND device_id != ?2")?
-                .query_map(params![s, device.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<rusqlite::Result<_>>()?
-        };
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        let receipts = rows.iter().map(|(_, hash, owner)| self.receipts.issue(doc, hash, owner)).collect();
-        let bytes: Vec<Vec<u8>> = rows.into_iter().map(|(b, _, _)| b).collect();
-        // A long history goes to a device far behind as one compacted document.
-        // Not a history that inflates past MAX_COMPACT_INPUT: compacting loads all of it.
-        let compacted = (is_join && accept_compacted && bytes.len() >= COMPACT_FROM_CHANGES)
-            .then(|| crate::ingest::compact_within(&bytes, MAX_COMPACT_INPUT))
-            .flatten();
-        Ok(Some(match compacted {
-            Some(c) => Pulled { doc: doc.to_owned(), changes: vec![], compacted: Some(c), receipts },
-            None => Pulled { doc: doc.to_owned(), changes: bytes, compacted: None, receipts },
-        }))
-    }
-
-    /// Adds the whole history of each document the device asked for (`want_full`) and may see.
-    /// Outside the cursor: the device holds part of the document and lacks what it builds on
-    /// (see core::store::retention), so its own changes are sent too, and the cursor does not
-    /// move for them. Duplicates are harmless: the device stores a change once by its hash.
-    fn add_whole_documents(
-        &self,
-        conn: &Connection,
-        device: &Device,
-        wanted: &[String],
-        budget: u64,
-        out: &mut Vec<PulledDoc>,
-    ) -> Result<()> {
-        if wanted.is_empty() {
-            return Ok(());
-        }
-        let scopes = Self::device_scopes(conn, device)?;
-        // Within the pull's byte budget, like the rest of the response: what does not fit the
-        // device asks for again on its next sync.
-        let mut used: u64 =
-            out.iter().flat_map(|d| d.changes.iter().chain(d.compacted.iter())).map(|c| c.len() as u64).sum();
-        for doc in wanted.iter().take(MAX_WANT_FULL) {
-            if used >= budget {
-                break;
-            }
-            let in_scope = conn
-                .prepare_cached("SELECT scope FROM membership WHERE doc_id = ?1")?
-                .query_map([doc], |r| r.get::<_, String>(0))?
-                .collect::<rusqlite::Result<Vec<_>>>()?
-                .iter()
-                .any(|s| scopes.contains_key(s));
-            if !in_scope {
-                continue;
-            }
-            let rows: Vec<(Vec<u8>, String, String)> = conn
-                .prepare_cached("SELECT bytes, hash, device_id FROM changes WHERE doc_id = ?1 ORDER BY seq")?
-                .query_map([doc], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            used += rows.iter().map(|(b, _, _)| b.len() as u64 * 4 / 3 + 4).sum::<u64>();
-            let encoded = rows.iter().map(|(b, _, _)| B64.encode(b));
-            let receipts = rows.iter().map(|(_, hash, owner)| self.receipts.issue(doc, hash, owner));
-            match out.iter_mut().find(|d| &d.doc == doc) {
-                Some(d) => {
-                    d.changes.extend(encoded);
-                    d.receipts.extend(receipts);
-                }
-                None => out.push(PulledDoc {
-                    doc: doc.clone(),
-                    changes: encoded.collect(),
-                    compacted: None,
-                    receipts: receipts.collect(),
-                }),
-            }
-        }
-        Ok(())
-    }
-
-    /// The sequence number a cursor stands for, and whether it is from another epoch (then the
-    /// pull starts over and the device is asked to re-offer what it holds).
-    ///
-    /// A cursor this server cannot have issued — malformed, or in this epoch but past the last
-    /// sequence number it ever committed — is refused with `CursorUnknown`: answering it would
-    /// skip every change until the server caught up with it. The phone then starts over.
-    fn parse_cursor(&self, cursor: Option<&str>) -> Result<(Position, bool)> {
-        let Some(c) = cursor else { return Ok((Position::at(0), false)) };
-        let unknown = || ServerError::CursorUnknown { cursor: c.chars().take(40).collect() };
-        let mut parts = c.splitn(3, ':');
-        let (Some(epoch), Some(seq)) = (parts.next(), parts.next()) else { return Err(unknown()) };
-        let after = parts.next();
-        let well_formed = |part: &str, max: usize, digit: fn(&char) -> bool| {
-            !part.is_empty() && part.len() <= max && part.chars().all(|ch| digit(&ch))
-        };
-        if !well_formed(epoch, 16, char::is_ascii_hexdigit) || !well_formed(seq, 18, char::is_ascii_digit) {
-            return Err(unknown());
-        }
-        // A split page names the last document it sent: a case id, as this server writes it.
-        if let Some(a) = after {
-            if gridwork_model::ids::CaseId::parse(a).map(|id| id.to_string() != a).unwrap_or(true) {
-                return Err(unknown());
-            }
-        }
-        let seq: i64 = seq.parse().map_err(|_| unknown())?;
-        // A cursor from another epoch (a restored server) starts over from the beginning.
-        if epoch != self.epoch {
-            return Ok((Position::at(0), true));
-        }
-        let reader = self.reader()?;
-        let head = last_seq(&reader);
-        self.give_back(reader);
-        let head = head?;
-        // A split page is inside a sequence number the server has committed.
-        if seq > head || (after.is_some() && seq >= head) {
-            return Err(unknown());
-        }
-        Ok((Position { seq, after: after.map(str::to_owned) }, false))
-    }
 }
 
 impl Drop for SqliteStore {
@@ -1522,65 +567,6 @@ fn write_seen(tx: &Transaction<'_>, seen: &Sightings) -> Result<()> {
         )?;
     }
     Ok(())
-}
-
-/// What a sync changed about one document.
-#[derive(Debug, Default)]
-struct Touched {
-    seqs: Vec<i64>,
-    /// Devices whose changes to this case this push already found allowed.
-    authorized: BTreeSet<String>,
-    /// The sending device's clock was far from the server's.
-    clock_skew: bool,
-    grids: BTreeSet<String>,
-    locations: Vec<(f64, f64)>,
-    /// The case's `events` map, once known in this push.
-    events_obj: Option<String>,
-    /// Lifecycle events this push added.
-    new_events: Vec<Event>,
-    /// The case's root fields these changes set, latest last: written once, in `refresh_doc`.
-    fields: CaseFields,
-}
-
-/// Root fields of a case the server keeps in `docs` (None: not set by this push).
-#[derive(Debug, Default)]
-struct CaseFields {
-    grid: Option<String>,
-    category: Option<String>,
-    title: Option<String>,
-    code: Option<String>,
-    reporter: Option<String>,
-    position: Option<(f64, f64)>,
-}
-
-/// What a device tells the device that sent a change refused for its scope: nothing of the case.
-const OUT_OF_SCOPE_TOLD: &str =
-    "not in your scope (any more): kept on the server for an administrator, who can release it";
-
-/// The case's membership and the device that created it, as the write rule needs them; `None`
-/// when the server holds no change of the case yet.
-fn case_access(conn: &Connection, doc_id: &str) -> Result<Option<CaseAccess>> {
-    let created_by: Option<String> =
-        q1(conn, "SELECT device_id FROM changes WHERE doc_id = ?1 ORDER BY seq LIMIT 1", [doc_id], |r| r.get(0))
-            .optional()?;
-    let Some(created_by) = created_by else { return Ok(None) };
-    let scopes = conn
-        .prepare_cached("SELECT scope FROM membership WHERE doc_id = ?1")?
-        .query_map([doc_id], |r| r.get::<_, String>(0))?
-        .filter_map(|s| s.ok().and_then(|s| Scope::parse(&s).ok()))
-        .collect();
-    Ok(Some(CaseAccess { scopes, created_by: Some(DeviceId::from(created_by.as_str())) }))
-}
-
-/// The device as the write rule sees it: its user's role and the scopes the user holds now.
-fn subject(conn: &Connection, device: &Device) -> Result<Subject> {
-    let scopes = SqliteStore::device_scopes(conn, device)?;
-    Ok(Subject::new(
-        DeviceId::from(device.id.as_str()),
-        UserId::from(device.user.as_str()),
-        device.role,
-        scopes.keys().filter_map(|s| Scope::parse(s).ok()),
-    ))
 }
 
 fn load_device_by_id(conn: &Connection, id: &str) -> Result<Device> {
@@ -1778,7 +764,12 @@ impl SyncStore for SqliteStore {
         if req.protocol > PROTOCOL_VERSION {
             return Err(ServerError::ProtocolFromFuture { got: req.protocol, supported: PROTOCOL_VERSION });
         }
-        let (cursor, reoffer) = self.parse_cursor(req.cursor.as_deref())?;
+        let (cursor, reoffer) = parse_cursor(&self.epoch, req.cursor.as_deref(), || {
+            let reader = self.reader()?;
+            let head = last_seq(&reader);
+            self.give_back(reader);
+            head
+        })?;
         // Decode and parse every pushed change before queueing for the writer: parsing is a fifth
         // of the push's CPU, and here it runs beside other requests instead of inside the one writer.
         // Bytes are bounded per change (`ingest::MAX_CHANGE_BYTES`) and per request: changes past
@@ -1792,8 +783,7 @@ impl SyncStore for SqliteStore {
                     c.doc.chars().take(60).collect::<String>()
                 ))
             })?;
-            let facts = crate::ingest::read_pushed(&c.doc, &bytes, &mut decoded);
-            pushed.push(Pushed { doc: c.doc.clone(), bytes, facts, receipt: c.receipt.clone() });
+            pushed.push(Pushed::read(c.doc.clone(), bytes, c.receipt.clone(), &mut decoded));
         }
         let (app_version, catalog_version, budget) = (
             req.app_version.clone(),
@@ -1813,19 +803,18 @@ impl SyncStore for SqliteStore {
         // One read transaction, so that every query of the pull sees the same snapshot.
         let mut reader = self.reader()?;
         let snapshot = reader.transaction()?;
+        let rules = self.rules();
+        let view = SqliteTx { conn: &snapshot, seq: None };
         // A retired device receives nothing new: its cursor stays where it was.
         let (docs, left_scope, new_cursor, more) = if device.retired {
             (vec![], vec![], cursor, false)
         } else {
-            let (mut docs, left, new_cursor, more) = self.pull(&snapshot, device, &cursor, budget, accept_compacted)?;
-            self.add_whole_documents(&snapshot, device, &want_full, budget, &mut docs)?;
+            let (mut docs, left, new_cursor, more) = pull(&rules, &view, device, &cursor, budget, accept_compacted)?;
+            add_whole_documents(&rules, &view, device, &want_full, budget, &mut docs)?;
             (docs, left, new_cursor, more)
         };
-        let scopes: Vec<String> = Self::device_scopes(&snapshot, device)?
-            .into_keys()
-            .filter(|s| !s.starts_with("community:") && !s.starts_with("street:"))
-            .collect();
-        let min_version = meta_get(&snapshot, "min_app_version")?;
+        let scopes = told_scopes(&view, device)?;
+        let min_version = view.meta("min_app_version")?;
         snapshot.finish()?;
         gridwork_model::crash_points::reached("pull");
         self.give_back(reader);
@@ -1844,75 +833,6 @@ impl SyncStore for SqliteStore {
             more,
             scopes,
         })
-    }
-}
-
-/// Who vouches for a change that [`SqliteStore::apply`] stores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Vouch {
-    /// Nobody: every rule applies.
-    None,
-    /// The server's receipt (a relay after a restore): the server applied these bytes from their
-    /// owner once, so the owner's scope is not asked again; attribution and shape still are.
-    Receipt,
-    /// An administrator released it from quarantine: it vouches for itself only.
-    Administrator,
-}
-
-/// What a pull sends of one document: changes, or a compacted history (and changes after it).
-struct Pulled {
-    doc: String,
-    changes: Vec<Vec<u8>>,
-    compacted: Option<Vec<u8>>,
-    /// A receipt for each change, in `changes` or in `compacted`.
-    receipts: Vec<String>,
-}
-
-impl Pulled {
-    /// Its bytes in the response (base64, with quotes and a comma).
-    fn cost(&self) -> u64 {
-        self.changes.iter().chain(self.compacted.iter()).map(|b| b.len() as u64 * 4 / 3 + 4).sum::<u64>()
-            + self.receipts.iter().map(|r| r.len() as u64 + 3).sum::<u64>()
-    }
-}
-
-/// Where a device's pull stands, as its cursor says (`EPOCH:SEQ` or `EPOCH:SEQ:DOC`): every item
-/// up to sequence number `seq` is delivered and, when `after` is set, of the documents that joined
-/// the device's view at `seq + 1` those up to `after` (by id) are too — a page split inside one
-/// sequence number, when a scope granted at once holds more than a page (docs/PROTOCOL.md).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Position {
-    seq: i64,
-    after: Option<String>,
-}
-
-impl Position {
-    fn at(seq: i64) -> Self {
-        Position { seq, after: None }
-    }
-
-    fn cursor(&self, epoch: &str) -> String {
-        match &self.after {
-            None => format!("{epoch}:{}", self.seq),
-            Some(doc) => format!("{epoch}:{}:{doc}", self.seq),
-        }
-    }
-}
-
-/// One pushed change, parsed (or why it is not a change).
-struct Pushed {
-    doc: String,
-    bytes: Vec<u8>,
-    facts: std::result::Result<ChangeFacts, String>,
-    /// The server's receipt the device sent with it (a relay of another device's change).
-    receipt: Option<String>,
-}
-
-impl Pushed {
-    fn new(doc: String, bytes: Vec<u8>) -> Self {
-        let mut budget = crate::ingest::MAX_CHANGE_BYTES;
-        let facts = crate::ingest::read_pushed(&doc, &bytes, &mut budget);
-        Pushed { doc, bytes, facts, receipt: None }
     }
 }
 
@@ -2097,74 +1017,20 @@ impl SqliteStore {
         written
     }
 
-    /// One device's push, inside the writer's transaction.
+    /// The rules' view of this store: its receipt key, epoch and places.
+    fn rules(&self) -> Rules<'_> {
+        Rules { receipts: &self.receipts, epoch: &self.epoch, places: self.places() }
+    }
+
+    /// The writer's transaction as the storage port.
+    fn port<'c>(&'c self, tx: &'c Connection) -> SqliteTx<'c> {
+        SqliteTx { conn: tx, seq: Some(&self.seq) }
+    }
+
+    /// One device's push, inside the writer's transaction (`rules::push`).
     fn push(&self, tx: &Transaction<'_>, job: &PushJob) -> Result<Vec<ItemResult>> {
-        let (device, req, now_ms) = (&job.device, &job.req, job.now_ms);
-        let mut results = Vec::with_capacity(job.pushed.len() + req.records.len());
-        let mut touched: HashMap<String, Touched> = HashMap::new();
-        let mut own_actors = BTreeSet::new();
-        for p in &job.pushed {
-            results.push(self.ingest_change(tx, device, p, now_ms, &mut own_actors, &mut touched)?);
-        }
-        for r in &req.records {
-            let body = r.body.get();
-            // Read once: the claim, and a check-in's facts; the body is stored as the device sent it.
-            let facts = records::RecordFacts::read(body);
-            if !facts.claims(&device.id, &device.user) {
-                results.push(self.quarantine(
-                    tx,
-                    &r.id,
-                    "",
-                    device,
-                    now_ms,
-                    "record claims another device or user",
-                    body.as_bytes(),
-                )?);
-                continue;
-            }
-            records::insert_record(tx, &r.id, &device.id, now_ms, body, &facts)?;
-            results.push(ItemResult { key: r.id.clone(), outcome: Outcome::Accepted, reason: None, receipt: None });
-        }
-        self.unpark(tx, now_ms, &mut touched)?;
-        // The server stamps what it receives; a device clock far from it is flagged on what it sent.
-        let skew_ms = if req.state.device_time_ms == 0 { 0 } else { req.state.device_time_ms.saturating_sub(now_ms) };
-        if skew_ms.saturating_abs() > MAX_CLOCK_SKEW_MS {
-            for (doc, t) in touched.iter_mut() {
-                if job.pushed.iter().any(|p| &p.doc == doc) {
-                    t.clock_skew = true;
-                }
-            }
-        }
-        let mut docs: Vec<&String> = touched.keys().collect();
-        docs.sort();
-        for d in docs {
-            if let Some(t) = touched.get(d) {
-                self.refresh_doc(tx, d, t)?;
-            }
-        }
-        exec(
-            tx,
-            "UPDATE devices SET last_seen_ms = ?2, last_state = ?3 WHERE id = ?1",
-            params![
-                device.id,
-                now_ms,
-                json(&serde_json::json!({ "app_version": req.app_version, "state": req.state }))?
-            ],
-        )?;
-        // A retired device that reports nothing left to send (and sends nothing) is drained.
-        if device.retired
-            && req.state.outbox_items == 0
-            && req.state.photos_pending == 0
-            && req.changes.is_empty()
-            && req.records.is_empty()
-        {
-            exec(
-                tx,
-                "UPDATE devices SET drained_ms = coalesce(drained_ms, ?2) WHERE id = ?1",
-                params![device.id, now_ms],
-            )?;
-        }
-        Ok(results)
+        let push = Push { device: &job.device, req: &job.req, pushed: &job.pushed, now_ms: job.now_ms };
+        crate::rules::push::push(&self.rules(), &self.port(tx), &push)
     }
 
     /// A reader connection from the pool (WAL readers see a committed snapshot and never wait
@@ -2211,8 +1077,10 @@ impl SqliteStore {
         let reader = self.reader()?;
         let found = (|| -> Result<bool> {
             Ok(match owner {
-                BlobOwner::Case(id) => match case_access(&reader, id)? {
-                    Some(access) => may_change(&subject(&reader, device)?, &access).is_ok(),
+                BlobOwner::Case(id) => match case_access(&SqliteTx { conn: &reader, seq: None }, id)? {
+                    Some(access) => {
+                        may_change(&subject(&SqliteTx { conn: &reader, seq: None }, device)?, &access).is_ok()
+                    }
                     None => false,
                 },
                 BlobOwner::CheckIn(id) => q1(
@@ -2275,50 +1143,7 @@ impl SqliteStore {
     pub fn release_quarantined(&self, hash: &str, now_ms: i64) -> Result<()> {
         let mut conn = self.conn();
         let tx = self.begin_write(&mut conn)?;
-        let row: Option<(String, String, String, Vec<u8>)> = tx
-            .query_row("SELECT doc_id, device_id, status, bytes FROM quarantine WHERE hash = ?1", [hash], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
-            .optional()?;
-        let (doc_id, device_id, status, bytes) =
-            row.ok_or_else(|| ServerError::NotFound(format!("quarantined item {hash}")))?;
-        if status != "pending" {
-            return Err(ServerError::BadRequest(format!("{hash} was already {status}")));
-        }
-        // Marked in the same transaction as it is applied.
-        exec(&tx, "UPDATE quarantine SET status = 'released' WHERE hash = ?1", [hash])?;
-        if doc_id.is_empty() {
-            // A record: store it as the device sent it.
-            let body = String::from_utf8_lossy(&bytes).into_owned();
-            records::insert_record(&tx, hash, &device_id, now_ms, &body, &records::RecordFacts::read(&body))?;
-        } else {
-            let (_, facts) = read_change(&bytes).map_err(ServerError::BadRequest)?;
-            let missing = missing_deps(&tx, facts.deps.iter().map(String::as_str))?;
-            if missing > 0 {
-                return Err(ServerError::BadRequest(format!(
-                    "{hash} depends on {missing} change(s) not on the server: release those first"
-                )));
-            }
-            let device = load_device_by_id(&tx, &device_id)?;
-            let mut touched = HashMap::new();
-            // An administrator's release vouches for a quarantined change: its claims are not re-checked.
-            let result =
-                self.apply(&tx, &device, &doc_id, &facts, &bytes, Vouch::Administrator, now_ms, &mut touched)?;
-            if result.outcome != Outcome::Accepted {
-                return Err(ServerError::Internal(format!("{hash} could not be applied: {:?}", result.reason)));
-            }
-            // A quarantined change claimed no actor (`ingest_change`); stored now, its actor, if
-            // still nobody's, is its sender's.
-            exec(
-                &tx,
-                "INSERT INTO actors (actor, device_id, first_seen_ms) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-                params![facts.actor, device_id, now_ms],
-            )?;
-            self.unpark(&tx, now_ms, &mut touched)?;
-            for (d, t) in &touched {
-                self.refresh_doc(&tx, d, t)?;
-            }
-        }
+        crate::rules::push::release(&self.rules(), &self.port(&tx), hash, now_ms)?;
         self.commit(tx)?;
         Ok(())
     }
@@ -2359,38 +1184,6 @@ impl SqliteStore {
     pub fn set_min_app_version(&self, version: &str) -> Result<()> {
         meta_set(&self.conn(), "min_app_version", version)
     }
-}
-
-/// [`crate::ingest::unknown_actor`] against the case's actors (schema 8); a change that passes
-/// and is its actor's first in the case adds its actor.
-fn unknown_actor(tx: &Transaction<'_>, doc_id: &str, facts: &ChangeFacts) -> Result<Option<String>> {
-    let why = crate::ingest::unknown_actor(facts, |actor| {
-        q1(tx, "SELECT EXISTS (SELECT 1 FROM doc_actors WHERE doc_id = ?1 AND actor = ?2)", [doc_id, actor], |r| {
-            r.get::<_, bool>(0)
-        })
-    })?;
-    if why.is_some() {
-        return Ok(why);
-    }
-    // Schema 9: one change per actor and sequence number in a case.
-    let last: Option<i64> =
-        q1(tx, "SELECT last_seq FROM doc_actors WHERE doc_id = ?1 AND actor = ?2", [doc_id, &facts.actor], |r| {
-            r.get(0)
-        })
-        .optional()?;
-    if let Some(last) = last.filter(|l| facts.seq as i64 <= *l) {
-        return Ok(Some(format!(
-            "damaged change: its actor {} already made change {} of this case ({last} so far)",
-            facts.actor, facts.seq
-        )));
-    }
-    exec(
-        tx,
-        "INSERT INTO doc_actors (doc_id, actor, last_seq) VALUES (?1, ?2, ?3)
-         ON CONFLICT (doc_id, actor) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
-        params![doc_id, facts.actor, facts.seq as i64],
-    )?;
-    Ok(None)
 }
 
 /// Schemas 8 and 9: the actors of every stored change and the last sequence number each used,
@@ -2450,7 +1243,8 @@ mod tests {
                 department: None,
                 retired: false,
             };
-            let scopes = SqliteStore::device_scopes(&reader, &device).expect("scopes");
+            let scopes =
+                crate::rules::push::device_scopes(&SqliteTx { conn: &reader, seq: None }, &device).expect("scopes");
             assert_eq!(scopes.len() as i64, 2 + u * u, "the user's scopes and their own");
         }
         let stmt =

@@ -17,10 +17,11 @@ use gridwork_model::time::{ClockStamp, DistrictCalendar};
 use gridwork_model::wire::{DeviceState, Outcome, SyncRequest, PROTOCOL_VERSION};
 
 use super::*;
+use crate::ingest::read_change;
 use crate::store::console::{
-    queue_key, CaseFilter, CaseQueue, CaseRow, CaseView, CheckInView, ConsoleAction, ConsoleStore, ConsoleUser,
-    GridCoverage, MapPin, PersonView, PhotoView, Session, WorkerScore, LOCKOUT_MS, MAX_EXPORT, MAX_FAILED_SIGN_INS,
-    SESSION_MS,
+    departments_column, queue_key, CaseFilter, CaseQueue, CaseRow, CaseView, CheckInView, ConsoleAction, ConsoleStore,
+    ConsoleUser, GridCoverage, MapPin, PersonView, PhotoView, Session, WorkerScore, LOCKOUT_MS, MAX_EXPORT,
+    MAX_FAILED_SIGN_INS, SESSION_MS,
 };
 
 /// Rows per queue page.
@@ -98,16 +99,6 @@ fn refresh_queue_key(tx: &Connection, doc_id: &str) -> Result<()> {
         params![doc_id, queue_key(deadline, reported, doc_id)],
     )?;
     Ok(())
-}
-
-/// `,a,b,`: every department between commas, so `LIKE '%,a,%'` finds one exactly.
-pub(super) fn departments_column<'a>(departments: impl Iterator<Item = &'a str>) -> String {
-    let list: Vec<&str> = departments.collect();
-    if list.is_empty() {
-        String::new()
-    } else {
-        format!(",{},", list.join(","))
-    }
 }
 
 /// The console person's Automerge actor: the same across restarts, so it stays registered to
@@ -696,7 +687,7 @@ impl ConsoleStore for SqliteStore {
         let results = self.write(PushJob {
             device,
             req,
-            pushed: vec![Pushed::new(case_id.to_owned(), bytes)],
+            pushed: vec![Pushed::read(case_id.to_owned(), bytes, None, &mut crate::ingest::MAX_CHANGE_BYTES.clone())],
             now_ms,
             reply: None,
         })?;

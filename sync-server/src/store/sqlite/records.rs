@@ -1,108 +1,11 @@
-//! Immutable records (patrol start and finish, check-ins): what the server reads of a pushed
-//! record, and the one row it files it in.
-//!
-//! A record is stored as the device sent it. The server reads two things from it, in one parse:
-//! who it says made it (checked against the sending device) and, for a check-in, the facts the
-//! console's coverage and assessment count. Since schema 7 those facts are columns of the
+//! The one row a record is filed in: since schema 7 a check-in's facts are columns of the
 //! record's own row (the `check_ins` view reads them), so a check-in costs one row, not two (ADR 15).
 
-use std::borrow::Cow;
-
-use gridwork_model::time::{ClockStamp, DistrictCalendar};
 use rusqlite::{params, Connection};
 
 use super::exec;
 use crate::error::Result;
-
-/// What the server reads of a record body. Every field is optional: a body this build cannot
-/// read is still stored (and quarantined if it does not name its sender).
-///
-/// Public (re-exported as `store::RecordFacts`) only so the fuzz targets in `gridwork-tests` can
-/// call [`RecordFacts::read`] on arbitrary bodies, as a device can send them.
-#[derive(Debug, Default, serde::Deserialize)]
-pub struct RecordFacts<'a> {
-    #[serde(rename = "type", borrow, default)]
-    kind: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    grid: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    point: Option<Cow<'a, str>>,
-    #[serde(default)]
-    inside_grid: bool,
-    #[serde(default)]
-    distance_to_point_m: Option<f64>,
-    #[serde(borrow, default)]
-    actor: Option<ClaimedActor<'a>>,
-    #[serde(default)]
-    clock: Option<ClockStamp>,
-}
-
-/// Who a record says made it.
-#[derive(Debug, Default, serde::Deserialize)]
-struct ClaimedActor<'a> {
-    #[serde(borrow, default)]
-    device: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    user: Option<Cow<'a, str>>,
-}
-
-/// Only the claim, for a body whose other fields this build cannot read.
-#[derive(Debug, Default, serde::Deserialize)]
-struct ClaimOnly<'a> {
-    #[serde(borrow, default)]
-    actor: Option<ClaimedActor<'a>>,
-}
-
-/// A check-in's facts as the console reads them.
-struct CheckInRow<'f> {
-    grid: &'f str,
-    point: Option<&'f str>,
-    user: &'f str,
-    at_ms: i64,
-    day: String,
-    inside_grid: bool,
-    distance_m: Option<f64>,
-}
-
-impl<'a> RecordFacts<'a> {
-    /// Reads a body once. A field of an unexpected type loses only the check-in's facts: the
-    /// claim is read again on its own, so the record is judged as before schema 7.
-    pub fn read(body: &'a str) -> Self {
-        serde_json::from_str(body).unwrap_or_else(|_| {
-            let claim: ClaimOnly<'a> = serde_json::from_str(body).unwrap_or_default();
-            RecordFacts { actor: claim.actor, ..Default::default() }
-        })
-    }
-
-    /// True when the record names this device and user as its maker.
-    pub fn claims(&self, device: &str, user: &str) -> bool {
-        self.actor.as_ref().is_some_and(|a| a.device.as_deref() == Some(device) && a.user.as_deref() == Some(user))
-    }
-
-    fn check_in(&self) -> Option<CheckInRow<'_>> {
-        if self.kind.as_deref() != Some("check_in") {
-            return None;
-        }
-        let (grid, user, clock) = (self.grid.as_deref()?, self.actor.as_ref()?.user.as_deref()?, self.clock.as_ref()?);
-        let at_ms = clock.estimated_ms();
-        Some(CheckInRow {
-            grid,
-            point: self.point.as_deref(),
-            user,
-            at_ms,
-            day: district_calendar().day_of(at_ms),
-            inside_grid: self.inside_grid,
-            distance_m: self.distance_to_point_m,
-        })
-    }
-}
-
-/// The district's calendar, made once (finding a time zone in the bundled database is not free,
-/// and every check-in needs its day).
-fn district_calendar() -> &'static DistrictCalendar {
-    static CALENDAR: std::sync::OnceLock<DistrictCalendar> = std::sync::OnceLock::new();
-    CALENDAR.get_or_init(DistrictCalendar::default)
-}
+use crate::records::{CheckIn, RecordFacts};
 
 /// Stores a record (idempotent by id) with its check-in facts, if it is a check-in.
 pub(super) fn insert_record(
@@ -111,10 +14,9 @@ pub(super) fn insert_record(
     device_id: &str,
     received_ms: i64,
     body: &str,
-    facts: &RecordFacts<'_>,
+    check_in: Option<&CheckIn<'_>>,
 ) -> Result<()> {
-    let row = facts.check_in();
-    let c = row.as_ref();
+    let c = check_in;
     exec(
         tx,
         "INSERT INTO records (id, device_id, received_ms, body, grid_id, point_id, user_id, at_ms, day, inside_grid,

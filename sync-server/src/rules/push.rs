@@ -1,0 +1,728 @@
+//! A device's push, judged: each change is stored, parked until what it builds on arrives,
+//! quarantined for an administrator or refused, and each record stored or quarantined — by the
+//! same rules whatever the database (the storage port, `store::port`).
+//!
+//! The checks, in order (docs/SECURITY.md names each with the test that attacks it):
+//! 1. a change read strictly when it arrived (`ingest::read_pushed`) or refused;
+//! 2. known already: the same verdict again (a receipt when applied);
+//! 3. a relay of another device's change only with the server's receipt for it;
+//! 4. every Automerge actor belongs to exactly one device, claimed by its first stored change;
+//! 5. what it builds on is in the same document; missing ancestors park it;
+//! 6. the one write rule (`gridwork_model::access::may_change`) with the case's scopes and the
+//!    device's scopes now;
+//! 7. lifecycle events that claim the sending device, user and role, in the case's one events map;
+//! 8. actors and Automerge sequence numbers the case's history knows (schemas 8 and 9).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use base64::Engine;
+use gridwork_model::access::{case_scopes, may_change, CaseAccess, Scope, Subject, WriteDenied};
+use gridwork_model::doc::keys;
+use gridwork_model::geo::Location;
+use gridwork_model::ids::{DeviceId, GridId, UserId};
+use gridwork_model::lifecycle::{fold, Event, EventKind};
+use gridwork_model::wire::{ItemResult, Outcome, SyncRequest};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Result, ServerError};
+use crate::ingest::{read_change, ChangeFacts};
+use crate::places::Places;
+use crate::receipts::ReceiptKey;
+use crate::records::RecordFacts;
+use crate::store::port::{CaseRow, ParkedChange, QuarantineEntry, Quarantined, ReadTx, StoredChange, WriteTx};
+use crate::store::Device;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// A device clock further than this from the server's is flagged on what it sends.
+pub const MAX_CLOCK_SKEW_MS: i64 = 10 * 60 * 1000;
+
+/// What a device tells the device that sent a change refused for its scope: nothing of the case.
+const OUT_OF_SCOPE_TOLD: &str =
+    "not in your scope (any more): kept on the server for an administrator, who can release it";
+
+/// What the rules know beside the database: the server's receipt key, its epoch and the
+/// district's places (the catalog, and its grids by position).
+#[derive(Debug, Clone)]
+pub struct Rules<'a> {
+    pub receipts: &'a ReceiptKey,
+    pub epoch: &'a str,
+    pub places: Arc<Places>,
+}
+
+/// One pushed change, parsed (or why it is not a change).
+#[derive(Debug)]
+pub struct Pushed {
+    pub doc: String,
+    pub bytes: Vec<u8>,
+    pub facts: std::result::Result<ChangeFacts, String>,
+    /// The server's receipt the device sent with it (a relay of another device's change).
+    pub receipt: Option<String>,
+}
+
+impl Pushed {
+    /// Reads a pushed change within `budget` decoded bytes (shared by a request's changes).
+    pub fn read(doc: String, bytes: Vec<u8>, receipt: Option<String>, budget: &mut usize) -> Self {
+        let facts = crate::ingest::read_pushed(&doc, &bytes, budget);
+        Pushed { doc, bytes, facts, receipt }
+    }
+}
+
+/// One device's push: its changes parsed, the request (records, reported state) and the time.
+#[derive(Debug)]
+pub struct Push<'a> {
+    pub device: &'a Device,
+    pub req: &'a SyncRequest,
+    pub pushed: &'a [Pushed],
+    pub now_ms: i64,
+}
+
+/// Who vouches for a change that [`apply`] stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vouch {
+    /// Nobody: every rule applies.
+    None,
+    /// The server's receipt (a relay after a restore): the server applied these bytes from their
+    /// owner once, so the owner's scope is not asked again; attribution and shape still are.
+    Receipt,
+    /// An administrator released it from quarantine: it vouches for itself only.
+    Administrator,
+}
+
+/// What a sync changed about one document.
+#[derive(Debug, Default)]
+pub struct Touched {
+    seqs: Vec<i64>,
+    /// Devices whose changes to this case this push already found allowed.
+    authorized: BTreeSet<String>,
+    /// The sending device's clock was far from the server's.
+    clock_skew: bool,
+    grids: BTreeSet<String>,
+    locations: Vec<(f64, f64)>,
+    /// The case's `events` map, once known in this push.
+    events_obj: Option<String>,
+    /// Lifecycle events this push added.
+    new_events: Vec<Event>,
+    /// The case's root fields these changes set, latest last: written once, in `refresh_case`.
+    fields: CaseFields,
+}
+
+/// Root fields of a case the server keeps beside it (None: not set by this push).
+#[derive(Debug, Default)]
+struct CaseFields {
+    grid: Option<String>,
+    category: Option<String>,
+    title: Option<String>,
+    code: Option<String>,
+    reporter: Option<String>,
+    position: Option<(f64, f64)>,
+}
+
+fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| ServerError::Internal(e.to_string()))
+}
+
+/// The device a change is attributed to, by id: one the server enrolled.
+fn device_by_id(tx: &dyn ReadTx, id: &str) -> Result<Device> {
+    tx.device(id)?.ok_or(ServerError::Unauthenticated)
+}
+
+/// Every scope a device sees: its user's, and the user's own (`user:ID`, the reporter scope).
+pub fn device_scopes(tx: &dyn ReadTx, device: &Device) -> Result<std::collections::BTreeMap<String, i64>> {
+    let mut scopes = tx.user_scopes(&device.user)?;
+    scopes.insert(Scope::User(UserId::from(device.user.as_str())).to_string(), 0);
+    Ok(scopes)
+}
+
+/// The case's membership and the device that created it, as the write rule needs them; `None`
+/// when the server holds no change of the case yet.
+pub fn case_access(tx: &dyn ReadTx, doc_id: &str) -> Result<Option<CaseAccess>> {
+    let Some(created_by) = tx.case_creator(doc_id)? else { return Ok(None) };
+    let scopes = tx.memberships(doc_id)?.into_iter().filter_map(|(s, _)| Scope::parse(&s).ok()).collect();
+    Ok(Some(CaseAccess { scopes, created_by: Some(DeviceId::from(created_by.as_str())) }))
+}
+
+/// The device as the write rule sees it: its user's role and the scopes the user holds now.
+pub fn subject(tx: &dyn ReadTx, device: &Device) -> Result<Subject> {
+    let scopes = device_scopes(tx, device)?;
+    Ok(Subject::new(
+        DeviceId::from(device.id.as_str()),
+        UserId::from(device.user.as_str()),
+        device.role,
+        scopes.keys().filter_map(|s| Scope::parse(s).ok()),
+    ))
+}
+
+/// One device's push, inside the backend's write transaction.
+pub fn push(rules: &Rules<'_>, tx: &dyn WriteTx, job: &Push<'_>) -> Result<Vec<ItemResult>> {
+    let (device, req, now_ms) = (job.device, job.req, job.now_ms);
+    let mut results = Vec::with_capacity(job.pushed.len() + req.records.len());
+    let mut touched: HashMap<String, Touched> = HashMap::new();
+    let mut own_actors = BTreeSet::new();
+    for p in job.pushed {
+        results.push(ingest_change(rules, tx, device, p, now_ms, &mut own_actors, &mut touched)?);
+    }
+    for r in &req.records {
+        let body = r.body.get();
+        // Read once: the claim, and a check-in's facts; the body is stored as the device sent it.
+        let facts = RecordFacts::read(body);
+        if !facts.claims(&device.id, &device.user) {
+            let reason = "record claims another device or user";
+            results.push(quarantine(tx, &r.id, "", device, now_ms, reason, reason, body.as_bytes())?);
+            continue;
+        }
+        tx.store_record(&r.id, &device.id, now_ms, body, facts.check_in().as_ref())?;
+        results.push(ItemResult { key: r.id.clone(), outcome: Outcome::Accepted, reason: None, receipt: None });
+    }
+    unpark(tx, now_ms, &mut touched)?;
+    // The server stamps what it receives; a device clock far from it is flagged on what it sent.
+    let skew_ms = if req.state.device_time_ms == 0 { 0 } else { req.state.device_time_ms.saturating_sub(now_ms) };
+    if skew_ms.saturating_abs() > MAX_CLOCK_SKEW_MS {
+        for (doc, t) in touched.iter_mut() {
+            if job.pushed.iter().any(|p| &p.doc == doc) {
+                t.clock_skew = true;
+            }
+        }
+    }
+    refresh_cases(rules, tx, &touched)?;
+    tx.device_seen(&device.id, now_ms, &seen_state(req)?)?;
+    // A retired device that reports nothing left to send (and sends nothing) is drained.
+    if device.retired
+        && req.state.outbox_items == 0
+        && req.state.photos_pending == 0
+        && req.changes.is_empty()
+        && req.records.is_empty()
+    {
+        tx.device_drained(&device.id, now_ms)?;
+    }
+    Ok(results)
+}
+
+/// What the server keeps of a device's reported state.
+pub fn seen_state(req: &SyncRequest) -> Result<String> {
+    json(&serde_json::json!({ "app_version": req.app_version, "state": req.state }))
+}
+
+/// The touched cases' rows, in document order (the same lock order in every transaction).
+fn refresh_cases(rules: &Rules<'_>, tx: &dyn WriteTx, touched: &HashMap<String, Touched>) -> Result<()> {
+    let mut docs: Vec<&String> = touched.keys().collect();
+    docs.sort();
+    for d in docs {
+        if let Some(t) = touched.get(d) {
+            refresh_case(rules, tx, d, t)?;
+        }
+    }
+    Ok(())
+}
+
+/// Stores one pushed change. Returns its outcome.
+fn ingest_change(
+    rules: &Rules<'_>,
+    tx: &dyn WriteTx,
+    device: &Device,
+    pushed: &Pushed,
+    now: i64,
+    own_actors: &mut BTreeSet<String>,
+    touched: &mut HashMap<String, Touched>,
+) -> Result<ItemResult> {
+    let (doc_id, bytes) = (pushed.doc.as_str(), pushed.bytes.as_slice());
+    let facts = match &pushed.facts {
+        Ok(f) => f,
+        Err(reason) => {
+            return Ok(ItemResult {
+                key: sha256_hex(&B64.encode(bytes)),
+                outcome: Outcome::Refused,
+                reason: Some(reason.clone()),
+                receipt: None,
+            })
+        }
+    };
+    let key = facts.hash.clone();
+    let known = tx.whereabouts(&key)?;
+    if let Some((owner, stored_doc)) = known.applied {
+        // A receipt is the server's word that it applied these bytes to this document: never
+        // for another document the push names.
+        let receipt = (stored_doc == doc_id).then(|| rules.receipts.issue(doc_id, &key, &owner));
+        return Ok(ItemResult { key, outcome: Outcome::Accepted, reason: None, receipt });
+    }
+    if known.parked {
+        // Stored, waiting for its dependencies, and not checked yet: no receipt until applied.
+        return Ok(ItemResult { key, outcome: Outcome::Accepted, reason: None, receipt: None });
+    }
+    // Quarantined before: the same verdict for the device that sent it then, and for bytes an
+    // administrator rejected. Another device's push of the same bytes (their author's, say,
+    // after someone else pushed them first) is judged on its own, and if it is accepted the
+    // quarantine row is marked released: else whoever pushed a change first, without the
+    // right to, would hold its author's work in quarantine.
+    let pending_from_another = match &known.quarantined {
+        Some((status, by)) if status == "pending" && by != &device.id => true,
+        Some(_) => {
+            let reason = Some("already quarantined".into());
+            return Ok(ItemResult { key, outcome: Outcome::Quarantined, reason, receipt: None });
+        }
+        None => false,
+    };
+    let set_aside = |reason: &str| quarantine(tx, &key, doc_id, device, now, reason, reason, bytes);
+    // A relay: another device's change offered again (after a restore) with the server's
+    // receipt for it. It goes in as its owner's, and is not checked against the owner's scope
+    // again (`Vouch::Receipt`); anything else is the pushing device's own.
+    let verified = pushed.receipt.as_deref().and_then(|t| rules.receipts.verify(doc_id, &key, t));
+    let relayed_from: Option<Device> = match verified {
+        Some(r) if r.owner != device.id => match tx.device(&r.owner)? {
+            Some(owner) => Some(owner),
+            None if r.owner.starts_with("console-") => match tx.console_device_again(rules.epoch, &r.owner, now)? {
+                Some(owner) => Some(owner),
+                None => {
+                    return set_aside(&format!(
+                        "relayed change of {}, a console user this server does not know",
+                        r.owner
+                    ))
+                }
+            },
+            None => {
+                return set_aside(&format!("relayed change of device {}, which this server does not know", r.owner))
+            }
+        },
+        _ => None,
+    };
+    let relayed = relayed_from.is_some();
+    let author: &Device = relayed_from.as_ref().unwrap_or(device);
+    // Every actor belongs to exactly one device (looked up once per actor and push). A new
+    // actor is registered only once its change is stored: a change that is refused or
+    // quarantined claims nothing (else a relay without its receipt could take another
+    // device's actor after a restore, and every later change of the owner would be
+    // quarantined).
+    let owner: Option<String> = if !relayed && own_actors.contains(&facts.actor) {
+        Some(device.id.clone())
+    } else {
+        tx.actor_owner(&facts.actor)?
+    };
+    let new_actor = match owner {
+        None => true,
+        Some(o) if o != author.id => {
+            let reason = match &relayed_from {
+                Some(a) => {
+                    format!("the change's actor belongs to another device than {}, whose receipt it carries", a.id)
+                }
+                None => "the change's actor belongs to another device".to_owned(),
+            };
+            return set_aside(&reason);
+        }
+        Some(_) => false,
+    };
+    let register = |own_actors: &mut BTreeSet<String>| -> Result<()> {
+        if new_actor {
+            tx.register_actor(&facts.actor, &author.id, now)?;
+        }
+        if !relayed {
+            own_actors.insert(facts.actor.clone());
+        }
+        Ok(())
+    };
+    // That the change belongs to the document it is filed under was checked when it was read
+    // (`ingest::read_pushed`).
+    let mut missing = 0;
+    for dep in &facts.deps {
+        match tx.change_doc_seq(dep)? {
+            None => missing += 1,
+            Some((d, _)) if d != doc_id => {
+                return Ok(ItemResult {
+                    key,
+                    outcome: Outcome::Refused,
+                    reason: Some(format!("change depends on another document than {doc_id}")),
+                    receipt: None,
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    let vouch = if relayed { Vouch::Receipt } else { Vouch::None };
+    if missing > 0 {
+        tx.park(&ParkedChange {
+            hash: key.clone(),
+            doc_id: doc_id.to_owned(),
+            device_id: author.id.clone(),
+            received_ms: now,
+            deps: facts.deps.clone(),
+            bytes: bytes.to_vec(),
+            vouched: relayed,
+        })?;
+        register(own_actors)?;
+        if pending_from_another {
+            tx.set_quarantine_status(&key, "released")?;
+        }
+        return Ok(ItemResult {
+            key,
+            outcome: Outcome::Accepted,
+            reason: Some(format!("stored; waiting for {missing} earlier change(s)")),
+            receipt: None,
+        });
+    }
+    let mut result = apply(tx, author, doc_id, facts, bytes, vouch, now, touched)?;
+    if result.outcome == Outcome::Accepted {
+        register(own_actors)?;
+        result.receipt = Some(rules.receipts.issue(doc_id, &key, &author.id));
+    }
+    if pending_from_another && result.outcome == Outcome::Accepted {
+        tx.set_quarantine_status(&key, "released")?;
+    }
+    Ok(result)
+}
+
+/// Quarantines an item, keeping `reason` for the administrator and telling the device `told`
+/// (which says nothing of the case it could not see).
+#[allow(clippy::too_many_arguments)]
+fn quarantine(
+    tx: &dyn WriteTx,
+    key: &str,
+    doc_id: &str,
+    device: &Device,
+    now: i64,
+    reason: &str,
+    told: &str,
+    bytes: &[u8],
+) -> Result<ItemResult> {
+    tx.quarantine(&QuarantineEntry { key, doc_id, device_id: &device.id, received_ms: now, reason, bytes })?;
+    Ok(ItemResult { key: key.to_owned(), outcome: Outcome::Quarantined, reason: Some(told.to_owned()), receipt: None })
+}
+
+/// The one write-authorization rule (`gridwork_model::access::may_change`) with what the
+/// server knows when the change arrives: the case's membership, the device that created it,
+/// and the scopes the device's user holds now. A change to a case the server does not hold
+/// yet creates it, and a device may always create a case (its reporter scope then covers it).
+fn authorize(
+    tx: &dyn ReadTx,
+    device: &Device,
+    doc_id: &str,
+    touched: &HashMap<String, Touched>,
+) -> Result<std::result::Result<(), WriteDenied>> {
+    if touched.get(doc_id).is_some_and(|t| t.authorized.contains(&device.id)) {
+        return Ok(Ok(())); // an earlier change of this push to the same case was allowed
+    }
+    let Some(access) = case_access(tx, doc_id)? else { return Ok(Ok(())) };
+    Ok(may_change(&subject(tx, device)?, &access))
+}
+
+/// What the administrator reads in the quarantine for a change refused for its scope: the
+/// rule's verdict, and whether it looks like work done before the user lost the case's scope
+/// (it builds only on changes the server had when the scope was taken away — a worker moved
+/// to another grid syncing late) or like an attack (it builds on what the user never held).
+fn explain_denial(tx: &dyn ReadTx, device: &Device, facts: &ChangeFacts, denied: &WriteDenied) -> Result<String> {
+    let WriteDenied::OutOfScope { case_scopes, .. } = denied;
+    // When the user last lost a scope the case belongs to: a scope taken away, a community or
+    // street taken away with its grids, or a grid moved out of one of the user's areas.
+    let mut lost: Option<(String, i64)> = None;
+    for (scope, at) in tx.scopes_lost(&device.user)? {
+        if case_scopes.contains(&scope) && lost.as_ref().is_none_or(|(_, a)| at > *a) {
+            lost = Some((scope, at));
+        }
+    }
+    let mut built_on = 0i64;
+    for d in &facts.deps {
+        let seq = tx.change_doc_seq(d)?.map(|(_, s)| s);
+        built_on = built_on.max(seq.unwrap_or(i64::MAX));
+    }
+    Ok(match lost {
+        // A change that builds on nothing cannot be work on the case as its author saw it.
+        Some((scope, at)) if built_on <= at && !facts.deps.is_empty() => format!(
+            "late change: {denied}. {} held {scope} until sequence {at}, and this change builds only on what \
+             the server had then: work done offline before the move — release it if it is genuine",
+            device.user
+        ),
+        Some((scope, at)) => format!(
+            "out of scope: {denied}. {} lost {scope} at sequence {at}, and this change builds on later changes",
+            device.user
+        ),
+        None => format!("out of scope: {denied}"),
+    })
+}
+
+/// Applies a change whose dependencies are all present: attribution checks, then a sequence
+/// number and the server's view of the case.
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    tx: &dyn WriteTx,
+    device: &Device,
+    doc_id: &str,
+    facts: &ChangeFacts,
+    bytes: &[u8],
+    vouch: Vouch,
+    now: i64,
+    touched: &mut HashMap<String, Touched>,
+) -> Result<ItemResult> {
+    let released = vouch == Vouch::Administrator;
+    let key = facts.hash.clone();
+    let set_aside = |reason: &str| quarantine(tx, &key, doc_id, device, now, reason, reason, bytes);
+    // Allowed by the device's role and scope (model::access): checked before anything else,
+    // so a change that is not allowed stores nothing but its quarantine row.
+    if vouch == Vouch::None {
+        if let Err(denied) = authorize(tx, device, doc_id, touched)? {
+            let reason = explain_denial(tx, device, facts, &denied)?;
+            return quarantine(tx, &key, doc_id, device, now, &reason, OUT_OF_SCOPE_TOLD, bytes);
+        }
+    }
+    // Where the case's events live: this change, an earlier change of this push, or the store.
+    let known = match touched.get(doc_id).and_then(|t| t.events_obj.clone()) {
+        Some(o) => Some(o),
+        None => tx.events_obj(doc_id)?,
+    };
+    let events_obj: Option<String> = match (&facts.events_obj_created, known) {
+        // A second `events` map would hide the case's history behind one the server never
+        // checked (Automerge picks one of two concurrent maps): no replica makes one.
+        (Some(new), Some(old)) if *new != old && !released => {
+            return set_aside("the change replaces the case's events map: its events could not be attributed");
+        }
+        (Some(o), _) => Some(o.clone()),
+        (None, known) => known,
+    };
+    let mut events = vec![];
+    if let Some(obj) = &events_obj {
+        for e in facts.events(obj) {
+            match e {
+                Err(_) if released => {}
+                Err(reason) => return set_aside(&reason),
+                Ok((e, raw)) => {
+                    let a = &e.actor;
+                    if !released && (a.device.0 != device.id || a.user.0 != device.user || a.role != device.role) {
+                        return set_aside(&format!(
+                            "event claims user {} as {:?} on {}, but the device is enrolled for {} as {:?}",
+                            a.user, a.role, a.device, device.user, device.role
+                        ));
+                    }
+                    events.push((e, raw));
+                }
+            }
+        }
+    }
+    // Every actor it names must be in the case's history already (schema 8), released or not:
+    // an administrator vouches for who may change a case, not for Automerge's invariants.
+    if let Some(reason) = unknown_actor(tx, doc_id, facts)? {
+        return set_aside(&reason);
+    }
+    let seq = tx.next_seq()?;
+    tx.store_change(&StoredChange { seq, hash: &key, doc_id, device_id: &device.id, received_ms: now, bytes })?;
+    // Stored as the change holds it: it parsed to this event above.
+    for (e, raw) in &events {
+        tx.store_event(doc_id, &e.id.to_string(), raw)?;
+    }
+    // The case's row is written once per case and push, in `refresh_case`.
+    let t = touched.entry(doc_id.to_owned()).or_default();
+    // A released change vouches for itself only: the device's other changes to the case
+    // (parked ones that build on it) still face the rule.
+    if vouch == Vouch::None {
+        t.authorized.insert(device.id.clone());
+    }
+    t.seqs.push(seq);
+    if t.events_obj.is_none() {
+        t.events_obj = events_obj;
+    }
+    t.new_events.extend(events.into_iter().map(|(e, _)| e));
+    for (k, v) in &facts.root_puts {
+        match k.as_str() {
+            keys::GRID => {
+                t.grids.insert(v.clone());
+                t.fields.grid = Some(v.clone());
+            }
+            keys::CATEGORY => t.fields.category = Some(v.clone()),
+            keys::TITLE => t.fields.title = Some(v.clone()),
+            keys::CODE => t.fields.code = Some(v.clone()),
+            keys::REPORTER => t.fields.reporter = Some(v.clone()),
+            keys::LOCATION => {
+                if let Ok(loc) = serde_json::from_str::<Location>(v) {
+                    t.locations.push((loc.lat, loc.lon));
+                    t.fields.position = Some((loc.lat, loc.lon));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(ItemResult { key, outcome: Outcome::Accepted, reason: None, receipt: None })
+}
+
+/// [`crate::ingest::unknown_actor`] against the case's actors (schema 8); a change that passes
+/// and is its actor's first in the case adds its actor.
+fn unknown_actor(tx: &dyn WriteTx, doc_id: &str, facts: &ChangeFacts) -> Result<Option<String>> {
+    let why = crate::ingest::unknown_actor(facts, |actor| tx.doc_actor(doc_id, actor).map(|a| a.is_some()))?;
+    if why.is_some() {
+        return Ok(why);
+    }
+    // Schema 9: one change per actor and sequence number in a case.
+    if let Some(last) = tx.doc_actor(doc_id, &facts.actor)?.filter(|l| facts.seq as i64 <= *l) {
+        return Ok(Some(format!(
+            "damaged change: its actor {} already made change {} of this case ({last} so far)",
+            facts.actor, facts.seq
+        )));
+    }
+    tx.note_doc_actor(doc_id, &facts.actor, facts.seq as i64)?;
+    Ok(None)
+}
+
+/// Applies parked changes whose dependencies have arrived, until none is left to apply.
+/// A change depends only on changes of its own document, so only the documents this push
+/// touched can have become complete: parked changes of other documents are not read.
+fn unpark(tx: &dyn WriteTx, now: i64, touched: &mut HashMap<String, Touched>) -> Result<()> {
+    // Almost always nothing is parked: one cheap look instead of one per document.
+    if !tx.any_parked()? {
+        return Ok(());
+    }
+    let mut docs: Vec<String> = touched.keys().cloned().collect();
+    while let Some(doc_id) = docs.pop() {
+        loop {
+            let mut progressed = false;
+            for p in tx.parked_in(&doc_id)? {
+                if missing_deps(tx, &p.deps)? > 0 {
+                    continue;
+                }
+                let device = device_by_id(tx, &p.device_id)?;
+                let Ok((_, facts)) = read_change(&p.bytes) else { continue };
+                tx.unpark(&p.hash)?;
+                let vouch = if p.vouched { Vouch::Receipt } else { Vouch::None };
+                apply(tx, &device, &doc_id, &facts, &p.bytes, vouch, now, touched)?;
+                progressed = true;
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How many of `deps` are not applied on the server yet. Storage errors propagate: a failed
+/// lookup must not read as "missing".
+fn missing_deps(tx: &dyn ReadTx, deps: &[String]) -> Result<usize> {
+    let mut missing = 0;
+    for d in deps.iter().filter(|d| !d.is_empty()) {
+        if tx.change_doc_seq(d)?.is_none() {
+            missing += 1;
+        }
+    }
+    Ok(missing)
+}
+
+/// Recomputes a touched case's status and the scopes it belongs to (grow-only), and records
+/// which scopes saw each of its new changes.
+fn refresh_case(rules: &Rules<'_>, tx: &dyn WriteTx, doc_id: &str, t: &Touched) -> Result<()> {
+    let places = &rules.places;
+    let catalog = places.catalog();
+    // What the row holds now, read once: the fields this push did not set keep their values.
+    // No row: the case is new in this push, and its events are the ones the push added.
+    let stored = tx.case_row(doc_id)?;
+    let existed = stored.is_some();
+    let stored = stored.unwrap_or_default();
+    let events: Vec<Event> = if existed {
+        tx.case_events(doc_id)?.into_iter().filter_map(|j| serde_json::from_str(&j).ok()).collect()
+    } else {
+        t.new_events.clone()
+    };
+    let reported_ms = events.iter().find(|e| matches!(e.kind, EventKind::Report)).map(|e| e.clock.estimated_ms());
+    let state = fold(events).state;
+    let mut flags = vec![];
+    if t.clock_skew {
+        flags.push("device_clock_skew");
+    }
+    let mut grids: BTreeSet<String> = t.grids.clone();
+    // A case reported outside its grid is routed to the grid it lies in, and flagged.
+    for (lat, lon) in &t.locations {
+        if let Some(g) = places.grid_at(*lat, *lon) {
+            if !t.grids.is_empty() && !t.grids.contains(&g.id.0) {
+                flags.push("outside_grid");
+            }
+            grids.insert(g.id.0.clone());
+        }
+    }
+    let category = t.fields.category.clone().or(stored.category_id);
+    if let Some(c) = category {
+        // A category retired since is flagged, never refused.
+        match catalog.categories.iter().find(|k| k.id.0 == c) {
+            Some(k) if k.retired => flags.push("retired_category"),
+            None if !catalog.categories.is_empty() => flags.push("unknown_category"),
+            _ => {}
+        }
+    }
+    // The case's scopes, by the rule the phone applies too (model::access); a grid's community
+    // and street see its cases through the grids placed in them (schema 6).
+    let grid_ids: Vec<GridId> = grids.iter().map(|g| GridId::from(g.as_str())).collect();
+    let scopes: BTreeSet<String> = case_scopes(&grid_ids, &state).iter().map(Scope::to_string).collect();
+    let at = t.seqs.iter().copied().max().unwrap_or(0);
+    let status = state.status.label();
+    // Each membership row carries the case's status (the console counts by it).
+    for s in &scopes {
+        tx.join_scope(doc_id, s, at, status)?;
+    }
+    if existed {
+        tx.set_membership_status(doc_id, status)?;
+        // A change is listed under each scope the case was already in. Under a scope it joined
+        // at or after the change, the pull sends the case's whole history instead (the join
+        // covers it), so nothing is listed: a new case costs no listing at all.
+        let joined = tx.memberships(doc_id)?;
+        for seq in &t.seqs {
+            for (s, _) in joined.iter().filter(|(_, j)| seq > j) {
+                tx.list_change(s, *seq, doc_id)?;
+            }
+        }
+    }
+    let mut all_flags: BTreeSet<&str> = stored.flags.split(',').filter(|f| !f.is_empty()).collect();
+    all_flags.extend(flags);
+    let reported_ms = reported_ms.or(stored.reported_ms);
+    let f = &t.fields;
+    tx.write_case_row(&CaseRow {
+        doc_id,
+        status,
+        deadline_ms: state.deadline_ms,
+        flags: all_flags.into_iter().collect::<Vec<_>>().join(","),
+        departments: crate::store::console::departments_column(state.dispatched.keys().map(|d| d.0.as_str())),
+        reported_ms,
+        queue_key: crate::store::console::queue_key(state.deadline_ms, reported_ms, doc_id),
+        grid_id: f.grid.as_deref(),
+        category_id: f.category.as_deref(),
+        title: f.title.as_deref(),
+        code: f.code.as_deref(),
+        reporter: f.reporter.as_deref(),
+        position: f.position,
+        events_obj: t.events_obj.as_deref(),
+        updated_seq: at,
+    })
+}
+
+/// An administrator accepts a quarantined item: a record is stored as its device sent it; a
+/// change is applied and enters the scopes of its case. Its earlier changes must be on the
+/// server (release those first).
+pub fn release(rules: &Rules<'_>, tx: &dyn WriteTx, key: &str, now_ms: i64) -> Result<()> {
+    let Quarantined { doc_id, device_id, status, bytes } =
+        tx.quarantined_item(key)?.ok_or_else(|| ServerError::NotFound(format!("quarantined item {key}")))?;
+    if status != "pending" {
+        return Err(ServerError::BadRequest(format!("{key} was already {status}")));
+    }
+    // Marked in the same transaction as it is applied.
+    tx.set_quarantine_status(key, "released")?;
+    if doc_id.is_empty() {
+        let body = String::from_utf8_lossy(&bytes).into_owned();
+        let facts = RecordFacts::read(&body);
+        return tx.store_record(key, &device_id, now_ms, &body, facts.check_in().as_ref());
+    }
+    let (_, facts) = read_change(&bytes).map_err(ServerError::BadRequest)?;
+    let missing = missing_deps(tx, &facts.deps)?;
+    if missing > 0 {
+        return Err(ServerError::BadRequest(format!(
+            "{key} depends on {missing} change(s) not on the server: release those first"
+        )));
+    }
+    let device = device_by_id(tx, &device_id)?;
+    let mut touched = HashMap::new();
+    // An administrator's release vouches for a quarantined change: its claims are not re-checked.
+    let result = apply(tx, &device, &doc_id, &facts, &bytes, Vouch::Administrator, now_ms, &mut touched)?;
+    if result.outcome != Outcome::Accepted {
+        return Err(ServerError::Internal(format!("{key} could not be applied: {:?}", result.reason)));
+    }
+    // A quarantined change claimed no actor (`ingest_change`); stored now, its actor, if still
+    // nobody's, is its sender's.
+    tx.register_actor(&facts.actor, &device_id, now_ms)?;
+    unpark(tx, now_ms, &mut touched)?;
+    refresh_cases(rules, tx, &touched)
+}

@@ -1,0 +1,457 @@
+//! The storage port (`store::port`) on SQLite: the SQL of each primitive, nothing else. Every
+//! statement goes through the connection's statement cache (`exec`, `q1`, `prepare_cached`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{console, exec, last_seq, load_device_by_id, meta_get, q1, records, SeqCounter};
+use crate::error::{Result, ServerError};
+use crate::records::CheckIn;
+use crate::store::port::{
+    CaseRow, CaseRowNow, ChangeBytes, ParkedChange, QuarantineEntry, Quarantined, ReadTx, StoredChange, Whereabouts,
+    WriteTx,
+};
+use crate::store::Device;
+
+/// A transaction (or a read snapshot) on one of the store's connections.
+pub(super) struct SqliteTx<'c> {
+    pub(super) conn: &'c Connection,
+    /// The writer's sequence counter; `None` on a reader.
+    pub(super) seq: Option<&'c Mutex<SeqCounter>>,
+}
+
+impl std::fmt::Debug for SqliteTx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteTx").field("writer", &self.seq.is_some()).finish()
+    }
+}
+
+/// `?2,?3,…` for `n` values after `first - 1` others.
+fn placeholders(first: usize, n: usize) -> String {
+    (0..n).map(|i| format!("?{}", i + first)).collect::<Vec<_>>().join(",")
+}
+
+fn strings(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Vec<String>> {
+    Ok(conn.prepare_cached(sql)?.query_map(params, |r| r.get(0))?.collect::<rusqlite::Result<_>>()?)
+}
+
+fn change_rows(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Vec<ChangeBytes>> {
+    Ok(conn
+        .prepare_cached(sql)?
+        .query_map(params, |r| Ok(ChangeBytes { bytes: r.get(0)?, hash: r.get(1)?, device_id: r.get(2)? }))?
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+impl ReadTx for SqliteTx<'_> {
+    fn last_seq(&self) -> Result<i64> {
+        last_seq(self.conn)
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<String>> {
+        meta_get(self.conn, key)
+    }
+
+    fn user_scopes(&self, user: &str) -> Result<BTreeMap<String, i64>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT scope, min(granted_seq) FROM user_areas WHERE user_id = ?1 GROUP BY scope")?
+            .query_map([user], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn memberships(&self, doc_id: &str) -> Result<Vec<(String, i64)>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT scope, joined_seq FROM membership WHERE doc_id = ?1")?
+            .query_map([doc_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn case_creator(&self, doc_id: &str) -> Result<Option<String>> {
+        Ok(q1(self.conn, "SELECT device_id FROM changes WHERE doc_id = ?1 ORDER BY seq LIMIT 1", [doc_id], |r| {
+            r.get(0)
+        })
+        .optional()?)
+    }
+
+    fn device(&self, id: &str) -> Result<Option<Device>> {
+        match load_device_by_id(self.conn, id) {
+            Ok(d) => Ok(Some(d)),
+            Err(ServerError::Unauthenticated) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn change_doc_seq(&self, hash: &str) -> Result<Option<(String, i64)>> {
+        Ok(q1(self.conn, "SELECT doc_id, seq FROM changes WHERE hash = ?1", [hash], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
+    fn joined_since(
+        &self,
+        cursor: i64,
+        scopes: &[&str],
+        device: &str,
+        limit: usize,
+        at: Option<i64>,
+    ) -> Result<Vec<(String, i64)>> {
+        let n = scopes.len();
+        let (device_arg, last_arg) = (n + 2, n + 3);
+        let extra = match at {
+            None => format!("ORDER BY m.joined_seq LIMIT ?{last_arg}"),
+            Some(_) => format!("AND m.joined_seq = ?{last_arg}"),
+        };
+        let sql = format!(
+            "SELECT m.doc_id, m.joined_seq FROM membership m WHERE m.joined_seq > ?1 AND m.scope IN ({})
+             AND EXISTS (SELECT 1 FROM changes c WHERE c.doc_id = m.doc_id AND c.device_id != ?{device_arg}) {extra}",
+            placeholders(2, n)
+        );
+        let last: i64 = at.unwrap_or(limit as i64);
+        let mut args: Vec<&dyn rusqlite::ToSql> = vec![&cursor];
+        args.extend(scopes.iter().map(|s| s as &dyn rusqlite::ToSql));
+        args.push(&device);
+        args.push(&last);
+        Ok(self
+            .conn
+            .prepare_cached(&sql)?
+            .query_map(rusqlite::params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn docs_in_scope_by(&self, scope: &str, seq: i64) -> Result<Vec<String>> {
+        strings(self.conn, "SELECT doc_id FROM membership WHERE scope = ?1 AND joined_seq <= ?2", params![scope, seq])
+    }
+
+    fn docs_in_scope(&self, scope: &str) -> Result<Vec<String>> {
+        strings(self.conn, "SELECT doc_id FROM membership WHERE scope = ?1", [scope])
+    }
+
+    fn scope_changes_since(&self, cursor: i64, scopes: &[&str], limit: usize) -> Result<Vec<(i64, String)>> {
+        let n = scopes.len();
+        let sql = format!(
+            "SELECT DISTINCT seq, doc_id FROM scope_changes WHERE seq > ?1 AND scope IN ({}) ORDER BY seq LIMIT ?{}",
+            placeholders(2, n),
+            n + 2
+        );
+        let limit = limit as i64;
+        let mut args: Vec<&dyn rusqlite::ToSql> = vec![&cursor];
+        args.extend(scopes.iter().map(|s| s as &dyn rusqlite::ToSql));
+        args.push(&limit);
+        Ok(self
+            .conn
+            .prepare_cached(&sql)?
+            .query_map(rusqlite::params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn scopes_lost_since(&self, user: &str, cursor: i64) -> Result<BTreeSet<String>> {
+        Ok(strings(
+            self.conn,
+            "SELECT scope FROM user_scopes_removed WHERE user_id = ?1 AND removed_seq > ?2
+             UNION SELECT 'grid:' || p.grid_id FROM user_scopes_removed r JOIN grid_placements p ON p.scope = r.scope
+                 WHERE r.user_id = ?1 AND r.removed_seq > ?2
+             UNION SELECT 'grid:' || p.grid_id FROM user_scopes s JOIN grid_placements p ON p.scope = s.scope
+                 WHERE s.user_id = ?1 AND p.to_seq > ?2",
+            params![user, cursor],
+        )?
+        .into_iter()
+        .collect())
+    }
+
+    fn scopes_lost(&self, user: &str) -> Result<Vec<(String, i64)>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT scope, removed_seq FROM user_scopes_removed WHERE user_id = ?1
+                 UNION ALL SELECT 'grid:' || p.grid_id, r.removed_seq FROM user_scopes_removed r
+                     JOIN grid_placements p ON p.scope = r.scope AND p.from_seq <= r.removed_seq
+                         AND (p.to_seq IS NULL OR p.to_seq >= r.removed_seq)
+                     WHERE r.user_id = ?1
+                 UNION ALL SELECT 'grid:' || p.grid_id, p.to_seq FROM user_scopes s
+                     JOIN grid_placements p ON p.scope = s.scope WHERE s.user_id = ?1 AND p.to_seq IS NOT NULL",
+            )?
+            .query_map([user], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn others_changes_upto(&self, doc_id: &str, seq: i64, device: &str) -> Result<i64> {
+        Ok(q1(
+            self.conn,
+            "SELECT count(*) FROM changes WHERE doc_id = ?1 AND seq <= ?2 AND device_id != ?3",
+            params![doc_id, seq, device],
+            |r| r.get(0),
+        )?)
+    }
+
+    fn history_upto(&self, doc_id: &str, seq: i64) -> Result<Vec<ChangeBytes>> {
+        change_rows(
+            self.conn,
+            "SELECT bytes, hash, device_id FROM changes WHERE doc_id = ?1 AND seq <= ?2 ORDER BY seq",
+            params![doc_id, seq],
+        )
+    }
+
+    fn change_at(&self, seq: i64, not_by: &str) -> Result<Vec<ChangeBytes>> {
+        change_rows(
+            self.conn,
+            "SELECT bytes, hash, device_id FROM changes WHERE seq = ?1 AND device_id != ?2",
+            params![seq, not_by],
+        )
+    }
+}
+
+impl WriteTx for SqliteTx<'_> {
+    fn next_seq(&self) -> Result<i64> {
+        let counter = self.seq.ok_or_else(|| ServerError::Internal("a sequence number taken on a reader".into()))?;
+        let mut seq = counter.lock().unwrap_or_else(|p| p.into_inner());
+        let last = match seq.taken {
+            Some(n) => n,
+            None => last_seq(self.conn)?,
+        };
+        seq.taken = Some(last + 1);
+        Ok(last + 1)
+    }
+
+    fn whereabouts(&self, hash: &str) -> Result<Whereabouts> {
+        // One statement for the three places a change can be.
+        Ok(q1(
+            self.conn,
+            "SELECT (SELECT device_id FROM changes WHERE hash = ?1), (SELECT doc_id FROM changes WHERE hash = ?1),
+                    EXISTS (SELECT 1 FROM parked WHERE hash = ?1),
+                    (SELECT status FROM quarantine WHERE hash = ?1), (SELECT device_id FROM quarantine WHERE hash = ?1)",
+            [hash],
+            |r| {
+                let owner: Option<String> = r.get(0)?;
+                let doc: Option<String> = r.get(1)?;
+                let status: Option<String> = r.get(3)?;
+                let by: Option<String> = r.get(4)?;
+                Ok(Whereabouts { applied: owner.zip(doc), parked: r.get(2)?, quarantined: status.zip(by) })
+            },
+        )?)
+    }
+
+    fn actor_owner(&self, actor: &str) -> Result<Option<String>> {
+        Ok(q1(self.conn, "SELECT device_id FROM actors WHERE actor = ?1", [actor], |r| r.get(0)).optional()?)
+    }
+
+    fn register_actor(&self, actor: &str, device_id: &str, now_ms: i64) -> Result<()> {
+        exec(
+            self.conn,
+            "INSERT INTO actors (actor, device_id, first_seen_ms) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            params![actor, device_id, now_ms],
+        )?;
+        Ok(())
+    }
+
+    fn console_device_again(&self, epoch: &str, device_id: &str, now_ms: i64) -> Result<Option<Device>> {
+        console::console_device_again(self.conn, epoch, device_id, now_ms)
+    }
+
+    fn park(&self, c: &ParkedChange) -> Result<()> {
+        exec(
+            self.conn,
+            "INSERT INTO parked (hash, doc_id, device_id, received_ms, deps, bytes, vouched) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![c.hash, c.doc_id, c.device_id, c.received_ms, c.deps.join(","), c.bytes, c.vouched],
+        )?;
+        Ok(())
+    }
+
+    fn any_parked(&self) -> Result<bool> {
+        Ok(q1(self.conn, "SELECT EXISTS (SELECT 1 FROM parked)", [], |r| r.get(0))?)
+    }
+
+    fn parked_in(&self, doc_id: &str) -> Result<Vec<ParkedChange>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT hash, device_id, received_ms, deps, bytes, vouched FROM parked WHERE doc_id = ?1
+                 ORDER BY received_ms, hash",
+            )?
+            .query_map([doc_id], |r| {
+                let deps: String = r.get(3)?;
+                Ok(ParkedChange {
+                    hash: r.get(0)?,
+                    doc_id: doc_id.to_owned(),
+                    device_id: r.get(1)?,
+                    received_ms: r.get(2)?,
+                    deps: deps.split(',').filter(|d| !d.is_empty()).map(str::to_owned).collect(),
+                    bytes: r.get(4)?,
+                    vouched: r.get(5)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn unpark(&self, hash: &str) -> Result<()> {
+        exec(self.conn, "DELETE FROM parked WHERE hash = ?1", [hash])?;
+        Ok(())
+    }
+
+    fn quarantine(&self, e: &QuarantineEntry<'_>) -> Result<()> {
+        exec(
+            self.conn,
+            "INSERT INTO quarantine (hash, doc_id, device_id, received_ms, reason, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT DO NOTHING",
+            params![e.key, e.doc_id, e.device_id, e.received_ms, e.reason, e.bytes],
+        )?;
+        Ok(())
+    }
+
+    fn quarantined_item(&self, key: &str) -> Result<Option<Quarantined>> {
+        Ok(q1(self.conn, "SELECT doc_id, device_id, status, bytes FROM quarantine WHERE hash = ?1", [key], |r| {
+            Ok(Quarantined { doc_id: r.get(0)?, device_id: r.get(1)?, status: r.get(2)?, bytes: r.get(3)? })
+        })
+        .optional()?)
+    }
+
+    fn set_quarantine_status(&self, key: &str, status: &str) -> Result<()> {
+        exec(self.conn, "UPDATE quarantine SET status = ?2 WHERE hash = ?1", params![key, status])?;
+        Ok(())
+    }
+
+    fn doc_actor(&self, doc_id: &str, actor: &str) -> Result<Option<i64>> {
+        Ok(q1(self.conn, "SELECT last_seq FROM doc_actors WHERE doc_id = ?1 AND actor = ?2", [doc_id, actor], |r| {
+            r.get(0)
+        })
+        .optional()?)
+    }
+
+    fn note_doc_actor(&self, doc_id: &str, actor: &str, seq: i64) -> Result<()> {
+        exec(
+            self.conn,
+            "INSERT INTO doc_actors (doc_id, actor, last_seq) VALUES (?1, ?2, ?3)
+             ON CONFLICT (doc_id, actor) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
+            params![doc_id, actor, seq],
+        )?;
+        Ok(())
+    }
+
+    fn store_change(&self, c: &StoredChange<'_>) -> Result<()> {
+        exec(
+            self.conn,
+            "INSERT INTO changes (seq, hash, doc_id, device_id, received_ms, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![c.seq, c.hash, c.doc_id, c.device_id, c.received_ms, c.bytes],
+        )?;
+        Ok(())
+    }
+
+    fn store_event(&self, doc_id: &str, event_id: &str, json: &str) -> Result<()> {
+        exec(
+            self.conn,
+            "INSERT INTO doc_events (doc_id, event_id, json) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            params![doc_id, event_id, json],
+        )?;
+        Ok(())
+    }
+
+    fn case_events(&self, doc_id: &str) -> Result<Vec<String>> {
+        strings(self.conn, "SELECT json FROM doc_events WHERE doc_id = ?1", [doc_id])
+    }
+
+    fn events_obj(&self, doc_id: &str) -> Result<Option<String>> {
+        Ok(q1(self.conn, "SELECT events_obj FROM docs WHERE doc_id = ?1", [doc_id], |r| r.get::<_, Option<String>>(0))
+            .optional()?
+            .flatten())
+    }
+
+    fn case_row(&self, doc_id: &str) -> Result<Option<CaseRowNow>> {
+        Ok(q1(self.conn, "SELECT category_id, flags, reported_ms FROM docs WHERE doc_id = ?1", [doc_id], |r| {
+            Ok(CaseRowNow { category_id: r.get(0)?, flags: r.get(1)?, reported_ms: r.get(2)? })
+        })
+        .optional()?)
+    }
+
+    fn write_case_row(&self, c: &CaseRow<'_>) -> Result<()> {
+        // One write per case and push: every docs index is touched once.
+        exec(
+            self.conn,
+            "INSERT INTO docs (doc_id, status, deadline_ms, flags, departments, reported_ms, queue_key, grid_id,
+                category_id, title, code, reporter, lat, lon, events_obj, updated_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+             ON CONFLICT(doc_id) DO UPDATE SET status = excluded.status, deadline_ms = excluded.deadline_ms,
+                flags = excluded.flags, departments = excluded.departments, reported_ms = excluded.reported_ms,
+                queue_key = excluded.queue_key, grid_id = coalesce(excluded.grid_id, grid_id),
+                category_id = coalesce(excluded.category_id, category_id), title = coalesce(excluded.title, title),
+                code = coalesce(excluded.code, code), reporter = coalesce(excluded.reporter, reporter),
+                lat = coalesce(excluded.lat, lat), lon = coalesce(excluded.lon, lon),
+                events_obj = coalesce(events_obj, excluded.events_obj), updated_seq = excluded.updated_seq",
+            params![
+                c.doc_id,
+                c.status,
+                c.deadline_ms,
+                c.flags,
+                c.departments,
+                c.reported_ms,
+                c.queue_key,
+                c.grid_id,
+                c.category_id,
+                c.title,
+                c.code,
+                c.reporter,
+                c.position.map(|p| p.0),
+                c.position.map(|p| p.1),
+                c.events_obj,
+                c.updated_seq,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn join_scope(&self, doc_id: &str, scope: &str, seq: i64, status: &str) -> Result<()> {
+        exec(
+            self.conn,
+            "INSERT INTO membership (doc_id, scope, joined_seq, status) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+            params![doc_id, scope, seq, status],
+        )?;
+        Ok(())
+    }
+
+    fn set_membership_status(&self, doc_id: &str, status: &str) -> Result<()> {
+        exec(
+            self.conn,
+            "UPDATE membership SET status = ?2 WHERE doc_id = ?1 AND status != ?2",
+            params![doc_id, status],
+        )?;
+        Ok(())
+    }
+
+    fn list_change(&self, scope: &str, seq: i64, doc_id: &str) -> Result<()> {
+        exec(
+            self.conn,
+            "INSERT INTO scope_changes (scope, seq, doc_id) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            params![scope, seq, doc_id],
+        )?;
+        Ok(())
+    }
+
+    fn store_record(
+        &self,
+        id: &str,
+        device_id: &str,
+        now_ms: i64,
+        body: &str,
+        check_in: Option<&CheckIn<'_>>,
+    ) -> Result<()> {
+        records::insert_record(self.conn, id, device_id, now_ms, body, check_in)
+    }
+
+    fn device_seen(&self, device_id: &str, now_ms: i64, state_json: &str) -> Result<()> {
+        exec(
+            self.conn,
+            "UPDATE devices SET last_seen_ms = ?2, last_state = ?3 WHERE id = ?1",
+            params![device_id, now_ms, state_json],
+        )?;
+        Ok(())
+    }
+
+    fn device_drained(&self, device_id: &str, now_ms: i64) -> Result<()> {
+        exec(
+            self.conn,
+            "UPDATE devices SET drained_ms = coalesce(drained_ms, ?2) WHERE id = ?1",
+            params![device_id, now_ms],
+        )?;
+        Ok(())
+    }
+}
