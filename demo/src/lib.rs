@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use gridwork_core::evidence::synthetic::{camera_like_jpeg, ExifSpec};
+use gridwork_core::model::access::Scope;
 use gridwork_core::model::catalog::{Catalog, Role};
 use gridwork_core::model::geo::Location;
 use gridwork_core::model::ids::{CaseId, GridId};
@@ -34,7 +35,7 @@ use gridwork_core::model::lifecycle::EventKind;
 use gridwork_core::store::{CaseQuery, CheckInInput};
 use gridwork_core::sync::{enrol, SyncConfig};
 use gridwork_core::Store;
-use gridwork_sync_server::{SqliteStore, SyncStore};
+use gridwork_sync_server::{AdminStore, SqliteStore, SyncStore};
 use sim::{district, for_each_index, identity_from_enrolment, open_device, random_case, Rng};
 
 pub mod sim;
@@ -141,16 +142,16 @@ pub fn run(args: Args) -> Result<(), String> {
     server.import_catalog(&catalog).map_err(|e| e.to_string())?;
     for (d, g) in catalog.grids.iter().enumerate() {
         server
-            .set_user(&format!("w{d}"), Role::Worker, None, &[format!("grid:{}", g.id)])
+            .set_user(&format!("w{d}"), Role::Worker, None, &[Scope::Grid(g.id.clone())])
             .map_err(|e| e.to_string())?;
     }
     for (k, c) in communities.iter().enumerate() {
         server
-            .set_user(&format!("sup{k}"), Role::Supervisor, None, &[format!("community:{c}")])
+            .set_user(&format!("sup{k}"), Role::Supervisor, None, &[Scope::Community(c.clone())])
             .map_err(|e| e.to_string())?;
     }
     server
-        .set_user("police1", Role::DepartmentHandler, Some("police"), &["department:police".into()])
+        .set_user("police1", Role::DepartmentHandler, Some("police"), &[Scope::Department("police".into())])
         .map_err(|e| e.to_string())?;
     server.set_user("admin", Role::Administrator, None, &[]).map_err(|e| e.to_string())?;
     {

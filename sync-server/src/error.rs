@@ -55,8 +55,10 @@ pub enum ServerError {
     /// everything in its outbox and tries again, as after any 5xx.
     #[error("the server's disk is full ({0}): nothing of this request was stored; try again later (an administrator must free space on the server's data directory)")]
     StorageFull(String),
+    /// The database failed (the backend's own message; each backend converts its errors, a
+    /// full disk to [`ServerError::StorageFull`]).
     #[error("storage error: {0}")]
-    Storage(rusqlite::Error),
+    Storage(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -107,16 +109,6 @@ impl ServerError {
     }
 }
 
-impl From<rusqlite::Error> for ServerError {
-    fn from(e: rusqlite::Error) -> Self {
-        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
-            ServerError::StorageFull(e.to_string())
-        } else {
-            ServerError::Storage(e)
-        }
-    }
-}
-
 pub type Result<T, E = ServerError> = std::result::Result<T, E>;
 
 #[cfg(test)]
@@ -124,17 +116,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_full_disk_is_507_storage_full_whether_sqlite_or_a_file_says_so() {
-        let sqlite = rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
-            Some("database or disk is full".into()),
-        );
-        assert_eq!(ServerError::from(sqlite).status_and_code(), (507, "storage_full"));
+    fn a_full_disk_is_507_storage_full_when_a_file_says_so() {
         let file = std::io::Error::from(std::io::ErrorKind::StorageFull);
         assert_eq!(ServerError::io(std::path::Path::new("blobs/x"), file).status_and_code(), (507, "storage_full"));
         // Anything else stays internal.
-        let busy = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR), None);
-        assert_eq!(ServerError::from(busy).status_and_code(), (500, "internal"));
         let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
         assert_eq!(ServerError::io(std::path::Path::new("x"), denied).status_and_code(), (500, "internal"));
     }

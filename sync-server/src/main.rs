@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use gridwork_model::access::Scope;
 use gridwork_model::catalog::{Catalog, Role};
 use gridwork_model::geo::Datum;
 use gridwork_model::wire::EnrolmentCode;
@@ -14,7 +15,7 @@ use gridwork_sync_server::clock::now_ms;
 use gridwork_sync_server::config::{LogFormat, Resolved, ServeSettings, StoreLocation, TlsChoice};
 use gridwork_sync_server::grids;
 use gridwork_sync_server::tls::TlsFiles;
-use gridwork_sync_server::{SqliteStore, SyncStore};
+use gridwork_sync_server::{AdminStore, SqliteStore, SyncStore};
 
 /// mimalloc instead of glibc's malloc (ADR 14): a push allocates many small short-lived values
 /// across threads (parsed changes, rows, JSON), and glibc's allocator took a seventh of the
@@ -207,7 +208,10 @@ fn admin(data_dir: &Path, command: AdminCommand) -> Result<(), String> {
         AdminCommand::SetUser { user, role, department, scopes } => {
             let role = Role::parse(&role)
                 .ok_or(format!("--role {role:?}: use worker, supervisor, department_handler or administrator"))?;
+            let scopes =
+                scopes.iter().map(|s| Scope::parse(s).map_err(|e| e.to_string())).collect::<Result<Vec<_>, _>>()?;
             store.set_user(&user, role, department.as_deref(), &scopes).map_err(|e| e.to_string())?;
+            let scopes: Vec<String> = scopes.iter().map(Scope::to_string).collect();
             println!("user {user}: {role:?}, scopes {scopes:?}");
         }
         AdminCommand::SetPassword { user } => {

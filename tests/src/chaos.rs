@@ -31,6 +31,8 @@
 //! - **Clocks.** Every phone's wall clock is hours off and jumps; the server's is stepped back.
 //! - **Supervisors.** A console user adds notes to the phones' cases while they push.
 
+use gridwork_model::access::Scope;
+use gridwork_sync_server::AdminStore;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -808,13 +810,15 @@ pub fn run(cfg: &ChaosConfig, root: &Path) -> Result<ChaosReport, String> {
         store.import_catalog(&catalog).map_err(|e| e.to_string())?;
         for p in 0..cfg.phones {
             let user = format!("w{p}");
-            store.set_user(&user, Role::Worker, None, &[format!("grid:g{}", p / 2)]).map_err(|e| e.to_string())?;
+            store
+                .set_user(&user, Role::Worker, None, &[Scope::Grid(GridId(format!("g{}", p / 2)))])
+                .map_err(|e| e.to_string())?;
             let (_, code) = store.enrol_device(&user, 0).map_err(|e| e.to_string())?;
             let e = store.redeem(&EnrolRequest { code, app_version: "0.1.0".into() }, 0).map_err(|e| e.to_string())?;
             enrolments.push((user, e));
         }
         store
-            .set_user(SUPERVISOR, Role::Supervisor, None, &["community:Community 0".into()])
+            .set_user(SUPERVISOR, Role::Supervisor, None, &[Scope::Community("Community 0".into())])
             .map_err(|e| e.to_string())?;
         gridwork_sync_server::store::ConsoleStore::set_password(&store, SUPERVISOR, SUPERVISOR_PASSWORD, 0)
             .map_err(|e| e.to_string())?;

@@ -2,6 +2,8 @@
 //! worked from a desk, and the console's security rules. (The same chain in a real browser is
 //! tests/console-browser/.)
 
+use gridwork_model::access::Scope;
+use gridwork_sync_server::AdminStore;
 use gridwork_tests::console_client::{ConsoleClient, Page};
 
 use gridwork_core::model::catalog::Role;
@@ -54,7 +56,7 @@ impl Browser {
 
 fn console_users(d: &District) {
     let console = d.store.as_ref() as &dyn ConsoleStore;
-    d.store.set_user("s2", Role::Supervisor, None, &["community:Community 9".into()]).expect("s2");
+    d.store.set_user("s2", Role::Supervisor, None, &[Scope::Community("Community 9".into())]).expect("s2");
     for u in ["s1", "s2", "h1"] {
         console.set_password(u, PASSWORD, 0).expect("password");
     }

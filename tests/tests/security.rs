@@ -1,6 +1,8 @@
 //! Attacks on the real server, one per rule of docs/SECURITY.md: a client written from
 //! docs/PROTOCOL.md alone, holding a real device token, tries what the rules forbid.
 
+use gridwork_model::access::Scope;
+use gridwork_sync_server::AdminStore;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
@@ -212,7 +214,7 @@ fn a_change_pushed_first_by_another_device_claims_nothing_from_its_author() {
 #[test]
 fn a_change_replacing_a_cases_events_map_is_quarantined_even_in_scope() {
     let d = District::new();
-    d.store.set_user("w3", Role::Worker, None, &["grid:g0".into()]).expect("w3");
+    d.store.set_user("w3", Role::Worker, None, &[Scope::Grid("g0".into())]).expect("w3");
     let mut w1 = phone(&d, "w1", None);
     let w3 = phone(&d, "w3", None);
     let case = capture(&w1, 0, 1, 12)[0];
@@ -240,7 +242,7 @@ fn a_change_replacing_a_cases_events_map_is_quarantined_even_in_scope() {
 #[test]
 fn a_late_change_from_a_moved_worker_is_quarantined_as_late_and_an_administrator_can_release_it() {
     let d = District::new();
-    d.store.set_user("w3", Role::Worker, None, &["grid:g0".into()]).expect("w3");
+    d.store.set_user("w3", Role::Worker, None, &[Scope::Grid("g0".into())]).expect("w3");
     let mut w1 = phone(&d, "w1", None);
     let mut w3 = phone(&d, "w3", None);
     let theirs = capture(&w3, 0, 1, 3)[0];
@@ -249,7 +251,7 @@ fn a_late_change_from_a_moved_worker_is_quarantined_as_late_and_an_administrator
     assert_eq!(w1.store.get_case(&theirs).expect("case").read_only, None, "in w1's grid: editable");
     // Offline, w1 retitles w3's case; then w1 is moved to g1 before syncing.
     w1.store.edit_case(&theirs, CasePatch { title: Some("gate broken".into()), ..Default::default() }).expect("edit");
-    d.store.set_user("w1", Role::Worker, None, &["grid:g1".into()]).expect("move");
+    d.store.set_user("w1", Role::Worker, None, &[Scope::Grid("g1".into())]).expect("move");
     let r = w1.sync(&d.url()).expect("after the move");
     assert_eq!(r.quarantined.len(), 1, "{r:?}");
     assert_eq!(w1.store.outbox_len().expect("outbox"), 0, "kept on the server, not resent");
@@ -278,7 +280,7 @@ fn the_phone_makes_a_case_it_may_not_change_read_only_before_anyone_edits_it() {
     s1.sync(&d.url()).expect("s1 receives its community");
     assert_eq!(s1.store.get_case(&case).expect("case").read_only, None);
     // The supervisor loses the community: the scopes the server sends say so at once.
-    d.store.set_user("s1", Role::Supervisor, None, &["community:Community 1".into()]).expect("re-scope");
+    d.store.set_user("s1", Role::Supervisor, None, &[Scope::Community("Community 1".into())]).expect("re-scope");
     s1.sync(&d.url()).expect("s1 again");
     let reason = s1.store.get_case(&case).expect("case").read_only.expect("read-only now");
     assert!(!reason.is_empty());
@@ -312,7 +314,7 @@ fn a_server_rolled_back_under_the_same_epoch_gets_everything_back_from_the_phone
     let mut d = District::new();
     let mut w1 = phone(&d, "w1", None);
     let mut w3 = {
-        d.store.set_user("w3", Role::Worker, None, &["grid:g0".into()]).expect("w3");
+        d.store.set_user("w3", Role::Worker, None, &[Scope::Grid("g0".into())]).expect("w3");
         phone(&d, "w3", None)
     };
     let early = capture(&w1, 0, 1, 5);
@@ -686,7 +688,7 @@ fn a_scope_granted_at_once_arrives_over_pages_split_inside_its_sequence_number()
     let cases: std::collections::BTreeSet<String> = capture(&w1, 0, 24, 11).iter().map(|c| c.to_string()).collect();
     w1.sync(&d.url()).expect("w1 reports");
     // A supervisor given the grid now: its 24 cases join their view at one sequence number.
-    d.store.set_user("s9", Role::Supervisor, None, &["grid:g0".to_owned()]).expect("grant");
+    d.store.set_user("s9", Role::Supervisor, None, &[Scope::Grid("g0".into())]).expect("grant");
     let s9 = phone(&d, "s9", None);
     let mut seen: Vec<String> = vec![];
     let mut cursor = None;

@@ -1,5 +1,7 @@
 //! End to end through the real sync server on a random loopback port, with real device stores.
 
+use gridwork_model::access::Scope;
+use gridwork_sync_server::AdminStore;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -189,7 +191,7 @@ fn a_moved_worker_keeps_unsynced_work_and_receives_the_new_grid() {
     let mine = capture(&w1, 0, 2, 10);
     w1.sync(&d.url()).expect("w1 before the move");
     let later = capture(&w1, 0, 1, 11);
-    d.store.set_user("w1", Role::Worker, None, &["grid:g1".into()]).expect("move to g1");
+    d.store.set_user("w1", Role::Worker, None, &[Scope::Grid("g1".into())]).expect("move to g1");
     let r = w1.sync(&d.url()).expect("after the move");
     assert_eq!(r.accepted, 1, "unsynced work from the old grid is accepted");
     let mut expected: Vec<CaseId> = mine.iter().chain(&later).chain(&theirs).copied().collect();
@@ -503,7 +505,7 @@ fn concurrent_pushes_share_commits_and_each_gets_its_own_answer() {
 #[test]
 fn cases_that_leave_a_scope_are_hidden_but_kept_and_unsynced_work_on_them_still_goes_out() {
     let d = District::new();
-    d.store.set_user("w3", Role::Worker, None, &["grid:g0".into()]).expect("w3");
+    d.store.set_user("w3", Role::Worker, None, &[Scope::Grid("g0".into())]).expect("w3");
     let mut w1 = phone(&d, "w1", None);
     let mut w3 = phone(&d, "w3", None);
     let theirs = capture(&w3, 0, 1, 21)[0];
@@ -516,7 +518,7 @@ fn cases_that_leave_a_scope_are_hidden_but_kept_and_unsynced_work_on_them_still_
     assert_eq!(listed(&w1, false), vec![theirs]);
     // Offline, w1 notes something on w3's case; then w1 is moved to g1.
     w1.store.record_event(&theirs, EventKind::Note { text: "gate still open".into() }).expect("note");
-    d.store.set_user("w1", Role::Worker, None, &["grid:g1".into()]).expect("move");
+    d.store.set_user("w1", Role::Worker, None, &[Scope::Grid("g1".into())]).expect("move");
     let r = w1.sync(&d.url()).expect("after the move");
     assert_eq!(r.left_scope, 1, "the server says w3's case left w1's scope");
     assert_eq!(r.pushed, 1);
@@ -545,7 +547,7 @@ fn cases_that_leave_a_scope_are_hidden_but_kept_and_unsynced_work_on_them_still_
 #[test]
 fn a_grid_moved_to_another_community_takes_its_cases_along() {
     let d = District::new();
-    d.store.set_user("s9", Role::Supervisor, None, &["community:Community 9".into()]).expect("s9");
+    d.store.set_user("s9", Role::Supervisor, None, &[Scope::Community("Community 9".into())]).expect("s9");
     let mut w1 = phone(&d, "w1", None);
     let mut s1 = phone(&d, "s1", None);
     let mut s9 = phone(&d, "s9", None);
@@ -598,7 +600,7 @@ fn an_admin_writing_the_store_while_the_server_runs_never_shares_a_sequence_numb
     capture(&w1, 0, 2, 61);
     w1.sync(&d.url()).expect("first push");
     let admin = gridwork_sync_server::SqliteStore::open(d.dir.path()).expect("admin opens the store");
-    admin.set_user("w9", Role::Worker, None, &["grid:g1".into()]).expect("admin grants");
+    admin.set_user("w9", Role::Worker, None, &[Scope::Grid("g1".into())]).expect("admin grants");
     drop(admin);
     capture(&w1, 0, 1, 62);
     w1.sync(&d.url()).expect("second push");

@@ -1,5 +1,7 @@
 //! TLS with the district's own CA, pinned by the fingerprint the enrolment code carries.
 
+use gridwork_model::access::Scope;
+use gridwork_sync_server::AdminStore;
 use std::sync::Arc;
 
 use gridwork_core::model::catalog::Role;
@@ -13,7 +15,7 @@ use gridwork_tests::{district, identity_from_enrolment, open_device, random_case
 fn server(dir: &std::path::Path) -> (Arc<SqliteStore>, String) {
     let store = Arc::new(SqliteStore::open(dir).expect("store"));
     store.import_catalog(&district(2)).expect("catalog");
-    store.set_user("w1", Role::Worker, None, &["grid:g0".into()]).expect("user");
+    store.set_user("w1", Role::Worker, None, &[Scope::Grid("g0".into())]).expect("user");
     let fp = TlsFiles::in_data_dir(dir).init(&["127.0.0.1".into(), "localhost".into()]).expect("init-tls");
     (store, fp)
 }

@@ -1,5 +1,6 @@
-//! Server storage. The HTTP layer talks to a [`SyncStore`]; [`SqliteStore`] is the embedded
-//! default (one data directory). The SQL is kept portable for the PostgreSQL store to come.
+//! Server storage. The HTTP layer talks to a [`SyncStore`], the command line and the tests to an
+//! [`AdminStore`]; [`SqliteStore`] is the embedded default (one data directory). Both traits'
+//! rules live above the storage port ([`port`], `crate::rules`), so a backend holds SQL only.
 
 pub mod console;
 pub mod port;
@@ -10,6 +11,10 @@ pub use crate::records::RecordFacts;
 pub use console::ConsoleStore;
 pub use sqlite::{DeviceInfo, QuarantinedItem, SqliteStore};
 
+use std::sync::Arc;
+
+use gridwork_model::access::Scope;
+use gridwork_model::catalog::{Catalog, Role};
 use gridwork_model::wire::{BlobOwner, BlobStatus, EnrolRequest, EnrolResponse, SyncRequest, SyncResponse};
 
 use crate::blobs::{Begun, Writer};
@@ -68,4 +73,41 @@ pub trait SyncStore: Send + Sync + 'static {
     fn console(&self) -> Option<&dyn ConsoleStore> {
         None
     }
+}
+
+/// What administrators (the `admin` commands, the demo and the tests) do to a store.
+pub trait AdminStore: Send + Sync {
+    /// The reference data devices receive now.
+    fn current_catalog(&self) -> Arc<Catalog>;
+    /// Replaces the reference data and bumps the catalog version.
+    fn import_catalog(&self, catalog: &Catalog) -> Result<u64>;
+    /// Adds (or updates) a person with a role and the scopes they may see (grids, communities,
+    /// streets, departments; never `user:`, which everyone holds for their own reports).
+    fn set_user(&self, user: &str, role: Role, department: Option<&str>, scopes: &[Scope]) -> Result<()>;
+    /// Creates a device for `user` and returns (device id, one-time enrolment code).
+    fn enrol_device(&self, user: &str, now_ms: i64) -> Result<(String, String)>;
+    /// A worker leaves: the device may still push what it holds (until it reports nothing left),
+    /// and receives nothing new. What it synced stays.
+    fn retire_device(&self, device: &str, now_ms: i64) -> Result<()>;
+    /// A lost phone: refused from now on; what it synced stays.
+    fn revoke_device(&self, device: &str) -> Result<()>;
+    /// Every device, the one sitting longest on unsynced work first.
+    fn list_devices(&self, now_ms: i64) -> Result<Vec<DeviceInfo>>;
+    fn quarantined(&self) -> Result<Vec<QuarantinedItem>>;
+    /// An administrator accepts a quarantined item (`rules::push::release`).
+    fn release_quarantined(&self, key: &str, now_ms: i64) -> Result<()>;
+    /// An administrator rejects a quarantined item: it stays stored, marked, out of every scope.
+    fn reject_quarantined(&self, key: &str) -> Result<()>;
+    /// Devices older than this are told to upgrade (their pushes are still accepted).
+    fn set_min_app_version(&self, version: &str) -> Result<()>;
+    /// Number of applied changes, documents and records.
+    fn counts(&self) -> Result<(i64, i64, i64)>;
+    /// Current heads of a document as the server holds it (loads it: for tests and tools only).
+    fn doc_heads(&self, doc_id: &str) -> Result<Vec<String>>;
+    /// The documents a user's devices should hold: every case in one of the user's scopes.
+    fn docs_in_scope(&self, user: &str) -> Result<Vec<String>>;
+    /// The flags the server set on a case (outside_grid, retired_category, device_clock_skew…).
+    fn doc_flags(&self, doc_id: &str) -> Result<Vec<String>>;
+    /// How many complete blobs the server holds.
+    fn blob_count(&self) -> Result<i64>;
 }

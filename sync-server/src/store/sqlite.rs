@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, RwLock};
 
 use base64::Engine;
-use gridwork_model::access::may_change;
+use gridwork_model::access::{may_change, Scope};
 use gridwork_model::catalog::{Catalog, Category, Department, Grid, Role};
 use gridwork_model::doc::keys;
 use gridwork_model::geo::Location;
@@ -23,7 +23,7 @@ mod console;
 mod port;
 pub(super) mod records;
 
-use super::{Device, OperatorStats, SyncStore};
+use super::{AdminStore, Device, OperatorStats, SyncStore};
 use crate::blobs::{Begun, BlobFiles, Writer};
 use crate::error::{Result, ServerError};
 use crate::places::Places;
@@ -296,11 +296,6 @@ impl SqliteStore {
         Arc::clone(self.places().catalog())
     }
 
-    /// The reference data devices receive now.
-    pub fn current_catalog(&self) -> Arc<Catalog> {
-        self.catalog()
-    }
-
     /// Records where each grid of `catalog` lies: a grid placed in a community or street from now
     /// on, a grid no longer in one since now (a sequence number, so cursors tell which devices
     /// have yet to hear). Unchanged placements keep their moment.
@@ -336,9 +331,16 @@ impl SqliteStore {
         }
         Ok(())
     }
+}
+
+impl AdminStore for SqliteStore {
+    /// The reference data devices receive now.
+    fn current_catalog(&self) -> Arc<Catalog> {
+        self.catalog()
+    }
 
     /// Replaces the reference data and bumps the catalog version.
-    pub fn import_catalog(&self, catalog: &Catalog) -> Result<u64> {
+    fn import_catalog(&self, catalog: &Catalog) -> Result<u64> {
         let mut conn = self.conn();
         let tx = self.begin_write(&mut conn)?;
         let version = meta_get(&tx, "catalog_version")?.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + 1;
@@ -369,15 +371,12 @@ impl SqliteStore {
 
     /// Adds (or updates) a user with a role and the scopes they may see:
     /// `grid:ID`, `community:NAME`, `street:NAME`, `department:ID`.
-    pub fn set_user(&self, user: &str, role: Role, department: Option<&str>, scopes: &[String]) -> Result<()> {
-        for s in scopes {
-            let valid =
-                ["grid:", "community:", "street:", "department:"].iter().any(|p| s.starts_with(p) && s.len() > p.len());
-            if !valid {
-                return Err(ServerError::BadRequest(format!(
-                    "scope {s:?}: use grid:ID, community:NAME, street:NAME or department:ID"
-                )));
-            }
+    fn set_user(&self, user: &str, role: Role, department: Option<&str>, scopes: &[Scope]) -> Result<()> {
+        // A user's own scope (`user:ID`, their reports) is everyone's and never granted.
+        if let Some(own) = scopes.iter().find(|s| matches!(s, Scope::User(_))) {
+            return Err(ServerError::BadRequest(format!(
+                "scope {own}: use grid:ID, community:NAME, street:NAME or department:ID"
+            )));
         }
         let mut conn = self.conn();
         let tx = self.begin_write(&mut conn)?;
@@ -391,7 +390,7 @@ impl SqliteStore {
             .prepare("SELECT scope FROM user_scopes WHERE user_id = ?1")?
             .query_map([user], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
-        let wanted: BTreeSet<String> = scopes.iter().cloned().collect();
+        let wanted: BTreeSet<String> = scopes.iter().map(Scope::to_string).collect();
         if current != wanted {
             // A sequence number marks the moment, so devices' cursors can tell what is new to them.
             let seq = self.next_seq(&tx)?;
@@ -416,7 +415,7 @@ impl SqliteStore {
     }
 
     /// Creates a device for `user` and returns (device id, one-time enrolment code).
-    pub fn enrol_device(&self, user: &str, now_ms: i64) -> Result<(String, String)> {
+    fn enrol_device(&self, user: &str, now_ms: i64) -> Result<(String, String)> {
         let conn = self.conn();
         let exists: Option<String> =
             conn.query_row("SELECT id FROM users WHERE id = ?1", [user], |r| r.get(0)).optional()?;
@@ -444,7 +443,7 @@ impl SqliteStore {
 
     /// A worker leaves: the device may still push what it holds (until it reports nothing left),
     /// and receives nothing new. What it synced stays.
-    pub fn retire_device(&self, device: &str, now_ms: i64) -> Result<()> {
+    fn retire_device(&self, device: &str, now_ms: i64) -> Result<()> {
         let n = self.conn().execute(
             "UPDATE devices SET retired_ms = coalesce(retired_ms, ?2) WHERE id = ?1 AND status = 'active'",
             params![device, now_ms],
@@ -456,7 +455,7 @@ impl SqliteStore {
     }
 
     /// A lost phone: refused from now on; what it synced stays.
-    pub fn revoke_device(&self, device: &str) -> Result<()> {
+    fn revoke_device(&self, device: &str) -> Result<()> {
         let n = self.conn().execute("UPDATE devices SET status = 'revoked' WHERE id = ?1", [device])?;
         if n == 0 {
             return Err(ServerError::NotFound(format!("device {device}")));
@@ -465,7 +464,7 @@ impl SqliteStore {
     }
 
     /// Every device, the one sitting longest on unsynced work first.
-    pub fn list_devices(&self, now_ms: i64) -> Result<Vec<DeviceInfo>> {
+    fn list_devices(&self, now_ms: i64) -> Result<Vec<DeviceInfo>> {
         let mut conn = self.conn();
         self.flush_seen(&mut conn)?;
         let mut stmt = conn.prepare(
@@ -497,7 +496,7 @@ impl SqliteStore {
         Ok(devices)
     }
 
-    pub fn quarantined(&self) -> Result<Vec<QuarantinedItem>> {
+    fn quarantined(&self) -> Result<Vec<QuarantinedItem>> {
         let conn = self.conn();
         let mut stmt =
             conn.prepare("SELECT hash, doc_id, device_id, reason, status FROM quarantine ORDER BY received_ms, hash")?;
@@ -514,7 +513,7 @@ impl SqliteStore {
     }
 
     /// Number of applied changes, documents and records (for the demo and tests).
-    pub fn counts(&self) -> Result<(i64, i64, i64)> {
+    fn counts(&self) -> Result<(i64, i64, i64)> {
         let conn = self.conn();
         let c = conn.query_row("SELECT count(*) FROM changes", [], |r| r.get(0))?;
         let d = conn.query_row("SELECT count(*) FROM docs", [], |r| r.get(0))?;
@@ -523,7 +522,7 @@ impl SqliteStore {
     }
 
     /// Current heads of a document as the server holds it (loads it: for tests and tools only).
-    pub fn doc_heads(&self, doc_id: &str) -> Result<Vec<String>> {
+    fn doc_heads(&self, doc_id: &str) -> Result<Vec<String>> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT bytes FROM changes WHERE doc_id = ?1 ORDER BY seq")?;
         let changes = stmt
@@ -541,6 +540,70 @@ impl SqliteStore {
         let mut heads: Vec<String> = heads.iter().map(|h| h.to_string()).collect();
         heads.sort();
         Ok(heads)
+    }
+
+    /// An administrator accepts a quarantined change: it is applied and enters the scopes of its
+    /// case. Its earlier changes must be on the server (release those first).
+    fn release_quarantined(&self, hash: &str, now_ms: i64) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = self.begin_write(&mut conn)?;
+        crate::rules::push::release(&self.rules(), &self.port(&tx), hash, now_ms)?;
+        self.commit(tx)?;
+        Ok(())
+    }
+
+    /// An administrator rejects a quarantined item: it stays stored, marked, out of every scope.
+    fn reject_quarantined(&self, hash: &str) -> Result<()> {
+        let n = self
+            .conn()
+            .execute("UPDATE quarantine SET status = 'rejected' WHERE hash = ?1 AND status = 'pending'", [hash])?;
+        if n == 0 {
+            return Err(ServerError::NotFound(format!("pending quarantined item {hash}")));
+        }
+        Ok(())
+    }
+
+    /// The documents a user's devices should hold: every case in one of the user's scopes.
+    fn docs_in_scope(&self, user: &str) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut docs: Vec<String> = conn
+            .prepare(
+                "SELECT DISTINCT m.doc_id FROM membership m
+                 WHERE m.scope = 'user:' || ?1 OR m.scope IN (SELECT scope FROM user_areas WHERE user_id = ?1)",
+            )?
+            .query_map([user], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        docs.sort();
+        Ok(docs)
+    }
+
+    /// The flags the server set on a case (outside_grid, retired_category, device_clock_skew…).
+    fn doc_flags(&self, doc_id: &str) -> Result<Vec<String>> {
+        let flags: Option<String> =
+            self.conn().query_row("SELECT flags FROM docs WHERE doc_id = ?1", [doc_id], |r| r.get(0)).optional()?;
+        Ok(flags.unwrap_or_default().split(',').filter(|f| !f.is_empty()).map(str::to_owned).collect())
+    }
+
+    /// Devices older than this are told to upgrade (their pushes are still accepted).
+    fn set_min_app_version(&self, version: &str) -> Result<()> {
+        meta_set(&self.conn(), "min_app_version", version)
+    }
+
+    /// How many complete blobs the server holds.
+    fn blob_count(&self) -> Result<i64> {
+        Ok(self.conn().query_row("SELECT count(*) FROM blobs", [], |r| r.get(0))?)
+    }
+}
+
+/// SQLite's errors as the server's: a full disk is [`ServerError::StorageFull`] (507, retried by
+/// phones), anything else a storage error.
+impl From<rusqlite::Error> for ServerError {
+    fn from(e: rusqlite::Error) -> Self {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            ServerError::StorageFull(e.to_string())
+        } else {
+            ServerError::Storage(e.to_string())
+        }
     }
 }
 
@@ -1124,11 +1187,6 @@ impl SqliteStore {
         self.blobs.bytes_received(sha256)
     }
 
-    /// How many complete blobs the server holds.
-    pub fn blob_count(&self) -> Result<i64> {
-        Ok(self.conn().query_row("SELECT count(*) FROM blobs", [], |r| r.get(0))?)
-    }
-
     fn give_back(&self, reader: Connection) {
         let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
         if pool.len() < MAX_READERS {
@@ -1137,54 +1195,7 @@ impl SqliteStore {
     }
 }
 
-impl SqliteStore {
-    /// An administrator accepts a quarantined change: it is applied and enters the scopes of its
-    /// case. Its earlier changes must be on the server (release those first).
-    pub fn release_quarantined(&self, hash: &str, now_ms: i64) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = self.begin_write(&mut conn)?;
-        crate::rules::push::release(&self.rules(), &self.port(&tx), hash, now_ms)?;
-        self.commit(tx)?;
-        Ok(())
-    }
-
-    /// An administrator rejects a quarantined item: it stays stored, marked, out of every scope.
-    pub fn reject_quarantined(&self, hash: &str) -> Result<()> {
-        let n = self
-            .conn()
-            .execute("UPDATE quarantine SET status = 'rejected' WHERE hash = ?1 AND status = 'pending'", [hash])?;
-        if n == 0 {
-            return Err(ServerError::NotFound(format!("pending quarantined item {hash}")));
-        }
-        Ok(())
-    }
-
-    /// The documents a user's devices should hold: every case in one of the user's scopes.
-    pub fn docs_in_scope(&self, user: &str) -> Result<Vec<String>> {
-        let conn = self.conn();
-        let mut docs: Vec<String> = conn
-            .prepare(
-                "SELECT DISTINCT m.doc_id FROM membership m
-                 WHERE m.scope = 'user:' || ?1 OR m.scope IN (SELECT scope FROM user_areas WHERE user_id = ?1)",
-            )?
-            .query_map([user], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        docs.sort();
-        Ok(docs)
-    }
-
-    /// The flags the server set on a case (outside_grid, retired_category, device_clock_skew…).
-    pub fn doc_flags(&self, doc_id: &str) -> Result<Vec<String>> {
-        let flags: Option<String> =
-            self.conn().query_row("SELECT flags FROM docs WHERE doc_id = ?1", [doc_id], |r| r.get(0)).optional()?;
-        Ok(flags.unwrap_or_default().split(',').filter(|f| !f.is_empty()).map(str::to_owned).collect())
-    }
-
-    /// Devices older than this are told to upgrade (their pushes are still accepted).
-    pub fn set_min_app_version(&self, version: &str) -> Result<()> {
-        meta_set(&self.conn(), "min_app_version", version)
-    }
-}
+impl SqliteStore {}
 
 /// Schemas 8 and 9: the actors of every stored change and the last sequence number each used,
 /// read from the changes themselves.
@@ -1210,6 +1221,17 @@ fn fill_doc_actors(tx: &Transaction<'_>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_is_507_storage_full_and_other_sqlite_errors_are_internal() {
+        let full = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            Some("database or disk is full".into()),
+        );
+        assert_eq!(ServerError::from(full).status_and_code(), (507, "storage_full"));
+        let io = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR), None);
+        assert_eq!(ServerError::from(io).status_and_code(), (500, "internal"));
+    }
 
     /// A statement every request runs is compiled once per connection, whatever is bound to it:
     /// with STAT4 statistics (this build of SQLite gathers them) SQLite would otherwise compile

@@ -3,6 +3,8 @@
 // Each test binary compiles this module and uses its own subset of it.
 #![allow(dead_code)]
 
+use gridwork_model::access::Scope;
+use gridwork_sync_server::AdminStore;
 use std::sync::Arc;
 
 use gridwork_core::model::catalog::Role;
@@ -23,10 +25,12 @@ impl District {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(SqliteStore::open(dir.path()).expect("server store"));
         store.import_catalog(&district(4)).expect("catalog");
-        store.set_user("w1", Role::Worker, None, &["grid:g0".into()]).expect("w1");
-        store.set_user("w2", Role::Worker, None, &["grid:g1".into()]).expect("w2");
-        store.set_user("s1", Role::Supervisor, None, &["community:Community 0".into()]).expect("s1");
-        store.set_user("h1", Role::DepartmentHandler, Some("police"), &["department:police".into()]).expect("h1");
+        store.set_user("w1", Role::Worker, None, &[Scope::Grid("g0".into())]).expect("w1");
+        store.set_user("w2", Role::Worker, None, &[Scope::Grid("g1".into())]).expect("w2");
+        store.set_user("s1", Role::Supervisor, None, &[Scope::Community("Community 0".into())]).expect("s1");
+        store
+            .set_user("h1", Role::DepartmentHandler, Some("police"), &[Scope::Department("police".into())])
+            .expect("h1");
         let server =
             gridwork_sync_server::start(store.clone() as Arc<dyn SyncStore>, "127.0.0.1:0".parse().expect("addr"))
                 .expect("server starts");

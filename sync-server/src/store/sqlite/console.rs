@@ -930,7 +930,12 @@ impl ConsoleStore for SqliteStore {
         if person.id.trim().is_empty() || person.id.len() > 64 || person.id.contains(char::is_whitespace) {
             return Err(ServerError::BadRequest("a user id is 1 to 64 characters without spaces".into()));
         }
-        self.set_user(&person.id, person.role, person.department.as_deref(), &person.scopes)
+        let scopes = person
+            .scopes
+            .iter()
+            .map(|s| Scope::parse(s).map_err(|e| ServerError::BadRequest(e.to_string())))
+            .collect::<Result<Vec<_>>>()?;
+        self.set_user(&person.id, person.role, person.department.as_deref(), &scopes)
     }
 
     fn ca_fingerprint(&self) -> Option<String> {

@@ -35,6 +35,9 @@
 //! `--only KIND[,KIND]` runs some attacks only (`none`: the honest loop alone); `--threads N`
 //! sets the threads of every attack that sends requests (1-8).
 
+use gridwork_model::access::Scope;
+use gridwork_model::ids::GridId;
+use gridwork_sync_server::AdminStore;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -637,10 +640,12 @@ pub fn run(args: AbuseArgs, line: &dyn Fn(serde_json::Value)) -> Result<(), Stri
         let store = SqliteStore::open(&server_dir).map_err(|e| e.to_string())?;
         store.import_catalog(&catalog).map_err(|e| e.to_string())?;
         for w in 0..WORKERS {
-            store.set_user(&format!("w{w}"), Role::Worker, None, &[format!("grid:g{w}")]).map_err(|e| e.to_string())?;
+            store
+                .set_user(&format!("w{w}"), Role::Worker, None, &[Scope::Grid(GridId(format!("g{w}")))])
+                .map_err(|e| e.to_string())?;
         }
         store
-            .set_user("s0", Role::Supervisor, None, &["community:Community 0".to_owned()])
+            .set_user("s0", Role::Supervisor, None, &[Scope::Community("Community 0".into())])
             .map_err(|e| e.to_string())?;
         let honest = (0..args.honest).map(|d| enrol(&store, &format!("w{d}"))).collect::<Result<Vec<_>, _>>()?;
         let attackers = ATTACKER_WORKERS

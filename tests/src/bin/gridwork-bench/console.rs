@@ -11,6 +11,8 @@
 //! random pages) and `case_detail` (random cases), for an administrator who sees every case and
 //! for one community's supervisor. Goal: p99 ≤ 50 ms.
 
+use gridwork_model::access::Scope;
+use gridwork_sync_server::AdminStore;
 use std::time::Instant;
 
 use askama::Template;
@@ -134,14 +136,16 @@ fn seed(server: &SqliteStore, args: &ConsoleArgs) -> Result<Vec<String>, String>
     let mut workers = vec![];
     for g in &catalog.grids {
         let user = format!("w-{}", g.id);
-        server.set_user(&user, Role::Worker, None, &[format!("grid:{}", g.id)]).map_err(|e| e.to_string())?;
+        server.set_user(&user, Role::Worker, None, &[Scope::Grid(g.id.clone())]).map_err(|e| e.to_string())?;
         workers.push(enrol(server, &user)?);
     }
     let communities: std::collections::BTreeSet<String> = catalog.grids.iter().map(|g| g.community.clone()).collect();
     let mut supervisors = std::collections::BTreeMap::new();
     for c in &communities {
         let user = format!("sup-{}", c.replace(' ', "-"));
-        server.set_user(&user, Role::Supervisor, None, &[format!("community:{c}")]).map_err(|e| e.to_string())?;
+        server
+            .set_user(&user, Role::Supervisor, None, &[Scope::Community(c.to_string())])
+            .map_err(|e| e.to_string())?;
         supervisors.insert(c.clone(), enrol(server, &user)?);
     }
     let mut rng = Rng::new(7);

@@ -12,6 +12,8 @@
 //! Benchmarks are not tests: nothing here asserts a timing. Quote medians and ratios measured in
 //! the same run; this machine is shared.
 
+use gridwork_model::access::Scope;
+use gridwork_sync_server::AdminStore;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -367,7 +369,7 @@ fn idle_sync(args: Args) -> Result<(), String> {
     let catalog = district(4);
     let server = Arc::new(SqliteStore::open(&dir.path().join("server")).map_err(|e| e.to_string())?);
     server.import_catalog(&catalog).map_err(|e| e.to_string())?;
-    server.set_user("w1", Role::Worker, None, &["grid:g0".into()]).map_err(|e| e.to_string())?;
+    server.set_user("w1", Role::Worker, None, &[Scope::Grid("g0".into())]).map_err(|e| e.to_string())?;
     let running =
         gridwork_sync_server::start(server.clone() as Arc<dyn SyncStore>, "127.0.0.1:0".parse().map_err(|_| "addr")?)
             .map_err(|e| e.to_string())?;

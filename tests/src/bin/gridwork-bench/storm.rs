@@ -5,6 +5,8 @@
 //! first request (its whole outbox) before the clock starts. On the clock: every phone pushes
 //! (bounded concurrency), then pulls until it holds its scope.
 
+use gridwork_model::access::Scope;
+use gridwork_sync_server::AdminStore;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -210,7 +212,9 @@ pub fn run(args: StormArgs, line: &dyn Fn(serde_json::Value)) -> Result<(), Stri
         store.import_catalog(&catalog).map_err(|e| e.to_string())?;
         for d in 0..args.devices {
             let user = format!("w{d}");
-            store.set_user(&user, Role::Worker, None, &[format!("grid:g{d}")]).map_err(|e| e.to_string())?;
+            store
+                .set_user(&user, Role::Worker, None, &[Scope::Grid(GridId(format!("g{d}")))])
+                .map_err(|e| e.to_string())?;
             let (_, code) = store.enrol_device(&user, 0).map_err(|e| e.to_string())?;
             let e = store.redeem(&EnrolRequest { code, app_version: "0.1.0".into() }, 0).map_err(|e| e.to_string())?;
             enrolments.push(e);

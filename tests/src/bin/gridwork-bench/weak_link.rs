@@ -8,6 +8,8 @@
 //! `ratio`; and `resumed_bytes_resent`, bytes the server received more than once (0 means no
 //! upload restarted from zero after a cut).
 
+use gridwork_model::access::Scope;
+use gridwork_sync_server::AdminStore;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -148,7 +150,7 @@ pub fn run(args: Args) -> Result<(), String> {
     let server_store = Arc::new(SqliteStore::open(&tmp.path().join("server")).map_err(|e| e.to_string())?);
     let catalog = district(4);
     server_store.import_catalog(&catalog).map_err(|e| e.to_string())?;
-    server_store.set_user("w1", Role::Worker, None, &["grid:g0".into()]).map_err(|e| e.to_string())?;
+    server_store.set_user("w1", Role::Worker, None, &[Scope::Grid("g0".into())]).map_err(|e| e.to_string())?;
     let server =
         gridwork_sync_server::start(server_store.clone() as Arc<dyn SyncStore>, SocketAddr::from(([127, 0, 0, 1], 0)))
             .map_err(|e| format!("server: {e}"))?;
