@@ -1,6 +1,8 @@
 //! The server's rules, written once above the storage port (`store::port`): what a push stores,
-//! parks, quarantines or refuses ([`push`]), and what a pull sends ([`pull`]). A backend implements the port's primitives and
+//! parks, quarantines or refuses ([`push`]), and what a pull sends ([`pull`]); `SyncStore` and `AdminStore` for every backend
+//! ([`service`]). A backend implements the port's primitives and
 //! calls these; it decides nothing itself (ADR 20).
 
 pub mod pull;
 pub mod push;
+pub mod service;

@@ -71,10 +71,10 @@ impl Pushed {
 
 /// One device's push: its changes parsed, the request (records, reported state) and the time.
 #[derive(Debug)]
-pub struct Push<'a> {
-    pub device: &'a Device,
-    pub req: &'a SyncRequest,
-    pub pushed: &'a [Pushed],
+pub struct PushJob {
+    pub device: Device,
+    pub req: SyncRequest,
+    pub pushed: Vec<Pushed>,
     pub now_ms: i64,
 }
 
@@ -159,12 +159,12 @@ pub fn subject(tx: &dyn ReadTx, device: &Device) -> Result<Subject> {
 }
 
 /// One device's push, inside the backend's write transaction.
-pub fn push(rules: &Rules<'_>, tx: &dyn WriteTx, job: &Push<'_>) -> Result<Vec<ItemResult>> {
-    let (device, req, now_ms) = (job.device, job.req, job.now_ms);
+pub fn push(rules: &Rules<'_>, tx: &dyn WriteTx, job: &PushJob) -> Result<Vec<ItemResult>> {
+    let (device, req, now_ms) = (&job.device, &job.req, job.now_ms);
     let mut results = Vec::with_capacity(job.pushed.len() + req.records.len());
     let mut touched: HashMap<String, Touched> = HashMap::new();
     let mut own_actors = BTreeSet::new();
-    for p in job.pushed {
+    for p in &job.pushed {
         results.push(ingest_change(rules, tx, device, p, now_ms, &mut own_actors, &mut touched)?);
     }
     for r in &req.records {

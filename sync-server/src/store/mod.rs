@@ -9,7 +9,7 @@ mod sqlite;
 /// A record body as the server reads it (public for the fuzz targets in `gridwork-tests`).
 pub use crate::records::RecordFacts;
 pub use console::ConsoleStore;
-pub use sqlite::{DeviceInfo, QuarantinedItem, SqliteStore};
+pub use sqlite::SqliteStore;
 
 use std::sync::Arc;
 
@@ -19,6 +19,30 @@ use gridwork_model::wire::{BlobOwner, BlobStatus, EnrolRequest, EnrolResponse, S
 
 use crate::blobs::{Begun, Writer};
 use crate::error::Result;
+
+/// A device as an administrator sees it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DeviceInfo {
+    pub id: String,
+    pub code: String,
+    pub user: String,
+    pub status: String,
+    pub last_seen_ms: Option<i64>,
+    pub last_state: Option<serde_json::Value>,
+    /// How old the device's oldest unsynced work is now (as last reported, plus the time since);
+    /// None when it reported nothing pending or never synced.
+    pub unsynced_age_ms: Option<i64>,
+}
+
+/// A quarantined change or record.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct QuarantinedItem {
+    pub key: String,
+    pub doc_id: String,
+    pub device_id: String,
+    pub reason: String,
+    pub status: String,
+}
 
 /// An authenticated device, as the store knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]

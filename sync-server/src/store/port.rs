@@ -9,6 +9,7 @@
 //! index, and the rules parse it where they reason about it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use super::Device;
 use crate::error::Result;
@@ -115,6 +116,28 @@ pub struct ChangeBytes {
     pub device_id: String,
 }
 
+/// A device as the store keeps it, for administrators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRow {
+    pub id: String,
+    pub code: String,
+    pub user: String,
+    /// pending, active or revoked.
+    pub status: String,
+    pub last_seen_ms: Option<i64>,
+    /// The state it last reported, as JSON.
+    pub last_state: Option<String>,
+    pub retired_ms: Option<i64>,
+    pub drained_ms: Option<i64>,
+}
+
+/// What evidence is linked to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobLinkOwner {
+    Case(String),
+    CheckIn(String),
+}
+
 /// Reading: what both a pull (on a snapshot) and a push (in the write transaction) ask.
 pub trait ReadTx {
     /// The last sequence number committed (a cursor's upper bound).
@@ -163,6 +186,35 @@ pub trait ReadTx {
     fn history_upto(&self, doc_id: &str, seq: i64) -> Result<Vec<ChangeBytes>>;
     /// The change at `seq`, unless `device` made it.
     fn change_at(&self, seq: i64, not_by: &str) -> Result<Vec<ChangeBytes>>;
+    /// What a case's stored row says.
+    fn case_row(&self, doc_id: &str) -> Result<Option<CaseRowNow>>;
+
+    // Devices, people and reference data.
+
+    /// The device a token hash belongs to, with its status (pending, active, revoked).
+    fn device_by_token_hash(&self, token_hash: &str) -> Result<Option<(String, Device)>>;
+    /// Every enrolled phone (not the console's pseudo-devices), by id.
+    fn devices(&self) -> Result<Vec<DeviceRow>>;
+    fn device_row(&self, id: &str) -> Result<Option<DeviceRow>>;
+    fn user_exists(&self, user: &str) -> Result<bool>;
+    /// The scopes granted to `user` directly (not the grids their areas hold).
+    fn granted_scopes(&self, user: &str) -> Result<BTreeSet<String>>;
+    /// Which grids are placed in which community or street now: (scope, grid).
+    fn placements(&self) -> Result<BTreeSet<(String, String)>>;
+    /// The catalog as stored, with its version.
+    fn catalog(&self) -> Result<gridwork_model::catalog::Catalog>;
+
+    // Evidence, quarantine, figures.
+
+    /// What a blob is linked to.
+    fn blob_owners(&self, sha256: &str) -> Result<Vec<BlobLinkOwner>>;
+    /// The user whose device recorded a record.
+    fn record_user(&self, record_id: &str) -> Result<Option<String>>;
+    fn blob_count(&self) -> Result<i64>;
+    fn quarantine_list(&self) -> Result<Vec<super::QuarantinedItem>>;
+    fn pending_quarantine(&self) -> Result<i64>;
+    /// (applied changes, cases, records).
+    fn counts(&self) -> Result<(i64, i64, i64)>;
 }
 
 /// Writing: the primitives of a push, a release and the rules' bookkeeping, inside the backend's
@@ -206,7 +258,6 @@ pub trait WriteTx: ReadTx {
     fn case_events(&self, doc_id: &str) -> Result<Vec<String>>;
     /// Where the case's `events` map is (its Automerge object id), once known.
     fn events_obj(&self, doc_id: &str) -> Result<Option<String>>;
-    fn case_row(&self, doc_id: &str) -> Result<Option<CaseRowNow>>;
     fn write_case_row(&self, row: &CaseRow<'_>) -> Result<()>;
 
     /// Adds a case to a scope at `seq` (grow-only: nothing happens if it is in already).
@@ -230,4 +281,83 @@ pub trait WriteTx: ReadTx {
     fn device_seen(&self, device_id: &str, now_ms: i64, state_json: &str) -> Result<()>;
     /// A retired device reported nothing left to send.
     fn device_drained(&self, device_id: &str, now_ms: i64) -> Result<()>;
+    /// An idle sync's sighting, written later: never moves `last_seen_ms` back.
+    fn device_seen_at_least(&self, device_id: &str, at_ms: i64, state_json: &str) -> Result<()>;
+
+    fn set_meta(&self, key: &str, value: &str) -> Result<()>;
+    /// A pending device whose enrolment code hashes to this.
+    fn pending_device(&self, enrol_hash: &str) -> Result<Option<String>>;
+    /// The enrolment code is used: the device is active with this token.
+    fn activate_device(&self, id: &str, token_hash: &str, now_ms: i64) -> Result<()>;
+    fn code_taken(&self, code: &str) -> Result<bool>;
+    fn insert_device(&self, id: &str, code: &str, user: &str, enrol_hash: &str, now_ms: i64) -> Result<()>;
+    /// Marks an active device retired (keeping an earlier moment); false when no active device.
+    fn retire_device(&self, id: &str, now_ms: i64) -> Result<bool>;
+    /// false when there is no such device.
+    fn revoke_device(&self, id: &str) -> Result<bool>;
+    /// false when no pending item has this key.
+    fn reject_quarantined(&self, key: &str) -> Result<bool>;
+
+    fn upsert_user(&self, user: &str, role: &str, department: Option<&str>) -> Result<()>;
+    fn grant_scope(&self, user: &str, scope: &str, seq: i64) -> Result<()>;
+    fn remove_scope(&self, user: &str, scope: &str, seq: i64) -> Result<()>;
+    /// Replaces grids, categories and departments (placements are the rules' business).
+    fn replace_catalog(&self, catalog: &gridwork_model::catalog::Catalog) -> Result<()>;
+    fn end_placement(&self, scope: &str, grid: &str, seq: i64) -> Result<()>;
+    fn add_placement(&self, scope: &str, grid: &str, seq: i64) -> Result<()>;
+
+    fn link_blob(&self, sha256: &str, size: u64, owner: &BlobLinkOwner, device_id: &str, now_ms: i64) -> Result<()>;
+}
+
+/// What a backend provides the rules: transactions over the port, group commit, and where
+/// evidence blobs live. `SyncStore` and `AdminStore` are implemented once for every backend
+/// (`rules::service`).
+pub trait Backend: Send + Sync + 'static {
+    /// The rules' view of this store: receipt key, epoch, places.
+    fn rules(&self) -> crate::rules::push::Rules<'_>;
+    fn blobs(&self) -> &Arc<crate::blobs::BlobFiles>;
+    /// Runs `f` on one consistent snapshot.
+    fn read(&self, f: &mut dyn FnMut(&dyn ReadTx) -> Result<()>) -> Result<()>;
+    /// Runs `f` in a write transaction, serialized with every other writer of the database, and
+    /// commits when it returns `Ok` (nothing of it when it fails).
+    fn write(&self, f: &mut dyn FnMut(&dyn WriteTx) -> Result<()>) -> Result<()>;
+    /// A device's push, judged by `rules::push::push` in a write transaction (which the backend
+    /// may share with other pushes: group commit).
+    fn push(&self, job: crate::rules::push::PushJob) -> Result<Vec<gridwork_model::wire::ItemResult>>;
+    /// An idle sync's sighting, which the backend may write later (with its next write).
+    fn note_seen(&self, device_id: &str, now_ms: i64, state_json: String) -> Result<()>;
+    /// Writes the sightings `note_seen` kept.
+    fn flush_seen(&self) -> Result<()>;
+    /// The catalog changed (after the transaction that stored it committed).
+    fn catalog_changed(&self, catalog: gridwork_model::catalog::Catalog);
+    /// The supervisor console's storage, when this backend has one.
+    fn console(&self) -> Option<&dyn super::ConsoleStore> {
+        None
+    }
+}
+
+/// [`Backend::read`] with a result.
+pub fn read<T>(b: &(impl Backend + ?Sized), f: impl FnOnce(&dyn ReadTx) -> Result<T>) -> Result<T> {
+    let mut f = Some(f);
+    let mut out = None;
+    b.read(&mut |tx| {
+        if let Some(f) = f.take() {
+            out = Some(f(tx)?);
+        }
+        Ok(())
+    })?;
+    out.ok_or_else(|| crate::error::ServerError::Internal("a read transaction did not run".into()))
+}
+
+/// [`Backend::write`] with a result.
+pub fn write<T>(b: &(impl Backend + ?Sized), f: impl FnOnce(&dyn WriteTx) -> Result<T>) -> Result<T> {
+    let mut f = Some(f);
+    let mut out = None;
+    b.write(&mut |tx| {
+        if let Some(f) = f.take() {
+            out = Some(f(tx)?);
+        }
+        Ok(())
+    })?;
+    out.ok_or_else(|| crate::error::ServerError::Internal("a write transaction did not run".into()))
 }

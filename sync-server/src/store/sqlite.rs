@@ -8,14 +8,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, RwLock};
 
-use base64::Engine;
-use gridwork_model::access::{may_change, Scope};
 use gridwork_model::catalog::{Catalog, Category, Department, Grid, Role};
 use gridwork_model::doc::keys;
 use gridwork_model::geo::Location;
-use gridwork_model::wire::{
-    BlobOwner, BlobStatus, EnrolRequest, EnrolResponse, ItemResult, SyncRequest, SyncResponse, PROTOCOL_VERSION,
-};
+use gridwork_model::wire::ItemResult;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
 use sha2::{Digest, Sha256};
 
@@ -23,50 +19,13 @@ mod console;
 mod port;
 pub(super) mod records;
 
-use super::{AdminStore, Device, OperatorStats, SyncStore};
-use crate::blobs::{Begun, BlobFiles, Writer};
+use super::port::{Backend, ReadTx, WriteTx};
+use super::{Device, DeviceInfo, QuarantinedItem};
+use crate::blobs::BlobFiles;
 use crate::error::{Result, ServerError};
 use crate::places::Places;
-use crate::rules::pull::{add_whole_documents, parse_cursor, pull, told_scopes};
-use crate::rules::push::{case_access, subject, Push, Pushed, Rules};
-use crate::store::port::ReadTx;
+use crate::rules::push::{PushJob, Rules};
 use port::SqliteTx;
-
-const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-/// A device as an administrator sees it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct DeviceInfo {
-    pub id: String,
-    pub code: String,
-    pub user: String,
-    pub status: String,
-    pub last_seen_ms: Option<i64>,
-    pub last_state: Option<serde_json::Value>,
-    /// How old the device's oldest unsynced work is now (as last reported, plus the time since);
-    /// None when it reported nothing pending or never synced.
-    pub unsynced_age_ms: Option<i64>,
-}
-
-/// The age now of a device's oldest unsynced work, from its last reported state.
-fn unsynced_age_ms(last_seen_ms: Option<i64>, last_state: Option<&serde_json::Value>, now_ms: i64) -> Option<i64> {
-    let (seen, state) = (last_seen_ms?, last_state?.get("state")?);
-    let n = |k: &str| state.get(k).and_then(|v| v.as_i64()).unwrap_or(0);
-    if n("outbox_items") == 0 && n("photos_pending") == 0 {
-        return None;
-    }
-    Some(n("oldest_unsynced_age_ms") + (now_ms - seen).max(0))
-}
-
-/// A quarantined change or record.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct QuarantinedItem {
-    pub key: String,
-    pub doc_id: String,
-    pub device_id: String,
-    pub reason: String,
-    pub status: String,
-}
 
 /// Reader connections kept open between syncs.
 const MAX_READERS: usize = 64;
@@ -80,7 +39,7 @@ pub struct SqliteStore {
     /// The one writer.
     conn: Mutex<Connection>,
     /// Pushes waiting for the writer (see [`SqliteStore::write`]).
-    pending: Mutex<Vec<PushJob>>,
+    pending: Mutex<Vec<Queued>>,
     readers: Mutex<Vec<Connection>>,
     path: std::path::PathBuf,
     epoch: String,
@@ -110,14 +69,6 @@ fn random_hex(bytes: usize) -> Result<String> {
     let mut b = vec![0u8; bytes];
     getrandom::fill(&mut b).map_err(|e| ServerError::Internal(format!("no randomness: {e}")))?;
     Ok(hex::encode(b))
-}
-
-/// Six characters of Crockford base32 (no I, L, O, U): about a billion codes, easy to read aloud.
-fn short_code() -> Result<String> {
-    const ALPHABET: &[u8] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-    let mut b = [0u8; 6];
-    getrandom::fill(&mut b).map_err(|e| ServerError::Internal(format!("no randomness: {e}")))?;
-    Ok(b.iter().map(|x| ALPHABET[(*x & 31) as usize] as char).collect())
 }
 
 fn sha256_hex(s: &str) -> String {
@@ -185,12 +136,6 @@ struct SeqCounter {
 fn plan_once(conn: &Connection) -> Result<()> {
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     Ok(())
-}
-
-/// Dotted version compare: is `a` older than `b`?
-fn older(a: &str, b: &str) -> bool {
-    let parse = |s: &str| s.split('.').map(|p| p.parse::<u64>().unwrap_or(0)).collect::<Vec<_>>();
-    parse(a) < parse(b)
 }
 
 impl SqliteStore {
@@ -295,304 +240,6 @@ impl SqliteStore {
     fn catalog(&self) -> Arc<Catalog> {
         Arc::clone(self.places().catalog())
     }
-
-    /// Records where each grid of `catalog` lies: a grid placed in a community or street from now
-    /// on, a grid no longer in one since now (a sequence number, so cursors tell which devices
-    /// have yet to hear). Unchanged placements keep their moment.
-    fn place_grids(&self, tx: &Transaction<'_>, catalog: &Catalog) -> Result<()> {
-        let wanted: BTreeSet<(String, String)> = catalog
-            .grids
-            .iter()
-            .flat_map(|g| [("community", &g.community), ("street", &g.street)].map(|(kind, name)| (kind, name, g)))
-            .filter(|(_, name, _)| !name.is_empty())
-            .map(|(kind, name, g)| (format!("{kind}:{name}"), g.id.0.clone()))
-            .collect();
-        let current: BTreeSet<(String, String)> = tx
-            .prepare("SELECT scope, grid_id FROM grid_placements WHERE to_seq IS NULL")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        if wanted == current {
-            return Ok(());
-        }
-        let seq = self.next_seq(tx)?;
-        for (scope, grid) in current.difference(&wanted) {
-            exec(
-                tx,
-                "UPDATE grid_placements SET to_seq = ?3 WHERE scope = ?1 AND grid_id = ?2 AND to_seq IS NULL",
-                params![scope, grid, seq],
-            )?;
-        }
-        for (scope, grid) in wanted.difference(&current) {
-            exec(
-                tx,
-                "INSERT INTO grid_placements (scope, grid_id, from_seq) VALUES (?1, ?2, ?3)",
-                params![scope, grid, seq],
-            )?;
-        }
-        Ok(())
-    }
-}
-
-impl AdminStore for SqliteStore {
-    /// The reference data devices receive now.
-    fn current_catalog(&self) -> Arc<Catalog> {
-        self.catalog()
-    }
-
-    /// Replaces the reference data and bumps the catalog version.
-    fn import_catalog(&self, catalog: &Catalog) -> Result<u64> {
-        let mut conn = self.conn();
-        let tx = self.begin_write(&mut conn)?;
-        let version = meta_get(&tx, "catalog_version")?.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + 1;
-        exec(&tx, "DELETE FROM grids", [])?;
-        exec(&tx, "DELETE FROM categories", [])?;
-        exec(&tx, "DELETE FROM departments", [])?;
-        for g in &catalog.grids {
-            exec(
-                &tx,
-                "INSERT INTO grids (id, community, street, json) VALUES (?1, ?2, ?3, ?4)",
-                params![g.id.0, g.community, g.street, json(g)?],
-            )?;
-        }
-        for c in &catalog.categories {
-            exec(&tx, "INSERT INTO categories (id, json) VALUES (?1, ?2)", params![c.id.0, json(c)?])?;
-        }
-        for d in &catalog.departments {
-            exec(&tx, "INSERT INTO departments (id, json) VALUES (?1, ?2)", params![d.id.0, json(d)?])?;
-        }
-        self.place_grids(&tx, catalog)?;
-        meta_set(&tx, "catalog_version", &version.to_string())?;
-        self.commit(tx)?;
-        let mut new = catalog.clone();
-        new.version = version;
-        *self.places.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Places::new(Arc::new(new)));
-        Ok(version)
-    }
-
-    /// Adds (or updates) a user with a role and the scopes they may see:
-    /// `grid:ID`, `community:NAME`, `street:NAME`, `department:ID`.
-    fn set_user(&self, user: &str, role: Role, department: Option<&str>, scopes: &[Scope]) -> Result<()> {
-        // A user's own scope (`user:ID`, their reports) is everyone's and never granted.
-        if let Some(own) = scopes.iter().find(|s| matches!(s, Scope::User(_))) {
-            return Err(ServerError::BadRequest(format!(
-                "scope {own}: use grid:ID, community:NAME, street:NAME or department:ID"
-            )));
-        }
-        let mut conn = self.conn();
-        let tx = self.begin_write(&mut conn)?;
-        exec(
-            &tx,
-            "INSERT INTO users (id, role, department) VALUES (?1, ?2, ?3)
-             ON CONFLICT(id) DO UPDATE SET role = excluded.role, department = excluded.department",
-            params![user, Role::as_str(role), department],
-        )?;
-        let current: BTreeSet<String> = tx
-            .prepare("SELECT scope FROM user_scopes WHERE user_id = ?1")?
-            .query_map([user], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        let wanted: BTreeSet<String> = scopes.iter().map(Scope::to_string).collect();
-        if current != wanted {
-            // A sequence number marks the moment, so devices' cursors can tell what is new to them.
-            let seq = self.next_seq(&tx)?;
-            for s in wanted.difference(&current) {
-                exec(
-                    &tx,
-                    "INSERT INTO user_scopes (user_id, scope, granted_seq) VALUES (?1, ?2, ?3)",
-                    params![user, s, seq],
-                )?;
-            }
-            for s in current.difference(&wanted) {
-                exec(&tx, "DELETE FROM user_scopes WHERE user_id = ?1 AND scope = ?2", params![user, s])?;
-                exec(
-                    &tx,
-                    "INSERT INTO user_scopes_removed (user_id, scope, removed_seq) VALUES (?1, ?2, ?3)",
-                    params![user, s, seq],
-                )?;
-            }
-        }
-        self.commit(tx)?;
-        Ok(())
-    }
-
-    /// Creates a device for `user` and returns (device id, one-time enrolment code).
-    fn enrol_device(&self, user: &str, now_ms: i64) -> Result<(String, String)> {
-        let conn = self.conn();
-        let exists: Option<String> =
-            conn.query_row("SELECT id FROM users WHERE id = ?1", [user], |r| r.get(0)).optional()?;
-        if exists.is_none() {
-            return Err(ServerError::NotFound(format!("user {user}: add the user first")));
-        }
-        let id = format!("dev-{}", random_hex(6)?);
-        let secret = random_hex(10)?;
-        // The short code prefixes readable case codes, so it is kept to 6 characters and drawn
-        // again on the rare collision rather than made longer.
-        for _ in 0..16 {
-            let code = short_code()?;
-            let taken = q1(&conn, "SELECT 1 FROM devices WHERE code = ?1", [&code], |_| Ok(())).optional()?.is_some();
-            if taken {
-                continue;
-            }
-            conn.execute(
-                "INSERT INTO devices (id, code, user_id, enrol_hash, status, created_ms) VALUES (?1, ?2, ?3, ?4, 'pending', ?5)",
-                params![id, code, user, sha256_hex(&secret), now_ms],
-            )?;
-            return Ok((id, secret));
-        }
-        Err(ServerError::Internal("could not find a free device code".into()))
-    }
-
-    /// A worker leaves: the device may still push what it holds (until it reports nothing left),
-    /// and receives nothing new. What it synced stays.
-    fn retire_device(&self, device: &str, now_ms: i64) -> Result<()> {
-        let n = self.conn().execute(
-            "UPDATE devices SET retired_ms = coalesce(retired_ms, ?2) WHERE id = ?1 AND status = 'active'",
-            params![device, now_ms],
-        )?;
-        if n == 0 {
-            return Err(ServerError::NotFound(format!("active device {device}")));
-        }
-        Ok(())
-    }
-
-    /// A lost phone: refused from now on; what it synced stays.
-    fn revoke_device(&self, device: &str) -> Result<()> {
-        let n = self.conn().execute("UPDATE devices SET status = 'revoked' WHERE id = ?1", [device])?;
-        if n == 0 {
-            return Err(ServerError::NotFound(format!("device {device}")));
-        }
-        Ok(())
-    }
-
-    /// Every device, the one sitting longest on unsynced work first.
-    fn list_devices(&self, now_ms: i64) -> Result<Vec<DeviceInfo>> {
-        let mut conn = self.conn();
-        self.flush_seen(&mut conn)?;
-        let mut stmt = conn.prepare(
-            "SELECT id, code, user_id, status, last_seen_ms, last_state, retired_ms, drained_ms FROM devices
-                 WHERE id NOT LIKE 'console-%' ORDER BY id",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            let state: Option<String> = r.get(5)?;
-            let (retired_ms, drained_ms): (Option<i64>, Option<i64>) = (r.get(6)?, r.get(7)?);
-            let last_state: Option<serde_json::Value> = state.and_then(|s| serde_json::from_str(&s).ok());
-            let last_seen_ms: Option<i64> = r.get(4)?;
-            Ok(DeviceInfo {
-                id: r.get(0)?,
-                code: r.get(1)?,
-                user: r.get(2)?,
-                // A retired device is still allowed in; it shows as retired, then drained.
-                status: match (r.get::<_, String>(3)?.as_str(), retired_ms, drained_ms) {
-                    ("active", Some(_), Some(_)) => "retired_drained".to_owned(),
-                    ("active", Some(_), None) => "retired".to_owned(),
-                    (other, _, _) => other.to_owned(),
-                },
-                last_seen_ms,
-                unsynced_age_ms: unsynced_age_ms(last_seen_ms, last_state.as_ref(), now_ms),
-                last_state,
-            })
-        })?;
-        let mut devices: Vec<DeviceInfo> = rows.collect::<rusqlite::Result<_>>()?;
-        devices.sort_by_key(|d| std::cmp::Reverse(d.unsynced_age_ms));
-        Ok(devices)
-    }
-
-    fn quarantined(&self) -> Result<Vec<QuarantinedItem>> {
-        let conn = self.conn();
-        let mut stmt =
-            conn.prepare("SELECT hash, doc_id, device_id, reason, status FROM quarantine ORDER BY received_ms, hash")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(QuarantinedItem {
-                key: r.get(0)?,
-                doc_id: r.get(1)?,
-                device_id: r.get(2)?,
-                reason: r.get(3)?,
-                status: r.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    /// Number of applied changes, documents and records (for the demo and tests).
-    fn counts(&self) -> Result<(i64, i64, i64)> {
-        let conn = self.conn();
-        let c = conn.query_row("SELECT count(*) FROM changes", [], |r| r.get(0))?;
-        let d = conn.query_row("SELECT count(*) FROM docs", [], |r| r.get(0))?;
-        let r = conn.query_row("SELECT count(*) FROM records", [], |r| r.get(0))?;
-        Ok((c, d, r))
-    }
-
-    /// Current heads of a document as the server holds it (loads it: for tests and tools only).
-    fn doc_heads(&self, doc_id: &str) -> Result<Vec<String>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT bytes FROM changes WHERE doc_id = ?1 ORDER BY seq")?;
-        let changes = stmt
-            .query_map([doc_id], |r| r.get::<_, Vec<u8>>(0))?
-            .collect::<rusqlite::Result<Vec<_>>>()?
-            .into_iter()
-            .filter_map(|b| automerge::Change::from_bytes(b).ok())
-            .collect::<Vec<_>>();
-        let heads = gridwork_model::fence::fenced(move || {
-            let mut doc = automerge::Automerge::new();
-            doc.apply_changes(changes).map(|()| doc.get_heads())
-        })
-        .map_err(ServerError::Internal)?
-        .map_err(|e| ServerError::Internal(e.to_string()))?;
-        let mut heads: Vec<String> = heads.iter().map(|h| h.to_string()).collect();
-        heads.sort();
-        Ok(heads)
-    }
-
-    /// An administrator accepts a quarantined change: it is applied and enters the scopes of its
-    /// case. Its earlier changes must be on the server (release those first).
-    fn release_quarantined(&self, hash: &str, now_ms: i64) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = self.begin_write(&mut conn)?;
-        crate::rules::push::release(&self.rules(), &self.port(&tx), hash, now_ms)?;
-        self.commit(tx)?;
-        Ok(())
-    }
-
-    /// An administrator rejects a quarantined item: it stays stored, marked, out of every scope.
-    fn reject_quarantined(&self, hash: &str) -> Result<()> {
-        let n = self
-            .conn()
-            .execute("UPDATE quarantine SET status = 'rejected' WHERE hash = ?1 AND status = 'pending'", [hash])?;
-        if n == 0 {
-            return Err(ServerError::NotFound(format!("pending quarantined item {hash}")));
-        }
-        Ok(())
-    }
-
-    /// The documents a user's devices should hold: every case in one of the user's scopes.
-    fn docs_in_scope(&self, user: &str) -> Result<Vec<String>> {
-        let conn = self.conn();
-        let mut docs: Vec<String> = conn
-            .prepare(
-                "SELECT DISTINCT m.doc_id FROM membership m
-                 WHERE m.scope = 'user:' || ?1 OR m.scope IN (SELECT scope FROM user_areas WHERE user_id = ?1)",
-            )?
-            .query_map([user], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        docs.sort();
-        Ok(docs)
-    }
-
-    /// The flags the server set on a case (outside_grid, retired_category, device_clock_skew…).
-    fn doc_flags(&self, doc_id: &str) -> Result<Vec<String>> {
-        let flags: Option<String> =
-            self.conn().query_row("SELECT flags FROM docs WHERE doc_id = ?1", [doc_id], |r| r.get(0)).optional()?;
-        Ok(flags.unwrap_or_default().split(',').filter(|f| !f.is_empty()).map(str::to_owned).collect())
-    }
-
-    /// Devices older than this are told to upgrade (their pushes are still accepted).
-    fn set_min_app_version(&self, version: &str) -> Result<()> {
-        meta_set(&self.conn(), "min_app_version", version)
-    }
-
-    /// How many complete blobs the server holds.
-    fn blob_count(&self) -> Result<i64> {
-        Ok(self.conn().query_row("SELECT count(*) FROM blobs", [], |r| r.get(0))?)
-    }
 }
 
 /// SQLite's errors as the server's: a full disk is [`ServerError::StorageFull`] (507, retried by
@@ -607,11 +254,65 @@ impl From<rusqlite::Error> for ServerError {
     }
 }
 
+impl Backend for SqliteStore {
+    fn rules(&self) -> Rules<'_> {
+        Rules { receipts: &self.receipts, epoch: &self.epoch, places: self.places() }
+    }
+
+    fn blobs(&self) -> &Arc<BlobFiles> {
+        &self.blobs
+    }
+
+    /// On a pooled reader connection (WAL readers see a committed snapshot and never wait for
+    /// the writer), in one read transaction so that every query sees the same snapshot.
+    fn read(&self, f: &mut dyn FnMut(&dyn ReadTx) -> Result<()>) -> Result<()> {
+        let mut reader = self.reader()?;
+        let done = (|| {
+            let snapshot = reader.transaction()?;
+            f(&SqliteTx { conn: &snapshot, seq: None })?;
+            snapshot.finish()?;
+            Ok(())
+        })();
+        self.give_back(reader);
+        done
+    }
+
+    /// On the one writer connection, `BEGIN IMMEDIATE` (the database's write lock at once).
+    fn write(&self, f: &mut dyn FnMut(&dyn WriteTx) -> Result<()>) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = self.begin_write(&mut conn)?;
+        f(&self.port(&tx))?;
+        self.commit(tx)
+    }
+
+    fn push(&self, job: PushJob) -> Result<Vec<ItemResult>> {
+        self.write_push(job)
+    }
+
+    fn note_seen(&self, device_id: &str, now_ms: i64, state_json: String) -> Result<()> {
+        self.keep_seen(device_id, now_ms, state_json);
+        Ok(())
+    }
+
+    fn flush_seen(&self) -> Result<()> {
+        let mut conn = self.conn();
+        self.flush_seen_on(&mut conn)
+    }
+
+    fn catalog_changed(&self, catalog: Catalog) {
+        *self.places.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Places::new(Arc::new(catalog)));
+    }
+
+    fn console(&self) -> Option<&dyn super::ConsoleStore> {
+        Some(self)
+    }
+}
+
 impl Drop for SqliteStore {
     /// Sightings not yet written are written on the way out (best effort: they are only timestamps).
     fn drop(&mut self) {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = self.flush_seen(&mut conn) {
+        if let Err(e) = self.flush_seen_on(&mut conn) {
             eprintln!("gridwork-sync-server: could not record when devices were last seen: {e}");
         }
     }
@@ -677,234 +378,9 @@ fn load_catalog(conn: &Connection) -> Result<Catalog> {
     Ok(Catalog { version, grids, categories, departments })
 }
 
-impl SyncStore for SqliteStore {
-    fn console(&self) -> Option<&dyn super::ConsoleStore> {
-        Some(self)
-    }
-
-    fn redeem(&self, req: &EnrolRequest, now_ms: i64) -> Result<EnrolResponse> {
-        let conn = self.conn();
-        let id: Option<String> = conn
-            .query_row(
-                "SELECT id FROM devices WHERE enrol_hash = ?1 AND status = 'pending'",
-                [sha256_hex(&req.code)],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let id = id.ok_or(ServerError::BadEnrolmentCode)?;
-        let token = random_hex(32)?;
-        conn.execute(
-            "UPDATE devices SET enrol_hash = NULL, token_hash = ?2, status = 'active', last_seen_ms = ?3 WHERE id = ?1",
-            params![id, sha256_hex(&token), now_ms],
-        )?;
-        let device = load_device_by_id(&conn, &id)?;
-        let code: String = conn.query_row("SELECT code FROM devices WHERE id = ?1", [&id], |r| r.get(0))?;
-        Ok(EnrolResponse {
-            device_id: id,
-            device_code: code,
-            token,
-            user: device.user,
-            role: device.role,
-            department: device.department,
-        })
-    }
-
-    fn authenticate(&self, token: &str) -> Result<Device> {
-        // On a reader: a request is not held behind the writer's batch just to learn who sent it.
-        // A revocation is committed before it is acknowledged, so a reader sees it.
-        let conn = self.reader()?;
-        let row = q1(
-            &conn,
-            "SELECT d.status, d.id, d.user_id, u.role, u.department, d.retired_ms IS NOT NULL FROM devices d
-             JOIN users u ON u.id = d.user_id WHERE d.token_hash = ?1",
-            [sha256_hex(token)],
-            |r| {
-                let status: String = r.get(0)?;
-                let device = Device {
-                    id: r.get(1)?,
-                    user: r.get(2)?,
-                    role: Role::Worker,
-                    department: r.get(4)?,
-                    retired: r.get(5)?,
-                };
-                Ok((status, device, r.get::<_, String>(3)?))
-            },
-        )
-        .optional();
-        self.give_back(conn);
-        match row? {
-            Some((status, device, role)) if status == "active" => Ok(Device { role: parse_role(&role)?, ..device }),
-            Some(_) => Err(ServerError::DeviceRevoked),
-            None => Err(ServerError::Unauthenticated),
-        }
-    }
-
-    fn blob_status(&self, device: &Device, sha256: &str, owner: Option<&BlobOwner>) -> Result<BlobStatus> {
-        // Without an owner it is a download's question, and a retired device downloads nothing.
-        if owner.is_none() && device.retired {
-            return Err(ServerError::DeviceRetired);
-        }
-        let allowed = match owner {
-            Some(o) => self.can_see_owner(device, o)?,
-            None => false,
-        };
-        if !allowed && !self.sees_blob(device, sha256)? {
-            // The same answer as a download's: an outsider learns nothing of whether it exists.
-            return Err(ServerError::NotInScope(format!("blob {sha256} belongs to nothing you can see")));
-        }
-        self.blobs.status(sha256)
-    }
-
-    fn begin_blob(
-        &self,
-        device: &Device,
-        sha256: &str,
-        owner: &BlobOwner,
-        offset: u64,
-        total: u64,
-        len: Option<u64>,
-        now_ms: i64,
-    ) -> Result<Begun> {
-        if !self.can_see_owner(device, owner)? {
-            return Err(ServerError::NotInScope(format!(
-                "{} is not one of yours: sync it before its photos, or check the owner",
-                owner.to_query()
-            )));
-        }
-        let begun = self.blobs.begin(sha256, offset, total, len)?;
-        if let Begun::Complete(status) = &begun {
-            self.link_blob(device, sha256, status.offset, owner, now_ms)?;
-        }
-        Ok(begun)
-    }
-
-    fn end_blob(&self, device: &Device, owner: &BlobOwner, writer: Writer, now_ms: i64) -> Result<BlobStatus> {
-        let sha256 = writer.sha256().to_owned();
-        let status = writer.finish()?;
-        if status.complete {
-            self.link_blob(device, &sha256, status.offset, owner, now_ms)?;
-        }
-        Ok(status)
-    }
-
-    fn operator_stats(&self, now_ms: i64) -> Result<OperatorStats> {
-        let quarantine_pending: i64 =
-            self.conn().query_row("SELECT count(*) FROM quarantine WHERE status = 'pending'", [], |r| r.get(0))?;
-        const HOUR: i64 = 3_600_000;
-        let mut buckets: Vec<(&'static str, i64)> =
-            ["never_synced", "nothing_pending", "under_1h", "1h_to_1d", "1d_to_7d", "over_7d"]
-                .into_iter()
-                .map(|b| (b, 0))
-                .collect();
-        for d in self.list_devices(now_ms)?.into_iter().filter(|d| d.status == "active") {
-            let bucket = match (d.last_seen_ms, d.unsynced_age_ms) {
-                (None, _) => "never_synced",
-                (Some(_), None) => "nothing_pending",
-                (Some(_), Some(a)) if a < HOUR => "under_1h",
-                (Some(_), Some(a)) if a < 24 * HOUR => "1h_to_1d",
-                (Some(_), Some(a)) if a < 7 * 24 * HOUR => "1d_to_7d",
-                _ => "over_7d",
-            };
-            if let Some(b) = buckets.iter_mut().find(|(name, _)| *name == bucket) {
-                b.1 += 1;
-            }
-        }
-        Ok(OperatorStats { quarantine_pending, devices_by_unsynced_age: buckets })
-    }
-
-    fn get_blob(&self, device: &Device, sha256: &str) -> Result<Vec<u8>> {
-        if device.retired {
-            return Err(ServerError::DeviceRetired);
-        }
-        if !self.sees_blob(device, sha256)? {
-            // The same answer whether the blob exists or not: a device learns nothing of others' evidence.
-            return Err(ServerError::NotInScope(format!("blob {sha256} belongs to nothing you can see")));
-        }
-        self.blobs.read(sha256)
-    }
-
-    fn sync(&self, device: &Device, mut req: SyncRequest, now_ms: i64) -> Result<SyncResponse> {
-        if req.protocol > PROTOCOL_VERSION {
-            return Err(ServerError::ProtocolFromFuture { got: req.protocol, supported: PROTOCOL_VERSION });
-        }
-        let (cursor, reoffer) = parse_cursor(&self.epoch, req.cursor.as_deref(), || {
-            let reader = self.reader()?;
-            let head = last_seq(&reader);
-            self.give_back(reader);
-            head
-        })?;
-        // Decode and parse every pushed change before queueing for the writer: parsing is a fifth
-        // of the push's CPU, and here it runs beside other requests instead of inside the one writer.
-        // Bytes are bounded per change (`ingest::MAX_CHANGE_BYTES`) and per request: changes past
-        // the request's budget are refused, stay in the phone's outbox and go in its next request.
-        let mut pushed = Vec::with_capacity(req.changes.len());
-        let mut decoded = crate::limits::MAX_DECODED_BYTES_PER_REQUEST;
-        for c in &req.changes {
-            let bytes = B64.decode(&c.bytes).map_err(|_| {
-                ServerError::BadRequest(format!(
-                    "change for {} is not base64",
-                    c.doc.chars().take(60).collect::<String>()
-                ))
-            })?;
-            pushed.push(Pushed::read(c.doc.clone(), bytes, c.receipt.clone(), &mut decoded));
-        }
-        let (app_version, catalog_version, budget) = (
-            req.app_version.clone(),
-            req.state.catalog_version,
-            req.max_pull_bytes.clamp(1, crate::limits::MAX_PULL_BYTES),
-        );
-        let want_full = std::mem::take(&mut req.want_full);
-        let accept_compacted = req.accept_compacted;
-        let results = if pushed.is_empty() && req.records.is_empty() && !device.retired {
-            self.note_seen(device, &req, now_ms)?;
-            vec![]
-        } else {
-            self.write(PushJob { device: device.clone(), req, pushed, now_ms, reply: None })?
-        };
-
-        // The pull reads a snapshot on a reader connection, beside the writer.
-        // One read transaction, so that every query of the pull sees the same snapshot.
-        let mut reader = self.reader()?;
-        let snapshot = reader.transaction()?;
-        let rules = self.rules();
-        let view = SqliteTx { conn: &snapshot, seq: None };
-        // A retired device receives nothing new: its cursor stays where it was.
-        let (docs, left_scope, new_cursor, more) = if device.retired {
-            (vec![], vec![], cursor, false)
-        } else {
-            let (mut docs, left, new_cursor, more) = pull(&rules, &view, device, &cursor, budget, accept_compacted)?;
-            add_whole_documents(&rules, &view, device, &want_full, budget, &mut docs)?;
-            (docs, left, new_cursor, more)
-        };
-        let scopes = told_scopes(&view, device)?;
-        let min_version = view.meta("min_app_version")?;
-        snapshot.finish()?;
-        gridwork_model::crash_points::reached("pull");
-        self.give_back(reader);
-        let catalog = self.catalog();
-        Ok(SyncResponse {
-            protocol: PROTOCOL_VERSION,
-            server_time_ms: now_ms,
-            upgrade_required: min_version.is_some_and(|m| older(&app_version, &m)),
-            results,
-            docs,
-            left_scope,
-            catalog: (catalog.version > catalog_version).then(|| Catalog::clone(&catalog)),
-            cursor: new_cursor.cursor(&self.epoch),
-            reoffer,
-            retired: device.retired,
-            more,
-            scopes,
-        })
-    }
-}
-
 /// One device's push, waiting for the writer.
-struct PushJob {
-    device: Device,
-    req: SyncRequest,
-    pushed: Vec<Pushed>,
-    now_ms: i64,
+struct Queued {
+    job: PushJob,
     reply: Option<Reply>,
 }
 
@@ -916,13 +392,12 @@ impl SqliteStore {
     /// every queued push in one transaction (each in a savepoint, so one push's failure is its
     /// own) and answers each. A commit per push was a tenth of the server's CPU in the storm, and
     /// concurrent pushes now share one. Sequence numbers still come from the one writer, in order.
-    fn write(&self, mut job: PushJob) -> Result<Vec<ItemResult>> {
+    fn write_push(&self, job: PushJob) -> Result<Vec<ItemResult>> {
         let (tx, rx) = mpsc::channel();
-        job.reply = Some(tx);
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).push(job);
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).push(Queued { job, reply: Some(tx) });
         {
             let mut conn = self.conn();
-            let batch: Vec<PushJob> = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+            let batch: Vec<Queued> = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
             if !batch.is_empty() {
                 self.write_batch(&mut conn, batch);
             }
@@ -931,7 +406,7 @@ impl SqliteStore {
         rx.recv().map_err(|_| ServerError::Internal("the writer dropped a push without answering".into()))?
     }
 
-    fn write_batch(&self, conn: &mut Connection, batch: Vec<PushJob>) {
+    fn write_batch(&self, conn: &mut Connection, batch: Vec<Queued>) {
         let replies: Vec<Reply> = batch.iter().filter_map(|j| j.reply.clone()).collect();
         let seen = self.take_seen();
         let mut answers: Vec<(Reply, Result<Vec<ItemResult>>)> = vec![];
@@ -945,8 +420,8 @@ impl SqliteStore {
                 write_seen(&tx, &seen)?;
                 answers.clear();
                 let mut failed = false;
-                for job in &batch {
-                    let Some(reply) = job.reply.clone() else { continue };
+                for Queued { job, reply } in &batch {
+                    let Some(reply) = reply.clone() else { continue };
                     if savepoints {
                         tx.execute_batch("SAVEPOINT push")?;
                     }
@@ -1010,23 +485,8 @@ impl SqliteStore {
     /// time through the writer; it is kept here and written with the next write batch (before its
     /// pushes, so a newer push's state wins) or when an administrator lists the devices. A crash
     /// loses at most those timestamps, never anything a device sent.
-    fn note_seen(&self, device: &Device, req: &SyncRequest, now_ms: i64) -> Result<()> {
-        let state = json(&serde_json::json!({ "app_version": req.app_version, "state": req.state }))?;
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(device.id.clone(), (now_ms, state));
-        Ok(())
-    }
-
-    /// The sightings `note_seen` kept, handed to whoever writes them.
-    /// Takes the next sequence number. Only ever called inside a transaction from
-    /// [`SqliteStore::begin_write`], which then commits through [`SqliteStore::commit`].
-    fn next_seq(&self, tx: &Connection) -> Result<i64> {
-        let mut seq = self.seq.lock().unwrap_or_else(|p| p.into_inner());
-        let last = match seq.taken {
-            Some(n) => n,
-            None => last_seq(tx)?,
-        };
-        seq.taken = Some(last + 1);
-        Ok(last + 1)
+    fn keep_seen(&self, device_id: &str, now_ms: i64, state: String) {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(device_id.to_owned(), (now_ms, state));
     }
 
     /// Starts a write transaction on the writer connection (taking the database's write lock
@@ -1064,7 +524,7 @@ impl SqliteStore {
 
     /// Writes the kept sightings in a transaction of their own (a device listing, closing the
     /// store); nothing to do when none is kept.
-    fn flush_seen(&self, conn: &mut Connection) -> Result<()> {
+    fn flush_seen_on(&self, conn: &mut Connection) -> Result<()> {
         let seen = self.take_seen();
         if seen.is_empty() {
             return Ok(());
@@ -1080,11 +540,6 @@ impl SqliteStore {
         written
     }
 
-    /// The rules' view of this store: its receipt key, epoch and places.
-    fn rules(&self) -> Rules<'_> {
-        Rules { receipts: &self.receipts, epoch: &self.epoch, places: self.places() }
-    }
-
     /// The writer's transaction as the storage port.
     fn port<'c>(&'c self, tx: &'c Connection) -> SqliteTx<'c> {
         SqliteTx { conn: tx, seq: Some(&self.seq) }
@@ -1092,8 +547,7 @@ impl SqliteStore {
 
     /// One device's push, inside the writer's transaction (`rules::push`).
     fn push(&self, tx: &Transaction<'_>, job: &PushJob) -> Result<Vec<ItemResult>> {
-        let push = Push { device: &job.device, req: &job.req, pushed: &job.pushed, now_ms: job.now_ms };
-        crate::rules::push::push(&self.rules(), &self.port(tx), &push)
+        crate::rules::push::push(&self.rules(), &self.port(tx), job)
     }
 
     /// A reader connection from the pool (WAL readers see a committed snapshot and never wait
@@ -1110,76 +564,6 @@ impl SqliteStore {
         plan_once(&c)?;
         c.set_prepared_statement_cache_capacity(256);
         Ok(c)
-    }
-
-    /// Whether `device` may see a blob: it is linked to a case in its user's scopes or to a
-    /// check-in one of its user's devices recorded.
-    fn sees_blob(&self, device: &Device, sha256: &str) -> Result<bool> {
-        let reader = self.reader()?;
-        let visible = q1(
-            &reader,
-            "SELECT 1 FROM blob_links l WHERE l.sha256 = ?1 AND (
-                 (l.owner_kind = 'case' AND EXISTS (
-                     SELECT 1 FROM membership m WHERE m.doc_id = l.owner_id
-                     AND (m.scope = 'user:' || ?2 OR m.scope IN (SELECT scope FROM user_areas WHERE user_id = ?2))))
-                 OR (l.owner_kind = 'check_in' AND EXISTS (
-                     SELECT 1 FROM records r JOIN devices d ON d.id = r.device_id
-                     WHERE r.id = l.owner_id AND d.user_id = ?2)))
-             LIMIT 1",
-            params![sha256, device.user],
-            |r| r.get::<_, i64>(0),
-        )
-        .optional();
-        self.give_back(reader);
-        Ok(visible?.is_some())
-    }
-
-    /// Whether `device` may upload evidence for `owner`: a case it may change (the one write
-    /// rule, `model::access::may_change`), or a check-in one of its user's devices recorded.
-    fn can_see_owner(&self, device: &Device, owner: &BlobOwner) -> Result<bool> {
-        let reader = self.reader()?;
-        let found = (|| -> Result<bool> {
-            Ok(match owner {
-                BlobOwner::Case(id) => match case_access(&SqliteTx { conn: &reader, seq: None }, id)? {
-                    Some(access) => {
-                        may_change(&subject(&SqliteTx { conn: &reader, seq: None }, device)?, &access).is_ok()
-                    }
-                    None => false,
-                },
-                BlobOwner::CheckIn(id) => q1(
-                    &reader,
-                    "SELECT 1 FROM records r JOIN devices d ON d.id = r.device_id WHERE r.id = ?1 AND d.user_id = ?2",
-                    params![id, device.user],
-                    |r| r.get::<_, i64>(0),
-                )
-                .optional()?
-                .is_some(),
-            })
-        })();
-        self.give_back(reader);
-        found
-    }
-
-    /// Records a complete blob (once) and links it to `owner` (once per owner).
-    fn link_blob(&self, device: &Device, sha256: &str, size: u64, owner: &BlobOwner, now_ms: i64) -> Result<()> {
-        let (kind, id) = match owner {
-            BlobOwner::Case(id) => ("case", id),
-            BlobOwner::CheckIn(id) => ("check_in", id),
-        };
-        let conn = self.conn();
-        exec(
-            &conn,
-            "INSERT INTO blobs (sha256, size, first_device, received_ms) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (sha256) DO NOTHING",
-            params![sha256, size as i64, device.id, now_ms],
-        )?;
-        exec(
-            &conn,
-            "INSERT INTO blob_links (sha256, owner_kind, owner_id, device_id, linked_ms) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT DO NOTHING",
-            params![sha256, kind, id, device.id, now_ms],
-        )?;
-        Ok(())
     }
 
     /// Bytes of a blob received since start (see [`BlobFiles::bytes_received`]).

@@ -18,11 +18,14 @@ use gridwork_model::wire::{DeviceState, Outcome, SyncRequest, PROTOCOL_VERSION};
 
 use super::*;
 use crate::ingest::read_change;
+use crate::rules::push::Pushed;
 use crate::store::console::{
     departments_column, queue_key, CaseFilter, CaseQueue, CaseRow, CaseView, CheckInView, ConsoleAction, ConsoleStore,
     ConsoleUser, GridCoverage, MapPin, PersonView, PhotoView, Session, WorkerScore, LOCKOUT_MS, MAX_EXPORT,
     MAX_FAILED_SIGN_INS, SESSION_MS,
 };
+use crate::store::AdminStore;
+use gridwork_model::access::Scope;
 
 /// Rows per queue page.
 pub const PAGE_SIZE: u32 = 50;
@@ -684,13 +687,8 @@ impl ConsoleStore for SqliteStore {
             want_full: vec![],
             accept_compacted: false,
         };
-        let results = self.write(PushJob {
-            device,
-            req,
-            pushed: vec![Pushed::read(case_id.to_owned(), bytes, None, &mut crate::ingest::MAX_CHANGE_BYTES.clone())],
-            now_ms,
-            reply: None,
-        })?;
+        let pushed = vec![Pushed::read(case_id.to_owned(), bytes, None, &mut crate::ingest::MAX_CHANGE_BYTES.clone())];
+        let results = self.write_push(PushJob { device, req, pushed, now_ms })?;
         match results.first() {
             Some(r) if r.outcome == Outcome::Accepted => {
                 tracing::info!(case = %case_id, "console action stored");

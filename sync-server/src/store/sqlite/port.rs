@@ -6,14 +6,19 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{console, exec, last_seq, load_device_by_id, meta_get, q1, records, SeqCounter};
+use gridwork_model::catalog::{Catalog, Role};
+
+use super::{
+    console, exec, json, last_seq, load_catalog, load_device_by_id, meta_get, meta_set, parse_role, q1, records,
+    SeqCounter,
+};
 use crate::error::{Result, ServerError};
 use crate::records::CheckIn;
 use crate::store::port::{
-    CaseRow, CaseRowNow, ChangeBytes, ParkedChange, QuarantineEntry, Quarantined, ReadTx, StoredChange, Whereabouts,
-    WriteTx,
+    BlobLinkOwner, CaseRow, CaseRowNow, ChangeBytes, DeviceRow, ParkedChange, QuarantineEntry, Quarantined, ReadTx,
+    StoredChange, Whereabouts, WriteTx,
 };
-use crate::store::Device;
+use crate::store::{Device, QuarantinedItem};
 
 /// A transaction (or a read snapshot) on one of the store's connections.
 pub(super) struct SqliteTx<'c> {
@@ -26,6 +31,19 @@ impl std::fmt::Debug for SqliteTx<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteTx").field("writer", &self.seq.is_some()).finish()
     }
+}
+
+fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
+    Ok(DeviceRow {
+        id: r.get(0)?,
+        code: r.get(1)?,
+        user: r.get(2)?,
+        status: r.get(3)?,
+        last_seen_ms: r.get(4)?,
+        last_state: r.get(5)?,
+        retired_ms: r.get(6)?,
+        drained_ms: r.get(7)?,
+    })
 }
 
 /// `?2,?3,…` for `n` values after `first - 1` others.
@@ -200,6 +218,133 @@ impl ReadTx for SqliteTx<'_> {
             params![seq, not_by],
         )
     }
+
+    fn case_row(&self, doc_id: &str) -> Result<Option<CaseRowNow>> {
+        Ok(q1(self.conn, "SELECT category_id, flags, reported_ms FROM docs WHERE doc_id = ?1", [doc_id], |r| {
+            Ok(CaseRowNow { category_id: r.get(0)?, flags: r.get(1)?, reported_ms: r.get(2)? })
+        })
+        .optional()?)
+    }
+
+    fn device_by_token_hash(&self, token_hash: &str) -> Result<Option<(String, Device)>> {
+        let row = q1(
+            self.conn,
+            "SELECT d.status, d.id, d.user_id, u.role, u.department, d.retired_ms IS NOT NULL FROM devices d
+             JOIN users u ON u.id = d.user_id WHERE d.token_hash = ?1",
+            [token_hash],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Device {
+                        id: r.get(1)?,
+                        user: r.get(2)?,
+                        role: Role::Worker,
+                        department: r.get(4)?,
+                        retired: r.get(5)?,
+                    },
+                    r.get::<_, String>(3)?,
+                ))
+            },
+        )
+        .optional()?;
+        match row {
+            Some((status, device, role)) => Ok(Some((status, Device { role: parse_role(&role)?, ..device }))),
+            None => Ok(None),
+        }
+    }
+
+    fn devices(&self) -> Result<Vec<DeviceRow>> {
+        Ok(self
+            .conn
+            .prepare(
+                "SELECT id, code, user_id, status, last_seen_ms, last_state, retired_ms, drained_ms FROM devices
+                 WHERE id NOT LIKE 'console-%' ORDER BY id",
+            )?
+            .query_map([], device_row)?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn device_row(&self, id: &str) -> Result<Option<DeviceRow>> {
+        Ok(q1(
+            self.conn,
+            "SELECT id, code, user_id, status, last_seen_ms, last_state, retired_ms, drained_ms FROM devices WHERE id = ?1",
+            [id],
+            device_row,
+        )
+        .optional()?)
+    }
+
+    fn user_exists(&self, user: &str) -> Result<bool> {
+        Ok(q1(self.conn, "SELECT EXISTS (SELECT 1 FROM users WHERE id = ?1)", [user], |r| r.get(0))?)
+    }
+
+    fn granted_scopes(&self, user: &str) -> Result<BTreeSet<String>> {
+        Ok(strings(self.conn, "SELECT scope FROM user_scopes WHERE user_id = ?1", [user])?.into_iter().collect())
+    }
+
+    fn placements(&self) -> Result<BTreeSet<(String, String)>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT scope, grid_id FROM grid_placements WHERE to_seq IS NULL")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn catalog(&self) -> Result<Catalog> {
+        load_catalog(self.conn)
+    }
+
+    fn blob_owners(&self, sha256: &str) -> Result<Vec<BlobLinkOwner>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT owner_kind, owner_id FROM blob_links WHERE sha256 = ?1")?
+            .query_map([sha256], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+            .map(|row| {
+                row.map(|(kind, id)| if kind == "case" { BlobLinkOwner::Case(id) } else { BlobLinkOwner::CheckIn(id) })
+            })
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn record_user(&self, record_id: &str) -> Result<Option<String>> {
+        Ok(q1(
+            self.conn,
+            "SELECT d.user_id FROM records r JOIN devices d ON d.id = r.device_id WHERE r.id = ?1",
+            [record_id],
+            |r| r.get(0),
+        )
+        .optional()?)
+    }
+
+    fn blob_count(&self) -> Result<i64> {
+        Ok(q1(self.conn, "SELECT count(*) FROM blobs", [], |r| r.get(0))?)
+    }
+
+    fn quarantine_list(&self) -> Result<Vec<QuarantinedItem>> {
+        Ok(self
+            .conn
+            .prepare("SELECT hash, doc_id, device_id, reason, status FROM quarantine ORDER BY received_ms, hash")?
+            .query_map([], |r| {
+                Ok(QuarantinedItem {
+                    key: r.get(0)?,
+                    doc_id: r.get(1)?,
+                    device_id: r.get(2)?,
+                    reason: r.get(3)?,
+                    status: r.get(4)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn pending_quarantine(&self) -> Result<i64> {
+        Ok(q1(self.conn, "SELECT count(*) FROM quarantine WHERE status = 'pending'", [], |r| r.get(0))?)
+    }
+
+    fn counts(&self) -> Result<(i64, i64, i64)> {
+        let count = |table: &str| -> Result<i64> {
+            Ok(self.conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?)
+        };
+        Ok((count("changes")?, count("docs")?, count("records")?))
+    }
 }
 
 impl WriteTx for SqliteTx<'_> {
@@ -356,13 +501,6 @@ impl WriteTx for SqliteTx<'_> {
             .flatten())
     }
 
-    fn case_row(&self, doc_id: &str) -> Result<Option<CaseRowNow>> {
-        Ok(q1(self.conn, "SELECT category_id, flags, reported_ms FROM docs WHERE doc_id = ?1", [doc_id], |r| {
-            Ok(CaseRowNow { category_id: r.get(0)?, flags: r.get(1)?, reported_ms: r.get(2)? })
-        })
-        .optional()?)
-    }
-
     fn write_case_row(&self, c: &CaseRow<'_>) -> Result<()> {
         // One write per case and push: every docs index is touched once.
         exec(
@@ -451,6 +589,152 @@ impl WriteTx for SqliteTx<'_> {
             self.conn,
             "UPDATE devices SET drained_ms = coalesce(drained_ms, ?2) WHERE id = ?1",
             params![device_id, now_ms],
+        )?;
+        Ok(())
+    }
+
+    fn device_seen_at_least(&self, device_id: &str, at_ms: i64, state_json: &str) -> Result<()> {
+        exec(
+            self.conn,
+            "UPDATE devices SET last_seen_ms = max(coalesce(last_seen_ms, 0), ?2), last_state = ?3 WHERE id = ?1",
+            params![device_id, at_ms, state_json],
+        )?;
+        Ok(())
+    }
+
+    fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        meta_set(self.conn, key, value)
+    }
+
+    fn pending_device(&self, enrol_hash: &str) -> Result<Option<String>> {
+        Ok(q1(self.conn, "SELECT id FROM devices WHERE enrol_hash = ?1 AND status = 'pending'", [enrol_hash], |r| {
+            r.get(0)
+        })
+        .optional()?)
+    }
+
+    fn activate_device(&self, id: &str, token_hash: &str, now_ms: i64) -> Result<()> {
+        exec(
+            self.conn,
+            "UPDATE devices SET enrol_hash = NULL, token_hash = ?2, status = 'active', last_seen_ms = ?3 WHERE id = ?1",
+            params![id, token_hash, now_ms],
+        )?;
+        Ok(())
+    }
+
+    fn code_taken(&self, code: &str) -> Result<bool> {
+        Ok(q1(self.conn, "SELECT EXISTS (SELECT 1 FROM devices WHERE code = ?1)", [code], |r| r.get(0))?)
+    }
+
+    fn insert_device(&self, id: &str, code: &str, user: &str, enrol_hash: &str, now_ms: i64) -> Result<()> {
+        exec(
+            self.conn,
+            "INSERT INTO devices (id, code, user_id, enrol_hash, status, created_ms) VALUES (?1, ?2, ?3, ?4, 'pending', ?5)",
+            params![id, code, user, enrol_hash, now_ms],
+        )?;
+        Ok(())
+    }
+
+    fn retire_device(&self, id: &str, now_ms: i64) -> Result<bool> {
+        Ok(exec(
+            self.conn,
+            "UPDATE devices SET retired_ms = coalesce(retired_ms, ?2) WHERE id = ?1 AND status = 'active'",
+            params![id, now_ms],
+        )? > 0)
+    }
+
+    fn revoke_device(&self, id: &str) -> Result<bool> {
+        Ok(exec(self.conn, "UPDATE devices SET status = 'revoked' WHERE id = ?1", [id])? > 0)
+    }
+
+    fn reject_quarantined(&self, key: &str) -> Result<bool> {
+        Ok(exec(self.conn, "UPDATE quarantine SET status = 'rejected' WHERE hash = ?1 AND status = 'pending'", [key])?
+            > 0)
+    }
+
+    fn upsert_user(&self, user: &str, role: &str, department: Option<&str>) -> Result<()> {
+        exec(
+            self.conn,
+            "INSERT INTO users (id, role, department) VALUES (?1, ?2, ?3)
+             ON CONFLICT(id) DO UPDATE SET role = excluded.role, department = excluded.department",
+            params![user, role, department],
+        )?;
+        Ok(())
+    }
+
+    fn grant_scope(&self, user: &str, scope: &str, seq: i64) -> Result<()> {
+        exec(
+            self.conn,
+            "INSERT INTO user_scopes (user_id, scope, granted_seq) VALUES (?1, ?2, ?3)",
+            params![user, scope, seq],
+        )?;
+        Ok(())
+    }
+
+    fn remove_scope(&self, user: &str, scope: &str, seq: i64) -> Result<()> {
+        exec(self.conn, "DELETE FROM user_scopes WHERE user_id = ?1 AND scope = ?2", params![user, scope])?;
+        exec(
+            self.conn,
+            "INSERT INTO user_scopes_removed (user_id, scope, removed_seq) VALUES (?1, ?2, ?3)",
+            params![user, scope, seq],
+        )?;
+        Ok(())
+    }
+
+    fn replace_catalog(&self, catalog: &Catalog) -> Result<()> {
+        exec(self.conn, "DELETE FROM grids", [])?;
+        exec(self.conn, "DELETE FROM categories", [])?;
+        exec(self.conn, "DELETE FROM departments", [])?;
+        for g in &catalog.grids {
+            exec(
+                self.conn,
+                "INSERT INTO grids (id, community, street, json) VALUES (?1, ?2, ?3, ?4)",
+                params![g.id.0, g.community, g.street, json(g)?],
+            )?;
+        }
+        for c in &catalog.categories {
+            exec(self.conn, "INSERT INTO categories (id, json) VALUES (?1, ?2)", params![c.id.0, json(c)?])?;
+        }
+        for d in &catalog.departments {
+            exec(self.conn, "INSERT INTO departments (id, json) VALUES (?1, ?2)", params![d.id.0, json(d)?])?;
+        }
+        Ok(())
+    }
+
+    fn end_placement(&self, scope: &str, grid: &str, seq: i64) -> Result<()> {
+        exec(
+            self.conn,
+            "UPDATE grid_placements SET to_seq = ?3 WHERE scope = ?1 AND grid_id = ?2 AND to_seq IS NULL",
+            params![scope, grid, seq],
+        )?;
+        Ok(())
+    }
+
+    fn add_placement(&self, scope: &str, grid: &str, seq: i64) -> Result<()> {
+        exec(
+            self.conn,
+            "INSERT INTO grid_placements (scope, grid_id, from_seq) VALUES (?1, ?2, ?3)",
+            params![scope, grid, seq],
+        )?;
+        Ok(())
+    }
+
+    fn link_blob(&self, sha256: &str, size: u64, owner: &BlobLinkOwner, device_id: &str, now_ms: i64) -> Result<()> {
+        let (kind, id) = match owner {
+            BlobLinkOwner::Case(id) => ("case", id),
+            BlobLinkOwner::CheckIn(id) => ("check_in", id),
+        };
+        exec(
+            self.conn,
+            "INSERT INTO blobs (sha256, size, first_device, received_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (sha256) DO NOTHING",
+            params![sha256, size as i64, device_id, now_ms],
+        )?;
+        exec(
+            self.conn,
+            "INSERT INTO blob_links (sha256, owner_kind, owner_id, device_id, linked_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT DO NOTHING",
+            params![sha256, kind, id, device_id, now_ms],
         )?;
         Ok(())
     }
