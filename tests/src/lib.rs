@@ -7,6 +7,7 @@
 pub mod chaos;
 pub mod console_client;
 pub mod fuzz_targets;
+pub mod pg;
 
 pub use gridwork_demo::sim::*;
 

@@ -4,11 +4,13 @@
 
 pub mod console;
 pub mod port;
+mod postgres;
 mod sqlite;
 
 /// A record body as the server reads it (public for the fuzz targets in `gridwork-tests`).
 pub use crate::records::RecordFacts;
 pub use console::ConsoleStore;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use std::sync::Arc;

@@ -1,0 +1,436 @@
+//! The PostgreSQL store (ADR 21): the same rules as the embedded store (`rules`), over the port's
+//! SQL in PostgreSQL's dialect (`port.rs`), for a city's deployment where several server
+//! instances share one database.
+//!
+//! Sequence numbers: every write transaction first locks the one row of `seq_counter`
+//! (`SELECT … FOR UPDATE`), takes numbers from it in memory and writes the last one back before
+//! it commits. Writers of every instance therefore take turns, and a number is never visible
+//! before every lower one has committed: a cursor cannot skip a change however the instances'
+//! commits interleave (a database sequence would hand out numbers that commit out of order).
+//! Within one instance, concurrent pushes still share one transaction (group commit), as in
+//! the embedded store.
+//!
+//! Evidence blobs live in `blob_dir` (the data directory's `blobs/`): for several instances, a
+//! directory they all mount (see docs/adr/0021 for why not an object store yet).
+
+mod port;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{mpsc, Arc, Mutex, RwLock};
+
+use gridwork_model::catalog::Catalog;
+use gridwork_model::wire::ItemResult;
+use postgres::{Client, IsolationLevel, NoTls};
+
+use super::port::{Backend, ReadTx, WriteTx};
+use crate::blobs::BlobFiles;
+use crate::error::{Result, ServerError};
+use crate::places::Places;
+use crate::receipts::ReceiptKey;
+use crate::rules::push::{PushJob, Rules};
+use port::{PgTx, Statements};
+
+/// The schema this server writes (`meta.schema_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+/// Reader connections kept open between requests.
+const MAX_READERS: usize = 16;
+
+/// PostgreSQL's errors as the server's: a full disk (SQLSTATE 53100) is
+/// [`ServerError::StorageFull`] (507, retried by phones), anything else a storage error.
+impl From<postgres::Error> for ServerError {
+    fn from(e: postgres::Error) -> Self {
+        let full = e.code().is_some_and(|c| *c == postgres::error::SqlState::DISK_FULL);
+        // The database's own message (the Display of `postgres::Error` is only "db error").
+        let detail = match e.as_db_error() {
+            Some(db) => format!("{}: {}", db.code().code(), db.message()),
+            None => e.to_string(),
+        };
+        if full {
+            ServerError::StorageFull(detail)
+        } else {
+            ServerError::Storage(detail)
+        }
+    }
+}
+
+/// A connection and the statements prepared on it.
+struct Conn {
+    /// Always `Some` until dropped.
+    client: Option<Client>,
+    statements: Statements,
+}
+
+impl Conn {
+    fn client(&mut self) -> Result<&mut Client> {
+        self.client.as_mut().ok_or_else(|| ServerError::Internal("a closed connection was used".into()))
+    }
+
+    /// The client and the statement cache, borrowed apart.
+    fn parts(&mut self) -> Result<(&mut Client, &mut Statements)> {
+        let Conn { client, statements } = self;
+        let client = client.as_mut().ok_or_else(|| ServerError::Internal("a closed connection was used".into()))?;
+        Ok((client, statements))
+    }
+
+    fn is_closed(&self) -> bool {
+        self.client.as_ref().is_none_or(Client::is_closed)
+    }
+}
+
+/// `postgres::Client` closes its socket by blocking on a runtime of its own, which panics on a
+/// thread that is inside tokio's (a request's blocking task, or the server's shutdown, where
+/// the last handle to the store may go): there it is dropped on a thread of its own.
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let _ = std::thread::spawn(move || drop(client)).join();
+            }
+        }
+    }
+}
+
+fn close(conn: Conn) {
+    drop(conn);
+}
+
+/// One device's push, waiting for the writer.
+struct Queued {
+    job: PushJob,
+    reply: mpsc::Sender<Result<Vec<ItemResult>>>,
+}
+
+pub struct PgStore {
+    config: postgres::Config,
+    writer: Mutex<Conn>,
+    pending: Mutex<Vec<Queued>>,
+    readers: Mutex<Vec<Conn>>,
+    blobs: Arc<BlobFiles>,
+    epoch: String,
+    receipts: ReceiptKey,
+    places: RwLock<Arc<Places>>,
+    /// Idle syncs' sightings, written with the next write batch.
+    seen: Mutex<HashMap<String, (i64, String)>>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("epoch", &self.epoch).finish_non_exhaustive()
+    }
+}
+
+fn random_hex(bytes: usize) -> Result<String> {
+    let mut b = vec![0u8; bytes];
+    getrandom::fill(&mut b).map_err(|e| ServerError::Internal(format!("no randomness: {e}")))?;
+    Ok(hex::encode(b))
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user@host/db`), creating or upgrading the schema, with
+    /// evidence blobs in `data_dir/blobs`.
+    pub fn open(url: &str, data_dir: &Path) -> Result<Self> {
+        let config: postgres::Config =
+            url.parse().map_err(|e| ServerError::BadRequest(format!("{url:?} is not a PostgreSQL URL: {e}")))?;
+        std::fs::create_dir_all(data_dir).map_err(|e| ServerError::io(data_dir, e))?;
+        let mut conn = Self::connect(&config)?;
+        let (epoch, key, catalog) = Self::migrate(&mut conn)?;
+        Ok(PgStore {
+            config,
+            writer: Mutex::new(conn),
+            pending: Mutex::new(vec![]),
+            readers: Mutex::new(vec![]),
+            blobs: Arc::new(BlobFiles::open(data_dir)?),
+            epoch,
+            receipts: ReceiptKey::new(key),
+            places: RwLock::new(Arc::new(Places::new(Arc::new(catalog)))),
+            seen: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn connect(config: &postgres::Config) -> Result<Conn> {
+        let client = config.connect(NoTls).map_err(|e| {
+            ServerError::Storage(format!(
+                "cannot connect to PostgreSQL ({e}): check the store URL and that the server runs"
+            ))
+        })?;
+        Ok(Conn { client: Some(client), statements: HashMap::new() })
+    }
+
+    /// Creates the schema on an empty database, under an advisory lock so that instances
+    /// starting together do it once; reads (or makes) the epoch and the receipt key.
+    fn migrate(conn: &mut Conn) -> Result<(String, [u8; 32], Catalog)> {
+        let mut tx = conn.client()?.transaction()?;
+        // Any fixed number: every instance of this server takes the same lock.
+        tx.batch_execute("SELECT pg_advisory_xact_lock(7152026)")?;
+        let exists: bool = tx.query_one("SELECT to_regclass('meta') IS NOT NULL", &[])?.get(0);
+        if !exists {
+            tx.batch_execute(include_str!("schema_1.sql"))?;
+            tx.execute("INSERT INTO meta (key, value) VALUES ('schema_version', $1)", &[&SCHEMA_VERSION.to_string()])?;
+        }
+        let version: i64 = tx
+            .query_opt("SELECT value FROM meta WHERE key = 'schema_version'", &[])?
+            .and_then(|r| r.get::<_, String>(0).parse().ok())
+            .unwrap_or(0);
+        if version > SCHEMA_VERSION {
+            return Err(ServerError::Internal(format!(
+                "the database's schema {version} is newer than this server's {SCHEMA_VERSION}: update the server"
+            )));
+        }
+        let mut get_or_make = |key: &str, make: &dyn Fn() -> Result<String>| -> Result<String> {
+            if let Some(r) = tx.query_opt("SELECT value FROM meta WHERE key = $1", &[&key])? {
+                return Ok(r.get(0));
+            }
+            let v = make()?;
+            tx.execute("INSERT INTO meta (key, value) VALUES ($1, $2)", &[&key, &v])?;
+            Ok(v)
+        };
+        let epoch = get_or_make("epoch", &|| random_hex(4))?;
+        let key_hex = get_or_make("receipt_key", &|| random_hex(32))?;
+        let mut key = [0u8; 32];
+        match hex::decode(&key_hex) {
+            Ok(k) if k.len() == 32 => key.copy_from_slice(&k),
+            _ => return Err(ServerError::Internal("the stored receipt key is damaged".into())),
+        }
+        tx.commit()?;
+        let catalog = {
+            let (client, statements) = conn.parts()?;
+            let mut tx = client.transaction()?;
+            let catalog = PgTx {
+                tx: std::cell::RefCell::new(&mut tx),
+                statements: std::cell::RefCell::new(statements),
+                seq: std::cell::RefCell::new(None),
+                writer: false,
+            }
+            .catalog()?;
+            tx.commit()?;
+            catalog
+        };
+        Ok((epoch, key, catalog))
+    }
+
+    fn places(&self) -> Arc<Places> {
+        self.places.read().map(|c| Arc::clone(&c)).unwrap_or_else(|p| Arc::clone(&p.into_inner()))
+    }
+
+    fn reader(&self) -> Result<Conn> {
+        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match pooled {
+            Some(c) if !c.is_closed() => Ok(c),
+            Some(c) => {
+                close(c);
+                Self::connect(&self.config)
+            }
+            None => Self::connect(&self.config),
+        }
+    }
+
+    fn give_back(&self, conn: Conn) {
+        let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < MAX_READERS && !conn.is_closed() {
+            pool.push(conn);
+        } else {
+            drop(pool);
+            close(conn);
+        }
+    }
+
+    fn writer(&self) -> Result<std::sync::MutexGuard<'_, Conn>> {
+        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if conn.is_closed() {
+            // The database went away and came back: a new connection, and a new statement cache.
+            close(std::mem::replace(&mut *conn, Self::connect(&self.config)?));
+        }
+        Ok(conn)
+    }
+
+    /// A write transaction on `conn`: the counter's row lock first (see the module's comment),
+    /// then `f`, then the counter written back and the commit.
+    fn in_write<T>(conn: &mut Conn, f: impl FnOnce(&PgTx<'_, '_>) -> Result<T>) -> Result<T> {
+        let (client, statements) = conn.parts()?;
+        let mut tx = client.transaction()?;
+        tx.batch_execute("SELECT last FROM seq_counter WHERE id = 1 FOR UPDATE")?;
+        let out = {
+            let port = PgTx {
+                tx: std::cell::RefCell::new(&mut tx),
+                statements: std::cell::RefCell::new(statements),
+                seq: std::cell::RefCell::new(None),
+                writer: true,
+            };
+            let out = f(&port)?;
+            port.finish_seq()?;
+            out
+        };
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Group commit, as in the embedded store: whoever holds the writer runs every queued push
+    /// in one transaction (each in a savepoint when one has failed before) and answers each.
+    fn write_push(&self, job: PushJob) -> Result<Vec<ItemResult>> {
+        let (tx, rx) = mpsc::channel();
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).push(Queued { job, reply: tx });
+        {
+            let mut conn = self.writer()?;
+            let batch: Vec<Queued> = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+            if !batch.is_empty() {
+                self.write_batch(&mut conn, batch);
+            }
+        }
+        rx.recv().map_err(|_| ServerError::Internal("the writer dropped a push without answering".into()))?
+    }
+
+    fn write_batch(&self, conn: &mut Conn, batch: Vec<Queued>) {
+        let seen = std::mem::take(&mut *self.seen.lock().unwrap_or_else(|p| p.into_inner()));
+        let rules = self.rules();
+        let run = |conn: &mut Conn, savepoints: bool| {
+            Self::in_write(conn, |port| {
+                for (id, (at, state)) in &seen {
+                    port.device_seen_at_least(id, *at, state)?;
+                }
+                let mut answers = Vec::with_capacity(batch.len());
+                for q in &batch {
+                    if savepoints {
+                        port.tx.borrow_mut().batch_execute("SAVEPOINT push")?;
+                    }
+                    match crate::rules::push::push(&rules, port, &q.job) {
+                        Ok(r) => {
+                            if savepoints {
+                                port.tx.borrow_mut().batch_execute("RELEASE SAVEPOINT push")?;
+                            }
+                            answers.push(Ok(r));
+                        }
+                        Err(e) if savepoints => {
+                            port.tx.borrow_mut().batch_execute("ROLLBACK TO SAVEPOINT push; RELEASE SAVEPOINT push")?;
+                            answers.push(Err(e));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(answers)
+            })
+        };
+        // First without savepoints; if a push failed, the batch again with one around each push
+        // so that the failure stays its own.
+        let outcome = run(conn, false).or_else(|_| run(conn, true));
+        match outcome {
+            Ok(answers) => {
+                for (q, a) in batch.iter().zip(answers) {
+                    let _ = q.reply.send(a);
+                }
+            }
+            Err(e) => {
+                let mut kept = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                for (id, at) in seen {
+                    kept.entry(id).or_insert(at);
+                }
+                for q in &batch {
+                    let told = match &e {
+                        ServerError::StorageFull(d) => ServerError::StorageFull(d.clone()),
+                        other => ServerError::Internal(format!("storing the push failed: {other}")),
+                    };
+                    let _ = q.reply.send(Err(told));
+                }
+            }
+        }
+    }
+
+    /// Another instance imported a catalog: read it (checked on every snapshot; one indexed
+    /// lookup of `meta`).
+    fn follow_catalog(&self, view: &PgTx<'_, '_>) -> Result<()> {
+        let stored: u64 = view.meta("catalog_version")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+        if stored > self.places().catalog().version {
+            self.catalog_changed(view.catalog()?);
+        }
+        Ok(())
+    }
+}
+
+impl Backend for PgStore {
+    fn rules(&self) -> Rules<'_> {
+        Rules { receipts: &self.receipts, epoch: &self.epoch, places: self.places() }
+    }
+
+    fn blobs(&self) -> &Arc<BlobFiles> {
+        &self.blobs
+    }
+
+    /// A `REPEATABLE READ` read-only transaction on a pooled connection: one snapshot.
+    fn read(&self, f: &mut dyn FnMut(&dyn ReadTx) -> Result<()>) -> Result<()> {
+        let mut conn = self.reader()?;
+        let done = (|| {
+            let (client, statements) = conn.parts()?;
+            let mut tx =
+                client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start()?;
+            {
+                let view = PgTx {
+                    tx: std::cell::RefCell::new(&mut tx),
+                    statements: std::cell::RefCell::new(statements),
+                    seq: std::cell::RefCell::new(None),
+                    writer: false,
+                };
+                self.follow_catalog(&view)?;
+                f(&view)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        self.give_back(conn);
+        done
+    }
+
+    fn write(&self, f: &mut dyn FnMut(&dyn WriteTx) -> Result<()>) -> Result<()> {
+        let mut conn = self.writer()?;
+        Self::in_write(&mut conn, |port| f(port))
+    }
+
+    fn push(&self, job: PushJob) -> Result<Vec<ItemResult>> {
+        self.write_push(job)
+    }
+
+    fn note_seen(&self, device_id: &str, now_ms: i64, state_json: String) -> Result<()> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(device_id.to_owned(), (now_ms, state_json));
+        Ok(())
+    }
+
+    fn flush_seen(&self) -> Result<()> {
+        let seen = std::mem::take(&mut *self.seen.lock().unwrap_or_else(|p| p.into_inner()));
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.writer()?;
+        Self::in_write(&mut conn, |port| {
+            for (id, (at, state)) in &seen {
+                port.device_seen_at_least(id, *at, state)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn catalog_changed(&self, catalog: Catalog) {
+        *self.places.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Places::new(Arc::new(catalog)));
+    }
+}
+
+impl Drop for PgStore {
+    /// Sightings not yet written are written on the way out (best effort: only timestamps), and
+    /// the connections closed, on a thread that drives no tokio runtime (see [`close`]).
+    fn drop(&mut self) {
+        let flush = |store: &PgStore| {
+            if let Err(e) = store.flush_seen() {
+                eprintln!("gridwork-sync-server: could not record when devices were last seen: {e}");
+            }
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            std::thread::scope(|s| {
+                let _ = s.spawn(|| flush(self)).join();
+            });
+        } else {
+            flush(self);
+        }
+        for c in std::mem::take(&mut *self.readers.lock().unwrap_or_else(|p| p.into_inner())) {
+            close(c);
+        }
+    }
+}

@@ -1,0 +1,759 @@
+//! The storage port (`store::port`) on PostgreSQL: the SQL of each primitive, nothing else.
+//! Statements are prepared once per connection (`Statements`).
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use gridwork_model::catalog::{Catalog, Category, Department, Grid, Role};
+use postgres::types::ToSql;
+use postgres::{Row, Statement, Transaction};
+
+use crate::error::{Result, ServerError};
+use crate::records::CheckIn;
+use crate::store::port::{
+    BlobLinkOwner, CaseRow, CaseRowNow, ChangeBytes, DeviceRow, ParkedChange, QuarantineEntry, Quarantined, ReadTx,
+    StoredChange, Whereabouts, WriteTx,
+};
+use crate::store::{Device, QuarantinedItem};
+
+/// Statements prepared on one connection, by their SQL.
+pub(super) type Statements = HashMap<String, Statement>;
+
+/// A transaction on one of the store's connections: a write transaction (holding the sequence
+/// counter's row lock, `writer`) or a read-only snapshot.
+pub(super) struct PgTx<'c, 't> {
+    pub(super) tx: RefCell<&'t mut Transaction<'c>>,
+    pub(super) statements: RefCell<&'t mut Statements>,
+    /// The last sequence number taken in this transaction (`Some` on a writer once it has read
+    /// the counter); written back before commit.
+    pub(super) seq: RefCell<Option<i64>>,
+    pub(super) writer: bool,
+}
+
+impl std::fmt::Debug for PgTx<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgTx").field("writer", &self.writer).finish()
+    }
+}
+
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+fn role(s: &str) -> Result<Role> {
+    Role::parse(s).ok_or_else(|| ServerError::Internal(format!("stored role {s:?} is unknown")))
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| ServerError::Internal(e.to_string()))
+}
+
+fn device_row(r: &Row) -> DeviceRow {
+    DeviceRow {
+        id: r.get(0),
+        code: r.get(1),
+        user: r.get(2),
+        status: r.get(3),
+        last_seen_ms: r.get(4),
+        last_state: r.get(5),
+        retired_ms: r.get(6),
+        drained_ms: r.get(7),
+    }
+}
+
+fn change_bytes(r: &Row) -> ChangeBytes {
+    ChangeBytes { bytes: r.get(0), hash: r.get(1), device_id: r.get(2) }
+}
+
+impl PgTx<'_, '_> {
+    fn statement(&self, sql: &str) -> Result<Statement> {
+        if let Some(s) = self.statements.borrow().get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.tx.borrow_mut().prepare(sql)?;
+        self.statements.borrow_mut().insert(sql.to_owned(), s.clone());
+        Ok(s)
+    }
+
+    fn rows(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
+        let s = self.statement(sql)?;
+        Ok(self.tx.borrow_mut().query(&s, params)?)
+    }
+
+    fn row(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>> {
+        let s = self.statement(sql)?;
+        Ok(self.tx.borrow_mut().query_opt(&s, params)?)
+    }
+
+    fn one(&self, sql: &str, params: Params<'_>) -> Result<Row> {
+        let s = self.statement(sql)?;
+        Ok(self.tx.borrow_mut().query_one(&s, params)?)
+    }
+
+    fn exec(&self, sql: &str, params: Params<'_>) -> Result<u64> {
+        let s = self.statement(sql)?;
+        Ok(self.tx.borrow_mut().execute(&s, params)?)
+    }
+
+    fn strings(&self, sql: &str, params: Params<'_>) -> Result<Vec<String>> {
+        Ok(self.rows(sql, params)?.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Writes the last sequence number taken back to the counter (before commit).
+    pub(super) fn finish_seq(&self) -> Result<()> {
+        if let Some(last) = *self.seq.borrow() {
+            self.exec("UPDATE seq_counter SET last = $1 WHERE id = 1", &[&last])?;
+        }
+        Ok(())
+    }
+}
+
+impl ReadTx for PgTx<'_, '_> {
+    fn last_seq(&self) -> Result<i64> {
+        Ok(self.one("SELECT last FROM seq_counter WHERE id = 1", &[])?.get(0))
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(self.row("SELECT value FROM meta WHERE key = $1", &[&key])?.map(|r| r.get(0)))
+    }
+
+    fn user_scopes(&self, user: &str) -> Result<BTreeMap<String, i64>> {
+        Ok(self
+            .rows("SELECT scope, min(granted_seq) FROM user_areas WHERE user_id = $1 GROUP BY scope", &[&user])?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
+    fn memberships(&self, doc_id: &str) -> Result<Vec<(String, i64)>> {
+        Ok(self
+            .rows("SELECT scope, joined_seq FROM membership WHERE doc_id = $1", &[&doc_id])?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
+    fn case_creator(&self, doc_id: &str) -> Result<Option<String>> {
+        Ok(self
+            .row("SELECT device_id FROM changes WHERE doc_id = $1 ORDER BY seq LIMIT 1", &[&doc_id])?
+            .map(|r| r.get(0)))
+    }
+
+    fn device(&self, id: &str) -> Result<Option<Device>> {
+        let row = self.row(
+            "SELECT d.id, d.user_id, u.role, u.department, d.retired_ms IS NOT NULL FROM devices d
+             JOIN users u ON u.id = d.user_id WHERE d.id = $1",
+            &[&id],
+        )?;
+        row.map(|r| {
+            Ok(Device { id: r.get(0), user: r.get(1), role: role(r.get(2))?, department: r.get(3), retired: r.get(4) })
+        })
+        .transpose()
+    }
+
+    fn change_doc_seq(&self, hash: &str) -> Result<Option<(String, i64)>> {
+        Ok(self.row("SELECT doc_id, seq FROM changes WHERE hash = $1", &[&hash])?.map(|r| (r.get(0), r.get(1))))
+    }
+
+    fn joined_since(
+        &self,
+        cursor: i64,
+        scopes: &[&str],
+        device: &str,
+        limit: usize,
+        at: Option<i64>,
+    ) -> Result<Vec<(String, i64)>> {
+        let rows = match at {
+            None => self.rows(
+                "SELECT m.doc_id, m.joined_seq FROM membership m WHERE m.joined_seq > $1 AND m.scope = ANY($2)
+                 AND EXISTS (SELECT 1 FROM changes c WHERE c.doc_id = m.doc_id AND c.device_id != $3)
+                 ORDER BY m.joined_seq LIMIT $4",
+                &[&cursor, &scopes, &device, &(limit as i64)],
+            )?,
+            Some(at) => self.rows(
+                "SELECT m.doc_id, m.joined_seq FROM membership m WHERE m.joined_seq > $1 AND m.scope = ANY($2)
+                 AND EXISTS (SELECT 1 FROM changes c WHERE c.doc_id = m.doc_id AND c.device_id != $3)
+                 AND m.joined_seq = $4",
+                &[&cursor, &scopes, &device, &at],
+            )?,
+        };
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    fn docs_in_scope_by(&self, scope: &str, seq: i64) -> Result<Vec<String>> {
+        self.strings("SELECT doc_id FROM membership WHERE scope = $1 AND joined_seq <= $2", &[&scope, &seq])
+    }
+
+    fn docs_in_scope(&self, scope: &str) -> Result<Vec<String>> {
+        self.strings("SELECT doc_id FROM membership WHERE scope = $1", &[&scope])
+    }
+
+    fn scope_changes_since(&self, cursor: i64, scopes: &[&str], limit: usize) -> Result<Vec<(i64, String)>> {
+        Ok(self
+            .rows(
+                "SELECT DISTINCT seq, doc_id FROM scope_changes WHERE seq > $1 AND scope = ANY($2) ORDER BY seq LIMIT $3",
+                &[&cursor, &scopes, &(limit as i64)],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
+    fn scopes_lost_since(&self, user: &str, cursor: i64) -> Result<BTreeSet<String>> {
+        Ok(self
+            .strings(
+                "SELECT scope FROM user_scopes_removed WHERE user_id = $1 AND removed_seq > $2
+                 UNION SELECT 'grid:' || p.grid_id FROM user_scopes_removed r JOIN grid_placements p ON p.scope = r.scope
+                     WHERE r.user_id = $1 AND r.removed_seq > $2
+                 UNION SELECT 'grid:' || p.grid_id FROM user_scopes s JOIN grid_placements p ON p.scope = s.scope
+                     WHERE s.user_id = $1 AND p.to_seq > $2",
+                &[&user, &cursor],
+            )?
+            .into_iter()
+            .collect())
+    }
+
+    fn scopes_lost(&self, user: &str) -> Result<Vec<(String, i64)>> {
+        Ok(self
+            .rows(
+                "SELECT scope, removed_seq FROM user_scopes_removed WHERE user_id = $1
+                 UNION ALL SELECT 'grid:' || p.grid_id, r.removed_seq FROM user_scopes_removed r
+                     JOIN grid_placements p ON p.scope = r.scope AND p.from_seq <= r.removed_seq
+                         AND (p.to_seq IS NULL OR p.to_seq >= r.removed_seq)
+                     WHERE r.user_id = $1
+                 UNION ALL SELECT 'grid:' || p.grid_id, p.to_seq FROM user_scopes s
+                     JOIN grid_placements p ON p.scope = s.scope WHERE s.user_id = $1 AND p.to_seq IS NOT NULL",
+                &[&user],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
+    fn others_changes_upto(&self, doc_id: &str, seq: i64, device: &str) -> Result<i64> {
+        Ok(self
+            .one(
+                "SELECT count(*) FROM changes WHERE doc_id = $1 AND seq <= $2 AND device_id != $3",
+                &[&doc_id, &seq, &device],
+            )?
+            .get(0))
+    }
+
+    fn history_upto(&self, doc_id: &str, seq: i64) -> Result<Vec<ChangeBytes>> {
+        Ok(self
+            .rows(
+                "SELECT bytes, hash, device_id FROM changes WHERE doc_id = $1 AND seq <= $2 ORDER BY seq",
+                &[&doc_id, &seq],
+            )?
+            .iter()
+            .map(change_bytes)
+            .collect())
+    }
+
+    fn change_at(&self, seq: i64, not_by: &str) -> Result<Vec<ChangeBytes>> {
+        Ok(self
+            .rows("SELECT bytes, hash, device_id FROM changes WHERE seq = $1 AND device_id != $2", &[&seq, &not_by])?
+            .iter()
+            .map(change_bytes)
+            .collect())
+    }
+
+    fn case_row(&self, doc_id: &str) -> Result<Option<CaseRowNow>> {
+        Ok(self
+            .row("SELECT category_id, flags, reported_ms FROM docs WHERE doc_id = $1", &[&doc_id])?
+            .map(|r| CaseRowNow { category_id: r.get(0), flags: r.get(1), reported_ms: r.get(2) }))
+    }
+
+    fn device_by_token_hash(&self, token_hash: &str) -> Result<Option<(String, Device)>> {
+        let row = self.row(
+            "SELECT d.status, d.id, d.user_id, u.role, u.department, d.retired_ms IS NOT NULL FROM devices d
+             JOIN users u ON u.id = d.user_id WHERE d.token_hash = $1",
+            &[&token_hash],
+        )?;
+        row.map(|r| {
+            Ok((
+                r.get(0),
+                Device { id: r.get(1), user: r.get(2), role: role(r.get(3))?, department: r.get(4), retired: r.get(5) },
+            ))
+        })
+        .transpose()
+    }
+
+    fn devices(&self) -> Result<Vec<DeviceRow>> {
+        Ok(self
+            .rows(
+                "SELECT id, code, user_id, status, last_seen_ms, last_state, retired_ms, drained_ms FROM devices
+                 WHERE id NOT LIKE 'console-%' ORDER BY id",
+                &[],
+            )?
+            .iter()
+            .map(device_row)
+            .collect())
+    }
+
+    fn device_row(&self, id: &str) -> Result<Option<DeviceRow>> {
+        Ok(self
+            .row(
+                "SELECT id, code, user_id, status, last_seen_ms, last_state, retired_ms, drained_ms FROM devices
+                 WHERE id = $1",
+                &[&id],
+            )?
+            .as_ref()
+            .map(device_row))
+    }
+
+    fn user_exists(&self, user: &str) -> Result<bool> {
+        Ok(self.one("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", &[&user])?.get(0))
+    }
+
+    fn granted_scopes(&self, user: &str) -> Result<BTreeSet<String>> {
+        Ok(self.strings("SELECT scope FROM user_scopes WHERE user_id = $1", &[&user])?.into_iter().collect())
+    }
+
+    fn placements(&self) -> Result<BTreeSet<(String, String)>> {
+        Ok(self
+            .rows("SELECT scope, grid_id FROM grid_placements WHERE to_seq IS NULL", &[])?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
+    fn catalog(&self) -> Result<Catalog> {
+        let version = self.meta("catalog_version")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+        let parse = |sql: &str| -> Result<Vec<String>> { self.strings(sql, &[]) };
+        Ok(Catalog {
+            version,
+            grids: parse("SELECT json FROM grids ORDER BY id")?
+                .iter()
+                .filter_map(|j| serde_json::from_str::<Grid>(j).ok())
+                .collect(),
+            categories: parse("SELECT json FROM categories ORDER BY id")?
+                .iter()
+                .filter_map(|j| serde_json::from_str::<Category>(j).ok())
+                .collect(),
+            departments: parse("SELECT json FROM departments ORDER BY id")?
+                .iter()
+                .filter_map(|j| serde_json::from_str::<Department>(j).ok())
+                .collect(),
+        })
+    }
+
+    fn blob_owners(&self, sha256: &str) -> Result<Vec<BlobLinkOwner>> {
+        Ok(self
+            .rows("SELECT owner_kind, owner_id FROM blob_links WHERE sha256 = $1", &[&sha256])?
+            .iter()
+            .map(|r| {
+                let (kind, id): (String, String) = (r.get(0), r.get(1));
+                if kind == "case" {
+                    BlobLinkOwner::Case(id)
+                } else {
+                    BlobLinkOwner::CheckIn(id)
+                }
+            })
+            .collect())
+    }
+
+    fn record_user(&self, record_id: &str) -> Result<Option<String>> {
+        Ok(self
+            .row("SELECT d.user_id FROM records r JOIN devices d ON d.id = r.device_id WHERE r.id = $1", &[&record_id])?
+            .map(|r| r.get(0)))
+    }
+
+    fn blob_count(&self) -> Result<i64> {
+        Ok(self.one("SELECT count(*) FROM blobs", &[])?.get(0))
+    }
+
+    fn quarantine_list(&self) -> Result<Vec<QuarantinedItem>> {
+        Ok(self
+            .rows("SELECT hash, doc_id, device_id, reason, status FROM quarantine ORDER BY received_ms, hash", &[])?
+            .iter()
+            .map(|r| QuarantinedItem {
+                key: r.get(0),
+                doc_id: r.get(1),
+                device_id: r.get(2),
+                reason: r.get(3),
+                status: r.get(4),
+            })
+            .collect())
+    }
+
+    fn pending_quarantine(&self) -> Result<i64> {
+        Ok(self.one("SELECT count(*) FROM quarantine WHERE status = 'pending'", &[])?.get(0))
+    }
+
+    fn counts(&self) -> Result<(i64, i64, i64)> {
+        let r = self.one(
+            "SELECT (SELECT count(*) FROM changes), (SELECT count(*) FROM docs), (SELECT count(*) FROM records)",
+            &[],
+        )?;
+        Ok((r.get(0), r.get(1), r.get(2)))
+    }
+}
+
+impl WriteTx for PgTx<'_, '_> {
+    fn next_seq(&self) -> Result<i64> {
+        if !self.writer {
+            return Err(ServerError::Internal("a sequence number taken on a reader".into()));
+        }
+        let last = match *self.seq.borrow() {
+            Some(n) => n,
+            // The write transaction holds the counter's row lock (taken when it began), so no
+            // other instance can take a number until this one commits.
+            None => self.last_seq()?,
+        };
+        *self.seq.borrow_mut() = Some(last + 1);
+        Ok(last + 1)
+    }
+
+    fn whereabouts(&self, hash: &str) -> Result<Whereabouts> {
+        let r = self.one(
+            "SELECT (SELECT device_id FROM changes WHERE hash = $1), (SELECT doc_id FROM changes WHERE hash = $1),
+                    EXISTS (SELECT 1 FROM parked WHERE hash = $1),
+                    (SELECT status FROM quarantine WHERE hash = $1), (SELECT device_id FROM quarantine WHERE hash = $1)",
+            &[&hash],
+        )?;
+        let (owner, doc): (Option<String>, Option<String>) = (r.get(0), r.get(1));
+        let (status, by): (Option<String>, Option<String>) = (r.get(3), r.get(4));
+        Ok(Whereabouts { applied: owner.zip(doc), parked: r.get(2), quarantined: status.zip(by) })
+    }
+
+    fn actor_owner(&self, actor: &str) -> Result<Option<String>> {
+        Ok(self.row("SELECT device_id FROM actors WHERE actor = $1", &[&actor])?.map(|r| r.get(0)))
+    }
+
+    fn register_actor(&self, actor: &str, device_id: &str, now_ms: i64) -> Result<()> {
+        self.exec(
+            "INSERT INTO actors (actor, device_id, first_seen_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            &[&actor, &device_id, &now_ms],
+        )?;
+        Ok(())
+    }
+
+    /// This store has no console (yet), so no console user's change was ever applied here.
+    fn console_device_again(&self, _epoch: &str, _device_id: &str, _now_ms: i64) -> Result<Option<Device>> {
+        Ok(None)
+    }
+
+    fn park(&self, c: &ParkedChange) -> Result<()> {
+        self.exec(
+            "INSERT INTO parked (hash, doc_id, device_id, received_ms, deps, bytes, vouched)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[&c.hash, &c.doc_id, &c.device_id, &c.received_ms, &c.deps.join(","), &c.bytes, &c.vouched],
+        )?;
+        Ok(())
+    }
+
+    fn any_parked(&self) -> Result<bool> {
+        Ok(self.one("SELECT EXISTS (SELECT 1 FROM parked)", &[])?.get(0))
+    }
+
+    fn parked_in(&self, doc_id: &str) -> Result<Vec<ParkedChange>> {
+        Ok(self
+            .rows(
+                "SELECT hash, device_id, received_ms, deps, bytes, vouched FROM parked WHERE doc_id = $1
+                 ORDER BY received_ms, hash",
+                &[&doc_id],
+            )?
+            .iter()
+            .map(|r| {
+                let deps: String = r.get(3);
+                ParkedChange {
+                    hash: r.get(0),
+                    doc_id: doc_id.to_owned(),
+                    device_id: r.get(1),
+                    received_ms: r.get(2),
+                    deps: deps.split(',').filter(|d| !d.is_empty()).map(str::to_owned).collect(),
+                    bytes: r.get(4),
+                    vouched: r.get(5),
+                }
+            })
+            .collect())
+    }
+
+    fn unpark(&self, hash: &str) -> Result<()> {
+        self.exec("DELETE FROM parked WHERE hash = $1", &[&hash])?;
+        Ok(())
+    }
+
+    fn quarantine(&self, e: &QuarantineEntry<'_>) -> Result<()> {
+        self.exec(
+            "INSERT INTO quarantine (hash, doc_id, device_id, received_ms, reason, bytes) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT DO NOTHING",
+            &[&e.key, &e.doc_id, &e.device_id, &e.received_ms, &e.reason, &e.bytes],
+        )?;
+        Ok(())
+    }
+
+    fn quarantined_item(&self, key: &str) -> Result<Option<Quarantined>> {
+        Ok(self
+            .row("SELECT doc_id, device_id, status, bytes FROM quarantine WHERE hash = $1", &[&key])?
+            .map(|r| Quarantined { doc_id: r.get(0), device_id: r.get(1), status: r.get(2), bytes: r.get(3) }))
+    }
+
+    fn set_quarantine_status(&self, key: &str, status: &str) -> Result<()> {
+        self.exec("UPDATE quarantine SET status = $2 WHERE hash = $1", &[&key, &status])?;
+        Ok(())
+    }
+
+    fn doc_actor(&self, doc_id: &str, actor: &str) -> Result<Option<i64>> {
+        Ok(self
+            .row("SELECT last_seq FROM doc_actors WHERE doc_id = $1 AND actor = $2", &[&doc_id, &actor])?
+            .map(|r| r.get(0)))
+    }
+
+    fn note_doc_actor(&self, doc_id: &str, actor: &str, seq: i64) -> Result<()> {
+        self.exec(
+            "INSERT INTO doc_actors (doc_id, actor, last_seq) VALUES ($1, $2, $3)
+             ON CONFLICT (doc_id, actor) DO UPDATE SET last_seq = greatest(doc_actors.last_seq, excluded.last_seq)",
+            &[&doc_id, &actor, &seq],
+        )?;
+        Ok(())
+    }
+
+    fn store_change(&self, c: &StoredChange<'_>) -> Result<()> {
+        self.exec(
+            "INSERT INTO changes (seq, hash, doc_id, device_id, received_ms, bytes) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[&c.seq, &c.hash, &c.doc_id, &c.device_id, &c.received_ms, &c.bytes],
+        )?;
+        Ok(())
+    }
+
+    fn store_event(&self, doc_id: &str, event_id: &str, json: &str) -> Result<()> {
+        self.exec(
+            "INSERT INTO doc_events (doc_id, event_id, json) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            &[&doc_id, &event_id, &json],
+        )?;
+        Ok(())
+    }
+
+    fn case_events(&self, doc_id: &str) -> Result<Vec<String>> {
+        self.strings("SELECT json FROM doc_events WHERE doc_id = $1", &[&doc_id])
+    }
+
+    fn events_obj(&self, doc_id: &str) -> Result<Option<String>> {
+        Ok(self.row("SELECT events_obj FROM docs WHERE doc_id = $1", &[&doc_id])?.and_then(|r| r.get(0)))
+    }
+
+    fn write_case_row(&self, c: &CaseRow<'_>) -> Result<()> {
+        let (lat, lon) = (c.position.map(|p| p.0), c.position.map(|p| p.1));
+        self.exec(
+            "INSERT INTO docs (doc_id, status, deadline_ms, flags, departments, reported_ms, queue_key, grid_id,
+                category_id, title, code, reporter, lat, lon, events_obj, updated_seq)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+             ON CONFLICT (doc_id) DO UPDATE SET status = excluded.status, deadline_ms = excluded.deadline_ms,
+                flags = excluded.flags, departments = excluded.departments, reported_ms = excluded.reported_ms,
+                queue_key = excluded.queue_key, grid_id = coalesce(excluded.grid_id, docs.grid_id),
+                category_id = coalesce(excluded.category_id, docs.category_id),
+                title = coalesce(excluded.title, docs.title), code = coalesce(excluded.code, docs.code),
+                reporter = coalesce(excluded.reporter, docs.reporter), lat = coalesce(excluded.lat, docs.lat),
+                lon = coalesce(excluded.lon, docs.lon), events_obj = coalesce(docs.events_obj, excluded.events_obj),
+                updated_seq = excluded.updated_seq",
+            &[
+                &c.doc_id,
+                &c.status,
+                &c.deadline_ms,
+                &c.flags,
+                &c.departments,
+                &c.reported_ms,
+                &c.queue_key,
+                &c.grid_id,
+                &c.category_id,
+                &c.title,
+                &c.code,
+                &c.reporter,
+                &lat,
+                &lon,
+                &c.events_obj,
+                &c.updated_seq,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn join_scope(&self, doc_id: &str, scope: &str, seq: i64, status: &str) -> Result<()> {
+        self.exec(
+            "INSERT INTO membership (doc_id, scope, joined_seq, status) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            &[&doc_id, &scope, &seq, &status],
+        )?;
+        Ok(())
+    }
+
+    fn set_membership_status(&self, doc_id: &str, status: &str) -> Result<()> {
+        self.exec("UPDATE membership SET status = $2 WHERE doc_id = $1 AND status != $2", &[&doc_id, &status])?;
+        Ok(())
+    }
+
+    fn list_change(&self, scope: &str, seq: i64, doc_id: &str) -> Result<()> {
+        self.exec(
+            "INSERT INTO scope_changes (scope, seq, doc_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            &[&scope, &seq, &doc_id],
+        )?;
+        Ok(())
+    }
+
+    fn store_record(&self, id: &str, device_id: &str, now_ms: i64, body: &str, c: Option<&CheckIn<'_>>) -> Result<()> {
+        self.exec(
+            "INSERT INTO records (id, device_id, received_ms, body, grid_id, point_id, user_id, at_ms, day,
+                inside_grid, distance_m)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING",
+            &[
+                &id,
+                &device_id,
+                &now_ms,
+                &body,
+                &c.map(|c| c.grid),
+                &c.and_then(|c| c.point),
+                &c.map(|c| c.user),
+                &c.map(|c| c.at_ms),
+                &c.map(|c| c.day.as_str()),
+                &c.map(|c| c.inside_grid),
+                &c.and_then(|c| c.distance_m),
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn device_seen(&self, device_id: &str, now_ms: i64, state_json: &str) -> Result<()> {
+        self.exec(
+            "UPDATE devices SET last_seen_ms = $2, last_state = $3 WHERE id = $1",
+            &[&device_id, &now_ms, &state_json],
+        )?;
+        Ok(())
+    }
+
+    fn device_drained(&self, device_id: &str, now_ms: i64) -> Result<()> {
+        self.exec("UPDATE devices SET drained_ms = coalesce(drained_ms, $2) WHERE id = $1", &[&device_id, &now_ms])?;
+        Ok(())
+    }
+
+    fn device_seen_at_least(&self, device_id: &str, at_ms: i64, state_json: &str) -> Result<()> {
+        self.exec(
+            "UPDATE devices SET last_seen_ms = greatest(coalesce(last_seen_ms, 0), $2), last_state = $3 WHERE id = $1",
+            &[&device_id, &at_ms, &state_json],
+        )?;
+        Ok(())
+    }
+
+    fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.exec(
+            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[&key, &value],
+        )?;
+        Ok(())
+    }
+
+    fn pending_device(&self, enrol_hash: &str) -> Result<Option<String>> {
+        Ok(self
+            .row("SELECT id FROM devices WHERE enrol_hash = $1 AND status = 'pending'", &[&enrol_hash])?
+            .map(|r| r.get(0)))
+    }
+
+    fn activate_device(&self, id: &str, token_hash: &str, now_ms: i64) -> Result<()> {
+        self.exec(
+            "UPDATE devices SET enrol_hash = NULL, token_hash = $2, status = 'active', last_seen_ms = $3 WHERE id = $1",
+            &[&id, &token_hash, &now_ms],
+        )?;
+        Ok(())
+    }
+
+    fn code_taken(&self, code: &str) -> Result<bool> {
+        Ok(self.one("SELECT EXISTS (SELECT 1 FROM devices WHERE code = $1)", &[&code])?.get(0))
+    }
+
+    fn insert_device(&self, id: &str, code: &str, user: &str, enrol_hash: &str, now_ms: i64) -> Result<()> {
+        self.exec(
+            "INSERT INTO devices (id, code, user_id, enrol_hash, status, created_ms) VALUES ($1, $2, $3, $4, 'pending', $5)",
+            &[&id, &code, &user, &enrol_hash, &now_ms],
+        )?;
+        Ok(())
+    }
+
+    fn retire_device(&self, id: &str, now_ms: i64) -> Result<bool> {
+        Ok(self.exec(
+            "UPDATE devices SET retired_ms = coalesce(retired_ms, $2) WHERE id = $1 AND status = 'active'",
+            &[&id, &now_ms],
+        )? > 0)
+    }
+
+    fn revoke_device(&self, id: &str) -> Result<bool> {
+        Ok(self.exec("UPDATE devices SET status = 'revoked' WHERE id = $1", &[&id])? > 0)
+    }
+
+    fn reject_quarantined(&self, key: &str) -> Result<bool> {
+        Ok(self.exec("UPDATE quarantine SET status = 'rejected' WHERE hash = $1 AND status = 'pending'", &[&key])? > 0)
+    }
+
+    fn upsert_user(&self, user: &str, role: &str, department: Option<&str>) -> Result<()> {
+        self.exec(
+            "INSERT INTO users (id, role, department) VALUES ($1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET role = excluded.role, department = excluded.department",
+            &[&user, &role, &department],
+        )?;
+        Ok(())
+    }
+
+    fn grant_scope(&self, user: &str, scope: &str, seq: i64) -> Result<()> {
+        self.exec("INSERT INTO user_scopes (user_id, scope, granted_seq) VALUES ($1, $2, $3)", &[&user, &scope, &seq])?;
+        Ok(())
+    }
+
+    fn remove_scope(&self, user: &str, scope: &str, seq: i64) -> Result<()> {
+        self.exec("DELETE FROM user_scopes WHERE user_id = $1 AND scope = $2", &[&user, &scope])?;
+        self.exec(
+            "INSERT INTO user_scopes_removed (user_id, scope, removed_seq) VALUES ($1, $2, $3)",
+            &[&user, &scope, &seq],
+        )?;
+        Ok(())
+    }
+
+    fn replace_catalog(&self, catalog: &Catalog) -> Result<()> {
+        self.exec("DELETE FROM grids", &[])?;
+        self.exec("DELETE FROM categories", &[])?;
+        self.exec("DELETE FROM departments", &[])?;
+        for g in &catalog.grids {
+            self.exec(
+                "INSERT INTO grids (id, community, street, json) VALUES ($1, $2, $3, $4)",
+                &[&g.id.0, &g.community, &g.street, &json(g)?],
+            )?;
+        }
+        for c in &catalog.categories {
+            self.exec("INSERT INTO categories (id, json) VALUES ($1, $2)", &[&c.id.0, &json(c)?])?;
+        }
+        for d in &catalog.departments {
+            self.exec("INSERT INTO departments (id, json) VALUES ($1, $2)", &[&d.id.0, &json(d)?])?;
+        }
+        Ok(())
+    }
+
+    fn end_placement(&self, scope: &str, grid: &str, seq: i64) -> Result<()> {
+        self.exec(
+            "UPDATE grid_placements SET to_seq = $3 WHERE scope = $1 AND grid_id = $2 AND to_seq IS NULL",
+            &[&scope, &grid, &seq],
+        )?;
+        Ok(())
+    }
+
+    fn add_placement(&self, scope: &str, grid: &str, seq: i64) -> Result<()> {
+        self.exec(
+            "INSERT INTO grid_placements (scope, grid_id, from_seq) VALUES ($1, $2, $3)",
+            &[&scope, &grid, &seq],
+        )?;
+        Ok(())
+    }
+
+    fn link_blob(&self, sha256: &str, size: u64, owner: &BlobLinkOwner, device_id: &str, now_ms: i64) -> Result<()> {
+        let (kind, id) = match owner {
+            BlobLinkOwner::Case(id) => ("case", id),
+            BlobLinkOwner::CheckIn(id) => ("check_in", id),
+        };
+        self.exec(
+            "INSERT INTO blobs (sha256, size, first_device, received_ms) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (sha256) DO NOTHING",
+            &[&sha256, &(size as i64), &device_id, &now_ms],
+        )?;
+        self.exec(
+            "INSERT INTO blob_links (sha256, owner_kind, owner_id, device_id, linked_ms) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT DO NOTHING",
+            &[&sha256, &kind, id, &device_id, &now_ms],
+        )?;
+        Ok(())
+    }
+}
