@@ -18,8 +18,8 @@ pub struct ServeSettings {
     /// loopback: run `admin init-tls` first.
     #[arg(long, env = "GRIDWORK_LISTEN")]
     pub listen: Option<String>,
-    /// The store: `sqlite` (the embedded store in --data-dir) [default] or `postgres://…`.
-    #[arg(long, env = "GRIDWORK_STORE")]
+    /// The store (set on the command line with the global `--store`, or `GRIDWORK_STORE`).
+    #[arg(skip)]
     pub store: Option<String>,
     /// `auto` [default]: TLS from DATA_DIR/tls once `admin init-tls` has made it; `off`: plain
     /// HTTP (loopback only); or a directory holding the same files.

@@ -15,7 +15,7 @@ use gridwork_sync_server::clock::now_ms;
 use gridwork_sync_server::config::{LogFormat, Resolved, ServeSettings, StoreLocation, TlsChoice};
 use gridwork_sync_server::grids;
 use gridwork_sync_server::tls::TlsFiles;
-use gridwork_sync_server::{AdminStore, SqliteStore, SyncStore};
+use gridwork_sync_server::{AdminStore, PgStore, SqliteStore, SyncStore};
 
 /// mimalloc instead of glibc's malloc (ADR 14): a push allocates many small short-lived values
 /// across threads (parsed changes, rows, JSON), and glibc's allocator took a seventh of the
@@ -30,6 +30,10 @@ struct Cli {
     /// The server's data directory: the embedded store, evidence blobs, TLS files.
     #[arg(long, global = true, env = "GRIDWORK_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// The store: `sqlite` (the embedded store in --data-dir) [default] or `postgres://USER@HOST/DB`
+    /// (evidence blobs and TLS files stay in --data-dir, a directory every instance shares).
+    #[arg(long, global = true, env = "GRIDWORK_STORE")]
+    store: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -130,27 +134,50 @@ fn data_dir(cli: &Option<PathBuf>) -> Result<&Path, String> {
     cli.as_deref().ok_or_else(|| "--data-dir DIR (or GRIDWORK_DATA_DIR) is required for this command".to_owned())
 }
 
-fn open(data_dir: &Path) -> Result<SqliteStore, String> {
-    SqliteStore::open(data_dir).map_err(|e| e.to_string())
+/// The store, through the two traits every backend implements.
+struct Opened {
+    sync: Arc<dyn SyncStore>,
+    admin: Arc<dyn AdminStore>,
 }
 
-fn serve(data_dir: Option<&Path>, config: Option<PathBuf>, settings: ServeSettings) -> Result<(), String> {
+fn open(data_dir: &Path, store: Option<&str>) -> Result<Opened, String> {
+    match store {
+        None | Some("sqlite") => {
+            let s = Arc::new(SqliteStore::open(data_dir).map_err(|e| e.to_string())?);
+            Ok(Opened { sync: s.clone(), admin: s })
+        }
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let s = Arc::new(PgStore::open(url, data_dir).map_err(|e| e.to_string())?);
+            Ok(Opened { sync: s.clone(), admin: s })
+        }
+        Some(other) => Err(format!("--store {other:?}: use `sqlite` or a postgres:// URL")),
+    }
+}
+
+fn serve(
+    data_dir: Option<&Path>,
+    store: Option<String>,
+    config: Option<PathBuf>,
+    mut settings: ServeSettings,
+) -> Result<(), String> {
     let file = match &config {
         Some(path) => ServeSettings::from_file(path).map_err(|e| e.to_string())?,
         None => ServeSettings::default(),
     };
+    settings.store = store;
     let Resolved { listen, store, tls, metrics_listen, metrics_token, log, log_format, limits } =
         settings.resolve(file, data_dir).map_err(|e| e.to_string())?;
     init_logs(&log, log_format)?;
-    let dir = match &store {
-        StoreLocation::Sqlite(dir) => dir.clone(),
-        StoreLocation::Postgres(_) => {
-            return Err("this build has the embedded store only: the PostgreSQL store is not built yet \
-                        (set store = \"sqlite\" and --data-dir)"
-                .into())
-        }
+    let (dir, url) = match &store {
+        StoreLocation::Sqlite(dir) => (dir.clone(), None),
+        StoreLocation::Postgres(url) => (
+            data_dir
+                .map(Path::to_owned)
+                .ok_or("the PostgreSQL store keeps evidence blobs and TLS files in --data-dir DIR: give one")?,
+            Some(url.as_str()),
+        ),
     };
-    let store: Arc<dyn SyncStore> = Arc::new(open(&dir)?);
+    let store = open(&dir, url)?.sync;
     let tls_files = match &tls {
         TlsChoice::Auto => Some(TlsFiles::in_data_dir(&dir)).filter(TlsFiles::exists),
         TlsChoice::Off => None,
@@ -182,7 +209,7 @@ fn serve(data_dir: Option<&Path>, config: Option<PathBuf>, settings: ServeSettin
     }
 }
 
-fn admin(data_dir: &Path, command: AdminCommand) -> Result<(), String> {
+fn admin(data_dir: &Path, store_url: Option<&str>, command: AdminCommand) -> Result<(), String> {
     if let AdminCommand::InitTls { hosts } = &command {
         let files = TlsFiles::in_data_dir(data_dir);
         let fp = files.init(hosts).map_err(|e| e.to_string())?;
@@ -190,7 +217,7 @@ fn admin(data_dir: &Path, command: AdminCommand) -> Result<(), String> {
         println!("restart `serve` to use it; enrolment codes made from now on carry the fingerprint");
         return Ok(());
     }
-    let store = open(data_dir)?;
+    let Opened { sync, admin: store } = open(data_dir, store_url)?;
     match command {
         AdminCommand::InitTls { .. } => {}
         AdminCommand::ImportCatalog { file } => {
@@ -224,7 +251,8 @@ fn admin(data_dir: &Path, command: AdminCommand) -> Result<(), String> {
                     line.trim_end_matches(['\r', '\n']).to_owned()
                 }
             };
-            let console = store.console().ok_or("this store has no console")?;
+            let console =
+                sync.console().ok_or("this store has no console (the embedded store has; PostgreSQL's is to come)")?;
             console.set_password(&user, &password, now_ms()).map_err(|e| e.to_string())?;
             println!("{user} can sign in to /console");
         }
@@ -272,7 +300,7 @@ fn admin(data_dir: &Path, command: AdminCommand) -> Result<(), String> {
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
-        Command::Serve { config, settings } => serve(cli.data_dir.as_deref(), config, settings),
+        Command::Serve { config, settings } => serve(cli.data_dir.as_deref(), cli.store, config, settings),
         // Backup and restore work on the directory, not through an open store.
         Command::Backup { dest } => {
             let m = gridwork_sync_server::backup::backup(data_dir(&cli.data_dir)?, &dest).map_err(|e| e.to_string())?;
@@ -303,7 +331,7 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Grids(GridsCommand::Import { file, datum }) => {
             let datum = if datum == "gcj02" { Datum::Gcj02 } else { Datum::Wgs84 };
-            let store = open(data_dir(&cli.data_dir)?)?;
+            let store = open(data_dir(&cli.data_dir)?, cli.store.as_deref())?.admin;
             let name = file.display();
             let text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {name}: {e}"))?;
             let parsed = grids::parse(&text, datum).map_err(|e| format!("{name} refused, nothing imported: {e}"))?;
@@ -320,7 +348,7 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
-        Command::Admin(command) => admin(data_dir(&cli.data_dir)?, command),
+        Command::Admin(command) => admin(data_dir(&cli.data_dir)?, cli.store.as_deref(), command),
     }
 }
 

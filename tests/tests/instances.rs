@@ -1,0 +1,161 @@
+//! Several server instances against one PostgreSQL database: any instance serves any phone, and
+//! a cursor never skips a change however the instances' commits interleave (ADR 21).
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gridwork_core::model::catalog::Role;
+use gridwork_core::model::ids::CaseId;
+use gridwork_core::sync::{enrol, SyncConfig};
+use gridwork_core::Store;
+use gridwork_model::access::Scope;
+use gridwork_sync_server::store::port::{read, write, ReadTx, WriteTx};
+use gridwork_sync_server::{AdminStore, PgStore, RunningServer, SyncStore};
+use gridwork_tests::{district, identity_from_enrolment, open_device, random_case, Rng};
+
+fn instance(db: &str, dir: &std::path::Path) -> Arc<PgStore> {
+    Arc::new(PgStore::open(db, dir).expect("an instance opens the shared database"))
+}
+
+/// Instance A takes a sequence number and holds its transaction open; instance B's writer waits
+/// (it cannot take a number, so none can commit after a higher one is visible), and readers of
+/// either instance keep seeing the last committed number until A commits.
+#[test]
+fn a_sequence_number_is_never_visible_before_every_lower_one_has_committed() {
+    let db = gridwork_tests::pg::fresh_database().expect("a PostgreSQL database");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (instance(&db, dir.path()), instance(&db, dir.path()));
+    let before = read(b.as_ref(), |tx: &dyn ReadTx| tx.last_seq()).expect("read");
+
+    let (started_tx, started) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel::<()>();
+    let a2 = a.clone();
+    let held = std::thread::spawn(move || {
+        write(a2.as_ref(), |tx: &dyn WriteTx| {
+            let seq = tx.next_seq()?;
+            tx.set_meta("probe_a", &seq.to_string())?;
+            let _ = started_tx.send(seq);
+            let _ = release_rx.recv_timeout(Duration::from_secs(30));
+            Ok(seq)
+        })
+        .expect("A commits")
+    });
+    let seq_a = started.recv_timeout(Duration::from_secs(30)).expect("A took a number");
+    assert_eq!(seq_a, before + 1);
+
+    let (done_tx, done) = mpsc::channel();
+    let b2 = b.clone();
+    let waiting = std::thread::spawn(move || {
+        let seq = write(b2.as_ref(), |tx: &dyn WriteTx| {
+            let seq = tx.next_seq()?;
+            tx.set_meta("probe_b", &seq.to_string())?;
+            Ok(seq)
+        })
+        .expect("B commits");
+        let _ = done_tx.send(seq);
+        seq
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(done.try_recv().is_err(), "B committed while A held a lower number uncommitted");
+    for store in [&a, &b] {
+        let seen = read(store.as_ref(), |tx: &dyn ReadTx| tx.last_seq()).expect("read");
+        assert_eq!(seen, before, "a reader saw a number whose predecessor had not committed");
+    }
+    release.send(()).expect("release A");
+    let seq_a = held.join().expect("A");
+    let seq_b = waiting.join().expect("B");
+    assert_eq!(seq_b, seq_a + 1, "B's number follows A's, in commit order");
+    assert_eq!(read(a.as_ref(), |tx: &dyn ReadTx| tx.last_seq()).expect("read"), seq_b);
+}
+
+struct Phone {
+    _dir: tempfile::TempDir,
+    store: Store,
+    config: SyncConfig,
+}
+
+fn phone(admin: &dyn AdminStore, url: &str, user: &str) -> Phone {
+    let (_, code) = admin.enrol_device(user, 0).expect("enrol");
+    let e = enrol(url, &code, None, "0.1.0").expect("redeem");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_device(dir.path(), identity_from_enrolment(&e), &district(4), None).expect("device");
+    Phone { _dir: dir, store, config: SyncConfig::new(url, e.token) }
+}
+
+/// Workers push concurrently through two instances, each sync to whichever instance it likes,
+/// while a supervisor pulls again and again through both: at the end it holds every case, and
+/// both instances agree on every case's heads.
+#[test]
+fn phones_sync_through_any_instance_while_commits_interleave_and_nothing_is_skipped() {
+    let db = gridwork_tests::pg::fresh_database().expect("a PostgreSQL database");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (instance(&db, dir.path()), instance(&db, dir.path()));
+    a.import_catalog(&district(4)).expect("catalog");
+    for w in 0..4 {
+        a.set_user(&format!("w{w}"), Role::Worker, None, &[Scope::Grid(format!("g{w}").as_str().into())])
+            .expect("worker");
+    }
+    a.set_user("s1", Role::Supervisor, None, &[Scope::Community("Community 0".into())]).expect("s1");
+    let start = |s: &Arc<PgStore>| -> RunningServer {
+        gridwork_sync_server::start(s.clone() as Arc<dyn SyncStore>, "127.0.0.1:0".parse().expect("addr"))
+            .expect("server")
+    };
+    let (server_a, server_b) = (start(&a), start(&b));
+    let urls = [server_a.url(), server_b.url()];
+    // b's catalog came from the database when it opened, before the import: it follows.
+    let mut supervisor = phone(b.as_ref(), &urls[1], "s1");
+
+    let (done_tx, done_rx) = mpsc::channel::<Vec<CaseId>>();
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let mut p = phone(a.as_ref(), &urls[w % 2], &format!("w{w}"));
+            let (urls, done) = (urls.clone(), done_tx.clone());
+            std::thread::spawn(move || {
+                let catalog = district(4);
+                let mut rng = Rng::new(w as u64 + 100);
+                let mut mine = vec![];
+                for round in 0..6 {
+                    for _ in 0..3 {
+                        mine.push(p.store.capture_case(random_case(&mut rng, &catalog, w, 0)).expect("capture").id);
+                    }
+                    p.config.server = urls[(w + round) % 2].clone();
+                    p.store.sync(&p.config, &mut |_| {}).expect("worker sync");
+                }
+                let _ = done.send(mine);
+            })
+        })
+        .collect();
+    drop(done_tx);
+    // The supervisor pulls all along, alternating instances.
+    let mut pulls = 0;
+    let mut finished = 0;
+    let mut all: Vec<CaseId> = vec![];
+    while finished < 4 {
+        supervisor.config.server = urls[pulls % 2].clone();
+        supervisor.store.sync(&supervisor.config, &mut |_| {}).expect("supervisor sync");
+        pulls += 1;
+        while let Ok(mine) = done_rx.try_recv() {
+            all.extend(mine);
+            finished += 1;
+        }
+    }
+    for w in workers {
+        w.join().expect("worker");
+    }
+    // One more pull from each instance: everything committed is now below the cursor.
+    for url in &urls {
+        supervisor.config.server = url.clone();
+        supervisor.store.sync(&supervisor.config, &mut |_| {}).expect("final pull");
+    }
+    all.sort();
+    let mut held = supervisor.store.document_ids().expect("ids");
+    held.sort();
+    assert_eq!(all.len(), 4 * 6 * 3);
+    assert_eq!(held, all, "the supervisor's cursor skipped a change ({pulls} pulls during the pushes)");
+    for case in all.iter().take(10) {
+        let id = case.to_string();
+        assert_eq!(a.doc_heads(&id).expect("a"), b.doc_heads(&id).expect("b"), "the instances agree");
+    }
+    assert!(pulls > 2, "the supervisor pulled while the workers pushed ({pulls})");
+}
