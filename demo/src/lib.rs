@@ -106,7 +106,7 @@ fn for_each_phone(
                 errors.lock().unwrap_or_else(|p| p.into_inner()).push(format!("{}: {e}", phones[i].user));
             }
             let n = done.fetch_add(1, Ordering::SeqCst) + 1;
-            if n % 10 == 0 || n == phones.len() {
+            if n.is_multiple_of(10) || n == phones.len() {
                 say(&format!("  {what}: {n}/{}", phones.len()));
             }
         },

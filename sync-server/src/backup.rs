@@ -1,4 +1,5 @@
-//! Backup and restore of a server's data directory.
+//! Backup and restore of a server's data directory (the embedded store; PostgreSQL's is in
+//! `store::postgres::backup`).
 //!
 //! `backup` runs beside a serving server: the database is copied with `VACUUM INTO`, which reads
 //! one consistent snapshot (WAL readers never block the writer), then the complete blobs, which
@@ -17,7 +18,7 @@ use rusqlite::{Connection, OptionalExtension};
 
 use crate::error::{Result, ServerError};
 
-const MANIFEST: &str = "gridwork-backup.json";
+pub(crate) const MANIFEST: &str = "gridwork-backup.json";
 const DB: &str = "server.db";
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> ServerError + '_ {
@@ -46,7 +47,7 @@ pub struct Restored {
 
 use crate::clock::now_ms;
 
-fn is_empty_dir(dir: &Path) -> Result<bool> {
+pub(crate) fn is_empty_dir(dir: &Path) -> Result<bool> {
     match fs::read_dir(dir) {
         Ok(mut entries) => Ok(entries.next().is_none()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
@@ -55,7 +56,7 @@ fn is_empty_dir(dir: &Path) -> Result<bool> {
 }
 
 /// Copies every regular file of `from` into `to` (not recursive), fsyncing each. Returns (files, bytes).
-fn copy_files(from: &Path, to: &Path, keep: impl Fn(&str) -> bool) -> Result<(usize, u64)> {
+pub(crate) fn copy_files(from: &Path, to: &Path, keep: impl Fn(&str) -> bool) -> Result<(usize, u64)> {
     if !from.exists() {
         return Ok((0, 0));
     }

@@ -206,6 +206,16 @@ impl BlobFiles {
         }
         let partial = self.partial_path(sha256);
         let file = fs::OpenOptions::new().create(true).append(true).open(&partial).map_err(io(&partial))?;
+        // Several server instances may share this directory (ADR 21): the partial file is locked
+        // while one request appends to it, and its length is read again under the lock, so two
+        // instances never interleave appends and a resumed upload continues to the byte.
+        if file.try_lock().is_err() {
+            return Err(ServerError::WrongOffset { offset, expected: status.offset });
+        }
+        let now = file.metadata().map_err(io(&partial))?.len();
+        if offset != now {
+            return Err(ServerError::WrongOffset { offset, expected: now });
+        }
         state.writing.insert(sha256.to_owned());
         Ok(Begun::Open(Writer {
             files: Arc::clone(self),
@@ -263,5 +273,37 @@ impl BlobFiles {
     /// or an operator can see that a resumed upload did not start again from zero.
     pub fn bytes_received(&self, sha256: &str) -> u64 {
         self.lock.lock().unwrap_or_else(|p| p.into_inner()).received.get(sha256).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two server instances on one shared blob directory (two `BlobFiles`, as two processes
+    /// would have): while one appends to a partial upload, the other refuses to, and after a cut
+    /// the other resumes at the exact byte the first one reached.
+    #[test]
+    fn two_instances_never_interleave_appends_and_a_cut_upload_resumes_to_the_byte_on_the_other() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) =
+            (Arc::new(BlobFiles::open(dir.path()).expect("a")), Arc::new(BlobFiles::open(dir.path()).expect("b")));
+        let bytes: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let sha = hex::encode(Sha256::digest(&bytes));
+        let total = bytes.len() as u64;
+        let Ok(Begun::Open(mut on_a)) = a.begin(&sha, 0, total, None) else { panic!("a opens the upload") };
+        on_a.write(&bytes[..4_000]).expect("a appends");
+        assert!(
+            matches!(b.begin(&sha, 4_000, total, None), Err(ServerError::WrongOffset { .. })),
+            "b must not append while a holds the partial file"
+        );
+        // The request on a is cut: what arrived stays, and b resumes from exactly there.
+        drop(on_a);
+        assert!(matches!(b.begin(&sha, 3_999, total, None), Err(ServerError::WrongOffset { expected: 4_000, .. })));
+        let Ok(Begun::Open(mut on_b)) = b.begin(&sha, 4_000, total, None) else { panic!("b resumes") };
+        on_b.write(&bytes[4_000..]).expect("b appends the rest");
+        let status = on_b.finish().expect("finish");
+        assert!(status.complete);
+        assert_eq!(a.read(&sha).expect("a reads what b finished"), bytes);
     }
 }

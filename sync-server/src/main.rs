@@ -299,6 +299,34 @@ fn admin(data_dir: &Path, store_url: Option<&str>, command: AdminCommand) -> Res
 }
 
 fn run(cli: Cli) -> Result<(), String> {
+    let postgres = cli.store.clone().filter(|s| s != "sqlite");
+    match (&cli.command, &postgres) {
+        (Command::Backup { dest }, Some(url)) => {
+            let m = gridwork_sync_server::store::postgres::backup::backup(url, data_dir(&cli.data_dir)?, dest)
+                .map_err(|e| e.to_string())?;
+            println!(
+                "backup in {}: epoch {}, up to change {}, {} blobs ({} bytes)",
+                dest.display(),
+                m.epoch,
+                m.last_seq,
+                m.blobs,
+                m.blob_bytes
+            );
+            return Ok(());
+        }
+        (Command::Restore { from }, Some(url)) => {
+            let r = gridwork_sync_server::store::postgres::backup::restore(from, url, data_dir(&cli.data_dir)?)
+                .map_err(|e| e.to_string())?;
+            println!(
+                "restored {} (up to change {}) into {url}; new epoch {}: phones re-offer what they hold on their next sync",
+                from.display(),
+                r.manifest.last_seq,
+                r.new_epoch
+            );
+            return Ok(());
+        }
+        _ => {}
+    }
     match cli.command {
         Command::Serve { config, settings } => serve(cli.data_dir.as_deref(), cli.store, config, settings),
         // Backup and restore work on the directory, not through an open store.

@@ -159,3 +159,49 @@ fn phones_sync_through_any_instance_while_commits_interleave_and_nothing_is_skip
     }
     assert!(pulls > 2, "the supervisor pulled while the workers pushed ({pulls})");
 }
+
+/// A PostgreSQL store backed up while serving and restored into a new database gets a new
+/// epoch, and a phone's next sync brings back what the server received after the backup.
+#[test]
+fn a_restored_postgres_store_gets_back_from_the_phones_what_came_after_the_backup() {
+    use gridwork_sync_server::store::postgres::backup;
+    let db = gridwork_tests::pg::fresh_database().expect("a PostgreSQL database");
+    let (dir, backups) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let store = instance(&db, dir.path());
+    store.import_catalog(&district(4)).expect("catalog");
+    store.set_user("w1", Role::Worker, None, &[Scope::Grid("g0".into())]).expect("w1");
+    let server = gridwork_sync_server::start(store.clone() as Arc<dyn SyncStore>, "127.0.0.1:0".parse().expect("addr"))
+        .expect("server");
+    let mut w1 = phone(store.as_ref(), &server.url(), "w1");
+    let catalog = district(4);
+    let mut rng = Rng::new(7);
+    let mut capture = |p: &Phone, n: usize| {
+        for _ in 0..n {
+            p.store.capture_case(random_case(&mut rng, &catalog, 0, 0)).expect("capture");
+        }
+    };
+    capture(&w1, 3);
+    w1.store.sync(&w1.config, &mut |_| {}).expect("sync");
+    let dest = backups.path().join("b1");
+    let m = backup::backup(&db, dir.path(), &dest).expect("backup while serving");
+    assert!(m.last_seq > 0);
+    assert!(backup::backup(&db, dir.path(), &dest).is_err(), "never into a non-empty directory");
+    capture(&w1, 2);
+    w1.store.sync(&w1.config, &mut |_| {}).expect("sync after the backup");
+    drop(server);
+
+    // Restoring over a database that holds a store is refused; into a new one it works.
+    let restored_dir = tempfile::tempdir().expect("tempdir");
+    assert!(backup::restore(&dest, &db, restored_dir.path()).is_err(), "nothing is overwritten");
+    let db2 = gridwork_tests::pg::fresh_database().expect("a second database");
+    let r = backup::restore(&dest, &db2, restored_dir.path()).expect("restore");
+    assert_ne!(r.new_epoch, m.epoch);
+    let restored = instance(&db2, restored_dir.path());
+    assert_eq!(restored.counts().expect("counts").1, 3, "the backup's moment");
+    let server = gridwork_sync_server::start(restored.clone() as Arc<dyn SyncStore>, "127.0.0.1:0".parse().expect("a"))
+        .expect("server");
+    w1.config.server = server.url();
+    let report = w1.store.sync(&w1.config, &mut |_| {}).expect("sync to the restored server");
+    assert!(report.reoffered > 0, "{report:?}");
+    assert_eq!(restored.counts().expect("counts").1, 5, "the phone brought back what came after the backup");
+}

@@ -4,7 +4,7 @@
 
 pub mod console;
 pub mod port;
-mod postgres;
+pub mod postgres;
 mod sqlite;
 
 /// A record body as the server reads it (public for the fuzz targets in `gridwork-tests`).

@@ -13,6 +13,7 @@
 //! Evidence blobs live in `blob_dir` (the data directory's `blobs/`): for several instances, a
 //! directory they all mount (see docs/adr/0021 for why not an object store yet).
 
+pub mod backup;
 mod port;
 
 use std::collections::HashMap;

@@ -489,7 +489,7 @@ fn attack(kind: &str, t: usize, target: &Target, prepared: &Prepared, tally: &Ta
             }
         }
         "over_limit" => {
-            let mut declared = t % 2 == 0;
+            let mut declared = t.is_multiple_of(2);
             while target.live() {
                 let blank = std::io::repeat(b' ').take(OVER_LIMIT_BYTES);
                 let body = if declared {

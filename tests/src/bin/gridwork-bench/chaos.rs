@@ -121,7 +121,7 @@ pub fn run(args: Args) -> Result<(), String> {
                 continue;
             }
         }
-        if (seed - args.seed + 1) % 10 == 0 {
+        if (seed - args.seed + 1).is_multiple_of(10) {
             eprintln!("gridwork-bench: chaos: {} of {} schedules", seed - args.seed + 1, args.schedules);
         }
     }

@@ -427,15 +427,16 @@ fn main() {
             Some(dir) => {
                 counting_alloc::stop();
                 gridwork_sync_server::allocator::return_freed_memory_at_once();
-                storm::serve_child(&dir)
+                let url = args.next();
+                storm::serve_child(&dir, url.as_deref())
             }
-            None => Err("storm-server DIR".to_owned()),
+            None => Err("storm-server DIR [POSTGRES_URL]".to_owned()),
         },
         _ => Err("usage: gridwork-bench device|idle-sync [--cases N] [--photo PATH] [--photo-runs N]
        gridwork-bench ffi [--captures N] [--warmup N]
        gridwork-bench weak-link [--rate-bps N] [--rtt-ms N] [--cut-every-s N]
        gridwork-bench chaos [--seed S] [--schedules N] [--phones N] [--rounds N] [--server-kills N] [--process-phones N]
-       gridwork-bench storm [--devices N] [--cases N] [--checkins N] [--concurrency N]
+       gridwork-bench storm [--devices N] [--cases N] [--checkins N] [--concurrency N] [--store sqlite|postgres] [--instances N] [--kill-after-s S]
        gridwork-bench abuse [--seconds N] [--quiet-seconds N] [--honest N] [--think-ms N] [--only KIND,...] [--threads N]
        gridwork-bench console [--cases 100000] [--grids 100] [--samples 300]"
             .to_owned()),

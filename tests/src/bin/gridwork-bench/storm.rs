@@ -24,7 +24,7 @@ use gridwork_core::model::wire::{
 use gridwork_core::store::{CheckInInput, OutboxKind};
 use gridwork_core::sync::SyncConfig;
 use gridwork_core::Store;
-use gridwork_sync_server::{SqliteStore, SyncStore};
+use gridwork_sync_server::{PgStore, SqliteStore, SyncStore};
 use gridwork_tests::{district, for_each_index, identity_from_enrolment, open_device, random_case, Rng};
 
 pub struct StormArgs {
@@ -36,14 +36,41 @@ pub struct StormArgs {
     /// not what is measured: on tmpfs (`/dev/shm`) preparing 5,000 of them takes minutes instead
     /// of an hour of fsyncs. The server's store stays on disk.
     pub phones_dir: Option<PathBuf>,
+    /// `sqlite` (the embedded store) or `postgres` (the server `GRIDWORK_PG_URL` names, or one
+    /// this run starts: `gridwork_tests::pg`).
+    pub store: String,
+    /// Server instances sharing the store (PostgreSQL only); phone d talks to instance d mod N.
+    pub instances: usize,
+    /// Kill instance 0 this long after the clock starts: its phones go on with the others.
+    pub kill_after_s: Option<f64>,
 }
 
 pub fn parse(mut it: impl Iterator<Item = String>) -> Result<StormArgs, String> {
-    let mut a = StormArgs { devices: 5000, cases: 20, checkins: 50, concurrency: 32, phones_dir: None };
+    let mut a = StormArgs {
+        devices: 5000,
+        cases: 20,
+        checkins: 50,
+        concurrency: 32,
+        phones_dir: None,
+        store: "sqlite".into(),
+        instances: 1,
+        kill_after_s: None,
+    };
     while let Some(flag) = it.next() {
-        if flag == "--phones-dir" {
-            a.phones_dir = Some(PathBuf::from(it.next().ok_or("--phones-dir takes a directory")?));
-            continue;
+        match flag.as_str() {
+            "--phones-dir" => {
+                a.phones_dir = Some(PathBuf::from(it.next().ok_or("--phones-dir takes a directory")?));
+                continue;
+            }
+            "--store" => {
+                a.store = it.next().filter(|s| s == "sqlite" || s == "postgres").ok_or("--store sqlite|postgres")?;
+                continue;
+            }
+            "--kill-after-s" => {
+                a.kill_after_s = Some(it.next().and_then(|v| v.parse().ok()).ok_or("--kill-after-s takes seconds")?);
+                continue;
+            }
+            _ => {}
         }
         let v: usize = it.next().and_then(|v| v.parse().ok()).ok_or(format!("{flag} takes a number"))?;
         match flag.as_str() {
@@ -51,17 +78,42 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> Result<StormArgs, String> 
             "--cases" => a.cases = v,
             "--checkins" => a.checkins = v,
             "--concurrency" => a.concurrency = v.max(1),
+            "--instances" => a.instances = v.max(1),
             other => return Err(format!("unknown flag {other}")),
         }
+    }
+    if a.instances > 1 && a.store != "postgres" {
+        return Err("--instances N needs --store postgres: the embedded store has one writer process".into());
+    }
+    if a.kill_after_s.is_some() && a.instances < 2 {
+        return Err("--kill-after-s needs --instances 2 or more: the phones finish on the others".into());
     }
     Ok(a)
 }
 
-/// Child mode: serve the store in `dir` on a random loopback port and print it.
-pub fn serve_child(dir: &str) -> Result<(), String> {
-    let store = Arc::new(SqliteStore::open(Path::new(dir)).map_err(|e| e.to_string())?);
-    let server = gridwork_sync_server::start(store as Arc<dyn SyncStore>, "127.0.0.1:0".parse().map_err(|_| "addr")?)
-        .map_err(|e| e.to_string())?;
+/// A store's two faces.
+type Faces = (Arc<dyn SyncStore>, Arc<dyn AdminStore>);
+
+/// The store in `dir` (embedded), or the PostgreSQL database `url` with its blobs in `dir`.
+fn open_store(dir: &Path, url: Option<&str>) -> Result<Faces, String> {
+    match url {
+        Some(url) => {
+            let s = Arc::new(PgStore::open(url, dir).map_err(|e| e.to_string())?);
+            Ok((s.clone(), s))
+        }
+        None => {
+            let s = Arc::new(SqliteStore::open(dir).map_err(|e| e.to_string())?);
+            Ok((s.clone(), s))
+        }
+    }
+}
+
+/// Child mode: serve the store in `dir` (or the database `url`) on a random loopback port and
+/// print it.
+pub fn serve_child(dir: &str, url: Option<&str>) -> Result<(), String> {
+    let (store, _) = open_store(Path::new(dir), url)?;
+    let server =
+        gridwork_sync_server::start(store, "127.0.0.1:0".parse().map_err(|_| "addr")?).map_err(|e| e.to_string())?;
     println!("listening {}", server.url());
     // Serve until the parent closes our stdin. The chaos harness writes commands: `clock-step MS`
     // steps the server's clock (NTP stepping it back), `arm POINT N` arms a crash point.
@@ -84,6 +136,30 @@ pub fn serve_child(dir: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// CPU milliseconds PostgreSQL's processes have used so far: every `postgres` process's own
+/// time, and what the postmasters' finished children used (a backend's time is kept when its
+/// connection closes).
+fn postgres_cpu_ms() -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
+    let mut total = 0.0;
+    for e in entries.flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if !pid.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let Some((head, after)) = stat.rsplit_once(')') else { continue };
+        if !head.ends_with("(postgres") {
+            continue;
+        }
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // utime, stime; cutime, cstime (reaped children: only the postmaster has any).
+        total += (ticks(11) + ticks(12) + ticks(13) + ticks(14)) * 10.0;
+    }
+    total
 }
 
 /// (utime + stime in ms, peak RSS in MB) of a process, from /proc.
@@ -204,34 +280,46 @@ fn prepare(
 pub fn run(args: StormArgs, line: &dyn Fn(serde_json::Value)) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let server_dir = dir.path().join("server");
+    let db = match args.store.as_str() {
+        "postgres" => Some(gridwork_tests::pg::fresh_database()?),
+        _ => None,
+    };
     let catalog = district(args.devices);
-    eprintln!("gridwork-bench: storm: seeding {} workers and grids", args.devices);
+    eprintln!("gridwork-bench: storm: seeding {} workers and grids ({} store)", args.devices, args.store);
     let mut enrolments = vec![];
     {
-        let store = SqliteStore::open(&server_dir).map_err(|e| e.to_string())?;
-        store.import_catalog(&catalog).map_err(|e| e.to_string())?;
+        let (sync, admin) = open_store(&server_dir, db.as_deref())?;
+        admin.import_catalog(&catalog).map_err(|e| e.to_string())?;
         for d in 0..args.devices {
             let user = format!("w{d}");
-            store
+            admin
                 .set_user(&user, Role::Worker, None, &[Scope::Grid(GridId(format!("g{d}")))])
                 .map_err(|e| e.to_string())?;
-            let (_, code) = store.enrol_device(&user, 0).map_err(|e| e.to_string())?;
-            let e = store.redeem(&EnrolRequest { code, app_version: "0.1.0".into() }, 0).map_err(|e| e.to_string())?;
+            let (_, code) = admin.enrol_device(&user, 0).map_err(|e| e.to_string())?;
+            let e = sync.redeem(&EnrolRequest { code, app_version: "0.1.0".into() }, 0).map_err(|e| e.to_string())?;
             enrolments.push(e);
         }
     }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = Command::new(exe)
-        .arg("storm-server")
-        .arg(&server_dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start the server process: {e}"))?;
-    let pid = child.id().to_string();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().ok_or("no stdout")?).read_line(&mut first).map_err(|e| e.to_string())?;
-    let url = first.trim().strip_prefix("listening ").ok_or(format!("server said {first:?}"))?.to_owned();
+    let mut children = vec![];
+    let mut urls = vec![];
+    for _ in 0..args.instances {
+        let mut cmd = Command::new(&exe);
+        cmd.arg("storm-server").arg(&server_dir);
+        if let Some(db) = &db {
+            cmd.arg(db);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start the server process: {e}"))?;
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().ok_or("no stdout")?).read_line(&mut first).map_err(|e| e.to_string())?;
+        urls.push(first.trim().strip_prefix("listening ").ok_or(format!("server said {first:?}"))?.to_owned());
+        children.push(child);
+    }
+    let pids: Vec<String> = children.iter().map(|c| c.id().to_string()).collect();
 
     eprintln!(
         "gridwork-bench: storm: preparing {} phones ({} cases, {} check-ins each)",
@@ -248,7 +336,7 @@ pub fn run(args: StormArgs, line: &dyn Fn(serde_json::Value)) -> Result<(), Stri
         2,
         || (),
         |_, d| {
-            match prepare(d, &args, &phones_root, &catalog, &enrolments[d], &url) {
+            match prepare(d, &args, &phones_root, &catalog, &enrolments[d], &urls[d % urls.len()]) {
                 Ok(p) => *slots[d].lock().unwrap_or_else(|p| p.into_inner()) = Some(p),
                 Err(err) => eprintln!("gridwork-bench: phone {d}: {err}"),
             }
@@ -263,8 +351,22 @@ pub fn run(args: StormArgs, line: &dyn Fn(serde_json::Value)) -> Result<(), Stri
     }
 
     eprintln!("gridwork-bench: storm: clock starts: every phone pushes, then pulls");
-    let (server_cpu_before, _) = proc_usage(&pid);
+    let servers_cpu = |pids: &[String]| pids.iter().map(|p| proc_usage(p).0).sum::<f64>();
+    let server_cpu_before = servers_cpu(&pids);
+    let db_cpu_before = if db.is_some() { postgres_cpu_ms() } else { 0.0 };
     let (client_cpu_before, _) = proc_usage("self");
+    // Instance 0 dies mid-storm; its CPU so far still counts.
+    let killed_cpu = std::sync::Mutex::new(0.0f64);
+    let killer = args.kill_after_s.map(|after| {
+        let pid = pids[0].clone();
+        let killed_cpu = &killed_cpu;
+        move || {
+            std::thread::sleep(std::time::Duration::from_secs_f64(after));
+            *killed_cpu.lock().unwrap_or_else(|p| p.into_inner()) = proc_usage(&pid).0;
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            eprintln!("gridwork-bench: storm: instance 0 killed {after} s into the storm");
+        }
+    });
     let bytes_up = AtomicU64::new(0);
     let bytes_down = AtomicU64::new(0);
     let failures = AtomicUsize::new(0);
@@ -274,21 +376,32 @@ pub fn run(args: StormArgs, line: &dyn Fn(serde_json::Value)) -> Result<(), Stri
         let tls = gridwork_core::tls::trust_nobody().ok()?;
         reqwest::blocking::Client::builder().tls_backend_preconfigured(tls).build().ok()
     };
-    for_each_index(phones.len(), args.concurrency, client, |client, i| {
-        let p = &phones[i];
-        let Some(client) = client else {
-            failures.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        // Push the prepared request, then acknowledge what the server kept.
-        let answer = client
-            .post(format!("{}/v1/sync", p.config.server))
-            .bearer_auth(&p.config.token)
-            .header("content-type", "application/json")
-            .body(p.first_request.clone())
-            .send()
-            .map_err(|e| e.to_string())
-            .and_then(|r| {
+    let storm = || {
+        for_each_index(phones.len(), args.concurrency, client, |client, i| {
+            let p = &phones[i];
+            let Some(client) = client else {
+                failures.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            // Push the prepared request, then acknowledge what the server kept. An instance that does
+            // not answer is tried again on the next one (what a load balancer or the phone's second
+            // address does).
+            let send = |server: &str| {
+                client
+                    .post(format!("{server}/v1/sync"))
+                    .bearer_auth(&p.config.token)
+                    .header("content-type", "application/json")
+                    .body(p.first_request.clone())
+                    .send()
+            };
+            let mut sent = send(&p.config.server);
+            for k in 1..urls.len() {
+                if sent.is_ok() {
+                    break;
+                }
+                sent = send(&urls[(i + k) % urls.len()]);
+            }
+            let answer = sent.map_err(|e| e.to_string()).and_then(|r| {
                 let status = r.status();
                 let body = r.bytes().map_err(|e| e.to_string())?;
                 if status.is_success() {
@@ -300,52 +413,79 @@ pub fn run(args: StormArgs, line: &dyn Fn(serde_json::Value)) -> Result<(), Stri
                     ))
                 }
             });
-        bytes_up.fetch_add(p.first_request.len() as u64, Ordering::Relaxed);
-        let resp = answer.and_then(|b| {
-            bytes_down.fetch_add(b.len() as u64, Ordering::Relaxed);
-            serde_json::from_slice::<SyncResponse>(&b).map_err(|e| format!("the answer is not a sync response: {e}"))
-        });
-        let done = resp.and_then(|resp| {
-            let store = p.open()?;
-            let items = store.outbox_page(usize::MAX).map_err(|e| e.to_string())?;
-            let acked: Vec<i64> =
-                items.iter().filter(|it| resp.results.iter().any(|r| r.key == it.key)).map(|it| it.seq).collect();
-            store.acknowledge(&acked).map_err(|e| e.to_string())
-        });
-        if let Err(e) = done {
-            if failures.fetch_add(1, Ordering::Relaxed) == 0 {
-                eprintln!("gridwork-bench: storm: first failed push: {e}");
-            }
-        }
-    });
-    for_each_index(
-        phones.len(),
-        args.concurrency,
-        || (),
-        |_, i| {
-            let p = &phones[i];
-            match p.open().and_then(|s| s.sync(&p.config, &mut |_| {}).map_err(|e| e.to_string())) {
-                Ok(r) => {
-                    bytes_up.fetch_add(r.bytes_up, Ordering::Relaxed);
-                    bytes_down.fetch_add(r.bytes_down, Ordering::Relaxed);
+            bytes_up.fetch_add(p.first_request.len() as u64, Ordering::Relaxed);
+            let resp = answer.and_then(|b| {
+                bytes_down.fetch_add(b.len() as u64, Ordering::Relaxed);
+                serde_json::from_slice::<SyncResponse>(&b)
+                    .map_err(|e| format!("the answer is not a sync response: {e}"))
+            });
+            let done = resp.and_then(|resp| {
+                let store = p.open()?;
+                let items = store.outbox_page(usize::MAX).map_err(|e| e.to_string())?;
+                let acked: Vec<i64> =
+                    items.iter().filter(|it| resp.results.iter().any(|r| r.key == it.key)).map(|it| it.seq).collect();
+                store.acknowledge(&acked).map_err(|e| e.to_string())
+            });
+            if let Err(e) = done {
+                if failures.fetch_add(1, Ordering::Relaxed) == 0 {
+                    eprintln!("gridwork-bench: storm: first failed push: {e}");
                 }
-                Err(e) => {
-                    if failures.fetch_add(1, Ordering::Relaxed) == 0 {
-                        eprintln!("gridwork-bench: storm: first failed sync: {e}");
+            }
+        });
+        for_each_index(
+            phones.len(),
+            args.concurrency,
+            || (),
+            |_, i| {
+                let p = &phones[i];
+                let sync_on = |k: usize| {
+                    let mut config = p.config.clone();
+                    config.server = urls[(i + k) % urls.len()].clone();
+                    p.open().and_then(|s| s.sync(&config, &mut |_| {}).map_err(|e| e.to_string()))
+                };
+                let mut result = sync_on(0);
+                for k in 1..urls.len() {
+                    if result.is_ok() {
+                        break;
+                    }
+                    result = sync_on(k);
+                }
+                match result {
+                    Ok(r) => {
+                        bytes_up.fetch_add(r.bytes_up, Ordering::Relaxed);
+                        bytes_down.fetch_add(r.bytes_down, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        if failures.fetch_add(1, Ordering::Relaxed) == 0 {
+                            eprintln!("gridwork-bench: storm: first failed sync: {e}");
+                        }
                     }
                 }
-            }
-        },
-    );
+            },
+        );
+    };
+    match killer {
+        Some(kill) => std::thread::scope(|s| {
+            s.spawn(kill);
+            storm();
+        }),
+        None => storm(),
+    }
     let elapsed = started.elapsed().as_secs_f64();
-    let (server_cpu_after, server_rss) = proc_usage(&pid);
+    let live: Vec<String> = if args.kill_after_s.is_some() { pids[1..].to_vec() } else { pids.clone() };
+    let server_cpu_after = servers_cpu(&live) + *killed_cpu.lock().unwrap_or_else(|p| p.into_inner());
+    let server_rss = pids.iter().map(|p| proc_usage(p).1).fold(0.0, f64::max);
+    let db_cpu_after = if db.is_some() { postgres_cpu_ms() } else { 0.0 };
     let (client_cpu_after, _) = proc_usage("self");
-    drop(child.stdin.take());
-    let _ = child.wait();
+    for mut child in children {
+        drop(child.stdin.take());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 
     // Converged: every phone's outbox is empty and it holds exactly its scope.
     eprintln!("gridwork-bench: storm: verifying");
-    let verify = SqliteStore::open(&server_dir).map_err(|e| e.to_string())?;
+    let (_, verify) = open_store(&server_dir, db.as_deref())?;
     let (_, docs, _) = verify.counts().map_err(|e| e.to_string())?;
     let failed = failures.load(Ordering::Relaxed);
     let mut converged = failed == 0;
@@ -380,8 +520,14 @@ pub fn run(args: StormArgs, line: &dyn Fn(serde_json::Value)) -> Result<(), Stri
         "cases": args.cases,
         "checkins": args.checkins,
         "concurrency": args.concurrency,
+        "store": args.store,
+        "instances": args.instances,
+        "killed_after_s": args.kill_after_s,
         "elapsed_s": (elapsed * 100.0).round() / 100.0,
         "server_cpu_ms_per_doc": ((server_cpu_after - server_cpu_before) / (docs.max(1) as f64) * 1000.0).round() / 1000.0,
+        "db_cpu_ms_per_doc": ((db_cpu_after - db_cpu_before) / (docs.max(1) as f64) * 1000.0).round() / 1000.0,
+        "total_cpu_ms_per_doc": ((server_cpu_after - server_cpu_before + db_cpu_after - db_cpu_before)
+            / (docs.max(1) as f64) * 1000.0).round() / 1000.0,
         "server_peak_rss_mb": (server_rss * 10.0).round() / 10.0,
         "client_cpu_s": ((client_cpu_after - client_cpu_before) / 10.0).round() / 100.0,
         "bytes_up": bytes_up.load(Ordering::Relaxed),
