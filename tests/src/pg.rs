@@ -8,6 +8,16 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// Whether the server this process starts commits durably (fsync, synchronous commit): the
+/// benchmark's is, to be measured against the embedded store's `synchronous = FULL`; the tests'
+/// is not, for speed (a test never survives a power cut anyway).
+static DURABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes the server this process will start durable; call before the first database.
+pub fn durable() {
+    DURABLE.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// The server's base URL (`postgres://user@127.0.0.1:PORT`), started once per process.
 fn server() -> Result<&'static str, String> {
     static SERVER: OnceLock<Result<String, String>> = OnceLock::new();
@@ -80,9 +90,14 @@ fn start() -> Result<String, String> {
     let postgres = bin.join("postgres");
     let runner = if root { "runuser -u postgres -- ".to_owned() } else { String::new() };
     // `pg_ctl stop` rather than a signal to the child: runuser does not pass signals on.
+    let speed = if DURABLE.load(std::sync::atomic::Ordering::SeqCst) {
+        ""
+    } else {
+        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    };
     let script = format!(
-        "{runner}{postgres} -D {data} -p {port} -k {dir} -c listen_addresses=127.0.0.1 -c fsync=off \
-         -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 >{dir}/log 2>&1 & pg=$!; \
+        "{runner}{postgres} -D {data} -p {port} -k {dir} -c listen_addresses=127.0.0.1 {speed} \
+         -c max_connections=200 >{dir}/log 2>&1 & pg=$!; \
          while kill -0 {me} 2>/dev/null; do sleep 0.5; done; \
          {runner}{pg_ctl} -D {data} stop -m immediate >/dev/null 2>&1; wait $pg; rm -rf {dir}",
         postgres = postgres.display(),

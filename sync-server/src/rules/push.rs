@@ -30,7 +30,9 @@ use crate::ingest::{read_change, ChangeFacts};
 use crate::places::Places;
 use crate::receipts::ReceiptKey;
 use crate::records::RecordFacts;
-use crate::store::port::{CaseRow, ParkedChange, QuarantineEntry, Quarantined, ReadTx, StoredChange, WriteTx};
+use crate::store::port::{
+    CaseRow, NewRecord, ParkedChange, QuarantineEntry, Quarantined, ReadTx, StoredChange, WriteTx,
+};
 use crate::store::Device;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -167,17 +169,27 @@ pub fn push(rules: &Rules<'_>, tx: &dyn WriteTx, job: &PushJob) -> Result<Vec<It
     for p in &job.pushed {
         results.push(ingest_change(rules, tx, device, p, now_ms, &mut own_actors, &mut touched)?);
     }
-    for r in &req.records {
+    let facts: Vec<RecordFacts<'_>> = req.records.iter().map(|r| RecordFacts::read(r.body.get())).collect();
+    let mut keep = Vec::with_capacity(req.records.len());
+    for (r, facts) in req.records.iter().zip(&facts) {
         let body = r.body.get();
         // Read once: the claim, and a check-in's facts; the body is stored as the device sent it.
-        let facts = RecordFacts::read(body);
         if !facts.claims(&device.id, &device.user) {
             let reason = "record claims another device or user";
             results.push(quarantine(tx, &r.id, "", device, now_ms, reason, reason, body.as_bytes())?);
             continue;
         }
-        tx.store_record(&r.id, &device.id, now_ms, body, facts.check_in().as_ref())?;
+        keep.push(NewRecord {
+            id: &r.id,
+            device_id: &device.id,
+            received_ms: now_ms,
+            body,
+            check_in: facts.check_in(),
+        });
         results.push(ItemResult { key: r.id.clone(), outcome: Outcome::Accepted, reason: None, receipt: None });
+    }
+    if !keep.is_empty() {
+        tx.store_records(&keep)?;
     }
     unpark(tx, now_ms, &mut touched)?;
     // The server stamps what it receives; a device clock far from it is flagged on what it sent.
@@ -652,9 +664,8 @@ fn refresh_case(rules: &Rules<'_>, tx: &dyn WriteTx, doc_id: &str, t: &Touched) 
     let at = t.seqs.iter().copied().max().unwrap_or(0);
     let status = state.status.label();
     // Each membership row carries the case's status (the console counts by it).
-    for s in &scopes {
-        tx.join_scope(doc_id, s, at, status)?;
-    }
+    let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
+    tx.join_scopes(doc_id, &scopes, at, status)?;
     if existed {
         tx.set_membership_status(doc_id, status)?;
         // A change is listed under each scope the case was already in. Under a scope it joined
@@ -704,7 +715,9 @@ pub fn release(rules: &Rules<'_>, tx: &dyn WriteTx, key: &str, now_ms: i64) -> R
     if doc_id.is_empty() {
         let body = String::from_utf8_lossy(&bytes).into_owned();
         let facts = RecordFacts::read(&body);
-        return tx.store_record(key, &device_id, now_ms, &body, facts.check_in().as_ref());
+        let record =
+            NewRecord { id: key, device_id: &device_id, received_ms: now_ms, body: &body, check_in: facts.check_in() };
+        return tx.store_records(&[record]);
     }
     let (_, facts) = read_change(&bytes).map_err(ServerError::BadRequest)?;
     let missing = missing_deps(tx, &facts.deps)?;

@@ -64,6 +64,16 @@ pub struct Quarantined {
     pub bytes: Vec<u8>,
 }
 
+/// A record to store.
+#[derive(Debug, Clone)]
+pub struct NewRecord<'a> {
+    pub id: &'a str,
+    pub device_id: &'a str,
+    pub received_ms: i64,
+    pub body: &'a str,
+    pub check_in: Option<CheckIn<'a>>,
+}
+
 /// An applied change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredChange<'a> {
@@ -260,22 +270,16 @@ pub trait WriteTx: ReadTx {
     fn events_obj(&self, doc_id: &str) -> Result<Option<String>>;
     fn write_case_row(&self, row: &CaseRow<'_>) -> Result<()>;
 
-    /// Adds a case to a scope at `seq` (grow-only: nothing happens if it is in already).
-    fn join_scope(&self, doc_id: &str, scope: &str, seq: i64, status: &str) -> Result<()>;
+    /// Adds a case to scopes at `seq` (grow-only: nothing happens for a scope it is in already).
+    fn join_scopes(&self, doc_id: &str, scopes: &[&str], seq: i64, status: &str) -> Result<()>;
     /// The status every membership row of a case carries (the console counts by it).
     fn set_membership_status(&self, doc_id: &str, status: &str) -> Result<()>;
     /// Lists change `seq` of `doc_id` under `scope` for pulls.
     fn list_change(&self, scope: &str, seq: i64, doc_id: &str) -> Result<()>;
 
-    /// A record, stored as the device sent it (idempotent by id), with a check-in's facts.
-    fn store_record(
-        &self,
-        id: &str,
-        device_id: &str,
-        now_ms: i64,
-        body: &str,
-        check_in: Option<&CheckIn<'_>>,
-    ) -> Result<()>;
+    /// Records, stored as their devices sent them (idempotent by id), with check-ins' facts: a
+    /// push's records in one call (a patrol sends dozens of check-ins at once).
+    fn store_records(&self, records: &[NewRecord<'_>]) -> Result<()>;
 
     /// When a device last synced and the state it reported.
     fn device_seen(&self, device_id: &str, now_ms: i64, state_json: &str) -> Result<()>;

@@ -9,10 +9,9 @@ use postgres::types::ToSql;
 use postgres::{Row, Statement, Transaction};
 
 use crate::error::{Result, ServerError};
-use crate::records::CheckIn;
 use crate::store::port::{
-    BlobLinkOwner, CaseRow, CaseRowNow, ChangeBytes, DeviceRow, ParkedChange, QuarantineEntry, Quarantined, ReadTx,
-    StoredChange, Whereabouts, WriteTx,
+    BlobLinkOwner, CaseRow, CaseRowNow, ChangeBytes, DeviceRow, NewRecord, ParkedChange, QuarantineEntry, Quarantined,
+    ReadTx, StoredChange, Whereabouts, WriteTx,
 };
 use crate::store::{Device, QuarantinedItem};
 
@@ -568,10 +567,11 @@ impl WriteTx for PgTx<'_, '_> {
         Ok(())
     }
 
-    fn join_scope(&self, doc_id: &str, scope: &str, seq: i64, status: &str) -> Result<()> {
+    fn join_scopes(&self, doc_id: &str, scopes: &[&str], seq: i64, status: &str) -> Result<()> {
         self.exec(
-            "INSERT INTO membership (doc_id, scope, joined_seq, status) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-            &[&doc_id, &scope, &seq, &status],
+            "INSERT INTO membership (doc_id, scope, joined_seq, status) SELECT $1, s, $3, $4 FROM unnest($2::text[]) s
+             ON CONFLICT DO NOTHING",
+            &[&doc_id, &scopes, &seq, &status],
         )?;
         Ok(())
     }
@@ -589,24 +589,27 @@ impl WriteTx for PgTx<'_, '_> {
         Ok(())
     }
 
-    fn store_record(&self, id: &str, device_id: &str, now_ms: i64, body: &str, c: Option<&CheckIn<'_>>) -> Result<()> {
+    /// One statement for a push's records, whatever their number (arrays, `unnest`).
+    fn store_records(&self, records: &[NewRecord<'_>]) -> Result<()> {
+        let ids: Vec<&str> = records.iter().map(|r| r.id).collect();
+        let devices: Vec<&str> = records.iter().map(|r| r.device_id).collect();
+        let received: Vec<i64> = records.iter().map(|r| r.received_ms).collect();
+        let bodies: Vec<&str> = records.iter().map(|r| r.body).collect();
+        let grids: Vec<Option<&str>> = records.iter().map(|r| r.check_in.as_ref().map(|c| c.grid)).collect();
+        let points: Vec<Option<&str>> = records.iter().map(|r| r.check_in.as_ref().and_then(|c| c.point)).collect();
+        let users: Vec<Option<&str>> = records.iter().map(|r| r.check_in.as_ref().map(|c| c.user)).collect();
+        let at: Vec<Option<i64>> = records.iter().map(|r| r.check_in.as_ref().map(|c| c.at_ms)).collect();
+        let days: Vec<Option<&str>> = records.iter().map(|r| r.check_in.as_ref().map(|c| c.day.as_str())).collect();
+        let inside: Vec<Option<bool>> = records.iter().map(|r| r.check_in.as_ref().map(|c| c.inside_grid)).collect();
+        let distance: Vec<Option<f64>> =
+            records.iter().map(|r| r.check_in.as_ref().and_then(|c| c.distance_m)).collect();
         self.exec(
             "INSERT INTO records (id, device_id, received_ms, body, grid_id, point_id, user_id, at_ms, day,
                 inside_grid, distance_m)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING",
-            &[
-                &id,
-                &device_id,
-                &now_ms,
-                &body,
-                &c.map(|c| c.grid),
-                &c.and_then(|c| c.point),
-                &c.map(|c| c.user),
-                &c.map(|c| c.at_ms),
-                &c.map(|c| c.day.as_str()),
-                &c.map(|c| c.inside_grid),
-                &c.and_then(|c| c.distance_m),
-            ],
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
+                $7::text[], $8::bigint[], $9::text[], $10::boolean[], $11::float8[])
+             ON CONFLICT (id) DO NOTHING",
+            &[&ids, &devices, &received, &bodies, &grids, &points, &users, &at, &days, &inside, &distance],
         )?;
         Ok(())
     }

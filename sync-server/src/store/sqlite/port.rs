@@ -13,10 +13,9 @@ use super::{
     SeqCounter,
 };
 use crate::error::{Result, ServerError};
-use crate::records::CheckIn;
 use crate::store::port::{
-    BlobLinkOwner, CaseRow, CaseRowNow, ChangeBytes, DeviceRow, ParkedChange, QuarantineEntry, Quarantined, ReadTx,
-    StoredChange, Whereabouts, WriteTx,
+    BlobLinkOwner, CaseRow, CaseRowNow, ChangeBytes, DeviceRow, NewRecord, ParkedChange, QuarantineEntry, Quarantined,
+    ReadTx, StoredChange, Whereabouts, WriteTx,
 };
 use crate::store::{Device, QuarantinedItem};
 
@@ -537,12 +536,14 @@ impl WriteTx for SqliteTx<'_> {
         Ok(())
     }
 
-    fn join_scope(&self, doc_id: &str, scope: &str, seq: i64, status: &str) -> Result<()> {
-        exec(
-            self.conn,
-            "INSERT INTO membership (doc_id, scope, joined_seq, status) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-            params![doc_id, scope, seq, status],
-        )?;
+    fn join_scopes(&self, doc_id: &str, scopes: &[&str], seq: i64, status: &str) -> Result<()> {
+        for scope in scopes {
+            exec(
+                self.conn,
+                "INSERT INTO membership (doc_id, scope, joined_seq, status) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                params![doc_id, scope, seq, status],
+            )?;
+        }
         Ok(())
     }
 
@@ -564,15 +565,11 @@ impl WriteTx for SqliteTx<'_> {
         Ok(())
     }
 
-    fn store_record(
-        &self,
-        id: &str,
-        device_id: &str,
-        now_ms: i64,
-        body: &str,
-        check_in: Option<&CheckIn<'_>>,
-    ) -> Result<()> {
-        records::insert_record(self.conn, id, device_id, now_ms, body, check_in)
+    fn store_records(&self, records: &[NewRecord<'_>]) -> Result<()> {
+        for r in records {
+            records::insert_record(self.conn, r.id, r.device_id, r.received_ms, r.body, r.check_in.as_ref())?;
+        }
+        Ok(())
     }
 
     fn device_seen(&self, device_id: &str, now_ms: i64, state_json: &str) -> Result<()> {

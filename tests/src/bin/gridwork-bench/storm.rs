@@ -281,7 +281,11 @@ pub fn run(args: StormArgs, line: &dyn Fn(serde_json::Value)) -> Result<(), Stri
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let server_dir = dir.path().join("server");
     let db = match args.store.as_str() {
-        "postgres" => Some(gridwork_tests::pg::fresh_database()?),
+        "postgres" => {
+            // Durable, as the embedded store is (fsync on every commit).
+            gridwork_tests::pg::durable();
+            Some(gridwork_tests::pg::fresh_database()?)
+        }
         _ => None,
     };
     let catalog = district(args.devices);
