@@ -116,6 +116,10 @@ pub struct Enrolment {
     /// "worker", "supervisor", "department_handler" or "administrator".
     pub role: String,
     pub department: Option<String>,
+    /// Other addresses of the same server (more instances of it), tried in order when `server`
+    /// cannot be reached: pass them on in [`SyncSettings::alternates`].
+    #[uniffi(default = [])]
+    pub alternates: Vec<String>,
 }
 
 fn parse_role(s: &str) -> Result<Role> {
@@ -130,6 +134,7 @@ pub fn enrol(enrolment_code: String, app_version: String) -> Result<Enrolment> {
     let e = gridwork_core::sync::enrol(&code.server, &code.code, code.ca_fingerprint.as_deref(), &app_version)?;
     Ok(Enrolment {
         server: code.server,
+        alternates: code.alternates,
         ca_fingerprint: code.ca_fingerprint,
         device_id: e.device_id,
         device_code: e.device_code,
@@ -395,6 +400,10 @@ pub struct SyncSettings {
     /// server keeps it; a later change to it brings it back.
     #[uniffi(default = 30)]
     pub keep_finished_cases_days: u32,
+    /// Other addresses of the same server, from [`Enrolment::alternates`]: a sync that cannot
+    /// reach `server` goes on with the next.
+    #[uniffi(default = [])]
+    pub alternates: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, uniffi::Record)]
@@ -441,6 +450,7 @@ pub struct SyncReport {
 impl SyncSettings {
     fn into_config(self) -> SyncConfig {
         let mut config = SyncConfig::new(self.server, self.token);
+        config.alternates = self.alternates;
         config.ca_fingerprint = self.ca_fingerprint;
         config.app_version = self.app_version;
         config.keep_finished_cases =

@@ -36,6 +36,9 @@ pub struct SyncConfig {
     /// e.g. `https://sync.district.example` or `http://127.0.0.1:8080` (plain HTTP on loopback
     /// only, for tests and the demo).
     pub server: String,
+    /// Other addresses of the same server (more instances of it), from the enrolment code: when
+    /// `server` cannot be reached, the sync goes on with the next of these, in order.
+    pub alternates: Vec<String>,
     pub token: String,
     /// The district CA's SHA-256 fingerprint, from the enrolment code; required for `https://`.
     pub ca_fingerprint: Option<String>,
@@ -59,6 +62,7 @@ impl SyncConfig {
     pub fn new(server: impl Into<String>, token: impl Into<String>) -> Self {
         SyncConfig {
             server: server.into(),
+            alternates: vec![],
             token: token.into(),
             ca_fingerprint: None,
             app_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -366,6 +370,25 @@ impl Store {
 
     /// Pushes the outbox and pulls what is new, page by page, until both are done.
     pub fn sync(&self, config: &SyncConfig, progress: &mut dyn FnMut(&SyncProgress)) -> Result<SyncReport> {
+        // Failover: an address that cannot be reached hands the sync to the next one. A sync is
+        // idempotent (the outbox and the cursor move only on the server's answers), so going on
+        // elsewhere after a cut loses and duplicates nothing. An answer from a server, even a
+        // refusal, is final: every address is the same server.
+        let mut tried = config.clone();
+        let mut result = self.sync_with(&tried, progress);
+        for next in &config.alternates {
+            match &result {
+                Err(CoreError::Network { retryable: true, .. }) => {
+                    tried.server = next.clone();
+                    result = self.sync_with(&tried, progress);
+                }
+                _ => break,
+            }
+        }
+        result
+    }
+
+    fn sync_with(&self, config: &SyncConfig, progress: &mut dyn FnMut(&SyncProgress)) -> Result<SyncReport> {
         let client = http_client(&config.server, config.ca_fingerprint.as_deref(), config.timeout)?;
         let url = format!("{}/v1/sync", config.server);
         let mut report = SyncReport::default();

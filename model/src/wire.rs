@@ -271,13 +271,20 @@ fn is_zero_i64(v: &i64) -> bool {
 /// What an enrolment QR code carries: where the district's server is, the one-time code, and the
 /// SHA-256 fingerprint of the district CA the phone must trust (absent for a loopback demo).
 ///
-/// Text form: `gridwork:enrol?server=https://sync.example:8443&code=K7M2QX&ca=<64 hex digits>`.
+/// Text form: `gridwork:enrol?server=https://sync.example:8443&code=K7M2QX&ca=<64 hex digits>`,
+/// and `&also=URL` for each other address of the same server (more instances of it): a phone
+/// that cannot reach `server` syncs with the next (docs/PROTOCOL.md, "Enrolment").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnrolmentCode {
     pub server: String,
     pub code: String,
     pub ca_fingerprint: Option<String>,
+    /// Other addresses of the same server, tried in order when `server` cannot be reached.
+    pub alternates: Vec<String>,
 }
+
+/// At most this many other addresses in one code (it must still fit a QR code).
+pub const MAX_ALTERNATE_SERVERS: usize = 4;
 
 impl EnrolmentCode {
     pub fn to_uri(&self) -> String {
@@ -285,6 +292,10 @@ impl EnrolmentCode {
         if let Some(ca) = &self.ca_fingerprint {
             s.push_str("&ca=");
             s.push_str(ca);
+        }
+        for also in &self.alternates {
+            s.push_str("&also=");
+            s.push_str(also);
         }
         s
     }
@@ -296,6 +307,7 @@ impl EnrolmentCode {
             .strip_prefix("gridwork:enrol?")
             .ok_or("not a Gridwork enrolment code (it should start with gridwork:enrol?)")?;
         let (mut server, mut code, mut ca) = (None, None, None);
+        let mut alternates: Vec<String> = vec![];
         // Each value is trimmed: a code that ends in a space in the scanned text would otherwise
         // keep it, and lose it when written back as the last field (found by fuzzing).
         for pair in query.split('&') {
@@ -303,6 +315,7 @@ impl EnrolmentCode {
                 Some(("server", v)) => server = Some(v.to_owned()),
                 Some(("code", v)) => code = Some(v.to_owned()),
                 Some(("ca", v)) => ca = Some(v.to_ascii_lowercase()),
+                Some(("also", v)) if !v.is_empty() => alternates.push(v.to_owned()),
                 _ => {} // later versions may add fields
             }
         }
@@ -313,16 +326,24 @@ impl EnrolmentCode {
                 return Err("the CA fingerprint in the enrolment code is damaged: scan it again".into());
             }
         }
-        if server.starts_with("https://") && ca.is_none() {
-            return Err("an https server needs the CA fingerprint in the enrolment code".into());
+        if alternates.len() > MAX_ALTERNATE_SERVERS {
+            return Err(format!("the enrolment code names more than {MAX_ALTERNATE_SERVERS} other addresses"));
         }
-        Ok(EnrolmentCode { server, code, ca_fingerprint: ca })
+        for address in std::iter::once(&server).chain(&alternates) {
+            if address.starts_with("https://") && ca.is_none() {
+                return Err("an https server needs the CA fingerprint in the enrolment code".into());
+            }
+            if !address.starts_with("https://") && !address.starts_with("http://") {
+                return Err(format!("{address:?} in the enrolment code is not an http(s) address"));
+            }
+        }
+        Ok(EnrolmentCode { server, code, ca_fingerprint: ca, alternates })
     }
 }
 
 #[cfg(test)]
 mod enrolment_code_tests {
-    use super::EnrolmentCode;
+    use super::{EnrolmentCode, MAX_ALTERNATE_SERVERS};
 
     #[test]
     fn round_trips_and_refuses_damaged_codes() {
@@ -330,8 +351,13 @@ mod enrolment_code_tests {
             server: "https://sync.example:8443".into(),
             code: "K7M2QX".into(),
             ca_fingerprint: Some("ab".repeat(32)),
+            alternates: vec!["https://sync2.example:8443".into()],
         };
         assert_eq!(EnrolmentCode::parse(&c.to_uri()), Ok(c.clone()));
+        assert!(c.to_uri().ends_with("&also=https://sync2.example:8443"));
+        let too_many = format!("{}{}", c.to_uri(), "&also=https://x.example".repeat(MAX_ALTERNATE_SERVERS));
+        assert!(EnrolmentCode::parse(&too_many).is_err(), "a bounded list");
+        assert!(EnrolmentCode::parse(&format!("{}&also=ftp://x", c.to_uri())).is_err(), "http(s) only");
         let without_ca = c.to_uri().replace(&format!("&ca={}", "ab".repeat(32)), "");
         assert!(EnrolmentCode::parse(&without_ca).is_err(), "https without a CA pin");
         assert!(EnrolmentCode::parse(&c.to_uri().replace("abab", "zzzz")).is_err());
@@ -340,8 +366,12 @@ mod enrolment_code_tests {
         assert_eq!(spaced.code, "K7M2QX");
         assert_eq!(EnrolmentCode::parse(&spaced.to_uri()), Ok(spaced));
         assert!(EnrolmentCode::parse("gridwork:enrol?code= &server=http://127.0.0.1:8080").is_err(), "a blank code");
-        let local =
-            EnrolmentCode { server: "http://127.0.0.1:8080".into(), code: "K7M2QX".into(), ca_fingerprint: None };
+        let local = EnrolmentCode {
+            server: "http://127.0.0.1:8080".into(),
+            code: "K7M2QX".into(),
+            ca_fingerprint: None,
+            alternates: vec![],
+        };
         assert_eq!(EnrolmentCode::parse(&local.to_uri()), Ok(local));
     }
 }

@@ -100,9 +100,10 @@ enum AdminCommand {
     /// A device for this person and its one-time enrolment code.
     EnrolDevice {
         user: String,
-        /// The address phones reach [default: http(s)://127.0.0.1:8080].
-        #[arg(long)]
-        server: Option<String>,
+        /// The address phones reach [default: http(s)://127.0.0.1:8080]; repeat for the other
+        /// instances of the server: phones try them in order when one cannot be reached.
+        #[arg(long = "server")]
+        servers: Vec<String>,
     },
     /// A worker leaves: the device may push what it holds and receives nothing new.
     RetireDevice { device: String },
@@ -256,16 +257,22 @@ fn admin(data_dir: &Path, store_url: Option<&str>, command: AdminCommand) -> Res
             console.set_password(&user, &password, now_ms()).map_err(|e| e.to_string())?;
             println!("{user} can sign in to /console");
         }
-        AdminCommand::EnrolDevice { user, server } => {
+        AdminCommand::EnrolDevice { user, servers } => {
             let files = TlsFiles::in_data_dir(data_dir);
             let ca_fingerprint =
                 if files.exists() { Some(files.ca_fingerprint().map_err(|e| e.to_string())?) } else { None };
             let default_server =
                 if ca_fingerprint.is_some() { "https://127.0.0.1:8080" } else { "http://127.0.0.1:8080" };
-            let server = server.unwrap_or_else(|| default_server.into());
+            let mut servers = servers.into_iter();
+            let server = servers.next().unwrap_or_else(|| default_server.into());
+            let alternates: Vec<String> = servers.collect();
+            // The addresses are checked before a device is made for them.
+            let mut enrolment = EnrolmentCode { server, code: "check".into(), ca_fingerprint, alternates };
+            EnrolmentCode::parse(&enrolment.to_uri()).map_err(|e| format!("--server: {e}"))?;
             let (id, code) = store.enrol_device(&user, now_ms()).map_err(|e| e.to_string())?;
             println!("device {id} for {user}; one-time enrolment code: {code}");
-            println!("{}", EnrolmentCode { server, code, ca_fingerprint }.to_uri());
+            enrolment.code = code;
+            println!("{}", enrolment.to_uri());
         }
         AdminCommand::RetireDevice { device } => {
             store.retire_device(&device, now_ms()).map_err(|e| e.to_string())?;

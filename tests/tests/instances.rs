@@ -205,3 +205,53 @@ fn a_restored_postgres_store_gets_back_from_the_phones_what_came_after_the_backu
     assert!(report.reoffered > 0, "{report:?}");
     assert_eq!(restored.counts().expect("counts").1, 5, "the phone brought back what came after the backup");
 }
+
+/// A phone enrolled with two addresses of the server keeps syncing when the first instance is
+/// gone: the sync goes on with the next address, and nothing is lost or sent twice.
+#[test]
+fn a_phone_fails_over_to_the_next_address_when_its_instance_is_gone() {
+    let db = gridwork_tests::pg::fresh_database().expect("a PostgreSQL database");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (instance(&db, dir.path()), instance(&db, dir.path()));
+    a.import_catalog(&district(4)).expect("catalog");
+    a.set_user("w1", Role::Worker, None, &[Scope::Grid("g0".into())]).expect("w1");
+    let start = |s: &Arc<PgStore>| {
+        gridwork_sync_server::start(s.clone() as Arc<dyn SyncStore>, "127.0.0.1:0".parse().expect("addr"))
+            .expect("server")
+    };
+    let (server_a, server_b) = (start(&a), start(&b));
+    // The enrolment code names both instances; the phone keeps both.
+    let (_, code) = a.enrol_device("w1", 0).expect("enrol");
+    let uri = gridwork_model::wire::EnrolmentCode {
+        server: server_a.url(),
+        code,
+        ca_fingerprint: None,
+        alternates: vec![server_b.url()],
+    }
+    .to_uri();
+    let parsed = gridwork_model::wire::EnrolmentCode::parse(&uri).expect("the code parses");
+    let e = enrol(&parsed.server, &parsed.code, None, "0.1.0").expect("redeem");
+    let dir_phone = tempfile::tempdir().expect("tempdir");
+    let store = open_device(dir_phone.path(), identity_from_enrolment(&e), &district(4), None).expect("device");
+    let mut config = SyncConfig::new(parsed.server.clone(), e.token);
+    config.alternates = parsed.alternates.clone();
+    config.max_attempts = 1;
+    let catalog = district(4);
+    let mut rng = Rng::new(3);
+    for _ in 0..3 {
+        store.capture_case(random_case(&mut rng, &catalog, 0, 0)).expect("capture");
+    }
+    store.sync(&config, &mut |_| {}).expect("first sync, through instance a");
+    drop(server_a);
+    for _ in 0..2 {
+        store.capture_case(random_case(&mut rng, &catalog, 0, 0)).expect("capture");
+    }
+    let report = store.sync(&config, &mut |_| {}).expect("the sync goes on with instance b");
+    assert_eq!(report.accepted, 2, "{report:?}");
+    assert_eq!(store.outbox_len().expect("outbox"), 0);
+    assert_eq!(b.counts().expect("counts").1, 5, "every case once");
+    // Without the other address the same phone cannot sync.
+    config.alternates.clear();
+    assert!(store.sync(&config, &mut |_| {}).is_err(), "the first instance is gone");
+    drop(server_b);
+}

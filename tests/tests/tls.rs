@@ -48,7 +48,8 @@ fn a_phone_enrols_and_syncs_over_tls_trusting_only_the_pinned_district_ca() {
     assert!(matches!(enrol("http://10.0.0.1:8080", &code, None, "0.1.0"), Err(CoreError::InvalidConfig { .. })));
 
     // The code was not spent by the refused attempts; the right pin works, from the scanned text.
-    let scanned = EnrolmentCode { server: url.clone(), code, ca_fingerprint: Some(fp.clone()) }.to_uri();
+    let scanned =
+        EnrolmentCode { server: url.clone(), code, ca_fingerprint: Some(fp.clone()), alternates: vec![] }.to_uri();
     let parsed = EnrolmentCode::parse(&scanned).expect("parse");
     let e = enrol(&parsed.server, &parsed.code, parsed.ca_fingerprint.as_deref(), "0.1.0").expect("enrol over TLS");
     let phone_dir = tempfile::tempdir().expect("tempdir");

@@ -817,6 +817,7 @@ fn admin_change(
                 server: server_url.to_owned(),
                 code: code.clone(),
                 ca_fingerprint: console.ca_fingerprint(),
+                alternates: vec![],
             }
             .to_uri();
             return Ok(AdminOutcome::Enrolled { for_user, device, code, uri });

@@ -64,6 +64,7 @@ fn rust_round(dir: &Path, photo: &[u8], args: &Args) -> Result<Samples, String> 
         user: USER.into(),
         role: "worker".into(),
         department: None,
+        alternates: vec![],
     };
     let store = GridworkStore::open(dir.display().to_string(), DEMO_KEY.to_vec(), enrolment)
         .map_err(|e| format!("opening the bench store: {e}"))?;
