@@ -306,39 +306,18 @@ fn admin(data_dir: &Path, store_url: Option<&str>, command: AdminCommand) -> Res
 }
 
 fn run(cli: Cli) -> Result<(), String> {
+    // Backup and restore work on the directory (the embedded store) or the database, not
+    // through an open store.
     let postgres = cli.store.clone().filter(|s| s != "sqlite");
-    match (&cli.command, &postgres) {
-        (Command::Backup { dest }, Some(url)) => {
-            let m = gridwork_sync_server::store::postgres::backup::backup(url, data_dir(&cli.data_dir)?, dest)
-                .map_err(|e| e.to_string())?;
-            println!(
-                "backup in {}: epoch {}, up to change {}, {} blobs ({} bytes)",
-                dest.display(),
-                m.epoch,
-                m.last_seq,
-                m.blobs,
-                m.blob_bytes
-            );
-            return Ok(());
-        }
-        (Command::Restore { from }, Some(url)) => {
-            let r = gridwork_sync_server::store::postgres::backup::restore(from, url, data_dir(&cli.data_dir)?)
-                .map_err(|e| e.to_string())?;
-            println!(
-                "restored {} (up to change {}) into {url}; new epoch {}: phones re-offer what they hold on their next sync",
-                from.display(),
-                r.manifest.last_seq,
-                r.new_epoch
-            );
-            return Ok(());
-        }
-        _ => {}
-    }
     match cli.command {
         Command::Serve { config, settings } => serve(cli.data_dir.as_deref(), cli.store, config, settings),
-        // Backup and restore work on the directory, not through an open store.
         Command::Backup { dest } => {
-            let m = gridwork_sync_server::backup::backup(data_dir(&cli.data_dir)?, &dest).map_err(|e| e.to_string())?;
+            let dir = data_dir(&cli.data_dir)?;
+            let m = match &postgres {
+                Some(url) => gridwork_sync_server::store::postgres::backup::backup(url, dir, &dest),
+                None => gridwork_sync_server::backup::backup(dir, &dest),
+            }
+            .map_err(|e| e.to_string())?;
             println!(
                 "backup in {}: epoch {}, up to change {}, {} blobs ({} bytes)",
                 dest.display(),
@@ -351,15 +330,18 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Restore { from } => {
             let dir = data_dir(&cli.data_dir)?;
-            let r = gridwork_sync_server::backup::restore(&from, dir).map_err(|e| e.to_string())?;
+            let (r, into) = match &postgres {
+                Some(url) => (gridwork_sync_server::store::postgres::backup::restore(&from, url, dir), url.clone()),
+                None => (gridwork_sync_server::backup::restore(&from, dir), dir.display().to_string()),
+            };
+            let r = r.map_err(|e| e.to_string())?;
             if let Some(aside) = &r.moved_aside {
                 println!("the data directory's previous contents are in {} (nothing deleted)", aside.display());
             }
             println!(
-                "restored {} (up to change {}) into {}; new epoch {}: phones re-offer what they hold on their next sync",
+                "restored {} (up to change {}) into {into}; new epoch {}: phones re-offer what they hold on their next sync",
                 from.display(),
                 r.manifest.last_seq,
-                dir.display(),
                 r.new_epoch
             );
             Ok(())
