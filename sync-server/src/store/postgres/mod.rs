@@ -93,10 +93,6 @@ impl Drop for Conn {
     }
 }
 
-fn close(conn: Conn) {
-    drop(conn);
-}
-
 /// One device's push, waiting for the writer.
 struct Queued {
     job: PushJob,
@@ -220,7 +216,7 @@ impl PgStore {
         match pooled {
             Some(c) if !c.is_closed() => Ok(c),
             Some(c) => {
-                close(c);
+                drop(c);
                 Self::connect(&self.config)
             }
             None => Self::connect(&self.config),
@@ -233,7 +229,7 @@ impl PgStore {
             pool.push(conn);
         } else {
             drop(pool);
-            close(conn);
+            drop(conn);
         }
     }
 
@@ -241,7 +237,7 @@ impl PgStore {
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         if conn.is_closed() {
             // The database went away and came back: a new connection, and a new statement cache.
-            close(std::mem::replace(&mut *conn, Self::connect(&self.config)?));
+            drop(std::mem::replace(&mut *conn, Self::connect(&self.config)?));
         }
         Ok(conn)
     }
@@ -415,8 +411,8 @@ impl Backend for PgStore {
 }
 
 impl Drop for PgStore {
-    /// Sightings not yet written are written on the way out (best effort: only timestamps), and
-    /// the connections closed, on a thread that drives no tokio runtime (see [`close`]).
+    /// Sightings not yet written are written on the way out (best effort: only timestamps), on a
+    /// thread that drives no tokio runtime (see `Conn`'s `Drop`).
     fn drop(&mut self) {
         let flush = |store: &PgStore| {
             if let Err(e) = store.flush_seen() {
@@ -429,9 +425,6 @@ impl Drop for PgStore {
             });
         } else {
             flush(self);
-        }
-        for c in std::mem::take(&mut *self.readers.lock().unwrap_or_else(|p| p.into_inner())) {
-            close(c);
         }
     }
 }
