@@ -23,7 +23,6 @@ use gridwork_model::geo::Location;
 use gridwork_model::ids::{DeviceId, GridId, UserId};
 use gridwork_model::lifecycle::{fold, Event, EventKind};
 use gridwork_model::wire::{ItemResult, Outcome, SyncRequest};
-use sha2::{Digest, Sha256};
 
 use crate::error::{Result, ServerError};
 use crate::ingest::{read_change, ChangeFacts};
@@ -33,6 +32,7 @@ use crate::records::RecordFacts;
 use crate::store::port::{
     CaseRow, NewRecord, ParkedChange, QuarantineEntry, Quarantined, ReadTx, StoredChange, WriteTx,
 };
+use crate::store::values::{json, sha256_hex};
 use crate::store::Device;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -119,14 +119,6 @@ struct CaseFields {
     code: Option<String>,
     reporter: Option<String>,
     position: Option<(f64, f64)>,
-}
-
-fn sha256_hex(s: &str) -> String {
-    hex::encode(Sha256::digest(s.as_bytes()))
-}
-
-fn json<T: serde::Serialize>(v: &T) -> Result<String> {
-    serde_json::to_string(v).map_err(|e| ServerError::Internal(e.to_string()))
 }
 
 /// The device a change is attributed to, by id: one the server enrolled.

@@ -12,26 +12,16 @@ use gridwork_model::catalog::{Catalog, Role};
 use gridwork_model::wire::{
     BlobOwner, BlobStatus, EnrolRequest, EnrolResponse, SyncRequest, SyncResponse, PROTOCOL_VERSION,
 };
-use sha2::{Digest, Sha256};
 
 use super::pull::{add_whole_documents, parse_cursor, pull, told_scopes};
 use super::push::{case_access, device_scopes, subject, PushJob, Pushed};
 use crate::blobs::{Begun, Writer};
 use crate::error::{Result, ServerError};
 use crate::store::port::{read, write, Backend, BlobLinkOwner, ReadTx, WriteTx};
+use crate::store::values::{random_hex, sha256_hex};
 use crate::store::{AdminStore, Device, DeviceInfo, OperatorStats, QuarantinedItem, SyncStore};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-fn sha256_hex(s: &str) -> String {
-    hex::encode(Sha256::digest(s.as_bytes()))
-}
-
-fn random_hex(bytes: usize) -> Result<String> {
-    let mut b = vec![0u8; bytes];
-    getrandom::fill(&mut b).map_err(|e| ServerError::Internal(format!("no randomness: {e}")))?;
-    Ok(hex::encode(b))
-}
 
 /// Six characters of Crockford base32 (no I, L, O, U): about a billion codes, easy to read aloud.
 fn short_code() -> Result<String> {

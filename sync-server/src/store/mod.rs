@@ -6,6 +6,7 @@ pub mod console;
 pub mod port;
 pub mod postgres;
 mod sqlite;
+pub(crate) mod values;
 
 /// A record body as the server reads it (public for the fuzz targets in `gridwork-tests`).
 pub use crate::records::RecordFacts;

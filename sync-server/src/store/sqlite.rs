@@ -20,6 +20,7 @@ mod port;
 pub(super) mod records;
 
 use super::port::{Backend, ReadTx, WriteTx};
+use super::values::{json, random_hex, sha256_hex, stored_role as parse_role};
 use super::{Device, DeviceInfo, QuarantinedItem};
 use crate::blobs::BlobFiles;
 use crate::error::{Result, ServerError};
@@ -63,24 +64,6 @@ impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore").field("epoch", &self.epoch).finish_non_exhaustive()
     }
-}
-
-fn random_hex(bytes: usize) -> Result<String> {
-    let mut b = vec![0u8; bytes];
-    getrandom::fill(&mut b).map_err(|e| ServerError::Internal(format!("no randomness: {e}")))?;
-    Ok(hex::encode(b))
-}
-
-fn sha256_hex(s: &str) -> String {
-    hex::encode(Sha256::digest(s.as_bytes()))
-}
-
-fn parse_role(s: &str) -> Result<Role> {
-    Role::parse(s).ok_or_else(|| ServerError::Internal(format!("stored role {s:?} is unknown")))
-}
-
-fn json<T: serde::Serialize>(v: &T) -> Result<String> {
-    serde_json::to_string(v).map_err(|e| ServerError::Internal(e.to_string()))
 }
 
 /// `execute` through the statement cache: the ingest path runs the same few statements for every

@@ -25,6 +25,7 @@ use gridwork_model::wire::ItemResult;
 use postgres::{Client, IsolationLevel, NoTls};
 
 use super::port::{Backend, ReadTx, WriteTx};
+use super::values::random_hex;
 use crate::blobs::BlobFiles;
 use crate::error::{Result, ServerError};
 use crate::places::Places;
@@ -116,12 +117,6 @@ impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgStore").field("epoch", &self.epoch).finish_non_exhaustive()
     }
-}
-
-fn random_hex(bytes: usize) -> Result<String> {
-    let mut b = vec![0u8; bytes];
-    getrandom::fill(&mut b).map_err(|e| ServerError::Internal(format!("no randomness: {e}")))?;
-    Ok(hex::encode(b))
 }
 
 impl PgStore {

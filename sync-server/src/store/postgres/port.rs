@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use gridwork_model::catalog::{Catalog, Category, Department, Grid, Role};
+use gridwork_model::catalog::{Catalog, Category, Department, Grid};
 use postgres::types::ToSql;
 use postgres::{Row, Statement, Transaction};
 
@@ -13,6 +13,7 @@ use crate::store::port::{
     BlobLinkOwner, CaseRow, CaseRowNow, ChangeBytes, DeviceRow, NewRecord, ParkedChange, QuarantineEntry, Quarantined,
     ReadTx, StoredChange, Whereabouts, WriteTx,
 };
+use crate::store::values::{json, stored_role};
 use crate::store::{Device, QuarantinedItem};
 
 /// Statements prepared on one connection, by their SQL.
@@ -36,14 +37,6 @@ impl std::fmt::Debug for PgTx<'_, '_> {
 }
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
-
-fn role(s: &str) -> Result<Role> {
-    Role::parse(s).ok_or_else(|| ServerError::Internal(format!("stored role {s:?} is unknown")))
-}
-
-fn json<T: serde::Serialize>(v: &T) -> Result<String> {
-    serde_json::to_string(v).map_err(|e| ServerError::Internal(e.to_string()))
-}
 
 fn device_row(r: &Row) -> DeviceRow {
     DeviceRow {
@@ -143,7 +136,13 @@ impl ReadTx for PgTx<'_, '_> {
             &[&id],
         )?;
         row.map(|r| {
-            Ok(Device { id: r.get(0), user: r.get(1), role: role(r.get(2))?, department: r.get(3), retired: r.get(4) })
+            Ok(Device {
+                id: r.get(0),
+                user: r.get(1),
+                role: stored_role(r.get(2))?,
+                department: r.get(3),
+                retired: r.get(4),
+            })
         })
         .transpose()
     }
@@ -270,7 +269,13 @@ impl ReadTx for PgTx<'_, '_> {
         row.map(|r| {
             Ok((
                 r.get(0),
-                Device { id: r.get(1), user: r.get(2), role: role(r.get(3))?, department: r.get(4), retired: r.get(5) },
+                Device {
+                    id: r.get(1),
+                    user: r.get(2),
+                    role: stored_role(r.get(3))?,
+                    department: r.get(4),
+                    retired: r.get(5),
+                },
             ))
         })
         .transpose()
