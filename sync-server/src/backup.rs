@@ -19,7 +19,7 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::error::{Result, ServerError};
 
 pub(crate) const MANIFEST: &str = "gridwork-backup.json";
-const DB: &str = "server.db";
+const DB: &str = crate::store::SQLITE_FILE;
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> ServerError + '_ {
     move |e| ServerError::io(path, e)
@@ -146,7 +146,18 @@ pub fn restore(backup_dir: &Path, data_dir: &Path) -> Result<Restored> {
         Ok(new_epoch)
     })();
     match restored {
-        Ok(new_epoch) => Ok(Restored { manifest, new_epoch, moved_aside }),
+        Ok(new_epoch) => {
+            // A city's districts are stores of their own, backed up and restored one by one
+            // (`--district`): restoring the city centre's store leaves them where they were.
+            if let Some(aside) = &moved_aside {
+                let districts = aside.join(crate::city::DISTRICTS_DIR);
+                if districts.is_dir() {
+                    let to = data_dir.join(crate::city::DISTRICTS_DIR);
+                    fs::rename(&districts, &to).map_err(io(&to))?;
+                }
+            }
+            Ok(Restored { manifest, new_epoch, moved_aside })
+        }
         Err(e) => {
             // Put the data directory back as it was (a full disk, say): what was copied is only
             // a copy of what the backup still holds, so it goes, and the previous contents return.

@@ -16,6 +16,7 @@ pub mod allocator;
 pub mod backup;
 pub mod blobs;
 pub mod change_ops;
+pub mod city;
 pub mod clock;
 pub mod config;
 pub mod console;

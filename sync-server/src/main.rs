@@ -11,11 +11,12 @@ use gridwork_model::access::Scope;
 use gridwork_model::catalog::{Catalog, Role};
 use gridwork_model::geo::Datum;
 use gridwork_model::wire::EnrolmentCode;
+use gridwork_sync_server::city::{City, DistrictAdmin, DistrictId, Member, StoreKind};
 use gridwork_sync_server::clock::now_ms;
 use gridwork_sync_server::config::{LogFormat, Resolved, ServeSettings, StoreLocation, TlsChoice};
 use gridwork_sync_server::grids;
 use gridwork_sync_server::tls::TlsFiles;
-use gridwork_sync_server::{AdminStore, PgStore, SqliteStore, SyncStore};
+use gridwork_sync_server::SyncStore;
 
 /// mimalloc instead of glibc's malloc (ADR 14): a push allocates many small short-lived values
 /// across threads (parsed changes, rows, JSON), and glibc's allocator took a seventh of the
@@ -34,6 +35,11 @@ struct Cli {
     /// (evidence blobs and TLS files stay in --data-dir, a directory every instance shares).
     #[arg(long, global = true, env = "GRIDWORK_STORE")]
     store: Option<String>,
+    /// The district of a city deployment this command acts on (added with `admin add-district`);
+    /// without it, the city centre's own store (a single district's deployment). `serve` serves
+    /// every district.
+    #[arg(long, global = true, env = "GRIDWORK_DISTRICT")]
+    district: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -117,6 +123,10 @@ enum AdminCommand {
     Release { key: String },
     /// Keep a quarantined item stored, out of every scope.
     Reject { key: String },
+    /// Add a district to this city deployment (its own store; `serve` serves it once restarted).
+    AddDistrict { district: String },
+    /// The districts of this deployment, one per line.
+    ListDistricts,
 }
 
 /// Structured logs on stderr. Events carry device ids, never people's names or case text.
@@ -135,24 +145,14 @@ fn data_dir(cli: &Option<PathBuf>) -> Result<&Path, String> {
     cli.as_deref().ok_or_else(|| "--data-dir DIR (or GRIDWORK_DATA_DIR) is required for this command".to_owned())
 }
 
-/// The store, through the two traits every backend implements.
-struct Opened {
-    sync: Arc<dyn SyncStore>,
-    admin: Arc<dyn AdminStore>,
+/// The `--district` a command names, checked.
+fn district(cli: &Option<String>) -> Result<Option<DistrictId>, String> {
+    cli.as_deref().map(DistrictId::parse).transpose().map_err(|e| e.to_string())
 }
 
-fn open(data_dir: &Path, store: Option<&str>) -> Result<Opened, String> {
-    match store {
-        None | Some("sqlite") => {
-            let s = Arc::new(SqliteStore::open(data_dir).map_err(|e| e.to_string())?);
-            Ok(Opened { sync: s.clone(), admin: s })
-        }
-        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            let s = Arc::new(PgStore::open(url, data_dir).map_err(|e| e.to_string())?);
-            Ok(Opened { sync: s.clone(), admin: s })
-        }
-        Some(other) => Err(format!("--store {other:?}: use `sqlite` or a postgres:// URL")),
-    }
+/// The store a command acts on: the city centre's, or one district's.
+fn open(data_dir: &Path, store: Option<&str>, district: Option<&DistrictId>) -> Result<Member, String> {
+    StoreKind::parse(store).and_then(|kind| kind.open(data_dir, district)).map_err(|e| e.to_string())
 }
 
 fn serve(
@@ -178,7 +178,13 @@ fn serve(
             Some(url.as_str()),
         ),
     };
-    let store = open(&dir, url)?.sync;
+    let kind = StoreKind::parse(url).map_err(|e| e.to_string())?;
+    let city = City::open(&kind, &dir).map_err(|e| e.to_string())?;
+    let districts = city.district_ids();
+    if !districts.is_empty() {
+        tracing::info!(?districts, "serving a city of districts");
+    }
+    let store: Arc<dyn SyncStore> = Arc::new(city);
     let tls_files = match &tls {
         TlsChoice::Auto => Some(TlsFiles::in_data_dir(&dir)).filter(TlsFiles::exists),
         TlsChoice::Off => None,
@@ -210,7 +216,12 @@ fn serve(
     }
 }
 
-fn admin(data_dir: &Path, store_url: Option<&str>, command: AdminCommand) -> Result<(), String> {
+fn admin(
+    data_dir: &Path,
+    store_url: Option<&str>,
+    district: Option<DistrictId>,
+    command: AdminCommand,
+) -> Result<(), String> {
     if let AdminCommand::InitTls { hosts } = &command {
         let files = TlsFiles::in_data_dir(data_dir);
         let fp = files.init(hosts).map_err(|e| e.to_string())?;
@@ -218,9 +229,33 @@ fn admin(data_dir: &Path, store_url: Option<&str>, command: AdminCommand) -> Res
         println!("restart `serve` to use it; enrolment codes made from now on carry the fingerprint");
         return Ok(());
     }
-    let Opened { sync, admin: store } = open(data_dir, store_url)?;
+    match &command {
+        AdminCommand::AddDistrict { district } => {
+            let d = DistrictId::parse(district).map_err(|e| e.to_string())?;
+            let kind = StoreKind::parse(store_url).map_err(|e| e.to_string())?;
+            let new = kind.add_district(data_dir, &d).map_err(|e| e.to_string())?;
+            if new {
+                println!(
+                    "district {d} added; import its catalog and people with `--district {d}`, then restart `serve`"
+                );
+            } else {
+                println!("district {d} already exists; nothing changed");
+            }
+            return Ok(());
+        }
+        AdminCommand::ListDistricts => {
+            let kind = StoreKind::parse(store_url).map_err(|e| e.to_string())?;
+            for d in kind.districts(data_dir).map_err(|e| e.to_string())? {
+                println!("{d}");
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
+    let Member { sync, admin: store } = open(data_dir, store_url, district.as_ref())?;
+    let scoped = DistrictAdmin { district, store: store.clone() };
     match command {
-        AdminCommand::InitTls { .. } => {}
+        AdminCommand::InitTls { .. } | AdminCommand::AddDistrict { .. } | AdminCommand::ListDistricts => {}
         AdminCommand::ImportCatalog { file } => {
             let text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
             let catalog: Catalog =
@@ -255,7 +290,7 @@ fn admin(data_dir: &Path, store_url: Option<&str>, command: AdminCommand) -> Res
             let console =
                 sync.console().ok_or("this store has no console (the embedded store has; PostgreSQL's is to come)")?;
             console.set_password(&user, &password, now_ms()).map_err(|e| e.to_string())?;
-            println!("{user} can sign in to /console");
+            println!("{user} can sign in to /console as {}", scoped.sign_in_name(&user));
         }
         AdminCommand::EnrolDevice { user, servers } => {
             let files = TlsFiles::in_data_dir(data_dir);
@@ -269,7 +304,7 @@ fn admin(data_dir: &Path, store_url: Option<&str>, command: AdminCommand) -> Res
             // The addresses are checked before a device is made for them.
             let mut enrolment = EnrolmentCode { server, code: "check".into(), ca_fingerprint, alternates };
             EnrolmentCode::parse(&enrolment.to_uri()).map_err(|e| format!("--server: {e}"))?;
-            let (id, code) = store.enrol_device(&user, now_ms()).map_err(|e| e.to_string())?;
+            let (id, code) = scoped.enrol_device(&user, now_ms()).map_err(|e| e.to_string())?;
             println!("device {id} for {user}; one-time enrolment code: {code}");
             enrolment.code = code;
             println!("{}", enrolment.to_uri());
@@ -312,9 +347,11 @@ fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Serve { config, settings } => serve(cli.data_dir.as_deref(), cli.store, config, settings),
         Command::Backup { dest } => {
-            let dir = data_dir(&cli.data_dir)?;
+            let district = district(&cli.district)?;
+            let dir = &StoreKind::dir(data_dir(&cli.data_dir)?, district.as_ref());
+            let schema = district.as_ref().map(DistrictId::schema);
             let m = match &postgres {
-                Some(url) => gridwork_sync_server::store::postgres::backup::backup(url, dir, &dest),
+                Some(url) => gridwork_sync_server::store::postgres::backup::backup(url, schema.as_deref(), dir, &dest),
                 None => gridwork_sync_server::backup::backup(dir, &dest),
             }
             .map_err(|e| e.to_string())?;
@@ -329,9 +366,14 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Restore { from } => {
-            let dir = data_dir(&cli.data_dir)?;
+            let district = district(&cli.district)?;
+            let dir = &StoreKind::dir(data_dir(&cli.data_dir)?, district.as_ref());
+            let schema = district.as_ref().map(DistrictId::schema);
             let (r, into) = match &postgres {
-                Some(url) => (gridwork_sync_server::store::postgres::backup::restore(&from, url, dir), url.clone()),
+                Some(url) => (
+                    gridwork_sync_server::store::postgres::backup::restore(&from, url, schema.as_deref(), dir),
+                    url.clone(),
+                ),
                 None => (gridwork_sync_server::backup::restore(&from, dir), dir.display().to_string()),
             };
             let r = r.map_err(|e| e.to_string())?;
@@ -348,7 +390,7 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Grids(GridsCommand::Import { file, datum }) => {
             let datum = if datum == "gcj02" { Datum::Gcj02 } else { Datum::Wgs84 };
-            let store = open(data_dir(&cli.data_dir)?, cli.store.as_deref())?.admin;
+            let store = open(data_dir(&cli.data_dir)?, cli.store.as_deref(), district(&cli.district)?.as_ref())?.admin;
             let name = file.display();
             let text = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {name}: {e}"))?;
             let parsed = grids::parse(&text, datum).map_err(|e| format!("{name} refused, nothing imported: {e}"))?;
@@ -365,7 +407,9 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
-        Command::Admin(command) => admin(data_dir(&cli.data_dir)?, cli.store.as_deref(), command),
+        Command::Admin(command) => {
+            admin(data_dir(&cli.data_dir)?, cli.store.as_deref(), district(&cli.district)?, command)
+        }
     }
 }
 

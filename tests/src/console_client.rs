@@ -59,6 +59,11 @@ impl ConsoleClient {
         Ok(Page { status, location, body: resp.text().map_err(|e| e.to_string())? })
     }
 
+    /// Sets a cookie as a browser's user could (to test that the server does not trust it).
+    pub fn set_cookie(&mut self, name: &str, value: &str) {
+        self.cookies.insert(name.to_owned(), value.to_owned());
+    }
+
     pub fn get(&mut self, url: &str) -> Result<Page, String> {
         let resp = self.client.get(url).header("cookie", self.cookie_header()).send().map_err(|e| e.to_string())?;
         self.keep(resp)

@@ -183,18 +183,18 @@ fn a_restored_postgres_store_gets_back_from_the_phones_what_came_after_the_backu
     capture(&w1, 3);
     w1.store.sync(&w1.config, &mut |_| {}).expect("sync");
     let dest = backups.path().join("b1");
-    let m = backup::backup(&db, dir.path(), &dest).expect("backup while serving");
+    let m = backup::backup(&db, None, dir.path(), &dest).expect("backup while serving");
     assert!(m.last_seq > 0);
-    assert!(backup::backup(&db, dir.path(), &dest).is_err(), "never into a non-empty directory");
+    assert!(backup::backup(&db, None, dir.path(), &dest).is_err(), "never into a non-empty directory");
     capture(&w1, 2);
     w1.store.sync(&w1.config, &mut |_| {}).expect("sync after the backup");
     drop(server);
 
     // Restoring over a database that holds a store is refused; into a new one it works.
     let restored_dir = tempfile::tempdir().expect("tempdir");
-    assert!(backup::restore(&dest, &db, restored_dir.path()).is_err(), "nothing is overwritten");
+    assert!(backup::restore(&dest, &db, None, restored_dir.path()).is_err(), "nothing is overwritten");
     let db2 = gridwork_tests::pg::fresh_database().expect("a second database");
-    let r = backup::restore(&dest, &db2, restored_dir.path()).expect("restore");
+    let r = backup::restore(&dest, &db2, None, restored_dir.path()).expect("restore");
     assert_ne!(r.new_epoch, m.epoch);
     let restored = instance(&db2, restored_dir.path());
     assert_eq!(restored.counts().expect("counts").1, 3, "the backup's moment");

@@ -54,6 +54,11 @@ impl Lang {
 
 /// (key, Chinese, English).
 const WORDS: &[(&str, &str, &str)] = &[
+    ("districts", "各区", "Districts"),
+    ("city_centre", "市中心", "City centre"),
+    ("look_at", "查看", "Look at"),
+    ("looking_at", "正在查看", "Looking at"),
+    ("sign_in_hint", "多区部署中请以 用户名@区 登录", "In a city of districts, sign in as name@district"),
     ("app", "网格工作台", "Gridwork console"),
     ("sign_in", "登录", "Sign in"),
     ("sign_out", "退出", "Sign out"),

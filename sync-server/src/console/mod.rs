@@ -36,6 +36,9 @@ use views::Chrome;
 const SESSION_COOKIE: &str = "gw_session";
 const LOGIN_COOKIE: &str = "gw_login";
 const LANG_COOKIE: &str = "gw_lang";
+/// The district a city-level person chose to look at (`crate::city`); ignored for anyone else,
+/// whose district their session fixes.
+const DISTRICT_COOKIE: &str = "gw_district";
 
 /// What the console's handlers share.
 #[derive(Clone)]
@@ -70,6 +73,7 @@ pub fn routes(store: Arc<dyn SyncStore>, secure: bool) -> Router {
         .route("/console/admin", get(admin))
         .route("/console/admin.csv", get(admin_csv))
         .route("/console/admin/{action}", post(admin_action))
+        .route("/console/districts", get(districts).post(choose_district))
         .with_state(ConsoleState { store, secure })
 }
 
@@ -158,7 +162,12 @@ async fn current_session(state: &ConsoleState, headers: &HeaderMap) -> Result<Op
     let Some(token) = cookie(headers, SESSION_COOKIE) else { return Ok(None) };
     let store = state.store.clone();
     match call(store, move |console| console.session(&token, now_ms())).await {
-        Ok(s) => Ok(Some(s)),
+        Ok(mut s) => {
+            if s.user.city_level {
+                s.user.district = cookie(headers, DISTRICT_COOKIE).filter(|d| !d.is_empty());
+            }
+            Ok(Some(s))
+        }
         Err(ServerError::Unauthenticated) => Ok(None),
         Err(e) => Err(e),
     }
@@ -173,6 +182,8 @@ fn chrome(lang: Lang, title: &str, session: Option<&Session>) -> Chrome {
         notice: None,
         error: None,
         admin: session.is_some_and(|s| s.user.sees_everything()),
+        district: session.and_then(|s| s.user.district.clone()),
+        city: session.is_some_and(|s| s.user.city_level),
     }
 }
 
@@ -287,8 +298,10 @@ async fn logout(State(state): State<ConsoleState>, headers: HeaderMap, form: Raw
         return error_page(lang, Some(&session), &e);
     }
     let mut resp = redirect("/console/login");
-    let (k, v) = set_cookie(SESSION_COOKIE, "", 0, state.secure);
-    resp.headers_mut().append(k, v);
+    for name in [SESSION_COOKIE, DISTRICT_COOKIE] {
+        let (k, v) = set_cookie(name, "", 0, state.secure);
+        resp.headers_mut().append(k, v);
+    }
     resp
 }
 
@@ -339,7 +352,7 @@ async fn queue(
         let user = session.user.clone();
         let f = filter.clone();
         let (queue, catalog) = with_console(store, &session, move |console| {
-            Ok((console.case_queue(&user, &f, now_ms())?, console.catalog()))
+            Ok((console.case_queue(&user, &f, now_ms())?, console.catalog(&user)))
         })
         .await?;
         let page =
@@ -361,7 +374,7 @@ async fn queue_csv(
         let user = session.user.clone();
         let body = with_console(store, &session, move |console| {
             let queue = console.case_queue(&user, &filter, now_ms())?;
-            views::queue_csv(&queue, &console.catalog(), lang)
+            views::queue_csv(&queue, &console.catalog(&user), lang)
         })
         .await?;
         Ok((
@@ -389,7 +402,7 @@ async fn case_detail(
     signed_in(&state, &headers, &q, |lang, session| async move {
         let user = session.user.clone();
         let (view, catalog) =
-            with_console(store, &session, move |console| Ok((console.case_view(&user, &id)?, console.catalog())))
+            with_console(store, &session, move |console| Ok((console.case_view(&user, &id)?, console.catalog(&user))))
                 .await?;
         let mut c = chrome(lang, &view.case.code, Some(&session));
         if done {
@@ -566,7 +579,7 @@ async fn map_view(
         let user = session.user.clone();
         let f = filter.clone();
         let (pins, catalog) = with_console(store, &session, move |console| {
-            Ok((console.map_pins(&user, &f, views::MAX_PINS, now_ms())?, console.catalog()))
+            Ok((console.map_pins(&user, &f, views::MAX_PINS, now_ms())?, console.catalog(&user)))
         })
         .await?;
         let page =
@@ -596,7 +609,8 @@ async fn coverage(
         let user = session.user.clone();
         let d = day.clone();
         let (cov, catalog) =
-            with_console(store, &session, move |console| Ok((console.coverage(&user, &d)?, console.catalog()))).await?;
+            with_console(store, &session, move |console| Ok((console.coverage(&user, &d)?, console.catalog(&user))))
+                .await?;
         let page = views::coverage_page(
             chrome(lang, lang.t("coverage"), Some(&session)),
             &catalog,
@@ -632,7 +646,7 @@ async fn coverage_csv(
     signed_in(&state, &headers, &q, |lang, session| async move {
         let user = session.user.clone();
         let body = with_console(store, &session, move |console| {
-            let catalog = console.catalog();
+            let catalog = console.catalog(&user);
             let rows: Vec<Vec<String>> = views::coverage_rows(&catalog, &console.coverage(&user, &day)?)
                 .into_iter()
                 .map(|r| {
@@ -677,7 +691,7 @@ async fn assessment(
         let (from, to, start, end) = p.map_err(|e| (session.clone(), e))?;
         let user = session.user.clone();
         let (scores, catalog) = with_console(store, &session, move |console| {
-            Ok((console.assessment(&user, start, end, now_ms())?, console.catalog()))
+            Ok((console.assessment(&user, start, end, now_ms())?, console.catalog(&user)))
         })
         .await?;
         let page = views::AssessmentPage {
@@ -702,7 +716,7 @@ async fn assessment_csv(
         let (_, _, start, end) = p.map_err(|e| (session.clone(), e))?;
         let user = session.user.clone();
         let body = with_console(store, &session, move |console| {
-            let catalog = console.catalog();
+            let catalog = console.catalog(&user);
             let rows: Vec<Vec<String>> = console
                 .assessment(&user, start, end, now_ms())?
                 .iter()
@@ -731,7 +745,7 @@ async fn admin(
                 console.devices(&user, now_ms())?,
                 console.quarantine(&user)?,
                 console.people(&user)?,
-                console.catalog(),
+                console.catalog(&user),
             ))
         })
         .await?;
@@ -840,7 +854,12 @@ fn admin_change(
             console.set_person(user, &person)?;
             let password = f.get("password").cloned().unwrap_or_default();
             if !password.is_empty() {
-                console.set_password(&person.id, &password, now)?;
+                // In a city, a district's person signs in (and is found) as `name@district`.
+                let who = match &user.district {
+                    Some(d) => format!("{}@{d}", person.id),
+                    None => person.id.clone(),
+                };
+                console.set_password(&who, &password, now)?;
             }
         }
         "category" => {
@@ -850,7 +869,7 @@ fn admin_change(
                 .ok()
                 .filter(|h| (1..=2160).contains(h))
                 .ok_or_else(|| ServerError::BadRequest("a deadline is 1 to 2160 hours".into()))?;
-            let mut catalog = gridwork_model::catalog::Catalog::clone(&console.catalog());
+            let mut catalog = gridwork_model::catalog::Catalog::clone(&console.catalog(user));
             let c = catalog
                 .categories
                 .iter_mut()
@@ -867,7 +886,7 @@ fn admin_change(
             };
             let file = crate::grids::parse(f.get("geojson").map(String::as_str).unwrap_or(""), datum)
                 .map_err(|e| ServerError::BadRequest(e.to_string()))?;
-            let merged = crate::grids::merge(&console.catalog(), &file);
+            let merged = crate::grids::merge(&console.catalog(user), &file);
             let version = console.set_catalog(user, &merged)?;
             let mut note = format!("{} grids imported; reference data version {version}", file.grids.len());
             if !file.overlaps.is_empty() {
@@ -939,6 +958,46 @@ async fn admin_csv(
         })
         .await?;
         Ok(csv_response(&name, body))
+    })
+    .await
+}
+
+/// The districts a city-level person may look at.
+async fn districts(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let store = state.store.clone();
+    signed_in(&state, &headers, &q, |lang, session| async move {
+        let user = session.user.clone();
+        let districts = with_console(store, &session, move |console| console.districts(&user)).await?;
+        let page = views::DistrictsPage { chrome: chrome(lang, lang.t("districts"), Some(&session)), districts };
+        Ok(html(StatusCode::OK, page.render()))
+    })
+    .await
+}
+
+/// A city-level person chooses the district the pages show (empty: the city centre's own).
+async fn choose_district(State(state): State<ConsoleState>, headers: HeaderMap, form: RawForm) -> Response {
+    let f = form_map(&form);
+    let store = state.store.clone();
+    let secure = state.secure;
+    signed_in(&state, &headers, &HashMap::new(), |_, session| async move {
+        check_csrf(&session, &f).map_err(|e| (session.clone(), e))?;
+        let chosen = f.get("district").cloned().unwrap_or_default();
+        let user = session.user.clone();
+        let known = with_console(store, &session, move |console| console.districts(&user)).await?;
+        if !chosen.is_empty() && !known.contains(&chosen) {
+            return Err((
+                session,
+                ServerError::NotFound(format!("no district {chosen}: choose one on the districts page")),
+            ));
+        }
+        let mut resp = redirect("/console/cases");
+        let (k, v) = set_cookie(DISTRICT_COOKIE, &chosen, crate::store::console::SESSION_MS / 1000, secure);
+        resp.headers_mut().append(k, v);
+        Ok(resp)
     })
     .await
 }

@@ -23,6 +23,10 @@ pub struct Chrome {
     pub error: Option<String>,
     /// Show the administration link.
     pub admin: bool,
+    /// The district whose cases the pages show, in a city of districts.
+    pub district: Option<String>,
+    /// A city-level person: show the districts link.
+    pub city: bool,
 }
 
 #[derive(Debug, Template)]
@@ -30,6 +34,13 @@ pub struct Chrome {
 pub struct LoginPage {
     pub chrome: Chrome,
     pub user: String,
+}
+
+#[derive(Debug, Template)]
+#[template(path = "console/districts.html")]
+pub struct DistrictsPage {
+    pub chrome: Chrome,
+    pub districts: Vec<String>,
 }
 
 #[derive(Debug, Template)]

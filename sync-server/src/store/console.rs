@@ -35,9 +35,22 @@ pub struct ConsoleUser {
     pub department: Option<String>,
     /// `grid:…`, `community:…`, `street:…`, `department:…`; administrators see every case.
     pub scopes: Vec<String>,
+    /// In a city deployment (`crate::city`), the district whose cases this person is looking
+    /// at: their own, fixed by their session; for a city-level person, the one they chose
+    /// (None: the city centre's own store).
+    pub district: Option<String>,
+    /// An administrator of the city centre: may look at every district, and change none of
+    /// them from the console (a district's own people act on its cases; ADR 22).
+    pub city_level: bool,
 }
 
 impl ConsoleUser {
+    /// A person of one store, as that store knows them (no district, not city-level: the city
+    /// router adds those).
+    pub fn new(id: String, role: Role, department: Option<String>, scopes: Vec<String>) -> ConsoleUser {
+        ConsoleUser { id, role, department, scopes, district: None, city_level: false }
+    }
+
     pub fn sees_everything(&self) -> bool {
         self.role == Role::Administrator
     }
@@ -248,8 +261,9 @@ pub trait ConsoleStore: Send + Sync {
     /// synced like any device's change. Refused (nothing written) if the role, scope or the
     /// case's state does not allow it.
     fn act(&self, user: &ConsoleUser, case_id: &str, action: ConsoleAction, now_ms: i64) -> Result<()>;
-    /// The reference data (names of grids, categories, departments; grid polygons).
-    fn catalog(&self) -> std::sync::Arc<gridwork_model::catalog::Catalog>;
+    /// The reference data of the person's district (names of grids, categories, departments;
+    /// grid polygons).
+    fn catalog(&self, user: &ConsoleUser) -> std::sync::Arc<gridwork_model::catalog::Catalog>;
     /// A photo or thumbnail of a case the person may see.
     fn photo(&self, user: &ConsoleUser, sha256: &str) -> Result<Vec<u8>>;
     /// Cases with a position matching the queue's filters (at most `limit`, open ones first).
@@ -274,6 +288,11 @@ pub trait ConsoleStore: Send + Sync {
     fn ca_fingerprint(&self) -> Option<String>;
     /// Replaces the reference data (a new catalog version reaches every device on its next sync).
     fn set_catalog(&self, user: &ConsoleUser, catalog: &gridwork_model::catalog::Catalog) -> Result<u64>;
+    /// The districts a city-level person may look at (empty outside a city deployment).
+    fn districts(&self, user: &ConsoleUser) -> Result<Vec<String>> {
+        let _ = user;
+        Ok(vec![])
+    }
 }
 
 /// `,a,b,`: every department between commas, so `LIKE '%,a,%'` finds one exactly.

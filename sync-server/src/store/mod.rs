@@ -16,6 +16,9 @@ pub use sqlite::SqliteStore;
 
 use std::sync::Arc;
 
+/// The embedded store's database file in its directory.
+pub const SQLITE_FILE: &str = "server.db";
+
 use gridwork_model::access::Scope;
 use gridwork_model::catalog::{Catalog, Role};
 use gridwork_model::wire::{BlobOwner, BlobStatus, EnrolRequest, EnrolResponse, SyncRequest, SyncResponse};
@@ -56,6 +59,9 @@ pub struct Device {
     pub department: Option<String>,
     /// Retired (a worker left): may push what it holds, receives nothing new.
     pub retired: bool,
+    /// The district of a city deployment the device belongs to (`crate::city`); None in a
+    /// district's own store, which knows no other.
+    pub district: Option<String>,
 }
 
 /// Figures for `/metrics` read when Prometheus scrapes.

@@ -126,7 +126,7 @@ impl SqliteStore {
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| ServerError::Internal(format!("cannot create {}: {e}", dir.display())))?;
-        let conn = Connection::open(dir.join("server.db"))?;
+        let conn = Connection::open(dir.join(super::SQLITE_FILE))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
         )?;
@@ -201,7 +201,7 @@ impl SqliteStore {
             conn: Mutex::new(conn),
             pending: Mutex::new(vec![]),
             readers: Mutex::new(vec![]),
-            path: dir.join("server.db"),
+            path: dir.join(super::SQLITE_FILE),
             epoch,
             places: RwLock::new(Arc::new(Places::new(Arc::new(catalog)))),
             console_writes: Mutex::new(()),
@@ -331,6 +331,7 @@ fn load_device_by_id(conn: &Connection, id: &str) -> Result<Device> {
                     role: Role::Worker,
                     department: r.get(3)?,
                     retired: r.get(4)?,
+                    district: None,
                 },
                 role,
             ))
@@ -631,6 +632,7 @@ mod tests {
                 role: Role::Worker,
                 department: None,
                 retired: false,
+                district: None,
             };
             let scopes =
                 crate::rules::push::device_scopes(&SqliteTx { conn: &reader, seq: None }, &device).expect("scopes");

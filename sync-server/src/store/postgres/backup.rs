@@ -43,18 +43,30 @@ fn run(mut cmd: Command, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// A connection whose search path is `schema` when one is given.
+fn connect(url: &str, schema: Option<&str>) -> Result<postgres::Client> {
+    let mut config: postgres::Config =
+        url.parse().map_err(|e| ServerError::BadRequest(format!("{url:?} is not a PostgreSQL URL: {e}")))?;
+    if let Some(schema) = schema {
+        super::check_schema_name(schema)?;
+        config.options(&format!("-c search_path={schema}"));
+    }
+    Ok(config.connect(NoTls)?)
+}
+
 fn io(path: &Path) -> impl Fn(std::io::Error) -> ServerError + '_ {
     move |e| ServerError::io(path, e)
 }
 
 /// A consistent copy of the database `url` and the complete blobs of `data_dir` into `dest`
 /// (which must be empty or absent), while serving.
-pub fn backup(url: &str, data_dir: &Path, dest: &Path) -> Result<BackupManifest> {
+/// `schema` names a district's schema (`crate::city`): only it is copied.
+pub fn backup(url: &str, schema: Option<&str>, data_dir: &Path, dest: &Path) -> Result<BackupManifest> {
     if !is_empty_dir(dest)? {
         return Err(ServerError::BadRequest(format!("{} is not empty: back up into a new directory", dest.display())));
     }
     std::fs::create_dir_all(dest).map_err(io(dest))?;
-    let mut client = postgres::Client::connect(url, NoTls)?;
+    let mut client = connect(url, schema)?;
     let mut tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start()?;
     let snapshot: String = tx.query_one("SELECT pg_export_snapshot()", &[])?.get(0);
     let epoch: String = tx
@@ -64,6 +76,9 @@ pub fn backup(url: &str, data_dir: &Path, dest: &Path) -> Result<BackupManifest>
     let last_seq: i64 = tx.query_one("SELECT last FROM seq_counter WHERE id = 1", &[])?.get(0);
     let mut dump = Command::new(program("pg_dump"));
     dump.args(["--format=custom", "--no-owner", "--snapshot", &snapshot, "--file"]).arg(dest.join(DUMP)).arg(url);
+    if let Some(schema) = schema {
+        dump.arg(format!("--schema={schema}"));
+    }
     run(dump, "pg_dump")?;
     tx.commit()?;
     let (blobs, blob_bytes) =
@@ -79,7 +94,8 @@ pub fn backup(url: &str, data_dir: &Path, dest: &Path) -> Result<BackupManifest>
 /// Loads a backup into the empty database `url` (servers stopped), with a new epoch, and puts
 /// its blobs and TLS files into `data_dir` (files already there are kept: blobs are named by
 /// their content).
-pub fn restore(backup_dir: &Path, url: &str, data_dir: &Path) -> Result<Restored> {
+/// `schema` names a district's schema (`crate::city`), which must not exist yet.
+pub fn restore(backup_dir: &Path, url: &str, schema: Option<&str>, data_dir: &Path) -> Result<Restored> {
     let manifest_path = backup_dir.join(MANIFEST);
     let manifest: BackupManifest =
         std::fs::read_to_string(&manifest_path).map_err(io(&manifest_path)).and_then(|t| {
@@ -92,7 +108,15 @@ pub fn restore(backup_dir: &Path, url: &str, data_dir: &Path) -> Result<Restored
             backup_dir.display()
         )));
     }
-    let mut client = postgres::Client::connect(url, NoTls)?;
+    if let Some(schema) = schema {
+        let exists: bool = connect(url, None)?.query_one("SELECT to_regnamespace($1) IS NOT NULL", &[&schema])?.get(0);
+        if exists {
+            return Err(ServerError::BadRequest(format!(
+                "the database already has the schema {schema}: restore a district into a database without it (nothing is overwritten)"
+            )));
+        }
+    }
+    let mut client = connect(url, schema)?;
     let holds: bool = client.query_one("SELECT to_regclass('meta') IS NOT NULL", &[])?.get(0);
     if holds {
         return Err(ServerError::BadRequest(
@@ -102,6 +126,8 @@ pub fn restore(backup_dir: &Path, url: &str, data_dir: &Path) -> Result<Restored
     let mut load = Command::new(program("pg_restore"));
     load.args(["--no-owner", "--exit-on-error", "--dbname", url]).arg(&dump);
     run(load, "pg_restore")?;
+    // A district's tables were made in its schema, on the search path only now.
+    let mut client = connect(url, schema)?;
     let mut bytes = [0u8; 4];
     getrandom::fill(&mut bytes).map_err(|e| ServerError::Internal(format!("no randomness: {e}")))?;
     let new_epoch = hex::encode(bytes);

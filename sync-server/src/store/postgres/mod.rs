@@ -113,6 +113,22 @@ pub struct PgStore {
     seen: Mutex<HashMap<String, (i64, String)>>,
 }
 
+fn parse_url(url: &str) -> Result<postgres::Config> {
+    url.parse().map_err(|e| ServerError::BadRequest(format!("{url:?} is not a PostgreSQL URL: {e}")))
+}
+
+/// A schema name this server makes or opens: lower-case letters, digits and `_`.
+pub(crate) fn check_schema_name(schema: &str) -> Result<()> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ServerError::BadRequest(format!("{schema:?} is not a schema name: use a-z, 0-9 and _")))
+    }
+}
+
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgStore").field("epoch", &self.epoch).finish_non_exhaustive()
@@ -123,8 +139,28 @@ impl PgStore {
     /// Connects to `url` (`postgres://user@host/db`), creating or upgrading the schema, with
     /// evidence blobs in `data_dir/blobs`.
     pub fn open(url: &str, data_dir: &Path) -> Result<Self> {
-        let config: postgres::Config =
-            url.parse().map_err(|e| ServerError::BadRequest(format!("{url:?} is not a PostgreSQL URL: {e}")))?;
+        Self::open_in(url, None, data_dir)
+    }
+
+    /// As [`PgStore::open`], in one schema of the database: a district of a city deployment
+    /// (`crate::city`) is the schema `district_ID`, made by [`PgStore::create_schema`]. Every
+    /// connection of the store names only that schema on its search path, so no statement of
+    /// one district can read another's tables.
+    pub fn open_in(url: &str, schema: Option<&str>, data_dir: &Path) -> Result<Self> {
+        let mut config = parse_url(url)?;
+        if let Some(schema) = schema {
+            check_schema_name(schema)?;
+            let exists: bool = Self::connect(&config)?
+                .client()?
+                .query_one("SELECT to_regnamespace($1) IS NOT NULL", &[&schema])?
+                .get(0);
+            if !exists {
+                return Err(ServerError::NotFound(format!(
+                    "the database has no schema {schema}: add the district first (`admin add-district`)"
+                )));
+            }
+            config.options(&format!("-c search_path={schema}"));
+        }
         std::fs::create_dir_all(data_dir).map_err(|e| ServerError::io(data_dir, e))?;
         let mut conn = Self::connect(&config)?;
         let (epoch, key, catalog) = Self::migrate(&mut conn)?;
@@ -139,6 +175,25 @@ impl PgStore {
             places: RwLock::new(Arc::new(Places::new(Arc::new(catalog)))),
             seen: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Makes the schema a district's store lives in (nothing if it exists); the store's tables
+    /// are made when it is first opened.
+    pub fn create_schema(url: &str, schema: &str) -> Result<()> {
+        check_schema_name(schema)?;
+        // The name was checked to be `[a-z0-9_]`: it cannot close the identifier's quotes.
+        Self::connect(&parse_url(url)?)?
+            .client()?
+            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))?;
+        Ok(())
+    }
+
+    /// The schemas whose names start with `prefix`, in order.
+    pub fn schemas(url: &str, prefix: &str) -> Result<Vec<String>> {
+        let rows = Self::connect(&parse_url(url)?)?
+            .client()?
+            .query("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, $1) ORDER BY nspname", &[&prefix])?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     fn connect(config: &postgres::Config) -> Result<Conn> {

@@ -142,6 +142,7 @@ impl ReadTx for PgTx<'_, '_> {
                 role: stored_role(r.get(2))?,
                 department: r.get(3),
                 retired: r.get(4),
+                district: None,
             })
         })
         .transpose()
@@ -275,6 +276,7 @@ impl ReadTx for PgTx<'_, '_> {
                     role: stored_role(r.get(3))?,
                     department: r.get(4),
                     retired: r.get(5),
+                    district: None,
                 },
             ))
         })

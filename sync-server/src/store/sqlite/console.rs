@@ -129,7 +129,14 @@ fn register_console_device(conn: &Connection, epoch: &str, user: &ConsoleUser, n
         "INSERT INTO actors (actor, device_id, first_seen_ms) VALUES (?1, ?2, ?3) ON CONFLICT (actor) DO NOTHING",
         params![console_actor(epoch, &user.id).to_hex_string(), id, now_ms],
     )?;
-    Ok(Device { id, user: user.id.clone(), role: user.role, department: user.department.clone(), retired: false })
+    Ok(Device {
+        id,
+        user: user.id.clone(),
+        role: user.role,
+        department: user.department.clone(),
+        retired: false,
+        district: None,
+    })
 }
 
 /// The console device `device_id` names (`console-USER`), made again if the store lost it (a
@@ -148,7 +155,7 @@ pub(super) fn console_device_again(
         })
         .optional()?;
     let Some((role, department)) = user else { return Ok(None) };
-    let user = ConsoleUser { id: user_id.to_owned(), role: parse_role(&role)?, department, scopes: vec![] };
+    let user = ConsoleUser::new(user_id.to_owned(), parse_role(&role)?, department, vec![]);
     register_console_device(conn, epoch, &user, now_ms).map(Some)
 }
 
@@ -293,7 +300,7 @@ impl SqliteStore {
             .prepare_cached("SELECT scope FROM user_scopes WHERE user_id = ?1 ORDER BY scope")?
             .query_map([user], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
-        Ok(ConsoleUser { id: user.to_owned(), role: parse_role(&role)?, department, scopes })
+        Ok(ConsoleUser::new(user.to_owned(), parse_role(&role)?, department, scopes))
     }
 
     /// The scopes a console person's queue and actions are limited to (None: everything), with
@@ -706,7 +713,7 @@ impl ConsoleStore for SqliteStore {
         }
     }
 
-    fn catalog(&self) -> Arc<Catalog> {
+    fn catalog(&self, _user: &ConsoleUser) -> Arc<Catalog> {
         SqliteStore::catalog(self)
     }
 

@@ -240,6 +240,7 @@ impl ReadTx for SqliteTx<'_> {
                         role: Role::Worker,
                         department: r.get(4)?,
                         retired: r.get(5)?,
+                        district: None,
                     },
                     r.get::<_, String>(3)?,
                 ))

@@ -237,7 +237,7 @@ pub fn run(args: ConsoleArgs) -> Result<(), String> {
     server.set_user("admin", Role::Administrator, None, &[]).map_err(|e| e.to_string())?;
     let total_cases = server.counts().map_err(|e| e.to_string())?.1;
     let console: &dyn ConsoleStore = &server;
-    let catalog = console.catalog();
+    let catalog = server.current_catalog();
     let grids_per_community = 10.min(args.grids);
     for (who, label) in [("admin", "administrator, every case"), ("sup-Community-0", "one community's supervisor")] {
         console.set_password(who, "bench-password", now_ms()).map_err(|e| e.to_string())?;
@@ -290,6 +290,8 @@ pub fn run(args: ConsoleArgs) -> Result<(), String> {
                 notice: None,
                 error: None,
                 admin: false,
+                district: None,
+                city: false,
             };
             let html = views::queue_page(chrome, &catalog, &user, filter, q).render().map_err(|e| e.to_string())?;
             queue_ms.push(ms_since(t));
@@ -309,6 +311,8 @@ pub fn run(args: ConsoleArgs) -> Result<(), String> {
                 notice: None,
                 error: None,
                 admin: false,
+                district: None,
+                city: false,
             };
             let html =
                 views::case_page(chrome, &catalog, &user, &view, now_ms()).render().map_err(|e| e.to_string())?;
