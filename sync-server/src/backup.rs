@@ -124,6 +124,15 @@ pub fn restore(backup_dir: &Path, data_dir: &Path) -> Result<Restored> {
             serde_json::from_str(&t)
                 .map_err(|e| ServerError::BadRequest(format!("{} is damaged: {e}", manifest_path.display())))
         })?;
+    // The data directory is moved aside whole: a backup inside it would go with it.
+    if let (Ok(b), Ok(d)) = (backup_dir.canonicalize(), data_dir.canonicalize()) {
+        if b.starts_with(&d) {
+            return Err(ServerError::BadRequest(format!(
+                "{} is inside the data directory, which restore moves aside: copy the backup elsewhere first",
+                backup_dir.display()
+            )));
+        }
+    }
     let moved_aside = if is_empty_dir(data_dir)? {
         None
     } else {

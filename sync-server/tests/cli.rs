@@ -120,3 +120,64 @@ fn serve_takes_its_settings_from_file_and_environment_and_guards_metrics() {
     let answered = get(metrics_addr, "/metrics", Some(token));
     assert!(answered.starts_with("HTTP/1.1 200") && answered.contains("gridwork_"), "{answered}");
 }
+
+/// A city: districts added and listed, every command on one district with `--district`, a
+/// code that names its district, and a backup and restore of one district that leaves the
+/// others where they are.
+#[test]
+fn districts_are_added_and_each_command_acts_on_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf-8 path");
+    for name in ["jing-an", "xu-hui"] {
+        let o = run(&["--data-dir", d, "admin", "add-district", name]);
+        assert!(o.status.success() && text(&o).contains("added"), "{}", text(&o));
+    }
+    let again = run(&["--data-dir", d, "admin", "add-district", "jing-an"]);
+    assert!(again.status.success() && text(&again).contains("nothing changed"), "{}", text(&again));
+    let bad = run(&["--data-dir", d, "admin", "add-district", "Jing An"]);
+    assert!(!bad.status.success() && text(&bad).contains("not a district name"), "{}", text(&bad));
+    let listed = run(&["--data-dir", d, "admin", "list-districts"]);
+    assert_eq!(String::from_utf8_lossy(&listed.stdout), "jing-an\nxu-hui\n");
+
+    let set = run(&["--data-dir", d, "--district", "jing-an", "admin", "set-user", "w1", "--role", "worker"]);
+    assert!(set.status.success(), "{}", text(&set));
+    let enrol = run(&["admin", "enrol-device", "w1", "--data-dir", d, "--district", "jing-an"]);
+    assert!(enrol.status.success() && text(&enrol).contains("code=jing-an."), "{}", text(&enrol));
+    // w1 exists in jing-an only: not in xu-hui, nor at the city centre.
+    for other in [&["--district", "xu-hui"][..], &[]] {
+        let mut args = vec!["--data-dir", d, "admin", "enrol-device", "w1"];
+        args.extend_from_slice(other);
+        let o = run(&args);
+        assert!(!o.status.success() && text(&o).contains("add the user first"), "{other:?}: {}", text(&o));
+    }
+    let nowhere = run(&["--data-dir", d, "--district", "pudong", "admin", "list-devices"]);
+    assert!(!nowhere.status.success() && text(&nowhere).contains("add-district pudong"), "{}", text(&nowhere));
+    let devices = |district: &str| {
+        let o = run(&["--data-dir", d, "--district", district, "admin", "list-devices"]);
+        String::from_utf8_lossy(&o.stdout).lines().count()
+    };
+    assert_eq!((devices("jing-an"), devices("xu-hui")), (1, 0));
+
+    // One district backed up and restored: the other districts stay.
+    let backups = tempfile::tempdir().expect("tempdir");
+    let inside = dir.path().join("backup-inside");
+    assert!(run(&["--data-dir", d, "backup", inside.to_str().expect("utf-8")]).status.success());
+    let r = run(&["--data-dir", d, "restore", inside.to_str().expect("utf-8")]);
+    assert!(!r.status.success() && text(&r).contains("copy the backup elsewhere"), "{}", text(&r));
+    let backup = backups.path().join("jing-an");
+    let b = run(&["--data-dir", d, "--district", "jing-an", "backup", backup.to_str().expect("utf-8")]);
+    assert!(b.status.success(), "{}", text(&b));
+    let r = run(&["--data-dir", d, "--district", "jing-an", "restore", backup.to_str().expect("utf-8")]);
+    assert!(r.status.success() && text(&r).contains("new epoch"), "{}", text(&r));
+    let listed = run(&["--data-dir", d, "admin", "list-districts"]);
+    assert_eq!(String::from_utf8_lossy(&listed.stdout), "jing-an\nxu-hui\n", "the set aside copy is no district");
+    assert_eq!(devices("jing-an"), 1);
+    // The city centre's store restored: its districts are still there.
+    let centre = backups.path().join("centre");
+    assert!(run(&["--data-dir", d, "backup", centre.to_str().expect("utf-8")]).status.success());
+    let r = run(&["--data-dir", d, "restore", centre.to_str().expect("utf-8")]);
+    assert!(r.status.success(), "{}", text(&r));
+    let listed = run(&["--data-dir", d, "admin", "list-districts"]);
+    assert_eq!(String::from_utf8_lossy(&listed.stdout), "jing-an\nxu-hui\n", "{}", text(&r));
+    assert_eq!(devices("jing-an"), 1);
+}
