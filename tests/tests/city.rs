@@ -16,7 +16,8 @@ use gridwork_model::wire::EnrolRequest;
 use gridwork_sync_server::city::{City, DistrictAdmin, DistrictId, Member, StoreKind};
 use gridwork_sync_server::error::ServerError;
 use gridwork_sync_server::store::console::{CaseFilter, ConsoleAction, ConsoleStore};
-use gridwork_sync_server::{RunningServer, SyncStore};
+use gridwork_sync_server::store::port::{read, write, Backend, ReadTx, WriteTx};
+use gridwork_sync_server::{PgStore, RunningServer, SqliteStore, SyncStore};
 use gridwork_tests::{district, identity_from_enrolment, open_device, random_case, Rng};
 
 const PASSWORD: &str = "correct horse battery";
@@ -313,3 +314,65 @@ city!(
     StoreKind::Postgres(gridwork_tests::pg::fresh_database().expect("a PostgreSQL database for the suite")),
     console: false
 );
+
+/// District a's writer holds a write transaction open (on PostgreSQL, its `seq_counter` row
+/// lock); district b's write commits meanwhile: one district's storm never queues another's
+/// writes behind it, as one store's writers queue behind each other (tests/instances.rs).
+fn one_districts_writer_never_waits_for_anothers<B: Backend>(a: Arc<B>, b: Arc<B>) {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let (started_tx, started) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel::<()>();
+    let held = std::thread::spawn(move || {
+        write(a.as_ref(), |tx: &dyn WriteTx| {
+            let seq = tx.next_seq()?;
+            tx.set_meta("probe", &seq.to_string())?;
+            let _ = started_tx.send(());
+            let _ = release_rx.recv_timeout(Duration::from_secs(30));
+            Ok(())
+        })
+        .expect("a commits")
+    });
+    started.recv_timeout(Duration::from_secs(30)).expect("a holds its transaction");
+    let (done_tx, done) = mpsc::channel();
+    let b2 = b.clone();
+    let other = std::thread::spawn(move || {
+        let r = write(b2.as_ref(), |tx: &dyn WriteTx| {
+            let seq = tx.next_seq()?;
+            tx.set_meta("probe", &seq.to_string())
+        });
+        let _ = done_tx.send(r.is_ok());
+    });
+    let committed = done.recv_timeout(Duration::from_secs(10));
+    release.send(()).expect("release a");
+    held.join().expect("a");
+    other.join().expect("b");
+    assert_eq!(committed, Ok(true), "b's write waited for a's transaction");
+    assert!(read(b.as_ref(), |tx: &dyn ReadTx| tx.meta("probe")).expect("read").is_some());
+}
+
+#[test]
+fn sqlite_districts_write_side_by_side() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kind = StoreKind::Sqlite;
+    let open = |name: &str| {
+        let d = DistrictId::parse(name).expect("id");
+        kind.add_district(dir.path(), &d).expect("add");
+        Arc::new(SqliteStore::open(&StoreKind::dir(dir.path(), Some(&d))).expect("open"))
+    };
+    one_districts_writer_never_waits_for_anothers(open("a"), open("b"));
+}
+
+#[test]
+fn postgres_districts_write_side_by_side() {
+    let db = gridwork_tests::pg::fresh_database().expect("a PostgreSQL database");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kind = StoreKind::Postgres(db.clone());
+    let open = |name: &str| {
+        let d = DistrictId::parse(name).expect("id");
+        kind.add_district(dir.path(), &d).expect("add");
+        let files = StoreKind::dir(dir.path(), Some(&d));
+        Arc::new(PgStore::open_in(&db, Some(&d.schema()), &files).expect("open"))
+    };
+    one_districts_writer_never_waits_for_anothers(open("a"), open("b"));
+}
