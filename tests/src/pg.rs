@@ -68,6 +68,12 @@ fn start() -> Result<String, String> {
             Command::new(program)
         }
     };
+    // A certificate for 127.0.0.1 from a CA of its own, so that the store's TLS to the database
+    // is tested against a real server (`tls_ca`). Made before the directory goes to `postgres`:
+    // PostgreSQL refuses a key file readable by others or owned by someone else.
+    let tls = gridwork_sync_server::tls::TlsFiles { dir: dir.join("tls") };
+    tls.init(&["127.0.0.1".to_owned()]).map_err(|e| format!("test certificates: {e}"))?;
+    let _ = CA.set(tls.dir.join("ca.pem"));
     if root {
         let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status();
         if !status.is_ok_and(|s| s.success()) {
@@ -97,7 +103,8 @@ fn start() -> Result<String, String> {
     };
     let script = format!(
         "{runner}{postgres} -D {data} -p {port} -k {dir} -c listen_addresses=127.0.0.1 {speed} \
-         -c max_connections=200 >{dir}/log 2>&1 & pg=$!; \
+         -c max_connections=200 -c ssl=on -c ssl_cert_file={dir}/tls/server.pem \
+         -c ssl_key_file={dir}/tls/server.key >{dir}/log 2>&1 & pg=$!; \
          while kill -0 {me} 2>/dev/null; do sleep 0.5; done; \
          {runner}{pg_ctl} -D {data} stop -m immediate >/dev/null 2>&1; wait $pg; rm -rf {dir}",
         postgres = postgres.display(),
@@ -126,6 +133,20 @@ fn start() -> Result<String, String> {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The CA that signed the test server's certificate (for 127.0.0.1): the server this process
+/// started, or `GRIDWORK_PG_CA` for the one `GRIDWORK_PG_URL` names.
+pub fn tls_ca() -> Result<PathBuf, String> {
+    server()?;
+    if let Ok(ca) = std::env::var("GRIDWORK_PG_CA") {
+        return Ok(PathBuf::from(ca));
+    }
+    CA.get()
+        .cloned()
+        .ok_or_else(|| "GRIDWORK_PG_URL names a server: set GRIDWORK_PG_CA to the CA of its certificate".into())
+}
+
+static CA: OnceLock<PathBuf> = OnceLock::new();
 
 /// A new, empty database on the test server, by URL. Fails with what to do when PostgreSQL
 /// cannot be started (never silently skips).

@@ -255,3 +255,34 @@ fn a_phone_fails_over_to_the_next_address_when_its_instance_is_gone() {
     assert!(store.sync(&config, &mut |_| {}).is_err(), "the first instance is gone");
     drop(server_b);
 }
+
+/// The store reaches PostgreSQL over TLS when its URL names the CA of the database's
+/// certificate, verifying both the CA and the host name; a URL asking for TLS without a CA, a
+/// certificate from another CA, and a host name the certificate does not name are refused.
+#[test]
+fn the_store_reaches_postgresql_over_verified_tls_only() {
+    let db = gridwork_tests::pg::fresh_database().expect("a PostgreSQL database");
+    let ca = gridwork_tests::pg::tls_ca().expect("the test server's CA");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tls_url = format!("{db}?sslrootcert={}", ca.display());
+    let store = PgStore::open(&tls_url, dir.path()).expect("over TLS");
+    assert!(store.connection_encrypted().expect("pg_stat_ssl"), "the database sees an encrypted connection");
+    store.set_user("w1", Role::Worker, None, &[Scope::Grid("g0".into())]).expect("a write over TLS");
+    let plain = PgStore::open(&db, dir.path()).expect("plain");
+    assert!(!plain.connection_encrypted().expect("pg_stat_ssl"), "no CA, no TLS: the check can tell");
+
+    let refused = |url: &str| match PgStore::open(url, dir.path()) {
+        Ok(_) => panic!("{url} connected"),
+        Err(e) => e.to_string(),
+    };
+    let e = refused(&format!("{db}?sslmode=verify-full"));
+    assert!(e.contains("sslrootcert"), "{e}");
+    let other = tempfile::tempdir().expect("tempdir");
+    let other_ca = gridwork_sync_server::tls::TlsFiles { dir: other.path().to_owned() };
+    other_ca.init(&["127.0.0.1".to_owned()]).expect("another CA");
+    let e = refused(&format!("{db}?sslrootcert={}", other.path().join("ca.pem").display()));
+    assert!(e.contains("cannot connect"), "a certificate from another CA: {e}");
+    let by_name = tls_url.replace("127.0.0.1", "localhost");
+    let e = refused(&by_name);
+    assert!(e.contains("cannot connect"), "a host name the certificate does not name: {e}");
+}

@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use postgres::{IsolationLevel, NoTls};
+use postgres::IsolationLevel;
 
 use crate::backup::{copy_files, is_empty_dir, BackupManifest, Restored, MANIFEST};
 use crate::clock::now_ms;
@@ -45,13 +45,12 @@ fn run(mut cmd: Command, what: &str) -> Result<()> {
 
 /// A connection whose search path is `schema` when one is given.
 fn connect(url: &str, schema: Option<&str>) -> Result<postgres::Client> {
-    let mut config: postgres::Config =
-        url.parse().map_err(|e| ServerError::BadRequest(format!("{url:?} is not a PostgreSQL URL: {e}")))?;
+    let mut db = super::database::Database::parse(url)?;
     if let Some(schema) = schema {
         super::check_schema_name(schema)?;
-        config.options(&format!("-c search_path={schema}"));
+        db = db.in_schema(schema);
     }
-    Ok(config.connect(NoTls)?)
+    Ok(db.connect()?)
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> ServerError + '_ {

@@ -14,6 +14,7 @@
 //! directory they all mount (see docs/adr/0021 for why not an object store yet).
 
 pub mod backup;
+mod database;
 mod port;
 
 use std::collections::HashMap;
@@ -22,7 +23,7 @@ use std::sync::{mpsc, Arc, Mutex, RwLock};
 
 use gridwork_model::catalog::Catalog;
 use gridwork_model::wire::ItemResult;
-use postgres::{Client, IsolationLevel, NoTls};
+use postgres::{Client, IsolationLevel};
 
 use super::port::{Backend, ReadTx, WriteTx};
 use super::values::random_hex;
@@ -31,6 +32,7 @@ use crate::error::{Result, ServerError};
 use crate::places::Places;
 use crate::receipts::ReceiptKey;
 use crate::rules::push::{PushJob, Rules};
+use database::Database;
 use port::{PgTx, Statements};
 
 /// The schema this server writes (`meta.schema_version`).
@@ -101,7 +103,7 @@ struct Queued {
 }
 
 pub struct PgStore {
-    config: postgres::Config,
+    db: Database,
     writer: Mutex<Conn>,
     pending: Mutex<Vec<Queued>>,
     readers: Mutex<Vec<Conn>>,
@@ -111,10 +113,6 @@ pub struct PgStore {
     places: RwLock<Arc<Places>>,
     /// Idle syncs' sightings, written with the next write batch.
     seen: Mutex<HashMap<String, (i64, String)>>,
-}
-
-fn parse_url(url: &str) -> Result<postgres::Config> {
-    url.parse().map_err(|e| ServerError::BadRequest(format!("{url:?} is not a PostgreSQL URL: {e}")))
 }
 
 /// A schema name this server makes or opens: lower-case letters, digits and `_`.
@@ -147,25 +145,23 @@ impl PgStore {
     /// connection of the store names only that schema on its search path, so no statement of
     /// one district can read another's tables.
     pub fn open_in(url: &str, schema: Option<&str>, data_dir: &Path) -> Result<Self> {
-        let mut config = parse_url(url)?;
+        let mut db = Database::parse(url)?;
         if let Some(schema) = schema {
             check_schema_name(schema)?;
-            let exists: bool = Self::connect(&config)?
-                .client()?
-                .query_one("SELECT to_regnamespace($1) IS NOT NULL", &[&schema])?
-                .get(0);
+            let exists: bool =
+                Self::connect(&db)?.client()?.query_one("SELECT to_regnamespace($1) IS NOT NULL", &[&schema])?.get(0);
             if !exists {
                 return Err(ServerError::NotFound(format!(
                     "the database has no schema {schema}: add the district first (`admin add-district`)"
                 )));
             }
-            config.options(&format!("-c search_path={schema}"));
+            db = db.in_schema(schema);
         }
         std::fs::create_dir_all(data_dir).map_err(|e| ServerError::io(data_dir, e))?;
-        let mut conn = Self::connect(&config)?;
+        let mut conn = Self::connect(&db)?;
         let (epoch, key, catalog) = Self::migrate(&mut conn)?;
         Ok(PgStore {
-            config,
+            db,
             writer: Mutex::new(conn),
             pending: Mutex::new(vec![]),
             readers: Mutex::new(vec![]),
@@ -182,22 +178,29 @@ impl PgStore {
     pub fn create_schema(url: &str, schema: &str) -> Result<()> {
         check_schema_name(schema)?;
         // The name was checked to be `[a-z0-9_]`: it cannot close the identifier's quotes.
-        Self::connect(&parse_url(url)?)?
+        Self::connect(&Database::parse(url)?)?
             .client()?
             .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))?;
         Ok(())
     }
 
+    /// Whether this store's connections to the database are encrypted, as the database sees them.
+    pub fn connection_encrypted(&self) -> Result<bool> {
+        let mut conn = Self::connect(&self.db)?;
+        let row = conn.client()?.query_opt("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])?;
+        Ok(row.is_some_and(|r| r.get::<_, bool>(0)))
+    }
+
     /// The schemas whose names start with `prefix`, in order.
     pub fn schemas(url: &str, prefix: &str) -> Result<Vec<String>> {
-        let rows = Self::connect(&parse_url(url)?)?
+        let rows = Self::connect(&Database::parse(url)?)?
             .client()?
             .query("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, $1) ORDER BY nspname", &[&prefix])?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    fn connect(config: &postgres::Config) -> Result<Conn> {
-        let client = config.connect(NoTls).map_err(|e| {
+    fn connect(db: &Database) -> Result<Conn> {
+        let client = db.connect().map_err(|e| {
             ServerError::Storage(format!(
                 "cannot connect to PostgreSQL ({e}): check the store URL and that the server runs"
             ))
@@ -267,9 +270,9 @@ impl PgStore {
             Some(c) if !c.is_closed() => Ok(c),
             Some(c) => {
                 drop(c);
-                Self::connect(&self.config)
+                Self::connect(&self.db)
             }
-            None => Self::connect(&self.config),
+            None => Self::connect(&self.db),
         }
     }
 
@@ -287,7 +290,7 @@ impl PgStore {
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         if conn.is_closed() {
             // The database went away and came back: a new connection, and a new statement cache.
-            drop(std::mem::replace(&mut *conn, Self::connect(&self.config)?));
+            drop(std::mem::replace(&mut *conn, Self::connect(&self.db)?));
         }
         Ok(conn)
     }
