@@ -279,15 +279,17 @@ fn ingest_change(
     let relayed_from: Option<Device> = match verified {
         Some(r) if r.owner != device.id => match tx.device(&r.owner)? {
             Some(owner) => Some(owner),
-            None if r.owner.starts_with("console-") => match tx.console_device_again(rules.epoch, &r.owner, now)? {
-                Some(owner) => Some(owner),
-                None => {
-                    return set_aside(&format!(
-                        "relayed change of {}, a console user this server does not know",
-                        r.owner
-                    ))
+            None if r.owner.starts_with("console-") => {
+                match super::console::console_device_again(tx, rules.epoch, &r.owner, now)? {
+                    Some(owner) => Some(owner),
+                    None => {
+                        return set_aside(&format!(
+                            "relayed change of {}, a console user this server does not know",
+                            r.owner
+                        ))
+                    }
                 }
-            },
+            }
             None => {
                 return set_aside(&format!("relayed change of device {}, which this server does not know", r.owner))
             }

@@ -113,7 +113,7 @@ fn place_grids(tx: &dyn WriteTx, catalog: &Catalog) -> Result<()> {
 
 impl<B: Backend> SyncStore for B {
     fn console(&self) -> Option<&dyn crate::store::ConsoleStore> {
-        Backend::console(self)
+        Some(self)
     }
 
     fn redeem(&self, req: &EnrolRequest, now_ms: i64) -> Result<EnrolResponse> {

@@ -148,6 +148,97 @@ pub enum BlobLinkOwner {
     CheckIn(String),
 }
 
+/// A console queue's filters as the SQL tests them, resolved by the rules (`rules::console`):
+/// the person's area already spelled out as scopes, an area filter as the scopes it stands for,
+/// days as milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueQuery {
+    /// Cases in one of these scopes (`None`: every case; an administrator).
+    pub visible: Option<Vec<String>>,
+    /// And in one of these (an area filter).
+    pub area: Option<Vec<String>>,
+    pub category: Option<String>,
+    /// Dispatched to this department.
+    pub department: Option<String>,
+    /// Dispatched or in progress with a queue key below this (a deadline passed).
+    pub overdue_below: Option<String>,
+    pub reported_from_ms: Option<i64>,
+    pub reported_before_ms: Option<i64>,
+    /// Counts per status ignore it; rows and pins honour it.
+    pub status: Option<String>,
+}
+
+impl QueueQuery {
+    /// Nothing but the person's area limits the cases (the counts can come from membership alone).
+    pub fn area_only(&self) -> bool {
+        self.visible.is_some()
+            && self.area.is_none()
+            && self.category.is_none()
+            && self.department.is_none()
+            && self.overdue_below.is_none()
+            && self.reported_from_ms.is_none()
+            && self.reported_before_ms.is_none()
+    }
+}
+
+/// Which rows of the queue a page holds: keyset paging on the queue key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueuePage {
+    /// Rows after this key, ascending.
+    pub after: Option<String>,
+    /// Rows before this key, returned descending (the page before).
+    pub before: Option<String>,
+    /// At most this many rows.
+    pub limit: u32,
+    /// How many cases match (from the counts): lets a backend choose its plan.
+    pub matching: i64,
+}
+
+/// A stored case's row as the queue lists it, with its queue key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueRow {
+    pub doc_id: String,
+    pub code: String,
+    pub title: String,
+    pub status: String,
+    pub grid_id: String,
+    pub category_id: String,
+    pub reporter: String,
+    pub reported_ms: Option<i64>,
+    pub deadline_ms: Option<i64>,
+    /// As stored: `,a,b,`.
+    pub departments: String,
+    /// As stored: `a,b`.
+    pub flags: String,
+    pub queue_key: String,
+}
+
+/// A console account as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleAccount {
+    pub password_hash: String,
+    pub failed_attempts: i64,
+    pub locked_until_ms: i64,
+}
+
+/// A person as the administration page lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersonRow {
+    pub id: String,
+    /// As stored.
+    pub role: String,
+    pub department: Option<String>,
+    pub has_password: bool,
+}
+
+/// A case a worker reported, for their assessment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportedCase {
+    pub doc_id: String,
+    pub status: String,
+    pub deadline_ms: Option<i64>,
+}
+
 /// Reading: what both a pull (on a snapshot) and a push (in the write transaction) ask.
 pub trait ReadTx {
     /// The last sequence number committed (a cursor's upper bound).
@@ -225,6 +316,41 @@ pub trait ReadTx {
     fn pending_quarantine(&self) -> Result<i64>;
     /// (applied changes, cases, records).
     fn counts(&self) -> Result<(i64, i64, i64)>;
+    /// Every lifecycle event stored for a case, as JSON.
+    fn case_events(&self, doc_id: &str) -> Result<Vec<String>>;
+
+    // The console's reads (`rules::console`).
+
+    /// A person's role (as stored) and department.
+    fn person(&self, user: &str) -> Result<Option<(String, Option<String>)>>;
+    /// Every person, by role and id.
+    fn people(&self) -> Result<Vec<PersonRow>>;
+    /// The console account of a person who is not a worker.
+    fn console_account(&self, user: &str) -> Result<Option<ConsoleAccount>>;
+    /// (user, CSRF token) of the session a token hash stands for, unless it expired by `now_ms`.
+    fn console_session(&self, token_hash: &str, now_ms: i64) -> Result<Option<(String, String)>>;
+    /// The grids placed in a community or street now, as `grid:` scopes.
+    fn grids_placed_in(&self, area: &str) -> Result<Vec<String>>;
+    /// Whether the server holds a case of this id whose report arrived (it has a title).
+    fn case_reported(&self, doc_id: &str) -> Result<bool>;
+    /// A case's flags (as stored) and when its first change arrived.
+    fn case_flags_and_received(&self, doc_id: &str) -> Result<(String, Option<i64>)>;
+    fn blob_held(&self, sha256: &str) -> Result<bool>;
+    /// (status, cases) over the query, ignoring its status.
+    fn queue_counts(&self, q: &QueueQuery) -> Result<Vec<(String, i64)>>;
+    /// A page of the queue in queue-key order (descending when `page.before` is set), at most
+    /// `page.limit` rows.
+    fn queue_rows(&self, q: &QueueQuery, page: &QueuePage) -> Result<Vec<QueueRow>>;
+    /// Cases with a position: open ones first, then the newest; at most `limit`.
+    fn map_pins(&self, q: &QueueQuery, limit: u32) -> Result<Vec<super::console::MapPin>>;
+    /// A grid's check-ins on a district day, in time order.
+    fn check_ins_on(&self, grid: &str, day: &str) -> Result<Vec<super::console::CheckInView>>;
+    /// Every worker with the scopes granted to them.
+    fn workers(&self) -> Result<Vec<(String, Vec<String>)>>;
+    /// Cases `reporter` reported in [from_ms, to_ms).
+    fn reported_by(&self, reporter: &str, from_ms: i64, to_ms: i64) -> Result<Vec<ReportedCase>>;
+    /// How many check-ins `user` made in [from_ms, to_ms).
+    fn check_in_count(&self, user: &str, from_ms: i64, to_ms: i64) -> Result<i64>;
 }
 
 /// Writing: the primitives of a push, a release and the rules' bookkeeping, inside the backend's
@@ -240,9 +366,22 @@ pub trait WriteTx: ReadTx {
     fn actor_owner(&self, actor: &str) -> Result<Option<String>>;
     /// Gives an actor to a device, unless it is someone's already.
     fn register_actor(&self, actor: &str, device_id: &str, now_ms: i64) -> Result<()>;
-    /// A console user's device of an earlier epoch, registered again in this one (`None`: no
-    /// such console user).
-    fn console_device_again(&self, epoch: &str, device_id: &str, now_ms: i64) -> Result<Option<Device>>;
+    /// A console person's pseudo-device and its actor (nothing for what exists already).
+    fn register_console_device(&self, id: &str, code: &str, user: &str, actor: &str, now_ms: i64) -> Result<()>;
+    /// A failed sign-in: the count so far, and until when the account is locked (0: not).
+    fn console_sign_in_failed(&self, user: &str, failed_attempts: i64, locked_until_ms: i64) -> Result<()>;
+    /// A session opened: failures cleared, expired sessions gone, this one stored.
+    fn open_console_session(
+        &self,
+        token_hash: &str,
+        user: &str,
+        csrf: &str,
+        now_ms: i64,
+        expires_ms: i64,
+    ) -> Result<()>;
+    fn close_console_session(&self, token_hash: &str) -> Result<()>;
+    /// Sets a console password hash, clearing failures and any lock.
+    fn set_console_password(&self, user: &str, password_hash: &str, now_ms: i64) -> Result<()>;
 
     fn park(&self, change: &ParkedChange) -> Result<()>;
     fn any_parked(&self) -> Result<bool>;
@@ -264,8 +403,6 @@ pub trait WriteTx: ReadTx {
     fn store_change(&self, change: &StoredChange<'_>) -> Result<()>;
     /// Records a lifecycle event of a case (once per event id), as the change holds it.
     fn store_event(&self, doc_id: &str, event_id: &str, json: &str) -> Result<()>;
-    /// Every lifecycle event stored for a case, as JSON.
-    fn case_events(&self, doc_id: &str) -> Result<Vec<String>>;
     /// Where the case's `events` map is (its Automerge object id), once known.
     fn events_obj(&self, doc_id: &str) -> Result<Option<String>>;
     fn write_case_row(&self, row: &CaseRow<'_>) -> Result<()>;
@@ -334,10 +471,11 @@ pub trait Backend: Send + Sync + 'static {
     fn flush_seen(&self) -> Result<()>;
     /// The catalog changed (after the transaction that stored it committed).
     fn catalog_changed(&self, catalog: gridwork_model::catalog::Catalog);
-    /// The supervisor console's storage, when this backend has one.
-    fn console(&self) -> Option<&dyn super::ConsoleStore> {
-        None
-    }
+    /// One console change at a time in this process: two of one person's actor built on the same
+    /// document would claim the same sequence number.
+    fn console_writes(&self) -> &std::sync::Mutex<()>;
+    /// The directory the server's TLS files are in (the data directory).
+    fn tls_files(&self) -> Option<crate::tls::TlsFiles>;
 }
 
 /// [`Backend::read`] with a result.

@@ -4,7 +4,7 @@
 //! sequence numbers are taken from `meta.last_seq` inside it, so they commit in order and a cursor
 //! (the last sequence number a device has seen) can never skip a change (docs/PROTOCOL.md).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, RwLock};
 
@@ -13,15 +13,14 @@ use gridwork_model::doc::keys;
 use gridwork_model::geo::Location;
 use gridwork_model::wire::ItemResult;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
-use sha2::{Digest, Sha256};
 
 mod console;
 mod port;
 pub(super) mod records;
 
 use super::port::{Backend, ReadTx, WriteTx};
-use super::values::{json, random_hex, sha256_hex, stored_role as parse_role};
-use super::{Device, DeviceInfo, QuarantinedItem};
+use super::values::{json, random_hex, stored_role as parse_role};
+use super::Device;
 use crate::blobs::BlobFiles;
 use crate::error::{Result, ServerError};
 use crate::places::Places;
@@ -219,10 +218,6 @@ impl SqliteStore {
     fn places(&self) -> Arc<Places> {
         self.places.read().map(|c| Arc::clone(&c)).unwrap_or_else(|p| Arc::clone(&p.into_inner()))
     }
-
-    fn catalog(&self) -> Arc<Catalog> {
-        Arc::clone(self.places().catalog())
-    }
 }
 
 /// SQLite's errors as the server's: a full disk is [`ServerError::StorageFull`] (507, retried by
@@ -286,8 +281,12 @@ impl Backend for SqliteStore {
         *self.places.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Places::new(Arc::new(catalog)));
     }
 
-    fn console(&self) -> Option<&dyn super::ConsoleStore> {
-        Some(self)
+    fn console_writes(&self) -> &Mutex<()> {
+        &self.console_writes
+    }
+
+    fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles::in_data_dir(self.path.parent()?))
     }
 }
 

@@ -14,6 +14,7 @@
 //! directory they all mount (see docs/adr/0021 for why not an object store yet).
 
 pub mod backup;
+mod console;
 mod database;
 mod port;
 
@@ -36,7 +37,10 @@ use database::Database;
 use port::{PgTx, Statements};
 
 /// The schema this server writes (`meta.schema_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+/// Each schema after the first, by the version it brings the database to.
+const MIGRATIONS: &[(i64, &str)] = &[(2, include_str!("schema_2.sql"))];
 
 /// Reader connections kept open between requests.
 const MAX_READERS: usize = 16;
@@ -108,6 +112,9 @@ pub struct PgStore {
     pending: Mutex<Vec<Queued>>,
     readers: Mutex<Vec<Conn>>,
     blobs: Arc<BlobFiles>,
+    /// Where the blobs and the server's TLS files are.
+    data_dir: std::path::PathBuf,
+    console_writes: Mutex<()>,
     epoch: String,
     receipts: ReceiptKey,
     places: RwLock<Arc<Places>>,
@@ -166,6 +173,8 @@ impl PgStore {
             pending: Mutex::new(vec![]),
             readers: Mutex::new(vec![]),
             blobs: Arc::new(BlobFiles::open(data_dir)?),
+            data_dir: data_dir.to_owned(),
+            console_writes: Mutex::new(()),
             epoch,
             receipts: ReceiptKey::new(key),
             places: RwLock::new(Arc::new(Places::new(Arc::new(catalog)))),
@@ -217,7 +226,7 @@ impl PgStore {
         let exists: bool = tx.query_one("SELECT to_regclass('meta') IS NOT NULL", &[])?.get(0);
         if !exists {
             tx.batch_execute(include_str!("schema_1.sql"))?;
-            tx.execute("INSERT INTO meta (key, value) VALUES ('schema_version', $1)", &[&SCHEMA_VERSION.to_string()])?;
+            tx.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '1')", &[])?;
         }
         let version: i64 = tx
             .query_opt("SELECT value FROM meta WHERE key = 'schema_version'", &[])?
@@ -227,6 +236,11 @@ impl PgStore {
             return Err(ServerError::Internal(format!(
                 "the database's schema {version} is newer than this server's {SCHEMA_VERSION}: update the server"
             )));
+        }
+        // In the same transaction as the lock: a migration is whole or not at all.
+        for (to, sql) in MIGRATIONS.iter().filter(|(to, _)| *to > version) {
+            tx.batch_execute(sql)?;
+            tx.execute("UPDATE meta SET value = $1 WHERE key = 'schema_version'", &[&to.to_string()])?;
         }
         let mut get_or_make = |key: &str, make: &dyn Fn() -> Result<String>| -> Result<String> {
             if let Some(r) = tx.query_opt("SELECT value FROM meta WHERE key = $1", &[&key])? {
@@ -398,6 +412,14 @@ impl PgStore {
 }
 
 impl Backend for PgStore {
+    fn console_writes(&self) -> &Mutex<()> {
+        &self.console_writes
+    }
+
+    fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles::in_data_dir(&self.data_dir))
+    }
+
     fn rules(&self) -> Rules<'_> {
         Rules { receipts: &self.receipts, epoch: &self.epoch, places: self.places() }
     }

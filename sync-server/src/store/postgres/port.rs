@@ -9,9 +9,11 @@ use postgres::types::ToSql;
 use postgres::{Row, Statement, Transaction};
 
 use crate::error::{Result, ServerError};
+use crate::store::console::{CheckInView, MapPin};
 use crate::store::port::{
-    BlobLinkOwner, CaseRow, CaseRowNow, ChangeBytes, DeviceRow, NewRecord, ParkedChange, QuarantineEntry, Quarantined,
-    ReadTx, StoredChange, Whereabouts, WriteTx,
+    BlobLinkOwner, CaseRow, CaseRowNow, ChangeBytes, ConsoleAccount, DeviceRow, NewRecord, ParkedChange, PersonRow,
+    QuarantineEntry, Quarantined, QueuePage, QueueQuery, QueueRow, ReadTx, ReportedCase, StoredChange, Whereabouts,
+    WriteTx,
 };
 use crate::store::values::{json, stored_role};
 use crate::store::{Device, QuarantinedItem};
@@ -36,7 +38,7 @@ impl std::fmt::Debug for PgTx<'_, '_> {
     }
 }
 
-type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+pub(super) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
 fn device_row(r: &Row) -> DeviceRow {
     DeviceRow {
@@ -65,27 +67,27 @@ impl PgTx<'_, '_> {
         Ok(s)
     }
 
-    fn rows(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
+    pub(super) fn rows(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
         let s = self.statement(sql)?;
         Ok(self.tx.borrow_mut().query(&s, params)?)
     }
 
-    fn row(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>> {
+    pub(super) fn row(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>> {
         let s = self.statement(sql)?;
         Ok(self.tx.borrow_mut().query_opt(&s, params)?)
     }
 
-    fn one(&self, sql: &str, params: Params<'_>) -> Result<Row> {
+    pub(super) fn one(&self, sql: &str, params: Params<'_>) -> Result<Row> {
         let s = self.statement(sql)?;
         Ok(self.tx.borrow_mut().query_one(&s, params)?)
     }
 
-    fn exec(&self, sql: &str, params: Params<'_>) -> Result<u64> {
+    pub(super) fn exec(&self, sql: &str, params: Params<'_>) -> Result<u64> {
         let s = self.statement(sql)?;
         Ok(self.tx.borrow_mut().execute(&s, params)?)
     }
 
-    fn strings(&self, sql: &str, params: Params<'_>) -> Result<Vec<String>> {
+    pub(super) fn strings(&self, sql: &str, params: Params<'_>) -> Result<Vec<String>> {
         Ok(self.rows(sql, params)?.iter().map(|r| r.get(0)).collect())
     }
 
@@ -392,6 +394,127 @@ impl ReadTx for PgTx<'_, '_> {
         )?;
         Ok((r.get(0), r.get(1), r.get(2)))
     }
+
+    fn case_events(&self, doc_id: &str) -> Result<Vec<String>> {
+        self.strings("SELECT json FROM doc_events WHERE doc_id = $1", &[&doc_id])
+    }
+
+    fn person(&self, user: &str) -> Result<Option<(String, Option<String>)>> {
+        Ok(self.row("SELECT role, department FROM users WHERE id = $1", &[&user])?.map(|r| (r.get(0), r.get(1))))
+    }
+
+    fn people(&self) -> Result<Vec<PersonRow>> {
+        Ok(self
+            .rows(
+                "SELECT u.id, u.role, u.department, EXISTS (SELECT 1 FROM console_accounts a WHERE a.user_id = u.id)
+                 FROM users u ORDER BY u.role, u.id",
+                &[],
+            )?
+            .iter()
+            .map(|r| PersonRow { id: r.get(0), role: r.get(1), department: r.get(2), has_password: r.get(3) })
+            .collect())
+    }
+
+    fn console_account(&self, user: &str) -> Result<Option<ConsoleAccount>> {
+        Ok(self
+            .row(
+                "SELECT a.password_hash, a.failed_attempts, a.locked_until_ms FROM console_accounts a
+                 JOIN users u ON u.id = a.user_id WHERE a.user_id = $1 AND u.role != 'worker'",
+                &[&user],
+            )?
+            .map(|r| ConsoleAccount { password_hash: r.get(0), failed_attempts: r.get(1), locked_until_ms: r.get(2) }))
+    }
+
+    fn console_session(&self, token_hash: &str, now_ms: i64) -> Result<Option<(String, String)>> {
+        Ok(self
+            .row(
+                "SELECT user_id, csrf FROM console_sessions WHERE token_hash = $1 AND expires_ms > $2",
+                &[&token_hash, &now_ms],
+            )?
+            .map(|r| (r.get(0), r.get(1))))
+    }
+
+    fn grids_placed_in(&self, area: &str) -> Result<Vec<String>> {
+        self.strings("SELECT 'grid:' || grid_id FROM grid_placements WHERE scope = $1 AND to_seq IS NULL", &[&area])
+    }
+
+    fn case_reported(&self, doc_id: &str) -> Result<bool> {
+        Ok(self.row("SELECT 1 FROM docs WHERE doc_id = $1 AND title IS NOT NULL", &[&doc_id])?.is_some())
+    }
+
+    fn case_flags_and_received(&self, doc_id: &str) -> Result<(String, Option<i64>)> {
+        let flags: String =
+            self.row("SELECT flags FROM docs WHERE doc_id = $1", &[&doc_id])?.map(|r| r.get(0)).unwrap_or_default();
+        let received: Option<i64> =
+            self.one("SELECT min(received_ms) FROM changes WHERE doc_id = $1", &[&doc_id])?.get(0);
+        Ok((flags, received))
+    }
+
+    fn blob_held(&self, sha256: &str) -> Result<bool> {
+        Ok(self.row("SELECT 1 FROM blobs WHERE sha256 = $1", &[&sha256])?.is_some())
+    }
+
+    fn queue_counts(&self, q: &QueueQuery) -> Result<Vec<(String, i64)>> {
+        super::console::queue_counts(self, q)
+    }
+
+    fn queue_rows(&self, q: &QueueQuery, page: &QueuePage) -> Result<Vec<QueueRow>> {
+        super::console::queue_rows(self, q, page)
+    }
+
+    fn map_pins(&self, q: &QueueQuery, limit: u32) -> Result<Vec<MapPin>> {
+        super::console::map_pins(self, q, limit)
+    }
+
+    fn check_ins_on(&self, grid: &str, day: &str) -> Result<Vec<CheckInView>> {
+        Ok(self
+            .rows(
+                "SELECT user_id, at_ms, point_id, inside_grid, distance_m FROM records
+                 WHERE grid_id = $1 AND day = $2 ORDER BY at_ms",
+                &[&grid, &day],
+            )?
+            .iter()
+            .map(|r| CheckInView {
+                user: r.get::<_, Option<String>>(0).unwrap_or_default(),
+                at_ms: r.get::<_, Option<i64>>(1).unwrap_or_default(),
+                point: r.get(2),
+                inside_grid: r.get::<_, Option<bool>>(3).unwrap_or_default(),
+                distance_m: r.get(4),
+            })
+            .collect())
+    }
+
+    fn workers(&self) -> Result<Vec<(String, Vec<String>)>> {
+        Ok(self
+            .rows(
+                "SELECT u.id, array_remove(array_agg(s.scope ORDER BY s.scope), NULL) FROM users u
+                 LEFT JOIN user_scopes s ON s.user_id = u.id WHERE u.role = 'worker' GROUP BY u.id ORDER BY u.id",
+                &[],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
+    fn reported_by(&self, reporter: &str, from_ms: i64, to_ms: i64) -> Result<Vec<ReportedCase>> {
+        Ok(self
+            .rows(
+                "SELECT doc_id, status, deadline_ms FROM docs WHERE reporter = $1 AND reported_ms >= $2 AND reported_ms < $3",
+                &[&reporter, &from_ms, &to_ms],
+            )?
+            .iter()
+            .map(|r| ReportedCase { doc_id: r.get(0), status: r.get(1), deadline_ms: r.get(2) })
+            .collect())
+    }
+
+    fn check_in_count(&self, user: &str, from_ms: i64, to_ms: i64) -> Result<i64> {
+        Ok(self
+            .one(
+                "SELECT count(*) FROM records WHERE user_id = $1 AND at_ms >= $2 AND at_ms < $3 AND grid_id IS NOT NULL",
+                &[&user, &from_ms, &to_ms],
+            )?
+            .get(0))
+    }
 }
 
 impl WriteTx for PgTx<'_, '_> {
@@ -434,8 +557,58 @@ impl WriteTx for PgTx<'_, '_> {
     }
 
     /// This store has no console (yet), so no console user's change was ever applied here.
-    fn console_device_again(&self, _epoch: &str, _device_id: &str, _now_ms: i64) -> Result<Option<Device>> {
-        Ok(None)
+    fn register_console_device(&self, id: &str, code: &str, user: &str, actor: &str, now_ms: i64) -> Result<()> {
+        self.exec(
+            "INSERT INTO devices (id, code, user_id, status, created_ms) VALUES ($1, $2, $3, 'active', $4)
+             ON CONFLICT (id) DO NOTHING",
+            &[&id, &code, &user, &now_ms],
+        )?;
+        self.exec(
+            "INSERT INTO actors (actor, device_id, first_seen_ms) VALUES ($1, $2, $3) ON CONFLICT (actor) DO NOTHING",
+            &[&actor, &id, &now_ms],
+        )?;
+        Ok(())
+    }
+
+    fn console_sign_in_failed(&self, user: &str, failed_attempts: i64, locked_until_ms: i64) -> Result<()> {
+        self.exec(
+            "UPDATE console_accounts SET failed_attempts = $2, locked_until_ms = $3 WHERE user_id = $1",
+            &[&user, &failed_attempts, &locked_until_ms],
+        )?;
+        Ok(())
+    }
+
+    fn open_console_session(
+        &self,
+        token_hash: &str,
+        user: &str,
+        csrf: &str,
+        now_ms: i64,
+        expires_ms: i64,
+    ) -> Result<()> {
+        self.exec("UPDATE console_accounts SET failed_attempts = 0, locked_until_ms = 0 WHERE user_id = $1", &[&user])?;
+        self.exec("DELETE FROM console_sessions WHERE expires_ms < $1", &[&now_ms])?;
+        self.exec(
+            "INSERT INTO console_sessions (token_hash, user_id, csrf, created_ms, expires_ms) VALUES ($1, $2, $3, $4, $5)",
+            &[&token_hash, &user, &csrf, &now_ms, &expires_ms],
+        )?;
+        Ok(())
+    }
+
+    fn close_console_session(&self, token_hash: &str) -> Result<()> {
+        self.exec("DELETE FROM console_sessions WHERE token_hash = $1", &[&token_hash])?;
+        Ok(())
+    }
+
+    fn set_console_password(&self, user: &str, password_hash: &str, now_ms: i64) -> Result<()> {
+        self.exec(
+            "INSERT INTO console_accounts (user_id, password_hash, failed_attempts, locked_until_ms, updated_ms)
+             VALUES ($1, $2, 0, 0, $3)
+             ON CONFLICT (user_id) DO UPDATE SET password_hash = excluded.password_hash, failed_attempts = 0,
+                locked_until_ms = 0, updated_ms = excluded.updated_ms",
+            &[&user, &password_hash, &now_ms],
+        )?;
+        Ok(())
     }
 
     fn park(&self, c: &ParkedChange) -> Result<()> {
@@ -528,10 +701,6 @@ impl WriteTx for PgTx<'_, '_> {
             &[&doc_id, &event_id, &json],
         )?;
         Ok(())
-    }
-
-    fn case_events(&self, doc_id: &str) -> Result<Vec<String>> {
-        self.strings("SELECT json FROM doc_events WHERE doc_id = $1", &[&doc_id])
     }
 
     fn events_obj(&self, doc_id: &str) -> Result<Option<String>> {

@@ -13,9 +13,11 @@ use super::{
     SeqCounter,
 };
 use crate::error::{Result, ServerError};
+use crate::store::console::{CheckInView, MapPin};
 use crate::store::port::{
-    BlobLinkOwner, CaseRow, CaseRowNow, ChangeBytes, DeviceRow, NewRecord, ParkedChange, QuarantineEntry, Quarantined,
-    ReadTx, StoredChange, Whereabouts, WriteTx,
+    BlobLinkOwner, CaseRow, CaseRowNow, ChangeBytes, ConsoleAccount, DeviceRow, NewRecord, ParkedChange, PersonRow,
+    QuarantineEntry, Quarantined, QueuePage, QueueQuery, QueueRow, ReadTx, ReportedCase, StoredChange, Whereabouts,
+    WriteTx,
 };
 use crate::store::{Device, QuarantinedItem};
 
@@ -345,6 +347,122 @@ impl ReadTx for SqliteTx<'_> {
         };
         Ok((count("changes")?, count("docs")?, count("records")?))
     }
+
+    fn case_events(&self, doc_id: &str) -> Result<Vec<String>> {
+        strings(self.conn, "SELECT json FROM doc_events WHERE doc_id = ?1", [doc_id])
+    }
+
+    fn person(&self, user: &str) -> Result<Option<(String, Option<String>)>> {
+        Ok(q1(self.conn, "SELECT role, department FROM users WHERE id = ?1", [user], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
+    fn people(&self) -> Result<Vec<PersonRow>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT u.id, u.role, u.department, EXISTS (SELECT 1 FROM console_accounts a WHERE a.user_id = u.id)
+                 FROM users u ORDER BY u.role, u.id",
+            )?
+            .query_map([], |r| {
+                Ok(PersonRow { id: r.get(0)?, role: r.get(1)?, department: r.get(2)?, has_password: r.get(3)? })
+            })?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn console_account(&self, user: &str) -> Result<Option<ConsoleAccount>> {
+        Ok(q1(
+            self.conn,
+            "SELECT a.password_hash, a.failed_attempts, a.locked_until_ms FROM console_accounts a
+             JOIN users u ON u.id = a.user_id WHERE a.user_id = ?1 AND u.role != 'worker'",
+            [user],
+            |r| Ok(ConsoleAccount { password_hash: r.get(0)?, failed_attempts: r.get(1)?, locked_until_ms: r.get(2)? }),
+        )
+        .optional()?)
+    }
+
+    fn console_session(&self, token_hash: &str, now_ms: i64) -> Result<Option<(String, String)>> {
+        Ok(q1(
+            self.conn,
+            "SELECT user_id, csrf FROM console_sessions WHERE token_hash = ?1 AND expires_ms > ?2",
+            params![token_hash, now_ms],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?)
+    }
+
+    fn grids_placed_in(&self, area: &str) -> Result<Vec<String>> {
+        strings(self.conn, "SELECT 'grid:' || grid_id FROM grid_placements WHERE scope = ?1 AND to_seq IS NULL", [area])
+    }
+
+    fn case_reported(&self, doc_id: &str) -> Result<bool> {
+        Ok(self.conn.prepare_cached("SELECT 1 FROM docs WHERE doc_id = ?1 AND title IS NOT NULL")?.exists([doc_id])?)
+    }
+
+    fn case_flags_and_received(&self, doc_id: &str) -> Result<(String, Option<i64>)> {
+        let flags: String = q1(self.conn, "SELECT flags FROM docs WHERE doc_id = ?1", [doc_id], |r| r.get(0))
+            .optional()?
+            .unwrap_or_default();
+        let received: Option<i64> =
+            q1(self.conn, "SELECT min(received_ms) FROM changes WHERE doc_id = ?1", [doc_id], |r| r.get(0))?;
+        Ok((flags, received))
+    }
+
+    fn blob_held(&self, sha256: &str) -> Result<bool> {
+        Ok(self.conn.prepare_cached("SELECT 1 FROM blobs WHERE sha256 = ?1")?.exists([sha256])?)
+    }
+
+    fn queue_counts(&self, q: &QueueQuery) -> Result<Vec<(String, i64)>> {
+        console::queue_counts(self.conn, q)
+    }
+
+    fn queue_rows(&self, q: &QueueQuery, page: &QueuePage) -> Result<Vec<QueueRow>> {
+        console::queue_rows(self.conn, q, page)
+    }
+
+    fn map_pins(&self, q: &QueueQuery, limit: u32) -> Result<Vec<MapPin>> {
+        console::map_pins(self.conn, q, limit)
+    }
+
+    fn check_ins_on(&self, grid: &str, day: &str) -> Result<Vec<CheckInView>> {
+        console::check_ins_on(self.conn, grid, day)
+    }
+
+    fn workers(&self) -> Result<Vec<(String, Vec<String>)>> {
+        let rows: Vec<(String, String)> = self
+            .conn
+            .prepare_cached(
+                "SELECT u.id, coalesce(group_concat(s.scope), '') FROM users u
+                 LEFT JOIN user_scopes s ON s.user_id = u.id WHERE u.role = 'worker' GROUP BY u.id ORDER BY u.id",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows
+            .into_iter()
+            .map(|(u, scopes)| (u, scopes.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect()))
+            .collect())
+    }
+
+    fn reported_by(&self, reporter: &str, from_ms: i64, to_ms: i64) -> Result<Vec<ReportedCase>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT doc_id, status, deadline_ms FROM docs WHERE reporter = ?1 AND reported_ms >= ?2 AND reported_ms < ?3",
+            )?
+            .query_map(params![reporter, from_ms, to_ms], |r| {
+                Ok(ReportedCase { doc_id: r.get(0)?, status: r.get(1)?, deadline_ms: r.get(2)? })
+            })?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn check_in_count(&self, user: &str, from_ms: i64, to_ms: i64) -> Result<i64> {
+        Ok(q1(
+            self.conn,
+            "SELECT count(*) FROM check_ins WHERE user_id = ?1 AND at_ms >= ?2 AND at_ms < ?3",
+            params![user, from_ms, to_ms],
+            |r| r.get(0),
+        )?)
+    }
 }
 
 impl WriteTx for SqliteTx<'_> {
@@ -390,8 +508,67 @@ impl WriteTx for SqliteTx<'_> {
         Ok(())
     }
 
-    fn console_device_again(&self, epoch: &str, device_id: &str, now_ms: i64) -> Result<Option<Device>> {
-        console::console_device_again(self.conn, epoch, device_id, now_ms)
+    fn register_console_device(&self, id: &str, code: &str, user: &str, actor: &str, now_ms: i64) -> Result<()> {
+        exec(
+            self.conn,
+            "INSERT INTO devices (id, code, user_id, status, created_ms) VALUES (?1, ?2, ?3, 'active', ?4)
+             ON CONFLICT (id) DO NOTHING",
+            params![id, code, user, now_ms],
+        )?;
+        exec(
+            self.conn,
+            "INSERT INTO actors (actor, device_id, first_seen_ms) VALUES (?1, ?2, ?3) ON CONFLICT (actor) DO NOTHING",
+            params![actor, id, now_ms],
+        )?;
+        Ok(())
+    }
+
+    fn console_sign_in_failed(&self, user: &str, failed_attempts: i64, locked_until_ms: i64) -> Result<()> {
+        exec(
+            self.conn,
+            "UPDATE console_accounts SET failed_attempts = ?2, locked_until_ms = ?3 WHERE user_id = ?1",
+            params![user, failed_attempts, locked_until_ms],
+        )?;
+        Ok(())
+    }
+
+    fn open_console_session(
+        &self,
+        token_hash: &str,
+        user: &str,
+        csrf: &str,
+        now_ms: i64,
+        expires_ms: i64,
+    ) -> Result<()> {
+        exec(
+            self.conn,
+            "UPDATE console_accounts SET failed_attempts = 0, locked_until_ms = 0 WHERE user_id = ?1",
+            [user],
+        )?;
+        exec(self.conn, "DELETE FROM console_sessions WHERE expires_ms < ?1", [now_ms])?;
+        exec(
+            self.conn,
+            "INSERT INTO console_sessions (token_hash, user_id, csrf, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![token_hash, user, csrf, now_ms, expires_ms],
+        )?;
+        Ok(())
+    }
+
+    fn close_console_session(&self, token_hash: &str) -> Result<()> {
+        exec(self.conn, "DELETE FROM console_sessions WHERE token_hash = ?1", [token_hash])?;
+        Ok(())
+    }
+
+    fn set_console_password(&self, user: &str, password_hash: &str, now_ms: i64) -> Result<()> {
+        exec(
+            self.conn,
+            "INSERT INTO console_accounts (user_id, password_hash, failed_attempts, locked_until_ms, updated_ms)
+             VALUES (?1, ?2, 0, 0, ?3)
+             ON CONFLICT (user_id) DO UPDATE SET password_hash = excluded.password_hash, failed_attempts = 0,
+                locked_until_ms = 0, updated_ms = excluded.updated_ms",
+            params![user, password_hash, now_ms],
+        )?;
+        Ok(())
     }
 
     fn park(&self, c: &ParkedChange) -> Result<()> {
@@ -489,10 +666,6 @@ impl WriteTx for SqliteTx<'_> {
             params![doc_id, event_id, json],
         )?;
         Ok(())
-    }
-
-    fn case_events(&self, doc_id: &str) -> Result<Vec<String>> {
-        strings(self.conn, "SELECT json FROM doc_events WHERE doc_id = ?1", [doc_id])
     }
 
     fn events_obj(&self, doc_id: &str) -> Result<Option<String>> {
