@@ -287,8 +287,7 @@ fn admin(
                     line.trim_end_matches(['\r', '\n']).to_owned()
                 }
             };
-            let console =
-                sync.console().ok_or("this store has no console (the embedded store has; PostgreSQL's is to come)")?;
+            let console = sync.console().ok_or("this store has no console")?;
             console.set_password(&user, &password, now_ms()).map_err(|e| e.to_string())?;
             println!("{user} can sign in to /console as {}", scoped.sign_in_name(&user));
         }

@@ -1,8 +1,7 @@
 //! A city of districts (ADR 22): one deployment, every district a store of its own, requests
 //! routed by what they carry. Each district here has the same catalog — the same grid ids,
 //! people of the same names — so that anything that crossed districts by a shared name would
-//! show. Phones sync through the real HTTP server on both backends; the console's storage is
-//! SQLite's only (ADR 21), so its scenarios run there.
+//! show. Phones and console people go through the real HTTP server, on both backends.
 
 use std::sync::Arc;
 
@@ -273,7 +272,7 @@ mod scenarios {
 }
 
 macro_rules! city {
-    ($backend:ident, $kind:expr, console: $console:tt) => {
+    ($backend:ident, $kind:expr) => {
         mod $backend {
             use super::*;
 
@@ -291,30 +290,24 @@ macro_rules! city {
                 scenarios::the_city_centre_still_serves_its_own_phones(deployment());
             }
 
-            city!(@console $console);
-        }
-    };
-    (@console true) => {
-        #[test]
-        fn console_people_stay_in_their_district() {
-            scenarios::console_people_stay_in_their_district(deployment());
-        }
+            #[test]
+            fn console_people_stay_in_their_district() {
+                scenarios::console_people_stay_in_their_district(deployment());
+            }
 
-        #[test]
-        fn console_pages_route_by_session() {
-            scenarios::console_pages_route_by_session(deployment());
+            #[test]
+            fn console_pages_route_by_session() {
+                scenarios::console_pages_route_by_session(deployment());
+            }
         }
     };
-    (@console false) => {};
 }
 
-city!(sqlite, StoreKind::Sqlite, console: true);
+city!(sqlite, StoreKind::Sqlite);
 city!(
     postgres,
-    StoreKind::Postgres(gridwork_tests::pg::fresh_database().expect("a PostgreSQL database for the suite")),
-    console: false
+    StoreKind::Postgres(gridwork_tests::pg::fresh_database().expect("a PostgreSQL database for the suite"))
 );
-
 /// District a's writer holds a write transaction open (on PostgreSQL, its `seq_counter` row
 /// lock); district b's write commits meanwhile: one district's storm never queues another's
 /// writes behind it, as one store's writers queue behind each other (tests/instances.rs).

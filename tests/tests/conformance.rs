@@ -2,8 +2,8 @@
 //! `AdminStore` only, run on every backend (`conformance!` below, after matrix-rust-sdk's store
 //! integration-test macro): the embedded SQLite store and PostgreSQL (a real server started by
 //! `gridwork_tests::pg`, or the one `GRIDWORK_PG_URL` names). Real phone stores sync through the
-//! real HTTP server. The console's storage is not behind the port yet and is tested on SQLite
-//! only (tests/console.rs).
+//! real HTTP server. The console's scenarios run on both stores in tests/console.rs, a city's
+//! districts in tests/city.rs.
 
 use std::sync::Arc;
 

@@ -12,7 +12,7 @@ use gridwork_sync_server::store::console::MAX_FAILED_SIGN_INS;
 use gridwork_sync_server::store::ConsoleStore;
 
 mod common;
-use common::{capture, phone, District};
+use common::{capture, phone, Backend, District};
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -62,9 +62,7 @@ fn console_users(d: &District) {
     }
 }
 
-#[test]
-fn a_case_worked_from_the_console_reaches_the_phones_and_closes() {
-    let d = District::new();
+fn a_case_worked_from_the_console_reaches_the_phones_and_closes(d: District) {
     console_users(&d);
     let mut w1 = phone(&d, "w1", None);
     let case = capture(&w1, 0, 1, 31)[0];
@@ -120,9 +118,7 @@ fn a_case_worked_from_the_console_reaches_the_phones_and_closes() {
     assert!(csv.body.contains(&code) && csv.body.lines().count() == 2, "{}", csv.body);
 }
 
-#[test]
-fn the_console_refuses_device_tokens_forged_forms_other_areas_and_password_guessing() {
-    let d = District::new();
+fn the_console_refuses_device_tokens_forged_forms_other_areas_and_password_guessing(d: District) {
     console_users(&d);
     let mut w1 = phone(&d, "w1", None);
     let case = capture(&w1, 0, 1, 32)[0].to_string();
@@ -202,9 +198,7 @@ fn case_rows(page: &Page) -> Vec<String> {
     page.body.split("data-case=\"").skip(1).filter_map(|s| s.split('"').next()).map(str::to_owned).collect()
 }
 
-#[test]
-fn the_queue_pages_forward_and_back_without_losing_or_repeating_a_case() {
-    let d = District::new();
+fn the_queue_pages_forward_and_back_without_losing_or_repeating_a_case(d: District) {
     console_users(&d);
     let mut w1 = phone(&d, "w1", None);
     let mut all = capture(&w1, 0, 120, 33).iter().map(|c| c.to_string()).collect::<Vec<_>>();
@@ -232,9 +226,7 @@ fn the_queue_pages_forward_and_back_without_losing_or_repeating_a_case() {
     assert_eq!(case_rows(&back), r2, "back to the same second page");
 }
 
-#[test]
-fn map_coverage_assessment_and_administration() {
-    let d = District::new();
+fn map_coverage_assessment_and_administration(d: District) {
     console_users(&d);
     d.store.set_user("admin", Role::Administrator, None, &[]).expect("admin");
     (d.store.as_ref() as &dyn ConsoleStore).set_password("admin", PASSWORD, 0).expect("password");
@@ -340,12 +332,10 @@ fn map_coverage_assessment_and_administration() {
     assert_eq!(bad.status, 400, "a bad file is refused and changes nothing");
 }
 
-#[test]
-fn photos_and_conflicting_values_on_the_case_page() {
+fn photos_and_conflicting_values_on_the_case_page(d: District) {
     use gridwork_core::evidence::synthetic::{camera_like_jpeg, ExifSpec};
     use gridwork_core::model::doc::CasePatch;
 
-    let d = District::new();
     console_users(&d);
     let mut w1 = phone(&d, "w1", None);
     let mut s1_phone = phone(&d, "s1", None);
@@ -551,3 +541,29 @@ fn a_damaged_stored_case_shows_as_damaged_with_who_sent_it_never_a_500() {
     // The queue still lists it, and acting on it is refused the same way, changing nothing.
     assert_eq!(admin.get("/console/cases").status, 200);
 }
+
+/// The scenarios above on every store (the console's rules are the same on both: `rules::console`).
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $name() {
+                super::$name(super::District::on(super::Backend::Sqlite));
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $name() {
+                super::$name(super::District::on(super::Backend::postgres()));
+            })*
+        }
+    };
+}
+
+on_every_store!(
+    a_case_worked_from_the_console_reaches_the_phones_and_closes,
+    the_console_refuses_device_tokens_forged_forms_other_areas_and_password_guessing,
+    the_queue_pages_forward_and_back_without_losing_or_repeating_a_case,
+    map_coverage_assessment_and_administration,
+    photos_and_conflicting_values_on_the_case_page,
+);

@@ -6,7 +6,6 @@ use gridwork_core::evidence::synthetic::{camera_like_jpeg, ExifSpec};
 use gridwork_core::model::ids::CaseId;
 use gridwork_core::model::wire::BlobStatus;
 use gridwork_core::store::NewCase;
-use gridwork_sync_server::AdminStore;
 use gridwork_tests::{district, random_case, Rng};
 
 mod common;

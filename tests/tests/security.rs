@@ -2,7 +2,6 @@
 //! docs/PROTOCOL.md alone, holding a real device token, tries what the rules forbid.
 
 use gridwork_model::access::Scope;
-use gridwork_sync_server::AdminStore;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;

@@ -12,7 +12,6 @@ use gridwork_core::model::wire::{DeviceState, Outcome, PushedChange, PushedRecor
 use gridwork_core::store::CaseQuery;
 use gridwork_core::sync::{enrol, SyncConfig, SyncReport};
 use gridwork_core::CoreError;
-use gridwork_sync_server::SyncStore;
 use gridwork_tests::{district, identity_from_enrolment, open_device, random_case, Rng};
 
 mod common;

@@ -462,4 +462,8 @@ impl<B: Backend> AdminStore for B {
     fn blob_count(&self) -> Result<i64> {
         read(self, |tx| tx.blob_count())
     }
+
+    fn blob_bytes_received(&self, sha256: &str) -> u64 {
+        self.blobs().bytes_received(sha256)
+    }
 }

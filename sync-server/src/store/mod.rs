@@ -143,4 +143,7 @@ pub trait AdminStore: Send + Sync {
     fn doc_flags(&self, doc_id: &str) -> Result<Vec<String>>;
     /// How many complete blobs the server holds.
     fn blob_count(&self) -> Result<i64>;
+    /// How many bytes of a blob this process received, over every request (tests and benches:
+    /// a resumed upload receives each byte once).
+    fn blob_bytes_received(&self, sha256: &str) -> u64;
 }

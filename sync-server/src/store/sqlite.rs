@@ -550,10 +550,6 @@ impl SqliteStore {
     }
 
     /// Bytes of a blob received since start (see [`BlobFiles::bytes_received`]).
-    pub fn blob_bytes_received(&self, sha256: &str) -> u64 {
-        self.blobs.bytes_received(sha256)
-    }
-
     fn give_back(&self, reader: Connection) {
         let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
         if pool.len() < MAX_READERS {

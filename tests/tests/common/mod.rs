@@ -11,19 +11,51 @@ use gridwork_core::model::catalog::Role;
 use gridwork_core::model::ids::{CaseId, UserId};
 use gridwork_core::sync::{enrol, SyncConfig, SyncReport};
 use gridwork_core::{CoreError, Store};
-use gridwork_sync_server::{RunningServer, SqliteStore, SyncStore};
+use gridwork_sync_server::store::ConsoleStore;
+use gridwork_sync_server::{PgStore, RunningServer, SqliteStore, SyncStore};
 use gridwork_tests::{district, identity_from_enrolment, open_device, random_case, Rng};
+
+/// Everything a test does to a server's store: what the HTTP layer, the console and the
+/// administrators use.
+pub trait ServerStore: AdminStore + SyncStore + ConsoleStore {}
+impl<T: AdminStore + SyncStore + ConsoleStore> ServerStore for T {}
+
+/// Which store a district's server runs on.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Sqlite,
+    /// A database of its own on the test PostgreSQL server.
+    Postgres(String),
+}
+
+impl Backend {
+    pub fn postgres() -> Backend {
+        Backend::Postgres(gridwork_tests::pg::fresh_database().expect("a PostgreSQL database"))
+    }
+
+    fn open(&self, dir: &std::path::Path) -> Arc<dyn ServerStore> {
+        match self {
+            Backend::Sqlite => Arc::new(SqliteStore::open(dir).expect("server store")),
+            Backend::Postgres(url) => Arc::new(PgStore::open(url, dir).expect("server store")),
+        }
+    }
+}
 
 pub struct District {
     pub dir: tempfile::TempDir,
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<dyn ServerStore>,
     pub server: Option<RunningServer>,
+    pub backend: Backend,
 }
 
 impl District {
     pub fn new() -> District {
+        District::on(Backend::Sqlite)
+    }
+
+    pub fn on(backend: Backend) -> District {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(SqliteStore::open(dir.path()).expect("server store"));
+        let store = backend.open(dir.path());
         store.import_catalog(&district(4)).expect("catalog");
         store.set_user("w1", Role::Worker, None, &[Scope::Grid("g0".into())]).expect("w1");
         store.set_user("w2", Role::Worker, None, &[Scope::Grid("g1".into())]).expect("w2");
@@ -34,7 +66,7 @@ impl District {
         let server =
             gridwork_sync_server::start(store.clone() as Arc<dyn SyncStore>, "127.0.0.1:0".parse().expect("addr"))
                 .expect("server starts");
-        District { dir, store, server: Some(server) }
+        District { dir, store, server: Some(server), backend }
     }
 
     pub fn url(&self) -> String {
@@ -44,7 +76,7 @@ impl District {
     /// Stops the server and starts a new one on the same data directory.
     pub fn restart(&mut self) {
         self.server = None;
-        self.store = Arc::new(SqliteStore::open(self.dir.path()).expect("reopen"));
+        self.store = self.backend.open(self.dir.path());
         self.server = Some(
             gridwork_sync_server::start(self.store.clone() as Arc<dyn SyncStore>, "127.0.0.1:0".parse().expect("addr"))
                 .expect("restart"),
