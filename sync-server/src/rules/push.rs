@@ -158,6 +158,9 @@ pub fn push(rules: &Rules<'_>, tx: &dyn WriteTx, job: &PushJob) -> Result<Vec<It
     let mut results = Vec::with_capacity(job.pushed.len() + req.records.len());
     let mut touched: HashMap<String, Touched> = HashMap::new();
     let mut own_actors = BTreeSet::new();
+    let hashes: Vec<&str> = job.pushed.iter().filter_map(|p| p.facts.as_ref().ok().map(|f| f.hash.as_str())).collect();
+    let docs: Vec<&str> = job.pushed.iter().map(|p| p.doc.as_str()).collect();
+    tx.prefetch(&hashes, &docs)?;
     for p in &job.pushed {
         results.push(ingest_change(rules, tx, device, p, now_ms, &mut own_actors, &mut touched)?);
     }

@@ -360,6 +360,12 @@ pub trait ReadTx {
 pub trait WriteTx: ReadTx {
     /// The next sequence number, in commit order.
     fn next_seq(&self) -> Result<i64>;
+    /// A hint before a push: the hashes and documents it will ask about. A backend whose every
+    /// statement is a round trip (PostgreSQL) looks them all up at once; others ignore it.
+    fn prefetch(&self, hashes: &[&str], docs: &[&str]) -> Result<()> {
+        let _ = (hashes, docs);
+        Ok(())
+    }
     fn whereabouts(&self, hash: &str) -> Result<Whereabouts>;
 
     /// The device an Automerge actor belongs to.

@@ -14,6 +14,7 @@
 //! directory they all mount (see docs/adr/0021 for why not an object store yet).
 
 pub mod backup;
+mod batched;
 mod console;
 mod database;
 mod port;
@@ -263,6 +264,7 @@ impl PgStore {
             let mut tx = client.transaction()?;
             let catalog = PgTx {
                 tx: std::cell::RefCell::new(&mut tx),
+                batched: Default::default(),
                 statements: std::cell::RefCell::new(statements),
                 seq: std::cell::RefCell::new(None),
                 writer: false,
@@ -318,11 +320,13 @@ impl PgStore {
         let out = {
             let port = PgTx {
                 tx: std::cell::RefCell::new(&mut tx),
+                batched: Default::default(),
                 statements: std::cell::RefCell::new(statements),
                 seq: std::cell::RefCell::new(None),
                 writer: true,
             };
             let out = f(&port)?;
+            port.flush()?;
             port.finish_seq()?;
             out
         };
@@ -358,7 +362,15 @@ impl PgStore {
                     if savepoints {
                         port.tx.borrow_mut().batch_execute("SAVEPOINT push")?;
                     }
-                    match crate::rules::push::push(&rules, port, &q.job) {
+                    // With savepoints, a push's rows are written before its savepoint is
+                    // released, and dropped with it; without, the whole batch's go together.
+                    match crate::rules::push::push(&rules, port, &q.job).and_then(|r| {
+                        if savepoints {
+                            port.flush().map(|()| r)
+                        } else {
+                            Ok(r)
+                        }
+                    }) {
                         Ok(r) => {
                             if savepoints {
                                 port.tx.borrow_mut().batch_execute("RELEASE SAVEPOINT push")?;
@@ -366,6 +378,7 @@ impl PgStore {
                             answers.push(Ok(r));
                         }
                         Err(e) if savepoints => {
+                            port.batched.borrow_mut().discard();
                             port.tx.borrow_mut().batch_execute("ROLLBACK TO SAVEPOINT push; RELEASE SAVEPOINT push")?;
                             answers.push(Err(e));
                         }
@@ -438,6 +451,7 @@ impl Backend for PgStore {
             {
                 let view = PgTx {
                     tx: std::cell::RefCell::new(&mut tx),
+                    batched: Default::default(),
                     statements: std::cell::RefCell::new(statements),
                     seq: std::cell::RefCell::new(None),
                     writer: false,

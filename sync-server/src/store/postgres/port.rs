@@ -8,6 +8,7 @@ use gridwork_model::catalog::{Catalog, Category, Department, Grid};
 use postgres::types::ToSql;
 use postgres::{Row, Statement, Transaction};
 
+use super::batched::{Batched, PendingChange, PendingRow};
 use crate::error::{Result, ServerError};
 use crate::store::console::{CheckInView, MapPin};
 use crate::store::port::{
@@ -25,6 +26,8 @@ pub(super) type Statements = HashMap<String, Statement>;
 /// counter's row lock, `writer`) or a read-only snapshot.
 pub(super) struct PgTx<'c, 't> {
     pub(super) tx: RefCell<&'t mut Transaction<'c>>,
+    /// A writer's rows waiting and what it knows it wrote (`batched.rs`); empty on a reader.
+    pub(super) batched: RefCell<Batched>,
     pub(super) statements: RefCell<&'t mut Statements>,
     /// The last sequence number taken in this transaction (`Some` on a writer once it has read
     /// the counter); written back before commit.
@@ -67,24 +70,155 @@ impl PgTx<'_, '_> {
         Ok(s)
     }
 
+    // Every statement first writes the rows waiting (`flush`): it may read them, or write rows
+    // they must precede.
+
     pub(super) fn rows(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
+        self.flush()?;
         let s = self.statement(sql)?;
         Ok(self.tx.borrow_mut().query(&s, params)?)
     }
 
     pub(super) fn row(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>> {
+        self.flush()?;
         let s = self.statement(sql)?;
         Ok(self.tx.borrow_mut().query_opt(&s, params)?)
     }
 
     pub(super) fn one(&self, sql: &str, params: Params<'_>) -> Result<Row> {
+        self.flush()?;
         let s = self.statement(sql)?;
         Ok(self.tx.borrow_mut().query_one(&s, params)?)
     }
 
     pub(super) fn exec(&self, sql: &str, params: Params<'_>) -> Result<u64> {
+        self.flush()?;
+        self.exec_now(sql, params)
+    }
+
+    fn exec_now(&self, sql: &str, params: Params<'_>) -> Result<u64> {
         let s = self.statement(sql)?;
         Ok(self.tx.borrow_mut().execute(&s, params)?)
+    }
+
+    /// Writes every row waiting, one statement per table (arrays).
+    pub(super) fn flush(&self) -> Result<()> {
+        if !self.batched.borrow().waiting() {
+            return Ok(());
+        }
+        let (changes, events, doc_actors, actors, memberships, rows) = {
+            let mut b = self.batched.borrow_mut();
+            (
+                std::mem::take(&mut b.changes),
+                std::mem::take(&mut b.events),
+                std::mem::take(&mut b.doc_actors),
+                std::mem::take(&mut b.actors),
+                std::mem::take(&mut b.memberships),
+                std::mem::take(&mut b.rows),
+            )
+        };
+        if !changes.is_empty() {
+            let col = |f: fn(&PendingChange) -> &str| changes.iter().map(f).collect::<Vec<&str>>();
+            let seqs: Vec<i64> = changes.iter().map(|c| c.seq).collect();
+            let received: Vec<i64> = changes.iter().map(|c| c.received_ms).collect();
+            let bytes: Vec<&[u8]> = changes.iter().map(|c| c.bytes.as_slice()).collect();
+            self.exec_now(
+                "INSERT INTO changes (seq, hash, doc_id, device_id, received_ms, bytes)
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bytea[])",
+                &[&seqs, &col(|c| &c.hash), &col(|c| &c.doc_id), &col(|c| &c.device_id), &received, &bytes],
+            )?;
+        }
+        if !events.is_empty() {
+            let col = |i: usize| events.iter().map(|e| [&e.0, &e.1, &e.2][i].as_str()).collect::<Vec<&str>>();
+            self.exec_now(
+                "INSERT INTO doc_events (doc_id, event_id, json) SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+                 ON CONFLICT DO NOTHING",
+                &[&col(0), &col(1), &col(2)],
+            )?;
+        }
+        if !doc_actors.is_empty() {
+            let docs: Vec<&str> = doc_actors.keys().map(|(d, _)| d.as_str()).collect();
+            let names: Vec<&str> = doc_actors.keys().map(|(_, a)| a.as_str()).collect();
+            let seqs: Vec<i64> = doc_actors.values().copied().collect();
+            self.exec_now(
+                "INSERT INTO doc_actors (doc_id, actor, last_seq) SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+                 ON CONFLICT (doc_id, actor) DO UPDATE SET last_seq = greatest(doc_actors.last_seq, excluded.last_seq)",
+                &[&docs, &names, &seqs],
+            )?;
+        }
+        if !actors.is_empty() {
+            let names: Vec<&str> = actors.iter().map(|a| a.0.as_str()).collect();
+            let devices: Vec<&str> = actors.iter().map(|a| a.1.as_str()).collect();
+            let at: Vec<i64> = actors.iter().map(|a| a.2).collect();
+            self.exec_now(
+                "INSERT INTO actors (actor, device_id, first_seen_ms) SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+                 ON CONFLICT DO NOTHING",
+                &[&names, &devices, &at],
+            )?;
+        }
+        if !memberships.is_empty() {
+            let docs: Vec<&str> = memberships.iter().map(|m| m.0.as_str()).collect();
+            let scopes: Vec<&str> = memberships.iter().map(|m| m.1.as_str()).collect();
+            let seqs: Vec<i64> = memberships.iter().map(|m| m.2).collect();
+            let statuses: Vec<&str> = memberships.iter().map(|m| m.3.as_str()).collect();
+            self.exec_now(
+                "INSERT INTO membership (doc_id, scope, joined_seq, status)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[]) ON CONFLICT DO NOTHING",
+                &[&docs, &scopes, &seqs, &statuses],
+            )?;
+        }
+        if !rows.is_empty() {
+            self.write_rows(&rows)?;
+        }
+        Ok(())
+    }
+
+    /// Case rows, one per document (a second row of a document is flushed before it is kept).
+    fn write_rows(&self, rows: &[PendingRow]) -> Result<()> {
+        let text = |f: fn(&PendingRow) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
+        let opt = |f: fn(&PendingRow) -> Option<&str>| rows.iter().map(f).collect::<Vec<Option<&str>>>();
+        let num = |f: fn(&PendingRow) -> Option<i64>| rows.iter().map(f).collect::<Vec<Option<i64>>>();
+        let real = |f: fn(&PendingRow) -> Option<f64>| rows.iter().map(f).collect::<Vec<Option<f64>>>();
+        let updated: Vec<i64> = rows.iter().map(|r| r.updated_seq).collect();
+        self.exec_now(
+            "INSERT INTO docs (doc_id, status, deadline_ms, flags, departments, reported_ms, queue_key, grid_id,
+                category_id, title, code, reporter, lat, lon, events_obj, updated_seq)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::bigint[], $7::text[],
+                $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::float8[], $14::float8[], $15::text[],
+                $16::bigint[])
+             ON CONFLICT (doc_id) DO UPDATE SET status = excluded.status, deadline_ms = excluded.deadline_ms,
+                flags = excluded.flags, departments = excluded.departments, reported_ms = excluded.reported_ms,
+                queue_key = excluded.queue_key, grid_id = coalesce(excluded.grid_id, docs.grid_id),
+                category_id = coalesce(excluded.category_id, docs.category_id),
+                title = coalesce(excluded.title, docs.title), code = coalesce(excluded.code, docs.code),
+                reporter = coalesce(excluded.reporter, docs.reporter), lat = coalesce(excluded.lat, docs.lat),
+                lon = coalesce(excluded.lon, docs.lon), events_obj = coalesce(docs.events_obj, excluded.events_obj),
+                updated_seq = excluded.updated_seq",
+            &[
+                &text(|r| &r.doc_id),
+                &text(|r| &r.status),
+                &num(|r| r.deadline_ms),
+                &text(|r| &r.flags),
+                &text(|r| &r.departments),
+                &num(|r| r.reported_ms),
+                &text(|r| &r.queue_key),
+                &opt(|r| r.grid_id.as_deref()),
+                &opt(|r| r.category_id.as_deref()),
+                &opt(|r| r.title.as_deref()),
+                &opt(|r| r.code.as_deref()),
+                &opt(|r| r.reporter.as_deref()),
+                &real(|r| r.lat),
+                &real(|r| r.lon),
+                &opt(|r| r.events_obj.as_deref()),
+                &updated,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// What the transaction wrote of a document the database held nothing of, if it is one.
+    fn fresh<T>(&self, doc_id: &str, f: impl FnOnce(&super::batched::Shadow) -> T) -> Option<T> {
+        self.batched.borrow().fresh.get(doc_id).map(f)
     }
 
     pub(super) fn strings(&self, sql: &str, params: Params<'_>) -> Result<Vec<String>> {
@@ -118,6 +252,9 @@ impl ReadTx for PgTx<'_, '_> {
     }
 
     fn memberships(&self, doc_id: &str) -> Result<Vec<(String, i64)>> {
+        if let Some(m) = self.fresh(doc_id, |s| s.memberships.clone()) {
+            return Ok(m);
+        }
         Ok(self
             .rows("SELECT scope, joined_seq FROM membership WHERE doc_id = $1", &[&doc_id])?
             .iter()
@@ -126,6 +263,9 @@ impl ReadTx for PgTx<'_, '_> {
     }
 
     fn case_creator(&self, doc_id: &str) -> Result<Option<String>> {
+        if let Some(c) = self.fresh(doc_id, |s| s.creator.clone()) {
+            return Ok(c);
+        }
         Ok(self
             .row("SELECT device_id FROM changes WHERE doc_id = $1 ORDER BY seq LIMIT 1", &[&doc_id])?
             .map(|r| r.get(0)))
@@ -151,6 +291,9 @@ impl ReadTx for PgTx<'_, '_> {
     }
 
     fn change_doc_seq(&self, hash: &str) -> Result<Option<(String, i64)>> {
+        if let Some((_, doc, seq)) = self.batched.borrow().stored.get(hash) {
+            return Ok(Some((doc.clone(), *seq)));
+        }
         Ok(self.row("SELECT doc_id, seq FROM changes WHERE hash = $1", &[&hash])?.map(|r| (r.get(0), r.get(1))))
     }
 
@@ -258,6 +401,9 @@ impl ReadTx for PgTx<'_, '_> {
     }
 
     fn case_row(&self, doc_id: &str) -> Result<Option<CaseRowNow>> {
+        if let Some(r) = self.fresh(doc_id, |s| s.row.clone()) {
+            return Ok(r);
+        }
         Ok(self
             .row("SELECT category_id, flags, reported_ms FROM docs WHERE doc_id = $1", &[&doc_id])?
             .map(|r| CaseRowNow { category_id: r.get(0), flags: r.get(1), reported_ms: r.get(2) }))
@@ -396,6 +542,9 @@ impl ReadTx for PgTx<'_, '_> {
     }
 
     fn case_events(&self, doc_id: &str) -> Result<Vec<String>> {
+        if let Some(e) = self.fresh(doc_id, |s| s.events.iter().map(|(_, j)| j.clone()).collect()) {
+            return Ok(e);
+        }
         self.strings("SELECT json FROM doc_events WHERE doc_id = $1", &[&doc_id])
     }
 
@@ -532,7 +681,50 @@ impl WriteTx for PgTx<'_, '_> {
         Ok(last + 1)
     }
 
+    /// One query for the whole push: where its hashes are, and which of its documents the
+    /// database holds nothing of (`batched.rs`).
+    fn prefetch(&self, hashes: &[&str], docs: &[&str]) -> Result<()> {
+        let hashes: Vec<&str> = {
+            let b = self.batched.borrow();
+            hashes.iter().copied().filter(|h| !b.hashes.contains_key(*h) && !b.stored.contains_key(*h)).collect()
+        };
+        let docs: Vec<&str> = {
+            let b = self.batched.borrow();
+            docs.iter().copied().filter(|d| !b.fresh.contains_key(*d)).collect()
+        };
+        if !hashes.is_empty() {
+            let rows = self.rows(
+                "SELECT h, c.device_id, c.doc_id, EXISTS (SELECT 1 FROM parked p WHERE p.hash = h), q.status, q.device_id
+                 FROM unnest($1::text[]) h LEFT JOIN changes c ON c.hash = h LEFT JOIN quarantine q ON q.hash = h",
+                &[&hashes],
+            )?;
+            let mut b = self.batched.borrow_mut();
+            for r in rows {
+                let (owner, doc): (Option<String>, Option<String>) = (r.get(1), r.get(2));
+                let (status, by): (Option<String>, Option<String>) = (r.get(4), r.get(5));
+                let w = Whereabouts { applied: owner.zip(doc), parked: r.get(3), quarantined: status.zip(by) };
+                b.hashes.insert(r.get(0), w);
+            }
+        }
+        if !docs.is_empty() {
+            let fresh = self.strings(
+                "SELECT d FROM unnest($1::text[]) d WHERE NOT EXISTS (SELECT 1 FROM changes c WHERE c.doc_id = d)
+                 AND NOT EXISTS (SELECT 1 FROM docs WHERE doc_id = d)
+                 AND NOT EXISTS (SELECT 1 FROM membership m WHERE m.doc_id = d)",
+                &[&docs],
+            )?;
+            let mut b = self.batched.borrow_mut();
+            for d in fresh {
+                b.fresh.entry(d).or_default();
+            }
+        }
+        Ok(())
+    }
+
     fn whereabouts(&self, hash: &str) -> Result<Whereabouts> {
+        if let Some(w) = self.batched.borrow().whereabouts(hash) {
+            return Ok(w);
+        }
         let r = self.one(
             "SELECT (SELECT device_id FROM changes WHERE hash = $1), (SELECT doc_id FROM changes WHERE hash = $1),
                     EXISTS (SELECT 1 FROM parked WHERE hash = $1),
@@ -545,19 +737,33 @@ impl WriteTx for PgTx<'_, '_> {
     }
 
     fn actor_owner(&self, actor: &str) -> Result<Option<String>> {
-        Ok(self.row("SELECT device_id FROM actors WHERE actor = $1", &[&actor])?.map(|r| r.get(0)))
+        {
+            let b = self.batched.borrow();
+            if let Some(device) = b.actor_owners.get(actor) {
+                return Ok(Some(device.clone()));
+            }
+            if b.actors_unowned.contains(actor) {
+                return Ok(None);
+            }
+        }
+        let owner: Option<String> =
+            self.row("SELECT device_id FROM actors WHERE actor = $1", &[&actor])?.map(|r| r.get(0));
+        if owner.is_none() {
+            self.batched.borrow_mut().actors_unowned.insert(actor.to_owned());
+        }
+        Ok(owner)
     }
 
     fn register_actor(&self, actor: &str, device_id: &str, now_ms: i64) -> Result<()> {
-        self.exec(
-            "INSERT INTO actors (actor, device_id, first_seen_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            &[&actor, &device_id, &now_ms],
-        )?;
+        // Kept only when nobody owns it yet (the statement does nothing for a taken actor).
+        if self.actor_owner(actor)?.is_none() {
+            self.batched.borrow_mut().note_actor(actor, device_id, now_ms);
+        }
         Ok(())
     }
 
-    /// This store has no console (yet), so no console user's change was ever applied here.
     fn register_console_device(&self, id: &str, code: &str, user: &str, actor: &str, now_ms: i64) -> Result<()> {
+        self.batched.borrow_mut().actors_unowned.remove(actor);
         self.exec(
             "INSERT INTO devices (id, code, user_id, status, created_ms) VALUES ($1, $2, $3, 'active', $4)
              ON CONFLICT (id) DO NOTHING",
@@ -612,6 +818,11 @@ impl WriteTx for PgTx<'_, '_> {
     }
 
     fn park(&self, c: &ParkedChange) -> Result<()> {
+        {
+            let mut b = self.batched.borrow_mut();
+            b.forget_hash(&c.hash);
+            b.forget_doc(&c.doc_id);
+        }
         self.exec(
             "INSERT INTO parked (hash, doc_id, device_id, received_ms, deps, bytes, vouched)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -648,11 +859,17 @@ impl WriteTx for PgTx<'_, '_> {
     }
 
     fn unpark(&self, hash: &str) -> Result<()> {
+        self.batched.borrow_mut().forget_hash(hash);
         self.exec("DELETE FROM parked WHERE hash = $1", &[&hash])?;
         Ok(())
     }
 
     fn quarantine(&self, e: &QuarantineEntry<'_>) -> Result<()> {
+        {
+            let mut b = self.batched.borrow_mut();
+            b.forget_hash(e.key);
+            b.forget_doc(e.doc_id);
+        }
         self.exec(
             "INSERT INTO quarantine (hash, doc_id, device_id, received_ms, reason, bytes) VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT DO NOTHING",
@@ -668,96 +885,70 @@ impl WriteTx for PgTx<'_, '_> {
     }
 
     fn set_quarantine_status(&self, key: &str, status: &str) -> Result<()> {
+        self.batched.borrow_mut().forget_hash(key);
         self.exec("UPDATE quarantine SET status = $2 WHERE hash = $1", &[&key, &status])?;
         Ok(())
     }
 
     fn doc_actor(&self, doc_id: &str, actor: &str) -> Result<Option<i64>> {
+        if let Some(last) = self.fresh(doc_id, |s| s.actors.get(actor).copied()) {
+            return Ok(last);
+        }
         Ok(self
             .row("SELECT last_seq FROM doc_actors WHERE doc_id = $1 AND actor = $2", &[&doc_id, &actor])?
             .map(|r| r.get(0)))
     }
 
     fn note_doc_actor(&self, doc_id: &str, actor: &str, seq: i64) -> Result<()> {
-        self.exec(
-            "INSERT INTO doc_actors (doc_id, actor, last_seq) VALUES ($1, $2, $3)
-             ON CONFLICT (doc_id, actor) DO UPDATE SET last_seq = greatest(doc_actors.last_seq, excluded.last_seq)",
-            &[&doc_id, &actor, &seq],
-        )?;
+        self.batched.borrow_mut().note_doc_actor(doc_id, actor, seq);
         Ok(())
     }
 
     fn store_change(&self, c: &StoredChange<'_>) -> Result<()> {
-        self.exec(
-            "INSERT INTO changes (seq, hash, doc_id, device_id, received_ms, bytes) VALUES ($1, $2, $3, $4, $5, $6)",
-            &[&c.seq, &c.hash, &c.doc_id, &c.device_id, &c.received_ms, &c.bytes],
-        )?;
+        self.batched.borrow_mut().note_change(PendingChange {
+            seq: c.seq,
+            hash: c.hash.to_owned(),
+            doc_id: c.doc_id.to_owned(),
+            device_id: c.device_id.to_owned(),
+            received_ms: c.received_ms,
+            bytes: c.bytes.to_vec(),
+        });
         Ok(())
     }
 
     fn store_event(&self, doc_id: &str, event_id: &str, json: &str) -> Result<()> {
-        self.exec(
-            "INSERT INTO doc_events (doc_id, event_id, json) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            &[&doc_id, &event_id, &json],
-        )?;
+        self.batched.borrow_mut().note_event(doc_id, event_id, json);
         Ok(())
     }
 
     fn events_obj(&self, doc_id: &str) -> Result<Option<String>> {
+        if let Some(o) = self.fresh(doc_id, |s| s.events_obj.clone()) {
+            return Ok(o);
+        }
         Ok(self.row("SELECT events_obj FROM docs WHERE doc_id = $1", &[&doc_id])?.and_then(|r| r.get(0)))
     }
 
     fn write_case_row(&self, c: &CaseRow<'_>) -> Result<()> {
-        let (lat, lon) = (c.position.map(|p| p.0), c.position.map(|p| p.1));
-        self.exec(
-            "INSERT INTO docs (doc_id, status, deadline_ms, flags, departments, reported_ms, queue_key, grid_id,
-                category_id, title, code, reporter, lat, lon, events_obj, updated_seq)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
-             ON CONFLICT (doc_id) DO UPDATE SET status = excluded.status, deadline_ms = excluded.deadline_ms,
-                flags = excluded.flags, departments = excluded.departments, reported_ms = excluded.reported_ms,
-                queue_key = excluded.queue_key, grid_id = coalesce(excluded.grid_id, docs.grid_id),
-                category_id = coalesce(excluded.category_id, docs.category_id),
-                title = coalesce(excluded.title, docs.title), code = coalesce(excluded.code, docs.code),
-                reporter = coalesce(excluded.reporter, docs.reporter), lat = coalesce(excluded.lat, docs.lat),
-                lon = coalesce(excluded.lon, docs.lon), events_obj = coalesce(docs.events_obj, excluded.events_obj),
-                updated_seq = excluded.updated_seq",
-            &[
-                &c.doc_id,
-                &c.status,
-                &c.deadline_ms,
-                &c.flags,
-                &c.departments,
-                &c.reported_ms,
-                &c.queue_key,
-                &c.grid_id,
-                &c.category_id,
-                &c.title,
-                &c.code,
-                &c.reporter,
-                &lat,
-                &lon,
-                &c.events_obj,
-                &c.updated_seq,
-            ],
-        )?;
+        if self.batched.borrow().row_waiting(c.doc_id) {
+            self.flush()?;
+        }
+        self.batched.borrow_mut().note_row(PendingRow::from(c));
         Ok(())
     }
 
     fn join_scopes(&self, doc_id: &str, scopes: &[&str], seq: i64, status: &str) -> Result<()> {
-        self.exec(
-            "INSERT INTO membership (doc_id, scope, joined_seq, status) SELECT $1, s, $3, $4 FROM unnest($2::text[]) s
-             ON CONFLICT DO NOTHING",
-            &[&doc_id, &scopes, &seq, &status],
-        )?;
+        self.batched.borrow_mut().note_memberships(doc_id, scopes, seq, status);
         Ok(())
     }
 
     fn set_membership_status(&self, doc_id: &str, status: &str) -> Result<()> {
+        self.batched.borrow_mut().forget_doc(doc_id);
         self.exec("UPDATE membership SET status = $2 WHERE doc_id = $1 AND status != $2", &[&doc_id, &status])?;
         Ok(())
     }
 
     fn list_change(&self, scope: &str, seq: i64, doc_id: &str) -> Result<()> {
+        self.batched.borrow_mut().forget_doc(doc_id);
         self.exec(
             "INSERT INTO scope_changes (scope, seq, doc_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
             &[&scope, &seq, &doc_id],
@@ -857,6 +1048,7 @@ impl WriteTx for PgTx<'_, '_> {
     }
 
     fn reject_quarantined(&self, key: &str) -> Result<bool> {
+        self.batched.borrow_mut().forget_hash(key);
         Ok(self.exec("UPDATE quarantine SET status = 'rejected' WHERE hash = $1 AND status = 'pending'", &[&key])? > 0)
     }
 

@@ -1,0 +1,218 @@
+//! A push's writes sent together, and what the write transaction knows it wrote (ADR 21).
+//!
+//! On PostgreSQL every statement is a round trip, and a new case took about twelve of them: the
+//! rules ask the port one small question or write at a time. Here the rows a push writes to
+//! `changes`, `doc_events`, `doc_actors`, `actors`, `membership` and `docs` wait in memory and
+//! go in with one array statement per table (`flush`) — at the end of the push (before its
+//! savepoint is released) or of the group commit, and before any statement that could read
+//! them. And the documents a push names that the database held nothing of (`prefetch`, one
+//! query for the whole push) are answered from what this transaction wrote of them, as are the
+//! changes it stored by hash: a push of new cases reads nothing back.
+//!
+//! The rule that keeps this right: every write of a kept table goes through here, so for a
+//! document in [`Batched::fresh`] the shadow is exactly what the database holds plus what waits;
+//! any other write that touches a document or a hash drops it from the caches (`forget_doc`,
+//! `forget_hash`) after flushing, and every other read flushes first.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::store::port::{CaseRow, CaseRowNow, Whereabouts};
+
+/// A change waiting to be written.
+#[derive(Debug, Clone)]
+pub(super) struct PendingChange {
+    pub seq: i64,
+    pub hash: String,
+    pub doc_id: String,
+    pub device_id: String,
+    pub received_ms: i64,
+    pub bytes: Vec<u8>,
+}
+
+/// A case row waiting to be written (`CaseRow`, owned).
+#[derive(Debug, Clone)]
+pub(super) struct PendingRow {
+    pub doc_id: String,
+    pub status: String,
+    pub deadline_ms: Option<i64>,
+    pub flags: String,
+    pub departments: String,
+    pub reported_ms: Option<i64>,
+    pub queue_key: String,
+    pub grid_id: Option<String>,
+    pub category_id: Option<String>,
+    pub title: Option<String>,
+    pub code: Option<String>,
+    pub reporter: Option<String>,
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+    pub events_obj: Option<String>,
+    pub updated_seq: i64,
+}
+
+impl PendingRow {
+    pub(super) fn from(c: &CaseRow<'_>) -> PendingRow {
+        let own = |s: Option<&str>| s.map(str::to_owned);
+        PendingRow {
+            doc_id: c.doc_id.to_owned(),
+            status: c.status.to_owned(),
+            deadline_ms: c.deadline_ms,
+            flags: c.flags.clone(),
+            departments: c.departments.clone(),
+            reported_ms: c.reported_ms,
+            queue_key: c.queue_key.clone(),
+            grid_id: own(c.grid_id),
+            category_id: own(c.category_id),
+            title: own(c.title),
+            code: own(c.code),
+            reporter: own(c.reporter),
+            lat: c.position.map(|p| p.0),
+            lon: c.position.map(|p| p.1),
+            events_obj: own(c.events_obj),
+            updated_seq: c.updated_seq,
+        }
+    }
+}
+
+/// What this transaction wrote of a document the database held nothing of.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Shadow {
+    /// The device of its first change.
+    pub creator: Option<String>,
+    /// (event id, JSON), once per event id.
+    pub events: Vec<(String, String)>,
+    /// Actor → the highest sequence number it used here.
+    pub actors: HashMap<String, i64>,
+    /// (scope, joined at), once per scope.
+    pub memberships: Vec<(String, i64)>,
+    pub events_obj: Option<String>,
+    pub row: Option<CaseRowNow>,
+}
+
+/// The rows waiting, and what the transaction knows.
+#[derive(Debug, Default)]
+pub(super) struct Batched {
+    pub changes: Vec<PendingChange>,
+    pub events: Vec<(String, String, String)>,
+    /// (document, actor) → highest sequence number.
+    pub doc_actors: BTreeMap<(String, String), i64>,
+    pub actors: Vec<(String, String, i64)>,
+    pub memberships: Vec<(String, String, i64, String)>,
+    pub rows: Vec<PendingRow>,
+    /// Documents the database held nothing of when `prefetch` looked, with what was written
+    /// of them since.
+    pub fresh: HashMap<String, Shadow>,
+    /// Where hashes were in the database when `prefetch` looked.
+    pub hashes: HashMap<String, Whereabouts>,
+    /// Changes this transaction stored: hash → (device, document, sequence number).
+    pub stored: HashMap<String, (String, String, i64)>,
+    /// Actors this transaction registered → their device.
+    pub actor_owners: HashMap<String, String>,
+    /// Actors the database had no owner for when this transaction asked (and that it has not
+    /// registered since).
+    pub actors_unowned: std::collections::HashSet<String>,
+}
+
+impl Batched {
+    pub(super) fn waiting(&self) -> bool {
+        !(self.changes.is_empty()
+            && self.events.is_empty()
+            && self.doc_actors.is_empty()
+            && self.actors.is_empty()
+            && self.memberships.is_empty()
+            && self.rows.is_empty())
+    }
+
+    /// Everything known and waiting dropped (a push rolled back to its savepoint).
+    pub(super) fn discard(&mut self) {
+        *self = Batched::default();
+    }
+
+    pub(super) fn forget_doc(&mut self, doc_id: &str) {
+        self.fresh.remove(doc_id);
+    }
+
+    pub(super) fn forget_hash(&mut self, hash: &str) {
+        self.hashes.remove(hash);
+    }
+
+    pub(super) fn note_change(&mut self, c: PendingChange) {
+        self.stored.insert(c.hash.clone(), (c.device_id.clone(), c.doc_id.clone(), c.seq));
+        if let Some(s) = self.fresh.get_mut(&c.doc_id) {
+            if s.creator.is_none() {
+                s.creator = Some(c.device_id.clone());
+            }
+        }
+        self.changes.push(c);
+    }
+
+    pub(super) fn note_event(&mut self, doc_id: &str, event_id: &str, json: &str) {
+        if let Some(s) = self.fresh.get_mut(doc_id) {
+            if s.events.iter().any(|(id, _)| id == event_id) {
+                return; // ON CONFLICT DO NOTHING
+            }
+            s.events.push((event_id.to_owned(), json.to_owned()));
+        }
+        self.events.push((doc_id.to_owned(), event_id.to_owned(), json.to_owned()));
+    }
+
+    pub(super) fn note_doc_actor(&mut self, doc_id: &str, actor: &str, seq: i64) {
+        if let Some(s) = self.fresh.get_mut(doc_id) {
+            let last = s.actors.entry(actor.to_owned()).or_insert(seq);
+            *last = (*last).max(seq);
+        }
+        let last = self.doc_actors.entry((doc_id.to_owned(), actor.to_owned())).or_insert(seq);
+        *last = (*last).max(seq);
+    }
+
+    /// False when the actor was registered in this transaction already (DO NOTHING).
+    pub(super) fn note_actor(&mut self, actor: &str, device_id: &str, now_ms: i64) -> bool {
+        if self.actor_owners.contains_key(actor) {
+            return false;
+        }
+        self.actor_owners.insert(actor.to_owned(), device_id.to_owned());
+        self.actors_unowned.remove(actor);
+        self.actors.push((actor.to_owned(), device_id.to_owned(), now_ms));
+        true
+    }
+
+    pub(super) fn note_memberships(&mut self, doc_id: &str, scopes: &[&str], seq: i64, status: &str) {
+        if let Some(s) = self.fresh.get_mut(doc_id) {
+            for scope in scopes {
+                if !s.memberships.iter().any(|(m, _)| m == scope) {
+                    s.memberships.push(((*scope).to_owned(), seq));
+                }
+            }
+        }
+        for scope in scopes {
+            self.memberships.push((doc_id.to_owned(), (*scope).to_owned(), seq, status.to_owned()));
+        }
+    }
+
+    /// Whether a row for this document waits already (it must be written before another).
+    pub(super) fn row_waiting(&self, doc_id: &str) -> bool {
+        self.rows.iter().any(|r| r.doc_id == doc_id)
+    }
+
+    pub(super) fn note_row(&mut self, row: PendingRow) {
+        if let Some(s) = self.fresh.get_mut(&row.doc_id) {
+            // As the upsert writes it: the category kept when not given, the events map once set.
+            let category_id = row.category_id.clone().or_else(|| s.row.as_ref().and_then(|r| r.category_id.clone()));
+            s.row = Some(CaseRowNow { category_id, flags: row.flags.clone(), reported_ms: row.reported_ms });
+            if s.events_obj.is_none() {
+                s.events_obj = row.events_obj.clone();
+            }
+        }
+        self.rows.push(row);
+    }
+
+    /// Where a hash is, when this transaction knows: stored by it, or as `prefetch` found it.
+    pub(super) fn whereabouts(&self, hash: &str) -> Option<Whereabouts> {
+        if let Some((device, doc, _)) = self.stored.get(hash) {
+            let mut w = self.hashes.get(hash).cloned().unwrap_or_default();
+            w.applied = Some((device.clone(), doc.clone()));
+            return Some(w);
+        }
+        self.hashes.get(hash).cloned()
+    }
+}
