@@ -85,6 +85,14 @@ impl PgTx<'_, '_> {
         Ok(self.tx.borrow_mut().query_opt(&s, params)?)
     }
 
+    /// As [`PgTx::rows`], planned for these values each time (PostgreSQL's unnamed statement)
+    /// rather than prepared once: for a lookup of an array of keys, whose prepared plan, made
+    /// while the tables were young, went on scanning them once they were not.
+    pub(super) fn rows_planned(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
+        self.flush()?;
+        Ok(self.tx.borrow_mut().query(sql, params)?)
+    }
+
     pub(super) fn one(&self, sql: &str, params: Params<'_>) -> Result<Row> {
         self.flush()?;
         let s = self.statement(sql)?;
@@ -245,7 +253,19 @@ impl ReadTx for PgTx<'_, '_> {
 
     fn user_scopes(&self, user: &str) -> Result<BTreeMap<String, i64>> {
         Ok(self
-            .rows("SELECT scope, min(granted_seq) FROM user_areas WHERE user_id = $1 GROUP BY scope", &[&user])?
+            // The `user_areas` view spelled out, driven from the user's own rows (LATERAL): the
+            // planner joined the view from every placement when its statistics were young.
+            .rows(
+                "SELECT scope, min(seq) FROM (
+                    SELECT scope, granted_seq AS seq FROM user_scopes WHERE user_id = $1
+                    UNION ALL
+                    SELECT 'grid:' || p.grid_id, greatest(s.granted_seq, p.from_seq) FROM user_scopes s,
+                        LATERAL (SELECT grid_id, from_seq FROM grid_placements g
+                                 WHERE g.scope = s.scope AND g.to_seq IS NULL) p
+                    WHERE s.user_id = $1) a
+                 GROUP BY scope",
+                &[&user],
+            )?
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect())
@@ -692,30 +712,43 @@ impl WriteTx for PgTx<'_, '_> {
             let b = self.batched.borrow();
             docs.iter().copied().filter(|d| !b.fresh.contains_key(*d)).collect()
         };
+        // Index lookups by `= ANY`: joining an unnested array made the planner scan tables.
         if !hashes.is_empty() {
-            let rows = self.rows(
-                "SELECT h, c.device_id, c.doc_id, EXISTS (SELECT 1 FROM parked p WHERE p.hash = h), q.status, q.device_id
-                 FROM unnest($1::text[]) h LEFT JOIN changes c ON c.hash = h LEFT JOIN quarantine q ON q.hash = h",
+            let rows = self.rows_planned(
+                "SELECT 0, hash, device_id, doc_id FROM changes WHERE hash = ANY($1)
+                 UNION ALL SELECT 1, hash, NULL, NULL FROM parked WHERE hash = ANY($1)
+                 UNION ALL SELECT 2, hash, status, device_id FROM quarantine WHERE hash = ANY($1)",
                 &[&hashes],
             )?;
             let mut b = self.batched.borrow_mut();
+            for h in &hashes {
+                b.hashes.insert((*h).to_owned(), Whereabouts::default());
+            }
             for r in rows {
-                let (owner, doc): (Option<String>, Option<String>) = (r.get(1), r.get(2));
-                let (status, by): (Option<String>, Option<String>) = (r.get(4), r.get(5));
-                let w = Whereabouts { applied: owner.zip(doc), parked: r.get(3), quarantined: status.zip(by) };
-                b.hashes.insert(r.get(0), w);
+                let (kind, hash): (i32, String) = (r.get(0), r.get(1));
+                let (a, z): (Option<String>, Option<String>) = (r.get(2), r.get(3));
+                let w = b.hashes.entry(hash).or_default();
+                match kind {
+                    0 => w.applied = a.zip(z),
+                    1 => w.parked = true,
+                    _ => w.quarantined = a.zip(z),
+                }
             }
         }
         if !docs.is_empty() {
-            let fresh = self.strings(
-                "SELECT d FROM unnest($1::text[]) d WHERE NOT EXISTS (SELECT 1 FROM changes c WHERE c.doc_id = d)
-                 AND NOT EXISTS (SELECT 1 FROM docs WHERE doc_id = d)
-                 AND NOT EXISTS (SELECT 1 FROM membership m WHERE m.doc_id = d)",
-                &[&docs],
-            )?;
+            let held: std::collections::HashSet<String> = self
+                .rows_planned(
+                    "SELECT doc_id FROM changes WHERE doc_id = ANY($1)
+                     UNION SELECT doc_id FROM docs WHERE doc_id = ANY($1)
+                     UNION SELECT doc_id FROM membership WHERE doc_id = ANY($1)",
+                    &[&docs],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
             let mut b = self.batched.borrow_mut();
-            for d in fresh {
-                b.fresh.entry(d).or_default();
+            for d in docs.iter().filter(|d| !held.contains(**d)) {
+                b.fresh.entry((*d).to_owned()).or_default();
             }
         }
         Ok(())
