@@ -267,6 +267,7 @@ impl PgStore {
                 batched: Default::default(),
                 statements: std::cell::RefCell::new(statements),
                 seq: std::cell::RefCell::new(None),
+                counter: std::cell::Cell::new(None),
                 writer: false,
             }
             .catalog()?;
@@ -316,15 +317,16 @@ impl PgStore {
     fn in_write<T>(conn: &mut Conn, f: impl FnOnce(&PgTx<'_, '_>) -> Result<T>) -> Result<T> {
         let (client, statements) = conn.parts()?;
         let mut tx = client.transaction()?;
-        tx.batch_execute("SELECT last FROM seq_counter WHERE id = 1 FOR UPDATE")?;
         let out = {
             let port = PgTx {
                 tx: std::cell::RefCell::new(&mut tx),
                 batched: Default::default(),
                 statements: std::cell::RefCell::new(statements),
                 seq: std::cell::RefCell::new(None),
+                counter: std::cell::Cell::new(None),
                 writer: true,
             };
+            port.lock_counter()?;
             let out = f(&port)?;
             port.flush()?;
             port.finish_seq()?;
@@ -454,6 +456,7 @@ impl Backend for PgStore {
                     batched: Default::default(),
                     statements: std::cell::RefCell::new(statements),
                     seq: std::cell::RefCell::new(None),
+                    counter: std::cell::Cell::new(None),
                     writer: false,
                 };
                 self.follow_catalog(&view)?;

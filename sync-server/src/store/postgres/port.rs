@@ -32,6 +32,8 @@ pub(super) struct PgTx<'c, 't> {
     /// The last sequence number taken in this transaction (`Some` on a writer once it has read
     /// the counter); written back before commit.
     pub(super) seq: RefCell<Option<i64>>,
+    /// The counter as the writer's row lock read it (`lock_counter`).
+    pub(super) counter: std::cell::Cell<Option<i64>>,
     pub(super) writer: bool,
 }
 
@@ -231,6 +233,14 @@ impl PgTx<'_, '_> {
 
     pub(super) fn strings(&self, sql: &str, params: Params<'_>) -> Result<Vec<String>> {
         Ok(self.rows(sql, params)?.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Takes the counter's row lock (every write transaction first: see `PgStore`), keeping
+    /// the value it read for the first number taken.
+    pub(super) fn lock_counter(&self) -> Result<()> {
+        let last: i64 = self.one("SELECT last FROM seq_counter WHERE id = 1 FOR UPDATE", &[])?.get(0);
+        self.counter.set(Some(last));
+        Ok(())
     }
 
     /// Writes the last sequence number taken back to the counter (before commit).
@@ -691,11 +701,12 @@ impl WriteTx for PgTx<'_, '_> {
         if !self.writer {
             return Err(ServerError::Internal("a sequence number taken on a reader".into()));
         }
-        let last = match *self.seq.borrow() {
-            Some(n) => n,
+        let last = match (*self.seq.borrow(), self.counter.get()) {
+            (Some(n), _) => n,
             // The write transaction holds the counter's row lock (taken when it began), so no
             // other instance can take a number until this one commits.
-            None => self.last_seq()?,
+            (None, Some(n)) => n,
+            (None, None) => self.last_seq()?,
         };
         *self.seq.borrow_mut() = Some(last + 1);
         Ok(last + 1)
