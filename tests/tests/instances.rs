@@ -286,3 +286,32 @@ fn the_store_reaches_postgresql_over_verified_tls_only() {
     let e = refused(&by_name);
     assert!(e.contains("cannot connect"), "a host name the certificate does not name: {e}");
 }
+
+/// What a write transaction keeps back to send together (ADR 21, `batched.rs`) is seen by every
+/// later statement of the transaction, whether answered from what it wrote or from the table.
+#[test]
+fn writes_kept_back_in_a_transaction_are_seen_by_its_later_reads() {
+    use gridwork_sync_server::store::port::StoredChange;
+    let db = gridwork_tests::pg::fresh_database().expect("a PostgreSQL database");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = instance(&db, dir.path());
+    let seq = write(store.as_ref(), |tx: &dyn WriteTx| {
+        tx.prefetch(&["h1"], &["doc-1"])?;
+        let seq = tx.next_seq()?;
+        let change = StoredChange { seq, hash: "h1", doc_id: "doc-1", device_id: "dev", received_ms: 0, bytes: b"x" };
+        tx.store_change(&change)?;
+        tx.join_scopes("doc-1", &["grid:g0"], seq, "reported")?;
+        // Answered from what the transaction wrote of a document the database held nothing of.
+        assert_eq!(tx.case_creator("doc-1")?.as_deref(), Some("dev"));
+        assert_eq!(tx.memberships("doc-1")?, vec![("grid:g0".to_owned(), seq)]);
+        assert_eq!(tx.whereabouts("h1")?.applied, Some(("dev".to_owned(), "doc-1".to_owned())));
+        // Answered by the tables, which must hold them by now.
+        assert_eq!(tx.counts()?.0, 1, "a read of the table sees the change kept back");
+        assert_eq!(tx.docs_in_scope("grid:g0")?, vec!["doc-1".to_owned()]);
+        assert_eq!(tx.history_upto("doc-1", i64::MAX)?.len(), 1);
+        Ok(seq)
+    })
+    .expect("write");
+    let after = read(store.as_ref(), |tx: &dyn ReadTx| Ok((tx.memberships("doc-1")?, tx.last_seq()?))).expect("read");
+    assert_eq!(after, (vec![("grid:g0".to_owned(), seq)], seq), "committed with the transaction");
+}

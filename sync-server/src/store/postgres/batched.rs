@@ -216,3 +216,84 @@ impl Batched {
         self.hashes.get(hash).cloned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(hash: &str, doc: &str, device: &str, seq: i64) -> PendingChange {
+        PendingChange {
+            seq,
+            hash: hash.into(),
+            doc_id: doc.into(),
+            device_id: device.into(),
+            received_ms: 0,
+            bytes: vec![],
+        }
+    }
+
+    /// What a fresh document's shadow answers is what the statements would leave in the table:
+    /// the first change's device, events once per id, the highest sequence number per actor,
+    /// the first join per scope, the category kept, the events map once set.
+    #[test]
+    fn a_fresh_documents_shadow_follows_the_tables_rules() {
+        let mut b = Batched::default();
+        b.fresh.insert("d".into(), Shadow::default());
+        b.note_change(change("h1", "d", "dev-a", 7));
+        b.note_change(change("h2", "d", "dev-b", 8));
+        b.note_event("d", "e1", "{1}");
+        b.note_event("d", "e1", "{again}");
+        b.note_doc_actor("d", "act", 3);
+        b.note_doc_actor("d", "act", 2);
+        b.note_memberships("d", &["grid:g", "user:u"], 7, "reported");
+        b.note_memberships("d", &["grid:g"], 8, "accepted");
+        let row = |category: Option<&str>, events_obj: Option<&str>, flags: &str| PendingRow {
+            doc_id: "d".into(),
+            status: "reported".into(),
+            deadline_ms: None,
+            flags: flags.into(),
+            departments: String::new(),
+            reported_ms: Some(1),
+            queue_key: "k".into(),
+            grid_id: None,
+            category_id: category.map(str::to_owned),
+            title: None,
+            code: None,
+            reporter: None,
+            lat: None,
+            lon: None,
+            events_obj: events_obj.map(str::to_owned),
+            updated_seq: 8,
+        };
+        b.note_row(row(Some("c1"), Some("o1"), "x"));
+        b.note_row(row(None, Some("o2"), "y"));
+        let s = &b.fresh["d"];
+        assert_eq!(s.creator.as_deref(), Some("dev-a"));
+        assert_eq!(s.events, vec![("e1".to_owned(), "{1}".to_owned())]);
+        assert_eq!(b.events.len(), 1, "a repeated event is not written twice");
+        assert_eq!(s.actors.get("act"), Some(&3));
+        assert_eq!(b.doc_actors.get(&("d".to_owned(), "act".to_owned())), Some(&3));
+        assert_eq!(s.memberships, vec![("grid:g".to_owned(), 7), ("user:u".to_owned(), 7)]);
+        let now = s.row.clone().expect("row");
+        assert_eq!((now.category_id.as_deref(), now.flags.as_str()), (Some("c1"), "y"));
+        assert_eq!(s.events_obj.as_deref(), Some("o1"), "the events map is kept once set");
+        assert!(b.row_waiting("d"));
+    }
+
+    #[test]
+    fn stored_hashes_are_applied_and_forgotten_ones_are_asked_again() {
+        let mut b = Batched::default();
+        b.hashes.insert("h".into(), Whereabouts { parked: true, ..Default::default() });
+        assert!(b.whereabouts("h").expect("known").parked);
+        b.note_change(change("h2", "d", "dev", 1));
+        let w = b.whereabouts("h2").expect("stored here");
+        assert_eq!(w.applied, Some(("dev".to_owned(), "d".to_owned())));
+        b.forget_hash("h");
+        assert!(b.whereabouts("h").is_none(), "asked of the database again");
+        assert!(b.note_actor("a", "dev", 0));
+        assert!(!b.note_actor("a", "other", 0), "an actor is registered once");
+        assert!(b.waiting());
+        b.discard();
+        assert!(!b.waiting() && b.stored.is_empty() && b.actor_owners.is_empty());
+    }
+}
