@@ -471,6 +471,12 @@ impl ConsoleStore for City {
         self.changing(user)?.set_person(user, person)
     }
 
+    /// Routed by the administrator's own session, like every change: a person's name in the
+    /// form never chooses the district.
+    fn set_person_password(&self, user: &ConsoleUser, person: &str, password: &str, now_ms: i64) -> Result<()> {
+        self.changing(user)?.set_person_password(user, person, password, now_ms)
+    }
+
     fn ca_fingerprint(&self) -> Option<String> {
         Self::console_of(&self.home).ok().and_then(|c| c.ca_fingerprint())
     }

@@ -231,6 +231,25 @@ mod scenarios {
         nowhere.district = Some("zz".into());
         assert!(matches!(console.case_queue(&nowhere, &all, 0), Err(ServerError::NotFound(_))));
 
+        // A person's name never chooses the district: the city centre's administrator cannot
+        // make a person `boss@b` at the centre, nor set district b's administrator's password.
+        let person = gridwork_sync_server::store::console::PersonView {
+            id: "boss@b".into(),
+            role: Role::Administrator,
+            department: None,
+            scopes: vec![],
+            has_password: false,
+        };
+        assert!(console.set_person(&mayor.user, &person).is_err(), "a name with @ is refused");
+        assert!(console.set_person_password(&mayor.user, "boss@b", "a new password!", 1).is_err());
+        assert!(console.set_person_password(&in_b_view, "boss", "a new password!", 1).is_err(), "read-only in b");
+        assert!(console.sign_in("boss@b", "a new password!", 2).is_err());
+        console.sign_in("boss@b", PASSWORD, 2).expect("b's administrator keeps their password");
+        // A district's administrator sets passwords in their own district only.
+        console.set_person_password(&boss_a.user, "s1", "another password", 3).expect("in a");
+        console.sign_in("s1@a", "another password", 4).expect("s1 of a has it");
+        console.sign_in("s1@b", PASSWORD, 4).expect("s1 of b keeps theirs");
+
         // A name without a district is the city centre's: s1 of a is not s1 there.
         assert!(console.sign_in("s1@zz", PASSWORD, 0).is_err(), "no district zz, and no person `s1@zz` at the centre");
     }

@@ -315,3 +315,37 @@ fn writes_kept_back_in_a_transaction_are_seen_by_its_later_reads() {
     let after = read(store.as_ref(), |tx: &dyn ReadTx| Ok((tx.memberships("doc-1")?, tx.last_seq()?))).expect("read");
     assert_eq!(after, (vec![("grid:g0".to_owned(), seq)], seq), "committed with the transaction");
 }
+
+/// A city on PostgreSQL: the city centre's backup holds the `public` schema only, and a
+/// district's backup that district's schema only; each restores on its own (ADR 22).
+#[test]
+fn a_city_is_backed_up_one_store_at_a_time() {
+    use gridwork_sync_server::city::{DistrictId, StoreKind};
+    use gridwork_sync_server::store::postgres::backup;
+    let db = gridwork_tests::pg::fresh_database().expect("a PostgreSQL database");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kind = StoreKind::Postgres(db.clone());
+    let a = DistrictId::parse("a").expect("id");
+    kind.add_district(dir.path(), &a).expect("district");
+    kind.open(dir.path(), None).expect("centre").admin.set_user("mayor", Role::Administrator, None, &[]).expect("user");
+    kind.open(dir.path(), Some(&a)).expect("a").admin.set_user("w1", Role::Worker, None, &[]).expect("user");
+    let backups = tempfile::tempdir().expect("tempdir");
+    let centre = backups.path().join("centre");
+    backup::backup(&db, None, dir.path(), &centre).expect("centre's backup");
+    let district = backups.path().join("a");
+    backup::backup(&db, Some(&a.schema()), &StoreKind::dir(dir.path(), Some(&a)), &district).expect("a's backup");
+
+    let db2 = gridwork_tests::pg::fresh_database().expect("a second database");
+    let restored = tempfile::tempdir().expect("tempdir");
+    backup::restore(&centre, &db2, None, restored.path()).expect("centre restored");
+    assert_eq!(PgStore::schemas(&db2, "district_").expect("schemas"), Vec::<String>::new(), "no district came with it");
+    backup::restore(&district, &db2, Some(&a.schema()), &StoreKind::dir(restored.path(), Some(&a)))
+        .expect("a restored");
+    let kind2 = StoreKind::Postgres(db2.clone());
+    assert_eq!(kind2.districts(restored.path()).expect("districts"), vec![a.clone()]);
+    let users = |k: &StoreKind, d: Option<&DistrictId>, user: &str| {
+        k.open(restored.path(), d).expect("open").admin.enrol_device(user, 0).is_ok()
+    };
+    assert!(users(&kind2, None, "mayor") && !users(&kind2, None, "w1"), "the centre's people only");
+    assert!(users(&kind2, Some(&a), "w1") && !users(&kind2, Some(&a), "mayor"), "a's people only");
+}

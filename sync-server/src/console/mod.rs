@@ -818,8 +818,8 @@ fn admin_change(
     f: &HashMap<String, String>,
     server_url: &str,
 ) -> Result<AdminOutcome, ServerError> {
-    // The store checks each administration method itself; this check also covers the password
-    // a "person" form may set, which `set_password` (an operator's tool too) does not check.
+    // The store checks each administration method itself (a "person" form's password too,
+    // `set_person_password`); this refuses everyone else before anything is read.
     user.must_administer()?;
     let get = |k: &str| f.get(k).map(|v| v.trim().to_owned()).unwrap_or_default();
     let now = now_ms();
@@ -854,12 +854,9 @@ fn admin_change(
             console.set_person(user, &person)?;
             let password = f.get("password").cloned().unwrap_or_default();
             if !password.is_empty() {
-                // In a city, a district's person signs in (and is found) as `name@district`.
-                let who = match &user.district {
-                    Some(d) => format!("{}@{d}", person.id),
-                    None => person.id.clone(),
-                };
-                console.set_password(&who, &password, now)?;
+                // In the store the signed-in administrator's session belongs to, as the person
+                // was just set there: never found by a name the form could spell.
+                console.set_person_password(user, &person.id, &password, now)?;
             }
         }
         "category" => {

@@ -315,6 +315,17 @@ impl<B: Backend> AdminStore for B {
     }
 
     fn set_user(&self, user: &str, role: Role, department: Option<&str>, scopes: &[Scope]) -> Result<()> {
+        // `@` separates a person from their district at sign-in (`city`): a name holding one
+        // could be read as another district's person.
+        if user.is_empty()
+            || user.len() > 64
+            || user.contains(|c: char| c == '@' || c.is_whitespace())
+            || user.chars().any(char::is_control)
+        {
+            return Err(ServerError::BadRequest(format!(
+                "{user:?} is not a user id: 1 to 64 characters, no spaces and no @"
+            )));
+        }
         // A user's own scope (`user:ID`, their reports) is everyone's and never granted.
         if let Some(own) = scopes.iter().find(|s| matches!(s, Scope::User(_))) {
             return Err(ServerError::BadRequest(format!(

@@ -288,6 +288,11 @@ pub trait ConsoleStore: Send + Sync {
     fn ca_fingerprint(&self) -> Option<String>;
     /// Replaces the reference data (a new catalog version reaches every device on its next sync).
     fn set_catalog(&self, user: &ConsoleUser, catalog: &gridwork_model::catalog::Catalog) -> Result<u64>;
+    /// An administrator sets a person's console password from the administration page.
+    fn set_person_password(&self, user: &ConsoleUser, person: &str, password: &str, now_ms: i64) -> Result<()> {
+        user.must_administer()?;
+        self.set_password(person, password, now_ms)
+    }
     /// The districts a city-level person may look at (empty outside a city deployment).
     fn districts(&self, user: &ConsoleUser) -> Result<Vec<String>> {
         let _ = user;

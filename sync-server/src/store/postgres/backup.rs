@@ -75,9 +75,11 @@ pub fn backup(url: &str, schema: Option<&str>, data_dir: &Path, dest: &Path) -> 
     let last_seq: i64 = tx.query_one("SELECT last FROM seq_counter WHERE id = 1", &[])?.get(0);
     let mut dump = Command::new(program("pg_dump"));
     dump.args(["--format=custom", "--no-owner", "--snapshot", &snapshot, "--file"]).arg(dest.join(DUMP)).arg(url);
-    if let Some(schema) = schema {
-        dump.arg(format!("--schema={schema}"));
-    }
+    // One store's schema only: the city centre's backup is not every district's (ADR 22).
+    match schema {
+        Some(schema) => dump.arg(format!("--schema={schema}")),
+        None => dump.arg("--exclude-schema=district_*"),
+    };
     run(dump, "pg_dump")?;
     tx.commit()?;
     let (blobs, blob_bytes) =
