@@ -262,15 +262,7 @@ impl PgStore {
         let catalog = {
             let (client, statements) = conn.parts()?;
             let mut tx = client.transaction()?;
-            let catalog = PgTx {
-                tx: std::cell::RefCell::new(&mut tx),
-                batched: Default::default(),
-                statements: std::cell::RefCell::new(statements),
-                seq: std::cell::RefCell::new(None),
-                counter: std::cell::Cell::new(None),
-                writer: false,
-            }
-            .catalog()?;
+            let catalog = PgTx::new(&mut tx, statements, false).catalog()?;
             tx.commit()?;
             catalog
         };
@@ -318,14 +310,7 @@ impl PgStore {
         let (client, statements) = conn.parts()?;
         let mut tx = client.transaction()?;
         let out = {
-            let port = PgTx {
-                tx: std::cell::RefCell::new(&mut tx),
-                batched: Default::default(),
-                statements: std::cell::RefCell::new(statements),
-                seq: std::cell::RefCell::new(None),
-                counter: std::cell::Cell::new(None),
-                writer: true,
-            };
+            let port = PgTx::new(&mut tx, statements, true);
             port.lock_counter()?;
             let out = f(&port)?;
             port.flush()?;
@@ -451,14 +436,7 @@ impl Backend for PgStore {
             let mut tx =
                 client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start()?;
             {
-                let view = PgTx {
-                    tx: std::cell::RefCell::new(&mut tx),
-                    batched: Default::default(),
-                    statements: std::cell::RefCell::new(statements),
-                    seq: std::cell::RefCell::new(None),
-                    counter: std::cell::Cell::new(None),
-                    writer: false,
-                };
+                let view = PgTx::new(&mut tx, statements, false);
                 self.follow_catalog(&view)?;
                 f(&view)?;
             }

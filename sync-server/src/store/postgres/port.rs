@@ -62,7 +62,20 @@ fn change_bytes(r: &Row) -> ChangeBytes {
     ChangeBytes { bytes: r.get(0), hash: r.get(1), device_id: r.get(2) }
 }
 
-impl PgTx<'_, '_> {
+impl<'c, 't> PgTx<'c, 't> {
+    /// A transaction's port: a writer's (which takes numbers and keeps writes back) or a
+    /// reader's snapshot.
+    pub(super) fn new(tx: &'t mut Transaction<'c>, statements: &'t mut Statements, writer: bool) -> Self {
+        PgTx {
+            tx: RefCell::new(tx),
+            batched: RefCell::default(),
+            statements: RefCell::new(statements),
+            seq: RefCell::new(None),
+            counter: std::cell::Cell::new(None),
+            writer,
+        }
+    }
+
     fn statement(&self, sql: &str) -> Result<Statement> {
         if let Some(s) = self.statements.borrow().get(sql) {
             return Ok(s.clone());
