@@ -316,6 +316,34 @@ fn writes_kept_back_in_a_transaction_are_seen_by_its_later_reads() {
     assert_eq!(after, (vec![("grid:g0".to_owned(), seq)], seq), "committed with the transaction");
 }
 
+/// A device's sightings wait with a push's rows (ADR 21) and are written in the order they were
+/// noted: "seen at" sets the time, "seen at least" never moves it back. Records waiting are in
+/// the table for the transaction's next read.
+#[test]
+fn sightings_and_records_kept_back_keep_their_order() {
+    use gridwork_sync_server::store::port::NewRecord;
+    let db = gridwork_tests::pg::fresh_database().expect("a PostgreSQL database");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = instance(&db, dir.path());
+    store.set_user("w1", Role::Worker, None, &[]).expect("user");
+    store.enrol_device("w1", 0).expect("device");
+    let id = store.list_devices(0).expect("devices")[0].id.clone();
+    write(store.as_ref(), |tx: &dyn WriteTx| {
+        tx.device_seen(&id, 2_000, "{}")?;
+        tx.device_seen_at_least(&id, 1_000, "{}")?;
+        let record = NewRecord { id: "r1", device_id: &id, received_ms: 2_000, body: "{}", check_in: None };
+        tx.store_records(&[record])?;
+        assert_eq!(tx.counts()?.2, 1, "a read of the table sees the record kept back");
+        tx.device_seen_at_least(&id, 3_000, r#"{"n":1}"#)?;
+        tx.device_seen(&id, 2_500, r#"{"n":2}"#)?;
+        Ok(())
+    })
+    .expect("write");
+    let seen = &store.list_devices(10_000).expect("devices")[0];
+    assert_eq!(seen.last_seen_ms, Some(2_500), "the later sighting, which sets the time, wins");
+    assert_eq!(seen.last_state, Some(serde_json::json!({"n": 2})));
+}
+
 /// A city on PostgreSQL: the city centre's backup holds the `public` schema only, and a
 /// district's backup that district's schema only; each restores on its own (ADR 22).
 #[test]

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use base64::Engine;
 use gridwork_model::wire::PulledDoc;
 
-use super::push::{device_scopes, Rules};
+use super::push::Rules;
 use crate::error::{Result, ServerError};
 use crate::store::port::{ChangeBytes, ReadTx};
 use crate::store::Device;
@@ -30,26 +30,29 @@ const MAX_PULL_CHANGE_ROWS: usize = 20_000;
 /// Whole documents one sync request may ask for; the device asks for the rest on its next round.
 const MAX_WANT_FULL: usize = 100;
 
+/// The scopes a device holds (`device_scopes`: scope → the sequence number it was granted at),
+/// read once per pull: the planner, the whole documents asked for and what the device is told
+/// all use them.
+pub type Scopes = BTreeMap<String, i64>;
+
 /// The scopes a device is told it holds: grids, departments and its user's own (a community or
 /// street stands for its grids, which are listed).
-pub fn told_scopes(tx: &dyn ReadTx, device: &Device) -> Result<Vec<String>> {
-    Ok(device_scopes(tx, device)?
-        .into_keys()
-        .filter(|s| !s.starts_with("community:") && !s.starts_with("street:"))
-        .collect())
+pub fn told_scopes(scopes: &Scopes) -> Vec<String> {
+    scopes.keys().filter(|s| !s.starts_with("community:") && !s.starts_with("street:")).cloned().collect()
 }
 
 /// What is new in the device's scope since `cursor`, up to about `budget` bytes.
+#[allow(clippy::too_many_arguments)]
 pub fn pull(
     rules: &Rules<'_>,
     tx: &dyn ReadTx,
     device: &Device,
+    scopes: &Scopes,
     from: &Position,
     budget: u64,
     accept_compacted: bool,
 ) -> Result<(Vec<PulledDoc>, Vec<String>, Position, bool)> {
     let cursor = from.seq;
-    let scopes = device_scopes(tx, device)?;
     let head = tx.last_seq()?;
     if scopes.is_empty() {
         return Ok((vec![], vec![], Position::at(head), false));
@@ -81,7 +84,7 @@ pub fn pull(
     let mut candidates: BTreeSet<String> = rows.into_iter().map(|r| r.0).collect();
     // A scope granted after the cursor brings the documents it held then, all at the sequence
     // number of the grant (later ones joined it after, and are read above).
-    for (scope, granted) in &scopes {
+    for (scope, granted) in scopes {
         if *granted > cursor && *granted <= horizon {
             candidates.extend(tx.docs_in_scope_by(scope, *granted)?);
         }
@@ -243,7 +246,7 @@ fn pulled(
 pub fn add_whole_documents(
     rules: &Rules<'_>,
     tx: &dyn ReadTx,
-    device: &Device,
+    scopes: &Scopes,
     wanted: &[String],
     budget: u64,
     out: &mut Vec<PulledDoc>,
@@ -251,7 +254,6 @@ pub fn add_whole_documents(
     if wanted.is_empty() {
         return Ok(());
     }
-    let scopes = device_scopes(tx, device)?;
     // Within the pull's byte budget, like the rest of the response: what does not fit the
     // device asks for again on its next sync.
     let mut used: u64 =

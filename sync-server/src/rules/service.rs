@@ -17,7 +17,7 @@ use super::pull::{add_whole_documents, parse_cursor, pull, told_scopes};
 use super::push::{case_access, device_scopes, subject, PushJob, Pushed};
 use crate::blobs::{Begun, Writer};
 use crate::error::{Result, ServerError};
-use crate::store::port::{read, write, Backend, BlobLinkOwner, ReadTx, WriteTx};
+use crate::store::port::{read, read_keyed, read_one, write, Backend, BlobLinkOwner, ReadTx, WriteTx};
 use crate::store::values::{random_hex, sha256_hex};
 use crate::store::{AdminStore, Device, DeviceInfo, OperatorStats, QuarantinedItem, SyncStore};
 
@@ -137,7 +137,7 @@ impl<B: Backend> SyncStore for B {
     fn authenticate(&self, token: &str) -> Result<Device> {
         // On a snapshot: a request is not held behind the writer just to learn who sent it. A
         // revocation is committed before it is acknowledged, so a snapshot taken after sees it.
-        match read(self, |tx| tx.device_by_token_hash(&sha256_hex(token)))? {
+        match read_one(self, |tx| tx.device_by_token_hash(&sha256_hex(token)))? {
             Some((status, device)) if status == "active" => Ok(device),
             Some(_) => Err(ServerError::DeviceRevoked),
             None => Err(ServerError::Unauthenticated),
@@ -150,7 +150,7 @@ impl<B: Backend> SyncStore for B {
         }
         let epoch = self.rules().epoch.to_owned();
         let (cursor, reoffer) =
-            parse_cursor(&epoch, req.cursor.as_deref(), || read(self, |tx: &dyn ReadTx| tx.last_seq()))?;
+            parse_cursor(&epoch, req.cursor.as_deref(), || read_one(self, |tx: &dyn ReadTx| tx.last_seq()))?;
         // Decode and parse every pushed change before queueing for the writer: parsing is a fifth
         // of the push's CPU, and here it runs beside other requests instead of inside the one writer.
         // Bytes are bounded per change (`ingest::MAX_CHANGE_BYTES`) and per request: changes past
@@ -181,16 +181,18 @@ impl<B: Backend> SyncStore for B {
         };
         // The pull reads one snapshot, beside the writer.
         let rules = self.rules();
-        let (docs, left_scope, new_cursor, more, scopes, min_version) = read(self, |view| {
+        let (docs, left_scope, new_cursor, more, scopes, min_version) = read_keyed(self, |view| {
             // A retired device receives nothing new: its cursor stays where it was.
+            let scopes = device_scopes(view, device)?;
             let (docs, left, new_cursor, more) = if device.retired {
                 (vec![], vec![], cursor.clone(), false)
             } else {
-                let (mut docs, left, new_cursor, more) = pull(&rules, view, device, &cursor, budget, accept_compacted)?;
-                add_whole_documents(&rules, view, device, &want_full, budget, &mut docs)?;
+                let (mut docs, left, new_cursor, more) =
+                    pull(&rules, view, device, &scopes, &cursor, budget, accept_compacted)?;
+                add_whole_documents(&rules, view, &scopes, &want_full, budget, &mut docs)?;
                 (docs, left, new_cursor, more)
             };
-            Ok((docs, left, new_cursor, more, told_scopes(view, device)?, view.meta("min_app_version")?))
+            Ok((docs, left, new_cursor, more, told_scopes(&scopes), view.meta("min_app_version")?))
         })?;
         gridwork_model::crash_points::reached("pull");
         let catalog = rules.places.catalog();

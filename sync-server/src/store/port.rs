@@ -465,6 +465,16 @@ pub trait Backend: Send + Sync + 'static {
     fn blobs(&self) -> &Arc<crate::blobs::BlobFiles>;
     /// Runs `f` on one consistent snapshot.
     fn read(&self, f: &mut dyn FnMut(&dyn ReadTx) -> Result<()>) -> Result<()>;
+    /// Runs `f`, which reads with one statement (a lookup needs no snapshot beyond its own), as
+    /// cheaply as the backend can: on PostgreSQL outside a transaction, sparing two round trips.
+    fn read_one(&self, f: &mut dyn FnMut(&dyn ReadTx) -> Result<()>) -> Result<()> {
+        self.read(f)
+    }
+    /// As `read`, for a snapshot whose reads are all lookups by key (a device's pull): the
+    /// backend may plan them once and by index.
+    fn read_keyed(&self, f: &mut dyn FnMut(&dyn ReadTx) -> Result<()>) -> Result<()> {
+        self.read(f)
+    }
     /// Runs `f` in a write transaction, serialized with every other writer of the database, and
     /// commits when it returns `Ok` (nothing of it when it fails).
     fn write(&self, f: &mut dyn FnMut(&dyn WriteTx) -> Result<()>) -> Result<()>;
@@ -489,6 +499,32 @@ pub fn read<T>(b: &(impl Backend + ?Sized), f: impl FnOnce(&dyn ReadTx) -> Resul
     let mut f = Some(f);
     let mut out = None;
     b.read(&mut |tx| {
+        if let Some(f) = f.take() {
+            out = Some(f(tx)?);
+        }
+        Ok(())
+    })?;
+    out.ok_or_else(|| crate::error::ServerError::Internal("a read transaction did not run".into()))
+}
+
+/// [`Backend::read_one`] with a result.
+pub fn read_one<T>(b: &(impl Backend + ?Sized), f: impl FnOnce(&dyn ReadTx) -> Result<T>) -> Result<T> {
+    let mut f = Some(f);
+    let mut out = None;
+    b.read_one(&mut |tx| {
+        if let Some(f) = f.take() {
+            out = Some(f(tx)?);
+        }
+        Ok(())
+    })?;
+    out.ok_or_else(|| crate::error::ServerError::Internal("a lookup did not run".into()))
+}
+
+/// [`Backend::read_keyed`] with a result.
+pub fn read_keyed<T>(b: &(impl Backend + ?Sized), f: impl FnOnce(&dyn ReadTx) -> Result<T>) -> Result<T> {
+    let mut f = Some(f);
+    let mut out = None;
+    b.read_keyed(&mut |tx| {
         if let Some(f) = f.take() {
             out = Some(f(tx)?);
         }

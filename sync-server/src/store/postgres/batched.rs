@@ -2,8 +2,9 @@
 //!
 //! On PostgreSQL every statement is a round trip, and a new case took about twelve of them: the
 //! rules ask the port one small question or write at a time. Here the rows a push writes to
-//! `changes`, `doc_events`, `doc_actors`, `actors`, `membership` and `docs` wait in memory and
-//! go in with one array statement per table (`flush`) — at the end of the push (before its
+//! `changes`, `doc_events`, `doc_actors`, `actors`, `membership`, `docs` and `records`, and when
+//! its device was seen, wait in memory and go in together (`flush`): one statement, an array per
+//! table, each table's insert a data-modifying `WITH` of it — at the end of the push (before its
 //! savepoint is released) or of the group commit, and before any statement that could read
 //! them. And the documents a push names that the database held nothing of (`prefetch`, one
 //! query for the whole push) are answered from what this transaction wrote of them, as are the
@@ -16,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::store::port::{CaseRow, CaseRowNow, Whereabouts};
+use crate::store::port::{CaseRow, CaseRowNow, NewRecord, Whereabouts};
 
 /// A change waiting to be written.
 #[derive(Debug, Clone)]
@@ -74,6 +75,52 @@ impl PendingRow {
     }
 }
 
+/// A record waiting to be written (`NewRecord`, owned; the check-in's columns `None` for a
+/// record that is not one).
+#[derive(Debug, Clone)]
+pub(super) struct PendingRecord {
+    pub id: String,
+    pub device_id: String,
+    pub received_ms: i64,
+    pub body: String,
+    pub grid: Option<String>,
+    pub point: Option<String>,
+    pub user: Option<String>,
+    pub at_ms: Option<i64>,
+    pub day: Option<String>,
+    pub inside_grid: Option<bool>,
+    pub distance_m: Option<f64>,
+}
+
+impl PendingRecord {
+    pub(super) fn from(r: &NewRecord<'_>) -> PendingRecord {
+        let c = r.check_in.as_ref();
+        PendingRecord {
+            id: r.id.to_owned(),
+            device_id: r.device_id.to_owned(),
+            received_ms: r.received_ms,
+            body: r.body.to_owned(),
+            grid: c.map(|c| c.grid.to_owned()),
+            point: c.and_then(|c| c.point.map(str::to_owned)),
+            user: c.map(|c| c.user.to_owned()),
+            at_ms: c.map(|c| c.at_ms),
+            day: c.map(|c| c.day.clone()),
+            inside_grid: c.map(|c| c.inside_grid),
+            distance_m: c.and_then(|c| c.distance_m),
+        }
+    }
+}
+
+/// When a device was last seen, waiting to be written. `at_least`: the time only moves forward
+/// (a sighting kept from an idle sync, which a later push may have passed already).
+#[derive(Debug, Clone)]
+pub(super) struct PendingSighting {
+    pub device_id: String,
+    pub at_ms: i64,
+    pub state: String,
+    pub at_least: bool,
+}
+
 /// What this transaction wrote of a document the database held nothing of.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Shadow {
@@ -99,6 +146,9 @@ pub(super) struct Batched {
     pub actors: Vec<(String, String, i64)>,
     pub memberships: Vec<(String, String, i64, String)>,
     pub rows: Vec<PendingRow>,
+    pub records: Vec<PendingRecord>,
+    /// At most one per device (a second is written after the first: `sighting_waiting`).
+    pub sightings: Vec<PendingSighting>,
     /// Documents the database held nothing of when `prefetch` looked, with what was written
     /// of them since.
     pub fresh: HashMap<String, Shadow>,
@@ -120,7 +170,9 @@ impl Batched {
             && self.doc_actors.is_empty()
             && self.actors.is_empty()
             && self.memberships.is_empty()
-            && self.rows.is_empty())
+            && self.rows.is_empty()
+            && self.records.is_empty()
+            && self.sightings.is_empty())
     }
 
     /// Everything known and waiting dropped (a push rolled back to its savepoint).
@@ -187,6 +239,12 @@ impl Batched {
         for scope in scopes {
             self.memberships.push((doc_id.to_owned(), (*scope).to_owned(), seq, status.to_owned()));
         }
+    }
+
+    /// Whether a sighting of this device waits already (it must be written before another: the
+    /// two may differ in `at_least`).
+    pub(super) fn sighting_waiting(&self, device_id: &str) -> bool {
+        self.sightings.iter().any(|s| s.device_id == device_id)
     }
 
     /// Whether a row for this document waits already (it must be written before another).

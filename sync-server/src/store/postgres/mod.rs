@@ -64,6 +64,46 @@ impl From<postgres::Error> for ServerError {
     }
 }
 
+/// How the sync path's transactions plan their statements, set with their `START TRANSACTION`
+/// (one round trip). Every statement there is a lookup or write by key: PostgreSQL would plan
+/// each execution afresh (a custom plan: a third of a push's statement time went to planning),
+/// and a plan made once while the tables were young would go on scanning them whole after
+/// they grew (no ANALYZE runs within a storm's minute). So: one plan per statement and
+/// connection, never a sequential scan where an index serves. The console's snapshots keep
+/// PostgreSQL's own choice: its queries are not all lookups.
+const KEYED_PLANS: &str = "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off";
+
+/// A transaction begun by hand on a connection (`postgres::Transaction` begins with a round
+/// trip of its own): rolled back unless committed, also when a panic unwinds through it.
+struct Open<'a> {
+    client: &'a mut Client,
+    done: bool,
+}
+
+impl<'a> Open<'a> {
+    fn begin(client: &'a mut Client, begin: &str) -> Result<Self> {
+        client.batch_execute(begin)?;
+        Ok(Open { client, done: false })
+    }
+
+    fn client(&mut self) -> &mut Client {
+        self.client
+    }
+
+    fn commit(mut self) -> Result<()> {
+        self.done = true;
+        Ok(self.client.batch_execute("COMMIT")?)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.client.batch_execute("ROLLBACK");
+        }
+    }
+}
+
 /// A connection and the statements prepared on it.
 struct Conn {
     /// Always `Some` until dropped.
@@ -305,19 +345,20 @@ impl PgStore {
     }
 
     /// A write transaction on `conn`: the counter's row lock first (see the module's comment),
-    /// then `f`, then the counter written back and the commit.
+    /// then `f`, then the counter written back and the commit. Its statements are keyed
+    /// lookups and writes, planned once (`KEYED_PLANS`).
     fn in_write<T>(conn: &mut Conn, f: impl FnOnce(&PgTx<'_, '_>) -> Result<T>) -> Result<T> {
         let (client, statements) = conn.parts()?;
-        let mut tx = client.transaction()?;
+        let mut open = Open::begin(client, &format!("START TRANSACTION; {KEYED_PLANS}"))?;
         let out = {
-            let port = PgTx::new(&mut tx, statements, true);
+            let port = PgTx::on_client(open.client(), statements, true);
             port.lock_counter()?;
             let out = f(&port)?;
             port.flush()?;
             port.finish_seq()?;
             out
         };
-        tx.commit()?;
+        open.commit()?;
         Ok(out)
     }
 
@@ -347,6 +388,9 @@ impl PgStore {
                 let mut answers = Vec::with_capacity(batch.len());
                 for q in &batch {
                     if savepoints {
+                        // What waits (the sightings above, an earlier push's rows) is not this push's
+                        // to roll back.
+                        port.flush()?;
                         port.tx.borrow_mut().batch_execute("SAVEPOINT push")?;
                     }
                     // With savepoints, a push's rows are written before its savepoint is
@@ -442,6 +486,38 @@ impl Backend for PgStore {
             }
             tx.commit()?;
             Ok(())
+        })();
+        self.give_back(conn);
+        done
+    }
+
+    /// On a pooled connection outside any transaction: the statement is its own snapshot. No
+    /// catalog check either: a lookup reads no catalog.
+    fn read_one(&self, f: &mut dyn FnMut(&dyn ReadTx) -> Result<()>) -> Result<()> {
+        let mut conn = self.reader()?;
+        let done = (|| {
+            let (client, statements) = conn.parts()?;
+            f(&PgTx::on_client(client, statements, false))
+        })();
+        self.give_back(conn);
+        done
+    }
+
+    /// As `read`, with the sync path's plans (`KEYED_PLANS`), begun in the same round trip.
+    fn read_keyed(&self, f: &mut dyn FnMut(&dyn ReadTx) -> Result<()>) -> Result<()> {
+        let mut conn = self.reader()?;
+        let done = (|| {
+            let (client, statements) = conn.parts()?;
+            let mut open = Open::begin(
+                client,
+                &format!("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; {KEYED_PLANS}"),
+            )?;
+            {
+                let view = PgTx::on_client(open.client(), statements, false);
+                self.follow_catalog(&view)?;
+                f(&view)?;
+            }
+            open.commit()
         })();
         self.give_back(conn);
         done

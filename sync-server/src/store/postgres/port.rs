@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use gridwork_model::catalog::{Catalog, Category, Department, Grid};
 use postgres::types::ToSql;
-use postgres::{Row, Statement, Transaction};
+use postgres::{Client, Row, Statement, Transaction};
 
-use super::batched::{Batched, PendingChange, PendingRow};
+use super::batched::{Batched, PendingChange, PendingRecord, PendingRow, PendingSighting};
 use crate::error::{Result, ServerError};
 use crate::store::console::{CheckInView, MapPin};
 use crate::store::port::{
@@ -25,7 +25,7 @@ pub(super) type Statements = HashMap<String, Statement>;
 /// A transaction on one of the store's connections: a write transaction (holding the sequence
 /// counter's row lock, `writer`) or a read-only snapshot.
 pub(super) struct PgTx<'c, 't> {
-    pub(super) tx: RefCell<&'t mut Transaction<'c>>,
+    pub(super) tx: RefCell<On<'c, 't>>,
     /// A writer's rows waiting and what it knows it wrote (`batched.rs`); empty on a reader.
     pub(super) batched: RefCell<Batched>,
     pub(super) statements: RefCell<&'t mut Statements>,
@@ -35,6 +35,31 @@ pub(super) struct PgTx<'c, 't> {
     /// The counter as the writer's row lock read it (`lock_counter`).
     pub(super) counter: std::cell::Cell<Option<i64>>,
     pub(super) writer: bool,
+    /// The `meta` table (a handful of rows), read whole by the first question of this
+    /// transaction: a snapshot asks it twice (the catalog's version, the minimum app version).
+    meta: RefCell<Option<HashMap<String, String>>>,
+}
+
+/// What a port's statements run on: a transaction, or (a lookup of one statement, which is its
+/// own snapshot: `PgStore::read_one`) the connection itself, sparing `BEGIN` and `COMMIT`.
+pub(super) enum On<'c, 't> {
+    Tx(&'t mut Transaction<'c>),
+    Client(&'t mut Client),
+}
+
+macro_rules! on {
+    ($on:expr, $c:ident => $e:expr) => {
+        match &mut *$on {
+            On::Tx($c) => $e,
+            On::Client($c) => $e,
+        }
+    };
+}
+
+impl On<'_, '_> {
+    pub(super) fn batch_execute(&mut self, sql: &str) -> Result<()> {
+        Ok(on!(self, c => c.batch_execute(sql))?)
+    }
 }
 
 impl std::fmt::Debug for PgTx<'_, '_> {
@@ -66,13 +91,24 @@ impl<'c, 't> PgTx<'c, 't> {
     /// A transaction's port: a writer's (which takes numbers and keeps writes back) or a
     /// reader's snapshot.
     pub(super) fn new(tx: &'t mut Transaction<'c>, statements: &'t mut Statements, writer: bool) -> Self {
+        Self::on(On::Tx(tx), statements, writer)
+    }
+
+    /// A port on the connection itself: in a transaction begun by hand (`Open`), or outside
+    /// any for a lookup of one statement.
+    pub(super) fn on_client(client: &'t mut Client, statements: &'t mut Statements, writer: bool) -> Self {
+        Self::on(On::Client(client), statements, writer)
+    }
+
+    fn on(on: On<'c, 't>, statements: &'t mut Statements, writer: bool) -> Self {
         PgTx {
-            tx: RefCell::new(tx),
+            tx: RefCell::new(on),
             batched: RefCell::default(),
             statements: RefCell::new(statements),
             seq: RefCell::new(None),
             counter: std::cell::Cell::new(None),
             writer,
+            meta: RefCell::new(None),
         }
     }
 
@@ -80,7 +116,7 @@ impl<'c, 't> PgTx<'c, 't> {
         if let Some(s) = self.statements.borrow().get(sql) {
             return Ok(s.clone());
         }
-        let s = self.tx.borrow_mut().prepare(sql)?;
+        let s = on!(self.tx.borrow_mut(), c => c.prepare(sql))?;
         self.statements.borrow_mut().insert(sql.to_owned(), s.clone());
         Ok(s)
     }
@@ -91,27 +127,19 @@ impl<'c, 't> PgTx<'c, 't> {
     pub(super) fn rows(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
         self.flush()?;
         let s = self.statement(sql)?;
-        Ok(self.tx.borrow_mut().query(&s, params)?)
+        Ok(on!(self.tx.borrow_mut(), c => c.query(&s, params))?)
     }
 
     pub(super) fn row(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>> {
         self.flush()?;
         let s = self.statement(sql)?;
-        Ok(self.tx.borrow_mut().query_opt(&s, params)?)
-    }
-
-    /// As [`PgTx::rows`], planned for these values each time (PostgreSQL's unnamed statement)
-    /// rather than prepared once: for a lookup of an array of keys, whose prepared plan, made
-    /// while the tables were young, went on scanning them once they were not.
-    pub(super) fn rows_planned(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
-        self.flush()?;
-        Ok(self.tx.borrow_mut().query(sql, params)?)
+        Ok(on!(self.tx.borrow_mut(), c => c.query_opt(&s, params))?)
     }
 
     pub(super) fn one(&self, sql: &str, params: Params<'_>) -> Result<Row> {
         self.flush()?;
         let s = self.statement(sql)?;
-        Ok(self.tx.borrow_mut().query_one(&s, params)?)
+        Ok(on!(self.tx.borrow_mut(), c => c.query_one(&s, params))?)
     }
 
     pub(super) fn exec(&self, sql: &str, params: Params<'_>) -> Result<u64> {
@@ -121,121 +149,147 @@ impl<'c, 't> PgTx<'c, 't> {
 
     fn exec_now(&self, sql: &str, params: Params<'_>) -> Result<u64> {
         let s = self.statement(sql)?;
-        Ok(self.tx.borrow_mut().execute(&s, params)?)
+        Ok(on!(self.tx.borrow_mut(), c => c.execute(&s, params))?)
     }
 
-    /// Writes every row waiting, one statement per table (arrays).
+    /// Writes every row waiting in one statement: each table's rows as arrays, each table's
+    /// insert a data-modifying `WITH` (all of them run, whether the query reads them or not;
+    /// an empty array writes nothing). One round trip whatever the push wrote.
     pub(super) fn flush(&self) -> Result<()> {
         if !self.batched.borrow().waiting() {
             return Ok(());
         }
-        let (changes, events, doc_actors, actors, memberships, rows) = {
+        let b = {
             let mut b = self.batched.borrow_mut();
-            (
-                std::mem::take(&mut b.changes),
-                std::mem::take(&mut b.events),
-                std::mem::take(&mut b.doc_actors),
-                std::mem::take(&mut b.actors),
-                std::mem::take(&mut b.memberships),
-                std::mem::take(&mut b.rows),
-            )
+            Batched {
+                changes: std::mem::take(&mut b.changes),
+                events: std::mem::take(&mut b.events),
+                doc_actors: std::mem::take(&mut b.doc_actors),
+                actors: std::mem::take(&mut b.actors),
+                memberships: std::mem::take(&mut b.memberships),
+                rows: std::mem::take(&mut b.rows),
+                records: std::mem::take(&mut b.records),
+                sightings: std::mem::take(&mut b.sightings),
+                ..Batched::default()
+            }
         };
-        if !changes.is_empty() {
-            let col = |f: fn(&PendingChange) -> &str| changes.iter().map(f).collect::<Vec<&str>>();
-            let seqs: Vec<i64> = changes.iter().map(|c| c.seq).collect();
-            let received: Vec<i64> = changes.iter().map(|c| c.received_ms).collect();
-            let bytes: Vec<&[u8]> = changes.iter().map(|c| c.bytes.as_slice()).collect();
-            self.exec_now(
-                "INSERT INTO changes (seq, hash, doc_id, device_id, received_ms, bytes)
-                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bytea[])",
-                &[&seqs, &col(|c| &c.hash), &col(|c| &c.doc_id), &col(|c| &c.device_id), &received, &bytes],
-            )?;
+        // Column arrays, by field.
+        fn text<T>(v: &[T], f: impl Fn(&T) -> &str) -> Vec<&str> {
+            v.iter().map(f).collect()
         }
-        if !events.is_empty() {
-            let col = |i: usize| events.iter().map(|e| [&e.0, &e.1, &e.2][i].as_str()).collect::<Vec<&str>>();
-            self.exec_now(
-                "INSERT INTO doc_events (doc_id, event_id, json) SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
-                 ON CONFLICT DO NOTHING",
-                &[&col(0), &col(1), &col(2)],
-            )?;
+        fn opt<T>(v: &[T], f: impl Fn(&T) -> Option<&str>) -> Vec<Option<&str>> {
+            v.iter().map(f).collect()
         }
-        if !doc_actors.is_empty() {
-            let docs: Vec<&str> = doc_actors.keys().map(|(d, _)| d.as_str()).collect();
-            let names: Vec<&str> = doc_actors.keys().map(|(_, a)| a.as_str()).collect();
-            let seqs: Vec<i64> = doc_actors.values().copied().collect();
-            self.exec_now(
-                "INSERT INTO doc_actors (doc_id, actor, last_seq) SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
-                 ON CONFLICT (doc_id, actor) DO UPDATE SET last_seq = greatest(doc_actors.last_seq, excluded.last_seq)",
-                &[&docs, &names, &seqs],
-            )?;
+        fn val<T, V: Copy>(v: &[T], f: impl Fn(&T) -> V) -> Vec<V> {
+            v.iter().map(f).collect()
         }
-        if !actors.is_empty() {
-            let names: Vec<&str> = actors.iter().map(|a| a.0.as_str()).collect();
-            let devices: Vec<&str> = actors.iter().map(|a| a.1.as_str()).collect();
-            let at: Vec<i64> = actors.iter().map(|a| a.2).collect();
-            self.exec_now(
-                "INSERT INTO actors (actor, device_id, first_seen_ms) SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
-                 ON CONFLICT DO NOTHING",
-                &[&names, &devices, &at],
-            )?;
-        }
-        if !memberships.is_empty() {
-            let docs: Vec<&str> = memberships.iter().map(|m| m.0.as_str()).collect();
-            let scopes: Vec<&str> = memberships.iter().map(|m| m.1.as_str()).collect();
-            let seqs: Vec<i64> = memberships.iter().map(|m| m.2).collect();
-            let statuses: Vec<&str> = memberships.iter().map(|m| m.3.as_str()).collect();
-            self.exec_now(
-                "INSERT INTO membership (doc_id, scope, joined_seq, status)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[]) ON CONFLICT DO NOTHING",
-                &[&docs, &scopes, &seqs, &statuses],
-            )?;
-        }
-        if !rows.is_empty() {
-            self.write_rows(&rows)?;
-        }
+        let (changes, events, actors, memberships, rows, records, seen) =
+            (&b.changes, &b.events, &b.actors, &b.memberships, &b.rows, &b.records, &b.sightings);
+        let doc_actors: Vec<(&str, &str, i64)> =
+            b.doc_actors.iter().map(|((d, a), s)| (d.as_str(), a.as_str(), *s)).collect();
+        let bytes: Vec<&[u8]> = changes.iter().map(|c| c.bytes.as_slice()).collect();
+        self.exec_now(
+            "WITH c AS (INSERT INTO changes (seq, hash, doc_id, device_id, received_ms, bytes)
+                SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bytea[])),
+             e AS (INSERT INTO doc_events (doc_id, event_id, json)
+                SELECT * FROM unnest($7::text[], $8::text[], $9::text[]) ON CONFLICT DO NOTHING),
+             da AS (INSERT INTO doc_actors (doc_id, actor, last_seq)
+                SELECT * FROM unnest($10::text[], $11::text[], $12::bigint[])
+                ON CONFLICT (doc_id, actor) DO UPDATE SET last_seq = greatest(doc_actors.last_seq, excluded.last_seq)),
+             a AS (INSERT INTO actors (actor, device_id, first_seen_ms)
+                SELECT * FROM unnest($13::text[], $14::text[], $15::bigint[]) ON CONFLICT DO NOTHING),
+             m AS (INSERT INTO membership (doc_id, scope, joined_seq, status)
+                SELECT * FROM unnest($16::text[], $17::text[], $18::bigint[], $19::text[]) ON CONFLICT DO NOTHING),
+             d AS (INSERT INTO docs (doc_id, status, deadline_ms, flags, departments, reported_ms, queue_key, grid_id,
+                    category_id, title, code, reporter, lat, lon, events_obj, updated_seq)
+                SELECT * FROM unnest($20::text[], $21::text[], $22::bigint[], $23::text[], $24::text[], $25::bigint[],
+                    $26::text[], $27::text[], $28::text[], $29::text[], $30::text[], $31::text[], $32::float8[],
+                    $33::float8[], $34::text[], $35::bigint[])
+                ON CONFLICT (doc_id) DO UPDATE SET status = excluded.status, deadline_ms = excluded.deadline_ms,
+                    flags = excluded.flags, departments = excluded.departments, reported_ms = excluded.reported_ms,
+                    queue_key = excluded.queue_key, grid_id = coalesce(excluded.grid_id, docs.grid_id),
+                    category_id = coalesce(excluded.category_id, docs.category_id),
+                    title = coalesce(excluded.title, docs.title), code = coalesce(excluded.code, docs.code),
+                    reporter = coalesce(excluded.reporter, docs.reporter), lat = coalesce(excluded.lat, docs.lat),
+                    lon = coalesce(excluded.lon, docs.lon), events_obj = coalesce(docs.events_obj, excluded.events_obj),
+                    updated_seq = excluded.updated_seq),
+             r AS (INSERT INTO records (id, device_id, received_ms, body, grid_id, point_id, user_id, at_ms, day,
+                    inside_grid, distance_m)
+                SELECT * FROM unnest($36::text[], $37::text[], $38::bigint[], $39::text[], $40::text[], $41::text[],
+                    $42::text[], $43::bigint[], $44::text[], $45::boolean[], $46::float8[])
+                ON CONFLICT (id) DO NOTHING),
+             s AS (UPDATE devices SET last_state = u.state, last_seen_ms = CASE WHEN u.at_least
+                    THEN greatest(coalesce(devices.last_seen_ms, 0), u.at_ms) ELSE u.at_ms END
+                FROM unnest($47::text[], $48::bigint[], $49::text[], $50::boolean[]) AS u (id, at_ms, state, at_least)
+                WHERE devices.id = u.id)
+             SELECT 1",
+            &[
+                &val(changes, |c| c.seq),
+                &text(changes, |c| &c.hash),
+                &text(changes, |c| &c.doc_id),
+                &text(changes, |c| &c.device_id),
+                &val(changes, |c| c.received_ms),
+                &bytes,
+                &text(events, |e| &e.0),
+                &text(events, |e| &e.1),
+                &text(events, |e| &e.2),
+                &val(&doc_actors, |a| a.0),
+                &val(&doc_actors, |a| a.1),
+                &val(&doc_actors, |a| a.2),
+                &text(actors, |a| &a.0),
+                &text(actors, |a| &a.1),
+                &val(actors, |a| a.2),
+                &text(memberships, |m| &m.0),
+                &text(memberships, |m| &m.1),
+                &val(memberships, |m| m.2),
+                &text(memberships, |m| &m.3),
+                &text(rows, |r| &r.doc_id),
+                &text(rows, |r| &r.status),
+                &val(rows, |r| r.deadline_ms),
+                &text(rows, |r| &r.flags),
+                &text(rows, |r| &r.departments),
+                &val(rows, |r| r.reported_ms),
+                &text(rows, |r| &r.queue_key),
+                &opt(rows, |r| r.grid_id.as_deref()),
+                &opt(rows, |r| r.category_id.as_deref()),
+                &opt(rows, |r| r.title.as_deref()),
+                &opt(rows, |r| r.code.as_deref()),
+                &opt(rows, |r| r.reporter.as_deref()),
+                &val(rows, |r| r.lat),
+                &val(rows, |r| r.lon),
+                &opt(rows, |r| r.events_obj.as_deref()),
+                &val(rows, |r| r.updated_seq),
+                &text(records, |r| &r.id),
+                &text(records, |r| &r.device_id),
+                &val(records, |r| r.received_ms),
+                &text(records, |r| &r.body),
+                &opt(records, |r| r.grid.as_deref()),
+                &opt(records, |r| r.point.as_deref()),
+                &opt(records, |r| r.user.as_deref()),
+                &val(records, |r| r.at_ms),
+                &opt(records, |r| r.day.as_deref()),
+                &val(records, |r| r.inside_grid),
+                &val(records, |r| r.distance_m),
+                &text(seen, |s| &s.device_id),
+                &val(seen, |s| s.at_ms),
+                &text(seen, |s| &s.state),
+                &val(seen, |s| s.at_least),
+            ],
+        )?;
         Ok(())
     }
 
-    /// Case rows, one per document (a second row of a document is flushed before it is kept).
-    fn write_rows(&self, rows: &[PendingRow]) -> Result<()> {
-        let text = |f: fn(&PendingRow) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
-        let opt = |f: fn(&PendingRow) -> Option<&str>| rows.iter().map(f).collect::<Vec<Option<&str>>>();
-        let num = |f: fn(&PendingRow) -> Option<i64>| rows.iter().map(f).collect::<Vec<Option<i64>>>();
-        let real = |f: fn(&PendingRow) -> Option<f64>| rows.iter().map(f).collect::<Vec<Option<f64>>>();
-        let updated: Vec<i64> = rows.iter().map(|r| r.updated_seq).collect();
-        self.exec_now(
-            "INSERT INTO docs (doc_id, status, deadline_ms, flags, departments, reported_ms, queue_key, grid_id,
-                category_id, title, code, reporter, lat, lon, events_obj, updated_seq)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::bigint[], $7::text[],
-                $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::float8[], $14::float8[], $15::text[],
-                $16::bigint[])
-             ON CONFLICT (doc_id) DO UPDATE SET status = excluded.status, deadline_ms = excluded.deadline_ms,
-                flags = excluded.flags, departments = excluded.departments, reported_ms = excluded.reported_ms,
-                queue_key = excluded.queue_key, grid_id = coalesce(excluded.grid_id, docs.grid_id),
-                category_id = coalesce(excluded.category_id, docs.category_id),
-                title = coalesce(excluded.title, docs.title), code = coalesce(excluded.code, docs.code),
-                reporter = coalesce(excluded.reporter, docs.reporter), lat = coalesce(excluded.lat, docs.lat),
-                lon = coalesce(excluded.lon, docs.lon), events_obj = coalesce(docs.events_obj, excluded.events_obj),
-                updated_seq = excluded.updated_seq",
-            &[
-                &text(|r| &r.doc_id),
-                &text(|r| &r.status),
-                &num(|r| r.deadline_ms),
-                &text(|r| &r.flags),
-                &text(|r| &r.departments),
-                &num(|r| r.reported_ms),
-                &text(|r| &r.queue_key),
-                &opt(|r| r.grid_id.as_deref()),
-                &opt(|r| r.category_id.as_deref()),
-                &opt(|r| r.title.as_deref()),
-                &opt(|r| r.code.as_deref()),
-                &opt(|r| r.reporter.as_deref()),
-                &real(|r| r.lat),
-                &real(|r| r.lon),
-                &opt(|r| r.events_obj.as_deref()),
-                &updated,
-            ],
-        )?;
+    /// A device's sighting, kept back with the push's rows (one per device waits at a time).
+    fn note_sighting(&self, device_id: &str, at_ms: i64, state: &str, at_least: bool) -> Result<()> {
+        if self.batched.borrow().sighting_waiting(device_id) {
+            self.flush()?;
+        }
+        self.batched.borrow_mut().sightings.push(PendingSighting {
+            device_id: device_id.to_owned(),
+            at_ms,
+            state: state.to_owned(),
+            at_least,
+        });
         Ok(())
     }
 
@@ -271,7 +325,11 @@ impl ReadTx for PgTx<'_, '_> {
     }
 
     fn meta(&self, key: &str) -> Result<Option<String>> {
-        Ok(self.row("SELECT value FROM meta WHERE key = $1", &[&key])?.map(|r| r.get(0)))
+        if self.meta.borrow().is_none() {
+            let all = self.rows("SELECT key, value FROM meta", &[])?.iter().map(|r| (r.get(0), r.get(1))).collect();
+            *self.meta.borrow_mut() = Some(all);
+        }
+        Ok(self.meta.borrow().as_ref().and_then(|m| m.get(key).cloned()))
     }
 
     fn user_scopes(&self, user: &str) -> Result<BTreeMap<String, i64>> {
@@ -348,16 +406,19 @@ impl ReadTx for PgTx<'_, '_> {
         limit: usize,
         at: Option<i64>,
     ) -> Result<Vec<(String, i64)>> {
+        // `OFFSET 0` keeps the EXISTS a lookup per membership row (a subplan on `changes_by_doc`):
+        // planned once (`KEYED_PLANS`) as a join, the plan made while `changes` was young
+        // went on reading far more of it than the few documents of a scope need.
         let rows = match at {
             None => self.rows(
                 "SELECT m.doc_id, m.joined_seq FROM membership m WHERE m.joined_seq > $1 AND m.scope = ANY($2)
-                 AND EXISTS (SELECT 1 FROM changes c WHERE c.doc_id = m.doc_id AND c.device_id != $3)
+                 AND EXISTS (SELECT 1 FROM changes c WHERE c.doc_id = m.doc_id AND c.device_id != $3 OFFSET 0)
                  ORDER BY m.joined_seq LIMIT $4",
                 &[&cursor, &scopes, &device, &(limit as i64)],
             )?,
             Some(at) => self.rows(
                 "SELECT m.doc_id, m.joined_seq FROM membership m WHERE m.joined_seq > $1 AND m.scope = ANY($2)
-                 AND EXISTS (SELECT 1 FROM changes c WHERE c.doc_id = m.doc_id AND c.device_id != $3)
+                 AND EXISTS (SELECT 1 FROM changes c WHERE c.doc_id = m.doc_id AND c.device_id != $3 OFFSET 0)
                  AND m.joined_seq = $4",
                 &[&cursor, &scopes, &device, &at],
             )?,
@@ -738,7 +799,7 @@ impl WriteTx for PgTx<'_, '_> {
         };
         // Index lookups by `= ANY`: joining an unnested array made the planner scan tables.
         if !hashes.is_empty() {
-            let rows = self.rows_planned(
+            let rows = self.rows(
                 "SELECT 0, hash, device_id, doc_id FROM changes WHERE hash = ANY($1)
                  UNION ALL SELECT 1, hash, NULL, NULL FROM parked WHERE hash = ANY($1)
                  UNION ALL SELECT 2, hash, status, device_id FROM quarantine WHERE hash = ANY($1)",
@@ -761,7 +822,7 @@ impl WriteTx for PgTx<'_, '_> {
         }
         if !docs.is_empty() {
             let held: std::collections::HashSet<String> = self
-                .rows_planned(
+                .rows(
                     "SELECT doc_id FROM changes WHERE doc_id = ANY($1)
                      UNION SELECT doc_id FROM docs WHERE doc_id = ANY($1)
                      UNION SELECT doc_id FROM membership WHERE doc_id = ANY($1)",
@@ -1013,37 +1074,14 @@ impl WriteTx for PgTx<'_, '_> {
         Ok(())
     }
 
-    /// One statement for a push's records, whatever their number (arrays, `unnest`).
+    /// Kept back with the push's other rows (`flush`).
     fn store_records(&self, records: &[NewRecord<'_>]) -> Result<()> {
-        let ids: Vec<&str> = records.iter().map(|r| r.id).collect();
-        let devices: Vec<&str> = records.iter().map(|r| r.device_id).collect();
-        let received: Vec<i64> = records.iter().map(|r| r.received_ms).collect();
-        let bodies: Vec<&str> = records.iter().map(|r| r.body).collect();
-        let grids: Vec<Option<&str>> = records.iter().map(|r| r.check_in.as_ref().map(|c| c.grid)).collect();
-        let points: Vec<Option<&str>> = records.iter().map(|r| r.check_in.as_ref().and_then(|c| c.point)).collect();
-        let users: Vec<Option<&str>> = records.iter().map(|r| r.check_in.as_ref().map(|c| c.user)).collect();
-        let at: Vec<Option<i64>> = records.iter().map(|r| r.check_in.as_ref().map(|c| c.at_ms)).collect();
-        let days: Vec<Option<&str>> = records.iter().map(|r| r.check_in.as_ref().map(|c| c.day.as_str())).collect();
-        let inside: Vec<Option<bool>> = records.iter().map(|r| r.check_in.as_ref().map(|c| c.inside_grid)).collect();
-        let distance: Vec<Option<f64>> =
-            records.iter().map(|r| r.check_in.as_ref().and_then(|c| c.distance_m)).collect();
-        self.exec(
-            "INSERT INTO records (id, device_id, received_ms, body, grid_id, point_id, user_id, at_ms, day,
-                inside_grid, distance_m)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
-                $7::text[], $8::bigint[], $9::text[], $10::boolean[], $11::float8[])
-             ON CONFLICT (id) DO NOTHING",
-            &[&ids, &devices, &received, &bodies, &grids, &points, &users, &at, &days, &inside, &distance],
-        )?;
+        self.batched.borrow_mut().records.extend(records.iter().map(PendingRecord::from));
         Ok(())
     }
 
     fn device_seen(&self, device_id: &str, now_ms: i64, state_json: &str) -> Result<()> {
-        self.exec(
-            "UPDATE devices SET last_seen_ms = $2, last_state = $3 WHERE id = $1",
-            &[&device_id, &now_ms, &state_json],
-        )?;
-        Ok(())
+        self.note_sighting(device_id, now_ms, state_json, false)
     }
 
     fn device_drained(&self, device_id: &str, now_ms: i64) -> Result<()> {
@@ -1052,11 +1090,7 @@ impl WriteTx for PgTx<'_, '_> {
     }
 
     fn device_seen_at_least(&self, device_id: &str, at_ms: i64, state_json: &str) -> Result<()> {
-        self.exec(
-            "UPDATE devices SET last_seen_ms = greatest(coalesce(last_seen_ms, 0), $2), last_state = $3 WHERE id = $1",
-            &[&device_id, &at_ms, &state_json],
-        )?;
-        Ok(())
+        self.note_sighting(device_id, at_ms, state_json, true)
     }
 
     fn set_meta(&self, key: &str, value: &str) -> Result<()> {
@@ -1064,6 +1098,9 @@ impl WriteTx for PgTx<'_, '_> {
             "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             &[&key, &value],
         )?;
+        if let Some(m) = self.meta.borrow_mut().as_mut() {
+            m.insert(key.to_owned(), value.to_owned());
+        }
         Ok(())
     }
 
