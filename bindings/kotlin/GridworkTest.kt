@@ -68,6 +68,22 @@ fun theFieldScenarioThroughTheServer() {
     worker.sync()
 
     val photo = jpeg()
+    // Photo problems are typed: an app tells "take it again" from "convert it" from "too large".
+    val advice = listOf(ByteArray(0), "GIF89a....".toByteArray(), photo.copyOf(photo.size / 2)).map { bytes ->
+        try {
+            worker.store.captureCase(NewCase("照片", "照片", "hazard", "g0", fix(), listOf(bytes)))
+            "stored"
+        } catch (e: GridworkException) {
+            when (e) {
+                is GridworkException.PhotoEmpty -> "empty"
+                is GridworkException.PhotoUnsupported -> "convert ${e.format}"
+                is GridworkException.PhotoCorrupt -> "again"
+                is GridworkException.PhotoTooLarge -> "too large"
+                else -> "other: $e"
+            }
+        }
+    }
+    assertEquals(listOf("empty", "convert unknown", "again"), advice, "each photo problem is its own exception")
     val case = worker.store.captureCase(
         NewCase("楼道堆放杂物", "三楼楼道堆满纸箱，有火灾隐患", "hazard", "g0", fix(), listOf(photo))
     )
@@ -81,6 +97,10 @@ fun theFieldScenarioThroughTheServer() {
 
     val detail = worker.store.getCase(case.id)
     assertTrue(detail.photos.isNotEmpty(), "the photo is attached")
+    val shown = detail.photos.first()
+    assertEquals(1600u to 1200u, shown.width to shown.height, "a case screen shows the photo's size")
+    assertEquals(PhotoMetadata.ABSENT, shown.metadata, "ImageIO writes no EXIF: said, not guessed")
+    assertEquals(null, shown.captureTime)
     assertTrue(detail.editable && detail.readOnlyReason == null, "a worker's own case is editable")
     val stored = worker.store.readPhoto(detail.photos.first().sha256)
     assertTrue(stored.size > 1000 && stored[0] == 0xFF.toByte() && stored[1] == 0xD8.toByte(), "stored photo is a JPEG")

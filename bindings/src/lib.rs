@@ -14,6 +14,7 @@
 
 use std::sync::Arc;
 
+use gridwork_core::evidence::EvidenceError;
 use gridwork_core::model::catalog::Role;
 use gridwork_core::model::geo::Location;
 use gridwork_core::model::ids::{CaseId, CategoryId, DepartmentId, DeviceId, GridId, PointId, RecordId, UserId};
@@ -53,6 +54,47 @@ pub enum GridworkError {
     /// The server refused the request (`code` is the protocol's error code).
     #[error("server refused ({code}): {detail}")]
     Server { status: u16, code: String, detail: String },
+    /// The photo is damaged or cut short (a half-written file): take it again. Nothing stored.
+    #[error("photo corrupt: {reason}")]
+    PhotoCorrupt { reason: String },
+    /// The photo's format is not accepted (`format`: "HEIC", "AVIF", "unknown"); `hint` says how
+    /// to get one that is. Nothing stored.
+    #[error("photo format {format} not supported: {hint}")]
+    PhotoUnsupported { format: String, hint: String },
+    /// The photo has more pixels than are accepted (a panorama, or a decompression bomb).
+    #[error("photo too large: {megapixels} MP, at most {max_megapixels} MP")]
+    PhotoTooLarge { megapixels: u64, max_megapixels: u64 },
+    /// The photo file is empty (0 bytes): the camera app wrote nothing. Take it again.
+    #[error("photo is empty")]
+    PhotoEmpty,
+}
+
+/// A photo problem as its own variant, so that an app can tell "take it again" from "convert
+/// it" from "too large" without reading the message.
+fn photo_error(e: EvidenceError) -> GridworkError {
+    match e {
+        EvidenceError::Empty => GridworkError::PhotoEmpty,
+        EvidenceError::Corrupt { reason } => GridworkError::PhotoCorrupt { reason },
+        EvidenceError::Unsupported { format } => GridworkError::PhotoUnsupported {
+            format: format.into(),
+            hint: "convert it to JPEG (on iOS: Settings → Camera → Formats → Most Compatible)".into(),
+        },
+        EvidenceError::UnknownFormat => GridworkError::PhotoUnsupported {
+            format: "unknown".into(),
+            hint: "attach a JPEG, PNG or WebP image".into(),
+        },
+        EvidenceError::TooManyPixels { megapixels, max_megapixels, .. } => {
+            GridworkError::PhotoTooLarge { megapixels, max_megapixels }
+        }
+        EvidenceError::DecodeTooLarge { needed_mb, .. } => GridworkError::PhotoTooLarge {
+            // The decode budget is 8 bytes a pixel.
+            megapixels: (needed_mb << 20) / 8 / 1_000_000,
+            max_megapixels: gridwork_core::evidence::MAX_PIXELS / 1_000_000,
+        },
+        e @ EvidenceError::Encode { .. } => {
+            GridworkError::InvalidInput { field: "photo".into(), reason: e.to_string() }
+        }
+    }
 }
 
 impl From<CoreError> for GridworkError {
@@ -62,7 +104,8 @@ impl From<CoreError> for GridworkError {
         match e {
             CoreError::WrongKey { .. } => GridworkError::WrongKey { detail: message },
             CoreError::BadKeyLength { .. } => invalid("key"),
-            CoreError::Invalid(_) | CoreError::NothingToChange | CoreError::Evidence(_) => invalid("input"),
+            CoreError::Evidence(e) => photo_error(e),
+            CoreError::Invalid(_) | CoreError::NothingToChange => invalid("input"),
             CoreError::UnknownCategory { .. } | CoreError::RetiredCategory { .. } => invalid("category"),
             CoreError::UnknownGrid { .. } => invalid("grid"),
             CoreError::UnknownDepartment { .. } => invalid("department"),
@@ -275,6 +318,20 @@ pub struct TimelineEntry {
     pub detail_json: String,
 }
 
+/// What a photo's own metadata (EXIF) yielded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum PhotoMetadata {
+    Read,
+    /// Damaged or laid out against the standard: what could be read was kept.
+    PartlyRead,
+    /// Present, and nothing of it could be read.
+    Unreadable,
+    /// The file carried none.
+    Absent,
+    /// Recorded by an app from before this was kept.
+    NotRecorded,
+}
+
 #[derive(Debug, Clone, uniffi::Record)]
 pub struct Photo {
     pub sha256: String,
@@ -284,13 +341,49 @@ pub struct Photo {
     pub size: u64,
     /// The thumbnail, a file of its own: on every phone that holds the case after a sync.
     pub thumb_sha256: Option<String>,
+    /// The stored photo's size in pixels, upright.
+    pub width: u32,
+    pub height: u32,
+    /// The camera's capture time ("YYYY:MM:DD HH:MM:SS", local, no zone), when it wrote one.
+    pub capture_time: Option<String>,
+    /// The photo's own GPS position (WGS-84), when it carries one.
+    pub gps_lat: Option<f64>,
+    pub gps_lon: Option<f64>,
+    /// Metres between the photo's own position and its report's fix, when both are known.
+    pub gps_off_m: Option<u32>,
+    /// The photo's own position is more than a kilometre from its report's fix: flag it.
+    pub gps_far_from_fix: bool,
+    /// What the photo's metadata yielded: say "no capture time in this photo" when absent.
+    pub metadata: PhotoMetadata,
 }
 
 impl From<gridwork_core::model::evidence::EvidenceRef> for Photo {
     fn from(e: gridwork_core::model::evidence::EvidenceRef) -> Self {
+        use gridwork_core::model::evidence::PhotoMetadata as M;
         // The kind's serde name ("photo", "voice_note", "document"), as the wire spells it.
         let kind = serde_json::to_value(e.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-        Photo { sha256: e.sha256, kind, mime: e.mime, size: e.size, thumb_sha256: e.thumb_sha256 }
+        let gps_far_from_fix = e.exif_gps_far();
+        Photo {
+            sha256: e.sha256,
+            kind,
+            mime: e.mime,
+            size: e.size,
+            thumb_sha256: e.thumb_sha256,
+            width: e.width,
+            height: e.height,
+            capture_time: e.exif_time,
+            gps_lat: e.exif_gps.map(|g| g.0),
+            gps_lon: e.exif_gps.map(|g| g.1),
+            gps_off_m: e.exif_gps_off_m,
+            gps_far_from_fix,
+            metadata: match e.metadata {
+                Some(M::Read) => PhotoMetadata::Read,
+                Some(M::PartlyRead) => PhotoMetadata::PartlyRead,
+                Some(M::Unreadable) => PhotoMetadata::Unreadable,
+                Some(M::Absent) => PhotoMetadata::Absent,
+                None => PhotoMetadata::NotRecorded,
+            },
+        }
     }
 }
 

@@ -191,7 +191,7 @@ pub fn run(args: Args) -> Result<(), String> {
     let photo = camera_like_jpeg(
         2000,
         1500,
-        &ExifSpec { orientation: Some(6), time: Some("2026:11:26 09:30:00".into()), gps: None },
+        &ExifSpec { orientation: Some(6), time: Some("2026:11:26 09:30:00".into()), gps: None, ..Default::default() },
         3,
     );
     let captured: Mutex<Vec<(CaseId, String)>> = Mutex::new(vec![]);

@@ -135,8 +135,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     seeds.push(("grids", "one-feature.geojson".into(), square.to_string().into_bytes()));
 
     // Photos: camera JPEGs with and without EXIF, greyscale and CMYK JPEGs, a PNG and a WebP.
-    let exif =
-        ExifSpec { orientation: Some(6), time: Some("2026:11:30 08:00:00".into()), gps: Some((31.2304, 121.4737)) };
+    let exif = ExifSpec {
+        orientation: Some(6),
+        time: Some("2026:11:30 08:00:00".into()),
+        gps: Some((31.2304, 121.4737)),
+        ..Default::default()
+    };
     seeds.push(("photo", "camera-exif.jpg".into(), camera_like_jpeg(40, 30, &exif, 3)));
     seeds.push(("photo", "camera.jpg".into(), camera_like_jpeg(24, 16, &ExifSpec::default(), 4)));
     let rgb = camera_like_rgb(16, 12, 5);

@@ -14,7 +14,7 @@
 use std::io::Cursor;
 
 use fast_image_resize as fir;
-use gridwork_model::evidence::{EvidenceKind, EvidenceRef};
+use gridwork_model::evidence::{EvidenceKind, EvidenceRef, PhotoMetadata};
 use sha2::{Digest, Sha256};
 
 /// Longest edge of the stored photo.
@@ -36,6 +36,8 @@ pub enum EvidenceError {
     Unsupported { format: &'static str },
     #[error("not a JPEG, PNG or WebP image")]
     UnknownFormat,
+    #[error("the photo is empty (0 bytes): take it again")]
+    Empty,
     #[error("image is {width}×{height} ({megapixels} MP); at most {max_megapixels} MP are accepted")]
     TooManyPixels { width: u32, height: u32, megapixels: u64, max_megapixels: u64 },
     #[error("decoding would need {needed_mb} MB; at most {max_mb} MB are allowed")]
@@ -62,6 +64,9 @@ enum Format {
 }
 
 fn sniff(bytes: &[u8]) -> Result<Format, EvidenceError> {
+    if bytes.is_empty() {
+        return Err(EvidenceError::Empty);
+    }
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
         return Ok(Format::Jpeg);
     }
@@ -85,32 +90,48 @@ fn sniff(bytes: &[u8]) -> Result<Format, EvidenceError> {
 }
 
 /// What EXIF says about the capture.
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 struct ExifFacts {
-    orientation: u8,
+    /// As named (1–8), or `None`: the pixels are stored as decoded.
+    orientation: Option<u8>,
     time: Option<String>,
     gps: Option<(f64, f64)>,
+    status: PhotoMetadata,
 }
 
+/// Reads what EXIF can give, leniently: many writers lay EXIF out against the standard (a
+/// sub-IFD without its next-IFD pointer, a broken thumbnail directory), and readers such as
+/// exiftool and Pillow read them. Whatever can be read is kept and the status says how much;
+/// a photo without readable EXIF is still evidence, never refused for it.
 fn read_exif(bytes: &[u8]) -> ExifFacts {
     use exif::{In, Tag, Value};
-    let mut facts = ExifFacts { orientation: 1, ..Default::default() };
-    // EXIF is optional and often malformed; a photo without readable EXIF is still evidence.
-    let Ok(exif) = exif::Reader::new().read_from_container(&mut Cursor::new(bytes)) else {
-        return facts;
+    let mut facts = ExifFacts { orientation: None, time: None, gps: None, status: PhotoMetadata::Read };
+    let exif = match exif::Reader::new().continue_on_error(true).read_from_container(&mut Cursor::new(bytes)) {
+        Ok(exif) => exif,
+        Err(exif::Error::NotFound(_)) => return ExifFacts { status: PhotoMetadata::Absent, ..facts },
+        Err(e) => match e.distill_partial_result(|_| ()) {
+            Ok(exif) => {
+                facts.status = PhotoMetadata::PartlyRead;
+                exif
+            }
+            Err(_) => return ExifFacts { status: PhotoMetadata::Unreadable, ..facts },
+        },
     };
     if let Some(o) = exif.get_field(Tag::Orientation, In::PRIMARY).and_then(|f| f.value.get_uint(0)) {
-        facts.orientation = u8::try_from(o).ok().filter(|o| (1..=8).contains(o)).unwrap_or(1);
+        facts.orientation = u8::try_from(o).ok().filter(|o| (1..=8).contains(o));
     }
-    if let Some(f) = exif.get_field(Tag::DateTimeOriginal, In::PRIMARY) {
-        if let Value::Ascii(v) = &f.value {
-            facts.time = v.first().map(|s| String::from_utf8_lossy(s).into_owned());
-        }
+    let time =
+        exif.get_field(Tag::DateTimeOriginal, In::PRIMARY).or_else(|| exif.get_field(Tag::DateTime, In::PRIMARY));
+    if let Some(Value::Ascii(v)) = time.map(|f| &f.value) {
+        facts.time = v
+            .first()
+            .map(|s| String::from_utf8_lossy(s).trim_end_matches(['\0', ' ']).to_owned())
+            .filter(|s| !s.is_empty());
     }
     let coord = |tag: Tag, ref_tag: Tag, negative: u8| -> Option<f64> {
         let f = exif.get_field(tag, In::PRIMARY)?;
         let Value::Rational(r) = &f.value else { return None };
-        if r.len() < 3 {
+        if r.len() < 3 || r.iter().take(3).any(|r| r.denom == 0) {
             return None;
         }
         let v = r[0].to_f64() + r[1].to_f64() / 60.0 + r[2].to_f64() / 3600.0;
@@ -126,6 +147,10 @@ fn read_exif(bytes: &[u8]) -> ExifFacts {
         if gridwork_model::geo::check_coordinates(lat, lon).is_ok() {
             facts.gps = Some((lat, lon));
         }
+    }
+    // Parsed, yet holding nothing a reader could use: a block of garbage that looked like one.
+    if facts.status == PhotoMetadata::PartlyRead && exif.fields().next().is_none() {
+        facts.status = PhotoMetadata::Unreadable;
     }
     facts
 }
@@ -196,19 +221,47 @@ fn decode_jpeg(bytes: &[u8], max_pixels: u64) -> Result<Rgb, EvidenceError> {
         jpeg_decoder::PixelFormat::RGB24 => raw,
         jpeg_decoder::PixelFormat::L8 => raw.iter().flat_map(|&l| [l, l, l]).collect(),
         jpeg_decoder::PixelFormat::L16 => raw.chunks_exact(2).flat_map(|c| [c[0], c[0], c[0]]).collect(),
-        jpeg_decoder::PixelFormat::CMYK32 => raw
-            .chunks_exact(4)
-            .flat_map(|c| {
-                // Adobe CMYK JPEGs store inverted values.
-                let k = u16::from(c[3]);
-                [c[0], c[1], c[2]].map(|v| ((u16::from(v) * k) / 255) as u8)
-            })
-            .collect(),
+        jpeg_decoder::PixelFormat::CMYK32 => {
+            // The decoder inverts every four-channel frame, as Adobe's writers store CMYK
+            // inverted (their APP14 marker says so): for those it yields ink amounts. A CMYK
+            // JPEG without the marker stored ink amounts, so the decoder's output is inverted.
+            let ink = has_adobe_marker(bytes);
+            raw.chunks_exact(4)
+                .flat_map(|c| {
+                    let (k, cmy) = if ink {
+                        (255 - u16::from(c[3]), [c[0], c[1], c[2]].map(|v| 255 - u16::from(v)))
+                    } else {
+                        (u16::from(c[3]), [c[0], c[1], c[2]].map(u16::from))
+                    };
+                    cmy.map(|v| (v * k / 255) as u8)
+                })
+                .collect()
+        }
     };
     if pixels.len() != n * 3 {
         return Err(corrupt("decoded size does not match the header"));
     }
     Ok(Rgb { width, height, pixels })
+}
+
+/// Whether a JPEG carries Adobe's APP14 marker (before its first scan).
+fn has_adobe_marker(bytes: &[u8]) -> bool {
+    let mut at = 2; // after SOI
+    while at + 4 <= bytes.len() && bytes[at] == 0xFF {
+        let marker = bytes[at + 1];
+        if marker == 0xDA || marker == 0xD9 {
+            return false; // start of scan, end of image
+        }
+        let len = usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]));
+        if marker == 0xEE && bytes.get(at + 4..at + 9) == Some(b"Adobe".as_slice()) {
+            return true;
+        }
+        if len < 2 {
+            return false;
+        }
+        at += 2 + len;
+    }
+    false
 }
 
 fn decode_with_image(bytes: &[u8], format: image::ImageFormat, max_pixels: u64) -> Result<Rgb, EvidenceError> {
@@ -306,7 +359,7 @@ pub fn process_photo_within(original: &[u8], max_pixels: u64) -> Result<Processe
         Format::Png => decode_with_image(original, image::ImageFormat::Png, max_pixels)?,
         Format::WebP => decode_with_image(original, image::ImageFormat::WebP, max_pixels)?,
     };
-    let stored_img = orient(resize(decoded, STORED_LONG_EDGE)?, exif.orientation);
+    let stored_img = orient(resize(decoded, STORED_LONG_EDGE)?, exif.orientation.unwrap_or(1));
     let (width, height) = (stored_img.width, stored_img.height);
     let stored = encode_jpeg(&stored_img, STORED_QUALITY)?;
     let thumb_img = resize(stored_img, THUMB_LONG_EDGE)?;
@@ -322,6 +375,9 @@ pub fn process_photo_within(original: &[u8], max_pixels: u64) -> Result<Processe
         height,
         exif_time: exif.time,
         exif_gps: exif.gps,
+        metadata: Some(exif.status),
+        orientation: exif.orientation,
+        exif_gps_off_m: None,
         sha256: sha,
     };
     Ok(ProcessedPhoto { stored, thumb, evidence })

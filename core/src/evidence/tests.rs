@@ -21,8 +21,12 @@ fn large_photo_is_stored_at_1600_with_thumbnail_and_hashes() {
 
 #[test]
 fn exif_orientation_is_applied_and_metadata_recorded_then_stripped() {
-    let spec =
-        ExifSpec { orientation: Some(6), time: Some("2026:11:26 09:15:00".into()), gps: Some((31.2304, 121.4737)) };
+    let spec = ExifSpec {
+        orientation: Some(6),
+        time: Some("2026:11:26 09:15:00".into()),
+        gps: Some((31.2304, 121.4737)),
+        ..Default::default()
+    };
     let original = camera_like_jpeg(400, 200, &spec, 3);
     let p = process_photo(&original).expect("accepted");
     // Orientation 6 = rotate 90° clockwise: a landscape sensor frame becomes portrait.
@@ -133,4 +137,139 @@ fn crc32(bytes: &[u8]) -> u32 {
         }
     }
     !crc
+}
+
+/// Where the sensor frame's red top-left quadrant must be once EXIF orientation `o` is applied
+/// (as fractions of the upright image): 1 and 5 leave it top-left, 2 and 6 move it top-right,
+/// 3 and 7 bottom-right, 4 and 8 bottom-left.
+fn red_quadrant(o: u16) -> (f64, f64) {
+    match o {
+        1 | 5 => (0.25, 0.25),
+        2 | 6 => (0.75, 0.25),
+        3 | 7 => (0.75, 0.75),
+        _ => (0.25, 0.75),
+    }
+}
+
+#[test]
+fn exif_as_every_writer_lays_it_out_is_read_in_all_eight_orientations() {
+    use synthetic::ExifLayout;
+    for layout in [ExifLayout::Camera, ExifLayout::PillowPiexif, ExifLayout::AndroidExifInterface, ExifLayout::Ios] {
+        for o in 1..=8u16 {
+            let spec = ExifSpec {
+                orientation: Some(o),
+                time: Some("2026:11:26 09:15:00".into()),
+                gps: Some((31.2304, 121.4737)),
+                layout,
+            };
+            let p = process_photo(&camera_like_jpeg(400, 200, &spec, 3))
+                .unwrap_or_else(|e| panic!("{layout:?} orientation {o}: {e}"));
+            let e = &p.evidence;
+            let what = format!("{layout:?}, orientation {o}");
+            assert_eq!(e.orientation, Some(o as u8), "{what}");
+            let upright = if o >= 5 { (200, 400) } else { (400, 200) };
+            assert_eq!((e.width, e.height), upright, "{what}: width and height follow the rotation");
+            let img = decode_rgb(&p.stored);
+            let (fx, fy) = red_quadrant(o);
+            let px = img.get_pixel((fx * f64::from(e.width)) as u32, (fy * f64::from(e.height)) as u32);
+            assert!(px[0] > 180 && px[1] < 80, "{what}: the red quadrant should be at {fx},{fy}, found {px:?}");
+            assert_eq!(e.exif_time.as_deref(), Some("2026:11:26 09:15:00"), "{what}");
+            let (lat, lon) = e.exif_gps.unwrap_or_else(|| panic!("{what}: GPS read"));
+            assert!((lat - 31.2304).abs() < 1e-4 && (lon - 121.4737).abs() < 1e-4, "{what}: {lat},{lon}");
+            // A strict parser refuses the Pillow layout: read all the same, and said so.
+            let expected =
+                if layout == ExifLayout::PillowPiexif { PhotoMetadata::PartlyRead } else { PhotoMetadata::Read };
+            assert_eq!(e.metadata, Some(expected), "{what}");
+        }
+    }
+}
+
+#[test]
+fn what_the_metadata_yielded_is_recorded_never_guessed() {
+    let absent = process_photo(&camera_like_jpeg(64, 64, &ExifSpec::default(), 1)).expect("accepted");
+    assert_eq!(absent.evidence.metadata, Some(PhotoMetadata::Absent));
+    assert_eq!((absent.evidence.exif_time.as_ref(), absent.evidence.orientation), (None, None));
+
+    // An APP1 "Exif" segment of garbage: present, unreadable, and the photo still evidence.
+    let px = synthetic::camera_like_rgb(64, 64, 1);
+    let mut garbage = Vec::new();
+    let mut enc = jpeg_encoder::Encoder::new(&mut garbage, 90);
+    enc.add_app_segment(1, b"Exif\0\0MM\0\x2a\xff\xff\xff\xf0garbage".to_vec()).expect("segment");
+    enc.encode(&px, 64, 64, jpeg_encoder::ColorType::Rgb).expect("encode");
+    let p = process_photo(&garbage).expect("a photo with broken EXIF is still evidence");
+    assert_eq!(p.evidence.metadata, Some(PhotoMetadata::Unreadable));
+    assert_eq!((p.evidence.width, p.evidence.height), (64, 64));
+
+    // PNG carries no EXIF here.
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(image::RgbImage::new(8, 8))
+        .write_to(&mut png, image::ImageFormat::Png)
+        .expect("png");
+    assert_eq!(process_photo(png.get_ref()).expect("png").evidence.metadata, Some(PhotoMetadata::Absent));
+}
+
+#[test]
+fn an_empty_file_is_its_own_error() {
+    assert_eq!(process_photo(&[]).err(), Some(EvidenceError::Empty));
+}
+
+/// A 96×64 CMYK JPEG: left half white (no ink), right half red (magenta and yellow, K = 0).
+/// `adobe`: as Adobe's writers store it (inverted, APP14 marker; YCCK when `ycck`); otherwise
+/// plain ink amounts and no marker.
+fn cmyk_jpeg(adobe: bool, ycck: bool) -> Vec<u8> {
+    let (w, h) = (96u16, 64u16);
+    let mut ink = Vec::new();
+    for _ in 0..h {
+        for x in 0..w {
+            ink.extend(if x < w / 2 { [0u8, 0, 0, 0] } else { [0, 255, 255, 0] });
+        }
+    }
+    // jpeg-encoder takes ink amounts and stores them inverted, with Adobe's marker; for a file
+    // without it, hand it inverted ink (so that ink is what is stored) and cut the marker out.
+    let input: Vec<u8> = if adobe { ink } else { ink.iter().map(|v| 255 - v).collect() };
+    let color = if ycck { jpeg_encoder::ColorType::CmykAsYcck } else { jpeg_encoder::ColorType::Cmyk };
+    let mut out = Vec::new();
+    jpeg_encoder::Encoder::new(&mut out, 95).encode(&input, w, h, color).expect("encode");
+    if !adobe {
+        let at = out.windows(7).position(|s| s[..2] == [0xFF, 0xEE] && &s[4..] == b"Ado").expect("APP14");
+        let len = usize::from(u16::from_be_bytes([out[at + 2], out[at + 3]]));
+        out.drain(at..at + 2 + len);
+    }
+    out
+}
+
+#[test]
+fn cmyk_photos_keep_their_colours() {
+    for (adobe, ycck, what) in [(true, false, "Adobe CMYK"), (true, true, "Adobe YCCK"), (false, false, "plain CMYK")] {
+        let p = process_photo(&cmyk_jpeg(adobe, ycck)).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let img = decode_rgb(&p.stored);
+        let white = img.get_pixel(10, 32);
+        let red = img.get_pixel(86, 32);
+        assert!(white.0.iter().all(|v| *v > 225), "{what}: no ink is white, got {white:?}");
+        assert!(red[0] > 200 && red[1] < 60 && red[2] < 60, "{what}: magenta and yellow are red, got {red:?}");
+    }
+}
+
+#[test]
+fn sixteen_bit_and_grey_with_alpha_pngs_are_accepted() {
+    let mut wide = image::ImageBuffer::<image::Rgb<u16>, Vec<u16>>::new(40, 30);
+    for (x, _, px) in wide.enumerate_pixels_mut() {
+        *px = if x < 20 { image::Rgb([65_535, 0, 0]) } else { image::Rgb([0, 0, 65_535]) };
+    }
+    let mut grey = image::GrayAlphaImage::new(40, 30);
+    for (x, _, px) in grey.enumerate_pixels_mut() {
+        *px = image::LumaA([if x < 20 { 20 } else { 230 }, 255]);
+    }
+    for (img, left, right) in [
+        (image::DynamicImage::ImageRgb16(wide), [255u8, 0, 0], [0u8, 0, 255]),
+        (image::DynamicImage::ImageLumaA8(grey), [20, 20, 20], [230, 230, 230]),
+    ] {
+        let mut png = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut png, image::ImageFormat::Png).expect("png");
+        let p = process_photo(png.get_ref()).expect("accepted");
+        let stored = decode_rgb(&p.stored);
+        let close = |a: &image::Rgb<u8>, b: [u8; 3]| a.0.iter().zip(b).all(|(x, y)| x.abs_diff(y) < 30);
+        assert!(close(stored.get_pixel(5, 15), left), "{:?}", stored.get_pixel(5, 15));
+        assert!(close(stored.get_pixel(35, 15), right), "{:?}", stored.get_pixel(35, 15));
+    }
 }

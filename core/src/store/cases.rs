@@ -116,7 +116,10 @@ impl Store {
         check_text("description", &new.description)?;
         let location = new.location.normalized()?;
         self.check_case_refs(Some(&new.category), Some(&new.grid))?;
-        let photos = self.prepare_photos(&new.photos)?;
+        let mut photos = self.prepare_photos(&new.photos)?;
+        for p in &mut photos {
+            p.evidence.compare_with_fix(location.lat, location.lon);
+        }
 
         let clock = self.stamp();
         let actor = self.identity().actor();
@@ -287,11 +290,13 @@ impl Store {
 
     /// Attaches a photo to a case: the file first (fsynced), then one transaction.
     pub fn attach_photo(&self, id: &CaseId, photo: &[u8]) -> Result<EvidenceRef> {
-        let processed = self.prepare_photos(&[photo.to_vec()])?;
+        let mut processed = self.prepare_photos(&[photo.to_vec()])?;
         let mut conn = self.writer();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut am = self.load_for_change(&tx, id)?;
-        self.must_be_writable(&tx, id, &doc::read_case(&am)?)?;
+        let case = doc::read_case(&am)?;
+        self.must_be_writable(&tx, id, &case)?;
+        processed[0].evidence.compare_with_fix(case.location.value.lat, case.location.value.lon);
         let before = am.get_heads();
         am.transact::<_, _, ModelError>(|t| doc::put_evidence(t, &processed[0].evidence))
             .map_err(|f| CoreError::Invalid(f.error))?;

@@ -111,7 +111,8 @@ impl Store {
         };
         let photo = match &input.photo {
             Some(bytes) => {
-                let p = crate::evidence::process_photo(bytes)?;
+                let mut p = crate::evidence::process_photo(bytes)?;
+                p.evidence.compare_with_fix(location.lat, location.lon);
                 self.inner.files.put(&p.stored)?;
                 self.inner.files.put(&p.thumb)?;
                 Some(p)

@@ -168,6 +168,32 @@ fn captured_case_is_stored_with_document_index_outbox_and_photo() {
     assert_eq!(second.code, "W1-0002");
 }
 
+/// A photo whose own GPS is more than a kilometre from its report's fix is flagged (never
+/// refused: a supervisor decides), on a new case, an attached photo and a check-in alike.
+#[test]
+fn a_photo_taken_far_from_its_reports_fix_is_flagged() {
+    let f = fixture("w1", Role::Worker);
+    let at =
+        |gps: (f64, f64), seed| camera_like_jpeg(320, 240, &ExifSpec { gps: Some(gps), ..ExifSpec::default() }, seed);
+    // The fix is at (31.203, 121.403): one photo a few metres off, one about 5.5 km north.
+    let (near, far) = (at((31.2031, 121.4031), 1), at((31.253, 121.403), 2));
+    let s =
+        f.store.capture_case(NewCase { photos: vec![near, far.clone()], ..new_case("Two photos") }).expect("capture");
+    let evidence = f.store.get_case(&s.id).expect("get").case.evidence;
+    let mut offs: Vec<(u32, bool)> =
+        evidence.iter().map(|e| (e.exif_gps_off_m.expect("compared with the fix"), e.exif_gps_far())).collect();
+    offs.sort_unstable();
+    assert!(offs[0].0 < 50 && !offs[0].1, "the near photo: {offs:?}");
+    assert!((5_000..6_000).contains(&offs[1].0) && offs[1].1, "the far photo: {offs:?}");
+
+    let other = f.store.capture_case(new_case("Attached later")).expect("capture");
+    let attached = f.store.attach_photo(&other.id, &at((31.253, 121.404), 3)).expect("attach");
+    assert!(attached.exif_gps_far(), "{:?}", attached.exif_gps_off_m);
+    // Without a position in the photo there is nothing to compare.
+    let plain = f.store.attach_photo(&other.id, &camera_like_jpeg(320, 240, &ExifSpec::default(), 4)).expect("attach");
+    assert_eq!(plain.exif_gps_off_m, None);
+}
+
 #[test]
 fn gcj02_location_is_converted_on_capture() {
     let f = fixture("w1", Role::Worker);

@@ -108,6 +108,29 @@ final class GridworkTests: XCTestCase {
 
         let photo = try Data(contentsOf: URL(fileURLWithPath: try env("GRIDWORK_PHOTO")))
         XCTAssertEqual(Array(photo.prefix(2)), [0xFF, 0xD8], "the fixture is a JPEG")
+        // Photo problems are typed: an app tells "take it again" from "convert it" from "too large".
+        func advice(_ bytes: Data) -> String {
+            do {
+                _ = try worker.store.captureCase(
+                    newCase: NewCase(
+                        title: "照片", description: "照片", categoryId: "hazard", gridId: "g0", location: fix(),
+                        photos: [bytes]))
+                return "stored"
+            } catch let error as GridworkError {
+                switch error {
+                case .PhotoEmpty: return "empty"
+                case .PhotoUnsupported(let format, _): return "convert \(format)"
+                case .PhotoCorrupt: return "again"
+                case .PhotoTooLarge: return "too large"
+                default: return "other: \(error)"
+                }
+            } catch {
+                return "other: \(error)"
+            }
+        }
+        XCTAssertEqual(
+            [Data(), Data("GIF89a....".utf8), Data(photo.prefix(photo.count / 2))].map(advice),
+            ["empty", "convert unknown", "again"], "each photo problem is its own error")
         let reported = try worker.store.captureCase(
             newCase: NewCase(
                 title: "楼道堆放杂物", description: "三楼楼道堆满纸箱，有火灾隐患", categoryId: "hazard", gridId: "g0",
@@ -125,6 +148,8 @@ final class GridworkTests: XCTestCase {
         XCTAssertTrue(detail.editable, "a worker's own case is editable")
         XCTAssertNil(detail.readOnlyReason)
         let first = try XCTUnwrap(detail.photos.first, "the photo is attached")
+        XCTAssertTrue(first.width > 0 && first.height > 0, "a case screen shows the photo's size")
+        XCTAssertNotEqual(first.metadata, .notRecorded, "what the photo's metadata yielded is recorded")
         let stored = try worker.store.readPhoto(sha256: first.sha256)
         XCTAssertGreaterThan(stored.count, 1000)
         XCTAssertEqual(Array(stored.prefix(2)), [0xFF, 0xD8], "the stored photo is a JPEG")

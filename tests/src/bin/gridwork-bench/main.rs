@@ -309,8 +309,12 @@ fn photo_pipeline(args: &Args) -> Result<(), String> {
         }
         None => {
             progress("generating a 12-megapixel camera-like JPEG");
-            let spec =
-                ExifSpec { orientation: Some(1), time: Some("2026:11:26 10:00:00".into()), gps: Some((31.2, 121.4)) };
+            let spec = ExifSpec {
+                orientation: Some(1),
+                time: Some("2026:11:26 10:00:00".into()),
+                gps: Some((31.2, 121.4)),
+                ..Default::default()
+            };
             (camera_like_jpeg(4000, 3000, &spec, 12), "generated 4000x3000".to_owned())
         }
     };
