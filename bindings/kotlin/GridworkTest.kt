@@ -89,6 +89,17 @@ fun theFieldScenarioThroughTheServer() {
     )
     assertEquals("reported", case.status)
     worker.store.captureCase(NewCase("邻里噪音", "夜间噪音", "dispute", "g0", fix(), emptyList()))
+    // The grid found from the fix: inside g0, a case without a grid id lands there; 30 m east of
+    // its boundary with a 50 m fix, the nearest; kilometres away, the app is asked to choose.
+    assertEquals(GridAt("g0", true, 0.0, emptyList()), worker.store.gridAt(fix()))
+    val placed = worker.store.captureCase(NewCase("路灯不亮", "路灯不亮", "hazard", null, fix(), emptyList()))
+    assertEquals("g0", placed.gridId)
+    val nearby = worker.store.gridAt(fix(31.205, 121.41 + 30.0 / 95_300.0).copy(accuracyM = 50.0))
+    assertEquals("g0" to false, nearby.gridId to nearby.inside)
+    val choose = assertFailsWith<GridworkException.ChooseGrid> {
+        worker.store.captureCase(NewCase("远处", "远处", "hazard", null, fix(31.5, 121.9), emptyList()))
+    }
+    assertEquals(emptyList(), choose.choices, "no grid within a kilometre")
 
     val found = worker.store.listCases(CaseFilter(emptyList(), null, null, false, false, "楼道", 20u, null))
     assertEquals(listOf(case.id), found.items.map { it.id }, "Chinese search finds the case")

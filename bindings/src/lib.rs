@@ -67,6 +67,10 @@ pub enum GridworkError {
     /// The photo file is empty (0 bytes): the camera app wrote nothing. Take it again.
     #[error("photo is empty")]
     PhotoEmpty,
+    /// A case without a grid, whose fix does not settle one: let the person choose among these
+    /// (nearest first; empty when no grid is within a kilometre). Nothing stored.
+    #[error("choose the grid: the position does not settle it ({} nearby)", choices.len())]
+    ChooseGrid { choices: Vec<GridChoice> },
 }
 
 /// A photo problem as its own variant, so that an app can tell "take it again" from "convert
@@ -227,10 +231,35 @@ pub struct NewCase {
     pub title: String,
     pub description: String,
     pub category_id: String,
-    pub grid_id: String,
+    /// `None`: the grid is found from `location` (`GridworkStore::grid_at`); when none can be
+    /// chosen for the person, `GridworkError::ChooseGrid` offers the nearest.
+    pub grid_id: Option<String>,
     pub location: GeoFix,
     /// Photos as the camera produced them (JPEG, PNG or WebP bytes).
     pub photos: Vec<Vec<u8>>,
+}
+
+/// Where a fix falls among the district's grids (`GridworkStore::grid_at`).
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct GridAt {
+    /// The grid to use, when one can be chosen for the person: the one the fix is inside, or
+    /// the nearest within its accuracy (a worker on a boundary, a fix a few metres off).
+    pub grid_id: Option<String>,
+    /// The fix is inside `grid_id`'s boundary (false: only the nearest).
+    pub inside: bool,
+    /// Metres from the fix to `grid_id`'s boundary (0 inside).
+    pub distance_m: f64,
+    /// When no grid can be chosen: the nearest few within a kilometre, nearest first.
+    pub choices: Vec<GridChoice>,
+}
+
+/// A grid offered to choose from.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct GridChoice {
+    pub grid_id: String,
+    pub name: String,
+    /// Metres from the fix to its boundary (0 inside).
+    pub distance_m: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
@@ -590,12 +619,44 @@ impl GridworkStore {
     /// blocking, about 100 ms per photo on a mid-range phone.
     // Not `case`: the name reaches the generated C header, where it is a keyword (the Swift
     // suite's C module failed to build).
+    /// Which grid a fix falls in, for the capture screen (see [`GridAt`]).
+    pub fn grid_at(&self, location: GeoFix) -> Result<GridAt> {
+        use gridwork_core::model::places::GridMatch;
+        let catalog = self.store.catalog();
+        let name = |id: &GridId| catalog.grids.iter().find(|g| g.id == *id).map(|g| g.name.clone()).unwrap_or_default();
+        Ok(match self.store.grid_at(&location.into())? {
+            GridMatch::Inside(g) => GridAt { grid_id: Some(g.0), inside: true, distance_m: 0.0, choices: vec![] },
+            GridMatch::Nearest { grid, distance_m } => {
+                GridAt { grid_id: Some(grid.0), inside: false, distance_m, choices: vec![] }
+            }
+            GridMatch::Choose(c) => GridAt {
+                grid_id: None,
+                inside: false,
+                distance_m: 0.0,
+                choices: c
+                    .into_iter()
+                    .map(|(g, distance_m)| GridChoice { name: name(&g), grid_id: g.0, distance_m })
+                    .collect(),
+            },
+        })
+    }
+
     pub fn capture_case(&self, new_case: NewCase) -> Result<CaseSummary> {
+        let grid = match new_case.grid_id {
+            Some(g) => GridId::from(g.as_str()),
+            None => {
+                let at = self.grid_at(new_case.location.clone())?;
+                match at.grid_id {
+                    Some(g) => GridId::from(g.as_str()),
+                    None => return Err(GridworkError::ChooseGrid { choices: at.choices }),
+                }
+            }
+        };
         let new = gridwork_core::store::NewCase {
             title: new_case.title,
             description: new_case.description,
             category: CategoryId::from(new_case.category_id.as_str()),
-            grid: GridId::from(new_case.grid_id.as_str()),
+            grid,
             location: new_case.location.into(),
             photos: new_case.photos,
         };

@@ -22,6 +22,7 @@ pub mod fence;
 pub mod geo;
 pub mod ids;
 pub mod lifecycle;
+pub mod places;
 pub mod record;
 pub mod time;
 pub mod wire;

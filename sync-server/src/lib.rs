@@ -26,7 +26,6 @@ pub mod http;
 pub mod ingest;
 pub mod limits;
 pub mod metrics;
-pub mod places;
 pub mod receipts;
 pub mod records;
 pub mod rules;

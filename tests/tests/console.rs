@@ -341,7 +341,13 @@ fn photos_and_conflicting_values_on_the_case_page(d: District) {
     let mut s1_phone = phone(&d, "s1", None);
     let catalog = gridwork_tests::district(4);
     let mut new = gridwork_tests::random_case(&mut gridwork_tests::Rng::new(5), &catalog, 0, 0);
-    new.photos = vec![camera_like_jpeg(800, 600, &ExifSpec::default(), 4)];
+    // The second photo carries its own position, about 5.5 km north of where the case is reported.
+    let far = ExifSpec {
+        gps: Some((new.location.lat + 0.05, new.location.lon)),
+        time: Some("2026:11:26 09:15:00".into()),
+        ..ExifSpec::default()
+    };
+    new.photos = vec![camera_like_jpeg(800, 600, &ExifSpec::default(), 4), camera_like_jpeg(640, 480, &far, 5)];
     let case = w1.store.capture_case(new).expect("capture").id;
     w1.sync(&d.url()).expect("worker pushes case and photo");
     s1_phone.sync(&d.url()).expect("supervisor's phone pulls");
@@ -357,7 +363,12 @@ fn photos_and_conflicting_values_on_the_case_page(d: District) {
     assert_eq!(sup.sign_in("s1", PASSWORD).status, 303);
     let page = sup.get(&format!("/console/cases/{case}"));
     assert_eq!(page.status, 200);
-    let evidence = &w1.store.get_case(&case).expect("case").case.evidence[0];
+    let all = w1.store.get_case(&case).expect("case").case.evidence;
+    let evidence = all.iter().find(|e| e.exif_gps.is_none()).expect("the photo without EXIF");
+    // What each photo's metadata yielded is shown, and the one taken far away is flagged.
+    assert!(page.body.contains(r#"<figure data-metadata="absent">"#), "a photo without metadata says so");
+    assert_eq!(page.body.matches(r#"class="photo-far""#).count(), 1, "only the far photo is flagged");
+    assert!(page.body.contains("2026:11:26 09:15:00"), "the capture time is shown");
     assert!(page.body.contains(&evidence.sha256), "the photo's SHA-256 is shown");
     let thumb = evidence.thumb_sha256.clone().expect("a thumbnail");
     assert!(page.body.contains(&format!("/console/photos/{thumb}")), "the thumbnail is shown");

@@ -30,7 +30,9 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use automerge::ActorId;
 use gridwork_model::catalog::{Actor, Catalog, Category, Department, Grid, Role};
+use gridwork_model::geo::Location;
 use gridwork_model::ids::{DepartmentId, DeviceId, UserId};
+use gridwork_model::places::{GridMatch, Places};
 use gridwork_model::time::{ClockStamp, DistrictCalendar};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
@@ -108,7 +110,8 @@ pub(crate) struct Inner {
     reader: Mutex<Connection>,
     identity: Identity,
     actor: ActorId,
-    catalog: RwLock<Arc<Catalog>>,
+    /// The catalogue with its lookups (grids by id and by position), built once per version.
+    catalog: RwLock<Arc<Places>>,
     clock: Arc<dyn DeviceClock>,
     server_offset_ms: AtomicI64,
     has_server_offset: std::sync::atomic::AtomicBool,
@@ -202,7 +205,7 @@ impl Store {
                 reader: Mutex::new(reader),
                 identity: options.identity,
                 actor,
-                catalog: RwLock::new(Arc::new(catalog)),
+                catalog: RwLock::new(Arc::new(Places::new(Arc::new(catalog)))),
                 clock: options.clock,
                 server_offset_ms: AtomicI64::new(offset.unwrap_or(0)),
                 has_server_offset: std::sync::atomic::AtomicBool::new(offset.is_some()),
@@ -232,10 +235,22 @@ impl Store {
 
     /// The reference data currently on the device.
     pub fn catalog(&self) -> Arc<Catalog> {
+        Arc::clone(self.places().catalog())
+    }
+
+    fn places(&self) -> Arc<Places> {
         match self.inner.catalog.read() {
             Ok(c) => c.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// Which grid a fix falls in, for a capture screen that has not been told (the catalogue's
+    /// boundaries, indexed once per version): inside one grid, that grid; on a boundary or in a
+    /// gap, the nearest within the fix's accuracy; otherwise the nearest few to choose from.
+    pub fn grid_at(&self, location: &Location) -> Result<GridMatch> {
+        let l = location.clone().normalized()?;
+        Ok(self.places().locate(l.lat, l.lon, l.accuracy_m))
     }
 
     /// Replaces the reference data (the sync client calls this when the catalog version moves).
@@ -264,7 +279,7 @@ impl Store {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        *guard = Arc::new(catalog.clone());
+        *guard = Arc::new(Places::new(Arc::new(catalog.clone())));
         Ok(())
     }
 
@@ -307,12 +322,7 @@ impl Store {
     }
 
     pub(crate) fn grid(&self, id: &str) -> Result<Grid> {
-        self.catalog()
-            .grids
-            .iter()
-            .find(|g| g.id.0 == id)
-            .cloned()
-            .ok_or_else(|| CoreError::UnknownGrid { grid_id: id.to_owned() })
+        self.places().grid(id).cloned().ok_or_else(|| CoreError::UnknownGrid { grid_id: id.to_owned() })
     }
 
     pub(crate) fn category(&self, id: &str) -> Result<Category> {

@@ -141,6 +141,25 @@ final class GridworkTests: XCTestCase {
                 title: "邻里噪音", description: "夜间噪音", categoryId: "dispute", gridId: "g0", location: fix(),
                 photos: []))
 
+        // The grid found from the fix: inside g0, a case without a grid id lands there; far away,
+        // the app is asked to choose.
+        XCTAssertEqual(try worker.store.gridAt(location: fix()).gridId, "g0")
+        let placed = try worker.store.captureCase(
+            newCase: NewCase(
+                title: "路灯不亮", description: "路灯不亮", categoryId: "hazard", gridId: nil, location: fix(),
+                photos: []))
+        XCTAssertEqual(placed.gridId, "g0")
+        XCTAssertThrowsError(
+            try worker.store.captureCase(
+                newCase: NewCase(
+                    title: "远处", description: "远处", categoryId: "hazard", gridId: nil,
+                    location: fix(lat: 31.5, lon: 121.9), photos: []))
+        ) { error in
+            guard case GridworkError.ChooseGrid(let choices) = error else {
+                return XCTFail("expected ChooseGrid, got \(error)")
+            }
+            XCTAssertEqual(choices, [], "no grid within a kilometre")
+        }
         XCTAssertEqual(try worker.store.listCases(filter: filter(text: "楼道")).items.map(\.id), [reported.id])
         XCTAssertEqual(try worker.store.listCases(filter: filter(categoryId: "dispute")).items.count, 1)
 

@@ -127,6 +127,39 @@ pub struct PhotoItem {
     pub sha256: String,
     pub thumb: Option<String>,
     pub on_server: bool,
+    /// "read", "partly_read", "unreadable", "absent" or "not_recorded".
+    pub metadata: &'static str,
+    /// What the photo's metadata says, or says it lacks, one line each.
+    pub facts: Vec<String>,
+    /// Taken more than a kilometre from where the case was reported.
+    pub far: bool,
+}
+
+/// A photo on the case page: its capture time, or that it has none; how much of its metadata
+/// could be read; and how far its own position is from the report's.
+fn photo_item(lang: Lang, p: &crate::store::console::PhotoView) -> PhotoItem {
+    use gridwork_model::evidence::{PhotoMetadata as M, EXIF_GPS_FAR_M};
+    let mut facts = vec![];
+    match &p.capture_time {
+        Some(t) => facts.push(format!("{} {t}", lang.t("photo_taken"))),
+        None if p.metadata.is_some() => facts.push(lang.t("photo_no_time").to_owned()),
+        None => {}
+    }
+    let metadata = match p.metadata {
+        Some(M::Read) => "read",
+        Some(M::PartlyRead) => "partly_read",
+        Some(M::Unreadable) => "unreadable",
+        Some(M::Absent) => "absent",
+        None => "not_recorded",
+    };
+    if matches!(p.metadata, Some(M::PartlyRead | M::Unreadable | M::Absent)) {
+        facts.push(lang.t(&format!("photo_meta_{metadata}")).to_owned());
+    }
+    let far = p.gps_off_m.is_some_and(|m| m > EXIF_GPS_FAR_M);
+    if let Some(m) = p.gps_off_m.filter(|_| far) {
+        facts.push(format!("{} {:.1} km", lang.t("photo_far"), f64::from(m) / 1000.0));
+    }
+    PhotoItem { sha256: p.sha256.clone(), thumb: p.thumb_sha256.clone(), on_server: p.on_server, metadata, facts, far }
 }
 
 #[derive(Debug, Clone)]
@@ -522,11 +555,7 @@ pub fn case_page(chrome: Chrome, catalog: &Catalog, user: &ConsoleUser, view: &C
         fields,
         conflicts,
         contest,
-        photos: view
-            .photos
-            .iter()
-            .map(|p| PhotoItem { sha256: p.sha256.clone(), thumb: p.thumb_sha256.clone(), on_server: p.on_server })
-            .collect(),
+        photos: view.photos.iter().map(|p| photo_item(lang, p)).collect(),
         timeline,
         map_svg: map::case_map(grid.map(|g| &g.boundary), loc.lat, loc.lon, state.status.label()),
         actions: allowed_actions(user, view, lang, catalog, now_ms),

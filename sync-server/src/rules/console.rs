@@ -330,6 +330,9 @@ impl<B: Backend> ConsoleStore for B {
                     sha256: e.sha256.clone(),
                     thumb_sha256: e.thumb_sha256.clone(),
                     on_server: tx.blob_held(&e.sha256)?,
+                    capture_time: e.exif_time.clone(),
+                    metadata: e.metadata,
+                    gps_off_m: e.exif_gps_off_m,
                 });
             }
             Ok(CaseView { case, flags: split_list(&flags), photos, received_ms })

@@ -26,7 +26,6 @@ use gridwork_model::wire::{ItemResult, Outcome, SyncRequest};
 
 use crate::error::{Result, ServerError};
 use crate::ingest::{read_change, ChangeFacts};
-use crate::places::Places;
 use crate::receipts::ReceiptKey;
 use crate::records::RecordFacts;
 use crate::store::port::{
@@ -34,6 +33,7 @@ use crate::store::port::{
 };
 use crate::store::values::{json, sha256_hex};
 use crate::store::Device;
+use gridwork_model::places::Places;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 

@@ -166,6 +166,12 @@ pub struct PhotoView {
     pub thumb_sha256: Option<String>,
     /// The server holds the full-size file.
     pub on_server: bool,
+    /// The camera's capture time, as it wrote it.
+    pub capture_time: Option<String>,
+    /// What the photo's metadata yielded (`None`: recorded by an app from before it was kept).
+    pub metadata: Option<gridwork_model::evidence::PhotoMetadata>,
+    /// Metres between the photo's own position and its report's fix.
+    pub gps_off_m: Option<u32>,
 }
 
 /// A case opened in the console.

@@ -23,8 +23,8 @@ use super::values::{json, random_hex, stored_role as parse_role};
 use super::Device;
 use crate::blobs::BlobFiles;
 use crate::error::{Result, ServerError};
-use crate::places::Places;
 use crate::rules::push::{PushJob, Rules};
+use gridwork_model::places::Places;
 use port::SqliteTx;
 
 /// Reader connections kept open between syncs.

@@ -31,10 +31,10 @@ use super::port::{Backend, ReadTx, WriteTx};
 use super::values::random_hex;
 use crate::blobs::BlobFiles;
 use crate::error::{Result, ServerError};
-use crate::places::Places;
 use crate::receipts::ReceiptKey;
 use crate::rules::push::{PushJob, Rules};
 use database::Database;
+use gridwork_model::places::Places;
 use port::{PgTx, Statements};
 
 /// The schema this server writes (`meta.schema_version`).

@@ -87,7 +87,7 @@ fn rust_round(dir: &Path, photo: &[u8], args: &Args) -> Result<Samples, String> 
                 title: format!("楼道堆物 {i}"),
                 description: format!("三楼楼道堆满纸箱 {i}"),
                 category_id: "hazard".into(),
-                grid_id: "g0".into(),
+                grid_id: Some("g0".into()),
                 location: fix,
                 photos,
             })
