@@ -6,4 +6,4 @@ here="$(cd "$(dirname "$0")" && pwd)"
 [ -n "${ANDROID_NDK_HOME:-}" ] || { echo "build-jni.sh: set ANDROID_NDK_HOME to an Android NDK" >&2; exit 1; }
 rustup target add aarch64-linux-android armv7-linux-androideabi x86_64-linux-android
 cd "$here/.."
-cargo ndk -t arm64-v8a -t armeabi-v7a -t x86_64 -o "$here/src/main/jniLibs" build --release -p gridwork-ffi
+cargo ndk -t arm64-v8a -t armeabi-v7a -t x86_64 -o "$here/src/main/jniLibs" build --release -p gridwork-ffi --features vendored-crypto

@@ -6,7 +6,7 @@ command -v xcodebuild >/dev/null || { echo "build-xcframework.sh: needs Xcode (x
 cd "$here/.."
 targets="aarch64-apple-ios aarch64-apple-ios-sim x86_64-apple-ios"
 rustup target add $targets
-for t in $targets; do cargo build --release -p gridwork-ffi --target "$t"; done
+for t in $targets; do cargo build --release -p gridwork-ffi --features vendored-crypto --target "$t"; done
 "$here/generate.sh"
 lipo -create target/aarch64-apple-ios-sim/release/libgridwork_ffi.a target/x86_64-apple-ios/release/libgridwork_ffi.a \
     -output "$here/generated/libgridwork_ffi_sim.a"
