@@ -6,6 +6,7 @@
 import java.awt.Color
 import java.awt.image.BufferedImage
 import java.io.ByteArrayOutputStream
+import java.io.File
 import java.nio.file.Files
 import javax.imageio.ImageIO
 import kotlin.test.assertEquals
@@ -113,6 +114,15 @@ fun theFieldScenarioThroughTheServer() {
     assertEquals(PhotoMetadata.ABSENT, shown.metadata, "ImageIO writes no EXIF: said, not guessed")
     assertEquals(null, shown.captureTime)
     assertTrue(detail.editable && detail.readOnlyReason == null, "a worker's own case is editable")
+    // The same photo as the file the camera app wrote: read by the core (never through the JVM
+    // heap), stored exactly as the bytes were.
+    val file = File.createTempFile("IMG_", ".jpg").apply { writeBytes(photo) }
+    val fromFile = worker.store.captureCaseFromFiles(
+        NewCase("楼道堆放杂物", "同一张照片的文件", "hazard", "g0", fix(), emptyList()), listOf(file.path)
+    )
+    assertEquals(shown.sha256, worker.store.getCase(fromFile.id).photos.single().sha256, "the file stores as its bytes do")
+    val missing = assertFailsWith<GridworkException.PhotoFile> { worker.store.attachPhotoFile(fromFile.id, file.path + ".gone") }
+    assertTrue(missing.path.endsWith(".gone"), "the error names the file")
     val stored = worker.store.readPhoto(detail.photos.first().sha256)
     assertTrue(stored.size > 1000 && stored[0] == 0xFF.toByte() && stored[1] == 0xD8.toByte(), "stored photo is a JPEG")
 

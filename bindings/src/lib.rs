@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use gridwork_core::evidence::EvidenceError;
+use gridwork_core::evidence::{read_photo_file, EvidenceError};
 use gridwork_core::model::catalog::Role;
 use gridwork_core::model::geo::Location;
 use gridwork_core::model::ids::{CaseId, CategoryId, DepartmentId, DeviceId, GridId, PointId, RecordId, UserId};
@@ -67,6 +67,10 @@ pub enum GridworkError {
     /// The photo file is empty (0 bytes): the camera app wrote nothing. Take it again.
     #[error("photo is empty")]
     PhotoEmpty,
+    /// A photo file could not be used (missing, unreadable, or past the size read): `reason`
+    /// says which. Nothing stored.
+    #[error("photo file {path}: {reason}")]
+    PhotoFile { path: String, reason: String },
     /// A case without a grid, whose fix does not settle one: let the person choose among these
     /// (nearest first; empty when no grid is within a kilometre). Nothing stored.
     #[error("choose the grid: the position does not settle it ({} nearby)", choices.len())]
@@ -95,6 +99,7 @@ fn photo_error(e: EvidenceError) -> GridworkError {
             megapixels: (needed_mb << 20) / 8 / 1_000_000,
             max_megapixels: gridwork_core::evidence::MAX_PIXELS / 1_000_000,
         },
+        EvidenceError::File { path, reason } => GridworkError::PhotoFile { path, reason },
         e @ EvidenceError::Encode { .. } => {
             GridworkError::InvalidInput { field: "photo".into(), reason: e.to_string() }
         }
@@ -639,6 +644,23 @@ impl GridworkStore {
                     .collect(),
             },
         })
+    }
+
+    /// `capture_case` with the photos as the files the camera app wrote (paths, after those in
+    /// `new_case.photos`): the core reads them in native memory, so a photo never crosses the
+    /// app's heap (on a low-end phone's JVM, 3–8 MB `ByteArray`s risk an OutOfMemoryError).
+    pub fn capture_case_from_files(&self, mut new_case: NewCase, photo_files: Vec<String>) -> Result<CaseSummary> {
+        for path in &photo_files {
+            new_case.photos.push(read_photo_file(std::path::Path::new(path)).map_err(photo_error)?);
+        }
+        self.capture_case(new_case)
+    }
+
+    /// `attach_photo` with the photo as the file the camera app wrote (see
+    /// `capture_case_from_files`).
+    pub fn attach_photo_file(&self, case_id: String, path: String) -> Result<Photo> {
+        let photo = read_photo_file(std::path::Path::new(&path)).map_err(photo_error)?;
+        self.attach_photo(case_id, photo)
     }
 
     pub fn capture_case(&self, new_case: NewCase) -> Result<CaseSummary> {

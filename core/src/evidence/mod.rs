@@ -26,6 +26,9 @@ pub const STORED_QUALITY: u8 = 80;
 const THUMB_QUALITY: u8 = 70;
 /// Refuse images with more pixels than this (decompression bombs).
 pub const MAX_PIXELS: u64 = 50_000_000;
+/// Refuse photo files larger than this before reading them: a 48 MP phone JPEG is about 25 MB,
+/// the largest PNG within [`MAX_PIXELS`] rarely over 100 MB.
+pub const MAX_PHOTO_FILE_BYTES: u64 = 128 * 1024 * 1024;
 /// Refuse images whose decode would need more memory than this.
 pub const MAX_DECODE_BYTES: u64 = 512 * 1024 * 1024;
 
@@ -46,6 +49,8 @@ pub enum EvidenceError {
     Corrupt { reason: String },
     #[error("could not encode the stored photo: {reason}")]
     Encode { reason: String },
+    #[error("cannot use the photo file {path}: {reason}")]
+    File { path: String, reason: String },
 }
 
 /// A processed photo: the bytes to store and the reference to record.
@@ -340,6 +345,29 @@ fn encode_jpeg(img: &Rgb, quality: u8) -> Result<Vec<u8>, EvidenceError> {
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
+}
+
+/// Reads a photo file as the camera app wrote it, in native memory (never through the app's
+/// heap: a 12 MP JPEG as a `ByteArray` on a low-end phone's JVM heap risks an
+/// OutOfMemoryError), refusing an empty one and one past [`MAX_PHOTO_FILE_BYTES`] before reading.
+pub fn read_photo_file(path: &std::path::Path) -> Result<Vec<u8>, EvidenceError> {
+    use std::io::Read;
+    let file_error = |reason: String| EvidenceError::File { path: path.display().to_string(), reason };
+    let file = std::fs::File::open(path).map_err(|e| file_error(e.to_string()))?;
+    let len = file.metadata().map_err(|e| file_error(e.to_string()))?.len();
+    if len == 0 {
+        return Err(EvidenceError::Empty);
+    }
+    if len > MAX_PHOTO_FILE_BYTES {
+        return Err(file_error(format!("it is {} MB; at most {} MB are read", len >> 20, MAX_PHOTO_FILE_BYTES >> 20)));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    // `take`: a file still being written cannot grow past the cap while it is read.
+    file.take(MAX_PHOTO_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| file_error(e.to_string()))?;
+    if bytes.len() as u64 > MAX_PHOTO_FILE_BYTES {
+        return Err(file_error(format!("it grew past {} MB while being read", MAX_PHOTO_FILE_BYTES >> 20)));
+    }
+    Ok(bytes)
 }
 
 /// Runs the whole pipeline on the bytes a camera or gallery produced.

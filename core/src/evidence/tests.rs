@@ -273,3 +273,23 @@ fn sixteen_bit_and_grey_with_alpha_pngs_are_accepted() {
         assert!(close(stored.get_pixel(35, 15), right), "{:?}", stored.get_pixel(35, 15));
     }
 }
+
+#[test]
+fn a_photo_file_is_read_whole_and_bad_files_are_typed_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let original = camera_like_jpeg(320, 240, &ExifSpec::default(), 2);
+    let path = dir.path().join("IMG_0001.jpg");
+    std::fs::write(&path, &original).expect("write");
+    assert_eq!(read_photo_file(&path).expect("read"), original);
+    let empty = dir.path().join("empty.jpg");
+    std::fs::write(&empty, b"").expect("write");
+    assert_eq!(read_photo_file(&empty), Err(EvidenceError::Empty));
+    let missing = dir.path().join("missing.jpg");
+    assert!(
+        matches!(read_photo_file(&missing), Err(EvidenceError::File { path, .. }) if path.ends_with("missing.jpg"))
+    );
+    // Past the cap: refused from its size, before a byte is read (a sparse file costs no disk).
+    let huge = dir.path().join("huge.jpg");
+    std::fs::File::create(&huge).and_then(|f| f.set_len(MAX_PHOTO_FILE_BYTES + 1)).expect("sparse file");
+    assert!(matches!(read_photo_file(&huge), Err(EvidenceError::File { reason, .. }) if reason.contains("at most")));
+}

@@ -2,7 +2,9 @@
 //! generated code, the JVM) against the same call made in Rust, measured in the same run on
 //! stores prepared the same way. Three lines: `ffi_capture` (a case with one camera-sized photo,
 //! what the app does), `ffi_capture_text` (no photo, where the crossing's share is largest) and
-//! `ffi_call` (a near-empty call: the crossing alone).
+//! `ffi_call` (a near-empty call: the crossing alone). A fourth, `ffi_photo_from_file`: a photo
+//! the camera wrote to a file, handed over as a `ByteArray` or as its path — the JVM heap the
+//! app allocates per capture and the process's peak memory each way.
 
 use std::path::Path;
 use std::process::Command;
@@ -116,9 +118,18 @@ struct KotlinResult {
     text_p50_ms: f64,
     photo_p50_ms: f64,
     call_p50_ms: f64,
+    /// The photo from the camera's file, read into a `ByteArray` by the app and passed …
+    bytes_heap_per_capture: f64,
+    bytes_peak_rss_mb: f64,
+    bytes_p50_ms: f64,
+    /// … or passed as its path (`capture_case_from_files`).
+    file_heap_per_capture: f64,
+    file_peak_rss_mb: f64,
+    file_p50_ms: f64,
+    rounds: usize,
 }
 
-fn kotlin_round(dir: &Path, photo_path: &Path, args: &Args) -> Result<KotlinResult, String> {
+fn kotlin_round(dir: &Path, photo_path: &Path, photo_12mp: &Path, args: &Args) -> Result<KotlinResult, String> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bindings/kotlin/bench.sh");
     let out = Command::new("bash")
         .arg(&script)
@@ -129,6 +140,7 @@ fn kotlin_round(dir: &Path, photo_path: &Path, args: &Args) -> Result<KotlinResu
         .arg(photo_path)
         .arg(args.warmup.to_string())
         .arg(args.captures.to_string())
+        .arg(photo_12mp)
         .stderr(std::process::Stdio::inherit())
         .output()
         .map_err(|e| format!("running {}: {e}", script.display()))?;
@@ -151,13 +163,17 @@ pub fn run(args: Args) -> Result<(), String> {
     let photo = camera_like_jpeg(1600, 1200, &ExifSpec::default(), 7);
     let photo_path = tmp.path().join("photo.jpg");
     std::fs::write(&photo_path, &photo).map_err(|e| format!("writing the photo: {e}"))?;
+    // What a phone camera writes: 12 MP, for the file-or-bytes comparison (a few captures).
+    let photo_12mp = camera_like_jpeg(4000, 3000, &ExifSpec::default(), 8);
+    let photo_12mp_path = tmp.path().join("photo-12mp.jpg");
+    std::fs::write(&photo_12mp_path, &photo_12mp).map_err(|e| format!("writing the photo: {e}"))?;
 
     // Rust, Kotlin, Rust again: the machine is shared, so Rust is measured on both sides of the
     // Kotlin run and its samples pooled.
     progress(&format!("rust: {} captures without and with a photo", args.captures));
     let (mut rust_text, mut rust_photo, mut rust_call) = rust_round(&rust_dir, &photo, &args)?;
     progress("kotlin: the same through the binding");
-    let kotlin = kotlin_round(&kotlin_dir, &photo_path, &args)?;
+    let kotlin = kotlin_round(&kotlin_dir, &photo_path, &photo_12mp_path, &args)?;
     progress("rust: again");
     let (text2, photo2, call2) = rust_round(&rust_dir2, &photo, &args)?;
     rust_text.extend(text2);
@@ -183,5 +199,22 @@ pub fn run(args: Args) -> Result<(), String> {
         }
         println!("{line}");
     }
+    // The camera's file handed over both ways: the JVM heap the app allocates per capture and the
+    // process's peak resident memory (JVM and native together) over the captures.
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "ffi_photo_from_file",
+            "photo_bytes": photo_12mp.len(),
+            "megapixels": 12,
+            "bytes_jvm_heap_per_capture_kb": round3(kotlin.bytes_heap_per_capture / 1024.0),
+            "file_jvm_heap_per_capture_kb": round3(kotlin.file_heap_per_capture / 1024.0),
+            "bytes_peak_rss_mb": round3(kotlin.bytes_peak_rss_mb),
+            "file_peak_rss_mb": round3(kotlin.file_peak_rss_mb),
+            "bytes_p50_ms": round3(kotlin.bytes_p50_ms),
+            "file_p50_ms": round3(kotlin.file_p50_ms),
+            "n": kotlin.rounds,
+        })
+    );
     Ok(())
 }
