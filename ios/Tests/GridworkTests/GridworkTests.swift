@@ -169,6 +169,23 @@ final class GridworkTests: XCTestCase {
         let first = try XCTUnwrap(detail.photos.first, "the photo is attached")
         XCTAssertTrue(first.width > 0 && first.height > 0, "a case screen shows the photo's size")
         XCTAssertNotEqual(first.metadata, .notRecorded, "what the photo's metadata yielded is recorded")
+        // The same photo as the file the camera wrote: read by the core, stored exactly as the
+        // bytes were; a missing file is its own error.
+        let fileURL = URL(fileURLWithPath: try tempDir()).appendingPathComponent("IMG_0001.jpg")
+        try photo.write(to: fileURL)
+        let fromFile = try worker.store.captureCaseFromFiles(
+            newCase: NewCase(
+                title: "楼道堆放杂物", description: "同一张照片的文件", categoryId: "hazard", gridId: "g0",
+                location: fix(), photos: []),
+            photoFiles: [fileURL.path])
+        XCTAssertEqual(try worker.store.getCase(caseId: fromFile.id).photos.map(\.sha256), [first.sha256])
+        XCTAssertThrowsError(try worker.store.attachPhotoFile(caseId: fromFile.id, path: fileURL.path + ".gone")) {
+            error in
+            guard case GridworkError.PhotoFile(let path, _) = error else {
+                return XCTFail("expected PhotoFile, got \(error)")
+            }
+            XCTAssertTrue(path.hasSuffix(".gone"), "the error names the file")
+        }
         let stored = try worker.store.readPhoto(sha256: first.sha256)
         XCTAssertGreaterThan(stored.count, 1000)
         XCTAssertEqual(Array(stored.prefix(2)), [0xFF, 0xD8], "the stored photo is a JPEG")
