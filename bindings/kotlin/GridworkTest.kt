@@ -129,6 +129,11 @@ fun theFieldScenarioThroughTheServer() {
     val patrol = worker.store.startPatrol("g0")
     val checkIn = worker.store.checkIn(NewCheckIn(patrol, "g0-p0", fix(31.202, 121.402), "东门正常", null))
     assertTrue(checkIn.insideGrid)
+    val withPhoto = worker.store.checkInWithFile(NewCheckIn(patrol, "g0-p1", fix(31.208, 121.408), "北楼", null), file.path)
+    assertTrue(withPhoto.insideGrid, "a check-in's photo handed over as its file")
+    assertFailsWith<GridworkException.PhotoFile> {
+        worker.store.checkInWithFile(NewCheckIn(patrol, "g0-p1", fix(31.208, 121.408), "北楼", null), file.path + ".gone")
+    }
     worker.store.finishPatrol(patrol)
 
     val progress = mutableListOf<SyncProgress>()

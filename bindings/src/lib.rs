@@ -790,6 +790,13 @@ impl GridworkStore {
         Ok(self.store.start_patrol(&GridId::from(grid_id.as_str()))?.to_string())
     }
 
+    /// `check_in` with its photo as the file the camera app wrote (see
+    /// `capture_case_from_files`); replaces `check_in.photo`.
+    pub fn check_in_with_file(&self, mut check_in: NewCheckIn, photo_file: String) -> Result<CheckInResult> {
+        check_in.photo = Some(read_photo_file(std::path::Path::new(&photo_file)).map_err(photo_error)?);
+        self.check_in(check_in)
+    }
+
     pub fn check_in(&self, check_in: NewCheckIn) -> Result<CheckInResult> {
         let c = self.store.check_in(CheckInInput {
             patrol: record_id("patrol_id", &check_in.patrol_id)?,
