@@ -494,43 +494,35 @@ pub trait Backend: Send + Sync + 'static {
     fn tls_files(&self) -> Option<crate::tls::TlsFiles>;
 }
 
-/// [`Backend::read`] with a result.
-pub fn read<T>(b: &(impl Backend + ?Sized), f: impl FnOnce(&dyn ReadTx) -> Result<T>) -> Result<T> {
+/// Runs `f` through one of a backend's read entry points (`run`) and returns its result.
+fn read_with<T>(
+    run: impl FnOnce(&mut dyn FnMut(&dyn ReadTx) -> Result<()>) -> Result<()>,
+    f: impl FnOnce(&dyn ReadTx) -> Result<T>,
+) -> Result<T> {
     let mut f = Some(f);
     let mut out = None;
-    b.read(&mut |tx| {
+    run(&mut |tx| {
         if let Some(f) = f.take() {
             out = Some(f(tx)?);
         }
         Ok(())
     })?;
-    out.ok_or_else(|| crate::error::ServerError::Internal("a read transaction did not run".into()))
+    out.ok_or_else(|| crate::error::ServerError::Internal("a read did not run".into()))
+}
+
+/// [`Backend::read`] with a result.
+pub fn read<T>(b: &(impl Backend + ?Sized), f: impl FnOnce(&dyn ReadTx) -> Result<T>) -> Result<T> {
+    read_with(|g| b.read(g), f)
 }
 
 /// [`Backend::read_one`] with a result.
 pub fn read_one<T>(b: &(impl Backend + ?Sized), f: impl FnOnce(&dyn ReadTx) -> Result<T>) -> Result<T> {
-    let mut f = Some(f);
-    let mut out = None;
-    b.read_one(&mut |tx| {
-        if let Some(f) = f.take() {
-            out = Some(f(tx)?);
-        }
-        Ok(())
-    })?;
-    out.ok_or_else(|| crate::error::ServerError::Internal("a lookup did not run".into()))
+    read_with(|g| b.read_one(g), f)
 }
 
 /// [`Backend::read_keyed`] with a result.
 pub fn read_keyed<T>(b: &(impl Backend + ?Sized), f: impl FnOnce(&dyn ReadTx) -> Result<T>) -> Result<T> {
-    let mut f = Some(f);
-    let mut out = None;
-    b.read_keyed(&mut |tx| {
-        if let Some(f) = f.take() {
-            out = Some(f(tx)?);
-        }
-        Ok(())
-    })?;
-    out.ok_or_else(|| crate::error::ServerError::Internal("a read transaction did not run".into()))
+    read_with(|g| b.read_keyed(g), f)
 }
 
 /// [`Backend::write`] with a result.

@@ -25,7 +25,7 @@ use std::sync::{mpsc, Arc, Mutex, RwLock};
 
 use gridwork_model::catalog::Catalog;
 use gridwork_model::wire::ItemResult;
-use postgres::{Client, IsolationLevel};
+use postgres::Client;
 
 use super::port::{Backend, ReadTx, WriteTx};
 use super::values::random_hex;
@@ -71,6 +71,9 @@ impl From<postgres::Error> for ServerError {
 /// they grew (no ANALYZE runs within a storm's minute). So: one plan per statement and
 /// connection, never a sequential scan where an index serves. The console's snapshots keep
 /// PostgreSQL's own choice: its queries are not all lookups.
+/// How a read snapshot begins.
+const SNAPSHOT: &str = "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY";
+
 const KEYED_PLANS: &str = "SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off";
 
 /// A transaction begun by hand on a connection (`postgres::Transaction` begins with a round
@@ -444,6 +447,24 @@ impl PgStore {
         }
     }
 
+    /// A `REPEATABLE READ` read-only transaction on a pooled connection (one snapshot), begun by
+    /// `begin` in one round trip; the catalog followed first.
+    fn snapshot(&self, begin: &str, f: &mut dyn FnMut(&dyn ReadTx) -> Result<()>) -> Result<()> {
+        let mut conn = self.reader()?;
+        let done = (|| {
+            let (client, statements) = conn.parts()?;
+            let mut open = Open::begin(client, begin)?;
+            {
+                let view = PgTx::on_client(open.client(), statements, false);
+                self.follow_catalog(&view)?;
+                f(&view)?;
+            }
+            open.commit()
+        })();
+        self.give_back(conn);
+        done
+    }
+
     /// Another instance imported a catalog: read it (checked on every snapshot; one indexed
     /// lookup of `meta`).
     fn follow_catalog(&self, view: &PgTx<'_, '_>) -> Result<()> {
@@ -474,21 +495,7 @@ impl Backend for PgStore {
 
     /// A `REPEATABLE READ` read-only transaction on a pooled connection: one snapshot.
     fn read(&self, f: &mut dyn FnMut(&dyn ReadTx) -> Result<()>) -> Result<()> {
-        let mut conn = self.reader()?;
-        let done = (|| {
-            let (client, statements) = conn.parts()?;
-            let mut tx =
-                client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start()?;
-            {
-                let view = PgTx::new(&mut tx, statements, false);
-                self.follow_catalog(&view)?;
-                f(&view)?;
-            }
-            tx.commit()?;
-            Ok(())
-        })();
-        self.give_back(conn);
-        done
+        self.snapshot(SNAPSHOT, f)
     }
 
     /// On a pooled connection outside any transaction: the statement is its own snapshot. No
@@ -505,22 +512,7 @@ impl Backend for PgStore {
 
     /// As `read`, with the sync path's plans (`KEYED_PLANS`), begun in the same round trip.
     fn read_keyed(&self, f: &mut dyn FnMut(&dyn ReadTx) -> Result<()>) -> Result<()> {
-        let mut conn = self.reader()?;
-        let done = (|| {
-            let (client, statements) = conn.parts()?;
-            let mut open = Open::begin(
-                client,
-                &format!("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; {KEYED_PLANS}"),
-            )?;
-            {
-                let view = PgTx::on_client(open.client(), statements, false);
-                self.follow_catalog(&view)?;
-                f(&view)?;
-            }
-            open.commit()
-        })();
-        self.give_back(conn);
-        done
+        self.snapshot(&format!("{SNAPSHOT}; {KEYED_PLANS}"), f)
     }
 
     fn write(&self, f: &mut dyn FnMut(&dyn WriteTx) -> Result<()>) -> Result<()> {
