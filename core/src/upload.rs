@@ -72,7 +72,10 @@ impl Store {
     pub(crate) fn uploadable_blobs(&self) -> Result<Vec<PendingBlob>> {
         let conn = self.reader();
         let mut stmt = conn.prepare(
-            "SELECT f.sha256, f.size, min(l.owner_kind), min(l.owner_id) FROM evidence_files f
+            // One link per file, whole: a file linked to a case and to a check-in (the same
+            // picture attached to both, or two photos whose thumbnails came out identical) must
+            // be offered with an owner that exists, not one link's kind and another's id.
+            "SELECT f.sha256, f.size, min(l.owner_kind || ' ' || l.owner_id) FROM evidence_files f
              JOIN evidence_links l ON l.sha256 = f.sha256
              WHERE f.server_confirmed = 0 AND f.evicted = 0
                AND NOT EXISTS (SELECT 1 FROM outbox o WHERE
@@ -81,12 +84,12 @@ impl Store {
              GROUP BY f.sha256
              ORDER BY f.size, f.sha256",
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
-        })?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))?;
         let mut out = vec![];
         for row in rows {
-            let (sha256, size, kind, id) = row?;
+            let (sha256, size, link) = row?;
+            let (kind, id) = link.split_once(' ').unwrap_or((&link, ""));
+            let id = id.to_owned();
             let owner = if kind == "case" { BlobOwner::Case(id) } else { BlobOwner::CheckIn(id) };
             out.push(PendingBlob { sha256, size: size as u64, owner });
         }

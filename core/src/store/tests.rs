@@ -813,3 +813,49 @@ fn a_finished_case_leaves_the_phone_days_after_the_server_confirmed_it_and_comes
     assert_eq!(w.store.removed_case_count().expect("count"), 0);
     assert_eq!(w.store.mark_settled().expect("mark"), 0, "a contested case is not finished");
 }
+
+#[test]
+fn a_photo_linked_to_a_case_and_a_check_in_is_offered_with_an_owner_that_exists() {
+    let f = fixture("w1", Role::Worker);
+    let patrol = f.store.start_patrol(&GridId::from("g1")).expect("start");
+    // "case" sorts before "check_in", and a check-in made before the case has the smaller
+    // (time-ordered) id: each column's minimum picked separately paired the one's kind with the
+    // other's id.
+    let mut owners: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+    for seed in 0..8 {
+        // Sizes differ so every photo is a file of its own (thumbnails may still coincide).
+        let photo = camera_like_jpeg(320 + 16 * seed, 240, &ExifSpec::default(), u64::from(seed));
+        // The check-in first: its id (time-ordered) sorts before the case's.
+        let check_in = f
+            .store
+            .check_in(CheckInInput {
+                patrol,
+                point: None,
+                location: Location::gps(31.2011, 121.4011, 5.0, NOW),
+                note: String::new(),
+                photo: Some(photo.clone()),
+            })
+            .expect("check in");
+        let mut case = new_case("same picture twice");
+        case.photos = vec![photo.clone()];
+        let case = f.store.capture_case(case).expect("capture");
+        let photo = check_in.photo.expect("photo");
+        for sha in std::iter::once(photo.sha256).chain(photo.thumb_sha256) {
+            let links = owners.entry(sha).or_default();
+            links.push(format!("case {}", case.id));
+            links.push(format!("check_in {}", check_in.id));
+        }
+    }
+    // The server has every change and record: the files may go.
+    let seqs: Vec<i64> = f.store.outbox_page(usize::MAX).expect("outbox").iter().map(|i| i.seq).collect();
+    f.store.acknowledge(&seqs).expect("ack");
+    let blobs = f.store.uploadable_blobs().expect("uploadable");
+    assert_eq!(blobs.len(), owners.len(), "each file offered once: {blobs:?}");
+    for b in blobs {
+        let owner = match &b.owner {
+            gridwork_model::wire::BlobOwner::Case(id) => format!("case {id}"),
+            gridwork_model::wire::BlobOwner::CheckIn(id) => format!("check_in {id}"),
+        };
+        assert!(owners[&b.sha256].contains(&owner), "{b:?} is offered with an owner it is not linked to");
+    }
+}

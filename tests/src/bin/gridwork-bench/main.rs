@@ -1,6 +1,8 @@
 //! gridwork-bench: Gridwork's benchmarks. Each suite prints one JSON object per line.
 //!
 //!   gridwork-bench device [--cases N] [--photo PATH] [--photo-runs N]
+//!   gridwork-bench device --year [--weeks 52] [--own-cases 30] [--others-cases 70] [--checkins 240]
+//!                               [--case-photos 15] [--checkin-photos 5]
 //!   gridwork-bench idle-sync [--cases N]
 //!   gridwork-bench ffi [--captures 200] [--warmup 50]
 //!   gridwork-bench weak-link [--rate-bps 64000] [--rtt-ms 500] [--cut-every-s 30]
@@ -33,6 +35,7 @@ mod console;
 mod ffi;
 mod storm;
 mod weak_link;
+mod year;
 
 #[allow(unsafe_code)]
 mod counting_alloc {
@@ -418,7 +421,15 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let suite = args.next().unwrap_or_default();
     let result = match suite.as_str() {
-        "device" => parse_args(args).and_then(device),
+        "device" => {
+            let args: Vec<String> = args.collect();
+            if args.iter().any(|a| a == "--year") {
+                year::parse(args.into_iter()).and_then(year::run)
+            } else {
+                parse_args(args.into_iter()).and_then(device)
+            }
+        }
+        "device-year-phone" => year::phone_child(args),
         "idle-sync" => parse_args(args).and_then(idle_sync),
         "ffi" => ffi::parse(args).and_then(ffi::run),
         "console" => console::parse(args).and_then(console::run),
@@ -437,6 +448,7 @@ fn main() {
             None => Err("storm-server DIR [POSTGRES_URL]".to_owned()),
         },
         _ => Err("usage: gridwork-bench device|idle-sync [--cases N] [--photo PATH] [--photo-runs N]
+       gridwork-bench device --year [--weeks N] [--own-cases N] [--others-cases N] [--checkins N] [--case-photos N] [--checkin-photos N]
        gridwork-bench ffi [--captures N] [--warmup N]
        gridwork-bench weak-link [--rate-bps N] [--rtt-ms N] [--cut-every-s N]
        gridwork-bench chaos [--seed S] [--schedules N] [--phones N] [--rounds N] [--server-kills N] [--process-phones N]
