@@ -113,6 +113,7 @@ impl From<CoreError> for GridworkError {
         match e {
             CoreError::WrongKey { .. } => GridworkError::WrongKey { detail: message },
             CoreError::BadKeyLength { .. } => invalid("key"),
+            CoreError::BadDeviceKey { .. } => invalid("device_key"),
             CoreError::Evidence(e) => photo_error(e),
             CoreError::Invalid(_) | CoreError::NothingToChange => invalid("input"),
             CoreError::UnknownCategory { .. } | CoreError::RetiredCategory { .. } => invalid("category"),
@@ -172,6 +173,12 @@ pub struct Enrolment {
     /// cannot be reached: pass them on in [`SyncSettings::alternates`].
     #[uniffi(default = [])]
     pub alternates: Vec<String>,
+    /// The device's signing key (PKCS#8), made by [`enrol`] on this phone; a secret like the
+    /// token (keep it in the Keystore/Keychain, or wrapped by a key that never leaves it).
+    /// [`GridworkStore::open`] keeps it in the encrypted store at the first open; later opens
+    /// may pass None. None from an enrolment made before signing: its work goes unsigned.
+    #[uniffi(default = None)]
+    pub device_key: Option<Vec<u8>>,
 }
 
 fn parse_role(s: &str) -> Result<Role> {
@@ -194,6 +201,7 @@ pub fn enrol(enrolment_code: String, app_version: String) -> Result<Enrolment> {
         user: e.user,
         role: Role::as_str(e.role).into(),
         department: e.department,
+        device_key: e.device_key.map(|k| k.0),
     })
 }
 
@@ -615,6 +623,10 @@ impl GridworkStore {
             device: DeviceId(enrolment.device_id),
             device_code: enrolment.device_code,
             department: enrolment.department.as_deref().map(DepartmentId::from),
+            signing_key: match &enrolment.device_key {
+                Some(k) => Some(Arc::new(gridwork_core::signing::DeviceKey::from_pkcs8(k)?)),
+                None => None,
+            },
         };
         let store = Store::open(OpenOptions::new(dir, &key, identity))?;
         Ok(Arc::new(GridworkStore { store }))

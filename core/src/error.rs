@@ -15,6 +15,8 @@ pub enum CoreError {
     NewerSchema { found: i64, supported: i64 },
     #[error("the store key must be 32 bytes, got {len}")]
     BadKeyLength { len: usize },
+    #[error("the device signing key cannot be used ({reason}); enrol the phone again")]
+    BadDeviceKey { reason: String },
     #[error(transparent)]
     Invalid(#[from] ModelError),
     #[error("unknown category {category_id}: sync to refresh the catalogue")]

@@ -15,6 +15,7 @@ pub mod clock;
 pub mod download;
 pub mod error;
 pub mod evidence;
+pub mod signing;
 pub mod store;
 pub mod sync;
 pub mod tls;

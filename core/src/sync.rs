@@ -223,11 +223,20 @@ fn post(http: &Http, url: &str, token: Option<&str>, body: Vec<u8>, attempts: u3
 /// enrolment code) is required for an `https://` server; plain HTTP works on loopback only.
 pub fn enrol(server: &str, code: &str, ca_fingerprint: Option<&str>, app_version: &str) -> Result<EnrolResponse> {
     let client = http_client(server, ca_fingerprint, Duration::from_secs(30))?;
-    let body = serde_json::to_vec(&EnrolRequest { code: code.to_owned(), app_version: app_version.to_owned() })
-        .map_err(|e| CoreError::Network { message: e.to_string(), retryable: false })?;
+    // The device's signing key is made here, for this enrolment: the server registers its public
+    // half with the device, and the caller opens the store with the private half.
+    let key = crate::signing::DeviceKey::generate()?;
+    let body = serde_json::to_vec(&EnrolRequest {
+        code: code.to_owned(),
+        app_version: app_version.to_owned(),
+        public_key: Some(key.public_key_b64()),
+    })
+    .map_err(|e| CoreError::Network { message: e.to_string(), retryable: false })?;
     let resp = post(&client, &format!("{server}/v1/enrol"), None, body, 3)?;
-    serde_json::from_slice(&resp)
-        .map_err(|e| CoreError::Network { message: format!("bad enrolment answer: {e}"), retryable: false })
+    let mut answer: EnrolResponse = serde_json::from_slice(&resp)
+        .map_err(|e| CoreError::Network { message: format!("bad enrolment answer: {e}"), retryable: false })?;
+    answer.device_key = Some(key.pkcs8().clone());
+    Ok(answer)
 }
 
 /// A stored record's JSON as sent. The store wrote it with serde_json, so it parses; should it
@@ -423,8 +432,13 @@ impl Store {
                         doc: it.doc_id.clone().unwrap_or_default(),
                         bytes: B64.encode(&it.bytes),
                         receipt: receipts.get(&it.key).cloned(),
+                        link: it.link.clone(),
                     }),
-                    OutboxKind::Record => records.push(PushedRecord { id: it.key.clone(), body: raw_json(&it.bytes) }),
+                    OutboxKind::Record => records.push(PushedRecord {
+                        id: it.key.clone(),
+                        body: raw_json(&it.bytes),
+                        link: it.link.clone(),
+                    }),
                 }
             }
             let want_full: Vec<String> = self

@@ -115,6 +115,7 @@ pub fn identity(user: &str, role: Role, department: Option<&str>) -> Identity {
         device: DeviceId::from(format!("{user}-phone").as_str()),
         device_code: user.to_uppercase().replace('-', ""),
         department: department.map(DepartmentId::from),
+        signing_key: None,
     }
 }
 
@@ -127,6 +128,12 @@ pub fn identity_from_enrolment(e: &gridwork_core::model::wire::EnrolResponse) ->
         device: DeviceId(e.device_id.clone()),
         device_code: e.device_code.clone(),
         department: e.department.as_deref().map(DepartmentId::from),
+        // The key `sync::enrol` made for this enrolment (None from a server-side redeem).
+        signing_key: e
+            .device_key
+            .as_ref()
+            .and_then(|k| gridwork_core::signing::DeviceKey::from_pkcs8(&k.0).ok())
+            .map(Arc::new),
     }
 }
 

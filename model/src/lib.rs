@@ -24,6 +24,7 @@ pub mod ids;
 pub mod lifecycle;
 pub mod places;
 pub mod record;
+pub mod signing;
 pub mod time;
 pub mod wire;
 

@@ -17,6 +17,11 @@ pub const MAX_ITEMS_PER_REQUEST: usize = 2_000;
 pub struct EnrolRequest {
     pub code: String,
     pub app_version: String,
+    /// The device's Ed25519 public key (base64 of its 32 bytes), made on the phone for this
+    /// enrolment: every change and record it sends is then signed with it (docs/PROTOCOL.md,
+    /// "Signatures"). Absent from apps older than signing: their devices send unsigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,6 +35,10 @@ pub struct EnrolResponse {
     pub role: Role,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub department: Option<String>,
+    /// Never on the wire: the phone's new signing key (PKCS#8), made by the enrolment call and
+    /// handed to whoever opens the store with this enrolment (then kept in the store).
+    #[serde(skip)]
+    pub device_key: Option<crate::signing::SecretBytes>,
 }
 
 /// What the device reports about itself on every sync, so operators can see a phone sitting on
@@ -60,6 +69,10 @@ pub struct PushedChange {
     /// a phone offer another device's change again after the server was restored from a backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt: Option<String>,
+    /// The change's place in its author's signed chain ([`crate::signing`]); absent from
+    /// unsigned apps and from relays of another device's change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<crate::signing::Link>,
 }
 
 /// The server's word that it accepted a change of a document from its owner device:
@@ -97,11 +110,15 @@ impl std::fmt::Display for Receipt {
 pub struct PushedRecord {
     pub id: String,
     pub body: Box<serde_json::value::RawValue>,
+    /// The record's place in its author's signed chain; the signature covers `body` exactly as
+    /// sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<crate::signing::Link>,
 }
 
 impl PartialEq for PushedRecord {
     fn eq(&self, other: &Self) -> bool {
-        self.id == other.id && self.body.get() == other.body.get()
+        self.id == other.id && self.body.get() == other.body.get() && self.link == other.link
     }
 }
 

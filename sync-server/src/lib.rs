@@ -37,7 +37,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use error::ServerError;
-pub use store::{AdminStore, PgStore, SqliteStore, SyncStore};
+pub use store::{AdminStore, ChainState, PgStore, SqliteStore, SyncStore};
 
 /// A server running on its own runtime thread (tests, the demo, the benchmark). Dropping it
 /// stops the server.

@@ -74,12 +74,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     doc: it.doc_id.clone().unwrap_or_default(),
                     bytes: B64.encode(&it.bytes),
                     receipt: None,
+                    link: it.link.clone(),
                 });
             }
             OutboxKind::Record => {
                 seeds.push(("records", format!("device-record-{i}"), it.bytes.clone()));
                 let body = serde_json::value::RawValue::from_string(String::from_utf8(it.bytes.clone())?)?;
-                records.push(PushedRecord { id: it.key.clone(), body });
+                records.push(PushedRecord { id: it.key.clone(), body, link: it.link.clone() });
             }
         }
     }

@@ -814,7 +814,9 @@ pub fn run(cfg: &ChaosConfig, root: &Path) -> Result<ChaosReport, String> {
                 .set_user(&user, Role::Worker, None, &[Scope::Grid(GridId(format!("g{}", p / 2)))])
                 .map_err(|e| e.to_string())?;
             let (_, code) = store.enrol_device(&user, 0).map_err(|e| e.to_string())?;
-            let e = store.redeem(&EnrolRequest { code, app_version: "0.1.0".into() }, 0).map_err(|e| e.to_string())?;
+            let e = store
+                .redeem(&EnrolRequest { code, app_version: "0.1.0".into(), public_key: None }, 0)
+                .map_err(|e| e.to_string())?;
             enrolments.push((user, e));
         }
         store

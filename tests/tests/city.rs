@@ -159,10 +159,13 @@ mod scenarios {
         let code = d.code(Some("a"), "w1");
         let secret = code.strip_prefix("a.").expect("prefix");
         for wrong in [format!("b.{secret}"), secret.to_owned()] {
-            let req = EnrolRequest { code: wrong.clone(), app_version: "0.1.0".into() };
+            let req = EnrolRequest { code: wrong.clone(), app_version: "0.1.0".into(), public_key: None };
             assert!(matches!(d.city.redeem(&req, 0), Err(ServerError::BadEnrolmentCode)), "{wrong} redeemed");
         }
-        let ok = d.city.redeem(&EnrolRequest { code, app_version: "0.1.0".into() }, 0).expect("redeem in a");
+        let ok = d
+            .city
+            .redeem(&EnrolRequest { code, app_version: "0.1.0".into(), public_key: None }, 0)
+            .expect("redeem in a");
         assert!(ok.token.starts_with("a."));
     }
 

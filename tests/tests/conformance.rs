@@ -167,7 +167,12 @@ mod scenarios {
             .outbox_page(usize::MAX)
             .expect("outbox")
             .into_iter()
-            .map(|i| PushedChange { doc: i.doc_id.unwrap_or_default(), bytes: B64.encode(i.bytes), receipt: None })
+            .map(|i| PushedChange {
+                doc: i.doc_id.unwrap_or_default(),
+                bytes: B64.encode(i.bytes),
+                receipt: None,
+                link: i.link,
+            })
             .collect();
         // The same changes twice in one request, then the request again (an answer lost).
         let req =
@@ -270,7 +275,8 @@ mod scenarios {
 
     pub fn devices_are_enrolled_once_retired_and_revoked(d: District) {
         let (id, code) = d.admin.enrol_device("w1", 0).expect("enrol");
-        let req = gridwork_model::wire::EnrolRequest { code: code.clone(), app_version: "0.1.0".into() };
+        let req =
+            gridwork_model::wire::EnrolRequest { code: code.clone(), app_version: "0.1.0".into(), public_key: None };
         let e = d.sync.redeem(&req, 1).expect("redeem");
         assert_eq!((e.device_id.as_str(), e.user.as_str()), (id.as_str(), "w1"));
         assert!(matches!(d.sync.redeem(&req, 2), Err(ServerError::BadEnrolmentCode)), "a code works once");

@@ -64,10 +64,6 @@ fn forged_change(id: &CaseId, history: Option<Vec<Vec<u8>>>, title: &str) -> Vec
     doc.get_last_local_change().expect("a change").raw_bytes().to_vec()
 }
 
-fn pushed(id: &CaseId, bytes: &[u8]) -> PushedChange {
-    PushedChange { doc: id.to_string(), bytes: B64.encode(bytes), receipt: None }
-}
-
 fn title(p: &Phone, id: &CaseId) -> String {
     p.store.get_case(id).expect("case").case.title.value
 }
@@ -90,7 +86,7 @@ fn a_worker_cannot_change_a_case_in_another_grid_with_or_without_its_heads() {
     let (status, body) = post_sync(
         &d,
         &w2.config.token,
-        &request(vec![pushed(&victim, &blind), pushed(&victim, &informed), pushed(&own, &own_change)], None),
+        &request(vec![w2.signed(&victim, &blind), w2.signed(&victim, &informed), w2.signed(&own, &own_change)], None),
     );
     assert_eq!(status, 200, "{body}");
     let outcomes: Vec<&str> =
@@ -121,14 +117,14 @@ fn a_relay_needs_the_servers_receipt_for_exactly_those_bytes() {
     let original = title(&w1, &victim);
     let genuine = w1.store.export_changes(&victim).expect("history");
     // The server's receipt for w1's change (sent again: it is stored already).
-    let (_, body) = post_sync(&d, &w1.config.token, &request(vec![pushed(&victim, &genuine[0])], None));
+    let (_, body) = post_sync(&d, &w1.config.token, &request(vec![w1.signed(&victim, &genuine[0])], None));
     let receipt = body["results"][0]["receipt"].as_str().expect("a receipt").to_owned();
     let (_, rest) = receipt.split_once(':').expect("HASH:OWNER:MAC");
 
     let borrowed = forged_change(&victim, Some(genuine.clone()), "rewritten under a borrowed receipt");
     let rewritten = forged_change(&victim, Some(genuine.clone()), "rewritten under a rewritten receipt");
     let rewritten_hash = automerge::Change::from_bytes(rewritten.clone()).expect("change").hash().to_string();
-    let with = |bytes: &[u8], r: String| PushedChange { receipt: Some(r), ..pushed(&victim, bytes) };
+    let with = |bytes: &[u8], r: String| PushedChange { receipt: Some(r), ..w2.signed(&victim, bytes) };
     let (status, body) = post_sync(
         &d,
         &w2.config.token,
@@ -174,9 +170,9 @@ fn a_change_reusing_its_actors_sequence_number_is_quarantined_and_the_case_still
         doc.get_last_local_change().expect("a change").raw_bytes().to_vec()
     };
     let (first, second) = (fork("先写的标题"), fork("后写的标题"));
-    let (status, body) = post_sync(&d, &w1.config.token, &request(vec![pushed(&case, &first)], None));
+    let (status, body) = post_sync(&d, &w1.config.token, &request(vec![w1.signed(&case, &first)], None));
     assert_eq!((status, body["results"][0]["outcome"].as_str()), (200, Some("accepted")), "{body}");
-    let (status, body) = post_sync(&d, &w1.config.token, &request(vec![pushed(&case, &second)], None));
+    let (status, body) = post_sync(&d, &w1.config.token, &request(vec![w1.signed(&case, &second)], None));
     assert_eq!((status, body["results"][0]["outcome"].as_str()), (200, Some("quarantined")), "{body}");
     let q = d.store.quarantined().expect("quarantine");
     assert!(q.iter().any(|i| i.reason.contains("already made change 2")), "{q:?}");
@@ -196,7 +192,7 @@ fn a_change_pushed_first_by_another_device_claims_nothing_from_its_author() {
     let case = capture(&w1, 0, 1, 12)[0];
     let taken = w1.store.export_changes(&case).expect("history");
     let (status, body) =
-        post_sync(&d, &w2.config.token, &request(taken.iter().map(|b| pushed(&case, b)).collect(), None));
+        post_sync(&d, &w2.config.token, &request(taken.iter().map(|b| w2.signed(&case, b)).collect(), None));
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["results"][0]["outcome"].as_str(), Some("quarantined"), "its events name w1: {body}");
     let r = w1.sync(&d.url()).expect("w1");
@@ -232,7 +228,7 @@ fn a_change_replacing_a_cases_events_map_is_quarantined_even_in_scope() {
     doc.put(&events, "forged", "{}").expect("forged event");
     doc.commit();
     let swap = doc.get_last_local_change().expect("change").raw_bytes().to_vec();
-    let (status, body) = post_sync(&d, &w3.config.token, &request(vec![pushed(&case, &swap)], None));
+    let (status, body) = post_sync(&d, &w3.config.token, &request(vec![w3.signed(&case, &swap)], None));
     assert_eq!(status, 200);
     assert_eq!(body["results"][0]["outcome"], "quarantined", "{body}");
     assert!(d.store.quarantined().expect("q")[0].reason.contains("events map"));
@@ -363,11 +359,11 @@ fn malformed_documents_and_damaged_changes_are_refused_per_item_with_a_reason() 
     bad_location.commit();
     let bad_location = bad_location.get_last_local_change().expect("change").raw_bytes().to_vec();
     let changes = vec![
-        PushedChange { doc: "not-a-uuid".into(), bytes: B64.encode(&wrong_id), receipt: None },
-        pushed(&good, &corrupted),
-        pushed(&good, &wrong_id),
-        pushed(&new_id, &bad_location),
-        pushed(&good, &good_change),
+        PushedChange { doc: "not-a-uuid".into(), bytes: B64.encode(&wrong_id), receipt: None, link: None },
+        w1.signed(&good, &corrupted),
+        w1.signed(&good, &wrong_id),
+        w1.signed(&new_id, &bad_location),
+        w1.signed(&good, &good_change),
     ];
     let (status, body) = post_sync(&d, &w1.config.token, &request(changes, None));
     assert_eq!(status, 200, "{body}");
@@ -392,7 +388,7 @@ fn requests_over_their_bounds_are_refused_before_they_cost_anything() {
     let resp = c.post(&url).bearer_auth(&w1.config.token).header("content-type", "text/plain").body("{}").send();
     assert_eq!(resp.expect("send").status().as_u16(), 415);
     // Too many items.
-    let item = PushedChange { doc: CaseId::generate().to_string(), bytes: "AA==".into(), receipt: None };
+    let item = PushedChange { doc: CaseId::generate().to_string(), bytes: "AA==".into(), receipt: None, link: None };
     let many = request(vec![item; gridwork_core::model::wire::MAX_ITEMS_PER_REQUEST + 1], None);
     let (status, body) = post_sync(&d, &w1.config.token, &many);
     assert_eq!((status, body["error"].as_str()), (413, Some("too_many_items")), "{body}");
@@ -404,7 +400,7 @@ fn requests_over_their_bounds_are_refused_before_they_cost_anything() {
     big.commit();
     let bytes = big.get_last_local_change().expect("change").bytes().into_owned();
     assert!(bytes.len() < 1 << 20, "compressed on the wire: {}", bytes.len());
-    let (status, body) = post_sync(&d, &w1.config.token, &request(vec![pushed(&id, &bytes)], None));
+    let (status, body) = post_sync(&d, &w1.config.token, &request(vec![w1.signed(&id, &bytes)], None));
     assert_eq!(status, 200);
     assert_eq!(body["results"][0]["outcome"], "refused", "{body}");
     assert!(body["results"][0]["reason"].as_str().unwrap_or("").contains("limit"), "{body}");
@@ -633,7 +629,7 @@ fn changes_automerge_would_panic_on_are_refused_or_quarantined_and_every_replica
     // A put under a map key flagged as a list insert.
     let inserted = reencoded(history.clone(), |c| c.operations[0].insert = true);
 
-    let items = [&mark, &empty, &second, &pointing, &inserted].map(|b| pushed(&case, b)).to_vec();
+    let items = [&mark, &empty, &second, &pointing, &inserted].map(|b| w1.signed(&case, b)).to_vec();
     let (status, body) = post_sync(&d, &w1.config.token, &request(items, None));
     assert_eq!(status, 200, "{body}");
     let results = body["results"].as_array().expect("results");
@@ -670,8 +666,11 @@ fn a_store_from_before_schema_8_learns_its_cases_actors_when_opened() {
     // The store as schema 7 left it: no actors table, no `vouched` column on parked changes.
     {
         let db = rusqlite::Connection::open(d.dir.path().join("server.db")).expect("open the store");
-        db.execute_batch("DROP TABLE doc_actors; ALTER TABLE parked DROP COLUMN vouched; PRAGMA user_version = 7;")
-            .expect("downgrade");
+        db.execute_batch(
+            "DROP TABLE doc_actors; ALTER TABLE parked DROP COLUMN vouched;
+             DROP TABLE chain_links; ALTER TABLE devices DROP COLUMN public_key; PRAGMA user_version = 7;",
+        )
+        .expect("downgrade");
     }
     d.restart();
     // Filled from the stored changes: the phone's next change (seq 2 of a known actor) goes in.
@@ -740,7 +739,7 @@ fn a_change_that_retypes_a_cases_field_is_refused_and_an_unknown_field_passes() 
     });
     let events_scalar = edit(&|d| d.put(ROOT, keys::EVENTS, "none").expect("put"));
     let unknown = edit(&|d| d.put(ROOT, "weather", 21).expect("put"));
-    let items = [&number, &map_title, &events_scalar, &unknown].map(|b| pushed(&case, b)).to_vec();
+    let items = [&number, &map_title, &events_scalar, &unknown].map(|b| w1.signed(&case, b)).to_vec();
     let (status, body) = post_sync(&d, &w1.config.token, &request(items, None));
     assert_eq!(status, 200, "{body}");
     let results = body["results"].as_array().expect("results");

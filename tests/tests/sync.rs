@@ -109,6 +109,7 @@ fn the_same_batch_twice_is_stored_once() {
             doc: i.doc_id.unwrap_or_default(),
             bytes: base64::engine::general_purpose::STANDARD.encode(i.bytes),
             receipt: None,
+            link: i.link,
         })
         .collect();
     let req = push_request(changes.iter().chain(changes.iter()).cloned().collect(), vec![]);
@@ -626,7 +627,6 @@ fn a_record_claiming_another_device_is_quarantined_and_kept_as_sent() {
     let d = District::new();
     let w1 = phone(&d, "w1", None);
     let device = d.store.authenticate(&w1.config.token).expect("token");
-    let raw = |s: String| serde_json::value::RawValue::from_string(s).expect("json");
     let own = format!(
         r#"{{"kind":"note","actor":{{"device":"{}","user":"w1","role":"worker"}},"text":"门\"锁\"坏了"}}"#,
         device.id
@@ -639,11 +639,7 @@ fn a_record_claiming_another_device_is_quarantined_and_kept_as_sent() {
     );
     let req = push_request(
         vec![],
-        vec![
-            PushedRecord { id: "r-own".into(), body: raw(own) },
-            PushedRecord { id: "r-forged".into(), body: raw(forged) },
-            PushedRecord { id: "r-odd".into(), body: raw(odd) },
-        ],
+        vec![w1.signed_record("r-own", own), w1.signed_record("r-forged", forged), w1.signed_record("r-odd", odd)],
     );
     let resp = d.store.sync(&device, req, 0).expect("sync");
     let outcome = |k: &str| resp.results.iter().find(|r| r.key == k).map(|r| r.outcome);

@@ -177,7 +177,7 @@ impl Store {
         let bytes = change.bytes().into_owned();
         let doc_id = id.to_string();
         documents::append(tx, &doc_id, &[&bytes], am)?;
-        outbox::push(tx, outbox::OutboxKind::Change, Some(&doc_id), &hash.to_string(), &bytes, self.now_ms())?;
+        self.enqueue_own(tx, outbox::OutboxKind::Change, Some(&doc_id), &hash.to_string(), &bytes)?;
         for p in photos {
             self.link_evidence(tx, "case", &doc_id, p)?;
         }

@@ -58,6 +58,10 @@ pub struct Identity {
     pub device_code: String,
     /// For department handlers.
     pub department: Option<DepartmentId>,
+    /// The device's signing key from enrolment (`sync::enrol` makes it). Given at the first
+    /// open, the store keeps it; later opens may pass `None` and the store's is used. `None`
+    /// with none stored: an app enrolled before signing, whose changes go unsigned.
+    pub signing_key: Option<Arc<crate::signing::DeviceKey>>,
 }
 
 impl Identity {
@@ -109,6 +113,8 @@ pub(crate) struct Inner {
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
     identity: Identity,
+    /// The key every change and record is signed with, if the device has one.
+    signer: Option<Arc<crate::signing::DeviceKey>>,
     actor: ActorId,
     /// The catalogue with its lookups (grids by id and by position), built once per version.
     catalog: RwLock<Arc<Places>>,
@@ -165,6 +171,32 @@ fn open_connection(path: &Path, key: &[u8; 32], cache_kib: u32) -> Result<Connec
     Ok(conn)
 }
 
+/// The device's signing key: the one the identity brings (kept in `meta` for later opens), or
+/// the one kept for this device. A key kept for another device id (the store enrolled again) is
+/// replaced by the new enrolment's.
+fn device_key(conn: &Connection, identity: &Identity) -> Result<Option<Arc<crate::signing::DeviceKey>>> {
+    let stored: Option<String> =
+        conn.query_row("SELECT value FROM meta WHERE key = 'device_key'", [], |r| r.get(0)).optional()?;
+    let stored = stored.and_then(|v| {
+        let (device, pkcs8) = v.split_once(' ')?;
+        (device == identity.device.0).then(|| hex::decode(pkcs8).ok()).flatten()
+    });
+    match (&identity.signing_key, stored) {
+        (Some(key), stored) => {
+            if stored.as_deref() != Some(&key.pkcs8().0[..]) {
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('device_key', ?1)
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    [format!("{} {}", identity.device.0, hex::encode(&key.pkcs8().0))],
+                )?;
+            }
+            Ok(Some(key.clone()))
+        }
+        (None, Some(pkcs8)) => Ok(Some(Arc::new(crate::signing::DeviceKey::from_pkcs8(&pkcs8)?))),
+        (None, None) => Ok(None),
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) the store in `options.dir`.
     pub fn open(options: OpenOptions) -> Result<Store> {
@@ -184,6 +216,7 @@ impl Store {
             "INSERT INTO actors (actor_id, created_ms) VALUES (?1, ?2)",
             params![actor.to_hex_string(), now.wall_ms],
         )?;
+        let signer = device_key(&writer, &options.identity)?;
         let catalog = load_catalog(&writer)?;
         let offset: Option<i64> = writer
             .query_row("SELECT value FROM meta WHERE key = 'server_offset_ms'", [], |r| r.get::<_, String>(0))
@@ -204,6 +237,7 @@ impl Store {
                 writer: Mutex::new(writer),
                 reader: Mutex::new(reader),
                 identity: options.identity,
+                signer,
                 actor,
                 catalog: RwLock::new(Arc::new(Places::new(Arc::new(catalog)))),
                 clock: options.clock,
@@ -218,6 +252,11 @@ impl Store {
 
     pub fn open_report(&self) -> &OpenReport {
         &self.inner.report
+    }
+
+    /// The public half of the device's signing key (base64), if it has one.
+    pub fn signing_public_key(&self) -> Option<String> {
+        self.inner.signer.as_ref().map(|k| k.public_key_b64())
     }
 
     pub fn identity(&self) -> &Identity {

@@ -4,8 +4,9 @@
 //! when a server acknowledges it, so a crash, a kill or a failed upload can never lose one. Entries
 //! are keyed by change hash or record id, so the server can store them idempotently.
 
+use gridwork_model::signing::{link_hash, statement, Link, LinkKind};
 use gridwork_model::wire::MAX_ITEMS_PER_REQUEST;
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::Store;
 use crate::error::Result;
@@ -25,6 +26,13 @@ impl OutboxKind {
             OutboxKind::Record => "record",
         }
     }
+
+    fn link_kind(self) -> LinkKind {
+        match self {
+            OutboxKind::Change => LinkKind::Change,
+            OutboxKind::Record => LinkKind::Record,
+        }
+    }
 }
 
 /// One unacknowledged item.
@@ -37,6 +45,9 @@ pub struct OutboxItem {
     pub key: String,
     pub bytes: Vec<u8>,
     pub created_ms: i64,
+    /// Its place in this device's signed chain; `None` for an unsigned app's items and for
+    /// another device's change offered again.
+    pub link: Option<Link>,
 }
 
 pub(crate) fn push(
@@ -55,7 +66,53 @@ pub(crate) fn push(
     Ok(())
 }
 
+/// Makes `key` the next link of `device`'s chain, signed with `signer`, unless it is one already.
+fn link(
+    tx: &Connection,
+    signer: &crate::signing::DeviceKey,
+    device: &str,
+    kind: OutboxKind,
+    key: &str,
+    bytes: &[u8],
+) -> Result<()> {
+    let linked: bool =
+        tx.prepare_cached("SELECT EXISTS (SELECT 1 FROM chain WHERE item_key = ?1)")?.query_row([key], |r| r.get(0))?;
+    if linked {
+        return Ok(());
+    }
+    let (last, prev): (i64, String) = tx
+        .prepare_cached("SELECT seq, link_hash FROM chain WHERE device_id = ?1 ORDER BY seq DESC LIMIT 1")?
+        .query_row([device], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or((0, String::new()));
+    let seq = last + 1;
+    let st = statement(device, seq.unsigned_abs(), &prev, kind.link_kind(), key, bytes);
+    tx.prepare_cached(
+        "INSERT INTO chain (device_id, seq, kind, item_key, link_hash, prev, sig) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![device, seq, kind.as_str(), key, link_hash(&st), prev, signer.sign_b64(&st)])?;
+    Ok(())
+}
+
 impl Store {
+    /// Queues a change or record this device made, inside the caller's transaction; signed as
+    /// the next link of the device's chain when the device has a key, so that it is never
+    /// queued unsigned.
+    pub(crate) fn enqueue_own(
+        &self,
+        tx: &Connection,
+        kind: OutboxKind,
+        doc_id: Option<&str>,
+        key: &str,
+        bytes: &[u8],
+    ) -> Result<()> {
+        push(tx, kind, doc_id, key, bytes, self.now_ms())?;
+        if let Some(signer) = &self.inner.signer {
+            link(tx, signer, &self.inner.identity.device.0, kind, key, bytes)?;
+        }
+        Ok(())
+    }
+
     /// How many items wait for a server.
     pub fn outbox_len(&self) -> Result<usize> {
         let n: i64 = self.reader().query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
@@ -71,7 +128,9 @@ impl Store {
     pub fn outbox_page_after(&self, after_seq: i64, max_bytes: usize) -> Result<Vec<OutboxItem>> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(
-            "SELECT seq, kind, doc_id, item_key, bytes, created_ms FROM outbox WHERE seq > ?1 ORDER BY seq",
+            "SELECT o.seq, o.kind, o.doc_id, o.item_key, o.bytes, o.created_ms, c.seq, c.prev, c.sig
+             FROM outbox o LEFT JOIN chain c ON c.item_key = o.item_key
+             WHERE o.seq > ?1 ORDER BY o.seq",
         )?;
         let mut rows = stmt.query([after_seq])?;
         let mut out = vec![];
@@ -92,6 +151,10 @@ impl Store {
                 key: r.get(3)?,
                 bytes,
                 created_ms: r.get(5)?,
+                link: match r.get::<_, Option<i64>>(6)? {
+                    Some(seq) => Some(Link { seq: seq.unsigned_abs(), prev: r.get(7)?, sig: r.get(8)? }),
+                    None => None,
+                },
             });
         }
         Ok(out)
@@ -122,6 +185,9 @@ pub(crate) fn acknowledge_in(tx: &rusqlite::Transaction<'_>, seqs: &[i64]) -> Re
     }
     Ok(n)
 }
+
+/// An item to offer again: (place in this device's chain, kind, document, key, bytes).
+type Reoffer = (Option<i64>, OutboxKind, Option<String>, String, Vec<u8>);
 
 /// What a re-offer ([`Store::reoffer_in`]) queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -155,8 +221,12 @@ impl Store {
             own
         };
         let mut has_receipt = tx.prepare("SELECT EXISTS (SELECT 1 FROM receipts WHERE hash = ?1)")?;
+        let mut place = tx.prepare("SELECT seq FROM chain WHERE item_key = ?1")?;
         let now = self.now_ms();
         let mut out = Reoffered::default();
+        // Queued in chain order, so the server follows the chain link by link; others' changes
+        // (no place) after.
+        let mut items: Vec<Reoffer> = vec![];
         for doc_id in ids {
             let Some(am) = super::documents::load(tx, &doc_id)? else { continue };
             for mut change in am.get_changes(&[]) {
@@ -166,18 +236,25 @@ impl Store {
                 {
                     continue;
                 }
-                push(tx, OutboxKind::Change, Some(&doc_id), &hash, &change.bytes(), now)?;
+                let at = place.query_row([&hash], |r| r.get(0)).optional()?;
+                items.push((at, OutboxKind::Change, Some(doc_id.clone()), hash, change.bytes().into_owned()));
                 out.changes += 1;
             }
         }
         {
-            let mut stmt = tx.prepare("SELECT id, json FROM records")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            let mut stmt =
+                tx.prepare("SELECT r.id, r.json, c.seq FROM records r LEFT JOIN chain c ON c.item_key = r.id")?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<i64>>(2)?)))?;
             for row in rows {
-                let (id, json) = row?;
-                push(tx, OutboxKind::Record, None, &id, json.as_bytes(), now)?;
+                let (id, json, at) = row?;
+                items.push((at, OutboxKind::Record, None, id, json.into_bytes()));
                 out.records += 1;
             }
+        }
+        items.sort_by_key(|(at, ..)| (at.is_none(), *at));
+        for (_, kind, doc_id, key, bytes) in items {
+            push(tx, kind, doc_id.as_deref(), &key, &bytes, now)?;
         }
         tx.execute("UPDATE evidence_files SET server_confirmed = 0 WHERE evicted = 0", [])?;
         Ok(out)

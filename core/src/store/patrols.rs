@@ -57,7 +57,7 @@ impl Store {
             at_ms,
             json
         ])?;
-        outbox::push(tx, outbox::OutboxKind::Record, None, &id, json.as_bytes(), self.now_ms())
+        self.enqueue_own(tx, outbox::OutboxKind::Record, None, &id, json.as_bytes())
     }
 
     /// Starts a patrol of one of the catalogue's grids.

@@ -15,6 +15,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/003_scope.sql"),
     include_str!("migrations/004_retention.sql"),
     include_str!("migrations/005_receipts.sql"),
+    include_str!("migrations/006_signing.sql"),
 ];
 
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -68,6 +68,7 @@ pub(crate) fn identity(user: &str, role: Role) -> Identity {
         device: DeviceId::from(format!("dev-{user}").as_str()),
         device_code: user.to_uppercase(),
         department: (role == Role::DepartmentHandler).then(|| DepartmentId::from("police")),
+        signing_key: None,
     }
 }
 
@@ -858,4 +859,54 @@ fn a_photo_linked_to_a_case_and_a_check_in_is_offered_with_an_owner_that_exists(
         };
         assert!(owners[&b.sha256].contains(&owner), "{b:?} is offered with an owner it is not linked to");
     }
+}
+
+#[test]
+fn the_device_key_is_kept_by_the_store_and_its_chain_runs_on_across_opens_and_a_reoffer() {
+    use gridwork_model::signing::{link_hash, statement, verify, LinkKind};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = Arc::new(crate::signing::DeviceKey::generate().expect("key"));
+    let mut who = identity("w1", Role::Worker);
+    who.signing_key = Some(key.clone());
+    let store = Store::open(OpenOptions::new(dir.path(), &KEY, who.clone())).expect("open");
+    store.import_catalog(&catalog()).expect("catalog");
+    store.capture_case(new_case("first")).expect("capture");
+    drop(store);
+    // Opened again without the key (the app passes it only after enrolment): the store's is used.
+    who.signing_key = None;
+    let store = Store::open(OpenOptions::new(dir.path(), &KEY, who.clone())).expect("reopen");
+    assert_eq!(store.signing_public_key(), Some(key.public_key_b64()));
+    let patrol = store.start_patrol(&GridId::from("g1")).expect("patrol");
+    store.capture_case(new_case("second")).expect("capture");
+    let check = |items: &[OutboxItem]| {
+        let mut prev = String::new();
+        for (i, item) in items.iter().enumerate() {
+            let link = item.link.clone().expect("every item signed");
+            assert_eq!(link.seq, i as u64 + 1, "places in the order made");
+            assert_eq!(link.prev, prev, "each names the one before");
+            let kind = if item.kind == OutboxKind::Record { LinkKind::Record } else { LinkKind::Change };
+            let st = statement(&who.device.0, link.seq, &link.prev, kind, &item.key, &item.bytes);
+            verify(&key.public_key_b64(), &st, &link.sig).expect("the signature covers the bytes queued");
+            prev = link_hash(&st);
+        }
+    };
+    let items = store.outbox_page(usize::MAX).expect("outbox");
+    assert_eq!(items.len(), 3);
+    assert_eq!(items[1].key, patrol.to_string());
+    check(&items);
+    // Acknowledged, then offered again to a server restored from a backup: the same links, in
+    // chain order (changes and records interleaved as they were made).
+    store.acknowledge(&items.iter().map(|i| i.seq).collect::<Vec<_>>()).expect("ack");
+    {
+        let mut conn = store.writer();
+        let tx = conn.transaction().expect("tx");
+        store.reoffer_in(&tx).expect("reoffer");
+        tx.commit().expect("commit");
+    }
+    let again = store.outbox_page(usize::MAX).expect("outbox");
+    assert_eq!(
+        again.iter().map(|i| i.link.clone()).collect::<Vec<_>>(),
+        items.iter().map(|i| i.link.clone()).collect::<Vec<_>>()
+    );
+    check(&again);
 }

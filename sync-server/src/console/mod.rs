@@ -911,7 +911,17 @@ async fn admin_csv(
         let body = with_console(store, &session, move |console| {
             let (header, rows): (&[&str], Vec<Vec<String>>) = match list.as_str() {
                 "devices" => (
-                    &["device", "code", "user", "status", "oldest_unsynced_min", "last_seen"],
+                    &[
+                        "device",
+                        "code",
+                        "user",
+                        "status",
+                        "oldest_unsynced_min",
+                        "last_seen",
+                        "signed_links",
+                        "chain_holes",
+                        "chain_forks",
+                    ],
                     console
                         .devices(&user, now_ms())?
                         .into_iter()
@@ -925,6 +935,10 @@ async fn admin_csv(
                                 d.last_seen_ms
                                     .map(|t| gridwork_model::time::DistrictCalendar::default().minute_of(t))
                                     .unwrap_or_default(),
+                                // Empty for an app older than signing.
+                                d.chain.as_ref().map(|c| c.links.to_string()).unwrap_or_default(),
+                                d.chain.as_ref().map(|c| c.holes.to_string()).unwrap_or_default(),
+                                d.chain.as_ref().map(|c| c.forks.to_string()).unwrap_or_default(),
                             ]
                         })
                         .collect(),

@@ -823,6 +823,8 @@ pub struct DeviceRow {
     pub last_seen: String,
     pub can_retire: bool,
     pub can_revoke: bool,
+    /// (links, holes, forks) of its signed chain; None for an app older than signing.
+    pub chain: Option<(i64, i64, i64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -889,6 +891,7 @@ pub fn admin_page(
                 last_seen: minute(&calendar, d.last_seen_ms),
                 can_retire: d.status == "active",
                 can_revoke: d.status != "revoked",
+                chain: d.chain.as_ref().map(|c| (c.links, c.holes, c.forks)),
             })
             .collect(),
         quarantine,

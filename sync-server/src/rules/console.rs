@@ -62,6 +62,7 @@ fn register_console_device(tx: &dyn WriteTx, epoch: &str, user: &ConsoleUser, no
         department: user.department.clone(),
         retired: false,
         district: None,
+        public_key: None,
     })
 }
 

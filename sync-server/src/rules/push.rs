@@ -12,6 +12,11 @@
 //!    device's scopes now;
 //! 7. lifecycle events that claim the sending device, user and role, in the case's one events map;
 //! 8. actors and Automerge sequence numbers the case's history knows (schemas 8 and 9).
+//!
+//! Before all of them, for a device that registered a signing key at enrolment: every change and
+//! record it made carries a link of its chain with a signature that verifies (else refused, and
+//! nothing of it stored); after them, the links of what was kept join the device's chain, a
+//! link that does not continue it flagged `fork` (`gridwork_model::signing`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -22,6 +27,7 @@ use gridwork_model::doc::keys;
 use gridwork_model::geo::Location;
 use gridwork_model::ids::{DeviceId, GridId, UserId};
 use gridwork_model::lifecycle::{fold, Event, EventKind};
+use gridwork_model::signing::{chain_step, link_hash, statement, verify, ChainStep, Link, LinkKind, Neighbours};
 use gridwork_model::wire::{ItemResult, Outcome, SyncRequest};
 
 use crate::error::{Result, ServerError};
@@ -29,7 +35,7 @@ use crate::ingest::{read_change, ChangeFacts};
 use crate::receipts::ReceiptKey;
 use crate::records::RecordFacts;
 use crate::store::port::{
-    CaseRow, NewRecord, ParkedChange, QuarantineEntry, Quarantined, ReadTx, StoredChange, WriteTx,
+    CaseRow, NewRecord, ParkedChange, QuarantineEntry, Quarantined, ReadTx, StoredChange, StoredLink, WriteTx,
 };
 use crate::store::values::{json, sha256_hex};
 use crate::store::Device;
@@ -161,13 +167,47 @@ pub fn push(rules: &Rules<'_>, tx: &dyn WriteTx, job: &PushJob) -> Result<Vec<It
     let hashes: Vec<&str> = job.pushed.iter().filter_map(|p| p.facts.as_ref().ok().map(|f| f.hash.as_str())).collect();
     let docs: Vec<&str> = job.pushed.iter().map(|p| p.doc.as_str()).collect();
     tx.prefetch(&hashes, &docs)?;
-    for p in &job.pushed {
-        results.push(ingest_change(rules, tx, device, p, now_ms, &mut own_actors, &mut touched)?);
+    let mut signed = vec![];
+    for (i, p) in job.pushed.iter().enumerate() {
+        let link = req.changes.get(i).and_then(|c| c.link.as_ref());
+        let check = match &p.facts {
+            // A relay of another device's change (with the server's receipt) is its author's
+            // link, not the sender's; an unreadable change is refused below anyway.
+            Ok(f) if !is_relay(rules, device, p, &f.hash) => {
+                check_link(device, link, LinkKind::Change, &f.hash, &p.bytes)
+            }
+            _ => Ok(None),
+        };
+        let ok = match check {
+            Ok(ok) => ok,
+            Err(reason) => {
+                let key = p.facts.as_ref().map(|f| f.hash.clone()).unwrap_or_default();
+                results.push(ItemResult { key, outcome: Outcome::Refused, reason: Some(reason), receipt: None });
+                continue;
+            }
+        };
+        let result = ingest_change(rules, tx, device, p, now_ms, &mut own_actors, &mut touched)?;
+        if result.outcome != Outcome::Refused {
+            signed.extend(ok);
+        }
+        results.push(result);
     }
     let facts: Vec<RecordFacts<'_>> = req.records.iter().map(|r| RecordFacts::read(r.body.get())).collect();
     let mut keep = Vec::with_capacity(req.records.len());
     for (r, facts) in req.records.iter().zip(&facts) {
         let body = r.body.get();
+        match check_link(device, r.link.as_ref(), LinkKind::Record, &r.id, body.as_bytes()) {
+            Ok(ok) => signed.extend(ok),
+            Err(reason) => {
+                results.push(ItemResult {
+                    key: r.id.clone(),
+                    outcome: Outcome::Refused,
+                    reason: Some(reason),
+                    receipt: None,
+                });
+                continue;
+            }
+        }
         // Read once: the claim, and a check-in's facts; the body is stored as the device sent it.
         if !facts.claims(&device.id, &device.user) {
             let reason = "record claims another device or user";
@@ -186,6 +226,7 @@ pub fn push(rules: &Rules<'_>, tx: &dyn WriteTx, job: &PushJob) -> Result<Vec<It
     if !keep.is_empty() {
         tx.store_records(&keep)?;
     }
+    extend_chain(tx, &device.id, signed, now_ms)?;
     unpark(tx, now_ms, &mut touched)?;
     // The server stamps what it receives; a device clock far from it is flagged on what it sent.
     let skew_ms = if req.state.device_time_ms == 0 { 0 } else { req.state.device_time_ms.saturating_sub(now_ms) };
@@ -208,6 +249,82 @@ pub fn push(rules: &Rules<'_>, tx: &dyn WriteTx, job: &PushJob) -> Result<Vec<It
         tx.device_drained(&device.id, now_ms)?;
     }
     Ok(results)
+}
+
+/// A pushed item's link whose signature verified.
+#[derive(Debug)]
+struct Signed {
+    seq: i64,
+    prev: String,
+    sig: String,
+    hash: String,
+    kind: LinkKind,
+    key: String,
+}
+
+/// Whether a pushed change is a relay: another device's change with the server's receipt.
+fn is_relay(rules: &Rules<'_>, device: &Device, p: &Pushed, hash: &str) -> bool {
+    p.receipt.as_deref().and_then(|t| rules.receipts.verify(&p.doc, hash, t)).is_some_and(|r| r.owner != device.id)
+}
+
+/// The signature rule (docs/SECURITY.md, "Signatures"): a device that registered a key must send
+/// every change and record it made with a link whose signature, by that key, covers the very
+/// bytes sent. `Ok(None)`: a device of an app older than signing (nothing to check).
+fn check_link(
+    device: &Device,
+    link: Option<&Link>,
+    kind: LinkKind,
+    key: &str,
+    content: &[u8],
+) -> std::result::Result<Option<Signed>, String> {
+    let Some(public_key) = &device.public_key else { return Ok(None) };
+    let Some(link) = link else {
+        return Err("unsigned: this device enrolled with a signing key, and everything it makes must be signed".into());
+    };
+    let seq = i64::try_from(link.seq).ok().filter(|s| *s >= 1).ok_or("bad link: places start at 1")?;
+    let st = statement(&device.id, link.seq, &link.prev, kind, key, content);
+    verify(public_key, &st, &link.sig).map_err(|e| format!("bad signature: {e}"))?;
+    Ok(Some(Signed {
+        seq,
+        prev: link.prev.clone(),
+        sig: link.sig.clone(),
+        hash: link_hash(&st),
+        kind,
+        key: key.to_owned(),
+    }))
+}
+
+/// Adds the links of what this push kept to the device's chain, in chain order, flagging a link
+/// that does not continue the history held (`gridwork_model::signing::chain_step`). One read of
+/// the places around them, one write.
+fn extend_chain(tx: &dyn WriteTx, device: &str, mut signed: Vec<Signed>, now_ms: i64) -> Result<()> {
+    if signed.is_empty() {
+        return Ok(());
+    }
+    signed.sort_by_key(|s| s.seq);
+    let (lo, hi) = (signed[0].seq - 1, signed[signed.len() - 1].seq + 1);
+    let mut held = tx.chain_links_between(device, lo, hi)?;
+    let mut new = Vec::with_capacity(signed.len());
+    for s in signed {
+        let at = |seq: i64, prevs: bool| -> Vec<String> {
+            held.iter().filter(|(q, ..)| *q == seq).map(|(_, h, p)| if prevs { p.clone() } else { h.clone() }).collect()
+        };
+        let n = Neighbours { below: at(s.seq - 1, false), at: at(s.seq, false), above: at(s.seq + 1, true) };
+        let ChainStep::Store(flag) = chain_step(s.seq.unsigned_abs(), &s.prev, &s.hash, &n) else { continue };
+        held.push((s.seq, s.hash.clone(), s.prev.clone()));
+        new.push(StoredLink {
+            device_id: device.to_owned(),
+            seq: s.seq,
+            link_hash: s.hash,
+            prev: s.prev,
+            sig: s.sig,
+            kind: s.kind.as_str().to_owned(),
+            item_key: s.key,
+            flag: flag.map(|f| f.as_str().to_owned()),
+            at_ms: now_ms,
+        });
+    }
+    tx.put_links(&new)
 }
 
 /// What the server keeps of a device's reported state.

@@ -120,7 +120,16 @@ impl<B: Backend> SyncStore for B {
         let token = random_hex(32)?;
         write(self, |tx| {
             let id = tx.pending_device(&sha256_hex(&req.code))?.ok_or(ServerError::BadEnrolmentCode)?;
-            tx.activate_device(&id, &sha256_hex(&token), now_ms)?;
+            // A public key must be one a signature can be checked with: a malformed one would
+            // leave the device unable to send anything.
+            if let Some(k) = &req.public_key {
+                if gridwork_model::signing::decode_b64(k).map(|b| b.len()) != Some(32) {
+                    return Err(ServerError::BadRequest(
+                        "public_key is not an Ed25519 public key (base64 of 32 bytes)".into(),
+                    ));
+                }
+            }
+            tx.activate_device(&id, &sha256_hex(&token), req.public_key.as_deref(), now_ms)?;
             let device = tx.device(&id)?.ok_or(ServerError::BadEnrolmentCode)?;
             let code = tx.device_row(&id)?.map(|d| d.code).ok_or(ServerError::BadEnrolmentCode)?;
             Ok(EnrolResponse {
@@ -130,6 +139,7 @@ impl<B: Backend> SyncStore for B {
                 user: device.user,
                 role: device.role,
                 department: device.department,
+                device_key: None,
             })
         })
     }
@@ -389,7 +399,9 @@ impl<B: Backend> AdminStore for B {
 
     fn list_devices(&self, now_ms: i64) -> Result<Vec<DeviceInfo>> {
         self.flush_seen()?;
-        let rows = read(self, |tx| tx.devices())?;
+        let (rows, chains) = read(self, |tx| Ok((tx.devices()?, tx.chain_summaries()?)))?;
+        let chains: std::collections::HashMap<String, crate::store::port::ChainSummary> =
+            chains.into_iter().map(|c| (c.device_id.clone(), c)).collect();
         let mut devices: Vec<DeviceInfo> = rows
             .into_iter()
             .map(|r| {
@@ -397,6 +409,12 @@ impl<B: Backend> AdminStore for B {
                     r.last_state.as_deref().and_then(|s| serde_json::from_str(s).ok());
                 DeviceInfo {
                     unsynced_age_ms: unsynced_age_ms(r.last_seen_ms, last_state.as_ref(), now_ms),
+                    chain: r.signs.then(|| {
+                        chains
+                            .get(&r.id)
+                            .map(|c| crate::store::ChainState { links: c.links, holes: c.holes(), forks: c.forks })
+                            .unwrap_or_default()
+                    }),
                     // A retired device is still allowed in; it shows as retired, then drained.
                     status: match (r.status.as_str(), r.retired_ms, r.drained_ms) {
                         ("active", Some(_), Some(_)) => "retired_drained".to_owned(),

@@ -38,6 +38,20 @@ pub struct DeviceInfo {
     /// How old the device's oldest unsynced work is now (as last reported, plus the time since);
     /// None when it reported nothing pending or never synced.
     pub unsynced_age_ms: Option<i64>,
+    /// Its signed chain (None: an app older than signing, whose work arrives unsigned).
+    pub chain: Option<ChainState>,
+}
+
+/// A signing device's chain as the server holds it (`gridwork_model::signing`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ChainState {
+    /// Links received.
+    pub links: i64,
+    /// Places below the highest with nothing received: work never sent, or not yet.
+    pub holes: i64,
+    /// Links that did not continue the history held: a cloned or restored phone. Each one needs
+    /// an administrator's look.
+    pub forks: i64,
 }
 
 /// A quarantined change or record.
@@ -62,6 +76,9 @@ pub struct Device {
     /// The district of a city deployment the device belongs to (`crate::city`); None in a
     /// district's own store, which knows no other.
     pub district: Option<String>,
+    /// The device's Ed25519 public key (base64), registered at enrolment by an app that signs:
+    /// then every change and record it sends must carry a valid signature (`rules::push`).
+    pub public_key: Option<String>,
 }
 
 /// Figures for `/metrics` read when Prometheus scrapes.

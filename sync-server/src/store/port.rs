@@ -139,6 +139,8 @@ pub struct DeviceRow {
     pub last_state: Option<String>,
     pub retired_ms: Option<i64>,
     pub drained_ms: Option<i64>,
+    /// It registered a signing key at enrolment (every change and record of it is signed).
+    pub signs: bool,
 }
 
 /// What evidence is linked to.
@@ -351,6 +353,46 @@ pub trait ReadTx {
     fn reported_by(&self, reporter: &str, from_ms: i64, to_ms: i64) -> Result<Vec<ReportedCase>>;
     /// How many check-ins `user` made in [from_ms, to_ms).
     fn check_in_count(&self, user: &str, from_ms: i64, to_ms: i64) -> Result<i64>;
+    /// The links of `device`'s chain at places `lo..=hi`: (seq, link hash, prev).
+    fn chain_links_between(&self, device: &str, lo: i64, hi: i64) -> Result<Vec<(i64, String, String)>>;
+    /// Every link the server holds for `key` (a change hash or record id), any device's.
+    fn links_of(&self, key: &str) -> Result<Vec<StoredLink>>;
+    /// Every device's chain, summed up.
+    fn chain_summaries(&self) -> Result<Vec<ChainSummary>>;
+}
+
+/// A link of a device's signed chain, as the server keeps it (`gridwork_model::signing`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredLink {
+    pub device_id: String,
+    pub seq: i64,
+    pub link_hash: String,
+    pub prev: String,
+    pub sig: String,
+    /// "change" or "record".
+    pub kind: String,
+    pub item_key: String,
+    /// "fork", or None.
+    pub flag: Option<String>,
+    pub at_ms: i64,
+}
+
+/// One device's chain, summed up for an administrator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainSummary {
+    pub device_id: String,
+    pub links: i64,
+    /// Distinct places held (a fork holds two links at one place).
+    pub places: i64,
+    pub highest: i64,
+    pub forks: i64,
+}
+
+impl ChainSummary {
+    /// Places below the highest that hold nothing: work of the device never received, or not yet.
+    pub fn holes(&self) -> i64 {
+        (self.highest - self.places).max(0)
+    }
 }
 
 /// Writing: the primitives of a push, a release and the rules' bookkeeping, inside the backend's
@@ -360,6 +402,8 @@ pub trait ReadTx {
 pub trait WriteTx: ReadTx {
     /// The next sequence number, in commit order.
     fn next_seq(&self) -> Result<i64>;
+    /// Stores links of devices' chains (a link already held is left as it is).
+    fn put_links(&self, links: &[StoredLink]) -> Result<()>;
     /// A hint before a push: the hashes and documents it will ask about. A backend whose every
     /// statement is a round trip (PostgreSQL) looks them all up at once; others ignore it.
     fn prefetch(&self, hashes: &[&str], docs: &[&str]) -> Result<()> {
@@ -435,7 +479,7 @@ pub trait WriteTx: ReadTx {
     /// A pending device whose enrolment code hashes to this.
     fn pending_device(&self, enrol_hash: &str) -> Result<Option<String>>;
     /// The enrolment code is used: the device is active with this token.
-    fn activate_device(&self, id: &str, token_hash: &str, now_ms: i64) -> Result<()>;
+    fn activate_device(&self, id: &str, token_hash: &str, public_key: Option<&str>, now_ms: i64) -> Result<()>;
     fn code_taken(&self, code: &str) -> Result<bool>;
     fn insert_device(&self, id: &str, code: &str, user: &str, enrol_hash: &str, now_ms: i64) -> Result<()>;
     /// Marks an active device retired (keeping an earlier moment); false when no active device.

@@ -12,9 +12,9 @@ use super::batched::{Batched, PendingChange, PendingRecord, PendingRow, PendingS
 use crate::error::{Result, ServerError};
 use crate::store::console::{CheckInView, MapPin};
 use crate::store::port::{
-    BlobLinkOwner, CaseRow, CaseRowNow, ChangeBytes, ConsoleAccount, DeviceRow, NewRecord, ParkedChange, PersonRow,
-    QuarantineEntry, Quarantined, QueuePage, QueueQuery, QueueRow, ReadTx, ReportedCase, StoredChange, Whereabouts,
-    WriteTx,
+    BlobLinkOwner, CaseRow, CaseRowNow, ChainSummary, ChangeBytes, ConsoleAccount, DeviceRow, NewRecord, ParkedChange,
+    PersonRow, QuarantineEntry, Quarantined, QueuePage, QueueQuery, QueueRow, ReadTx, ReportedCase, StoredChange,
+    StoredLink, Whereabouts, WriteTx,
 };
 use crate::store::values::{json, stored_role};
 use crate::store::{Device, QuarantinedItem};
@@ -80,6 +80,7 @@ fn device_row(r: &Row) -> DeviceRow {
         last_state: r.get(5),
         retired_ms: r.get(6),
         drained_ms: r.get(7),
+        signs: r.get(8),
     }
 }
 
@@ -374,7 +375,7 @@ impl ReadTx for PgTx<'_, '_> {
 
     fn device(&self, id: &str) -> Result<Option<Device>> {
         let row = self.row(
-            "SELECT d.id, d.user_id, u.role, u.department, d.retired_ms IS NOT NULL FROM devices d
+            "SELECT d.id, d.user_id, u.role, u.department, d.retired_ms IS NOT NULL, d.public_key FROM devices d
              JOIN users u ON u.id = d.user_id WHERE d.id = $1",
             &[&id],
         )?;
@@ -386,6 +387,7 @@ impl ReadTx for PgTx<'_, '_> {
                 department: r.get(3),
                 retired: r.get(4),
                 district: None,
+                public_key: r.get(5),
             })
         })
         .transpose()
@@ -515,8 +517,8 @@ impl ReadTx for PgTx<'_, '_> {
 
     fn device_by_token_hash(&self, token_hash: &str) -> Result<Option<(String, Device)>> {
         let row = self.row(
-            "SELECT d.status, d.id, d.user_id, u.role, u.department, d.retired_ms IS NOT NULL FROM devices d
-             JOIN users u ON u.id = d.user_id WHERE d.token_hash = $1",
+            "SELECT d.status, d.id, d.user_id, u.role, u.department, d.retired_ms IS NOT NULL, d.public_key
+             FROM devices d JOIN users u ON u.id = d.user_id WHERE d.token_hash = $1",
             &[&token_hash],
         )?;
         row.map(|r| {
@@ -529,6 +531,7 @@ impl ReadTx for PgTx<'_, '_> {
                     department: r.get(4),
                     retired: r.get(5),
                     district: None,
+                    public_key: r.get(6),
                 },
             ))
         })
@@ -538,7 +541,8 @@ impl ReadTx for PgTx<'_, '_> {
     fn devices(&self) -> Result<Vec<DeviceRow>> {
         Ok(self
             .rows(
-                "SELECT id, code, user_id, status, last_seen_ms, last_state, retired_ms, drained_ms FROM devices
+                "SELECT id, code, user_id, status, last_seen_ms, last_state, retired_ms, drained_ms, public_key IS NOT NULL
+                 FROM devices
                  WHERE id NOT LIKE 'console-%' ORDER BY id",
                 &[],
             )?
@@ -550,7 +554,8 @@ impl ReadTx for PgTx<'_, '_> {
     fn device_row(&self, id: &str) -> Result<Option<DeviceRow>> {
         Ok(self
             .row(
-                "SELECT id, code, user_id, status, last_seen_ms, last_state, retired_ms, drained_ms FROM devices
+                "SELECT id, code, user_id, status, last_seen_ms, last_state, retired_ms, drained_ms, public_key IS NOT NULL
+                 FROM devices
                  WHERE id = $1",
                 &[&id],
             )?
@@ -768,9 +773,87 @@ impl ReadTx for PgTx<'_, '_> {
             )?
             .get(0))
     }
+
+    fn chain_links_between(&self, device: &str, lo: i64, hi: i64) -> Result<Vec<(i64, String, String)>> {
+        Ok(self
+            .rows(
+                "SELECT seq, link_hash, prev FROM chain_links WHERE device_id = $1 AND seq BETWEEN $2 AND $3",
+                &[&device, &lo, &hi],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    fn links_of(&self, key: &str) -> Result<Vec<StoredLink>> {
+        Ok(self
+            .rows(
+                "SELECT device_id, seq, link_hash, prev, sig, kind, item_key, flag, at_ms FROM chain_links
+                 WHERE item_key = $1 ORDER BY device_id, seq",
+                &[&key],
+            )?
+            .iter()
+            .map(|r| StoredLink {
+                device_id: r.get(0),
+                seq: r.get(1),
+                link_hash: r.get(2),
+                prev: r.get(3),
+                sig: r.get(4),
+                kind: r.get(5),
+                item_key: r.get(6),
+                flag: r.get(7),
+                at_ms: r.get(8),
+            })
+            .collect())
+    }
+
+    fn chain_summaries(&self) -> Result<Vec<ChainSummary>> {
+        Ok(self
+            .rows(
+                "SELECT device_id, count(*), count(DISTINCT seq), max(seq), count(flag) FROM chain_links
+                 GROUP BY device_id ORDER BY device_id",
+                &[],
+            )?
+            .iter()
+            .map(|r| ChainSummary {
+                device_id: r.get(0),
+                links: r.get(1),
+                places: r.get(2),
+                highest: r.get(3),
+                forks: r.get(4),
+            })
+            .collect())
+    }
 }
 
 impl WriteTx for PgTx<'_, '_> {
+    fn put_links(&self, links: &[StoredLink]) -> Result<()> {
+        if links.is_empty() {
+            return Ok(());
+        }
+        // One statement for a push's links, as for its other rows (ADR 21).
+        let col = |f: fn(&StoredLink) -> String| links.iter().map(f).collect::<Vec<String>>();
+        let (devices, hashes, prevs, sigs, kinds, keys) = (
+            col(|l| l.device_id.clone()),
+            col(|l| l.link_hash.clone()),
+            col(|l| l.prev.clone()),
+            col(|l| l.sig.clone()),
+            col(|l| l.kind.clone()),
+            col(|l| l.item_key.clone()),
+        );
+        let seqs: Vec<i64> = links.iter().map(|l| l.seq).collect();
+        let flags: Vec<Option<String>> = links.iter().map(|l| l.flag.clone()).collect();
+        let ats: Vec<i64> = links.iter().map(|l| l.at_ms).collect();
+        self.exec(
+            "INSERT INTO chain_links (device_id, seq, link_hash, prev, sig, kind, item_key, flag, at_ms)
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                  $7::text[], $8::text[], $9::bigint[])
+             ON CONFLICT DO NOTHING",
+            &[&devices, &seqs, &hashes, &prevs, &sigs, &kinds, &keys, &flags, &ats],
+        )?;
+        Ok(())
+    }
+
     fn next_seq(&self) -> Result<i64> {
         if !self.writer {
             return Err(ServerError::Internal("a sequence number taken on a reader".into()));
@@ -1110,10 +1193,11 @@ impl WriteTx for PgTx<'_, '_> {
             .map(|r| r.get(0)))
     }
 
-    fn activate_device(&self, id: &str, token_hash: &str, now_ms: i64) -> Result<()> {
+    fn activate_device(&self, id: &str, token_hash: &str, public_key: Option<&str>, now_ms: i64) -> Result<()> {
         self.exec(
-            "UPDATE devices SET enrol_hash = NULL, token_hash = $2, status = 'active', last_seen_ms = $3 WHERE id = $1",
-            &[&id, &token_hash, &now_ms],
+            "UPDATE devices SET enrol_hash = NULL, token_hash = $2, status = 'active', last_seen_ms = $3,
+                public_key = $4 WHERE id = $1",
+            &[&id, &token_hash, &now_ms, &public_key],
         )?;
         Ok(())
     }

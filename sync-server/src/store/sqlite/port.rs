@@ -15,9 +15,9 @@ use super::{
 use crate::error::{Result, ServerError};
 use crate::store::console::{CheckInView, MapPin};
 use crate::store::port::{
-    BlobLinkOwner, CaseRow, CaseRowNow, ChangeBytes, ConsoleAccount, DeviceRow, NewRecord, ParkedChange, PersonRow,
-    QuarantineEntry, Quarantined, QueuePage, QueueQuery, QueueRow, ReadTx, ReportedCase, StoredChange, Whereabouts,
-    WriteTx,
+    BlobLinkOwner, CaseRow, CaseRowNow, ChainSummary, ChangeBytes, ConsoleAccount, DeviceRow, NewRecord, ParkedChange,
+    PersonRow, QuarantineEntry, Quarantined, QueuePage, QueueQuery, QueueRow, ReadTx, ReportedCase, StoredChange,
+    StoredLink, Whereabouts, WriteTx,
 };
 use crate::store::{Device, QuarantinedItem};
 
@@ -44,6 +44,7 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
         last_state: r.get(5)?,
         retired_ms: r.get(6)?,
         drained_ms: r.get(7)?,
+        signs: r.get(8)?,
     })
 }
 
@@ -230,8 +231,8 @@ impl ReadTx for SqliteTx<'_> {
     fn device_by_token_hash(&self, token_hash: &str) -> Result<Option<(String, Device)>> {
         let row = q1(
             self.conn,
-            "SELECT d.status, d.id, d.user_id, u.role, u.department, d.retired_ms IS NOT NULL FROM devices d
-             JOIN users u ON u.id = d.user_id WHERE d.token_hash = ?1",
+            "SELECT d.status, d.id, d.user_id, u.role, u.department, d.retired_ms IS NOT NULL, d.public_key
+             FROM devices d JOIN users u ON u.id = d.user_id WHERE d.token_hash = ?1",
             [token_hash],
             |r| {
                 Ok((
@@ -243,6 +244,7 @@ impl ReadTx for SqliteTx<'_> {
                         department: r.get(4)?,
                         retired: r.get(5)?,
                         district: None,
+                        public_key: r.get(6)?,
                     },
                     r.get::<_, String>(3)?,
                 ))
@@ -259,7 +261,8 @@ impl ReadTx for SqliteTx<'_> {
         Ok(self
             .conn
             .prepare(
-                "SELECT id, code, user_id, status, last_seen_ms, last_state, retired_ms, drained_ms FROM devices
+                "SELECT id, code, user_id, status, last_seen_ms, last_state, retired_ms, drained_ms, public_key IS NOT NULL
+                 FROM devices
                  WHERE id NOT LIKE 'console-%' ORDER BY id",
             )?
             .query_map([], device_row)?
@@ -269,7 +272,8 @@ impl ReadTx for SqliteTx<'_> {
     fn device_row(&self, id: &str) -> Result<Option<DeviceRow>> {
         Ok(q1(
             self.conn,
-            "SELECT id, code, user_id, status, last_seen_ms, last_state, retired_ms, drained_ms FROM devices WHERE id = ?1",
+            "SELECT id, code, user_id, status, last_seen_ms, last_state, retired_ms, drained_ms, public_key IS NOT NULL
+                 FROM devices WHERE id = ?1",
             [id],
             device_row,
         )
@@ -463,9 +467,66 @@ impl ReadTx for SqliteTx<'_> {
             |r| r.get(0),
         )?)
     }
+
+    fn chain_links_between(&self, device: &str, lo: i64, hi: i64) -> Result<Vec<(i64, String, String)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, link_hash, prev FROM chain_links WHERE device_id = ?1 AND seq BETWEEN ?2 AND ?3",
+        )?;
+        let rows = stmt.query_map(params![device, lo, hi], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn links_of(&self, key: &str) -> Result<Vec<StoredLink>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT device_id, seq, link_hash, prev, sig, kind, item_key, flag, at_ms FROM chain_links
+             WHERE item_key = ?1 ORDER BY device_id, seq",
+        )?;
+        let rows = stmt.query_map([key], |r| {
+            Ok(StoredLink {
+                device_id: r.get(0)?,
+                seq: r.get(1)?,
+                link_hash: r.get(2)?,
+                prev: r.get(3)?,
+                sig: r.get(4)?,
+                kind: r.get(5)?,
+                item_key: r.get(6)?,
+                flag: r.get(7)?,
+                at_ms: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn chain_summaries(&self) -> Result<Vec<ChainSummary>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT device_id, count(*), count(DISTINCT seq), max(seq), count(flag) FROM chain_links
+                 GROUP BY device_id ORDER BY device_id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ChainSummary {
+                device_id: r.get(0)?,
+                links: r.get(1)?,
+                places: r.get(2)?,
+                highest: r.get(3)?,
+                forks: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
 }
 
 impl WriteTx for SqliteTx<'_> {
+    fn put_links(&self, links: &[StoredLink]) -> Result<()> {
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO chain_links (device_id, seq, link_hash, prev, sig, kind, item_key, flag, at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT DO NOTHING",
+        )?;
+        for l in links {
+            stmt.execute(params![l.device_id, l.seq, l.link_hash, l.prev, l.sig, l.kind, l.item_key, l.flag, l.at_ms])?;
+        }
+        Ok(())
+    }
+
     fn next_seq(&self) -> Result<i64> {
         let counter = self.seq.ok_or_else(|| ServerError::Internal("a sequence number taken on a reader".into()))?;
         let mut seq = counter.lock().unwrap_or_else(|p| p.into_inner());
@@ -784,11 +845,12 @@ impl WriteTx for SqliteTx<'_> {
         .optional()?)
     }
 
-    fn activate_device(&self, id: &str, token_hash: &str, now_ms: i64) -> Result<()> {
+    fn activate_device(&self, id: &str, token_hash: &str, public_key: Option<&str>, now_ms: i64) -> Result<()> {
         exec(
             self.conn,
-            "UPDATE devices SET enrol_hash = NULL, token_hash = ?2, status = 'active', last_seen_ms = ?3 WHERE id = ?1",
-            params![id, token_hash, now_ms],
+            "UPDATE devices SET enrol_hash = NULL, token_hash = ?2, status = 'active', last_seen_ms = ?3,
+                public_key = ?4 WHERE id = ?1",
+            params![id, token_hash, now_ms, public_key],
         )?;
         Ok(())
     }

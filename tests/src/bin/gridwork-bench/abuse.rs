@@ -254,7 +254,7 @@ fn max_body(seed: u64) -> Result<Vec<u8>, String> {
     let mut rng = Rng::new(seed);
     let docs: Vec<String> = (0..MAX_ITEMS_PER_REQUEST).map(|_| CaseId::generate().to_string()).collect();
     let empty = to_json(&request(
-        docs.iter().map(|d| PushedChange { doc: d.clone(), bytes: String::new(), receipt: None }).collect(),
+        docs.iter().map(|d| PushedChange { doc: d.clone(), bytes: String::new(), receipt: None, link: None }).collect(),
     ))?;
     // Base64 of a multiple of 3 bytes has no padding and needs no JSON escapes: exact sizes.
     let per_item = (MAX_BODY_BYTES - BODY_MARGIN - empty.len()) / MAX_ITEMS_PER_REQUEST;
@@ -266,7 +266,7 @@ fn max_body(seed: u64) -> Result<Vec<u8>, String> {
             if let Some(b) = bytes.first_mut() {
                 *b = 0; // never Automerge's magic
             }
-            PushedChange { doc, bytes: b64(&bytes), receipt: None }
+            PushedChange { doc, bytes: b64(&bytes), receipt: None, link: None }
         })
         .collect();
     let body = to_json(&request(changes))?;
@@ -286,7 +286,7 @@ fn tiny_change(rng: &mut Rng) -> Result<PushedChange, String> {
     doc.put(ROOT, keys::TITLE, TITLES[rng.below(TITLES.len())]).map_err(e)?;
     doc.commit();
     let bytes = doc.get_last_local_change().ok_or("no change")?.bytes().into_owned();
-    Ok(PushedChange { doc: id, bytes: b64(&bytes), receipt: None })
+    Ok(PushedChange { doc: id, bytes: b64(&bytes), receipt: None, link: None })
 }
 
 /// A case whose one change puts `inflated` bytes of one repeated letter: a few KiB compressed.
@@ -299,7 +299,7 @@ fn bomb(inflated: usize, letter: u8) -> Result<PushedChange, String> {
     doc.put(ROOT, "padding", String::from(char::from(letter)).repeat(inflated)).map_err(e)?;
     doc.commit();
     let bytes = doc.get_last_local_change().ok_or("no change")?.bytes().into_owned();
-    Ok(PushedChange { doc: id, bytes: b64(&bytes), receipt: None })
+    Ok(PushedChange { doc: id, bytes: b64(&bytes), receipt: None, link: None })
 }
 
 /// A request of bombs: four that inflate past the bound, then a pool of ones just under it
@@ -346,7 +346,10 @@ fn bomb_history() -> Result<(String, Vec<Vec<u8>>), String> {
         .chunks(per_request)
         .map(|chunk| {
             to_json(&request(
-                chunk.iter().map(|b| PushedChange { doc: id.clone(), bytes: b64(b), receipt: None }).collect(),
+                chunk
+                    .iter()
+                    .map(|b| PushedChange { doc: id.clone(), bytes: b64(b), receipt: None, link: None })
+                    .collect(),
             ))
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -625,7 +628,7 @@ fn honest_phone(
 
 fn enrol(store: &SqliteStore, user: &str) -> Result<EnrolResponse, String> {
     let (_, code) = store.enrol_device(user, 0).map_err(|e| e.to_string())?;
-    store.redeem(&EnrolRequest { code, app_version: "0.1.0".into() }, 0).map_err(|e| e.to_string())
+    store.redeem(&EnrolRequest { code, app_version: "0.1.0".into(), public_key: None }, 0).map_err(|e| e.to_string())
 }
 
 pub fn run(args: AbuseArgs, line: &dyn Fn(serde_json::Value)) -> Result<(), String> {

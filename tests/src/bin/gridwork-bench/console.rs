@@ -73,8 +73,9 @@ struct Writer {
 
 fn enrol(server: &SqliteStore, user: &str) -> Result<Writer, String> {
     let (_, code) = server.enrol_device(user, now_ms()).map_err(|e| e.to_string())?;
-    let resp =
-        server.redeem(&EnrolRequest { code, app_version: "bench".into() }, now_ms()).map_err(|e| e.to_string())?;
+    let resp = server
+        .redeem(&EnrolRequest { code, app_version: "bench".into(), public_key: None }, now_ms())
+        .map_err(|e| e.to_string())?;
     let device = server.authenticate(&resp.token).map_err(|e| e.to_string())?;
     Ok(Writer { device, actor: ActorId::random(), pending: vec![] })
 }
@@ -171,7 +172,12 @@ fn seed(server: &SqliteStore, args: &ConsoleArgs) -> Result<Vec<String>, String>
         let report = event(&workers[g], Role::Worker, EventKind::Report, &am, created)?;
         am.transact::<_, _, gridwork_core::model::error::ModelError>(|t| doc::init_case(t, &new, &report))
             .map_err(|f| f.error.to_string())?;
-        workers[g].pending.push(PushedChange { doc: new.id.to_string(), bytes: change_of(&am)?, receipt: None });
+        workers[g].pending.push(PushedChange {
+            doc: new.id.to_string(),
+            bytes: change_of(&am)?,
+            receipt: None,
+            link: None,
+        });
         // Most cases have been triaged: a quarter stay reported.
         let sup = supervisors.get_mut(&grid.community).ok_or("no supervisor")?;
         let decisions: Vec<EventKind> = match i % 8 {
@@ -193,7 +199,12 @@ fn seed(server: &SqliteStore, args: &ConsoleArgs) -> Result<Vec<String>, String>
                 let e = event(sup, Role::Supervisor, kind, &sd, created + 3_600_000)?;
                 sd.transact::<_, _, gridwork_core::model::error::ModelError>(|t| doc::put_event(t, &e))
                     .map_err(|f| f.error.to_string())?;
-                sup.pending.push(PushedChange { doc: new.id.to_string(), bytes: change_of(&sd)?, receipt: None });
+                sup.pending.push(PushedChange {
+                    doc: new.id.to_string(),
+                    bytes: change_of(&sd)?,
+                    receipt: None,
+                    link: None,
+                });
             }
         }
         ids.push(new.id.to_string());

@@ -67,6 +67,8 @@ fn rust_round(dir: &Path, photo: &[u8], args: &Args) -> Result<Samples, String> 
         role: "worker".into(),
         department: None,
         alternates: vec![],
+        // Unsigned, as the Kotlin side's enrolment: the two captures do the same work.
+        device_key: None,
     };
     let store = GridworkStore::open(dir.display().to_string(), DEMO_KEY.to_vec(), enrolment)
         .map_err(|e| format!("opening the bench store: {e}"))?;

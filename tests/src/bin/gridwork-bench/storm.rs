@@ -255,9 +255,11 @@ fn prepare(
                 doc: it.doc_id.unwrap_or_default(),
                 bytes: b64.encode(&it.bytes),
                 receipt: None,
+                link: it.link.clone(),
             }),
             OutboxKind::Record => {
-                records.push(PushedRecord { id: it.key, body: serde_json::from_slice(&it.bytes).unwrap_or_default() })
+                let body = serde_json::from_slice(&it.bytes).unwrap_or_default();
+                records.push(PushedRecord { id: it.key, body, link: it.link })
             }
         }
     }
@@ -300,7 +302,9 @@ pub fn run(args: StormArgs, line: &dyn Fn(serde_json::Value)) -> Result<(), Stri
                 .set_user(&user, Role::Worker, None, &[Scope::Grid(GridId(format!("g{d}")))])
                 .map_err(|e| e.to_string())?;
             let (_, code) = admin.enrol_device(&user, 0).map_err(|e| e.to_string())?;
-            let e = sync.redeem(&EnrolRequest { code, app_version: "0.1.0".into() }, 0).map_err(|e| e.to_string())?;
+            let e = sync
+                .redeem(&EnrolRequest { code, app_version: "0.1.0".into(), public_key: None }, 0)
+                .map_err(|e| e.to_string())?;
             enrolments.push(e);
         }
     }

@@ -521,6 +521,8 @@ pub fn phone_child(mut args: impl Iterator<Item = String>) -> Result<(), String>
         device: DeviceId(next("DEVICE")?),
         device_code: next("DEVICE_CODE")?,
         department: None,
+        // The store kept the key it was first opened with.
+        signing_key: None,
     };
     let (_, rss_start) = rss_kb();
     let clock = Arc::new(FixedClock::new(now));
