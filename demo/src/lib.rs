@@ -369,6 +369,7 @@ pub fn run(args: Args) -> Result<(), String> {
     }
     let blobs_on_server = server.blob_count().map_err(|e| e.to_string())?;
     print_supervisor_view(&supervisors[0], &catalog)?;
+    let (bundle_path, bundle_verified) = export_a_closed_case(&server, &supervisors, &data_dir)?;
 
     let summary = serde_json::json!({
         "devices": workers.len() + supervisors.len() + 1,
@@ -381,6 +382,8 @@ pub fn run(args: Args) -> Result<(), String> {
         "converged": converged,
         "lost": lost,
         "duplicated": duplicated,
+        "evidence_bundle": bundle_path.display().to_string(),
+        "evidence_bundle_verified": bundle_verified,
         "capture_s": (capture_s * 100.0).round() / 100.0,
         "sync_s": (sync_s * 100.0).round() / 100.0,
         "elapsed_s": (started.elapsed().as_secs_f64() * 100.0).round() / 100.0,
@@ -390,6 +393,42 @@ pub fn run(args: Args) -> Result<(), String> {
         wait_in_console(&running.url(), communities.len())?;
     }
     Ok(())
+}
+
+/// Exports one closed case's evidence bundle (as `admin export-case` does) next to the server's
+/// data, and checks it as `gridwork-verify` would: (path, verified).
+fn export_a_closed_case(
+    server: &SqliteStore,
+    supervisors: &[Phone],
+    data_dir: &Path,
+) -> Result<(std::path::PathBuf, bool), String> {
+    let closed = supervisors
+        .iter()
+        .filter_map(|p| {
+            p.store
+                .list_cases(&CaseQuery {
+                    statuses: vec![gridwork_core::model::lifecycle::Status::Closed],
+                    limit: 1,
+                    ..Default::default()
+                })
+                .ok()
+                .and_then(|page| page.items.into_iter().next())
+        })
+        .next()
+        .ok_or("no case was closed: nothing to export")?;
+    let bytes = server.export_case(&closed.id.to_string(), "admin", now_ms()).map_err(|e| e.to_string())?;
+    let path = data_dir.join(format!("case-{}.gridwork-bundle", closed.code));
+    std::fs::write(&path, &bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let report = gridwork_core::model::bundle::verify(&bytes);
+    say(&format!(
+        "evidence bundle of closed case {} ({} events, {} KB): {}; check it with `cargo run -p gridwork-verify -- {}`",
+        closed.code,
+        report.timeline.len(),
+        bytes.len() / 1024,
+        if report.verified() { "verified" } else { "NOT verified" },
+        path.display()
+    ));
+    Ok((path, report.verified()))
 }
 
 /// Leaves the server running for a person to look around the console, until Ctrl-C.

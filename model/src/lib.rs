@@ -13,6 +13,7 @@
 //! - [`wire`]: the sync protocol's request and response types (docs/PROTOCOL.md).
 
 pub mod access;
+pub mod bundle;
 pub mod catalog;
 pub mod crash_points;
 pub mod doc;

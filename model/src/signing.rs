@@ -101,12 +101,14 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// it is, its key, and the SHA-256 of the very bytes sent (the change's bytes, the record's JSON
 /// text as sent). One field per line; none of them can hold a newline (ids, hex, decimal).
 pub fn statement(device: &str, seq: u64, prev: &str, kind: LinkKind, key: &str, content: &[u8]) -> Vec<u8> {
-    format!(
-        "{STATEMENT_VERSION}\ndevice {device}\nseq {seq}\nprev {prev}\n{} {key}\nsha256 {}\n",
-        kind.as_str(),
-        sha256_hex(content)
-    )
-    .into_bytes()
+    statement_for_digest(device, seq, prev, kind, key, &sha256_hex(content))
+}
+
+/// [`statement`] from the content's SHA-256 (hex) rather than its bytes: what an evidence bundle
+/// checks for a link whose item it does not carry.
+pub fn statement_for_digest(device: &str, seq: u64, prev: &str, kind: LinkKind, key: &str, sha256: &str) -> Vec<u8> {
+    format!("{STATEMENT_VERSION}\ndevice {device}\nseq {seq}\nprev {prev}\n{} {key}\nsha256 {sha256}\n", kind.as_str())
+        .into_bytes()
 }
 
 /// The hash the next link names as its `prev`.

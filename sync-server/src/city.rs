@@ -422,6 +422,10 @@ impl ConsoleStore for City {
         self.reading(user)?.photo(user, sha256)
     }
 
+    fn bundle(&self, user: &ConsoleUser, case_id: &str, now_ms: i64) -> Result<Vec<u8>> {
+        self.reading(user)?.bundle(user, case_id, now_ms)
+    }
+
     fn map_pins(&self, user: &ConsoleUser, filter: &CaseFilter, limit: u32, now_ms: i64) -> Result<Vec<MapPin>> {
         self.reading(user)?.map_pins(user, filter, limit, now_ms)
     }

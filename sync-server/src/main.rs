@@ -117,6 +117,15 @@ enum AdminCommand {
     RevokeDevice { device: String },
     /// Every device, one JSON object per line.
     ListDevices,
+    /// A case's evidence bundle: its history, every signature, the devices' public keys and the
+    /// photos, in one file `gridwork-verify` checks without the server.
+    ExportCase {
+        /// The case's id.
+        case: String,
+        /// Where to write it [default: case-CODE.gridwork-bundle in the current directory].
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
     /// Quarantined changes and records, one JSON object per line.
     Quarantine,
     /// Let a quarantined item into its case's scopes.
@@ -321,6 +330,18 @@ fn admin(
             for d in store.list_devices(now_ms()).map_err(|e| e.to_string())? {
                 println!("{}", serde_json::to_string(&d).map_err(|e| e.to_string())?);
             }
+        }
+        AdminCommand::ExportCase { case, out } => {
+            let bytes = store.export_case(&case, "admin", now_ms()).map_err(|e| e.to_string())?;
+            let code = gridwork_model::bundle::case_code(&bytes).unwrap_or_else(|| case.clone());
+            let path = out.unwrap_or_else(|| std::path::PathBuf::from(format!("case-{code}.gridwork-bundle")));
+            std::fs::write(&path, &bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            println!(
+                "{} written ({} KB); check it with: gridwork-verify {}",
+                path.display(),
+                bytes.len() / 1024,
+                path.display()
+            );
         }
         AdminCommand::Quarantine => {
             for q in store.quarantined().map_err(|e| e.to_string())? {

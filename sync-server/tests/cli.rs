@@ -181,3 +181,90 @@ fn districts_are_added_and_each_command_acts_on_one() {
     assert_eq!(String::from_utf8_lossy(&listed.stdout), "jing-an\nxu-hui\n", "{}", text(&r));
     assert_eq!(devices("jing-an"), 1);
 }
+
+/// `admin export-case` writes a bundle of a case a phone signed, and it verifies.
+#[test]
+fn a_case_exported_from_the_command_line_verifies() {
+    use gridwork_core::model::access::Scope;
+    use gridwork_core::model::catalog::{Catalog, Category, Grid, Role};
+    use gridwork_core::model::geo::{Location, Polygon};
+    use gridwork_core::model::ids::{DeviceId, UserId};
+    use gridwork_sync_server::{AdminStore, SqliteStore, SyncStore};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().join("server");
+    let ring = vec![(31.2, 121.4), (31.2, 121.41), (31.21, 121.41), (31.21, 121.4)];
+    let catalog = Catalog {
+        version: 1,
+        grids: vec![Grid {
+            id: "g1".into(),
+            name: "Grid 1".into(),
+            community: "C".into(),
+            street: "S".into(),
+            boundary: Polygon { ring },
+            points: vec![],
+        }],
+        categories: vec![Category {
+            id: "hazard".into(),
+            names: Default::default(),
+            default_deadline_hours: 24,
+            retired: false,
+        }],
+        departments: vec![],
+    };
+    let case_id = {
+        let store = Arc::new(SqliteStore::open(&d).expect("store"));
+        store.import_catalog(&catalog).expect("catalog");
+        store.set_user("w1", Role::Worker, None, &[Scope::Grid("g1".into())]).expect("user");
+        let server =
+            gridwork_sync_server::start(store.clone() as Arc<dyn SyncStore>, "127.0.0.1:0".parse().expect("addr"))
+                .expect("server");
+        let (_, code) = store.enrol_device("w1", 0).expect("enrol");
+        let e = gridwork_core::sync::enrol(&server.url(), &code, None, "0.1.0").expect("redeem");
+        let identity = gridwork_core::Identity {
+            user: UserId(e.user.clone()),
+            role: e.role,
+            device: DeviceId(e.device_id.clone()),
+            device_code: e.device_code.clone(),
+            department: None,
+            signing_key: Some(Arc::new(
+                gridwork_core::signing::DeviceKey::from_pkcs8(&e.device_key.clone().expect("a key").0).expect("key"),
+            )),
+        };
+        let phone =
+            gridwork_core::Store::open(gridwork_core::OpenOptions::new(dir.path().join("phone"), &[7; 32], identity))
+                .expect("phone");
+        phone.import_catalog(&catalog).expect("catalog");
+        let case = phone
+            .capture_case(gridwork_core::store::NewCase {
+                title: "楼道堆物".into(),
+                description: "Bikes charging in the stairwell".into(),
+                category: "hazard".into(),
+                grid: "g1".into(),
+                location: Location::gps(31.205, 121.405, 5.0, 0),
+                photos: vec![],
+            })
+            .expect("capture");
+        let report =
+            phone.sync(&gridwork_core::sync::SyncConfig::new(server.url(), e.token), &mut |_| {}).expect("sync");
+        assert!(report.refused.is_empty(), "{report:?}");
+        case.id.to_string()
+    };
+    let out = dir.path().join("case.gridwork-bundle");
+    let o = run(&[
+        "--data-dir",
+        d.to_str().expect("utf-8"),
+        "admin",
+        "export-case",
+        &case_id,
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert!(o.status.success() && text(&o).contains("gridwork-verify"), "{}", text(&o));
+    let report = gridwork_model::bundle::verify(&std::fs::read(&out).expect("the bundle"));
+    assert!(report.verified(), "{:?}", report.problems);
+    assert_eq!(report.timeline.len(), 1, "{:?}", report.timeline);
+    let unknown = run(&["--data-dir", d.to_str().expect("utf-8"), "admin", "export-case", "no-such-case"]);
+    assert!(!unknown.status.success() && text(&unknown).contains("no-such-case"), "{}", text(&unknown));
+}

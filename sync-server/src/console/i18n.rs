@@ -148,6 +148,12 @@ const WORDS: &[(&str, &str, &str)] = &[
     ("outbox", "待发送", "Outbox"),
     ("photos_pending", "待传照片", "Photos pending"),
     ("signed_chain", "签名链", "Signed chain"),
+    ("evidence_bundle", "导出证据包", "Export evidence bundle"),
+    (
+        "evidence_bundle_hint",
+        "案件全部记录、签名与照片，可用 gridwork-verify 离线核验",
+        "The case's whole history, signatures and photos, checkable offline with gridwork-verify",
+    ),
     ("unsigned_app", "旧版未签名", "unsigned (old app)"),
     ("chain_holes", "缺口", "holes"),
     ("chain_forks", "分叉", "forks"),

@@ -64,6 +64,7 @@ pub fn routes(store: Arc<dyn SyncStore>, secure: bool) -> Router {
         .route("/console/cases.csv", get(queue_csv))
         .route("/console/cases/{id}", get(case_detail))
         .route("/console/cases/{id}/act", post(act))
+        .route("/console/cases/{id}/bundle", get(bundle))
         .route("/console/photos/{sha256}", get(photo))
         .route("/console/map", get(map_view))
         .route("/console/coverage", get(coverage))
@@ -561,6 +562,36 @@ async fn photo(
         Ok((
             StatusCode::OK,
             [(CONTENT_TYPE, image_type(&bytes)), (CACHE_CONTROL, "private, max-age=31536000, immutable")],
+            bytes,
+        )
+            .into_response())
+    })
+    .await
+}
+
+/// The case's evidence bundle as a download (`gridwork-verify` checks it).
+async fn bundle(
+    State(state): State<ConsoleState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let store = state.store.clone();
+    signed_in(&state, &headers, &q, |_lang, session| async move {
+        let user = session.user.clone();
+        let bytes = with_console(store, &session, move |console| console.bundle(&user, &id, now_ms())).await?;
+        let code = gridwork_model::bundle::case_code(&bytes).unwrap_or_default();
+        let disposition = format!("attachment; filename=\"case-{code}.gridwork-bundle\"");
+        Ok((
+            StatusCode::OK,
+            [
+                (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                (
+                    axum::http::header::CONTENT_DISPOSITION,
+                    HeaderValue::from_str(&disposition).unwrap_or(HeaderValue::from_static("attachment")),
+                ),
+                (CACHE_CONTROL, HeaderValue::from_static("private, no-store")),
+            ],
             bytes,
         )
             .into_response())

@@ -137,7 +137,7 @@ fn can_see_case(tx: &dyn ReadTx, user: &ConsoleUser, case_id: &str) -> Result<bo
 /// A stored case, loaded and read. A document the server cannot read (whatever slipped past
 /// ingest, or a store damaged on disk) is `DamagedDocument`, naming the devices that sent it:
 /// the console shows it as damaged instead of failing.
-fn load_case(tx: &dyn ReadTx, case_id: &str) -> Result<(Automerge, CaseDoc)> {
+pub(crate) fn load_case(tx: &dyn ReadTx, case_id: &str) -> Result<(Automerge, CaseDoc)> {
     let history = tx.history_upto(case_id, i64::MAX)?;
     let senders: BTreeSet<String> = history.iter().map(|c| c.device_id.clone()).collect();
     let changes: Vec<automerge::Change> =
@@ -446,6 +446,17 @@ impl<B: Backend> ConsoleStore for B {
             return Err(ServerError::NotInScope(format!("photo {sha256} belongs to nothing you can see")));
         }
         self.blobs().read(sha256)
+    }
+
+    fn bundle(&self, user: &ConsoleUser, case_id: &str, now_ms: i64) -> Result<Vec<u8>> {
+        let blobs = Arc::clone(self.blobs());
+        read(self, |tx: &dyn ReadTx| {
+            if !can_see_case(tx, user, case_id)? {
+                // The same answer as for a case that does not exist.
+                return Err(ServerError::NotFound(format!("case {case_id}")));
+            }
+            super::bundle::export(tx, &blobs, case_id, &user.id, now_ms)
+        })
     }
 
     fn map_pins(&self, user: &ConsoleUser, filter: &CaseFilter, limit: u32, now_ms: i64) -> Result<Vec<MapPin>> {

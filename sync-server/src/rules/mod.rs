@@ -3,6 +3,7 @@
 //! ([`service`]); the console's sign-in, pages and actions ([`console`]). A backend implements the port's primitives and
 //! calls these; it decides nothing itself (ADR 20).
 
+pub mod bundle;
 pub mod console;
 pub mod pull;
 pub mod push;

@@ -27,7 +27,9 @@ use gridwork_model::doc::keys;
 use gridwork_model::geo::Location;
 use gridwork_model::ids::{DeviceId, GridId, UserId};
 use gridwork_model::lifecycle::{fold, Event, EventKind};
-use gridwork_model::signing::{chain_step, link_hash, statement, verify, ChainStep, Link, LinkKind, Neighbours};
+use gridwork_model::signing::{
+    chain_step, link_hash, statement_for_digest, verify, ChainStep, Link, LinkKind, Neighbours,
+};
 use gridwork_model::wire::{ItemResult, Outcome, SyncRequest};
 
 use crate::error::{Result, ServerError};
@@ -258,6 +260,8 @@ struct Signed {
     prev: String,
     sig: String,
     hash: String,
+    /// SHA-256 of the bytes sent.
+    sha256: String,
     kind: LinkKind,
     key: String,
 }
@@ -282,13 +286,15 @@ fn check_link(
         return Err("unsigned: this device enrolled with a signing key, and everything it makes must be signed".into());
     };
     let seq = i64::try_from(link.seq).ok().filter(|s| *s >= 1).ok_or("bad link: places start at 1")?;
-    let st = statement(&device.id, link.seq, &link.prev, kind, key, content);
+    let sha256 = gridwork_model::signing::sha256_hex(content);
+    let st = statement_for_digest(&device.id, link.seq, &link.prev, kind, key, &sha256);
     verify(public_key, &st, &link.sig).map_err(|e| format!("bad signature: {e}"))?;
     Ok(Some(Signed {
         seq,
         prev: link.prev.clone(),
         sig: link.sig.clone(),
         hash: link_hash(&st),
+        sha256,
         kind,
         key: key.to_owned(),
     }))
@@ -320,6 +326,7 @@ fn extend_chain(tx: &dyn WriteTx, device: &str, mut signed: Vec<Signed>, now_ms:
             sig: s.sig,
             kind: s.kind.as_str().to_owned(),
             item_key: s.key,
+            sha256: s.sha256,
             flag: flag.map(|f| f.as_str().to_owned()),
             at_ms: now_ms,
         });

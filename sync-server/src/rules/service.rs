@@ -490,6 +490,11 @@ impl<B: Backend> AdminStore for B {
         Ok(row.map(|r| r.flags).unwrap_or_default().split(',').filter(|f| !f.is_empty()).map(str::to_owned).collect())
     }
 
+    fn export_case(&self, case_id: &str, by: &str, now_ms: i64) -> Result<Vec<u8>> {
+        let blobs = Arc::clone(self.blobs());
+        read(self, |tx| super::bundle::export(tx, &blobs, case_id, by, now_ms))
+    }
+
     fn blob_count(&self) -> Result<i64> {
         read(self, |tx| tx.blob_count())
     }

@@ -272,6 +272,8 @@ pub trait ConsoleStore: Send + Sync {
     fn catalog(&self, user: &ConsoleUser) -> std::sync::Arc<gridwork_model::catalog::Catalog>;
     /// A photo or thumbnail of a case the person may see.
     fn photo(&self, user: &ConsoleUser, sha256: &str) -> Result<Vec<u8>>;
+    /// The case's evidence bundle (`gridwork_model::bundle`), for a person who can see the case.
+    fn bundle(&self, user: &ConsoleUser, case_id: &str, now_ms: i64) -> Result<Vec<u8>>;
     /// Cases with a position matching the queue's filters (at most `limit`, open ones first).
     fn map_pins(&self, user: &ConsoleUser, filter: &CaseFilter, limit: u32, now_ms: i64) -> Result<Vec<MapPin>>;
     /// Patrol coverage of the person's grids on a district day (YYYY-MM-DD).

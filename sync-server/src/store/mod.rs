@@ -158,6 +158,9 @@ pub trait AdminStore: Send + Sync {
     fn docs_in_scope(&self, user: &str) -> Result<Vec<String>>;
     /// The flags the server set on a case (outside_grid, retired_category, device_clock_skew…).
     fn doc_flags(&self, doc_id: &str) -> Result<Vec<String>>;
+    /// A case's evidence bundle (`gridwork_model::bundle`): its history, signatures, devices'
+    /// keys and chains, and photos, in one file anyone can verify with `gridwork-verify`.
+    fn export_case(&self, case_id: &str, by: &str, now_ms: i64) -> Result<Vec<u8>>;
     /// How many complete blobs the server holds.
     fn blob_count(&self) -> Result<i64>;
     /// How many bytes of a blob this process received, over every request (tests and benches:

@@ -357,6 +357,8 @@ pub trait ReadTx {
     fn chain_links_between(&self, device: &str, lo: i64, hi: i64) -> Result<Vec<(i64, String, String)>>;
     /// Every link the server holds for `key` (a change hash or record id), any device's.
     fn links_of(&self, key: &str) -> Result<Vec<StoredLink>>;
+    /// `device`'s links at places `lo..=hi`, in place order.
+    fn chain_segment(&self, device: &str, lo: i64, hi: i64) -> Result<Vec<StoredLink>>;
     /// Every device's chain, summed up.
     fn chain_summaries(&self) -> Result<Vec<ChainSummary>>;
 }
@@ -372,6 +374,8 @@ pub struct StoredLink {
     /// "change" or "record".
     pub kind: String,
     pub item_key: String,
+    /// SHA-256 (hex) of the item's bytes as sent.
+    pub sha256: String,
     /// "fork", or None.
     pub flag: Option<String>,
     pub at_ms: i64,

@@ -320,6 +320,23 @@ impl<'c, 't> PgTx<'c, 't> {
     }
 }
 
+const LINK_COLUMNS: &str = "device_id, seq, link_hash, prev, sig, kind, item_key, sha256, flag, at_ms";
+
+fn stored_link(r: &Row) -> StoredLink {
+    StoredLink {
+        device_id: r.get(0),
+        seq: r.get(1),
+        link_hash: r.get(2),
+        prev: r.get(3),
+        sig: r.get(4),
+        kind: r.get(5),
+        item_key: r.get(6),
+        sha256: r.get(7),
+        flag: r.get(8),
+        at_ms: r.get(9),
+    }
+}
+
 impl ReadTx for PgTx<'_, '_> {
     fn last_seq(&self) -> Result<i64> {
         Ok(self.one("SELECT last FROM seq_counter WHERE id = 1", &[])?.get(0))
@@ -788,22 +805,25 @@ impl ReadTx for PgTx<'_, '_> {
     fn links_of(&self, key: &str) -> Result<Vec<StoredLink>> {
         Ok(self
             .rows(
-                "SELECT device_id, seq, link_hash, prev, sig, kind, item_key, flag, at_ms FROM chain_links
-                 WHERE item_key = $1 ORDER BY device_id, seq",
+                &format!("SELECT {LINK_COLUMNS} FROM chain_links WHERE item_key = $1 ORDER BY device_id, seq"),
                 &[&key],
             )?
             .iter()
-            .map(|r| StoredLink {
-                device_id: r.get(0),
-                seq: r.get(1),
-                link_hash: r.get(2),
-                prev: r.get(3),
-                sig: r.get(4),
-                kind: r.get(5),
-                item_key: r.get(6),
-                flag: r.get(7),
-                at_ms: r.get(8),
-            })
+            .map(stored_link)
+            .collect())
+    }
+
+    fn chain_segment(&self, device: &str, lo: i64, hi: i64) -> Result<Vec<StoredLink>> {
+        Ok(self
+            .rows(
+                &format!(
+                    "SELECT {LINK_COLUMNS} FROM chain_links WHERE device_id = $1 AND seq BETWEEN $2 AND $3
+                     ORDER BY seq, link_hash"
+                ),
+                &[&device, &lo, &hi],
+            )?
+            .iter()
+            .map(stored_link)
             .collect())
     }
 
@@ -833,23 +853,24 @@ impl WriteTx for PgTx<'_, '_> {
         }
         // One statement for a push's links, as for its other rows (ADR 21).
         let col = |f: fn(&StoredLink) -> String| links.iter().map(f).collect::<Vec<String>>();
-        let (devices, hashes, prevs, sigs, kinds, keys) = (
+        let (devices, hashes, prevs, sigs, kinds, keys, contents) = (
             col(|l| l.device_id.clone()),
             col(|l| l.link_hash.clone()),
             col(|l| l.prev.clone()),
             col(|l| l.sig.clone()),
             col(|l| l.kind.clone()),
             col(|l| l.item_key.clone()),
+            col(|l| l.sha256.clone()),
         );
         let seqs: Vec<i64> = links.iter().map(|l| l.seq).collect();
         let flags: Vec<Option<String>> = links.iter().map(|l| l.flag.clone()).collect();
         let ats: Vec<i64> = links.iter().map(|l| l.at_ms).collect();
         self.exec(
-            "INSERT INTO chain_links (device_id, seq, link_hash, prev, sig, kind, item_key, flag, at_ms)
+            "INSERT INTO chain_links (device_id, seq, link_hash, prev, sig, kind, item_key, sha256, flag, at_ms)
              SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                  $7::text[], $8::text[], $9::bigint[])
+                                  $7::text[], $8::text[], $9::text[], $10::bigint[])
              ON CONFLICT DO NOTHING",
-            &[&devices, &seqs, &hashes, &prevs, &sigs, &kinds, &keys, &flags, &ats],
+            &[&devices, &seqs, &hashes, &prevs, &sigs, &kinds, &keys, &contents, &flags, &ats],
         )?;
         Ok(())
     }

@@ -13,6 +13,8 @@ CREATE TABLE chain_links (
     sig        TEXT NOT NULL,
     kind       TEXT NOT NULL,
     item_key   TEXT NOT NULL,
+    -- SHA-256 of the item's bytes as sent: what the signed statement names (ADR 24).
+    sha256     TEXT NOT NULL,
     flag       TEXT,
     at_ms      BIGINT NOT NULL,
     PRIMARY KEY (device_id, seq, link_hash)

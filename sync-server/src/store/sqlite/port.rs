@@ -64,6 +64,23 @@ fn change_rows(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> R
         .collect::<rusqlite::Result<_>>()?)
 }
 
+const LINK_COLUMNS: &str = "device_id, seq, link_hash, prev, sig, kind, item_key, sha256, flag, at_ms";
+
+fn stored_link(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredLink> {
+    Ok(StoredLink {
+        device_id: r.get(0)?,
+        seq: r.get(1)?,
+        link_hash: r.get(2)?,
+        prev: r.get(3)?,
+        sig: r.get(4)?,
+        kind: r.get(5)?,
+        item_key: r.get(6)?,
+        sha256: r.get(7)?,
+        flag: r.get(8)?,
+        at_ms: r.get(9)?,
+    })
+}
+
 impl ReadTx for SqliteTx<'_> {
     fn last_seq(&self) -> Result<i64> {
         last_seq(self.conn)
@@ -477,23 +494,18 @@ impl ReadTx for SqliteTx<'_> {
     }
 
     fn links_of(&self, key: &str) -> Result<Vec<StoredLink>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT device_id, seq, link_hash, prev, sig, kind, item_key, flag, at_ms FROM chain_links
-             WHERE item_key = ?1 ORDER BY device_id, seq",
-        )?;
-        let rows = stmt.query_map([key], |r| {
-            Ok(StoredLink {
-                device_id: r.get(0)?,
-                seq: r.get(1)?,
-                link_hash: r.get(2)?,
-                prev: r.get(3)?,
-                sig: r.get(4)?,
-                kind: r.get(5)?,
-                item_key: r.get(6)?,
-                flag: r.get(7)?,
-                at_ms: r.get(8)?,
-            })
-        })?;
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {LINK_COLUMNS} FROM chain_links WHERE item_key = ?1 ORDER BY device_id, seq"
+        ))?;
+        let rows = stmt.query_map([key], stored_link)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn chain_segment(&self, device: &str, lo: i64, hi: i64) -> Result<Vec<StoredLink>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {LINK_COLUMNS} FROM chain_links WHERE device_id = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq, link_hash"
+        ))?;
+        let rows = stmt.query_map(params![device, lo, hi], stored_link)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -518,11 +530,22 @@ impl ReadTx for SqliteTx<'_> {
 impl WriteTx for SqliteTx<'_> {
     fn put_links(&self, links: &[StoredLink]) -> Result<()> {
         let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO chain_links (device_id, seq, link_hash, prev, sig, kind, item_key, flag, at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT DO NOTHING",
+            "INSERT INTO chain_links (device_id, seq, link_hash, prev, sig, kind, item_key, sha256, flag, at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING",
         )?;
         for l in links {
-            stmt.execute(params![l.device_id, l.seq, l.link_hash, l.prev, l.sig, l.kind, l.item_key, l.flag, l.at_ms])?;
+            stmt.execute(params![
+                l.device_id,
+                l.seq,
+                l.link_hash,
+                l.prev,
+                l.sig,
+                l.kind,
+                l.item_key,
+                l.sha256,
+                l.flag,
+                l.at_ms
+            ])?;
         }
         Ok(())
     }
