@@ -409,13 +409,16 @@ impl Store {
         let mut restarted = false;
         loop {
             let items = self.outbox_page_after(after_seq, config.max_push_bytes)?;
-            let now = self.now_ms();
+            let reading = self.clock_reading();
+            let now = reading.wall_ms;
             let state = DeviceState {
                 outbox_items: self.outbox_len()? as u64,
                 oldest_unsynced_age_ms: self.oldest_unsynced_ms()?.map(|t| now - t).unwrap_or(0),
                 photos_pending: self.photos_pending()? as u64,
                 catalog_version: self.catalog().version,
                 device_time_ms: now,
+                boot_id: reading.boot_id.clone(),
+                since_boot_ms: reading.since_boot_ms,
             };
             let mut changes = vec![];
             let mut records = vec![];

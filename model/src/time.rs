@@ -27,7 +27,21 @@ impl ClockStamp {
     pub fn estimated_ms(&self) -> i64 {
         self.device_ms.saturating_add(self.server_offset_ms.unwrap_or(0))
     }
+
+    /// How far this stamp's wall clock was from the true time, when it can be told: the server
+    /// learnt that the boot `boot.0` began at `boot.1` (its own time, from a sync in that boot:
+    /// the server's clock minus the phone's time since boot), so the stamped moment truly was
+    /// `boot.1 + since_boot_ms` — whatever the wall clock said. Positive: the wall clock was
+    /// ahead; negative: set back. None for a stamp of another boot.
+    pub fn wall_clock_error_ms(&self, boot: (&str, i64)) -> Option<i64> {
+        (!boot.0.is_empty() && self.boot_id == boot.0)
+            .then(|| self.device_ms.saturating_sub(boot.1.saturating_add(self.since_boot_ms)))
+    }
 }
+
+/// A stamp whose wall clock was further than this from the true time is flagged (never refused):
+/// more than a phone's clock drifts, less than a patrol's worth of hiding.
+pub const WALL_CLOCK_FLAG_MS: i64 = 10 * 60 * 1000;
 
 /// The district's calendar: which time zone "today" and deadlines are counted in.
 #[derive(Debug, Clone)]

@@ -57,6 +57,13 @@ pub struct DeviceState {
     /// The device's wall clock when it sent the request.
     #[serde(default)]
     pub device_time_ms: i64,
+    /// The device's boot and its time since boot when it sent the request: with the server's
+    /// own clock, where that boot began in true time, against which every event and check-in of
+    /// the boot is checked (`ClockStamp::wall_clock_error_ms`). Empty from older apps.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub boot_id: String,
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub since_boot_ms: i64,
 }
 
 /// One local change pushed.

@@ -31,6 +31,15 @@ pub struct RecordFacts<'a> {
     actor: Option<ClaimedActor<'a>>,
     #[serde(default)]
     clock: Option<ClockStamp>,
+    #[serde(default)]
+    location: Option<FixFlags>,
+}
+
+/// What the server reads of a check-in's fix: whether the phone's OS marked it mock.
+#[derive(Debug, Default, serde::Deserialize)]
+struct FixFlags {
+    #[serde(default)]
+    mock: bool,
 }
 
 /// Who a record says made it.
@@ -60,6 +69,8 @@ pub struct CheckIn<'f> {
     pub day: String,
     pub inside_grid: bool,
     pub distance_m: Option<f64>,
+    /// The fix came from a mock-location provider (flagged and counted apart, never refused).
+    pub mock: bool,
 }
 
 impl<'a> RecordFacts<'a> {
@@ -70,6 +81,11 @@ impl<'a> RecordFacts<'a> {
             let claim: ClaimOnly<'a> = serde_json::from_str(body).unwrap_or_default();
             RecordFacts { actor: claim.actor, ..Default::default() }
         })
+    }
+
+    /// The record's clock readings, if it carries them.
+    pub fn clock(&self) -> Option<&ClockStamp> {
+        self.clock.as_ref()
     }
 
     /// True when the record names this device and user as its maker.
@@ -92,6 +108,7 @@ impl<'a> RecordFacts<'a> {
             day: district_calendar().day_of(at_ms),
             inside_grid: self.inside_grid,
             distance_m: self.distance_to_point_m,
+            mock: self.location.as_ref().is_some_and(|l| l.mock),
         })
     }
 }

@@ -360,6 +360,11 @@ impl Store {
         self.inner.clock.now().wall_ms
     }
 
+    /// The device clock's readings now (wall clock, time since boot, boot id).
+    pub(crate) fn clock_reading(&self) -> crate::clock::ClockReading {
+        self.inner.clock.now()
+    }
+
     pub(crate) fn grid(&self, id: &str) -> Result<Grid> {
         self.places().grid(id).cloned().ok_or_else(|| CoreError::UnknownGrid { grid_id: id.to_owned() })
     }

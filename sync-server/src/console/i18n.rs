@@ -149,6 +149,27 @@ const WORDS: &[(&str, &str, &str)] = &[
     ("photos_pending", "待传照片", "Photos pending"),
     ("signed_chain", "签名链", "Signed chain"),
     ("evidence_bundle", "导出证据包", "Export evidence bundle"),
+    ("signature", "签名", "Signature"),
+    ("clock_flags", "时钟异常", "Clock flags"),
+    ("clock_off", "设备时钟偏差", "device clock off by"),
+    (
+        "clock_off_hint",
+        "按本次开机的真实起点推算，记录时设备时钟与真实时间相差超过10分钟",
+        "from the true start of the phone's boot, its wall clock was more than 10 minutes off when this was recorded",
+    ),
+    ("fl_event_clock_off", "事件时钟偏差", "event clock off"),
+    ("verified", "已验证", "verified"),
+    ("unsigned", "未签名", "unsigned"),
+    (
+        "verified_hint",
+        "由登记设备签名，服务器接收时已核验签名",
+        "signed by its enrolled device; the signature was checked when the server received it",
+    ),
+    (
+        "photo_verified_hint",
+        "服务器保存的文件与案件记录中的SHA-256一致",
+        "the file the server holds matches the SHA-256 the case records",
+    ),
     (
         "evidence_bundle_hint",
         "案件全部记录、签名与照片，可用 gridwork-verify 离线核验",

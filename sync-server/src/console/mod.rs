@@ -689,10 +689,15 @@ async fn coverage_csv(
                         r.missed.to_string(),
                         r.check_ins.to_string(),
                         r.outside.to_string(),
+                        r.mock.to_string(),
                     ]
                 })
                 .collect();
-            views::table_csv(lang, &["day", "grid", "points", "covered", "missed", "check_ins", "outside_grid"], &rows)
+            views::table_csv(
+                lang,
+                &["day", "grid", "points", "covered", "missed", "check_ins", "outside_grid", "mock_location"],
+                &rows,
+            )
         })
         .await?;
         Ok(csv_response("gridwork-coverage.csv", body))

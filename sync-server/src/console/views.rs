@@ -170,6 +170,10 @@ pub struct TimelineRow {
     pub device: String,
     pub event: String,
     pub verdict: String,
+    /// Made on a device that signs: its signature was checked when the server received it.
+    pub verified: bool,
+    /// "" or how far the wall clock that stamped it was from the true time ("−2 h 03 min").
+    pub clock_off: String,
 }
 
 #[derive(Debug, Clone)]
@@ -529,6 +533,8 @@ pub fn case_page(chrome: Chrome, catalog: &Catalog, user: &ConsoleUser, view: &C
             when: calendar.minute_of(e.event.clock.estimated_ms()),
             who: format!("{} ({})", e.event.actor.user, role_label(e.event.actor.role, lang)),
             device: e.event.actor.device.0.clone(),
+            verified: view.signing_devices.contains(&e.event.actor.device.0),
+            clock_off: view.clock_off.get(&e.event.id.to_string()).map(|ms| signed_duration(*ms)).unwrap_or_default(),
             event: describe(&e.event.kind, lang, catalog, &calendar),
             verdict: match &e.verdict {
                 Verdict::Applied => lang.t("applied").to_owned(),
@@ -667,6 +673,9 @@ pub struct CoverageRow {
     pub missed: usize,
     pub check_ins: usize,
     pub outside: usize,
+    /// Check-ins whose fix the phone's OS marked mock: counted apart, and a point visited only
+    /// with mock fixes is not covered.
+    pub mock: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -691,9 +700,10 @@ pub struct CoveragePage {
 fn check_in_text(c: &crate::store::console::CheckInView, calendar: &DistrictCalendar) -> String {
     let time = calendar.minute_of(c.at_ms);
     let time = time.split(' ').nth(1).unwrap_or(&time).to_owned();
+    let mock = if c.mock { " ⚠mock" } else { "" };
     match c.distance_m {
-        Some(d) => format!("{} {time} ({d:.0} m)", c.user),
-        None => format!("{} {time}", c.user),
+        Some(d) => format!("{} {time} ({d:.0} m){mock}", c.user),
+        None => format!("{} {time}{mock}", c.user),
     }
 }
 
@@ -701,7 +711,7 @@ pub fn coverage_rows(catalog: &Catalog, coverage: &[crate::store::console::GridC
     coverage
         .iter()
         .map(|g| {
-            let covered = g.points.iter().filter(|(_, _, c)| !c.is_empty()).count();
+            let covered = g.points.iter().filter(|(_, _, c)| c.iter().any(|c| !c.mock)).count();
             CoverageRow {
                 id: g.grid.clone(),
                 name: grid_name(catalog, &g.grid),
@@ -710,6 +720,7 @@ pub fn coverage_rows(catalog: &Catalog, coverage: &[crate::store::console::GridC
                 missed: g.points.len() - covered,
                 check_ins: g.check_ins.len(),
                 outside: g.check_ins.iter().filter(|c| !c.inside_grid).count(),
+                mock: g.check_ins.iter().filter(|c| c.mock).count(),
             }
         })
         .collect()
@@ -772,11 +783,12 @@ pub fn score_cells(s: &crate::store::console::WorkerScore, catalog: &Catalog) ->
         s.overdue.to_string(),
         s.check_ins.to_string(),
         s.satisfaction.map(|v| format!("{v:.2} ({})", s.follow_ups)).unwrap_or_default(),
+        s.clock_flags.to_string(),
     ]
 }
 
 /// The header of the assessment's table and CSV.
-pub const SCORE_COLUMNS: [&str; 10] = [
+pub const SCORE_COLUMNS: [&str; 11] = [
     "worker",
     "grid",
     "reported_n",
@@ -787,6 +799,7 @@ pub const SCORE_COLUMNS: [&str; 10] = [
     "overdue",
     "check_ins",
     "satisfaction",
+    "clock_flags",
 ];
 
 /// Any table as CSV, header translated; formula-like cells defused.
@@ -853,6 +866,17 @@ pub struct AdminPage {
     pub people: Vec<PersonRow>,
     pub categories: Vec<CategoryRow>,
     pub catalog_version: u64,
+}
+
+/// "+1 h 05 min" / "−2 h 03 min" / "−12 min".
+pub fn signed_duration(ms: i64) -> String {
+    let sign = if ms < 0 { "−" } else { "+" };
+    let minutes = ms.unsigned_abs() / 60_000;
+    match (minutes / 60, minutes % 60) {
+        (0, m) => format!("{sign}{m} min"),
+        (h, m) if h < 48 => format!("{sign}{h} h {m:02} min"),
+        (h, _) => format!("{sign}{} d {} h", h / 24, h % 24),
+    }
 }
 
 fn age_text(ms: i64) -> String {

@@ -336,7 +336,16 @@ impl<B: Backend> ConsoleStore for B {
                     gps_off_m: e.exif_gps_off_m,
                 });
             }
-            Ok(CaseView { case, flags: split_list(&flags), photos, received_ms })
+            let mut signing_devices = BTreeSet::new();
+            let devices: BTreeSet<&str> =
+                case.timeline.entries.iter().map(|e| e.event.actor.device.0.as_str()).collect();
+            for d in devices {
+                if tx.device(d)?.is_some_and(|d| d.public_key.is_some()) {
+                    signing_devices.insert(d.to_owned());
+                }
+            }
+            let clock_off = tx.clock_flags_of_case(case_id)?.into_iter().collect();
+            Ok(CaseView { case, flags: split_list(&flags), photos, received_ms, signing_devices, clock_off })
         })
     }
 
@@ -518,6 +527,7 @@ impl<B: Backend> ConsoleStore for B {
                     }
                 }
                 score.check_ins = tx.check_in_count(&worker, from_ms, to_ms)?;
+                score.clock_flags = tx.clock_flag_count(&worker, from_ms, to_ms)?;
                 // Handling and visits come from the cases' events.
                 let mut satisfaction = 0i64;
                 for case in &reported {

@@ -37,7 +37,8 @@ use crate::ingest::{read_change, ChangeFacts};
 use crate::receipts::ReceiptKey;
 use crate::records::RecordFacts;
 use crate::store::port::{
-    CaseRow, NewRecord, ParkedChange, QuarantineEntry, Quarantined, ReadTx, StoredChange, StoredLink, WriteTx,
+    CaseRow, ClockFlag, NewRecord, ParkedChange, QuarantineEntry, Quarantined, ReadTx, StoredChange, StoredLink,
+    WriteTx,
 };
 use crate::store::values::{json, sha256_hex};
 use crate::store::Device;
@@ -110,6 +111,10 @@ pub struct Touched {
     clock_skew: bool,
     grids: BTreeSet<String>,
     locations: Vec<(f64, f64)>,
+    /// A location this push set was marked mock by the phone's OS: flagged, never refused.
+    mock_location: bool,
+    /// An event this push added was stamped by a wall clock far from the true time.
+    event_clock_off: bool,
     /// The case's `events` map, once known in this push.
     events_obj: Option<String>,
     /// Lifecycle events this push added.
@@ -230,6 +235,7 @@ pub fn push(rules: &Rules<'_>, tx: &dyn WriteTx, job: &PushJob) -> Result<Vec<It
     }
     extend_chain(tx, &device.id, signed, now_ms)?;
     unpark(tx, now_ms, &mut touched)?;
+    check_clocks(tx, job, &keep_facts(req, &facts, &results), &mut touched)?;
     // The server stamps what it receives; a device clock far from it is flagged on what it sent.
     let skew_ms = if req.state.device_time_ms == 0 { 0 } else { req.state.device_time_ms.saturating_sub(now_ms) };
     if skew_ms.saturating_abs() > MAX_CLOCK_SKEW_MS {
@@ -332,6 +338,72 @@ fn extend_chain(tx: &dyn WriteTx, device: &str, mut signed: Vec<Signed>, now_ms:
         });
     }
     tx.put_links(&new)
+}
+
+/// The stored records' facts (a quarantined or refused record is not counted).
+fn keep_facts<'r>(
+    req: &'r SyncRequest,
+    facts: &'r [RecordFacts<'r>],
+    results: &[ItemResult],
+) -> Vec<(&'r str, &'r RecordFacts<'r>)> {
+    let stored: std::collections::HashSet<&str> =
+        results.iter().filter(|x| x.outcome == Outcome::Accepted).map(|x| x.key.as_str()).collect();
+    req.records
+        .iter()
+        .zip(facts)
+        .filter(|(r, _)| stored.contains(r.id.as_str()))
+        .map(|(r, f)| (r.id.as_str(), f))
+        .collect()
+}
+
+/// The clock rule (docs/SECURITY.md, "Clocks"): the request says which boot the phone is in and
+/// how long since it began, so the server knows when that boot truly began (its own clock minus
+/// the time since boot). Every event and check-in of that boot in this push is then checked: one
+/// whose wall clock was more than `WALL_CLOCK_FLAG_MS` from the true moment — set back to cover a
+/// missed patrol, or ahead — is recorded and its case flagged. Stamps of an earlier boot cannot be
+/// told and are left alone.
+fn check_clocks(
+    tx: &dyn WriteTx,
+    job: &PushJob,
+    records: &[(&str, &RecordFacts<'_>)],
+    touched: &mut HashMap<String, Touched>,
+) -> Result<()> {
+    use gridwork_model::time::WALL_CLOCK_FLAG_MS;
+    let state = &job.req.state;
+    if state.boot_id.is_empty() || state.since_boot_ms <= 0 {
+        return Ok(());
+    }
+    let boot = (state.boot_id.as_str(), job.now_ms.saturating_sub(state.since_boot_ms));
+    let device = &job.device;
+    let mut flags = vec![];
+    let mut flag = |item: String, doc_id: &str, user: &str, stamp: &gridwork_model::time::ClockStamp| {
+        let off = stamp.wall_clock_error_ms(boot).filter(|e| e.saturating_abs() > WALL_CLOCK_FLAG_MS)?;
+        flags.push(ClockFlag {
+            item,
+            doc_id: doc_id.to_owned(),
+            device_id: device.id.clone(),
+            user_id: user.to_owned(),
+            off_ms: off,
+            at_ms: boot.1.saturating_add(stamp.since_boot_ms),
+        });
+        Some(())
+    };
+    for (doc, t) in touched.iter_mut() {
+        for e in t.new_events.iter().filter(|e| e.actor.device.0 == device.id) {
+            if flag(e.id.to_string(), doc, &e.actor.user.0, &e.clock).is_some() {
+                t.event_clock_off = true;
+            }
+        }
+    }
+    for (id, f) in records {
+        if let Some(stamp) = f.clock() {
+            flag((*id).to_owned(), "", &device.user, stamp);
+        }
+    }
+    if flags.is_empty() {
+        return Ok(());
+    }
+    tx.flag_clocks(&flags)
 }
 
 /// What the server keeps of a device's reported state.
@@ -668,6 +740,7 @@ fn apply(
             keys::LOCATION => {
                 if let Ok(loc) = serde_json::from_str::<Location>(v) {
                     t.locations.push((loc.lat, loc.lon));
+                    t.mock_location |= loc.mock;
                     t.fields.position = Some((loc.lat, loc.lon));
                 }
             }
@@ -758,6 +831,12 @@ fn refresh_case(rules: &Rules<'_>, tx: &dyn WriteTx, doc_id: &str, t: &Touched) 
     let mut flags = vec![];
     if t.clock_skew {
         flags.push("device_clock_skew");
+    }
+    if t.mock_location {
+        flags.push("mock_location");
+    }
+    if t.event_clock_off {
+        flags.push("event_clock_off");
     }
     let mut grids: BTreeSet<String> = t.grids.clone();
     // A case reported outside its grid is routed to the grid it lies in, and flagged.

@@ -182,6 +182,11 @@ pub struct CaseView {
     pub photos: Vec<PhotoView>,
     /// When the server received the first change of the case.
     pub received_ms: Option<i64>,
+    /// The devices of the case's events that sign (ADR 24): every change of theirs the server
+    /// holds had its signature checked when it arrived, so their events are verified.
+    pub signing_devices: std::collections::BTreeSet<String>,
+    /// Events whose wall clock was off, by event id: wall clock minus the true time.
+    pub clock_off: std::collections::BTreeMap<String, i64>,
 }
 
 /// A case on the map.
@@ -202,6 +207,8 @@ pub struct CheckInView {
     pub point: Option<String>,
     pub inside_grid: bool,
     pub distance_m: Option<f64>,
+    /// The phone's OS marked the fix mock.
+    pub mock: bool,
 }
 
 /// A grid's patrol coverage on one day.
@@ -231,6 +238,8 @@ pub struct WorkerScore {
     pub follow_ups: i64,
     /// Mean of the residents' satisfaction (1–5) the worker recorded on follow-up visits.
     pub satisfaction: Option<f64>,
+    /// Events and check-ins whose wall clock was more than 10 minutes from the true time.
+    pub clock_flags: i64,
 }
 
 /// A person as the administration page lists them.

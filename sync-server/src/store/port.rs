@@ -359,8 +359,27 @@ pub trait ReadTx {
     fn links_of(&self, key: &str) -> Result<Vec<StoredLink>>;
     /// `device`'s links at places `lo..=hi`, in place order.
     fn chain_segment(&self, device: &str, lo: i64, hi: i64) -> Result<Vec<StoredLink>>;
+    /// The case's events whose wall clock was off: (event id, off_ms).
+    fn clock_flags_of_case(&self, doc_id: &str) -> Result<Vec<(String, i64)>>;
+    /// How many of `user`'s events and check-ins in [from_ms, to_ms) had a wall clock off.
+    fn clock_flag_count(&self, user: &str, from_ms: i64, to_ms: i64) -> Result<i64>;
     /// Every device's chain, summed up.
     fn chain_summaries(&self) -> Result<Vec<ChainSummary>>;
+}
+
+/// An event or check-in whose wall clock was off (`ClockStamp::wall_clock_error_ms`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClockFlag {
+    /// The event id or the record id.
+    pub item: String,
+    /// The case of an event; empty for a check-in.
+    pub doc_id: String,
+    pub device_id: String,
+    pub user_id: String,
+    /// Wall clock minus the true time.
+    pub off_ms: i64,
+    /// The true time of the moment.
+    pub at_ms: i64,
 }
 
 /// A link of a device's signed chain, as the server keeps it (`gridwork_model::signing`).
@@ -406,6 +425,8 @@ impl ChainSummary {
 pub trait WriteTx: ReadTx {
     /// The next sequence number, in commit order.
     fn next_seq(&self) -> Result<i64>;
+    /// Records events and check-ins whose wall clock was off (one already recorded stays).
+    fn flag_clocks(&self, flags: &[ClockFlag]) -> Result<()>;
     /// Stores links of devices' chains (a link already held is left as it is).
     fn put_links(&self, links: &[StoredLink]) -> Result<()>;
     /// A hint before a push: the hashes and documents it will ask about. A backend whose every

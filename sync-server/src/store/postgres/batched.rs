@@ -90,6 +90,7 @@ pub(super) struct PendingRecord {
     pub day: Option<String>,
     pub inside_grid: Option<bool>,
     pub distance_m: Option<f64>,
+    pub mock: Option<bool>,
 }
 
 impl PendingRecord {
@@ -107,6 +108,7 @@ impl PendingRecord {
             day: c.map(|c| c.day.clone()),
             inside_grid: c.map(|c| c.inside_grid),
             distance_m: c.and_then(|c| c.distance_m),
+            mock: c.map(|c| c.mock),
         }
     }
 }

@@ -12,9 +12,9 @@ use super::batched::{Batched, PendingChange, PendingRecord, PendingRow, PendingS
 use crate::error::{Result, ServerError};
 use crate::store::console::{CheckInView, MapPin};
 use crate::store::port::{
-    BlobLinkOwner, CaseRow, CaseRowNow, ChainSummary, ChangeBytes, ConsoleAccount, DeviceRow, NewRecord, ParkedChange,
-    PersonRow, QuarantineEntry, Quarantined, QueuePage, QueueQuery, QueueRow, ReadTx, ReportedCase, StoredChange,
-    StoredLink, Whereabouts, WriteTx,
+    BlobLinkOwner, CaseRow, CaseRowNow, ChainSummary, ChangeBytes, ClockFlag, ConsoleAccount, DeviceRow, NewRecord,
+    ParkedChange, PersonRow, QuarantineEntry, Quarantined, QueuePage, QueueQuery, QueueRow, ReadTx, ReportedCase,
+    StoredChange, StoredLink, Whereabouts, WriteTx,
 };
 use crate::store::values::{json, stored_role};
 use crate::store::{Device, QuarantinedItem};
@@ -215,13 +215,13 @@ impl<'c, 't> PgTx<'c, 't> {
                     lon = coalesce(excluded.lon, docs.lon), events_obj = coalesce(docs.events_obj, excluded.events_obj),
                     updated_seq = excluded.updated_seq),
              r AS (INSERT INTO records (id, device_id, received_ms, body, grid_id, point_id, user_id, at_ms, day,
-                    inside_grid, distance_m)
+                    inside_grid, distance_m, mock)
                 SELECT * FROM unnest($36::text[], $37::text[], $38::bigint[], $39::text[], $40::text[], $41::text[],
-                    $42::text[], $43::bigint[], $44::text[], $45::boolean[], $46::float8[])
+                    $42::text[], $43::bigint[], $44::text[], $45::boolean[], $46::float8[], $47::boolean[])
                 ON CONFLICT (id) DO NOTHING),
              s AS (UPDATE devices SET last_state = u.state, last_seen_ms = CASE WHEN u.at_least
                     THEN greatest(coalesce(devices.last_seen_ms, 0), u.at_ms) ELSE u.at_ms END
-                FROM unnest($47::text[], $48::bigint[], $49::text[], $50::boolean[]) AS u (id, at_ms, state, at_least)
+                FROM unnest($48::text[], $49::bigint[], $50::text[], $51::boolean[]) AS u (id, at_ms, state, at_least)
                 WHERE devices.id = u.id)
              SELECT 1",
             &[
@@ -271,6 +271,7 @@ impl<'c, 't> PgTx<'c, 't> {
                 &opt(records, |r| r.day.as_deref()),
                 &val(records, |r| r.inside_grid),
                 &val(records, |r| r.distance_m),
+                &val(records, |r| r.mock),
                 &text(seen, |s| &s.device_id),
                 &val(seen, |s| s.at_ms),
                 &text(seen, |s| &s.state),
@@ -744,7 +745,7 @@ impl ReadTx for PgTx<'_, '_> {
     fn check_ins_on(&self, grid: &str, day: &str) -> Result<Vec<CheckInView>> {
         Ok(self
             .rows(
-                "SELECT user_id, at_ms, point_id, inside_grid, distance_m FROM records
+                "SELECT user_id, at_ms, point_id, inside_grid, distance_m, mock FROM records
                  WHERE grid_id = $1 AND day = $2 ORDER BY at_ms",
                 &[&grid, &day],
             )?
@@ -755,6 +756,7 @@ impl ReadTx for PgTx<'_, '_> {
                 point: r.get(2),
                 inside_grid: r.get::<_, Option<bool>>(3).unwrap_or_default(),
                 distance_m: r.get(4),
+                mock: r.get::<_, Option<bool>>(5).unwrap_or_default(),
             })
             .collect())
     }
@@ -827,6 +829,23 @@ impl ReadTx for PgTx<'_, '_> {
             .collect())
     }
 
+    fn clock_flags_of_case(&self, doc_id: &str) -> Result<Vec<(String, i64)>> {
+        Ok(self
+            .rows("SELECT item, off_ms FROM clock_flags WHERE doc_id = $1", &[&doc_id])?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
+    fn clock_flag_count(&self, user: &str, from_ms: i64, to_ms: i64) -> Result<i64> {
+        Ok(self
+            .one(
+                "SELECT count(*) FROM clock_flags WHERE user_id = $1 AND at_ms >= $2 AND at_ms < $3",
+                &[&user, &from_ms, &to_ms],
+            )?
+            .get(0))
+    }
+
     fn chain_summaries(&self) -> Result<Vec<ChainSummary>> {
         Ok(self
             .rows(
@@ -847,6 +866,18 @@ impl ReadTx for PgTx<'_, '_> {
 }
 
 impl WriteTx for PgTx<'_, '_> {
+    fn flag_clocks(&self, flags: &[ClockFlag]) -> Result<()> {
+        // Rare (a clock set back or far ahead): one statement each.
+        for f in flags {
+            self.exec(
+                "INSERT INTO clock_flags (item, doc_id, device_id, user_id, off_ms, at_ms) VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (item) DO NOTHING",
+                &[&f.item, &f.doc_id, &f.device_id, &f.user_id, &f.off_ms, &f.at_ms],
+            )?;
+        }
+        Ok(())
+    }
+
     fn put_links(&self, links: &[StoredLink]) -> Result<()> {
         if links.is_empty() {
             return Ok(());

@@ -21,3 +21,21 @@ CREATE TABLE chain_links (
 );
 CREATE INDEX chain_links_by_item ON chain_links (item_key);
 CREATE INDEX chain_links_flagged ON chain_links (flag) WHERE flag IS NOT NULL;
+
+-- Mock fixes (issue 18): a check-in whose fix the phone's OS marked as coming from a mock-location
+-- provider is kept and counted apart by coverage. Check-ins stored before are read as not mock.
+ALTER TABLE records ADD COLUMN mock BOOLEAN;
+
+-- Clock flags (issue 18): an event or check-in whose wall clock was more than 10 minutes from the
+-- true time of its moment — told from the boot it was made in, whose true start the server learns
+-- at a sync (its own clock minus the phone's time since boot). Kept, never refused.
+CREATE TABLE clock_flags (
+    item      TEXT PRIMARY KEY,
+    doc_id    TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    user_id   TEXT NOT NULL,
+    off_ms    BIGINT NOT NULL,
+    at_ms     BIGINT NOT NULL
+);
+CREATE INDEX clock_flags_by_doc ON clock_flags (doc_id) WHERE doc_id != '';
+CREATE INDEX clock_flags_by_user ON clock_flags (user_id, at_ms);

@@ -247,7 +247,7 @@ pub(super) fn map_pins(conn: &Connection, q: &QueueQuery, limit: u32) -> Result<
 pub(super) fn check_ins_on(conn: &Connection, grid: &str, day: &str) -> Result<Vec<CheckInView>> {
     Ok(conn
         .prepare_cached(
-            "SELECT user_id, at_ms, point_id, inside_grid, distance_m FROM check_ins
+            "SELECT user_id, at_ms, point_id, inside_grid, distance_m, mock FROM check_ins
              WHERE grid_id = ?1 AND day = ?2 ORDER BY at_ms",
         )?
         .query_map(params![grid, day], |r| {
@@ -256,6 +256,7 @@ pub(super) fn check_ins_on(conn: &Connection, grid: &str, day: &str) -> Result<V
                 at_ms: r.get(1)?,
                 point: r.get(2)?,
                 inside_grid: r.get(3)?,
+                mock: r.get(5)?,
                 distance_m: r.get(4)?,
             })
         })?

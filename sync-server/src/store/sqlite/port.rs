@@ -15,9 +15,9 @@ use super::{
 use crate::error::{Result, ServerError};
 use crate::store::console::{CheckInView, MapPin};
 use crate::store::port::{
-    BlobLinkOwner, CaseRow, CaseRowNow, ChainSummary, ChangeBytes, ConsoleAccount, DeviceRow, NewRecord, ParkedChange,
-    PersonRow, QuarantineEntry, Quarantined, QueuePage, QueueQuery, QueueRow, ReadTx, ReportedCase, StoredChange,
-    StoredLink, Whereabouts, WriteTx,
+    BlobLinkOwner, CaseRow, CaseRowNow, ChainSummary, ChangeBytes, ClockFlag, ConsoleAccount, DeviceRow, NewRecord,
+    ParkedChange, PersonRow, QuarantineEntry, Quarantined, QueuePage, QueueQuery, QueueRow, ReadTx, ReportedCase,
+    StoredChange, StoredLink, Whereabouts, WriteTx,
 };
 use crate::store::{Device, QuarantinedItem};
 
@@ -509,6 +509,21 @@ impl ReadTx for SqliteTx<'_> {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    fn clock_flags_of_case(&self, doc_id: &str) -> Result<Vec<(String, i64)>> {
+        let mut stmt = self.conn.prepare_cached("SELECT item, off_ms FROM clock_flags WHERE doc_id = ?1")?;
+        let rows = stmt.query_map([doc_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn clock_flag_count(&self, user: &str, from_ms: i64, to_ms: i64) -> Result<i64> {
+        Ok(q1(
+            self.conn,
+            "SELECT count(*) FROM clock_flags WHERE user_id = ?1 AND at_ms >= ?2 AND at_ms < ?3",
+            params![user, from_ms, to_ms],
+            |r| r.get(0),
+        )?)
+    }
+
     fn chain_summaries(&self) -> Result<Vec<ChainSummary>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT device_id, count(*), count(DISTINCT seq), max(seq), count(flag) FROM chain_links
@@ -528,6 +543,17 @@ impl ReadTx for SqliteTx<'_> {
 }
 
 impl WriteTx for SqliteTx<'_> {
+    fn flag_clocks(&self, flags: &[ClockFlag]) -> Result<()> {
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO clock_flags (item, doc_id, device_id, user_id, off_ms, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (item) DO NOTHING",
+        )?;
+        for f in flags {
+            stmt.execute(params![f.item, f.doc_id, f.device_id, f.user_id, f.off_ms, f.at_ms])?;
+        }
+        Ok(())
+    }
+
     fn put_links(&self, links: &[StoredLink]) -> Result<()> {
         let mut stmt = self.conn.prepare_cached(
             "INSERT INTO chain_links (device_id, seq, link_hash, prev, sig, kind, item_key, sha256, flag, at_ms)

@@ -20,8 +20,8 @@ pub(super) fn insert_record(
     exec(
         tx,
         "INSERT INTO records (id, device_id, received_ms, body, grid_id, point_id, user_id, at_ms, day, inside_grid,
-            distance_m)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT (id) DO NOTHING",
+            distance_m, mock)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT (id) DO NOTHING",
         params![
             id,
             device_id,
@@ -34,6 +34,7 @@ pub(super) fn insert_record(
             c.map(|c| c.day.as_str()),
             c.map(|c| c.inside_grid),
             c.and_then(|c| c.distance_m),
+            c.map(|c| c.mock),
         ],
     )?;
     Ok(())

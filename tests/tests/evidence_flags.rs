@@ -1,0 +1,177 @@
+//! What the console shows of evidence (issue 18): events made on a signing device are marked
+//! verified and console actions unsigned; a fix the phone's OS marked mock is flagged on the case
+//! and counted apart in patrol coverage (a point visited only with a mock fix is not covered).
+//! Flagged, never refused. On both stores.
+
+mod common;
+
+use common::{phone, District};
+use gridwork_core::model::geo::Location;
+use gridwork_core::store::{CheckInInput, NewCase};
+use gridwork_sync_server::store::ConsoleStore;
+use gridwork_tests::console_client::ConsoleClient;
+
+const PASSWORD: &str = "correct horse battery";
+
+/// The `<tr>` of the first row whose opening tag contains `marker`.
+fn row<'a>(body: &'a str, marker: &str) -> &'a str {
+    let start = body.find(marker).unwrap_or_else(|| panic!("no {marker} in {body}"));
+    let end = body[start..].find("</tr>").map_or(body.len(), |e| start + e);
+    &body[start..end]
+}
+
+fn mock(lat: f64, lon: f64) -> Location {
+    Location { mock: true, provider: "gps".into(), ..Location::gps(lat, lon, 4.0, 0) }
+}
+
+fn mock_fixes_are_flagged_and_signed_events_marked_verified(d: District) {
+    let catalog = gridwork_tests::district(4);
+    let mut w1 = phone(&d, "w1", None);
+    let (lat, lon) = gridwork_tests::grid_centre(&catalog, 0);
+    let case = w1
+        .store
+        .capture_case(NewCase {
+            title: "电动车楼道充电".into(),
+            description: "报告时定位为模拟".into(),
+            category: catalog.categories[0].id.clone(),
+            grid: catalog.grids[0].id.clone(),
+            location: mock(lat, lon),
+            photos: vec![],
+        })
+        .expect("capture");
+    let patrol = w1.store.start_patrol(&catalog.grids[0].id).expect("patrol");
+    let points = &catalog.grids[0].points;
+    for (i, fix) in [mock(points[0].lat, points[0].lon), Location::gps(points[1].lat, points[1].lon, 4.0, 0)]
+        .into_iter()
+        .enumerate()
+    {
+        w1.store
+            .check_in(CheckInInput {
+                patrol,
+                point: Some(points[i].id.clone()),
+                location: fix,
+                note: String::new(),
+                photo: None,
+            })
+            .expect("check in");
+    }
+    let report = w1.sync(&d.url()).expect("sync");
+    assert!(report.refused.is_empty() && report.quarantined.is_empty(), "flagged, never refused: {report:?}");
+    assert!(d.store.doc_flags(&case.id.to_string()).expect("flags").contains(&"mock_location".to_owned()));
+
+    let console: &dyn ConsoleStore = d.store.as_ref();
+    console.set_password("s1", PASSWORD, 0).expect("password");
+    let base = d.url();
+    let mut s1 = ConsoleClient::new().expect("client");
+    assert!(s1.sign_in(&base, "s1", PASSWORD).expect("sign in"));
+    // A console action: the server makes it for the person, unsigned by any device.
+    let page = s1.get(&format!("{base}/console/cases/{}", case.id)).expect("case");
+    let csrf = page.csrf().expect("form");
+    let acted = s1
+        .post(&format!("{base}/console/cases/{}/act", case.id), &[("csrf", &csrf), ("action", "accept"), ("note", "")])
+        .expect("accept");
+    assert_eq!(acted.status, 303, "{}", acted.body);
+    let page = s1.get(&format!("{base}/console/cases/{}", case.id)).expect("case");
+    assert!(row(&page.body, "data-kind=\"report\"").contains("badge verified"), "the phone's report is verified");
+    let accept = row(&page.body, "data-kind=\"accept\"");
+    assert!(!accept.contains("badge verified"), "a console action is not device signed: {accept}");
+
+    let day = gridwork_core::model::time::DistrictCalendar::default().day_of(gridwork_sync_server::clock::now_ms());
+    let coverage = s1.get(&format!("{base}/console/coverage?day={day}")).expect("coverage");
+    let g0 = row(&coverage.body, "data-grid=\"g0\"");
+    assert!(g0.contains("class=\"mock\"><span class=\"badge flag\">1</span>"), "one mock check-in counted apart: {g0}");
+    let csv = s1.get(&format!("{base}/console/coverage.csv?day={day}")).expect("csv");
+    let line = csv.body.lines().find(|l| l.contains("Grid 0")).expect("g0 in the CSV");
+    let cells: Vec<&str> = line.split(',').collect();
+    // day, grid, points, covered, missed, check_ins, outside_grid, mock_location
+    assert_eq!(cells[3], "1", "the point visited only with a mock fix is not covered: {line}");
+    assert_eq!(cells[5], "2", "{line}");
+    assert_eq!(cells.last().copied(), Some("1"), "{line}");
+}
+
+/// A phone clock whose wall time can be set back while its time since boot runs on, as a
+/// worker's phone when its clock is changed by hand.
+#[derive(Debug)]
+struct HandSetClock {
+    booted: std::time::Instant,
+    wall_offset_ms: std::sync::atomic::AtomicI64,
+}
+
+impl gridwork_core::clock::DeviceClock for HandSetClock {
+    fn now(&self) -> gridwork_core::clock::ClockReading {
+        let since_boot_ms = 3_600_000 + self.booted.elapsed().as_millis() as i64;
+        let wall_ms =
+            gridwork_sync_server::clock::now_ms() + self.wall_offset_ms.load(std::sync::atomic::Ordering::SeqCst);
+        gridwork_core::clock::ClockReading { wall_ms, since_boot_ms, boot_id: "boot-1".into() }
+    }
+}
+
+fn a_clock_set_back_to_cover_a_missed_patrol_is_flagged(d: District) {
+    let catalog = gridwork_tests::district(4);
+    let clock = std::sync::Arc::new(HandSetClock {
+        booted: std::time::Instant::now(),
+        wall_offset_ms: std::sync::atomic::AtomicI64::new(0),
+    });
+    let (_, code) = d.store.enrol_device("w1", 0).expect("enrol");
+    let e = gridwork_core::sync::enrol(&d.url(), &code, None, "0.1.0").expect("redeem");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = gridwork_tests::open_device(
+        dir.path(),
+        gridwork_tests::identity_from_enrolment(&e),
+        &catalog,
+        Some(clock.clone()),
+    )
+    .expect("store");
+    let config = gridwork_core::sync::SyncConfig::new(d.url(), e.token);
+    let mut rng = gridwork_tests::Rng::new(3);
+    let honest = store.capture_case(gridwork_tests::random_case(&mut rng, &catalog, 0, 0)).expect("capture");
+    store.sync(&config, &mut |_| {}).expect("sync");
+    // Two hours back, a report and a patrol "made then", and the clock put right before syncing.
+    clock.wall_offset_ms.store(-2 * 3_600_000, std::sync::atomic::Ordering::SeqCst);
+    let backdated = store.capture_case(gridwork_tests::random_case(&mut rng, &catalog, 0, 0)).expect("capture");
+    store.start_patrol(&catalog.grids[0].id).expect("patrol");
+    clock.wall_offset_ms.store(0, std::sync::atomic::Ordering::SeqCst);
+    let report = store.sync(&config, &mut |_| {}).expect("sync");
+    assert!(report.refused.is_empty() && report.quarantined.is_empty(), "flagged, never refused: {report:?}");
+    assert!(!d.store.doc_flags(&honest.id.to_string()).expect("flags").contains(&"event_clock_off".to_owned()));
+    assert!(d.store.doc_flags(&backdated.id.to_string()).expect("flags").contains(&"event_clock_off".to_owned()));
+
+    let console: &dyn ConsoleStore = d.store.as_ref();
+    console.set_password("s1", PASSWORD, 0).expect("password");
+    let base = d.url();
+    let mut s1 = ConsoleClient::new().expect("client");
+    assert!(s1.sign_in(&base, "s1", PASSWORD).expect("sign in"));
+    let page = s1.get(&format!("{base}/console/cases/{}", backdated.id)).expect("case");
+    let reported = row(&page.body, "data-kind=\"report\"");
+    assert!(
+        reported.contains("data-clock-off=\"−1 h 59 min\"") || reported.contains("data-clock-off=\"−2 h 00 min\""),
+        "{reported}"
+    );
+    let page = s1.get(&format!("{base}/console/cases/{}", honest.id)).expect("case");
+    assert!(!page.body.contains("data-clock-off"), "an honest clock is not flagged");
+    let csv = s1.get(&format!("{base}/console/assessment.csv")).expect("assessment");
+    let line = csv.body.lines().find(|l| l.starts_with("w1,")).unwrap_or_else(|| panic!("w1 in {}", csv.body));
+    assert_eq!(line.rsplit(',').next(), Some("2"), "the report and the patrol record: {line}");
+}
+
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $name() {
+                super::$name(super::District::on(super::common::Backend::Sqlite));
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $name() {
+                super::$name(super::District::on(super::common::Backend::postgres()));
+            })*
+        }
+    };
+}
+
+on_every_store!(
+    mock_fixes_are_flagged_and_signed_events_marked_verified,
+    a_clock_set_back_to_cover_a_missed_patrol_is_flagged
+);
