@@ -452,7 +452,7 @@ fn main() {
        gridwork-bench ffi [--captures N] [--warmup N]
        gridwork-bench weak-link [--rate-bps N] [--rtt-ms N] [--cut-every-s N]
        gridwork-bench chaos [--seed S] [--schedules N] [--phones N] [--rounds N] [--server-kills N] [--process-phones N]
-       gridwork-bench storm [--devices N] [--cases N] [--checkins N] [--concurrency N] [--store sqlite|postgres] [--instances N] [--kill-after-s S]
+       gridwork-bench storm [--devices N] [--cases N] [--checkins N] [--concurrency N] [--store sqlite|postgres] [--instances N] [--kill-after-s S] [--unsigned]
        gridwork-bench abuse [--seconds N] [--quiet-seconds N] [--honest N] [--think-ms N] [--only KIND,...] [--threads N]
        gridwork-bench console [--cases 100000] [--grids 100] [--samples 300]"
             .to_owned()),

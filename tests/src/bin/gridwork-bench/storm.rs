@@ -43,6 +43,9 @@ pub struct StormArgs {
     pub instances: usize,
     /// Kill instance 0 this long after the clock starts: its phones go on with the others.
     pub kill_after_s: Option<f64>,
+    /// Phones enrolled without a signing key, as apps before ADR 24 (the server checks no
+    /// signatures): to compare with the signed default.
+    pub unsigned: bool,
 }
 
 pub fn parse(mut it: impl Iterator<Item = String>) -> Result<StormArgs, String> {
@@ -55,6 +58,7 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> Result<StormArgs, String> 
         store: "sqlite".into(),
         instances: 1,
         kill_after_s: None,
+        unsigned: false,
     };
     while let Some(flag) = it.next() {
         match flag.as_str() {
@@ -64,6 +68,10 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> Result<StormArgs, String> 
             }
             "--store" => {
                 a.store = it.next().filter(|s| s == "sqlite" || s == "postgres").ok_or("--store sqlite|postgres")?;
+                continue;
+            }
+            "--unsigned" => {
+                a.unsigned = true;
                 continue;
             }
             "--kill-after-s" => {
@@ -302,9 +310,17 @@ pub fn run(args: StormArgs, line: &dyn Fn(serde_json::Value)) -> Result<(), Stri
                 .set_user(&user, Role::Worker, None, &[Scope::Grid(GridId(format!("g{d}")))])
                 .map_err(|e| e.to_string())?;
             let (_, code) = admin.enrol_device(&user, 0).map_err(|e| e.to_string())?;
-            let e = sync
-                .redeem(&EnrolRequest { code, app_version: "0.1.0".into(), public_key: None }, 0)
+            // Each phone signs with a key of its own, as `sync::enrol` makes one (ADR 24).
+            let key = if args.unsigned {
+                None
+            } else {
+                Some(gridwork_core::signing::DeviceKey::generate().map_err(|e| e.to_string())?)
+            };
+            let public_key = key.as_ref().map(|k| k.public_key_b64());
+            let mut e = sync
+                .redeem(&EnrolRequest { code, app_version: "0.1.0".into(), public_key }, 0)
                 .map_err(|e| e.to_string())?;
+            e.device_key = key.map(|k| k.pkcs8().clone());
             enrolments.push(e);
         }
     }
@@ -531,6 +547,7 @@ pub fn run(args: StormArgs, line: &dyn Fn(serde_json::Value)) -> Result<(), Stri
         "store": args.store,
         "instances": args.instances,
         "killed_after_s": args.kill_after_s,
+        "signed": !args.unsigned,
         "elapsed_s": (elapsed * 100.0).round() / 100.0,
         "server_cpu_ms_per_doc": ((server_cpu_after - server_cpu_before) / (docs.max(1) as f64) * 1000.0).round() / 1000.0,
         "db_cpu_ms_per_doc": ((db_cpu_after - db_cpu_before) / (docs.max(1) as f64) * 1000.0).round() / 1000.0,
