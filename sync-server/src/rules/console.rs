@@ -418,7 +418,7 @@ impl<B: Backend> ConsoleStore for B {
             accept_compacted: false,
         };
         let pushed = vec![Pushed::read(case_id.to_owned(), bytes, None, &mut crate::ingest::MAX_CHANGE_BYTES.clone())];
-        let results = self.push(PushJob { device, req, pushed, now_ms })?;
+        let results = self.push(PushJob { device, req, pushed, now_ms, signatures: None })?;
         match results.first() {
             Some(r) if r.outcome == Outcome::Accepted => {
                 tracing::info!(case = %case_id, "console action stored");

@@ -87,6 +87,44 @@ pub struct PushJob {
     pub req: SyncRequest,
     pub pushed: Vec<Pushed>,
     pub now_ms: i64,
+    /// The push's signatures, checked before it queued for the writer ([`check_signatures`]);
+    /// None: checked inside it.
+    pub signatures: Option<SignatureChecks>,
+}
+
+/// Each pushed change's and record's signature check, in request order: the link to add to the
+/// device's chain (None for an unsigned old app or a relay), or why it is refused.
+#[derive(Debug, Default)]
+pub struct SignatureChecks {
+    changes: Vec<std::result::Result<Option<Signed>, String>>,
+    records: Vec<std::result::Result<Option<Signed>, String>>,
+}
+
+/// Checks a push's signatures. Verifying is most of a signed push's CPU and needs nothing the
+/// writer holds, so the sync endpoint runs it beside other requests, before the push queues for
+/// the one writer (as it parses the changes).
+pub fn check_signatures(rules: &Rules<'_>, device: &Device, req: &SyncRequest, pushed: &[Pushed]) -> SignatureChecks {
+    let changes = pushed
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let link = req.changes.get(i).and_then(|c| c.link.as_ref());
+            match &p.facts {
+                // A relay of another device's change (with the server's receipt) is its author's
+                // link, not the sender's; an unreadable change is refused anyway.
+                Ok(f) if !is_relay(rules, device, p, &f.hash) => {
+                    check_link(device, link, LinkKind::Change, &f.hash, &p.bytes)
+                }
+                _ => Ok(None),
+            }
+        })
+        .collect();
+    let records = req
+        .records
+        .iter()
+        .map(|r| check_link(device, r.link.as_ref(), LinkKind::Record, &r.id, r.body.get().as_bytes()))
+        .collect();
+    SignatureChecks { changes, records }
 }
 
 /// Who vouches for a change that [`apply`] stores.
@@ -175,17 +213,16 @@ pub fn push(rules: &Rules<'_>, tx: &dyn WriteTx, job: &PushJob) -> Result<Vec<It
     let docs: Vec<&str> = job.pushed.iter().map(|p| p.doc.as_str()).collect();
     tx.prefetch(&hashes, &docs)?;
     let mut signed = vec![];
+    let computed;
+    let checks = match &job.signatures {
+        Some(c) => c,
+        None => {
+            computed = check_signatures(rules, device, req, &job.pushed);
+            &computed
+        }
+    };
     for (i, p) in job.pushed.iter().enumerate() {
-        let link = req.changes.get(i).and_then(|c| c.link.as_ref());
-        let check = match &p.facts {
-            // A relay of another device's change (with the server's receipt) is its author's
-            // link, not the sender's; an unreadable change is refused below anyway.
-            Ok(f) if !is_relay(rules, device, p, &f.hash) => {
-                check_link(device, link, LinkKind::Change, &f.hash, &p.bytes)
-            }
-            _ => Ok(None),
-        };
-        let ok = match check {
+        let ok = match checks.changes.get(i).cloned().unwrap_or(Ok(None)) {
             Ok(ok) => ok,
             Err(reason) => {
                 let key = p.facts.as_ref().map(|f| f.hash.clone()).unwrap_or_default();
@@ -201,9 +238,9 @@ pub fn push(rules: &Rules<'_>, tx: &dyn WriteTx, job: &PushJob) -> Result<Vec<It
     }
     let facts: Vec<RecordFacts<'_>> = req.records.iter().map(|r| RecordFacts::read(r.body.get())).collect();
     let mut keep = Vec::with_capacity(req.records.len());
-    for (r, facts) in req.records.iter().zip(&facts) {
+    for (i, (r, facts)) in req.records.iter().zip(&facts).enumerate() {
         let body = r.body.get();
-        match check_link(device, r.link.as_ref(), LinkKind::Record, &r.id, body.as_bytes()) {
+        match checks.records.get(i).cloned().unwrap_or(Ok(None)) {
             Ok(ok) => signed.extend(ok),
             Err(reason) => {
                 results.push(ItemResult {
@@ -260,8 +297,8 @@ pub fn push(rules: &Rules<'_>, tx: &dyn WriteTx, job: &PushJob) -> Result<Vec<It
 }
 
 /// A pushed item's link whose signature verified.
-#[derive(Debug)]
-struct Signed {
+#[derive(Debug, Clone)]
+pub struct Signed {
     seq: i64,
     prev: String,
     sig: String,

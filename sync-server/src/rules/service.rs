@@ -187,7 +187,9 @@ impl<B: Backend> SyncStore for B {
             self.note_seen(&device.id, now_ms, super::push::seen_state(&req)?)?;
             vec![]
         } else {
-            self.push(PushJob { device: device.clone(), req, pushed, now_ms })?
+            // Signatures are checked here, beside other requests, not inside the one writer.
+            let signatures = Some(super::push::check_signatures(&self.rules(), device, &req, &pushed));
+            self.push(PushJob { device: device.clone(), req, pushed, now_ms, signatures })?
         };
         // The pull reads one snapshot, beside the writer.
         let rules = self.rules();
