@@ -2,6 +2,7 @@
 //! verifies with nothing but the file, and changing any byte of it makes it fail, saying where.
 //! On both stores.
 
+#[macro_use]
 mod common;
 
 use common::{capture, phone, District};
@@ -114,23 +115,6 @@ fn the_console_hands_the_bundle_to_whoever_sees_the_case_only(d: District) {
 fn a_case_nobody_has_cannot_be_exported(d: District) {
     let err = d.store.export_case("0190b7c4-0000-7000-8000-000000000000", "admin", 0);
     assert!(err.is_err(), "an unknown case is an error, not an empty bundle");
-}
-
-macro_rules! on_every_store {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test]
-            fn $name() {
-                super::$name(super::District::on(super::common::Backend::Sqlite));
-            })*
-        }
-        mod postgres {
-            $(#[test]
-            fn $name() {
-                super::$name(super::District::on(super::common::Backend::postgres()));
-            })*
-        }
-    };
 }
 
 on_every_store!(

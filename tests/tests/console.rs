@@ -11,8 +11,9 @@ use gridwork_core::model::lifecycle::EventKind;
 use gridwork_sync_server::store::console::MAX_FAILED_SIGN_INS;
 use gridwork_sync_server::store::ConsoleStore;
 
+#[macro_use]
 mod common;
-use common::{capture, phone, Backend, District};
+use common::{capture, phone, District};
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -553,24 +554,7 @@ fn a_damaged_stored_case_shows_as_damaged_with_who_sent_it_never_a_500() {
     assert_eq!(admin.get("/console/cases").status, 200);
 }
 
-/// The scenarios above on every store (the console's rules are the same on both: `rules::console`).
-macro_rules! on_every_store {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test]
-            fn $name() {
-                super::$name(super::District::on(super::Backend::Sqlite));
-            })*
-        }
-        mod postgres {
-            $(#[test]
-            fn $name() {
-                super::$name(super::District::on(super::Backend::postgres()));
-            })*
-        }
-    };
-}
-
+// The scenarios above on every store (the console's rules are the same on both: `rules::console`).
 on_every_store!(
     a_case_worked_from_the_console_reaches_the_phones_and_closes,
     the_console_refuses_device_tokens_forged_forms_other_areas_and_password_guessing,

@@ -3,6 +3,7 @@
 //! and counted apart in patrol coverage (a point visited only with a mock fix is not covered).
 //! Flagged, never refused. On both stores.
 
+#[macro_use]
 mod common;
 
 use common::{phone, District};
@@ -152,23 +153,6 @@ fn a_clock_set_back_to_cover_a_missed_patrol_is_flagged(d: District) {
     let csv = s1.get(&format!("{base}/console/assessment.csv")).expect("assessment");
     let line = csv.body.lines().find(|l| l.starts_with("w1,")).unwrap_or_else(|| panic!("w1 in {}", csv.body));
     assert_eq!(line.rsplit(',').next(), Some("2"), "the report and the patrol record: {line}");
-}
-
-macro_rules! on_every_store {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test]
-            fn $name() {
-                super::$name(super::District::on(super::common::Backend::Sqlite));
-            })*
-        }
-        mod postgres {
-            $(#[test]
-            fn $name() {
-                super::$name(super::District::on(super::common::Backend::postgres()));
-            })*
-        }
-    };
 }
 
 on_every_store!(

@@ -3,6 +3,7 @@
 //! and filled when they arrive; a cloned phone is flagged as a fork while nothing it made is
 //! lost; an app older than signing still syncs, unsigned and shown so. On both stores.
 
+#[macro_use]
 mod common;
 
 use base64::Engine;
@@ -150,23 +151,6 @@ fn an_app_older_than_signing_still_syncs_unsigned_and_a_bad_key_is_refused(d: Di
     assert!(report.refused.is_empty(), "{report:?}");
     assert_eq!(d.store.counts().expect("counts").1, 1);
     assert_eq!(chain_of(&d, &device_id), None, "shown as unsigned, not as a chain");
-}
-
-macro_rules! on_every_store {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test]
-            fn $name() {
-                super::$name(super::District::on(super::common::Backend::Sqlite));
-            })*
-        }
-        mod postgres {
-            $(#[test]
-            fn $name() {
-                super::$name(super::District::on(super::common::Backend::postgres()));
-            })*
-        }
-    };
 }
 
 on_every_store!(

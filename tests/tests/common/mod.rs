@@ -1,7 +1,7 @@
 //! Helpers the end-to-end test binaries share: a district's server on a random loopback port
 //! and phones enrolled with one-time codes, as the app does it.
 // Each test binary compiles this module and uses its own subset of it.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
 
 use gridwork_model::access::Scope;
 use gridwork_sync_server::AdminStore;
@@ -174,4 +174,23 @@ pub fn capture(p: &Phone, grid: usize, n: usize, seed: u64) -> Vec<CaseId> {
     let catalog = district(4);
     let mut rng = Rng::new(seed);
     (0..n).map(|_| p.store.capture_case(random_case(&mut rng, &catalog, grid, 0)).expect("capture").id).collect()
+}
+
+/// Instantiates each scenario `fn NAME(d: District)` of a test file on every store: a `sqlite`
+/// and a `postgres` module with one test each (the rules are the same on both, ADR 20).
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $name() {
+                crate::$name(crate::common::District::on(crate::common::Backend::Sqlite));
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $name() {
+                crate::$name(crate::common::District::on(crate::common::Backend::postgres()));
+            })*
+        }
+    };
 }
