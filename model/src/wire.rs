@@ -64,6 +64,10 @@ pub struct DeviceState {
     pub boot_id: String,
     #[serde(default, skip_serializing_if = "is_zero_i64")]
     pub since_boot_ms: i64,
+    /// The place of the last link this device signed (0: it signs nothing). A wipe waits until
+    /// the server holds every place up to it.
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub chain_head: i64,
 }
 
 /// One local change pushed.
@@ -221,6 +225,15 @@ pub struct SyncResponse {
     /// nothing new. It should keep syncing until its outbox and photos are through.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retired: bool,
+    /// An administrator ordered this phone wiped (it is retired too): send everything it holds,
+    /// photos included, whatever the app's photo budget, and sync again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wipe: bool,
+    /// The server holds everything this phone reported holding (its outbox and photos are
+    /// through, and every link of its chain up to `state.chain_head` is here): destroy the
+    /// store's keys and files now, then `POST /v1/wiped`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wipe_now: bool,
     /// More is waiting: sync again with the new cursor.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub more: bool,

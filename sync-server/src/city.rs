@@ -321,6 +321,12 @@ impl SyncStore for City {
         self.for_device(device)?.sync.sync(device, req, now_ms)
     }
 
+    fn report_wiped(&self, token: &str, now_ms: i64) -> Result<()> {
+        let (district, token) = split_token(token);
+        let member = self.member(district).ok_or(ServerError::Unauthenticated)?;
+        member.sync.report_wiped(token, now_ms)
+    }
+
     fn blob_status(&self, device: &Device, sha256: &str, owner: Option<&BlobOwner>) -> Result<BlobStatus> {
         self.for_device(device)?.sync.blob_status(device, sha256, owner)
     }

@@ -8,6 +8,8 @@ pub enum ServerError {
     DeviceRevoked,
     #[error("this device was retired: it may still send what it holds, and receives nothing")]
     DeviceRetired,
+    #[error("this phone was wiped at an administrator's order: enrol it again to use it")]
+    DeviceWiped,
     #[error("unknown or already used enrolment code")]
     BadEnrolmentCode,
     #[error("protocol version {got} is newer than this server's {supported}: update the server")]
@@ -70,6 +72,7 @@ impl ServerError {
             ServerError::Unauthenticated => (401, "unauthenticated"),
             ServerError::DeviceRevoked => (403, "device_revoked"),
             ServerError::DeviceRetired => (403, "device_retired"),
+            ServerError::DeviceWiped => (403, "device_wiped"),
             ServerError::BadEnrolmentCode => (403, "bad_enrolment_code"),
             ServerError::ProtocolFromFuture { .. } => (400, "protocol_unsupported"),
             ServerError::BadRequest(_) => (400, "bad_request"),

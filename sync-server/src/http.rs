@@ -249,6 +249,15 @@ async fn sync(State(state): State<AppState>, headers: HeaderMap, body: Body) -> 
     Ok(([(CONTENT_TYPE, "application/json")], json).into_response())
 }
 
+/// `POST /v1/wiped`: the phone destroyed its store, as its last sync's `wipe_now` told it; its
+/// token stops working. No body.
+async fn wiped(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ServerError> {
+    let token = bearer(&headers)?;
+    let store = state.store.clone();
+    blocking(move || store.report_wiped(&token, now_ms())).await?;
+    Ok(Json(serde_json::json!({ "wiped": true })).into_response())
+}
+
 fn bearer(headers: &HeaderMap) -> Result<String, ServerError> {
     headers
         .get("authorization")
@@ -394,6 +403,7 @@ pub fn router_with(
         .route("/v1/health", get(|| async { "ok" }))
         .route("/v1/enrol", post(enrol))
         .route("/v1/sync", post(sync))
+        .route("/v1/wiped", post(wiped))
         .route("/v1/blobs/{sha256}/status", get(blob_status))
         .route("/v1/blobs/{sha256}", get(get_blob).put(put_blob))
         .with_state(state);

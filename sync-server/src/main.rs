@@ -115,6 +115,9 @@ enum AdminCommand {
     RetireDevice { device: String },
     /// A lost phone: refused from now on; what it synced stays.
     RevokeDevice { device: String },
+    /// A lost phone, wiped: on its next contact it sends everything it holds, then destroys its
+    /// keys and store once the server confirmed it holds all of it (docs/SECURITY.md).
+    WipeDevice { device: String },
     /// Every device, one JSON object per line.
     ListDevices,
     /// A case's evidence bundle: its history, every signature, the devices' public keys and the
@@ -325,6 +328,12 @@ fn admin(
         AdminCommand::RevokeDevice { device } => {
             store.revoke_device(&device).map_err(|e| e.to_string())?;
             println!("device {device} revoked; what it synced stays");
+        }
+        AdminCommand::WipeDevice { device } => {
+            store.wipe_device(&device, now_ms()).map_err(|e| e.to_string())?;
+            println!("device {device} ordered wiped: on its next sync it sends everything it holds, then destroys its store");
+            println!("`admin list-devices` shows wipe_ordered, then wipe_confirmed, then wiped once the phone reported it");
+            println!("do not revoke it before then: a revoked phone is refused, and never hears the order");
         }
         AdminCommand::ListDevices => {
             for d in store.list_devices(now_ms()).map_err(|e| e.to_string())? {

@@ -181,6 +181,7 @@ const WORDS: &[(&str, &str, &str)] = &[
     ("last_seen", "最近同步", "Last synced"),
     ("retire", "停用（离职）", "Retire"),
     ("revoke", "吊销（丢失）", "Revoke"),
+    ("wipe", "远程擦除（丢失）", "Wipe (lost)"),
     ("quarantine", "隔离区", "Quarantine"),
     ("key", "标识", "Key"),
     ("case", "案件", "Case"),

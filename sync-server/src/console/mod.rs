@@ -874,6 +874,7 @@ fn admin_change(
         }
         "retire" => console.retire(user, &get("device"), now)?,
         "revoke" => console.revoke(user, &get("device"))?,
+        "wipe" => console.wipe(user, &get("device"), now)?,
         "release" => console.release(user, &get("key"), now)?,
         "reject" => console.reject(user, &get("key"))?,
         "person" => {

@@ -836,6 +836,8 @@ pub struct DeviceRow {
     pub last_seen: String,
     pub can_retire: bool,
     pub can_revoke: bool,
+    /// Not yet ordered wiped, and reachable (a revoked phone never hears the order).
+    pub can_wipe: bool,
     /// (links, holes, forks) of its signed chain; None for an app older than signing.
     pub chain: Option<(i64, i64, i64)>,
 }
@@ -915,6 +917,7 @@ pub fn admin_page(
                 last_seen: minute(&calendar, d.last_seen_ms),
                 can_retire: d.status == "active",
                 can_revoke: d.status != "revoked",
+                can_wipe: matches!(d.status.as_str(), "active" | "retired" | "retired_drained"),
                 chain: d.chain.as_ref().map(|c| (c.links, c.holes, c.forks)),
             })
             .collect(),

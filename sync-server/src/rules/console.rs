@@ -63,6 +63,7 @@ fn register_console_device(tx: &dyn WriteTx, epoch: &str, user: &ConsoleUser, no
         retired: false,
         district: None,
         public_key: None,
+        wipe: false,
     })
 }
 
@@ -582,6 +583,11 @@ impl<B: Backend> ConsoleStore for B {
     fn retire(&self, user: &ConsoleUser, device: &str, now_ms: i64) -> Result<()> {
         user.must_administer()?;
         self.retire_device(device, now_ms)
+    }
+
+    fn wipe(&self, user: &ConsoleUser, device: &str, now_ms: i64) -> Result<()> {
+        user.must_administer()?;
+        self.wipe_device(device, now_ms)
     }
 
     fn revoke(&self, user: &ConsoleUser, device: &str) -> Result<()> {

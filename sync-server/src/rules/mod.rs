@@ -8,3 +8,4 @@ pub mod console;
 pub mod pull;
 pub mod push;
 pub mod service;
+pub mod wipe;

@@ -149,6 +149,7 @@ impl<B: Backend> SyncStore for B {
         // revocation is committed before it is acknowledged, so a snapshot taken after sees it.
         match read_one(self, |tx| tx.device_by_token_hash(&sha256_hex(token)))? {
             Some((status, device)) if status == "active" => Ok(device),
+            Some((status, _)) if status == "wiped" => Err(ServerError::DeviceWiped),
             Some(_) => Err(ServerError::DeviceRevoked),
             None => Err(ServerError::Unauthenticated),
         }
@@ -182,6 +183,7 @@ impl<B: Backend> SyncStore for B {
             req.max_pull_bytes.clamp(1, crate::limits::MAX_PULL_BYTES),
         );
         let want_full = std::mem::take(&mut req.want_full);
+        let (req_state, nothing_sent) = (req.state.clone(), req.changes.is_empty() && req.records.is_empty());
         let accept_compacted = req.accept_compacted;
         let results = if pushed.is_empty() && req.records.is_empty() && !device.retired {
             self.note_seen(&device.id, now_ms, super::push::seen_state(&req)?)?;
@@ -207,6 +209,7 @@ impl<B: Backend> SyncStore for B {
             Ok((docs, left, new_cursor, more, told_scopes(&scopes), view.meta("min_app_version")?))
         })?;
         gridwork_model::crash_points::reached("pull");
+        let wipe_now = super::wipe::may_go_ahead(self, device, &req_state, nothing_sent, now_ms)?;
         let catalog = rules.places.catalog();
         Ok(SyncResponse {
             protocol: PROTOCOL_VERSION,
@@ -219,9 +222,27 @@ impl<B: Backend> SyncStore for B {
             cursor: new_cursor.cursor(&epoch),
             reoffer,
             retired: device.retired,
+            wipe: device.wipe,
+            wipe_now,
             more,
             scopes,
         })
+    }
+
+    fn report_wiped(&self, token: &str, now_ms: i64) -> Result<()> {
+        let Some((status, device)) = read_one(self, |tx| tx.device_by_token_hash(&sha256_hex(token)))? else {
+            return Err(ServerError::Unauthenticated);
+        };
+        if status != "active" && status != "wiped" {
+            return Err(ServerError::DeviceRevoked);
+        }
+        if !write(self, |tx| tx.device_wiped(&device.id, now_ms))? {
+            return Err(ServerError::NotAllowed(
+                "this phone was not told to wipe: keep its store, and sync (a wipe ordered by an administrator goes through a sync first)".into(),
+            ));
+        }
+        tracing::warn!(device = %device.id, "device reported it destroyed its store (ordered wipe)");
+        Ok(())
     }
 
     fn blob_status(&self, device: &Device, sha256: &str, owner: Option<&BlobOwner>) -> Result<BlobStatus> {
@@ -399,6 +420,16 @@ impl<B: Backend> AdminStore for B {
         Ok(())
     }
 
+    fn wipe_device(&self, device: &str, now_ms: i64) -> Result<()> {
+        if !write(self, |tx| tx.order_wipe(device, now_ms))? {
+            return Err(ServerError::NotFound(format!(
+                "active device {device} (a revoked device cannot be reached: wipe before revoking)"
+            )));
+        }
+        tracing::warn!(device = %device, "wipe ordered");
+        Ok(())
+    }
+
     fn list_devices(&self, now_ms: i64) -> Result<Vec<DeviceInfo>> {
         self.flush_seen()?;
         let (rows, chains) = read(self, |tx| Ok((tx.devices()?, tx.chain_summaries()?)))?;
@@ -417,8 +448,11 @@ impl<B: Backend> AdminStore for B {
                             .map(|c| crate::store::ChainState { links: c.links, holes: c.holes(), forks: c.forks })
                             .unwrap_or_default()
                     }),
-                    // A retired device is still allowed in; it shows as retired, then drained.
+                    // A retired device is still allowed in; it shows as retired, then drained. One
+                    // ordered wiped shows where its wipe stands until it reports (then `wiped`).
                     status: match (r.status.as_str(), r.retired_ms, r.drained_ms) {
+                        ("active", _, _) if r.wipe_confirmed_ms.is_some() => "wipe_confirmed".to_owned(),
+                        ("active", _, _) if r.wipe_ordered_ms.is_some() => "wipe_ordered".to_owned(),
                         ("active", Some(_), Some(_)) => "retired_drained".to_owned(),
                         ("active", Some(_), None) => "retired".to_owned(),
                         (other, _, _) => other.to_owned(),

@@ -296,6 +296,8 @@ pub trait ConsoleStore: Send + Sync {
     fn enrol(&self, user: &ConsoleUser, for_user: &str, now_ms: i64) -> Result<(String, String)>;
     fn retire(&self, user: &ConsoleUser, device: &str, now_ms: i64) -> Result<()>;
     fn revoke(&self, user: &ConsoleUser, device: &str) -> Result<()>;
+    /// Orders a lost phone wiped (`AdminStore::wipe_device`).
+    fn wipe(&self, user: &ConsoleUser, device: &str, now_ms: i64) -> Result<()>;
     fn quarantine(&self, user: &ConsoleUser) -> Result<Vec<crate::store::QuarantinedItem>>;
     fn release(&self, user: &ConsoleUser, key: &str, now_ms: i64) -> Result<()>;
     fn reject(&self, user: &ConsoleUser, key: &str) -> Result<()>;

@@ -79,6 +79,9 @@ pub struct Device {
     /// The device's Ed25519 public key (base64), registered at enrolment by an app that signs:
     /// then every change and record it sends must carry a valid signature (`rules::push`).
     pub public_key: Option<String>,
+    /// An administrator ordered this phone wiped (it is retired too): it sends what it holds,
+    /// then is told to destroy its keys and store (docs/SECURITY.md, "Wiping a lost phone").
+    pub wipe: bool,
 }
 
 /// Figures for `/metrics` read when Prometheus scrapes.
@@ -96,6 +99,10 @@ pub trait SyncStore: Send + Sync + 'static {
     fn redeem(&self, req: &EnrolRequest, now_ms: i64) -> Result<EnrolResponse>;
     fn authenticate(&self, token: &str) -> Result<Device>;
     fn sync(&self, device: &Device, req: SyncRequest, now_ms: i64) -> Result<SyncResponse>;
+    /// The phone that holds `token` reports it destroyed its store, as a sync's `wipe_now` told
+    /// it: its token stops working. Idempotent (a report whose answer was lost is sent again);
+    /// refused with `NotAllowed` for a device the server never told to.
+    fn report_wiped(&self, token: &str, now_ms: i64) -> Result<()>;
     /// How much of a blob the server holds, for a device uploading it for `owner` (one it may
     /// upload to) or one that may see the blob; anyone else hears `NotInScope`, whether the blob
     /// exists or not.
@@ -141,6 +148,10 @@ pub trait AdminStore: Send + Sync {
     fn retire_device(&self, device: &str, now_ms: i64) -> Result<()>;
     /// A lost phone: refused from now on; what it synced stays.
     fn revoke_device(&self, device: &str) -> Result<()>;
+    /// A lost phone, wiped: on its next contact it sends everything it holds (it is retired,
+    /// and receives nothing new), the server confirms it holds all of it, and the phone destroys
+    /// its keys and store and reports it (docs/SECURITY.md, "Wiping a lost phone").
+    fn wipe_device(&self, device: &str, now_ms: i64) -> Result<()>;
     /// Every device, the one sitting longest on unsynced work first.
     fn list_devices(&self, now_ms: i64) -> Result<Vec<DeviceInfo>>;
     fn quarantined(&self) -> Result<Vec<QuarantinedItem>>;

@@ -141,6 +141,11 @@ pub struct DeviceRow {
     pub drained_ms: Option<i64>,
     /// It registered a signing key at enrolment (every change and record of it is signed).
     pub signs: bool,
+    /// An administrator ordered it wiped; the server told it to destroy its store; it reported
+    /// it did (then its status is `wiped`).
+    pub wipe_ordered_ms: Option<i64>,
+    pub wipe_confirmed_ms: Option<i64>,
+    pub wiped_ms: Option<i64>,
 }
 
 /// What evidence is linked to.
@@ -365,6 +370,9 @@ pub trait ReadTx {
     fn clock_flag_count(&self, user: &str, from_ms: i64, to_ms: i64) -> Result<i64>;
     /// Every device's chain, summed up.
     fn chain_summaries(&self) -> Result<Vec<ChainSummary>>;
+    /// Whether the server holds a link of `device` at every place `1..=head`: all a phone whose
+    /// last link is at `head` ever signed (what a wipe waits for).
+    fn chain_held_through(&self, device: &str, head: i64) -> Result<bool>;
 }
 
 /// An event or check-in whose wall clock was off (`ClockStamp::wall_clock_error_ms`).
@@ -511,6 +519,14 @@ pub trait WriteTx: ReadTx {
     fn retire_device(&self, id: &str, now_ms: i64) -> Result<bool>;
     /// false when there is no such device.
     fn revoke_device(&self, id: &str) -> Result<bool>;
+    /// Orders an active device wiped (and retires it), keeping an earlier order; false when no
+    /// active device.
+    fn order_wipe(&self, id: &str, now_ms: i64) -> Result<bool>;
+    /// The server told the device to destroy its store (the first time is kept).
+    fn wipe_confirmed(&self, id: &str, now_ms: i64) -> Result<()>;
+    /// The device reported it destroyed its store: its token stops working. False when it was
+    /// never told to (a report before the confirmation is refused).
+    fn device_wiped(&self, id: &str, now_ms: i64) -> Result<bool>;
     /// false when no pending item has this key.
     fn reject_quarantined(&self, key: &str) -> Result<bool>;
 

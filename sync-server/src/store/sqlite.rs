@@ -31,7 +31,7 @@ use port::SqliteTx;
 const MAX_READERS: usize = 64;
 
 /// The schema this server writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 10;
+const SCHEMA_VERSION: i64 = 11;
 
 pub struct SqliteStore {
     /// Evidence blobs beside the database.
@@ -143,7 +143,7 @@ impl SqliteStore {
             return Err(ServerError::Internal(format!("store schema {version} is newer than this server: update it")));
         }
         // Each step in its own transaction with its version bump: a crash leaves a whole schema.
-        let steps: [(i64, &str); 10] = [
+        let steps: [(i64, &str); 11] = [
             (1, include_str!("schema.sql")),
             (2, include_str!("schema_2_blobs.sql")),
             (3, include_str!("schema_3_retire.sql")),
@@ -154,6 +154,7 @@ impl SqliteStore {
             (8, include_str!("schema_8_doc_actors.sql")),
             (9, include_str!("schema_9_actor_seq.sql")),
             (10, include_str!("schema_10_signing.sql")),
+            (11, include_str!("schema_11_wipe.sql")),
         ];
         let mut conn = conn;
         for (to, sql) in steps {
@@ -319,7 +320,7 @@ fn write_seen(tx: &Transaction<'_>, seen: &Sightings) -> Result<()> {
 fn load_device_by_id(conn: &Connection, id: &str) -> Result<Device> {
     let row = q1(
         conn,
-        "SELECT d.id, d.user_id, u.role, u.department, d.retired_ms IS NOT NULL, d.public_key FROM devices d
+        "SELECT d.id, d.user_id, u.role, u.department, d.retired_ms IS NOT NULL, d.public_key, d.wipe_ordered_ms IS NOT NULL FROM devices d
          JOIN users u ON u.id = d.user_id WHERE d.id = ?1",
         [id],
         |r| {
@@ -333,6 +334,7 @@ fn load_device_by_id(conn: &Connection, id: &str) -> Result<Device> {
                     retired: r.get(4)?,
                     district: None,
                     public_key: r.get(5)?,
+                    wipe: r.get(6)?,
                 },
                 role,
             ))
@@ -631,6 +633,7 @@ mod tests {
                 retired: false,
                 district: None,
                 public_key: None,
+                wipe: false,
             };
             let scopes =
                 crate::rules::push::device_scopes(&SqliteTx { conn: &reader, seq: None }, &device).expect("scopes");

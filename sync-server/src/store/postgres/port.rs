@@ -81,6 +81,9 @@ fn device_row(r: &Row) -> DeviceRow {
         retired_ms: r.get(6),
         drained_ms: r.get(7),
         signs: r.get(8),
+        wipe_ordered_ms: r.get(9),
+        wipe_confirmed_ms: r.get(10),
+        wiped_ms: r.get(11),
     }
 }
 
@@ -393,7 +396,7 @@ impl ReadTx for PgTx<'_, '_> {
 
     fn device(&self, id: &str) -> Result<Option<Device>> {
         let row = self.row(
-            "SELECT d.id, d.user_id, u.role, u.department, d.retired_ms IS NOT NULL, d.public_key FROM devices d
+            "SELECT d.id, d.user_id, u.role, u.department, d.retired_ms IS NOT NULL, d.public_key, d.wipe_ordered_ms IS NOT NULL FROM devices d
              JOIN users u ON u.id = d.user_id WHERE d.id = $1",
             &[&id],
         )?;
@@ -406,6 +409,7 @@ impl ReadTx for PgTx<'_, '_> {
                 retired: r.get(4),
                 district: None,
                 public_key: r.get(5),
+                wipe: r.get(6),
             })
         })
         .transpose()
@@ -535,7 +539,7 @@ impl ReadTx for PgTx<'_, '_> {
 
     fn device_by_token_hash(&self, token_hash: &str) -> Result<Option<(String, Device)>> {
         let row = self.row(
-            "SELECT d.status, d.id, d.user_id, u.role, u.department, d.retired_ms IS NOT NULL, d.public_key
+            "SELECT d.status, d.id, d.user_id, u.role, u.department, d.retired_ms IS NOT NULL, d.public_key, d.wipe_ordered_ms IS NOT NULL
              FROM devices d JOIN users u ON u.id = d.user_id WHERE d.token_hash = $1",
             &[&token_hash],
         )?;
@@ -550,6 +554,7 @@ impl ReadTx for PgTx<'_, '_> {
                     retired: r.get(5),
                     district: None,
                     public_key: r.get(6),
+                    wipe: r.get(7),
                 },
             ))
         })
@@ -559,7 +564,7 @@ impl ReadTx for PgTx<'_, '_> {
     fn devices(&self) -> Result<Vec<DeviceRow>> {
         Ok(self
             .rows(
-                "SELECT id, code, user_id, status, last_seen_ms, last_state, retired_ms, drained_ms, public_key IS NOT NULL
+                "SELECT id, code, user_id, status, last_seen_ms, last_state, retired_ms, drained_ms, public_key IS NOT NULL, wipe_ordered_ms, wipe_confirmed_ms, wiped_ms
                  FROM devices
                  WHERE id NOT LIKE 'console-%' ORDER BY id",
                 &[],
@@ -572,7 +577,7 @@ impl ReadTx for PgTx<'_, '_> {
     fn device_row(&self, id: &str) -> Result<Option<DeviceRow>> {
         Ok(self
             .row(
-                "SELECT id, code, user_id, status, last_seen_ms, last_state, retired_ms, drained_ms, public_key IS NOT NULL
+                "SELECT id, code, user_id, status, last_seen_ms, last_state, retired_ms, drained_ms, public_key IS NOT NULL, wipe_ordered_ms, wipe_confirmed_ms, wiped_ms
                  FROM devices
                  WHERE id = $1",
                 &[&id],
@@ -862,6 +867,16 @@ impl ReadTx for PgTx<'_, '_> {
                 forks: r.get(4),
             })
             .collect())
+    }
+
+    fn chain_held_through(&self, device: &str, head: i64) -> Result<bool> {
+        let held: i64 = self
+            .one(
+                "SELECT count(DISTINCT seq) FROM chain_links WHERE device_id = $1 AND seq BETWEEN 1 AND $2",
+                &[&device, &head],
+            )?
+            .get(0);
+        Ok(held == head.max(0))
     }
 }
 
@@ -1275,6 +1290,27 @@ impl WriteTx for PgTx<'_, '_> {
 
     fn revoke_device(&self, id: &str) -> Result<bool> {
         Ok(self.exec("UPDATE devices SET status = 'revoked' WHERE id = $1", &[&id])? > 0)
+    }
+
+    fn order_wipe(&self, id: &str, now_ms: i64) -> Result<bool> {
+        Ok(self.exec(
+            "UPDATE devices SET wipe_ordered_ms = coalesce(wipe_ordered_ms, $2), retired_ms = coalesce(retired_ms, $2)
+             WHERE id = $1 AND status = 'active'",
+            &[&id, &now_ms],
+        )? > 0)
+    }
+
+    fn wipe_confirmed(&self, id: &str, now_ms: i64) -> Result<()> {
+        self.exec("UPDATE devices SET wipe_confirmed_ms = coalesce(wipe_confirmed_ms, $2) WHERE id = $1", &[&id, &now_ms])?;
+        Ok(())
+    }
+
+    fn device_wiped(&self, id: &str, now_ms: i64) -> Result<bool> {
+        Ok(self.exec(
+            "UPDATE devices SET status = 'wiped', wiped_ms = coalesce(wiped_ms, $2)
+             WHERE id = $1 AND wipe_confirmed_ms IS NOT NULL AND status IN ('active', 'wiped')",
+            &[&id, &now_ms],
+        )? > 0)
     }
 
     fn reject_quarantined(&self, key: &str) -> Result<bool> {

@@ -45,6 +45,9 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRow> {
         retired_ms: r.get(6)?,
         drained_ms: r.get(7)?,
         signs: r.get(8)?,
+        wipe_ordered_ms: r.get(9)?,
+        wipe_confirmed_ms: r.get(10)?,
+        wiped_ms: r.get(11)?,
     })
 }
 
@@ -248,7 +251,7 @@ impl ReadTx for SqliteTx<'_> {
     fn device_by_token_hash(&self, token_hash: &str) -> Result<Option<(String, Device)>> {
         let row = q1(
             self.conn,
-            "SELECT d.status, d.id, d.user_id, u.role, u.department, d.retired_ms IS NOT NULL, d.public_key
+            "SELECT d.status, d.id, d.user_id, u.role, u.department, d.retired_ms IS NOT NULL, d.public_key, d.wipe_ordered_ms IS NOT NULL
              FROM devices d JOIN users u ON u.id = d.user_id WHERE d.token_hash = ?1",
             [token_hash],
             |r| {
@@ -262,6 +265,7 @@ impl ReadTx for SqliteTx<'_> {
                         retired: r.get(5)?,
                         district: None,
                         public_key: r.get(6)?,
+                        wipe: r.get(7)?,
                     },
                     r.get::<_, String>(3)?,
                 ))
@@ -278,7 +282,7 @@ impl ReadTx for SqliteTx<'_> {
         Ok(self
             .conn
             .prepare(
-                "SELECT id, code, user_id, status, last_seen_ms, last_state, retired_ms, drained_ms, public_key IS NOT NULL
+                "SELECT id, code, user_id, status, last_seen_ms, last_state, retired_ms, drained_ms, public_key IS NOT NULL, wipe_ordered_ms, wipe_confirmed_ms, wiped_ms
                  FROM devices
                  WHERE id NOT LIKE 'console-%' ORDER BY id",
             )?
@@ -289,7 +293,7 @@ impl ReadTx for SqliteTx<'_> {
     fn device_row(&self, id: &str) -> Result<Option<DeviceRow>> {
         Ok(q1(
             self.conn,
-            "SELECT id, code, user_id, status, last_seen_ms, last_state, retired_ms, drained_ms, public_key IS NOT NULL
+            "SELECT id, code, user_id, status, last_seen_ms, last_state, retired_ms, drained_ms, public_key IS NOT NULL, wipe_ordered_ms, wipe_confirmed_ms, wiped_ms
                  FROM devices WHERE id = ?1",
             [id],
             device_row,
@@ -539,6 +543,16 @@ impl ReadTx for SqliteTx<'_> {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn chain_held_through(&self, device: &str, head: i64) -> Result<bool> {
+        let held: i64 = q1(
+            self.conn,
+            "SELECT count(DISTINCT seq) FROM chain_links WHERE device_id = ?1 AND seq BETWEEN 1 AND ?2",
+            params![device, head],
+            |r| r.get(0),
+        )?;
+        Ok(held == head.max(0))
     }
 }
 
@@ -927,6 +941,33 @@ impl WriteTx for SqliteTx<'_> {
 
     fn revoke_device(&self, id: &str) -> Result<bool> {
         Ok(exec(self.conn, "UPDATE devices SET status = 'revoked' WHERE id = ?1", [id])? > 0)
+    }
+
+    fn order_wipe(&self, id: &str, now_ms: i64) -> Result<bool> {
+        Ok(exec(
+            self.conn,
+            "UPDATE devices SET wipe_ordered_ms = coalesce(wipe_ordered_ms, ?2), retired_ms = coalesce(retired_ms, ?2)
+             WHERE id = ?1 AND status = 'active'",
+            params![id, now_ms],
+        )? > 0)
+    }
+
+    fn wipe_confirmed(&self, id: &str, now_ms: i64) -> Result<()> {
+        exec(
+            self.conn,
+            "UPDATE devices SET wipe_confirmed_ms = coalesce(wipe_confirmed_ms, ?2) WHERE id = ?1",
+            params![id, now_ms],
+        )?;
+        Ok(())
+    }
+
+    fn device_wiped(&self, id: &str, now_ms: i64) -> Result<bool> {
+        Ok(exec(
+            self.conn,
+            "UPDATE devices SET status = 'wiped', wiped_ms = coalesce(wiped_ms, ?2)
+             WHERE id = ?1 AND wipe_confirmed_ms IS NOT NULL AND status IN ('active', 'wiped')",
+            params![id, now_ms],
+        )? > 0)
     }
 
     fn reject_quarantined(&self, key: &str) -> Result<bool> {
