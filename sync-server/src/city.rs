@@ -461,6 +461,10 @@ impl ConsoleStore for City {
         self.changing(user)?.revoke(user, device)
     }
 
+    fn wipe(&self, user: &ConsoleUser, device: &str, now_ms: i64) -> Result<()> {
+        self.changing(user)?.wipe(user, device, now_ms)
+    }
+
     fn quarantine(&self, user: &ConsoleUser) -> Result<Vec<QuarantinedItem>> {
         self.reading(user)?.quarantine(user)
     }
