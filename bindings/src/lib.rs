@@ -75,6 +75,17 @@ pub enum GridworkError {
     /// (nearest first; empty when no grid is within a kilometre). Nothing stored.
     #[error("choose the grid: the position does not settle it ({} nearby)", choices.len())]
     ChooseGrid { choices: Vec<GridChoice> },
+    /// The app's [`KeyVault`] failed to give the store key (the keystore's own words).
+    #[error("keystore: {detail}")]
+    Vault { detail: String },
+    /// The store was wiped at an administrator's order: show the phone as wiped (enrol again to
+    /// use it). `reported` false: call [`report_wiped`] when online.
+    #[error("wiped: {detail}")]
+    Wiped { device: String, reported: bool, detail: String },
+    /// The phone has not reached the server for longer than its offline limit: call
+    /// [`device_status`], then open with `checked_in_ms` (see [`GridworkStore::open_with_vault`]).
+    #[error("check in first: {detail}")]
+    CheckInRequired { offline_days: u64, detail: String },
 }
 
 /// A photo problem as its own variant, so that an app can tell "take it again" from "convert
@@ -114,6 +125,9 @@ impl From<CoreError> for GridworkError {
             CoreError::WrongKey { .. } => GridworkError::WrongKey { detail: message },
             CoreError::BadKeyLength { .. } => invalid("key"),
             CoreError::BadDeviceKey { .. } => invalid("device_key"),
+            CoreError::Vault { .. } => GridworkError::Vault { detail: message },
+            CoreError::Wiped { device, reported } => GridworkError::Wiped { device, reported, detail: message },
+            CoreError::CheckInRequired { offline_days } => GridworkError::CheckInRequired { offline_days, detail: message },
             CoreError::Evidence(e) => photo_error(e),
             CoreError::Invalid(_) | CoreError::NothingToChange => invalid("input"),
             CoreError::UnknownCategory { .. } | CoreError::RetiredCategory { .. } => invalid("category"),
@@ -580,6 +594,13 @@ pub struct SyncReport {
     pub retired: bool,
     /// Finished cases that left the phone after their retention days (the server keeps them).
     pub finished_cases_removed: u32,
+    /// An administrator ordered this phone wiped; something is still to go: sync again.
+    pub wipe_ordered: bool,
+    /// The server confirmed it holds everything, and the store was destroyed: close this store
+    /// and show the phone as wiped (with a raw key from [`GridworkStore::open`], delete that key).
+    pub wiped: bool,
+    /// The server heard of the wipe; if not, call [`report_wiped`] when online.
+    pub wipe_reported: bool,
 }
 
 impl SyncSettings {
@@ -594,6 +615,73 @@ impl SyncSettings {
     }
 }
 
+/// The platform keystore, implemented by the app (android/README.md, ios/README.md): it wraps
+/// the store key with a key that never leaves the keystore (Android Keystore AES-GCM, an iOS
+/// Secure Enclave key), so that destroying that key — a wipe ordered by an administrator — makes
+/// the store unreadable for good, whatever flash storage kept of its files.
+#[uniffi::export(with_foreign)]
+pub trait KeyVault: Send + Sync {
+    /// `plain` encrypted and authenticated with the keystore's key.
+    fn wrap_key(&self, plain: Vec<u8>) -> std::result::Result<Vec<u8>, VaultError>;
+    /// What `wrap_key` gave, decrypted; an error for anything else.
+    fn unwrap_key(&self, wrapped: Vec<u8>) -> std::result::Result<Vec<u8>, VaultError>;
+    /// Deletes the keystore's key for good.
+    fn destroy_key(&self) -> std::result::Result<(), VaultError>;
+}
+
+/// A [`KeyVault`] failure, in the keystore's words.
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+pub enum VaultError {
+    #[error("keystore: {detail}")]
+    Keystore { detail: String },
+}
+
+impl From<uniffi::UnexpectedUniFFICallbackError> for VaultError {
+    fn from(e: uniffi::UnexpectedUniFFICallbackError) -> Self {
+        VaultError::Keystore { detail: e.reason }
+    }
+}
+
+/// The app's vault as the core's.
+struct ForeignVault(Arc<dyn KeyVault>);
+
+impl gridwork_core::vault::KeyVault for ForeignVault {
+    fn wrap(&self, plain: &[u8]) -> std::result::Result<Vec<u8>, String> {
+        self.0.wrap_key(plain.to_vec()).map_err(|e| e.to_string())
+    }
+    fn unwrap(&self, wrapped: &[u8]) -> std::result::Result<Vec<u8>, String> {
+        self.0.unwrap_key(wrapped.to_vec()).map_err(|e| e.to_string())
+    }
+    fn destroy(&self) -> std::result::Result<(), String> {
+        self.0.destroy_key().map_err(|e| e.to_string())
+    }
+}
+
+/// Where the device stands with the server ([`device_status`]).
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct DeviceStatus {
+    pub device_id: String,
+    /// "active", "retired" or "wipe" (open the store and sync: the sync wipes it).
+    pub status: String,
+    /// Pass as `checked_in_ms` when opening the store.
+    pub server_time_ms: i64,
+}
+
+/// Asks the server where this device stands: what an app does when opening the store said
+/// `CheckInRequired`. A revoked or wiped device is `Server` 403. Blocking (network).
+#[uniffi::export]
+pub fn device_status(settings: SyncSettings) -> Result<DeviceStatus> {
+    let s = gridwork_core::sync::device_status(&settings.into_config())?;
+    Ok(DeviceStatus { device_id: s.device_id, status: s.status, server_time_ms: s.server_time_ms })
+}
+
+/// Tells the server a wiped store was destroyed, when the wiping sync could not (see
+/// [`SyncReport::wipe_reported`], [`GridworkError::Wiped`]). Blocking (network).
+#[uniffi::export]
+pub fn report_wiped(dir: String, settings: SyncSettings) -> Result<()> {
+    Ok(gridwork_core::sync::report_wiped(std::path::Path::new(&dir), &settings.into_config())?)
+}
+
 /// Receives sync progress, on the thread that called `sync`.
 #[uniffi::export(with_foreign)]
 pub trait SyncProgressListener: Send + Sync {
@@ -602,6 +690,21 @@ pub trait SyncProgressListener: Send + Sync {
 
 fn n(x: usize) -> u32 {
     u32::try_from(x).unwrap_or(u32::MAX)
+}
+
+/// The identity an enrolment gives the store.
+fn identity(enrolment: Enrolment) -> Result<Identity> {
+    Ok(Identity {
+        user: UserId(enrolment.user),
+        role: parse_role(&enrolment.role)?,
+        device: DeviceId(enrolment.device_id),
+        device_code: enrolment.device_code,
+        department: enrolment.department.as_deref().map(DepartmentId::from),
+        signing_key: match &enrolment.device_key {
+            Some(k) => Some(Arc::new(gridwork_core::signing::DeviceKey::from_pkcs8(k)?)),
+            None => None,
+        },
+    })
 }
 
 /// One device's encrypted store.
@@ -617,18 +720,28 @@ impl GridworkStore {
     /// it was. Put `dir` where backups do not reach (see android/README.md and ios/README.md).
     #[uniffi::constructor]
     pub fn open(dir: String, key: Vec<u8>, enrolment: Enrolment) -> Result<Arc<Self>> {
-        let identity = Identity {
-            user: UserId(enrolment.user),
-            role: parse_role(&enrolment.role)?,
-            device: DeviceId(enrolment.device_id),
-            device_code: enrolment.device_code,
-            department: enrolment.department.as_deref().map(DepartmentId::from),
-            signing_key: match &enrolment.device_key {
-                Some(k) => Some(Arc::new(gridwork_core::signing::DeviceKey::from_pkcs8(k)?)),
-                None => None,
-            },
-        };
-        let store = Store::open(OpenOptions::new(dir, &key, identity))?;
+        let store = Store::open(OpenOptions::new(dir, &key, identity(enrolment)?))?;
+        Ok(Arc::new(GridworkStore { store }))
+    }
+
+    /// Opens (creating) the store in `dir` with its key kept by the app's keystore: the store
+    /// key is made at the first open and kept in `dir` only wrapped by `vault`; a wipe destroys
+    /// the vault's key. `offline_limit_days` (0: none): past that long without reaching the
+    /// server, opening says `CheckInRequired` until the app asked [`device_status`] and passes
+    /// its `server_time_ms` as `checked_in_ms`.
+    #[uniffi::constructor]
+    pub fn open_with_vault(
+        dir: String,
+        vault: Arc<dyn KeyVault>,
+        enrolment: Enrolment,
+        offline_limit_days: u32,
+        checked_in_ms: Option<i64>,
+    ) -> Result<Arc<Self>> {
+        let mut options = OpenOptions::with_vault(dir, Arc::new(ForeignVault(vault)), identity(enrolment)?)?;
+        options.offline_limit =
+            (offline_limit_days > 0).then(|| std::time::Duration::from_secs(u64::from(offline_limit_days) * 86_400));
+        options.checked_in_ms = checked_in_ms;
+        let store = Store::open(options)?;
         Ok(Arc::new(GridworkStore { store }))
     }
 
@@ -861,6 +974,9 @@ impl GridworkStore {
             photos_pending: n(r.photos_pending),
             retired: r.retired,
             finished_cases_removed: n(r.finished_cases_removed),
+            wipe_ordered: r.wipe_ordered,
+            wiped: r.wiped.is_some(),
+            wipe_reported: r.wipe_reported,
         })
     }
 }

@@ -17,6 +17,12 @@ pub enum CoreError {
     BadKeyLength { len: usize },
     #[error("the device signing key cannot be used ({reason}); enrol the phone again")]
     BadDeviceKey { reason: String },
+    #[error("the platform keystore could not give the store key ({reason})")]
+    Vault { reason: String },
+    #[error("this phone's store was wiped at an administrator's order (device {device}{}): enrol the phone again to use it", if *reported { "" } else { "; the server has not heard of it yet: call report_wiped when online" })]
+    Wiped { device: String, reported: bool },
+    #[error("this phone has not reached the server for {offline_days} days: check in with the server (device status) before opening the store")]
+    CheckInRequired { offline_days: u64 },
     #[error(transparent)]
     Invalid(#[from] ModelError),
     #[error("unknown category {category_id}: sync to refresh the catalogue")]

@@ -7,6 +7,7 @@
 //! - [`sync`]: the device side of the sync protocol: enrolment and `Store::sync`.
 //! - [`upload`]: evidence upload after a sync (resumable chunks) and a case's sync state.
 //! - [`download`]: evidence other phones took, thumbnails after each sync, photos on demand.
+//! - [`vault`]: the platform keystore's part: the store key kept wrapped, destroyed by a wipe.
 //!
 //! The shared, I/O-free part (model, lifecycle fold, document mapping) is `gridwork-model`,
 //! re-exported here as [`model`].
@@ -20,6 +21,7 @@ pub mod store;
 pub mod sync;
 pub mod tls;
 pub mod upload;
+pub mod vault;
 
 pub use error::{CoreError, Result};
 pub use gridwork_model as model;

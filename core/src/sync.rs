@@ -125,6 +125,15 @@ pub struct SyncReport {
     /// Finished cases removed from the phone after their retention period (see
     /// [`SyncConfig::keep_finished_cases`]); the server keeps them.
     pub finished_cases_removed: usize,
+    /// An administrator ordered this phone wiped: this sync sent everything it could (photos
+    /// regardless of the budget). Not yet `wiped`: something is still to go; sync again.
+    pub wipe_ordered: bool,
+    /// The server confirmed it holds everything, and the store was destroyed (keys and files):
+    /// drop the store handle, destroy a raw store key the app kept, show the phone as wiped.
+    pub wiped: Option<crate::store::ShredReport>,
+    /// The server acknowledged the wipe (`POST /v1/wiped`); if not, call [`report_wiped`] when
+    /// online (the tombstone remembers).
+    pub wipe_reported: bool,
 }
 
 /// An HTTP client for `server`, and where a pinned-CA refusal would be reported.
@@ -239,6 +248,44 @@ pub fn enrol(server: &str, code: &str, ca_fingerprint: Option<&str>, app_version
     Ok(answer)
 }
 
+/// Where this device stands with the server (`POST /v1/status`): what an app past its offline
+/// limit asks before it opens the store (`OpenOptions::offline_limit`). A revoked or wiped
+/// device is `CoreError::Server` 403 `device_revoked` / `device_wiped`.
+pub fn device_status(config: &SyncConfig) -> Result<gridwork_model::wire::DeviceStatus> {
+    let http = http_client(&config.server, config.ca_fingerprint.as_deref(), config.timeout)?;
+    let body = post(&http, &format!("{}/v1/status", config.server), Some(&config.token), b"{}".to_vec(), config.max_attempts)?;
+    serde_json::from_slice(&body)
+        .map_err(|e| CoreError::Network { message: format!("bad status answer: {e}"), retryable: true })
+}
+
+/// Tells the server the store in `dir` was wiped (`POST /v1/wiped`), and marks its tombstone
+/// reported. For an app whose wiping sync could not report (a cut after the shred): call it at
+/// start while [`crate::store::tombstone`] says `reported: false`. Idempotent.
+pub fn report_wiped(dir: &std::path::Path, config: &SyncConfig) -> Result<()> {
+    let http = http_client(&config.server, config.ca_fingerprint.as_deref(), config.timeout)?;
+    report_wiped_with(&http, dir, config)
+}
+
+fn report_wiped_with(http: &Http, dir: &std::path::Path, config: &SyncConfig) -> Result<()> {
+    let Some(mut t) = crate::store::tombstone(dir)? else {
+        return Err(CoreError::InvalidConfig {
+            field: "dir".into(),
+            reason: format!("{} holds no wiped store", dir.display()),
+        });
+    };
+    if !t.reported {
+        match post(http, &format!("{}/v1/wiped", config.server), Some(&config.token), b"{}".to_vec(), config.max_attempts) {
+            // A repeat whose first answer was lost: the token already stopped working.
+            Ok(_) => {}
+            Err(CoreError::Server { code, .. }) if code == "device_wiped" => {}
+            Err(e) => return Err(e),
+        }
+        t.reported = true;
+        crate::store::wipe_tombstone_reported(dir, &t)?;
+    }
+    Ok(())
+}
+
 /// A stored record's JSON as sent. The store wrote it with serde_json, so it parses; should it
 /// not, `null` goes out and the server quarantines the record as unattributed (kept, visible).
 /// Keeps the well-formed receipts among `receipts` (the server's word; the phone only stores and
@@ -327,6 +374,7 @@ impl Store {
             "INSERT INTO meta (key, value) VALUES ('sync_cursor', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             [&resp.cursor],
         )?;
+        self.note_server_contact_in(&tx, resp.server_time_ms)?;
         // The scopes the user holds now: which cases this phone may still change (see
         // `Store::may_change`). An older server sends none; the phone then keeps what it knew.
         if !resp.scopes.is_empty() {
@@ -347,6 +395,12 @@ impl Store {
         };
         tx.commit()?;
         Ok((n, reoffered))
+    }
+
+    /// The place of the last link this device signed (0: none).
+    fn chain_head(&self) -> Result<i64> {
+        let device = &self.identity().device.0;
+        Ok(self.reader().query_row("SELECT coalesce(max(seq), 0) FROM chain WHERE device_id = ?1", [device], |r| r.get(0))?)
     }
 
     /// The receipts this phone holds for the given change hashes.
@@ -407,6 +461,8 @@ impl Store {
         let mut asked: std::collections::HashSet<String> = std::collections::HashSet::new();
         // A cursor the server does not know is started over once per sync; twice is an error.
         let mut restarted = false;
+        // Ordered wiped: the confirmation is asked once per sync, after everything went.
+        let mut asked_to_wipe = false;
         loop {
             let items = self.outbox_page_after(after_seq, config.max_push_bytes)?;
             let reading = self.clock_reading();
@@ -419,6 +475,7 @@ impl Store {
                 device_time_ms: now,
                 boot_id: reading.boot_id.clone(),
                 since_boot_ms: reading.since_boot_ms,
+                chain_head: self.chain_head()?,
             };
             let mut changes = vec![];
             let mut records = vec![];
@@ -515,6 +572,7 @@ impl Store {
             report.left_scope += resp.left_scope.len();
             report.upgrade_required |= resp.upgrade_required;
             report.retired |= resp.retired;
+            report.wipe_ordered |= resp.wipe;
             if let Some(c) = &resp.catalog {
                 self.import_catalog(c)?;
             }
@@ -525,6 +583,12 @@ impl Store {
                 pulled_changes: report.pulled_changes,
                 outbox_remaining: self.outbox_len()?,
             });
+            if resp.wipe_now {
+                // The server holds everything this phone reported holding: destroy it, then say so.
+                report.wiped = Some(self.shred()?);
+                report.wipe_reported = report_wiped_with(&client, self.dir(), config).is_ok();
+                return Ok(report);
+            }
             if resp.reoffer {
                 // The server was restored from a backup: everything (queued with the answer
                 // above) goes out again, in pages.
@@ -532,6 +596,18 @@ impl Store {
                 continue;
             }
             let more_to_ask = self.waiting_documents()?.iter().any(|d| !asked.contains(d));
+            if items.is_empty() && !resp.more && !more_to_ask && resp.wipe {
+                // Ordered wiped: every photo goes, whatever the budget, and then one more request
+                // (nothing pending) asks the server to confirm it holds everything.
+                let everything = SyncConfig { photo_budget_bytes: None, ..config.clone() };
+                self.upload_evidence(&client, &everything, &mut report)?;
+                if self.photos_pending()? == 0 && !asked_to_wipe {
+                    asked_to_wipe = true;
+                    continue;
+                }
+                report.photos_pending = self.photos_pending()?;
+                return Ok(report);
+            }
             if items.is_empty() && !resp.more && !more_to_ask {
                 // Photos last: cases and check-ins are already through.
                 self.upload_evidence(&client, config, &mut report)?;

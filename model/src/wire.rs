@@ -246,6 +246,17 @@ pub struct SyncResponse {
     pub scopes: Vec<String>,
 }
 
+/// `POST /v1/status`: where the device stands, for an app that must check in before it opens
+/// its store (its offline limit passed). A revoked or wiped device hears 403 instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    pub device_id: String,
+    /// `active`, `retired` (send what it holds; nothing new comes) or `wipe` (open the store and
+    /// sync: the sync sends everything, then destroys the store).
+    pub status: String,
+    pub server_time_ms: i64,
+}
+
 /// Body of every 4xx/5xx answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {

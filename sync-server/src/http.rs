@@ -258,6 +258,24 @@ async fn wiped(State(state): State<AppState>, headers: HeaderMap) -> Result<Resp
     Ok(Json(serde_json::json!({ "wiped": true })).into_response())
 }
 
+/// `POST /v1/status`: where the device stands (`DeviceStatus`), for an app past its offline limit.
+async fn device_status(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ServerError> {
+    let token = bearer(&headers)?;
+    let store = state.store.clone();
+    let device = blocking(move || store.authenticate(&token)).await?;
+    let status = match (device.wipe, device.retired) {
+        (true, _) => "wipe",
+        (false, true) => "retired",
+        (false, false) => "active",
+    };
+    Ok(Json(gridwork_model::wire::DeviceStatus {
+        device_id: device.id,
+        status: status.to_owned(),
+        server_time_ms: now_ms(),
+    })
+    .into_response())
+}
+
 fn bearer(headers: &HeaderMap) -> Result<String, ServerError> {
     headers
         .get("authorization")
@@ -404,6 +422,7 @@ pub fn router_with(
         .route("/v1/enrol", post(enrol))
         .route("/v1/sync", post(sync))
         .route("/v1/wiped", post(wiped))
+        .route("/v1/status", post(device_status))
         .route("/v1/blobs/{sha256}/status", get(blob_status))
         .route("/v1/blobs/{sha256}", get(get_blob).put(put_blob))
         .with_state(state);

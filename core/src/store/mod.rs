@@ -18,6 +18,7 @@ pub(crate) mod outbox;
 mod patrols;
 mod queries;
 mod retention;
+mod wipe;
 pub(crate) mod schema;
 pub(crate) mod search;
 
@@ -43,6 +44,8 @@ pub use outbox::{OutboxItem, OutboxKind, Reoffered};
 pub use patrols::{CheckInInput, PointCoverage};
 pub use queries::{CasePage, CaseQuery, SortOrder};
 pub use retention::RetentionReport;
+pub use wipe::{tombstone, ShredReport, Tombstone, TOMBSTONE_FILE};
+pub(crate) use wipe::write_tombstone as wipe_tombstone_reported;
 
 use crate::clock::{DeviceClock, SystemClock};
 use crate::error::{io, CoreError, Result};
@@ -85,6 +88,23 @@ pub struct OpenOptions {
     pub clock: Arc<dyn DeviceClock>,
     /// IANA zone "today" and deadlines are counted in.
     pub time_zone: String,
+    /// The platform keystore's vault the store key came from ([`OpenOptions::with_vault`]): a
+    /// wipe destroys its key. None: the app gave the raw key and destroys it itself.
+    pub vault: Option<Arc<dyn crate::vault::KeyVault>>,
+    /// Past this long without an answer from the server, the store refuses to open with
+    /// `CheckInRequired` until the app asked the server (`sync::device_status`) and opens with
+    /// [`OpenOptions::checked_in_ms`]: a phone lost for longer hears a wipe order before anyone
+    /// reads it (docs/SECURITY.md). None: no limit.
+    pub offline_limit: Option<std::time::Duration>,
+    /// The server's time of a `device_status` answer that said the device is still in use (or
+    /// ordered wiped: then open, and sync); counts as the last contact.
+    pub checked_in_ms: Option<i64>,
+}
+
+impl std::fmt::Debug for dyn crate::vault::KeyVault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyVault")
+    }
 }
 
 impl OpenOptions {
@@ -95,7 +115,26 @@ impl OpenOptions {
             identity,
             clock: Arc::new(SystemClock),
             time_zone: "Asia/Shanghai".into(),
+            vault: None,
+            offline_limit: None,
+            checked_in_ms: None,
         }
+    }
+
+    /// Options whose store key the vault keeps (made and wrapped at the first open, see
+    /// [`crate::vault::store_key`]); a wipe destroys the vault's key. A wiped directory is
+    /// refused here already.
+    pub fn with_vault(
+        dir: impl Into<PathBuf>,
+        vault: Arc<dyn crate::vault::KeyVault>,
+        identity: Identity,
+    ) -> Result<Self> {
+        let dir = dir.into();
+        wipe::refuse_wiped(&dir)?;
+        let key = crate::vault::store_key(&dir, vault.as_ref())?;
+        let mut options = OpenOptions::new(dir, &key, identity);
+        options.vault = Some(vault);
+        Ok(options)
     }
 }
 
@@ -124,6 +163,7 @@ pub(crate) struct Inner {
     calendar: DistrictCalendar,
     files: EvidenceFiles,
     report: OpenReport,
+    vault: Option<Arc<dyn crate::vault::KeyVault>>,
 }
 
 /// The device store. See the module documentation.
@@ -141,7 +181,7 @@ impl std::fmt::Debug for Store {
     }
 }
 
-const DB_FILE: &str = "gridwork.db";
+pub(crate) const DB_FILE: &str = "gridwork.db";
 /// Page cache sizes: lists and case views read through the reader, so it gets the larger share.
 const READER_CACHE_KIB: u32 = 16 * 1024;
 const WRITER_CACHE_KIB: u32 = 8 * 1024;
@@ -202,10 +242,13 @@ impl Store {
     pub fn open(options: OpenOptions) -> Result<Store> {
         let key: [u8; 32] =
             options.key.as_slice().try_into().map_err(|_| CoreError::BadKeyLength { len: options.key.len() })?;
+        // Before anything is created: a wiped directory must not grow a new, empty store.
+        wipe::refuse_wiped(&options.dir)?;
         std::fs::create_dir_all(&options.dir).map_err(io(&options.dir))?;
         let path = options.dir.join(DB_FILE);
         let mut writer = open_connection(&path, &key, WRITER_CACHE_KIB)?;
         let migrated_from = schema::migrate(&mut writer)?;
+        wipe::check_offline(&writer, &options)?;
         let reader = open_connection(&path, &key, READER_CACHE_KIB)?;
         let calendar = DistrictCalendar::new(&options.time_zone)
             .map_err(|e| CoreError::Invalid(gridwork_model::ModelError::MalformedDocument { reason: e.to_string() }))?;
@@ -246,6 +289,7 @@ impl Store {
                 calendar,
                 files,
                 report: OpenReport { migrated_from, unreferenced_files_moved },
+                vault: options.vault,
             }),
         })
     }
