@@ -433,6 +433,8 @@ impl Store {
 
     /// Pushes the outbox and pulls what is new, page by page, until both are done.
     pub fn sync(&self, config: &SyncConfig, progress: &mut dyn FnMut(&SyncProgress)) -> Result<SyncReport> {
+        // A handle kept past its wipe: say so, rather than fail on the empty database behind it.
+        crate::store::refuse_wiped(self.dir())?;
         // Failover: an address that cannot be reached hands the sync to the next one. A sync is
         // idempotent (the outbox and the cursor move only on the server's answers), so going on
         // elsewhere after a cut loses and duplicates nothing. An answer from a server, even a

@@ -45,7 +45,7 @@ pub use patrols::{CheckInInput, PointCoverage};
 pub use queries::{CasePage, CaseQuery, SortOrder};
 pub use retention::RetentionReport;
 pub use wipe::{tombstone, ShredReport, Tombstone, TOMBSTONE_FILE};
-pub(crate) use wipe::write_tombstone as wipe_tombstone_reported;
+pub(crate) use wipe::{refuse_wiped, write_tombstone as wipe_tombstone_reported};
 
 use crate::clock::{DeviceClock, SystemClock};
 use crate::error::{io, CoreError, Result};

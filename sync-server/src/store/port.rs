@@ -524,8 +524,9 @@ pub trait WriteTx: ReadTx {
     fn order_wipe(&self, id: &str, now_ms: i64) -> Result<bool>;
     /// The server told the device to destroy its store (the first time is kept).
     fn wipe_confirmed(&self, id: &str, now_ms: i64) -> Result<()>;
-    /// The device reported it destroyed its store: its token stops working. False when it was
-    /// never told to (a report before the confirmation is refused).
+    /// The device reported it destroyed its store: its token stops working (stored as revoked
+    /// with `wiped_ms`, read back as status `wiped`). False when it was never told to (a report
+    /// before the confirmation is refused).
     fn device_wiped(&self, id: &str, now_ms: i64) -> Result<bool>;
     /// false when no pending item has this key.
     fn reject_quarantined(&self, key: &str) -> Result<bool>;

@@ -251,7 +251,7 @@ impl ReadTx for SqliteTx<'_> {
     fn device_by_token_hash(&self, token_hash: &str) -> Result<Option<(String, Device)>> {
         let row = q1(
             self.conn,
-            "SELECT d.status, d.id, d.user_id, u.role, u.department, d.retired_ms IS NOT NULL, d.public_key, d.wipe_ordered_ms IS NOT NULL
+            "SELECT CASE WHEN d.wiped_ms IS NOT NULL THEN 'wiped' ELSE d.status END, d.id, d.user_id, u.role, u.department, d.retired_ms IS NOT NULL, d.public_key, d.wipe_ordered_ms IS NOT NULL
              FROM devices d JOIN users u ON u.id = d.user_id WHERE d.token_hash = ?1",
             [token_hash],
             |r| {
@@ -282,7 +282,7 @@ impl ReadTx for SqliteTx<'_> {
         Ok(self
             .conn
             .prepare(
-                "SELECT id, code, user_id, status, last_seen_ms, last_state, retired_ms, drained_ms, public_key IS NOT NULL, wipe_ordered_ms, wipe_confirmed_ms, wiped_ms
+                "SELECT id, code, user_id, CASE WHEN wiped_ms IS NOT NULL THEN 'wiped' ELSE status END, last_seen_ms, last_state, retired_ms, drained_ms, public_key IS NOT NULL, wipe_ordered_ms, wipe_confirmed_ms, wiped_ms
                  FROM devices
                  WHERE id NOT LIKE 'console-%' ORDER BY id",
             )?
@@ -293,7 +293,7 @@ impl ReadTx for SqliteTx<'_> {
     fn device_row(&self, id: &str) -> Result<Option<DeviceRow>> {
         Ok(q1(
             self.conn,
-            "SELECT id, code, user_id, status, last_seen_ms, last_state, retired_ms, drained_ms, public_key IS NOT NULL, wipe_ordered_ms, wipe_confirmed_ms, wiped_ms
+            "SELECT id, code, user_id, CASE WHEN wiped_ms IS NOT NULL THEN 'wiped' ELSE status END, last_seen_ms, last_state, retired_ms, drained_ms, public_key IS NOT NULL, wipe_ordered_ms, wipe_confirmed_ms, wiped_ms
                  FROM devices WHERE id = ?1",
             [id],
             device_row,
@@ -964,8 +964,8 @@ impl WriteTx for SqliteTx<'_> {
     fn device_wiped(&self, id: &str, now_ms: i64) -> Result<bool> {
         Ok(exec(
             self.conn,
-            "UPDATE devices SET status = 'wiped', wiped_ms = coalesce(wiped_ms, ?2)
-             WHERE id = ?1 AND wipe_confirmed_ms IS NOT NULL AND status IN ('active', 'wiped')",
+            "UPDATE devices SET status = 'revoked', wiped_ms = coalesce(wiped_ms, ?2)
+             WHERE id = ?1 AND wipe_confirmed_ms IS NOT NULL AND (status = 'active' OR wiped_ms IS NOT NULL)",
             params![id, now_ms],
         )? > 0)
     }
