@@ -217,8 +217,77 @@ fun aRestoredStoreEnrolsAgainAndNothingIsLost() {
     }
 }
 
+/**
+ * The Android app's vault: AES-GCM under a key that never leaves the keystore. On a phone the key
+ * is the Android Keystore's (`KeyGenParameterSpec` with PURPOSE_ENCRYPT | PURPOSE_DECRYPT, see
+ * android/README.md); here the JVM's provider holds it, through the same `Cipher` calls.
+ */
+class JvmVault : KeyVault {
+    private var key: javax.crypto.SecretKey? =
+        javax.crypto.KeyGenerator.getInstance("AES").apply { init(256) }.generateKey()
+
+    private fun key() = key ?: throw VaultException.Keystore("the key was destroyed")
+
+    override fun wrapKey(plain: ByteArray): ByteArray {
+        val c = javax.crypto.Cipher.getInstance("AES/GCM/NoPadding")
+        c.init(javax.crypto.Cipher.ENCRYPT_MODE, key())
+        return c.iv + c.doFinal(plain)
+    }
+
+    override fun unwrapKey(wrapped: ByteArray): ByteArray {
+        val c = javax.crypto.Cipher.getInstance("AES/GCM/NoPadding")
+        c.init(javax.crypto.Cipher.DECRYPT_MODE, key(), javax.crypto.spec.GCMParameterSpec(128, wrapped, 0, 12))
+        return c.doFinal(wrapped, 12, wrapped.size - 12)
+    }
+
+    override fun destroyKey() {
+        key = null
+    }
+}
+
+/** The server's admin command line, as an administrator runs it beside the serving server. */
+fun admin(vararg args: String) {
+    val p = ProcessBuilder(env("GRIDWORK_SERVER_BIN"), "--data-dir", env("GRIDWORK_SERVER_DATA"), "admin", *args)
+        .redirectErrorStream(true).start()
+    val out = p.inputStream.bufferedReader().readText()
+    check(p.waitFor() == 0) { "admin ${args.toList()}: $out" }
+}
+
+/**
+ * A lost phone is wiped: its store key kept by the app's vault, its unsynced case (with a photo)
+ * reaches the server first, then nothing of the store is left and it cannot be opened again.
+ */
+fun aLostPhoneIsWipedAfterItsUnsyncedWorkReachesTheServer() {
+    val enrolment = enrol(env("GRIDWORK_LOST_CODE"), APP)
+    val dir = tempDir()
+    val vault = JvmVault()
+    val settings = SyncSettings(enrolment.server, enrolment.token, enrolment.caFingerprint, APP)
+    val store = GridworkStore.openWithVault(dir, vault, enrolment, 14u, null)
+    store.sync(settings, null)
+    val case = store.captureCase(NewCase("消防通道堵塞", "未同步的案件", "hazard", "g0", fix(), listOf(jpeg())))
+    assertTrue(File(dir, "store.key").exists(), "the store key is kept wrapped beside the store")
+    assertEquals("active", deviceStatus(settings).status)
+
+    admin("wipe-device", enrolment.deviceId)
+    assertEquals("wipe", deviceStatus(settings).status)
+    val report = store.sync(settings, null)
+    assertTrue(report.wiped && report.wipeReported && report.photosUploaded == 2u, "$report")
+    store.close()
+    assertEquals(listOf("WIPED"), File(dir).list()!!.toList(), "only the tombstone is left")
+    val e = assertFailsWith<GridworkException.Wiped> { GridworkStore.openWithVault(dir, vault, enrolment, 14u, null) }
+    assertEquals(enrolment.deviceId, e.device)
+    val refused = assertFailsWith<GridworkException.Server> { deviceStatus(settings) }
+    assertEquals("device_wiped", refused.code)
+    // The case it never synced before the order is on the server, with its photo.
+    val bundle = File(tempDir(), "case.json")
+    admin("export-case", case.id, "--out", bundle.path)
+    assertTrue(bundle.readText().contains(case.id), "the wiped phone's case is on the server")
+}
+
 fun main() {
     val tests = listOf(
+        "a lost phone is wiped after its unsynced work reaches the server" to
+            ::aLostPhoneIsWipedAfterItsUnsyncedWorkReachesTheServer,
         "wrong key and bad input are typed exceptions" to ::wrongKeyAndBadInputAreTypedExceptions,
         "the field scenario through the server" to ::theFieldScenarioThroughTheServer,
         "a restored store enrols again and nothing is lost" to ::aRestoredStoreEnrolsAgainAndNothingIsLost,

@@ -2,7 +2,9 @@
 # the fixture district (bindings/tests/fixtures/district.json), a worker w1 on grid g0 and a
 # supervisor s1 of Community 0, and exports one-time enrolment codes for three phones:
 # GRIDWORK_WORKER_CODE, GRIDWORK_SUPERVISOR_A_CODE, GRIDWORK_SUPERVISOR_B_CODE, and two more for
-# the worker (GRIDWORK_ORIGINAL_CODE, GRIDWORK_RESTORED_CODE).
+# the worker (GRIDWORK_ORIGINAL_CODE, GRIDWORK_RESTORED_CODE) and one for a phone to be lost and
+# wiped (GRIDWORK_LOST_CODE). GRIDWORK_SERVER_BIN and GRIDWORK_SERVER_DATA let a suite run the
+# server's admin commands (a wipe order) while it serves.
 # Needs: $root (the repository), $target (cargo's target dir), $work (a scratch dir the caller
 # removes). Sets $server_pid; the caller's EXIT trap should kill it.
 start_district_server() {
@@ -19,8 +21,11 @@ start_district_server() {
     # The same worker on a phone whose store was restored onto another phone, which enrols anew.
     GRIDWORK_ORIGINAL_CODE="$(code w1)"
     GRIDWORK_RESTORED_CODE="$(code w1)"
+    GRIDWORK_LOST_CODE="$(code w1)"
+    GRIDWORK_SERVER_BIN="$srv"
+    GRIDWORK_SERVER_DATA="$data"
     export GRIDWORK_WORKER_CODE GRIDWORK_SUPERVISOR_A_CODE GRIDWORK_SUPERVISOR_B_CODE \
-        GRIDWORK_ORIGINAL_CODE GRIDWORK_RESTORED_CODE
+        GRIDWORK_ORIGINAL_CODE GRIDWORK_RESTORED_CODE GRIDWORK_LOST_CODE GRIDWORK_SERVER_BIN GRIDWORK_SERVER_DATA
     "$srv" --data-dir "$data" serve --listen "127.0.0.1:$port" 2>"$work/server.log" &
     server_pid=$!
     for _ in $(seq 1 100); do

@@ -194,7 +194,11 @@ impl Store {
     ) -> Result<()> {
         let now = self.now_ms();
         let mut ins = tx.prepare_cached(
-            "INSERT INTO evidence_files (sha256, role, size, created_ms) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(sha256) DO NOTHING",
+            // A file known only from the server (another phone's identical photo, a forwarded
+            // picture) is held here now: no longer evicted, or reading it would send the app to
+            // the server for bytes it has.
+            "INSERT INTO evidence_files (sha256, role, size, created_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(sha256) DO UPDATE SET evicted = 0, size = excluded.size WHERE evidence_files.evicted = 1",
         )?;
         ins.execute(params![p.evidence.sha256, "full", p.stored.len() as i64, now])?;
         let mut link = tx.prepare_cached(

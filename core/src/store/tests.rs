@@ -721,6 +721,21 @@ fn confirmed_photos_can_be_evicted_and_thumbnails_stay() {
 }
 
 #[test]
+fn a_photo_known_only_from_another_phone_is_readable_once_this_phone_takes_it_too() {
+    // Found by the Kotlin suite: a worker's phone pulled a colleague's case whose photo had the
+    // same bytes as one it then took (a forwarded picture); its own copy read as "evicted".
+    let w = fixture("w1", Role::Worker);
+    let s = fixture("s1", Role::Supervisor);
+    let photo = camera_like_jpeg(640, 480, &ExifSpec::default(), 9);
+    w.store.capture_case(NewCase { photos: vec![photo.clone()], ..new_case("theirs") }).expect("capture");
+    exchange(&w.store, &s.store);
+    let mine = s.store.capture_case(NewCase { photos: vec![photo], ..new_case("mine") }).expect("capture");
+    let ev = s.store.get_case(&mine.id).expect("get").case.evidence[0].clone();
+    assert!(s.store.read_evidence(&ev.sha256).is_ok(), "this phone holds the bytes it took");
+    assert!(s.store.read_evidence(&ev.thumb_sha256.expect("thumb")).is_ok());
+}
+
+#[test]
 fn a_transition_the_state_does_not_allow_is_refused_and_changes_nothing() {
     let w = fixture("w1", Role::Worker);
     let s = fixture("s1", Role::Supervisor);
