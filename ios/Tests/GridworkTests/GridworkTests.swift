@@ -73,7 +73,56 @@ private struct Phone {
     }
 }
 
+/// A vault the way the iOS app's Keychain gives one: the store key lives in the keystore and the
+/// file beside the store holds only a reference to it; destroying the item shreds the store. On a
+/// phone the item is a `kSecClassGenericPassword` with `kSecAttrAccessibleAfterFirstUnlockThisDeviceOnly`
+/// (or the key sealed by a Secure Enclave P-256 key; see ios/README.md); here a table in memory
+/// plays the Keychain.
+private final class MemoryKeychainVault: KeyVault, @unchecked Sendable {
+    private let lock = NSLock()
+    private var items: [Data: Data] = [:]
+
+    func wrapKey(plain: Data) throws -> Data {
+        let reference = Data((0..<16).map { _ in UInt8.random(in: 0...255) })
+        lock.withLock { items[reference] = plain }
+        return reference
+    }
+
+    func unwrapKey(wrapped: Data) throws -> Data {
+        guard let plain = lock.withLock({ items[wrapped] }) else {
+            throw VaultError.Keystore(detail: "no such item in the keychain")
+        }
+        return plain
+    }
+
+    func destroyKey() throws {
+        lock.withLock { items.removeAll() }
+    }
+}
+
 final class GridworkTests: XCTestCase {
+    func testAStoreKeptByAKeychainVaultOpensOnlyThroughIt() throws {
+        let dir = try tempDir()
+        let enrolment = Enrolment(
+            server: "http://127.0.0.1:1", caFingerprint: nil, deviceId: "d-vault", deviceCode: "TST2", token: "t",
+            user: "w9", role: "worker", department: nil)
+        let vault = MemoryKeychainVault()
+        _ = try GridworkStore.openWithVault(
+            dir: dir, vault: vault, enrolment: enrolment, offlineLimitDays: 14, checkedInMs: nil)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/store.key"), "the key is kept, wrapped")
+        _ = try GridworkStore.openWithVault(
+            dir: dir, vault: vault, enrolment: enrolment, offlineLimitDays: 14, checkedInMs: nil)
+        for other in [MemoryKeychainVault(), vault] {
+            if other === vault { try vault.destroyKey() }
+            XCTAssertThrowsError(
+                try GridworkStore.openWithVault(
+                    dir: dir, vault: other, enrolment: enrolment, offlineLimitDays: 14, checkedInMs: nil)
+            ) { error in
+                guard case GridworkError.Vault = error else { return XCTFail("expected Vault, got \(error)") }
+            }
+        }
+    }
+
     func testWrongKeyAndBadInputAreTypedErrors() throws {
         let dir = try tempDir()
         let enrolment = Enrolment(
