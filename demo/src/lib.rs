@@ -370,6 +370,7 @@ pub fn run(args: Args) -> Result<(), String> {
     let blobs_on_server = server.blob_count().map_err(|e| e.to_string())?;
     print_supervisor_view(&supervisors[0], &catalog)?;
     let (bundle_path, bundle_verified) = export_a_closed_case(&server, &supervisors, &data_dir)?;
+    let lost_phone_wiped = wipe_a_lost_phone(&server, &url, &catalog, &dev_dir("w0-lost"))?;
 
     let summary = serde_json::json!({
         "devices": workers.len() + supervisors.len() + 1,
@@ -384,6 +385,7 @@ pub fn run(args: Args) -> Result<(), String> {
         "duplicated": duplicated,
         "evidence_bundle": bundle_path.display().to_string(),
         "evidence_bundle_verified": bundle_verified,
+        "lost_phone_wiped": lost_phone_wiped,
         "capture_s": (capture_s * 100.0).round() / 100.0,
         "sync_s": (sync_s * 100.0).round() / 100.0,
         "elapsed_s": (started.elapsed().as_secs_f64() * 100.0).round() / 100.0,
@@ -429,6 +431,42 @@ fn export_a_closed_case(
         path.display()
     ));
     Ok((path, report.verified()))
+}
+
+/// A second phone of worker w0, its store key kept by a (software) keystore vault as the apps
+/// keep theirs, is lost with a case it never synced; an administrator wipes it (as `admin
+/// wipe-device` does). Its next sync sends the case, then destroys the store. True when the case
+/// reached the server and nothing of the store is left but its tombstone.
+fn wipe_a_lost_phone(server: &SqliteStore, url: &str, catalog: &Catalog, dir: &Path) -> Result<bool, String> {
+    let (_, code) = server.enrol_device("w0", now_ms()).map_err(|e| e.to_string())?;
+    let e = enrol(url, &code, None, env!("CARGO_PKG_VERSION")).map_err(|e| format!("enrolling w0's second phone: {e}"))?;
+    let vault = Arc::new(gridwork_core::vault::SoftwareVault::generate().map_err(|e| e.to_string())?);
+    let options = gridwork_core::OpenOptions::with_vault(dir, vault, identity_from_enrolment(&e))
+        .map_err(|e| e.to_string())?;
+    let store = Store::open(options).map_err(|e| e.to_string())?;
+    store.import_catalog(catalog).map_err(|e| e.to_string())?;
+    let case = store.capture_case(random_case(&mut Rng::new(404), catalog, 0, 0)).map_err(|e| e.to_string())?;
+    server.wipe_device(&e.device_id, now_ms()).map_err(|e| e.to_string())?;
+    let report = store.sync(&SyncConfig::new(url, e.token), &mut |_| {}).map_err(|e| e.to_string())?;
+    drop(store);
+    let on_server = server.doc_heads(&case.id.to_string()).map(|h| !h.is_empty()).unwrap_or(false);
+    let left: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .map(|f| f.file_name().to_string_lossy().into_owned())
+        .collect();
+    let wiped = report.wiped.is_some()
+        && report.wipe_reported
+        && on_server
+        && left == [gridwork_core::store::TOMBSTONE_FILE];
+    say(&format!(
+        "lost phone {} wiped at an administrator's order: its unsynced case {} {}, {} left of its store",
+        e.device_id,
+        case.code,
+        if on_server { "reached the server first" } else { "DID NOT reach the server" },
+        if left == [gridwork_core::store::TOMBSTONE_FILE] { "nothing but the tombstone".to_owned() } else { format!("{left:?}") },
+    ));
+    Ok(wiped)
 }
 
 /// Leaves the server running for a person to look around the console, until Ctrl-C.
