@@ -127,7 +127,9 @@ impl From<CoreError> for GridworkError {
             CoreError::BadDeviceKey { .. } => invalid("device_key"),
             CoreError::Vault { .. } => GridworkError::Vault { detail: message },
             CoreError::Wiped { device, reported } => GridworkError::Wiped { device, reported, detail: message },
-            CoreError::CheckInRequired { offline_days } => GridworkError::CheckInRequired { offline_days, detail: message },
+            CoreError::CheckInRequired { offline_days } => {
+                GridworkError::CheckInRequired { offline_days, detail: message }
+            }
             CoreError::Evidence(e) => photo_error(e),
             CoreError::Invalid(_) | CoreError::NothingToChange => invalid("input"),
             CoreError::UnknownCategory { .. } | CoreError::RetiredCategory { .. } => invalid("category"),

@@ -253,7 +253,8 @@ pub fn enrol(server: &str, code: &str, ca_fingerprint: Option<&str>, app_version
 /// device is `CoreError::Server` 403 `device_revoked` / `device_wiped`.
 pub fn device_status(config: &SyncConfig) -> Result<gridwork_model::wire::DeviceStatus> {
     let http = http_client(&config.server, config.ca_fingerprint.as_deref(), config.timeout)?;
-    let body = post(&http, &format!("{}/v1/status", config.server), Some(&config.token), b"{}".to_vec(), config.max_attempts)?;
+    let body =
+        post(&http, &format!("{}/v1/status", config.server), Some(&config.token), b"{}".to_vec(), config.max_attempts)?;
     serde_json::from_slice(&body)
         .map_err(|e| CoreError::Network { message: format!("bad status answer: {e}"), retryable: true })
 }
@@ -274,7 +275,13 @@ fn report_wiped_with(http: &Http, dir: &std::path::Path, config: &SyncConfig) ->
         });
     };
     if !t.reported {
-        match post(http, &format!("{}/v1/wiped", config.server), Some(&config.token), b"{}".to_vec(), config.max_attempts) {
+        match post(
+            http,
+            &format!("{}/v1/wiped", config.server),
+            Some(&config.token),
+            b"{}".to_vec(),
+            config.max_attempts,
+        ) {
             // A repeat whose first answer was lost: the token already stopped working.
             Ok(_) => {}
             Err(CoreError::Server { code, .. }) if code == "device_wiped" => {}
@@ -400,7 +407,9 @@ impl Store {
     /// The place of the last link this device signed (0: none).
     fn chain_head(&self) -> Result<i64> {
         let device = &self.identity().device.0;
-        Ok(self.reader().query_row("SELECT coalesce(max(seq), 0) FROM chain WHERE device_id = ?1", [device], |r| r.get(0))?)
+        Ok(self
+            .reader()
+            .query_row("SELECT coalesce(max(seq), 0) FROM chain WHERE device_id = ?1", [device], |r| r.get(0))?)
     }
 
     /// The receipts this phone holds for the given change hashes.

@@ -123,8 +123,7 @@ impl KeyVault for SoftwareVault {
     fn wrap(&self, plain: &[u8]) -> std::result::Result<Vec<u8>, String> {
         let mut nonce = [0u8; 24];
         getrandom::fill(&mut nonce).map_err(|e| e.to_string())?;
-        let sealed =
-            self.cipher()?.encrypt(&XNonce::from(nonce), plain).map_err(|_| "encryption failed".to_owned())?;
+        let sealed = self.cipher()?.encrypt(&XNonce::from(nonce), plain).map_err(|_| "encryption failed".to_owned())?;
         Ok([&nonce[..], &sealed].concat())
     }
 

@@ -439,10 +439,11 @@ fn export_a_closed_case(
 /// reached the server and nothing of the store is left but its tombstone.
 fn wipe_a_lost_phone(server: &SqliteStore, url: &str, catalog: &Catalog, dir: &Path) -> Result<bool, String> {
     let (_, code) = server.enrol_device("w0", now_ms()).map_err(|e| e.to_string())?;
-    let e = enrol(url, &code, None, env!("CARGO_PKG_VERSION")).map_err(|e| format!("enrolling w0's second phone: {e}"))?;
+    let e =
+        enrol(url, &code, None, env!("CARGO_PKG_VERSION")).map_err(|e| format!("enrolling w0's second phone: {e}"))?;
     let vault = Arc::new(gridwork_core::vault::SoftwareVault::generate().map_err(|e| e.to_string())?);
-    let options = gridwork_core::OpenOptions::with_vault(dir, vault, identity_from_enrolment(&e))
-        .map_err(|e| e.to_string())?;
+    let options =
+        gridwork_core::OpenOptions::with_vault(dir, vault, identity_from_enrolment(&e)).map_err(|e| e.to_string())?;
     let store = Store::open(options).map_err(|e| e.to_string())?;
     store.import_catalog(catalog).map_err(|e| e.to_string())?;
     let case = store.capture_case(random_case(&mut Rng::new(404), catalog, 0, 0)).map_err(|e| e.to_string())?;
@@ -455,16 +456,18 @@ fn wipe_a_lost_phone(server: &SqliteStore, url: &str, catalog: &Catalog, dir: &P
         .flatten()
         .map(|f| f.file_name().to_string_lossy().into_owned())
         .collect();
-    let wiped = report.wiped.is_some()
-        && report.wipe_reported
-        && on_server
-        && left == [gridwork_core::store::TOMBSTONE_FILE];
+    let wiped =
+        report.wiped.is_some() && report.wipe_reported && on_server && left == [gridwork_core::store::TOMBSTONE_FILE];
     say(&format!(
         "lost phone {} wiped at an administrator's order: its unsynced case {} {}, {} left of its store",
         e.device_id,
         case.code,
         if on_server { "reached the server first" } else { "DID NOT reach the server" },
-        if left == [gridwork_core::store::TOMBSTONE_FILE] { "nothing but the tombstone".to_owned() } else { format!("{left:?}") },
+        if left == [gridwork_core::store::TOMBSTONE_FILE] {
+            "nothing but the tombstone".to_owned()
+        } else {
+            format!("{left:?}")
+        },
     ));
     Ok(wiped)
 }

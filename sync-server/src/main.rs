@@ -331,8 +331,12 @@ fn admin(
         }
         AdminCommand::WipeDevice { device } => {
             store.wipe_device(&device, now_ms()).map_err(|e| e.to_string())?;
-            println!("device {device} ordered wiped: on its next sync it sends everything it holds, then destroys its store");
-            println!("`admin list-devices` shows wipe_ordered, then wipe_confirmed, then wiped once the phone reported it");
+            println!(
+                "device {device} ordered wiped: on its next sync it sends everything it holds, then destroys its store"
+            );
+            println!(
+                "`admin list-devices` shows wipe_ordered, then wipe_confirmed, then wiped once the phone reported it"
+            );
             println!("do not revoke it before then: a revoked phone is refused, and never hears the order");
         }
         AdminCommand::ListDevices => {

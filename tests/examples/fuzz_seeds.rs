@@ -97,6 +97,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             device_time_ms: NOW_MS,
             boot_id: "3d1c9e52-6f0a-4d8e-9b7e-2a41f0c8e7d1".into(),
             since_boot_ms: 86_400_000,
+            chain_head: 3,
         },
         changes,
         records,

@@ -303,14 +303,19 @@ fn map_coverage_assessment_and_administration(d: District) {
     let listed = admin.get("/console/admin");
     let row = listed.body.split(&format!("data-device=\"{}\"", e.device_id)).nth(1).expect("the phone's row");
     assert!(row.split("</tr>").next().unwrap_or("").contains("/console/admin/wipe"), "a wipe button on its row");
-    let sup_csrf = sup.get("/console/queue").csrf().expect("the supervisor's form token");
+    let sup_csrf = sup.get("/console/cases").csrf().expect("the supervisor's form token");
     let not_theirs = sup.post("/console/admin/wipe", &[("csrf", &sup_csrf), ("device", &e.device_id)]);
     assert_eq!(not_theirs.status, 403, "{}", not_theirs.body);
     assert!(!d.store.authenticate(&e.token).expect("token").wipe, "a supervisor's wipe changed nothing");
     let wiped = admin.post("/console/admin/wipe", &[("csrf", &csrf), ("device", &e.device_id)]);
     assert_eq!(wiped.status, 303, "{}", wiped.body);
     assert!(d.store.authenticate(&e.token).expect("token").wipe, "the phone hears the order on its next sync");
-    assert!(d.store.list_devices(0).expect("devices").iter().any(|x| x.id == e.device_id && x.status == "wipe_ordered"));
+    assert!(d
+        .store
+        .list_devices(0)
+        .expect("devices")
+        .iter()
+        .any(|x| x.id == e.device_id && x.status == "wipe_ordered"));
     let before = d.store.current_catalog().version;
     let cat = d.store.current_catalog().categories[0].id.0.clone();
     let changed = admin.post("/console/admin/category", &[("csrf", &csrf), ("id", &cat), ("hours", "36")]);

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use common::District;
 use gridwork_core::clock::FixedClock;
-use gridwork_core::store::{CheckInInput, CaseQuery, OpenOptions, TOMBSTONE_FILE};
+use gridwork_core::store::{CaseQuery, CheckInInput, OpenOptions, TOMBSTONE_FILE};
 use gridwork_core::sync::{device_status, enrol, report_wiped, SyncConfig};
 use gridwork_core::vault::{KeyVault, SoftwareVault, WRAPPED_KEY_FILE};
 use gridwork_core::{CoreError, Identity, Store};
@@ -53,11 +53,7 @@ impl VaultPhone {
         p
     }
 
-    fn open(
-        &self,
-        clock: Option<Arc<FixedClock>>,
-        checked_in_ms: Option<i64>,
-    ) -> Result<Store, CoreError> {
+    fn open(&self, clock: Option<Arc<FixedClock>>, checked_in_ms: Option<i64>) -> Result<Store, CoreError> {
         let mut options = OpenOptions::with_vault(self.dir.path(), self.vault.clone(), self.identity.clone())?;
         if let Some(c) = clock {
             options.clock = c;
@@ -156,7 +152,8 @@ fn a_wipe_with_unsynced_work_loses_nothing_then_leaves_nothing_readable(d: Distr
     assert!(w1.store().list_cases(&CaseQuery { limit: 10, ..Default::default() }).is_err());
     let e = w1.open(None, None).expect_err("a wiped store does not open");
     assert!(matches!(e, CoreError::Wiped { reported: true, .. }), "{e}");
-    let e = Store::open(OpenOptions::new(w1.dir.path(), &[1; 32], w1.identity.clone())).expect_err("nor with a raw key");
+    let e =
+        Store::open(OpenOptions::new(w1.dir.path(), &[1; 32], w1.identity.clone())).expect_err("nor with a raw key");
     assert!(matches!(e, CoreError::Wiped { .. }), "{e}");
     assert_eq!(files_in(w1.dir.path()), vec![TOMBSTONE_FILE.to_owned()], "opening made nothing");
     assert!(w1.vault.unwrap(&wrapped_before).is_err(), "the vault's key is gone");

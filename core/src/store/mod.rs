@@ -18,9 +18,9 @@ pub(crate) mod outbox;
 mod patrols;
 mod queries;
 mod retention;
-mod wipe;
 pub(crate) mod schema;
 pub(crate) mod search;
+mod wipe;
 
 #[cfg(test)]
 mod tests;
@@ -44,8 +44,8 @@ pub use outbox::{OutboxItem, OutboxKind, Reoffered};
 pub use patrols::{CheckInInput, PointCoverage};
 pub use queries::{CasePage, CaseQuery, SortOrder};
 pub use retention::RetentionReport;
-pub use wipe::{tombstone, ShredReport, Tombstone, TOMBSTONE_FILE};
 pub(crate) use wipe::{refuse_wiped, write_tombstone as wipe_tombstone_reported};
+pub use wipe::{tombstone, ShredReport, Tombstone, TOMBSTONE_FILE};
 
 use crate::clock::{DeviceClock, SystemClock};
 use crate::error::{io, CoreError, Result};

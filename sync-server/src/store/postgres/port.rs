@@ -1301,7 +1301,10 @@ impl WriteTx for PgTx<'_, '_> {
     }
 
     fn wipe_confirmed(&self, id: &str, now_ms: i64) -> Result<()> {
-        self.exec("UPDATE devices SET wipe_confirmed_ms = coalesce(wipe_confirmed_ms, $2) WHERE id = $1", &[&id, &now_ms])?;
+        self.exec(
+            "UPDATE devices SET wipe_confirmed_ms = coalesce(wipe_confirmed_ms, $2) WHERE id = $1",
+            &[&id, &now_ms],
+        )?;
         Ok(())
     }
 
