@@ -107,23 +107,28 @@ impl gridwork_core::clock::DeviceClock for HandSetClock {
     }
 }
 
+/// w1's phone, enrolled, its store on `clock`.
+fn w1_with_clock(
+    d: &District,
+    catalog: &gridwork_core::model::catalog::Catalog,
+    clock: std::sync::Arc<dyn gridwork_core::clock::DeviceClock>,
+) -> (tempfile::TempDir, gridwork_core::Store, gridwork_core::sync::SyncConfig) {
+    let (_, code) = d.store.enrol_device("w1", 0).expect("enrol");
+    let e = gridwork_core::sync::enrol(&d.url(), &code, None, "0.1.0").expect("redeem");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store =
+        gridwork_tests::open_device(dir.path(), gridwork_tests::identity_from_enrolment(&e), catalog, Some(clock))
+            .expect("store");
+    (dir, store, gridwork_core::sync::SyncConfig::new(d.url(), e.token))
+}
+
 fn a_clock_set_back_to_cover_a_missed_patrol_is_flagged(d: District) {
     let catalog = gridwork_tests::district(4);
     let clock = std::sync::Arc::new(HandSetClock {
         booted: std::time::Instant::now(),
         wall_offset_ms: std::sync::atomic::AtomicI64::new(0),
     });
-    let (_, code) = d.store.enrol_device("w1", 0).expect("enrol");
-    let e = gridwork_core::sync::enrol(&d.url(), &code, None, "0.1.0").expect("redeem");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = gridwork_tests::open_device(
-        dir.path(),
-        gridwork_tests::identity_from_enrolment(&e),
-        &catalog,
-        Some(clock.clone()),
-    )
-    .expect("store");
-    let config = gridwork_core::sync::SyncConfig::new(d.url(), e.token);
+    let (_dir, store, config) = w1_with_clock(&d, &catalog, clock.clone());
     let mut rng = gridwork_tests::Rng::new(3);
     let honest = store.capture_case(gridwork_tests::random_case(&mut rng, &catalog, 0, 0)).expect("capture");
     store.sync(&config, &mut |_| {}).expect("sync");
@@ -155,7 +160,83 @@ fn a_clock_set_back_to_cover_a_missed_patrol_is_flagged(d: District) {
     assert_eq!(line.rsplit(',').next(), Some("2"), "the report and the patrol record: {line}");
 }
 
+/// A phone clock that can be set by hand and rebooted (a new boot id, time since boot from zero).
+#[derive(Debug)]
+struct RebootableClock {
+    boot: std::sync::Mutex<(String, std::time::Instant)>,
+    wall_offset_ms: std::sync::atomic::AtomicI64,
+}
+
+impl RebootableClock {
+    fn reboot(&self, id: &str) {
+        *self.boot.lock().expect("boot") = (id.to_owned(), std::time::Instant::now());
+    }
+    fn set_back_ms(&self, ms: i64) {
+        self.wall_offset_ms.store(-ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl gridwork_core::clock::DeviceClock for RebootableClock {
+    fn now(&self) -> gridwork_core::clock::ClockReading {
+        let (boot_id, since) = self.boot.lock().map(|b| (b.0.clone(), b.1.elapsed())).expect("boot");
+        let wall_ms =
+            gridwork_sync_server::clock::now_ms() + self.wall_offset_ms.load(std::sync::atomic::Ordering::SeqCst);
+        gridwork_core::clock::ClockReading { wall_ms, since_boot_ms: 1_000 + since.as_millis() as i64, boot_id }
+    }
+}
+
+fn a_clock_set_back_in_a_boot_that_ended_before_the_sync_is_flagged(d: District) {
+    let catalog = gridwork_tests::district(4);
+    let clock = std::sync::Arc::new(RebootableClock {
+        boot: std::sync::Mutex::new(("boot-a".into(), std::time::Instant::now())),
+        wall_offset_ms: std::sync::atomic::AtomicI64::new(0),
+    });
+    let (_dir, store, config) = w1_with_clock(&d, &catalog, clock.clone());
+    let mut rng = gridwork_tests::Rng::new(5);
+    let mut capture = || store.capture_case(gridwork_tests::random_case(&mut rng, &catalog, 0, 0)).expect("capture").id;
+    let clock_off = |case: &gridwork_core::model::ids::CaseId| {
+        d.store.doc_flags(&case.to_string()).expect("flags").contains(&"event_clock_off".to_owned())
+    };
+
+    // Boot a: the phone syncs in it (the server learns when it began), then the clock is set back
+    // two hours for a report, and the phone reboots (clock right again) before it syncs.
+    store.sync(&config, &mut |_| {}).expect("sync in boot a");
+    clock.set_back_ms(2 * 3_600_000);
+    let in_known_boot = capture();
+    clock.set_back_ms(0);
+    clock.reboot("boot-b");
+    // Boot b is never synced in: an honest report, then the clock set back for another, then a
+    // reboot into boot c before the sync.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let honest = capture();
+    clock.set_back_ms(2 * 3_600_000);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let in_unknown_boot = capture();
+    clock.set_back_ms(0);
+    clock.reboot("boot-c");
+    let report = store.sync(&config, &mut |_| {}).expect("sync in boot c");
+    assert!(report.refused.is_empty() && report.quarantined.is_empty(), "flagged, never refused: {report:?}");
+
+    assert!(clock_off(&in_known_boot), "set back in a boot the server knew the start of");
+    assert!(clock_off(&in_unknown_boot), "changed within a boot the phone never synced in");
+    assert!(!clock_off(&honest), "the honest report of that boot is not flagged");
+    let console: &dyn ConsoleStore = d.store.as_ref();
+    console.set_password("s1", PASSWORD, 0).expect("password");
+    let base = d.url();
+    let mut s1 = ConsoleClient::new().expect("client");
+    assert!(s1.sign_in(&base, "s1", PASSWORD).expect("sign in"));
+    for case in [&in_known_boot, &in_unknown_boot] {
+        let page = s1.get(&format!("{base}/console/cases/{case}")).expect("case");
+        let reported = row(&page.body, "data-kind=\"report\"");
+        assert!(
+            reported.contains("data-clock-off=\"−1 h 59 min\"") || reported.contains("data-clock-off=\"−2 h 00 min\""),
+            "{reported}"
+        );
+    }
+}
+
 on_every_store!(
     mock_fixes_are_flagged_and_signed_events_marked_verified,
-    a_clock_set_back_to_cover_a_missed_patrol_is_flagged
+    a_clock_set_back_to_cover_a_missed_patrol_is_flagged,
+    a_clock_set_back_in_a_boot_that_ended_before_the_sync_is_flagged,
 );

@@ -671,7 +671,7 @@ fn a_store_from_before_schema_8_learns_its_cases_actors_when_opened() {
             "DROP TABLE doc_actors; ALTER TABLE parked DROP COLUMN vouched;
              DROP TABLE chain_links; ALTER TABLE devices DROP COLUMN public_key; DROP TABLE clock_flags;
              ALTER TABLE devices DROP COLUMN wipe_ordered_ms; ALTER TABLE devices DROP COLUMN wipe_confirmed_ms;
-             ALTER TABLE devices DROP COLUMN wiped_ms;
+             ALTER TABLE devices DROP COLUMN wiped_ms; DROP TABLE device_boots;
              DROP VIEW check_ins; ALTER TABLE records DROP COLUMN mock;
              CREATE VIEW check_ins (id, grid_id, point_id, user_id, device_id, at_ms, day, inside_grid, distance_m) AS
                 SELECT id, grid_id, point_id, user_id, device_id, at_ms, day, inside_grid, distance_m

@@ -37,8 +37,8 @@ use crate::ingest::{read_change, ChangeFacts};
 use crate::receipts::ReceiptKey;
 use crate::records::RecordFacts;
 use crate::store::port::{
-    CaseRow, ClockFlag, NewRecord, ParkedChange, QuarantineEntry, Quarantined, ReadTx, StoredChange, StoredLink,
-    WriteTx,
+    BootRow, CaseRow, ClockFlag, NewRecord, ParkedChange, QuarantineEntry, Quarantined, ReadTx, StoredChange,
+    StoredLink, WriteTx,
 };
 use crate::store::values::{json, sha256_hex};
 use crate::store::Device;
@@ -395,52 +395,104 @@ fn keep_facts<'r>(
 
 /// The clock rule (docs/SECURITY.md, "Clocks"): the request says which boot the phone is in and
 /// how long since it began, so the server knows when that boot truly began (its own clock minus
-/// the time since boot). Every event and check-in of that boot in this push is then checked: one
-/// whose wall clock was more than `WALL_CLOCK_FLAG_MS` from the true moment — set back to cover a
-/// missed patrol, or ahead — is recorded and its case flagged. Stamps of an earlier boot cannot be
-/// told and are left alone.
+/// the time since boot) and keeps it (`device_boots`). Every event and check-in is then checked
+/// against the boot it was made in:
+///
+/// - a boot the server learnt the start of (this one, or an earlier one the phone synced in): a
+///   stamp whose wall clock was more than `WALL_CLOCK_FLAG_MS` from the true moment — set back to
+///   cover a missed patrol, or ahead — is flagged;
+/// - a boot the phone never synced in (it rebooted before syncing): its true start is unknown, but
+///   within one boot wall clock minus time since boot is constant unless someone changed the
+///   clock; the first stamp of the boot the server sees fixes that start, and a later one (in the
+///   boot's own order) implying another start by more than the threshold is flagged, off by the
+///   difference.
+///
+/// Flagged stamps are recorded and their cases flagged; nothing is refused.
 fn check_clocks(
     tx: &dyn WriteTx,
     job: &PushJob,
     records: &[(&str, &RecordFacts<'_>)],
     touched: &mut HashMap<String, Touched>,
 ) -> Result<()> {
-    use gridwork_model::time::WALL_CLOCK_FLAG_MS;
+    use gridwork_model::time::{ClockStamp, WALL_CLOCK_FLAG_MS};
     let state = &job.req.state;
-    if state.boot_id.is_empty() || state.since_boot_ms <= 0 {
-        return Ok(());
-    }
-    let boot = (state.boot_id.as_str(), job.now_ms.saturating_sub(state.since_boot_ms));
     let device = &job.device;
-    let mut flags = vec![];
-    let mut flag = |item: String, doc_id: &str, user: &str, stamp: &gridwork_model::time::ClockStamp| {
-        let off = stamp.wall_clock_error_ms(boot).filter(|e| e.saturating_abs() > WALL_CLOCK_FLAG_MS)?;
-        flags.push(ClockFlag {
-            item,
-            doc_id: doc_id.to_owned(),
-            device_id: device.id.clone(),
-            user_id: user.to_owned(),
-            off_ms: off,
-            at_ms: boot.1.saturating_add(stamp.since_boot_ms),
-        });
-        Some(())
-    };
-    for (doc, t) in touched.iter_mut() {
+    let current = (!state.boot_id.is_empty() && state.since_boot_ms > 0)
+        .then(|| (state.boot_id.as_str(), job.now_ms.saturating_sub(state.since_boot_ms)));
+    // (item, case, user, stamp), in each boot's own order.
+    let mut stamps: Vec<(String, String, String, ClockStamp)> = vec![];
+    for (doc, t) in touched.iter() {
         for e in t.new_events.iter().filter(|e| e.actor.device.0 == device.id) {
-            if flag(e.id.to_string(), doc, &e.actor.user.0, &e.clock).is_some() {
-                t.event_clock_off = true;
-            }
+            stamps.push((e.id.to_string(), doc.clone(), e.actor.user.0.clone(), e.clock.clone()));
         }
     }
     for (id, f) in records {
         if let Some(stamp) = f.clock() {
-            flag((*id).to_owned(), "", &device.user, stamp);
+            stamps.push(((*id).to_owned(), String::new(), device.user.clone(), stamp.clone()));
         }
+    }
+    stamps.retain(|(_, _, _, st)| !st.boot_id.is_empty());
+    stamps.sort_by(|a, b| (&a.3.boot_id, a.3.since_boot_ms).cmp(&(&b.3.boot_id, b.3.since_boot_ms)));
+    let mut noted: Vec<BootRow> = vec![];
+    if let Some((boot, start)) = current {
+        noted.push(BootRow { boot_id: boot.to_owned(), start_ms: Some(start), implied_ms: None });
+    }
+    // Earlier boots are looked up only when a stamp of one is in the push (rarely).
+    let mut known: Option<HashMap<String, BootRow>> = None;
+    let mut flags = vec![];
+    for (item, doc_id, user, stamp) in stamps {
+        let judged = match current {
+            Some((boot, start)) if stamp.boot_id == boot => {
+                stamp.wall_clock_error_ms((boot, start)).map(|off| (off, start.saturating_add(stamp.since_boot_ms)))
+            }
+            _ => {
+                let boots = match &mut known {
+                    Some(k) => k,
+                    None => {
+                        known.insert(tx.device_boots(&device.id)?.into_iter().map(|b| (b.boot_id.clone(), b)).collect())
+                    }
+                };
+                let implied = stamp.device_ms.saturating_sub(stamp.since_boot_ms);
+                let row = boots.entry(stamp.boot_id.clone()).or_insert_with(|| {
+                    let first = BootRow { boot_id: stamp.boot_id.clone(), start_ms: None, implied_ms: Some(implied) };
+                    noted.push(first.clone());
+                    first
+                });
+                match (row.start_ms, row.implied_ms) {
+                    (Some(start), _) => stamp
+                        .wall_clock_error_ms((&stamp.boot_id, start))
+                        .map(|off| (off, start.saturating_add(stamp.since_boot_ms))),
+                    (None, Some(first)) => {
+                        Some((implied.saturating_sub(first), first.saturating_add(stamp.since_boot_ms)))
+                    }
+                    (None, None) => None,
+                }
+            }
+        };
+        let Some((off, at_ms)) = judged.filter(|(off, _)| off.saturating_abs() > WALL_CLOCK_FLAG_MS) else { continue };
+        if let Some(t) = touched.get_mut(&doc_id) {
+            t.event_clock_off = true;
+        }
+        flags.push(ClockFlag { item, doc_id, device_id: device.id.clone(), user_id: user, off_ms: off, at_ms });
+    }
+    if !noted.is_empty() {
+        tx.note_boots(&device.id, &noted)?;
     }
     if flags.is_empty() {
         return Ok(());
     }
     tx.flag_clocks(&flags)
+}
+
+/// The boot a sighting (an idle sync, written later in a batch) names, with the start it learnt:
+/// a phone that synced with nothing to send still tells the server when its boot began, which
+/// the clock rule needs if the phone reboots before it sends what it makes next.
+pub fn boot_of_sighting(at_ms: i64, state_json: &str) -> Option<BootRow> {
+    let v: serde_json::Value = serde_json::from_str(state_json).ok()?;
+    let state = v.get("state")?;
+    let boot = state.get("boot_id")?.as_str().filter(|b| !b.is_empty())?;
+    let since = state.get("since_boot_ms")?.as_i64().filter(|s| *s > 0)?;
+    Some(BootRow { boot_id: boot.to_owned(), start_ms: Some(at_ms.saturating_sub(since)), implied_ms: None })
 }
 
 /// What the server keeps of a device's reported state.

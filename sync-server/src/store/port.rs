@@ -368,11 +368,22 @@ pub trait ReadTx {
     fn clock_flags_of_case(&self, doc_id: &str) -> Result<Vec<(String, i64)>>;
     /// How many of `user`'s events and check-ins in [from_ms, to_ms) had a wall clock off.
     fn clock_flag_count(&self, user: &str, from_ms: i64, to_ms: i64) -> Result<i64>;
+    /// The boots the server knows of `device`.
+    fn device_boots(&self, device: &str) -> Result<Vec<BootRow>>;
     /// Every device's chain, summed up.
     fn chain_summaries(&self) -> Result<Vec<ChainSummary>>;
     /// Whether the server holds a link of `device` at every place `1..=head`: all a phone whose
     /// last link is at `head` ever signed (what a wipe waits for).
     fn chain_held_through(&self, device: &str, head: i64) -> Result<bool>;
+}
+
+/// A boot of a device as the server knows it (schema 11): its true start, learnt from a sync in
+/// it, or else the start its first stamp seen implied (wall clock minus time since boot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootRow {
+    pub boot_id: String,
+    pub start_ms: Option<i64>,
+    pub implied_ms: Option<i64>,
 }
 
 /// An event or check-in whose wall clock was off (`ClockStamp::wall_clock_error_ms`).
@@ -435,6 +446,8 @@ pub trait WriteTx: ReadTx {
     fn next_seq(&self) -> Result<i64>;
     /// Records events and check-ins whose wall clock was off (one already recorded stays).
     fn flag_clocks(&self, flags: &[ClockFlag]) -> Result<()>;
+    /// Records boots: a true start keeps the smallest estimate; an implied start keeps the first.
+    fn note_boots(&self, device: &str, boots: &[BootRow]) -> Result<()>;
     /// Stores links of devices' chains (a link already held is left as it is).
     fn put_links(&self, links: &[StoredLink]) -> Result<()>;
     /// A hint before a push: the hashes and documents it will ask about. A backend whose every

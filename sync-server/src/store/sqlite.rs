@@ -154,7 +154,7 @@ impl SqliteStore {
             (8, include_str!("schema_8_doc_actors.sql")),
             (9, include_str!("schema_9_actor_seq.sql")),
             (10, include_str!("schema_10_signing.sql")),
-            (11, include_str!("schema_11_wipe.sql")),
+            (11, include_str!("schema_11_wipe_boots.sql")),
         ];
         let mut conn = conn;
         for (to, sql) in steps {
@@ -313,6 +313,9 @@ fn write_seen(tx: &Transaction<'_>, seen: &Sightings) -> Result<()> {
             "UPDATE devices SET last_seen_ms = max(coalesce(last_seen_ms, 0), ?2), last_state = ?3 WHERE id = ?1",
             params![id, at, state],
         )?;
+        if let Some(boot) = crate::rules::push::boot_of_sighting(*at, state) {
+            SqliteTx { conn: tx, seq: None }.note_boots(id, &[boot])?;
+        }
     }
     Ok(())
 }

@@ -388,6 +388,9 @@ impl PgStore {
             Self::in_write(conn, |port| {
                 for (id, (at, state)) in &seen {
                     port.device_seen_at_least(id, *at, state)?;
+                    if let Some(boot) = crate::rules::push::boot_of_sighting(*at, state) {
+                        port.note_boots(id, &[boot])?;
+                    }
                 }
                 let mut answers = Vec::with_capacity(batch.len());
                 for q in &batch {
@@ -539,6 +542,9 @@ impl Backend for PgStore {
         Self::in_write(&mut conn, |port| {
             for (id, (at, state)) in &seen {
                 port.device_seen_at_least(id, *at, state)?;
+                if let Some(boot) = crate::rules::push::boot_of_sighting(*at, state) {
+                    port.note_boots(id, &[boot])?;
+                }
             }
             Ok(())
         })

@@ -12,9 +12,9 @@ use super::batched::{Batched, PendingChange, PendingRecord, PendingRow, PendingS
 use crate::error::{Result, ServerError};
 use crate::store::console::{CheckInView, MapPin};
 use crate::store::port::{
-    BlobLinkOwner, CaseRow, CaseRowNow, ChainSummary, ChangeBytes, ClockFlag, ConsoleAccount, DeviceRow, NewRecord,
-    ParkedChange, PersonRow, QuarantineEntry, Quarantined, QueuePage, QueueQuery, QueueRow, ReadTx, ReportedCase,
-    StoredChange, StoredLink, Whereabouts, WriteTx,
+    BlobLinkOwner, BootRow, CaseRow, CaseRowNow, ChainSummary, ChangeBytes, ClockFlag, ConsoleAccount, DeviceRow,
+    NewRecord, ParkedChange, PersonRow, QuarantineEntry, Quarantined, QueuePage, QueueQuery, QueueRow, ReadTx,
+    ReportedCase, StoredChange, StoredLink, Whereabouts, WriteTx,
 };
 use crate::store::values::{json, stored_role};
 use crate::store::{Device, QuarantinedItem};
@@ -842,6 +842,14 @@ impl ReadTx for PgTx<'_, '_> {
             .collect())
     }
 
+    fn device_boots(&self, device: &str) -> Result<Vec<BootRow>> {
+        Ok(self
+            .rows("SELECT boot_id, start_ms, implied_ms FROM device_boots WHERE device_id = $1", &[&device])?
+            .iter()
+            .map(|r| BootRow { boot_id: r.get(0), start_ms: r.get(1), implied_ms: r.get(2) })
+            .collect())
+    }
+
     fn clock_flag_count(&self, user: &str, from_ms: i64, to_ms: i64) -> Result<i64> {
         Ok(self
             .one(
@@ -888,6 +896,20 @@ impl WriteTx for PgTx<'_, '_> {
                 "INSERT INTO clock_flags (item, doc_id, device_id, user_id, off_ms, at_ms) VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (item) DO NOTHING",
                 &[&f.item, &f.doc_id, &f.device_id, &f.user_id, &f.off_ms, &f.at_ms],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn note_boots(&self, device: &str, boots: &[BootRow]) -> Result<()> {
+        for b in boots {
+            self.exec(
+                "INSERT INTO device_boots (device_id, boot_id, start_ms, implied_ms) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (device_id, boot_id) DO UPDATE SET
+                     start_ms = CASE WHEN device_boots.start_ms IS NULL OR excluded.start_ms < device_boots.start_ms
+                                     THEN coalesce(excluded.start_ms, device_boots.start_ms) ELSE device_boots.start_ms END,
+                     implied_ms = coalesce(device_boots.implied_ms, excluded.implied_ms)",
+                &[&device, &b.boot_id, &b.start_ms, &b.implied_ms],
             )?;
         }
         Ok(())

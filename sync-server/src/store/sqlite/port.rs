@@ -15,9 +15,9 @@ use super::{
 use crate::error::{Result, ServerError};
 use crate::store::console::{CheckInView, MapPin};
 use crate::store::port::{
-    BlobLinkOwner, CaseRow, CaseRowNow, ChainSummary, ChangeBytes, ClockFlag, ConsoleAccount, DeviceRow, NewRecord,
-    ParkedChange, PersonRow, QuarantineEntry, Quarantined, QueuePage, QueueQuery, QueueRow, ReadTx, ReportedCase,
-    StoredChange, StoredLink, Whereabouts, WriteTx,
+    BlobLinkOwner, BootRow, CaseRow, CaseRowNow, ChainSummary, ChangeBytes, ClockFlag, ConsoleAccount, DeviceRow,
+    NewRecord, ParkedChange, PersonRow, QuarantineEntry, Quarantined, QueuePage, QueueQuery, QueueRow, ReadTx,
+    ReportedCase, StoredChange, StoredLink, Whereabouts, WriteTx,
 };
 use crate::store::{Device, QuarantinedItem};
 
@@ -519,6 +519,14 @@ impl ReadTx for SqliteTx<'_> {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    fn device_boots(&self, device: &str) -> Result<Vec<BootRow>> {
+        let mut stmt =
+            self.conn.prepare_cached("SELECT boot_id, start_ms, implied_ms FROM device_boots WHERE device_id = ?1")?;
+        let rows = stmt
+            .query_map([device], |r| Ok(BootRow { boot_id: r.get(0)?, start_ms: r.get(1)?, implied_ms: r.get(2)? }))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     fn clock_flag_count(&self, user: &str, from_ms: i64, to_ms: i64) -> Result<i64> {
         Ok(q1(
             self.conn,
@@ -564,6 +572,20 @@ impl WriteTx for SqliteTx<'_> {
         )?;
         for f in flags {
             stmt.execute(params![f.item, f.doc_id, f.device_id, f.user_id, f.off_ms, f.at_ms])?;
+        }
+        Ok(())
+    }
+
+    fn note_boots(&self, device: &str, boots: &[BootRow]) -> Result<()> {
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO device_boots (device_id, boot_id, start_ms, implied_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (device_id, boot_id) DO UPDATE SET
+                 start_ms = CASE WHEN device_boots.start_ms IS NULL OR excluded.start_ms < device_boots.start_ms
+                                 THEN coalesce(excluded.start_ms, device_boots.start_ms) ELSE device_boots.start_ms END,
+                 implied_ms = coalesce(device_boots.implied_ms, excluded.implied_ms)",
+        )?;
+        for b in boots {
+            stmt.execute(params![device, b.boot_id, b.start_ms, b.implied_ms])?;
         }
         Ok(())
     }

@@ -276,7 +276,17 @@ fn prepare(
         app_version: "0.1.0".into(),
         doc_schema: 1,
         cursor: None,
-        state: DeviceState { catalog_version: phone.catalog.version, ..Default::default() },
+        // The boot the phone's stamps were made in, as a real app names it: the server checks the
+        // stamps against it (one boot row per push), not against boots it must look up.
+        state: {
+            let boot = gridwork_core::clock::DeviceClock::now(&gridwork_core::clock::SystemClock);
+            DeviceState {
+                catalog_version: phone.catalog.version,
+                boot_id: boot.boot_id,
+                since_boot_ms: boot.since_boot_ms,
+                ..Default::default()
+            }
+        },
         changes,
         records,
         want_full: vec![],
