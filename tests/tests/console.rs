@@ -225,6 +225,14 @@ fn the_queue_pages_forward_and_back_without_losing_or_repeating_a_case(d: Distri
     assert!(p2.body.contains("2 / 3"));
     let back = sup.get(&link(&p3, "prev-page").expect("a previous page"));
     assert_eq!(case_rows(&back), r2, "back to the same second page");
+    // A page number typed in: the same rows as walking there, and the pager goes on from it.
+    assert!(p1.body.contains("id=\"page-number\"") && p1.body.contains("max=\"3\""), "a go-to-page box");
+    let jumped = sup.get("/console/cases?page=3");
+    assert_eq!(case_rows(&jumped), r3, "page 3 typed in");
+    assert!(jumped.body.contains("3 / 3"));
+    assert_eq!(case_rows(&sup.get(&link(&jumped, "prev-page").expect("a previous page"))), r2);
+    assert_eq!(case_rows(&sup.get("/console/cases?page=2&status=reported")), r2, "with a filter kept");
+    assert_eq!(case_rows(&sup.get("/console/cases?page=99")), r3, "past the end: the last page");
 }
 
 fn map_coverage_assessment_and_administration(d: District) {

@@ -200,6 +200,13 @@ const WORDS: &[(&str, &str, &str)] = &[
     ("import", "导入", "Import"),
     ("one_time_code", "一次性登记码", "One-time enrolment code"),
     ("oldest_unsynced_min", "最早未同步（分钟）", "Oldest unsynced work (minutes)"),
+    ("go_to_page", "跳到第几页", "Go to page"),
+    ("go", "前往", "Go"),
+    (
+        "map_outside",
+        "个案件的位置在这些网格之外，未在图上显示（见案件列表）",
+        "cases lie outside these grids and are not drawn (see the case list)",
+    ),
     ("map_truncated", "案件过多，只显示部分：请缩小范围", "Too many cases: only some are shown; narrow the area"),
     // Statuses.
     ("st_reported", "已上报", "Reported"),

@@ -93,14 +93,29 @@ pub fn case_map(grid: Option<&Polygon>, lat: f64, lon: f64, status: &str) -> Str
 pub const LEGEND: [&str; 9] =
     ["reported", "accepted", "dispatched", "in_progress", "handled", "followed_up", "closed", "rejected", "contested"];
 
-/// A district map: every grid's polygon (with its name) and a pin per case, linked to the case.
-pub fn district_map(grids: &[(&str, &Polygon)], pins: &[crate::store::console::MapPin]) -> String {
+/// A drawn district map, and how many of the cases lie outside what it shows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DistrictMap {
+    pub svg: String,
+    /// Cases whose position lies outside the drawn grids' frame (a fix taken outside every grid,
+    /// a case seen through another scope): counted, not drawn, so that one stray fix cannot
+    /// shrink the person's grids into a corner.
+    pub outside: usize,
+}
+
+/// A map of the person's grids (the ones given: their area, or the filter's), fitted to those
+/// grids, each with its name, and a pin per case inside that frame, linked to the case. Without
+/// grids, the frame fits the pins.
+pub fn district_map(grids: &[(&str, &Polygon)], pins: &[crate::store::console::MapPin]) -> DistrictMap {
     let mut points: Vec<(f64, f64)> = grids.iter().flat_map(|(_, p)| p.ring.iter().copied()).collect();
-    points.extend(pins.iter().map(|p| (p.lat, p.lon)));
     if points.is_empty() {
-        return String::new();
+        points.extend(pins.iter().map(|p| (p.lat, p.lon)));
     }
-    let frame = Frame::around(&points, 800.0);
+    if points.is_empty() {
+        return DistrictMap::default();
+    }
+    const SIZE: f64 = 800.0;
+    let frame = Frame::around(&points, SIZE);
     let mut svg = String::from(
         r#"<svg class="map" id="district-map" viewBox="0 0 800 800" xmlns="http://www.w3.org/2000/svg" role="img">"#,
     );
@@ -112,8 +127,27 @@ pub fn district_map(grids: &[(&str, &Polygon)], pins: &[crate::store::console::M
             escape(name)
         );
     }
+    // Names over the polygons, sized to the drawn grid so ten grids and a thousand both read.
+    for (name, g) in grids {
+        let drawn: Vec<(f64, f64)> = g.ring.iter().map(|(la, lo)| frame.xy(*la, *lo)).collect();
+        let n = drawn.len().max(1) as f64;
+        let (cx, cy) = drawn.iter().fold((0.0, 0.0), |(x, y), (a, b)| (x + a / n, y + b / n));
+        let width =
+            drawn.iter().map(|p| p.0).fold(f64::MIN, f64::max) - drawn.iter().map(|p| p.0).fold(f64::MAX, f64::min);
+        let font = (width / (name.chars().count().max(1) as f64 + 1.0)).clamp(6.0, 16.0);
+        let _ = write!(
+            svg,
+            r##"<text class="grid-name" x="{cx:.1}" y="{cy:.1}" font-size="{font:.1}" text-anchor="middle" fill="#3a4a5c">{}</text>"##,
+            escape(name)
+        );
+    }
+    let mut outside = 0;
     for p in pins {
         let (x, y) = frame.xy(p.lat, p.lon);
+        if !(0.0..=SIZE).contains(&x) || !(0.0..=SIZE).contains(&y) {
+            outside += 1;
+            continue;
+        }
         let _ = write!(
             svg,
             r##"<a href="/console/cases/{}"><circle cx="{x:.1}" cy="{y:.1}" r="4" fill="{}" data-status="{}"><title>{}</title></circle></a>"##,
@@ -124,7 +158,7 @@ pub fn district_map(grids: &[(&str, &Polygon)], pins: &[crate::store::console::M
         );
     }
     svg.push_str("</svg>");
-    svg
+    DistrictMap { svg, outside }
 }
 
 /// Text inside SVG markup the server writes by hand (the templates escape everything else).
@@ -159,9 +193,43 @@ mod tests {
             lat: 31.205,
             lon: 121.405,
         };
-        let svg = district_map(&[("Grid \"1\"", &g)], &[pin]);
+        let svg = district_map(&[("Grid \"1\"", &g)], &[pin]).svg;
         assert!(svg.contains(r#"href="/console/cases/c1""#));
         assert!(svg.contains("A&lt;1&gt;") && svg.contains("Grid &quot;1&quot;"));
         assert!(svg.contains(status_colour("dispatched")));
+    }
+
+    #[test]
+    fn a_map_fits_the_persons_grids_names_them_and_counts_a_stray_pin_apart() {
+        // Ten grids in one corner of a district ten times wider, and a case whose fix lies at the
+        // district's far end: the grids fill the map, the stray case is counted, not drawn.
+        let square = |i: usize| Polygon {
+            ring: vec![
+                (31.20, 121.40 + i as f64 * 0.005),
+                (31.20, 121.405 + i as f64 * 0.005),
+                (31.205, 121.405 + i as f64 * 0.005),
+                (31.205, 121.40 + i as f64 * 0.005),
+            ],
+        };
+        let grids: Vec<(String, Polygon)> = (0..10).map(|i| (format!("东湖{i}号网格"), square(i))).collect();
+        let refs: Vec<(&str, &Polygon)> = grids.iter().map(|(n, p)| (n.as_str(), p)).collect();
+        let pin = |id: &str, lat: f64, lon: f64| crate::store::console::MapPin {
+            id: id.into(),
+            code: id.into(),
+            status: "reported".into(),
+            lat,
+            lon,
+        };
+        let map = district_map(&refs, &[pin("inside", 31.2025, 121.4025), pin("far", 31.30, 121.90)]);
+        assert_eq!(map.outside, 1, "the stray case is counted apart");
+        assert!(map.svg.contains("/console/cases/inside") && !map.svg.contains("/console/cases/far"));
+        for (name, _) in &grids {
+            assert!(map.svg.contains(&format!(">{name}</text>")), "{name} is written on its grid");
+        }
+        // The ten grids span the map's width (less its margins), not a corner of it.
+        let frame = Frame::around(&refs.iter().flat_map(|(_, p)| p.ring.clone()).collect::<Vec<_>>(), 800.0);
+        let (x0, _) = frame.xy(31.20, 121.40);
+        let (x1, _) = frame.xy(31.20, 121.45);
+        assert!(x1 - x0 > 600.0, "{x0}..{x1}");
     }
 }

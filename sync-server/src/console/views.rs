@@ -101,6 +101,8 @@ pub struct QueuePage {
     pub prev_href: Option<String>,
     pub next_href: Option<String>,
     pub csv_href: String,
+    /// The filter as hidden fields of the "go to page" form.
+    pub page_jump_fields: Vec<(&'static str, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -353,6 +355,19 @@ pub fn queue_page(
             .filter(|_| queue.has_next)
             .map(|k| format!("/console/cases?{}&after={}", filter_query(&filter, &filter.status, page + 1), enc(k))),
         csv_href: format!("/console/cases.csv?{}", filter_query(&filter, &filter.status, 1)),
+        page_jump_fields: [
+            ("status", &filter.status),
+            ("area", &filter.area),
+            ("category", &filter.category),
+            ("department", &filter.department),
+            ("overdue", &filter.overdue),
+            ("from", &filter.from),
+            ("to", &filter.to),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k, v.clone()))
+        .collect(),
         filter,
         chrome,
     }
@@ -627,6 +642,8 @@ pub struct MapPage {
     pub shown: usize,
     pub truncated: bool,
     pub svg: String,
+    /// Cases whose position lies outside the drawn grids (not drawn; see `map::DistrictMap`).
+    pub outside: usize,
 }
 
 pub fn map_page(
@@ -650,6 +667,7 @@ pub fn map_page(
         })
         .map(|g| (g.name.as_str(), &g.boundary))
         .collect();
+    let drawn = map::district_map(&grids, pins);
     MapPage {
         statuses: map::LEGEND
             .iter()
@@ -659,7 +677,8 @@ pub fn map_page(
         legend: map::LEGEND.iter().map(|s| (status_label(lang, s), map::status_colour(s))).collect(),
         shown: pins.len(),
         truncated: pins.len() as u32 >= MAX_PINS,
-        svg: map::district_map(&grids, pins),
+        svg: drawn.svg,
+        outside: drawn.outside,
         chrome,
     }
 }

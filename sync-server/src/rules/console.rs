@@ -273,11 +273,15 @@ impl<B: Backend> ConsoleStore for B {
             };
             let pages = u32::try_from((total + i64::from(size) - 1) / i64::from(size)).unwrap_or(1).max(1);
             let some = |s: &str| (!s.is_empty() && !filter.all).then(|| s.to_owned());
+            // A page number typed in (no key of a neighbouring page): that page, by offset.
+            let jumped = !filter.all && filter.after.is_empty() && filter.before.is_empty();
+            let number = filter.page.clamp(1, pages);
             let page = QueuePage {
                 before: some(&filter.before),
                 after: if filter.before.is_empty() { some(&filter.after) } else { None },
                 limit: size + 1,
                 matching: total,
+                skip: if jumped { (number - 1).saturating_mul(size) } else { 0 },
             };
             let backwards = page.before.is_some();
             let mut rows = tx.queue_rows(&q, &page)?;
@@ -286,7 +290,8 @@ impl<B: Backend> ConsoleStore for B {
             if backwards {
                 rows.reverse();
             }
-            let (has_prev, has_next) = if backwards { (more, true) } else { (page.after.is_some(), more) };
+            let (has_prev, has_next) =
+                if backwards { (more, true) } else { (page.after.is_some() || page.skip > 0, more) };
             Ok(CaseQueue {
                 first_key: rows.first().map(|r| r.queue_key.clone()),
                 last_key: rows.last().map(|r| r.queue_key.clone()),

@@ -197,6 +197,9 @@ pub struct QueuePage {
     pub before: Option<String>,
     /// At most this many rows.
     pub limit: u32,
+    /// Rows skipped first (a page number typed in, with neither key): an offset, so it costs what
+    /// it skips; the previous and next links go on by key.
+    pub skip: u32,
     /// How many cases match (from the counts): lets a backend choose its plan.
     pub matching: i64,
 }

@@ -95,8 +95,8 @@ pub(super) fn queue_rows(tx: &PgTx<'_, '_>, q: &QueueQuery, page: &QueuePage) ->
                     coalesce(d.category_id, ''), coalesce(d.reporter, ''), d.reported_ms, d.deadline_ms,
                     d.departments, d.flags, coalesce(d.queue_key, '')
              FROM docs d WHERE {condition}
-             ORDER BY d.queue_key {order} LIMIT {}",
-            page.limit
+             ORDER BY d.queue_key {order} LIMIT {} OFFSET {}",
+            page.limit, page.skip
         ),
         &refs(&args),
     )?;

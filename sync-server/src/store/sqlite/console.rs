@@ -188,7 +188,7 @@ pub(super) fn queue_rows(conn: &Connection, q: &QueueQuery, page: &QueuePage) ->
     // district, or of one status) testing each case until a page is full, or collect the
     // matching cases and sort them. Collecting a few thousand costs a few milliseconds; walking
     // costs a page divided by how dense the matches are, which is low once there are many.
-    let walk = page.limit <= 1000 && page.matching > WALK_ABOVE;
+    let walk = page.limit.saturating_add(page.skip) <= 1000 && page.matching > WALK_ABOVE;
     let base = if walk { per_row } else { with_status };
     // Keyset paging: a page starts after the last key of the one before (or ends before the
     // first key of the one after), found by one index seek however deep it is.
@@ -207,8 +207,8 @@ pub(super) fn queue_rows(conn: &Connection, q: &QueueQuery, page: &QueuePage) ->
                     coalesce(d.category_id, ''), coalesce(d.reporter, ''), d.reported_ms, d.deadline_ms,
                     d.departments, d.flags, coalesce(d.queue_key, '')
              FROM docs d WHERE {condition}
-             ORDER BY d.queue_key {order} LIMIT {}",
-            page.limit
+             ORDER BY d.queue_key {order} LIMIT {} OFFSET {}",
+            page.limit, page.skip
         ))?
         .query_map(rusqlite::params_from_iter(args.iter().map(|b| b.as_ref())), |r| {
             Ok(QueueRow {
