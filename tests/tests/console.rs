@@ -580,7 +580,72 @@ fn a_damaged_stored_case_shows_as_damaged_with_who_sent_it_never_a_500() {
 }
 
 // The scenarios above on every store (the console's rules are the same on both: `rules::console`).
+fn bulk_triage_takes_one_event_per_case_each_checked_by_the_role_table(d: District) {
+    console_users(&d);
+    let mut w1 = phone(&d, "w1", None);
+    let cases: Vec<String> = capture(&w1, 0, 4, 41).iter().map(|c| c.to_string()).collect();
+    w1.sync(&d.url()).expect("worker pushes");
+    let code0 =
+        w1.store.get_case(&gridwork_core::model::ids::CaseId::parse(&cases[0]).expect("id")).expect("case").case.code;
+    let mut sup = Browser::new(&d.url());
+    assert_eq!(sup.sign_in("s1", PASSWORD).status, 303);
+    let page = sup.get("/console/cases");
+    assert!(page.body.contains("id=\"bulk\"") && page.body.matches("class=\"pick\"").count() == 4, "a box per case");
+    let csrf = page.csrf().expect("the page's form token");
+    let bulk = |action: &str, extra: &[(&'static str, &'static str)], picked: &[String]| {
+        let mut form: Vec<(&str, &str)> = vec![("csrf", &csrf), ("action", action), ("back", "status=reported")];
+        form.extend_from_slice(extra);
+        form.extend(picked.iter().map(|c| ("case", c.as_str())));
+        form.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect::<Vec<(String, String)>>()
+    };
+    let post = |b: &mut Browser, form: Vec<(String, String)>| {
+        let refs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        b.post("/console/cases/bulk", &refs)
+    };
+    // The first case accepted on its own; then all four in one action: three accepted, the first
+    // refused by the role table's state rule (nothing to accept), and said so by its code.
+    let one = sup.post(&format!("/console/cases/{}/act", cases[0]), &[("csrf", &csrf), ("action", "accept")]);
+    assert_eq!(one.status, 303);
+    let all = post(&mut sup, bulk("accept", &[], &cases));
+    assert_eq!(all.status, 303, "{}", all.body);
+    let back = all.location.clone().expect("back to the queue");
+    assert!(back.starts_with("/console/cases?status=reported&bulk_done=3&bulk_refused="), "{back}");
+    let shown = sup.get(&back);
+    let result = shown.body.split("id=\"bulk-result\">").nth(1).expect("the result is shown");
+    assert!(result.split("</p>").next().unwrap_or("").contains(&code0), "the refused case by its code: {result}");
+    assert_eq!(case_rows(&sup.get("/console/cases?status=accepted")).len(), 4, "each accepted once");
+    // Two dispatched to the police with one deadline: one dispatch event each.
+    let dispatched = post(&mut sup, bulk("dispatch", &[("dept_police", "1"), ("hours", "24")], &cases[..2]));
+    assert_eq!(dispatched.status, 303);
+    assert!(dispatched.location.as_deref().unwrap_or("").contains("bulk_done=2&"), "{:?}", dispatched.location);
+    let mut on_dispatch = case_rows(&sup.get("/console/cases?status=dispatched"));
+    on_dispatch.sort();
+    let mut want = cases[..2].to_vec();
+    want.sort();
+    assert_eq!(on_dispatch, want);
+    let detail = sup.get(&format!("/console/cases/{}", cases[0]));
+    assert_eq!(detail.body.matches("data-kind=\"dispatch\"").count(), 1, "one event per case");
+    // A dispatch without a department, a form without its token, an action bulk does not take:
+    // refused, and nothing changes.
+    assert_eq!(post(&mut sup, bulk("dispatch", &[("hours", "24")], &cases[2..])).status, 400);
+    let forged: Vec<(String, String)> =
+        bulk("reject", &[], &cases[2..]).into_iter().filter(|(k, _)| k != "csrf").collect();
+    assert_eq!(post(&mut sup, forged).status, 403);
+    assert_eq!(post(&mut sup, bulk("close", &[], &cases[2..])).status, 400);
+    assert_eq!(case_rows(&sup.get("/console/cases?status=accepted")).len(), 2);
+    // A department handler's role may not accept: every case refused, none changed.
+    let mut h1 = Browser::new(&d.url());
+    assert_eq!(h1.sign_in("h1", PASSWORD).status, 303);
+    let h_csrf = h1.get("/console/cases").csrf().expect("form token");
+    let mut form = vec![("csrf".to_owned(), h_csrf), ("action".to_owned(), "reject".to_owned())];
+    form.extend(cases[..2].iter().map(|c| ("case".to_owned(), c.clone())));
+    let refused = post(&mut h1, form);
+    assert!(refused.location.as_deref().unwrap_or("").contains("bulk_done=0&"), "{:?}", refused.location);
+    assert_eq!(case_rows(&sup.get("/console/cases?status=dispatched")).len(), 2);
+}
+
 on_every_store!(
+    bulk_triage_takes_one_event_per_case_each_checked_by_the_role_table,
     a_case_worked_from_the_console_reaches_the_phones_and_closes,
     the_console_refuses_device_tokens_forged_forms_other_areas_and_password_guessing,
     the_queue_pages_forward_and_back_without_losing_or_repeating_a_case,

@@ -64,6 +64,7 @@ pub fn routes(store: Arc<dyn SyncStore>, secure: bool) -> Router {
         .route("/console/cases.csv", get(queue_csv))
         .route("/console/cases/{id}", get(case_detail))
         .route("/console/cases/{id}/act", post(act))
+        .route("/console/cases/bulk", post(bulk_act))
         .route("/console/cases/{id}/bundle", get(bundle))
         .route("/console/photos/{sha256}", get(photo))
         .route("/console/map", get(map_view))
@@ -349,6 +350,8 @@ async fn queue(
 ) -> Response {
     let filter = parse_filter(&q);
     let store = state.store.clone();
+    let bulk_done = q.get("bulk_done").and_then(|n| n.parse::<u32>().ok());
+    let bulk_refused = q.get("bulk_refused").cloned().unwrap_or_default();
     signed_in(&state, &headers, &q, |lang, session| async move {
         let user = session.user.clone();
         let f = filter.clone();
@@ -356,8 +359,15 @@ async fn queue(
             Ok((console.case_queue(&user, &f, now_ms())?, console.catalog(&user)))
         })
         .await?;
-        let page =
-            views::queue_page(chrome(lang, lang.t("queue"), Some(&session)), &catalog, &session.user, filter, queue);
+        let bulk = bulk_done.map(|n| (n, bulk_refused.as_str()));
+        let page = views::queue_page(
+            chrome(lang, lang.t("queue"), Some(&session)),
+            &catalog,
+            &session.user,
+            filter,
+            queue,
+            bulk,
+        );
         Ok(html(StatusCode::OK, page.render()))
     })
     .await
@@ -536,6 +546,64 @@ async fn act(State(state): State<ConsoleState>, headers: HeaderMap, Path(id): Pa
         Ok(redirect(&format!("/console/cases/{}?done=1", views::enc(&id))))
     })
     .await
+}
+
+/// Most cases one bulk action takes (two queue pages' worth, and then some).
+const MAX_BULK: usize = 200;
+
+/// Several cases of the queue at once: accept, reject (one reason) or dispatch (departments and
+/// one deadline). Each case is still one lifecycle event through `act`, with its own scope and
+/// role-table check: what the state or the role does not allow is listed, the rest is done.
+async fn bulk_act(State(state): State<ConsoleState>, headers: HeaderMap, form: RawForm) -> Response {
+    let f = form_map(&form);
+    // Repeated fields: the selected cases.
+    let cases: Vec<String> =
+        form_urlencoded::parse(&form.0).filter(|(k, _)| k == "case").map(|(_, v)| v.into_owned()).collect();
+    let store = state.store.clone();
+    signed_in(&state, &headers, &HashMap::new(), |_lang, session| async move {
+        check_csrf(&session, &f).map_err(|e| (session.clone(), e))?;
+        let refuse = |why: &str| (session.clone(), ServerError::BadRequest(why.to_owned()));
+        if !matches!(f.get("action").map(String::as_str), Some("accept" | "reject" | "dispatch")) {
+            return Err(refuse("a bulk action accepts, rejects or dispatches"));
+        }
+        if cases.is_empty() {
+            return Err(refuse("select at least one case in the queue"));
+        }
+        if cases.len() > MAX_BULK {
+            return Err(refuse(&format!("at most {MAX_BULK} cases at once: filter the queue further")));
+        }
+        let back = queue_query_back(f.get("back").map(String::as_str).unwrap_or(""));
+        let s = session.clone();
+        let (done, refused) = with_console(store, &session, move |console| {
+            let now = now_ms();
+            let action = parse_action(&f, &s, None, now)?;
+            let (mut done, mut refused) = (0u32, vec![]);
+            for case in &cases {
+                match console.act(&s.user, case, action.clone(), now) {
+                    Ok(()) => done += 1,
+                    Err(_) => refused
+                        .push(console.case_view(&s.user, case).map(|v| v.case.code).unwrap_or_else(|_| case.clone())),
+                }
+            }
+            Ok((done, refused))
+        })
+        .await?;
+        let mut to = format!("/console/cases?{back}");
+        if !back.is_empty() {
+            to.push('&');
+        }
+        to.push_str(&format!("bulk_done={done}&bulk_refused={}", views::enc(&refused.join(" "))));
+        Ok(redirect(&to))
+    })
+    .await
+}
+
+/// The queue's filter from a bulk form's `back` field, rebuilt from the filter's own keys only
+/// (never a redirect elsewhere).
+fn queue_query_back(back: &str) -> String {
+    let q: HashMap<String, String> = form_urlencoded::parse(back.as_bytes()).into_owned().collect();
+    let filter = parse_filter(&q);
+    views::filter_query(&filter, &filter.status, filter.page)
 }
 
 /// The media type of a stored photo or thumbnail, from its first bytes.

@@ -103,6 +103,13 @@ pub struct QueuePage {
     pub csv_href: String,
     /// The filter as hidden fields of the "go to page" form.
     pub page_jump_fields: Vec<(&'static str, String)>,
+    /// Supervisors and administrators triage several cases at once (each case is still checked
+    /// against the role table on its own).
+    pub can_triage: bool,
+    /// Where the bulk form comes back to: this queue, as filtered.
+    pub back: String,
+    /// What the last bulk action did: (cases done, codes refused).
+    pub bulk: Option<(u32, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -286,6 +293,7 @@ pub fn queue_page(
     user: &ConsoleUser,
     filter: CaseFilter,
     queue: CaseQueue,
+    bulk: Option<(u32, &str)>,
 ) -> QueuePage {
     let lang = chrome.lang;
     let calendar = DistrictCalendar::default();
@@ -355,6 +363,12 @@ pub fn queue_page(
             .filter(|_| queue.has_next)
             .map(|k| format!("/console/cases?{}&after={}", filter_query(&filter, &filter.status, page + 1), enc(k))),
         csv_href: format!("/console/cases.csv?{}", filter_query(&filter, &filter.status, 1)),
+        can_triage: matches!(
+            user.role,
+            gridwork_model::catalog::Role::Supervisor | gridwork_model::catalog::Role::Administrator
+        ),
+        back: filter_query(&filter, &filter.status, page),
+        bulk: bulk.map(|(n, refused)| (n, refused.to_owned())),
         page_jump_fields: [
             ("status", &filter.status),
             ("area", &filter.area),

@@ -304,7 +304,8 @@ pub fn run(args: ConsoleArgs) -> Result<(), String> {
                 district: None,
                 city: false,
             };
-            let html = views::queue_page(chrome, &catalog, &user, filter, q).render().map_err(|e| e.to_string())?;
+            let html =
+                views::queue_page(chrome, &catalog, &user, filter, q, None).render().map_err(|e| e.to_string())?;
             queue_ms.push(ms_since(t));
             by_kind[kind].push(ms_since(t));
             std::hint::black_box(html);
