@@ -412,6 +412,10 @@ impl ConsoleStore for City {
         self.reading(user)?.case_view(user, case_id)
     }
 
+    fn needs_you(&self, user: &ConsoleUser, now_ms: i64) -> Result<Vec<crate::store::console::NeedsYou>> {
+        self.reading(user)?.needs_you(user, now_ms)
+    }
+
     fn act(&self, user: &ConsoleUser, case_id: &str, action: ConsoleAction, now_ms: i64) -> Result<()> {
         self.changing(user)?.act(user, case_id, action, now_ms)
     }

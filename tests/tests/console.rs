@@ -591,6 +591,11 @@ fn bulk_triage_takes_one_event_per_case_each_checked_by_the_role_table(d: Distri
     assert_eq!(sup.sign_in("s1", PASSWORD).status, 303);
     let page = sup.get("/console/cases");
     assert!(page.body.contains("id=\"bulk\"") && page.body.matches("class=\"pick\"").count() == 4, "a box per case");
+    let need = |page: &Page, what: &str| -> String {
+        let at = page.body.split(&format!("data-need=\"{what}\"")).nth(1).expect("the need is shown");
+        at.split('<').next().unwrap_or("").rsplit(' ').next().unwrap_or("").to_owned()
+    };
+    assert_eq!((need(&page, "needs_triage"), need(&page, "needs_dispatch")), ("4".into(), "0".into()));
     let csrf = page.csrf().expect("the page's form token");
     let bulk = |action: &str, extra: &[(&'static str, &'static str)], picked: &[String]| {
         let mut form: Vec<(&str, &str)> = vec![("csrf", &csrf), ("action", action), ("back", "status=reported")];
@@ -614,6 +619,8 @@ fn bulk_triage_takes_one_event_per_case_each_checked_by_the_role_table(d: Distri
     let result = shown.body.split("id=\"bulk-result\">").nth(1).expect("the result is shown");
     assert!(result.split("</p>").next().unwrap_or("").contains(&code0), "the refused case by its code: {result}");
     assert_eq!(case_rows(&sup.get("/console/cases?status=accepted")).len(), 4, "each accepted once");
+    let now = sup.get("/console/cases");
+    assert_eq!((need(&now, "needs_triage"), need(&now, "needs_dispatch")), ("0".into(), "4".into()));
     // Two dispatched to the police with one deadline: one dispatch event each.
     let dispatched = post(&mut sup, bulk("dispatch", &[("dept_police", "1"), ("hours", "24")], &cases[..2]));
     assert_eq!(dispatched.status, 303);
@@ -636,7 +643,10 @@ fn bulk_triage_takes_one_event_per_case_each_checked_by_the_role_table(d: Distri
     // A department handler's role may not accept: every case refused, none changed.
     let mut h1 = Browser::new(&d.url());
     assert_eq!(h1.sign_in("h1", PASSWORD).status, 303);
-    let h_csrf = h1.get("/console/cases").csrf().expect("form token");
+    let h_page = h1.get("/console/cases");
+    assert_eq!(need(&h_page, "needs_start"), "2", "the police's two dispatched cases wait to be started");
+    assert!(!h_page.body.contains("id=\"bulk\""), "a department handler does not triage");
+    let h_csrf = h_page.csrf().expect("form token");
     let mut form = vec![("csrf".to_owned(), h_csrf), ("action".to_owned(), "reject".to_owned())];
     form.extend(cases[..2].iter().map(|c| ("case".to_owned(), c.clone())));
     let refused = post(&mut h1, form);

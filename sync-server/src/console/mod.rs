@@ -355,8 +355,9 @@ async fn queue(
     signed_in(&state, &headers, &q, |lang, session| async move {
         let user = session.user.clone();
         let f = filter.clone();
-        let (queue, catalog) = with_console(store, &session, move |console| {
-            Ok((console.case_queue(&user, &f, now_ms())?, console.catalog(&user)))
+        let (queue, catalog, needs) = with_console(store, &session, move |console| {
+            let now = now_ms();
+            Ok((console.case_queue(&user, &f, now)?, console.catalog(&user), console.needs_you(&user, now)?))
         })
         .await?;
         let bulk = bulk_done.map(|n| (n, bulk_refused.as_str()));
@@ -367,6 +368,7 @@ async fn queue(
             filter,
             queue,
             bulk,
+            &needs,
         );
         Ok(html(StatusCode::OK, page.render()))
     })

@@ -110,6 +110,8 @@ pub struct QueuePage {
     pub back: String,
     /// What the last bulk action did: (cases done, codes refused).
     pub bulk: Option<(u32, String)>,
+    /// "Needs you today": (key, label, count, href).
+    pub needs: Vec<(&'static str, String, i64, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -294,6 +296,7 @@ pub fn queue_page(
     filter: CaseFilter,
     queue: CaseQueue,
     bulk: Option<(u32, &str)>,
+    needs: &[crate::store::console::NeedsYou],
 ) -> QueuePage {
     let lang = chrome.lang;
     let calendar = DistrictCalendar::default();
@@ -369,6 +372,10 @@ pub fn queue_page(
         ),
         back: filter_query(&filter, &filter.status, page),
         bulk: bulk.map(|(n, refused)| (n, refused.to_owned())),
+        needs: needs
+            .iter()
+            .map(|n| (n.what, lang.t(n.what).to_owned(), n.count, format!("/console/cases?{}", n.query)))
+            .collect(),
         page_jump_fields: [
             ("status", &filter.status),
             ("area", &filter.area),

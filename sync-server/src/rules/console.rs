@@ -262,6 +262,32 @@ impl<B: Backend> ConsoleStore for B {
         })
     }
 
+    fn needs_you(&self, user: &ConsoleUser, now_ms: i64) -> Result<Vec<crate::store::console::NeedsYou>> {
+        use crate::store::console::NeedsYou;
+        read(self, |tx: &dyn ReadTx| {
+            let counts = tx.queue_counts(&queue_query(tx, user, &CaseFilter::default(), now_ms)?)?;
+            let of = |s: &str| counts.iter().filter(|(x, _)| x == s).map(|(_, n)| *n).sum::<i64>();
+            let overdue_only = CaseFilter { overdue: "1".into(), ..Default::default() };
+            let overdue: i64 =
+                tx.queue_counts(&queue_query(tx, user, &overdue_only, now_ms)?)?.iter().map(|(_, n)| n).sum();
+            // What the role table lets this role do next, by the state it does it from.
+            let mut needs = match user.role {
+                Role::DepartmentHandler => vec![
+                    NeedsYou { what: "needs_start", count: of("dispatched"), query: "status=dispatched" },
+                    NeedsYou { what: "needs_handler_report", count: of("in_progress"), query: "status=in_progress" },
+                ],
+                _ => vec![
+                    NeedsYou { what: "needs_triage", count: of("reported"), query: "status=reported" },
+                    NeedsYou { what: "needs_dispatch", count: of("accepted"), query: "status=accepted" },
+                    NeedsYou { what: "needs_close", count: of("followed_up"), query: "status=followed_up" },
+                    NeedsYou { what: "needs_resolve", count: of("contested"), query: "status=contested" },
+                ],
+            };
+            needs.push(NeedsYou { what: "needs_overdue", count: overdue, query: "overdue=1" });
+            Ok(needs)
+        })
+    }
+
     fn case_queue(&self, user: &ConsoleUser, filter: &CaseFilter, now_ms: i64) -> Result<CaseQueue> {
         let size = if filter.all { MAX_EXPORT } else { PAGE_SIZE };
         read(self, |tx: &dyn ReadTx| {

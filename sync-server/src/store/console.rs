@@ -97,6 +97,15 @@ pub struct Session {
     pub csrf: String,
 }
 
+/// One line of "what needs you today": an i18n key, how many cases, and the queue's filter that
+/// lists them (as a query string).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeedsYou {
+    pub what: &'static str,
+    pub count: i64,
+    pub query: &'static str,
+}
+
 /// The queue's filters. Empty means "any".
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(default)]
@@ -271,6 +280,9 @@ pub trait ConsoleStore: Send + Sync {
     /// Sets (or resets) a person's console password; clears a lockout.
     fn set_password(&self, user: &str, password: &str, now_ms: i64) -> Result<()>;
     fn case_queue(&self, user: &ConsoleUser, filter: &CaseFilter, now_ms: i64) -> Result<CaseQueue>;
+    /// What waits for this person in their whole area today, by what their role does next
+    /// (`NeedsYou`): counts only, read from the queue's status counts.
+    fn needs_you(&self, user: &ConsoleUser, now_ms: i64) -> Result<Vec<NeedsYou>>;
     fn case_view(&self, user: &ConsoleUser, case_id: &str) -> Result<CaseView>;
     /// Writes an action as an Automerge change by the person's server-side actor, stored and
     /// synced like any device's change. Refused (nothing written) if the role, scope or the

@@ -293,6 +293,8 @@ pub fn run(args: ConsoleArgs) -> Result<(), String> {
             let (kind, filter) = filters(&mut rng, pages);
             let t = Instant::now();
             let q = console.case_queue(&user, &filter, now_ms()).map_err(|e| e.to_string())?;
+            // The page shows what needs the person too: part of what it costs.
+            let needs = console.needs_you(&user, now_ms()).map_err(|e| e.to_string())?;
             let chrome = Chrome {
                 lang: Lang::Zh,
                 title: "queue".into(),
@@ -304,8 +306,9 @@ pub fn run(args: ConsoleArgs) -> Result<(), String> {
                 district: None,
                 city: false,
             };
-            let html =
-                views::queue_page(chrome, &catalog, &user, filter, q, None).render().map_err(|e| e.to_string())?;
+            let html = views::queue_page(chrome, &catalog, &user, filter, q, None, &needs)
+                .render()
+                .map_err(|e| e.to_string())?;
             queue_ms.push(ms_since(t));
             by_kind[kind].push(ms_since(t));
             std::hint::black_box(html);
