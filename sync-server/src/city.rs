@@ -412,8 +412,13 @@ impl ConsoleStore for City {
         self.reading(user)?.case_view(user, case_id)
     }
 
-    fn needs_you(&self, user: &ConsoleUser, now_ms: i64) -> Result<Vec<crate::store::console::NeedsYou>> {
-        self.reading(user)?.needs_you(user, now_ms)
+    fn needs_you(
+        &self,
+        user: &ConsoleUser,
+        area_counts: Option<&[(String, i64)]>,
+        now_ms: i64,
+    ) -> Result<Vec<crate::store::console::NeedsYou>> {
+        self.reading(user)?.needs_you(user, area_counts, now_ms)
     }
 
     fn act(&self, user: &ConsoleUser, case_id: &str, action: ConsoleAction, now_ms: i64) -> Result<()> {

@@ -207,7 +207,6 @@ const WORDS: &[(&str, &str, &str)] = &[
     ("needs_resolve", "有冲突待裁定", "conflicts to resolve"),
     ("needs_start", "待开始处置", "to start"),
     ("needs_handler_report", "处置中待反馈", "to report back"),
-    ("needs_overdue", "已超期", "overdue"),
     ("bulk_triage", "批量处理所选案件", "Selected cases"),
     ("bulk_done", "件已处理", "cases done"),
     ("bulk_refused", "未能处理（状态或权限不允许）：", "not done (the state or your role does not allow it):"),

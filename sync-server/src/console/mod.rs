@@ -357,7 +357,12 @@ async fn queue(
         let f = filter.clone();
         let (queue, catalog, needs) = with_console(store, &session, move |console| {
             let now = now_ms();
-            Ok((console.case_queue(&user, &f, now)?, console.catalog(&user), console.needs_you(&user, now)?))
+            let queue = console.case_queue(&user, &f, now)?;
+            // Shown where the person lands (the queue filtered by status at most): its counts are
+            // the whole area's already, so nothing more is read.
+            let landing = CaseFilter { status: f.status.clone(), page: f.page, ..Default::default() } == f;
+            let needs = if landing { console.needs_you(&user, Some(&queue.counts), now)? } else { vec![] };
+            Ok((queue, console.catalog(&user), needs))
         })
         .await?;
         let bulk = bulk_done.map(|n| (n, bulk_refused.as_str()));

@@ -281,8 +281,14 @@ pub trait ConsoleStore: Send + Sync {
     fn set_password(&self, user: &str, password: &str, now_ms: i64) -> Result<()>;
     fn case_queue(&self, user: &ConsoleUser, filter: &CaseFilter, now_ms: i64) -> Result<CaseQueue>;
     /// What waits for this person in their whole area today, by what their role does next
-    /// (`NeedsYou`): counts only, read from the queue's status counts.
-    fn needs_you(&self, user: &ConsoleUser, now_ms: i64) -> Result<Vec<NeedsYou>>;
+    /// (`NeedsYou`). `area_counts`: the status counts of a queue filtered by nothing but status
+    /// (counts ignore the status), when the caller has them; then nothing more is read.
+    fn needs_you(
+        &self,
+        user: &ConsoleUser,
+        area_counts: Option<&[(String, i64)]>,
+        now_ms: i64,
+    ) -> Result<Vec<NeedsYou>>;
     fn case_view(&self, user: &ConsoleUser, case_id: &str) -> Result<CaseView>;
     /// Writes an action as an Automerge change by the person's server-side actor, stored and
     /// synced like any device's change. Refused (nothing written) if the role, scope or the

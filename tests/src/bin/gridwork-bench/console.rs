@@ -293,8 +293,14 @@ pub fn run(args: ConsoleArgs) -> Result<(), String> {
             let (kind, filter) = filters(&mut rng, pages);
             let t = Instant::now();
             let q = console.case_queue(&user, &filter, now_ms()).map_err(|e| e.to_string())?;
-            // The page shows what needs the person too: part of what it costs.
-            let needs = console.needs_you(&user, now_ms()).map_err(|e| e.to_string())?;
+            // Where the person lands (a status at most), the page shows what needs them too: part
+            // of what it costs (as the handler does it, from the queue's own counts).
+            let landing = CaseFilter { status: filter.status.clone(), ..Default::default() } == filter;
+            let needs = if landing {
+                console.needs_you(&user, Some(&q.counts), now_ms()).map_err(|e| e.to_string())?
+            } else {
+                vec![]
+            };
             let chrome = Chrome {
                 lang: Lang::Zh,
                 title: "queue".into(),
