@@ -603,6 +603,9 @@ pub struct SyncReport {
     pub wiped: bool,
     /// The server heard of the wipe; if not, call [`report_wiped`] when online.
     pub wipe_reported: bool,
+    /// The keystore failed to destroy its key during the wipe (its words): the store's files are
+    /// gone all the same; delete the key yourself.
+    pub wipe_vault_error: Option<String>,
 }
 
 impl SyncSettings {
@@ -978,6 +981,7 @@ impl GridworkStore {
             finished_cases_removed: n(r.finished_cases_removed),
             wipe_ordered: r.wipe_ordered,
             wiped: r.wiped.is_some(),
+            wipe_vault_error: r.wiped.as_ref().and_then(|w| w.vault_error.clone()),
             wipe_reported: r.wipe_reported,
         })
     }

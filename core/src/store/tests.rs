@@ -720,6 +720,44 @@ fn confirmed_photos_can_be_evicted_and_thumbnails_stay() {
     assert_eq!(f.store.get_case(&case.id).expect("get").case.evidence.len(), 1, "the reference stays");
 }
 
+/// A keystore that wraps but cannot destroy its key (a keystore error at the worst moment).
+struct StubbornVault(crate::vault::SoftwareVault);
+
+impl crate::vault::KeyVault for StubbornVault {
+    fn wrap(&self, plain: &[u8]) -> std::result::Result<Vec<u8>, String> {
+        self.0.wrap(plain)
+    }
+    fn unwrap(&self, wrapped: &[u8]) -> std::result::Result<Vec<u8>, String> {
+        self.0.unwrap(wrapped)
+    }
+    fn destroy(&self) -> std::result::Result<(), String> {
+        Err("keystore busy".into())
+    }
+}
+
+#[test]
+fn a_shred_removes_every_file_even_when_the_keystore_cannot_destroy_its_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vault = Arc::new(StubbornVault(crate::vault::SoftwareVault::from_key([3; 32])));
+    let mut o = OpenOptions::with_vault(dir.path(), vault, identity("w1", Role::Worker)).expect("options");
+    o.clock = Arc::new(FixedClock::new(NOW));
+    let store = Store::open(o).expect("open");
+    store.import_catalog(&catalog()).expect("catalog");
+    let photo = camera_like_jpeg(320, 240, &ExifSpec::default(), 8);
+    store.capture_case(NewCase { photos: vec![photo], ..new_case("to shred") }).expect("capture");
+    let report = store.shred().expect("shred");
+    assert_eq!(report.vault_error.as_deref(), Some("keystore busy"));
+    assert!(!report.vault_key_destroyed && report.files_removed >= 4, "{report:?}");
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, [TOMBSTONE_FILE], "the database, its WAL, the photos and the wrapped key are gone");
+    let again = Store::open(OpenOptions::new(dir.path(), &KEY, identity("w1", Role::Worker))).expect_err("wiped");
+    assert!(matches!(again, CoreError::Wiped { reported: false, .. }), "{again}");
+}
+
 #[test]
 fn a_photo_known_only_from_another_phone_is_readable_once_this_phone_takes_it_too() {
     // Found by the Kotlin suite: a worker's phone pulled a colleague's case whose photo had the

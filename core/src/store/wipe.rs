@@ -64,8 +64,12 @@ pub(crate) fn write_tombstone(dir: &Path, t: &Tombstone) -> Result<()> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShredReport {
     pub files_removed: usize,
-    /// The vault's key was destroyed (false: the app holds the raw key and must destroy it).
+    /// The vault's key was destroyed (false: the app holds the raw key and must destroy it, or
+    /// the vault failed: see `vault_error`).
     pub vault_key_destroyed: bool,
+    /// The vault's own words when destroying its key failed. The files are removed all the same
+    /// (what is left is the keystore's key: the app should delete it, and may try again).
+    pub vault_error: Option<String>,
 }
 
 /// Refuses a wiped store's directory.
@@ -117,8 +121,12 @@ impl Store {
         )?;
         let mut report = ShredReport::default();
         if let Some(vault) = &self.inner.vault {
-            vault.destroy().map_err(|reason| CoreError::Vault { reason })?;
-            report.vault_key_destroyed = true;
+            // A keystore that fails here must not keep the files: the server holds everything,
+            // and the store is shut for good already (the tombstone).
+            match vault.destroy() {
+                Ok(()) => report.vault_key_destroyed = true,
+                Err(reason) => report.vault_error = Some(reason),
+            }
         }
         report.files_removed += remove_file(&dir.join(crate::vault::WRAPPED_KEY_FILE))?;
         {
