@@ -151,7 +151,10 @@ fun theFieldScenarioThroughTheServer() {
     }
 
     // Two supervisors decide concurrently, offline: the conflict stays visible.
-    supA.sync(); supB.sync()
+    val toTriage = supA.sync().needsYou.single { it.what == "to_triage" }.count
+    assertTrue(toTriage >= 3uL, "the supervisor's badge counts the worker's new cases: $toTriage")
+    assertEquals(toTriage, supA.store.needsYou().single { it.what == "to_triage" }.count, "offline, the same")
+    supB.sync()
     supA.store.act(case.id, CaseAction.Accept("核实属实"))
     supB.store.act(case.id, CaseAction.RejectAsOutOfScope("不属本网格"))
     supA.sync(); supB.sync(); supA.sync()

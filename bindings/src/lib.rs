@@ -606,6 +606,21 @@ pub struct SyncReport {
     /// The keystore failed to destroy its key during the wipe (its words): the store's files are
     /// gone all the same; delete the key yourself.
     pub wipe_vault_error: Option<String>,
+    /// What waits for the person after this sync: the app's badge (see
+    /// [`GridworkStore::needs_you`]).
+    pub needs_you: Vec<NeedsYou>,
+}
+
+/// One line of "what needs you": `what` is `to_triage`, `to_dispatch`, `to_close`, `to_start`,
+/// `to_report_back`, `to_follow_up`, `conflicts` or `overdue`.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct NeedsYou {
+    pub what: String,
+    pub count: u64,
+}
+
+fn needs(v: Vec<gridwork_core::store::NeedsYou>) -> Vec<NeedsYou> {
+    v.into_iter().map(|n| NeedsYou { what: n.what.to_owned(), count: n.count }).collect()
 }
 
 impl SyncSettings {
@@ -942,6 +957,12 @@ impl GridworkStore {
         Ok(self.store.finish_patrol(&record_id("patrol_id", &patrol_id)?)?)
     }
 
+    /// What waits for the person among the cases this phone holds, by what their role does next:
+    /// the app's badge, offline as online (every sync reports it too).
+    pub fn needs_you(&self) -> Result<Vec<NeedsYou>> {
+        Ok(needs(self.store.needs_you()?))
+    }
+
     /// Items waiting to be sent.
     pub fn outbox_len(&self) -> Result<u64> {
         Ok(self.store.outbox_len()? as u64)
@@ -982,6 +1003,7 @@ impl GridworkStore {
             wipe_ordered: r.wipe_ordered,
             wiped: r.wiped.is_some(),
             wipe_vault_error: r.wiped.as_ref().and_then(|w| w.vault_error.clone()),
+            needs_you: needs(r.needs_you),
             wipe_reported: r.wipe_reported,
         })
     }

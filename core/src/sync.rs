@@ -134,6 +134,8 @@ pub struct SyncReport {
     /// The server acknowledged the wipe (`POST /v1/wiped`); if not, call [`report_wiped`] when
     /// online (the tombstone remembers).
     pub wipe_reported: bool,
+    /// What waits for this phone's person after the sync ([`Store::needs_you`]): the app's badge.
+    pub needs_you: Vec<crate::store::NeedsYou>,
 }
 
 /// An HTTP client for `server`, and where a pinned-CA refusal would be reported.
@@ -629,6 +631,7 @@ impl Store {
                 if let Some(keep) = config.keep_finished_cases {
                     report.finished_cases_removed = self.remove_settled_cases(keep)?.cases;
                 }
+                report.needs_you = self.needs_you()?;
                 return Ok(report);
             }
         }

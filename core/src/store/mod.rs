@@ -42,7 +42,7 @@ pub use cases::{CaseDetail, CaseSummary, NewCase, ReceiveReport};
 pub use evidence::EvictionReport;
 pub use outbox::{OutboxItem, OutboxKind, Reoffered};
 pub use patrols::{CheckInInput, PointCoverage};
-pub use queries::{CasePage, CaseQuery, SortOrder};
+pub use queries::{CasePage, CaseQuery, NeedsYou, SortOrder};
 pub use retention::RetentionReport;
 pub(crate) use wipe::{refuse_wiped, write_tombstone as wipe_tombstone_reported};
 pub use wipe::{tombstone, ShredReport, Tombstone, TOMBSTONE_FILE};

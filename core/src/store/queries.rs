@@ -176,3 +176,68 @@ impl Store {
         Ok(CasePage { items, next })
     }
 }
+
+/// One line of "what needs you": what (`to_triage`, `to_dispatch`, `to_close`, `to_start`,
+/// `to_report_back`, `to_follow_up`, `conflicts`, `overdue`) and how many cases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeedsYou {
+    pub what: &'static str,
+    pub count: u64,
+}
+
+impl Store {
+    /// What waits for this phone's person among the cases it holds in scope, by what their role
+    /// does next (the role table's states) — the app's badge. Read from the index alone, offline
+    /// as online; every sync reports it too (`SyncReport::needs_you`), so a badge follows the
+    /// server without a push service.
+    pub fn needs_you(&self) -> Result<Vec<NeedsYou>> {
+        use gridwork_model::catalog::Role;
+        let me = &self.identity().user.0;
+        let now = self.now_ms();
+        let conn = self.reader();
+        let (by_status, conflicts, overdue, follow_up) = {
+            let mut stmt = conn.prepare_cached(
+                "SELECT status, count(*), coalesce(sum(has_conflicts), 0),
+                        coalesce(sum(due_ms IS NOT NULL AND due_ms < ?1), 0),
+                        coalesce(sum(status = 'handled' AND (reporter = ?2 OR id IN
+                            (SELECT case_id FROM case_assignees WHERE assignee = 'user:' || ?2))), 0)
+                 FROM cases WHERE out_of_scope_ms IS NULL GROUP BY status",
+            )?;
+            let rows = stmt.query_map(rusqlite::params![now, me], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })?;
+            let mut by_status = std::collections::HashMap::new();
+            let (mut conflicts, mut overdue, mut follow_up) = (0, 0, 0);
+            for row in rows {
+                let (status, n, c, o, f) = row?;
+                by_status.insert(status, n);
+                conflicts += c;
+                overdue += o;
+                follow_up += f;
+            }
+            (by_status, conflicts, overdue, follow_up)
+        };
+        let of = |s: &str| by_status.get(s).copied().unwrap_or(0);
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        let needs = match self.identity().role {
+            Role::Worker => vec![("to_follow_up", follow_up), ("conflicts", conflicts)],
+            Role::DepartmentHandler => {
+                vec![("to_start", of("dispatched")), ("to_report_back", of("in_progress")), ("overdue", overdue)]
+            }
+            Role::Supervisor | Role::Administrator => vec![
+                ("to_triage", of("reported")),
+                ("to_dispatch", of("accepted")),
+                ("to_close", of("followed_up")),
+                ("conflicts", conflicts),
+                ("overdue", overdue),
+            ],
+        };
+        Ok(needs.into_iter().map(|(what, n)| NeedsYou { what, count: count(n) }).collect())
+    }
+}

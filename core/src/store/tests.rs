@@ -720,6 +720,31 @@ fn confirmed_photos_can_be_evicted_and_thumbnails_stay() {
     assert_eq!(f.store.get_case(&case.id).expect("get").case.evidence.len(), 1, "the reference stays");
 }
 
+#[test]
+fn needs_you_counts_what_each_role_does_next() {
+    let w = fixture("w1", Role::Worker);
+    let s = fixture("s1", Role::Supervisor);
+    let h = fixture("h1", Role::DepartmentHandler);
+    let a = w.store.capture_case(new_case("one")).expect("capture");
+    w.store.capture_case(new_case("two")).expect("capture");
+    exchange(&w.store, &s.store);
+    let need = |st: &Store, what: &str| st.needs_you().expect("needs").iter().find(|n| n.what == what).map(|n| n.count);
+    assert_eq!((need(&s.store, "to_triage"), need(&s.store, "to_dispatch")), (Some(2), Some(0)));
+    assert_eq!(need(&w.store, "to_triage"), None, "a worker does not triage");
+    s.store.record_event(&a.id, EventKind::Accept { note: String::new() }).expect("accept");
+    assert_eq!((need(&s.store, "to_triage"), need(&s.store, "to_dispatch")), (Some(1), Some(1)));
+    // Dispatched with a deadline an hour away; two hours later it is overdue for the police.
+    let deadline_ms = NOW + 3_600_000;
+    s.store
+        .record_event(&a.id, EventKind::Dispatch { departments: vec!["police".into()], deadline_ms })
+        .expect("dispatch");
+    exchange(&s.store, &h.store);
+    assert_eq!((need(&h.store, "to_start"), need(&h.store, "overdue")), (Some(1), Some(0)));
+    h.clock.advance(2 * 3_600_000);
+    assert_eq!(need(&h.store, "overdue"), Some(1));
+    assert_eq!(need(&w.store, "to_follow_up"), Some(0), "nothing handled yet");
+}
+
 /// A keystore that wraps but cannot destroy its key (a keystore error at the worst moment).
 struct StubbornVault(crate::vault::SoftwareVault);
 
