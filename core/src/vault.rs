@@ -13,8 +13,7 @@
 //! and the demo use [`SoftwareVault`], which holds its key in memory.
 
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use chacha20poly1305::aead::{Aead, KeyInit};
@@ -63,27 +62,11 @@ pub fn store_key(dir: &Path, vault: &dyn KeyVault) -> Result<Vec<u8>> {
             getrandom::fill(&mut key)
                 .map_err(|e| CoreError::Vault { reason: format!("the system's random source failed: {e}") })?;
             let wrapped = vault.wrap(&key).map_err(|reason| CoreError::Vault { reason })?;
-            write_durably(&path, &wrapped)?;
+            crate::store::files::write_durably(&path, &path.with_extension("tmp"), &[&wrapped])?;
             Ok(key)
         }
         Err(e) => Err(io(&path)(e)),
     }
-}
-
-/// Written to a temporary name, fsynced, renamed, the directory fsynced: a crash leaves the old
-/// file or the new one, never half of one.
-pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp: PathBuf = path.with_extension("tmp");
-    let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    fs::rename(&tmp, path).map_err(io(path))?;
-    if let Some(parent) = path.parent() {
-        if let Ok(d) = fs::File::open(parent) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
 }
 
 /// A vault whose key lives in this process's memory (tests, the demo, a desktop tool). It

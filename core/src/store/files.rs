@@ -65,21 +65,7 @@ impl EvidenceFiles {
             .cipher
             .encrypt(&XNonce::from(nonce), plain)
             .map_err(|_| CoreError::EvidenceFile { sha256: sha.clone(), reason: "encryption failed".into() })?;
-        let tmp = self.dir.join(format!(".{sha}.tmp"));
-        let written = fs::File::create(&tmp).and_then(|mut f| {
-            f.write_all(&nonce)?;
-            f.write_all(&sealed)?;
-            f.sync_all()
-        });
-        if let Err(e) = written {
-            // A half-written copy of bytes the caller still holds (nothing was acknowledged):
-            // removed, so that a full disk gets its space back and the next try starts clean.
-            let _ = fs::remove_file(&tmp);
-            return Err(io(&tmp)(e));
-        }
-        fs::rename(&tmp, &path).map_err(io(&path))?;
-        // The rename is durable only once the directory entry is.
-        fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io(&self.dir))?;
+        write_durably(&path, &self.dir.join(format!(".{sha}.tmp")), &[&nonce, &sealed])?;
         Ok(sha)
     }
 
@@ -126,4 +112,27 @@ impl EvidenceFiles {
         }
         Ok(moved)
     }
+}
+
+/// Writes `parts` to `path` so that a crash leaves the old file or the whole new one: written to
+/// `tmp` (beside it), fsynced, renamed, and the directory fsynced (a rename is durable only once
+/// the directory entry is). The evidence files, the wrapped store key and a wipe's tombstone.
+pub(crate) fn write_durably(path: &Path, tmp: &Path, parts: &[&[u8]]) -> Result<()> {
+    let written = fs::File::create(tmp).and_then(|mut f| {
+        for p in parts {
+            f.write_all(p)?;
+        }
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        // A half-written copy of bytes the caller still holds (nothing was acknowledged):
+        // removed, so that a full disk gets its space back and the next try starts clean.
+        let _ = fs::remove_file(tmp);
+        return Err(io(tmp)(e));
+    }
+    fs::rename(tmp, path).map_err(io(path))?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    }
+    Ok(())
 }

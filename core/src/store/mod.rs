@@ -13,7 +13,7 @@
 mod cases;
 pub(crate) mod documents;
 mod evidence;
-mod files;
+pub(crate) mod files;
 pub(crate) mod outbox;
 mod patrols;
 mod queries;

@@ -57,7 +57,8 @@ pub(crate) fn write_tombstone(dir: &Path, t: &Tombstone) -> Result<()> {
         path: dir.join(TOMBSTONE_FILE),
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
     })?;
-    crate::vault::write_durably(&dir.join(TOMBSTONE_FILE), &bytes)
+    let path = dir.join(TOMBSTONE_FILE);
+    super::files::write_durably(&path, &path.with_extension("tmp"), &[&bytes])
 }
 
 /// What a shred removed.
