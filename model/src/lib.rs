@@ -9,6 +9,7 @@
 //! - [`lifecycle`]: lifecycle events, the role table and the fold that derives a case's state.
 //! - [`doc`]: how a case maps onto one Automerge document.
 //! - [`record`]: immutable records (patrols and check-ins) that sync idempotently by id.
+//! - [`search`]: how text is split into search terms (Chinese by bigrams), phone and server alike.
 //! - [`time`]: clock readings that do not trust the device clock, and the district's time zone.
 //! - [`wire`]: the sync protocol's request and response types (docs/PROTOCOL.md).
 
@@ -25,6 +26,7 @@ pub mod ids;
 pub mod lifecycle;
 pub mod places;
 pub mod record;
+pub mod search;
 pub mod signing;
 pub mod time;
 pub mod wire;

@@ -412,6 +412,23 @@ impl ConsoleStore for City {
         self.reading(user)?.case_view(user, case_id)
     }
 
+    fn case_by_code(&self, user: &ConsoleUser, code: &str) -> Result<Option<String>> {
+        self.reading(user)?.case_by_code(user, code)
+    }
+
+    /// Every store's index, each by up to `max_changes`: the sums.
+    fn index_for_search(&self, max_changes: usize) -> Result<crate::rules::search::IndexProgress> {
+        let mut sum = crate::rules::search::IndexProgress::default();
+        for member in std::iter::once(&self.home).chain(self.districts.values()) {
+            if let Some(console) = member.sync.console() {
+                let p = console.index_for_search(max_changes)?;
+                sum.cases += p.cases;
+                sum.behind += p.behind;
+            }
+        }
+        Ok(sum)
+    }
+
     fn needs_you(
         &self,
         user: &ConsoleUser,

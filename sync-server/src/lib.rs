@@ -32,6 +32,7 @@ pub mod rules;
 pub mod serve;
 pub mod store;
 pub mod tls;
+pub mod upkeep;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -83,6 +84,9 @@ pub struct ServeOptions {
     /// When set, `/metrics` answers only `Authorization: Bearer TOKEN`.
     pub metrics_token: Option<Arc<str>>,
     pub limits: serve::ServeLimits,
+    /// How often the server's own work runs (`upkeep`: the search index); `None` runs none
+    /// (tests and benchmarks that measure the sync path alone drive it themselves).
+    pub upkeep: Option<std::time::Duration>,
 }
 
 impl Default for ServeOptions {
@@ -92,6 +96,7 @@ impl Default for ServeOptions {
             metrics: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             metrics_token: None,
             limits: serve::ServeLimits::default(),
+            upkeep: None,
         }
     }
 }
@@ -118,7 +123,7 @@ pub fn start_serving(
     addr: SocketAddr,
     options: ServeOptions,
 ) -> std::io::Result<RunningServer> {
-    let ServeOptions { tls, metrics: metrics_at, metrics_token, limits } = options;
+    let ServeOptions { tls, metrics: metrics_at, metrics_token, limits, upkeep: upkeep_every } = options;
     if tls.is_none() && !addr.ip().is_loopback() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -142,6 +147,9 @@ pub fn start_serving(
             let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
                 let _ = rx.wait_for(|stop| *stop).await;
             };
+            if let Some(every) = upkeep_every {
+                tokio::spawn(upkeep::run(store.clone(), every, rx.clone()));
+            }
             if let Some(l) = metrics_listener {
                 let app = http::metrics_router(store.clone(), metrics.clone(), metrics_token);
                 tokio::spawn(serve::serve(l, app, limits, stopped(rx.clone())));

@@ -214,6 +214,7 @@ fn serve(
         metrics: metrics_listen,
         metrics_token: metrics_token.map(Arc::from),
         limits,
+        upkeep: Some(std::time::Duration::from_secs(2)),
     };
     let server = gridwork_sync_server::start_serving(store, listen, options)
         .map_err(|e| format!("cannot listen on {listen} (or the metrics address): {e}"))?;

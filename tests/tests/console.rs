@@ -654,7 +654,83 @@ fn bulk_triage_takes_one_event_per_case_each_checked_by_the_role_table(d: Distri
     assert_eq!(case_rows(&sup.get("/console/cases?status=dispatched")).len(), 2);
 }
 
+/// A case as a worker would write it: this title and description, in grid `grid`.
+fn capture_text(p: &common::Phone, grid: usize, title: &str, description: &str) -> gridwork_core::model::ids::CaseId {
+    let catalog = gridwork_tests::district(4);
+    let mut case = gridwork_tests::random_case(&mut gridwork_tests::Rng::new(7), &catalog, grid, 0);
+    case.title = title.to_owned();
+    case.description = description.to_owned();
+    p.store.capture_case(case).expect("capture").id
+}
+
+fn search_finds_cases_by_code_words_reporter_and_place_within_the_persons_area(d: District) {
+    console_users(&d);
+    let mut w1 = phone(&d, "w1", None);
+    let mut w2 = phone(&d, "w2", None);
+    let leak = capture_text(&w1, 0, "楼道漏水", "三号楼的水管破了, basement flooding");
+    let noise = capture_text(&w2, 1, "夜间噪音扰民", "工地施工到凌晨");
+    w1.sync(&d.url()).expect("w1 pushes");
+    w2.sync(&d.url()).expect("w2 pushes");
+    let code = w1.store.get_case(&leak).expect("case").case.code;
+    let (leak, noise) = (leak.to_string(), noise.to_string());
+
+    let mut sup = Browser::new(&d.url());
+    assert_eq!(sup.sign_in("s1", PASSWORD).status, 303);
+    let found = |b: &mut Browser, q: &str| -> Vec<String> {
+        let page = b.get(&format!("/console/cases?q={}", gridwork_sync_server::console::views::enc(q)));
+        assert_eq!(page.status, 200, "{q}: {}", page.body);
+        let mut rows = case_rows(&page);
+        rows.sort();
+        rows
+    };
+    // A two-character Chinese word of the title or the description; a word being typed.
+    assert_eq!(found(&mut sup, "漏水"), vec![leak.clone()]);
+    assert_eq!(found(&mut sup, "水管"), vec![leak.clone()]);
+    assert_eq!(found(&mut sup, "噪音"), vec![noise.clone()]);
+    assert_eq!(found(&mut sup, "flood"), vec![leak.clone()]);
+    assert_eq!(found(&mut sup, "施工 凌晨"), vec![noise.clone()], "every word must match");
+    assert!(found(&mut sup, "漏水 噪音").is_empty(), "no case holds both");
+    assert!(found(&mut sup, "漏电").is_empty(), "a bigram the text does not hold");
+    // By reporter and by place (grid id and name).
+    assert_eq!(found(&mut sup, "w2"), vec![noise.clone()]);
+    assert_eq!(found(&mut sup, "g0"), vec![leak.clone()]);
+    let mut both = vec![leak.clone(), noise.clone()];
+    both.sort();
+    assert_eq!(found(&mut sup, "Community 0"), both);
+    // A code typed in full (in any case) opens the case; part of it searches.
+    for typed in [code.clone(), code.to_lowercase(), format!(" {code} ")] {
+        let page = sup.get(&format!("/console/cases?q={}", gridwork_sync_server::console::views::enc(&typed)));
+        assert_eq!((page.status, page.location.clone()), (303, Some(format!("/console/cases/{leak}"))), "{typed:?}");
+    }
+    let part = code.split('-').next().unwrap_or(&code).to_owned();
+    assert!(found(&mut sup, &part).contains(&leak), "the code's first part finds it");
+    // The search box is on every page; the filters and the CSV keep the words.
+    assert!(sup.get("/console/map").body.contains("id=\"search-box\""));
+    let csv = sup.get(&format!("/console/cases.csv?q={}", gridwork_sync_server::console::views::enc("噪音")));
+    assert_eq!(csv.body.lines().count(), 2, "{}", csv.body);
+
+    // Someone else's area: nothing found, and a full code opens nothing either.
+    let mut s2 = Browser::new(&d.url());
+    assert_eq!(s2.sign_in("s2", PASSWORD).status, 303);
+    assert!(found(&mut s2, "漏水").is_empty(), "outside s2's community");
+    let by_code = s2.get(&format!("/console/cases?q={}", gridwork_sync_server::console::views::enc(&code)));
+    assert_eq!((by_code.status, case_rows(&by_code).len()), (200, 0), "no case, no hint it exists");
+
+    // An edited title is searched as it is now: the old words find it no more.
+    w1.store
+        .edit_case(
+            &gridwork_core::model::ids::CaseId::parse(&leak).expect("id"),
+            gridwork_core::model::doc::CasePatch { title: Some("楼梯积水".into()), ..Default::default() },
+        )
+        .expect("edit");
+    w1.sync(&d.url()).expect("w1 pushes the edit");
+    assert_eq!(found(&mut sup, "积水"), vec![leak.clone()]);
+    assert!(found(&mut sup, "楼道").is_empty(), "the old title's word is gone");
+    assert_eq!(found(&mut sup, "水管"), vec![leak.clone()], "the description still holds");
+}
+
 on_every_store!(
+    search_finds_cases_by_code_words_reporter_and_place_within_the_persons_area,
     bulk_triage_takes_one_event_per_case_each_checked_by_the_role_table,
     a_case_worked_from_the_console_reaches_the_phones_and_closes,
     the_console_refuses_device_tokens_forged_forms_other_areas_and_password_guessing,

@@ -504,7 +504,7 @@ fn tight_server(d: &District) -> gridwork_sync_server::RunningServer {
     gridwork_sync_server::start_serving(
         d.store.clone() as Arc<dyn SyncStore>,
         "127.0.0.1:0".parse().expect("addr"),
-        ServeOptions { limits, metrics: None, tls: None, metrics_token: None },
+        ServeOptions { limits, metrics: None, tls: None, metrics_token: None, upkeep: None },
     )
     .expect("tight server")
 }
@@ -559,7 +559,7 @@ fn connections_past_the_cap_wait_until_one_closes() {
     let server = gridwork_sync_server::start_serving(
         d.store.clone() as Arc<dyn SyncStore>,
         "127.0.0.1:0".parse().expect("addr"),
-        ServeOptions { limits, metrics: None, tls: None, metrics_token: None },
+        ServeOptions { limits, metrics: None, tls: None, metrics_token: None, upkeep: None },
     )
     .expect("server");
     let idle_a = TcpStream::connect(server.addr).expect("a");

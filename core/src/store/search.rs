@@ -1,4 +1,4 @@
-//! Text search that works for Chinese.
+//! Text search that works for Chinese, split as `gridwork_model::search` splits it.
 //!
 //! SQLite's unicode61 tokenizer treats a run of Chinese characters as one token, and its trigram
 //! tokenizer cannot match the two-character words people actually search for ("漏水", "噪音").
@@ -10,53 +10,7 @@ use rusqlite::{params, Connection};
 
 use crate::error::Result;
 
-fn is_cjk(c: char) -> bool {
-    matches!(c as u32,
-        0x3040..=0x30FF      // Hiragana, Katakana
-        | 0x3400..=0x4DBF    // CJK Extension A
-        | 0x4E00..=0x9FFF    // CJK Unified Ideographs
-        | 0xAC00..=0xD7AF    // Hangul syllables
-        | 0xF900..=0xFAFF    // CJK Compatibility Ideographs
-        | 0x20000..=0x2FA1F) // Extensions B–F and supplement
-}
-
-/// Splits text into search terms: words, CJK characters and CJK bigrams.
-fn terms(text: &str) -> (Vec<String>, Vec<String>) {
-    let mut words = vec![];
-    let mut cjk_terms = vec![];
-    let mut word = String::new();
-    let mut run: Vec<char> = vec![];
-    let flush_run = |run: &mut Vec<char>, out: &mut Vec<String>| {
-        for (i, c) in run.iter().enumerate() {
-            out.push(c.to_string());
-            if let Some(next) = run.get(i + 1) {
-                out.push(format!("{c}{next}"));
-            }
-        }
-        run.clear();
-    };
-    for c in text.chars() {
-        if is_cjk(c) {
-            if !word.is_empty() {
-                words.push(std::mem::take(&mut word).to_lowercase());
-            }
-            run.push(c);
-        } else if c.is_alphanumeric() {
-            flush_run(&mut run, &mut cjk_terms);
-            word.push(c);
-        } else {
-            flush_run(&mut run, &mut cjk_terms);
-            if !word.is_empty() {
-                words.push(std::mem::take(&mut word).to_lowercase());
-            }
-        }
-    }
-    flush_run(&mut run, &mut cjk_terms);
-    if !word.is_empty() {
-        words.push(word.to_lowercase());
-    }
-    (words, cjk_terms)
-}
+use gridwork_model::search::terms;
 
 /// The string stored in the FTS column for a case.
 pub(crate) fn tokens(title: &str, description: &str) -> String {

@@ -216,6 +216,9 @@ const WORDS: &[(&str, &str, &str)] = &[
     ("reject_all", "驳回", "Reject"),
     ("hours", "时限（小时）", "Deadline (hours)"),
     ("go_to_page", "跳到第几页", "Go to page"),
+    ("search", "搜索", "Search"),
+    ("search_hint", "编号、标题或描述中的词、上报人、地点", "Code, words, reporter or place"),
+    ("index_behind", "搜索索引尚未收录的最新变更：", "Recent changes not yet searchable:"),
     ("go", "前往", "Go"),
     (
         "map_outside",

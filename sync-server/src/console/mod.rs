@@ -336,12 +336,16 @@ fn parse_filter(q: &HashMap<String, String>) -> CaseFilter {
         overdue: get("overdue"),
         from: get("from"),
         to: get("to"),
+        q: get("q").trim().to_owned(),
         page: get("page").parse().unwrap_or(1),
         after: get("after"),
         before: get("before"),
         all: false,
     }
 }
+
+/// Changes the search index takes in before a search (one short batch).
+const SEARCH_CATCH_UP: usize = 500;
 
 async fn queue(
     State(state): State<ConsoleState>,
@@ -355,16 +359,30 @@ async fn queue(
     signed_in(&state, &headers, &q, |lang, session| async move {
         let user = session.user.clone();
         let f = filter.clone();
-        let (queue, catalog, needs) = with_console(store, &session, move |console| {
+        let found = with_console(store, &session, move |console| {
             let now = now_ms();
+            let mut index_behind = 0;
+            if !f.q.is_empty() {
+                // What was just reported is found too: the index takes in a batch first (the
+                // upkeep task does the rest between requests).
+                index_behind = console.index_for_search(SEARCH_CATCH_UP)?.behind;
+                // A code typed in full opens its case.
+                if let Some(id) = console.case_by_code(&user, &f.q)? {
+                    return Ok(Err(id));
+                }
+            }
             let queue = console.case_queue(&user, &f, now)?;
             // Shown where the person lands (the queue filtered by status at most): its counts are
             // the whole area's already, so nothing more is read.
             let landing = CaseFilter { status: f.status.clone(), page: f.page, ..Default::default() } == f;
             let needs = if landing { console.needs_you(&user, Some(&queue.counts), now)? } else { vec![] };
-            Ok((queue, console.catalog(&user), needs))
+            Ok(Ok((queue, console.catalog(&user), needs, index_behind)))
         })
         .await?;
+        let (queue, catalog, needs, index_behind) = match found {
+            Ok(page) => page,
+            Err(case_id) => return Ok(redirect(&format!("/console/cases/{}", views::enc(&case_id)))),
+        };
         let bulk = bulk_done.map(|n| (n, bulk_refused.as_str()));
         let page = views::queue_page(
             chrome(lang, lang.t("queue"), Some(&session)),
@@ -374,6 +392,7 @@ async fn queue(
             queue,
             bulk,
             &needs,
+            index_behind,
         );
         Ok(html(StatusCode::OK, page.render()))
     })

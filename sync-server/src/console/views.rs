@@ -112,6 +112,8 @@ pub struct QueuePage {
     pub bulk: Option<(u32, String)>,
     /// "Needs you today": (key, label, count, href).
     pub needs: Vec<(&'static str, String, i64, String)>,
+    /// A search ran while the index had not seen this many changes (their cases may be missing).
+    pub index_behind: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -231,6 +233,7 @@ pub fn filter_query(f: &CaseFilter, status: &str, page: u32) -> String {
         ("overdue", f.overdue.as_str()),
         ("from", f.from.as_str()),
         ("to", f.to.as_str()),
+        ("q", f.q.as_str()),
     ] {
         if !v.is_empty() {
             q.push(format!("{k}={}", enc(v)));
@@ -297,6 +300,7 @@ pub fn queue_page(
     queue: CaseQueue,
     bulk: Option<(u32, &str)>,
     needs: &[crate::store::console::NeedsYou],
+    index_behind: i64,
 ) -> QueuePage {
     let lang = chrome.lang;
     let calendar = DistrictCalendar::default();
@@ -372,6 +376,7 @@ pub fn queue_page(
         ),
         back: filter_query(&filter, &filter.status, page),
         bulk: bulk.map(|(n, refused)| (n, refused.to_owned())),
+        index_behind,
         needs: needs
             .iter()
             .map(|n| (n.what, lang.t(n.what).to_owned(), n.count, format!("/console/cases?{}", n.query)))
@@ -384,6 +389,7 @@ pub fn queue_page(
             ("overdue", &filter.overdue),
             ("from", &filter.from),
             ("to", &filter.to),
+            ("q", &filter.q),
         ]
         .into_iter()
         .filter(|(_, v)| !v.is_empty())

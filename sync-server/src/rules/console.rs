@@ -186,6 +186,7 @@ fn queue_query(tx: &dyn ReadTx, user: &ConsoleUser, filter: &CaseFilter, now_ms:
         reported_from_ms: day(&filter.from, true)?,
         reported_before_ms: day(&filter.to, false)?,
         status: some(&filter.status),
+        terms: gridwork_model::search::query_terms(&filter.q),
     })
 }
 
@@ -472,6 +473,24 @@ impl<B: Backend> ConsoleStore for B {
             ))),
             None => Err(ServerError::Internal("the writer did not answer".into())),
         }
+    }
+
+    fn case_by_code(&self, user: &ConsoleUser, code: &str) -> Result<Option<String>> {
+        let term = gridwork_model::search::code_term(code);
+        read(self, |tx: &dyn ReadTx| {
+            let query = QueueQuery {
+                visible: visible_scopes(tx, user)?,
+                terms: vec![gridwork_model::search::TermMatch::Exact(term)],
+                ..QueueQuery::default()
+            };
+            let rows = tx.queue_rows(&query, &QueuePage { limit: 1, ..QueuePage::default() })?;
+            Ok(rows.into_iter().next().map(|r| r.doc_id))
+        })
+    }
+
+    fn index_for_search(&self, max_changes: usize) -> Result<crate::rules::search::IndexProgress> {
+        let catalog = Arc::clone(self.rules().places.catalog());
+        crate::rules::search::index_some(self, &catalog, max_changes)
     }
 
     fn catalog(&self, _user: &ConsoleUser) -> Arc<Catalog> {

@@ -120,6 +120,8 @@ pub struct CaseFilter {
     /// Reported on or after / before (YYYY-MM-DD, district time zone).
     pub from: String,
     pub to: String,
+    /// Words to search for (title, description, code, reporter, place; `gridwork_model::search`).
+    pub q: String,
     /// 1-based; shown, not used to find the rows (see `after` and `before`).
     pub page: u32,
     /// The queue key of the previous page's last case: this page starts after it.
@@ -290,6 +292,11 @@ pub trait ConsoleStore: Send + Sync {
         now_ms: i64,
     ) -> Result<Vec<NeedsYou>>;
     fn case_view(&self, user: &ConsoleUser, case_id: &str) -> Result<CaseView>;
+    /// The case whose code this is, typed in full, if the person may see it (`None` otherwise,
+    /// whether or not it exists: a code is no way to learn what is outside one's area).
+    fn case_by_code(&self, user: &ConsoleUser, code: &str) -> Result<Option<String>>;
+    /// Brings the search index up to at most `max_changes` more changes (`rules::search`).
+    fn index_for_search(&self, max_changes: usize) -> Result<crate::rules::search::IndexProgress>;
     /// Writes an action as an Automerge change by the person's server-side actor, stored and
     /// synced like any device's change. Refused (nothing written) if the role, scope or the
     /// case's state does not allow it.

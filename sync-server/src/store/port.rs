@@ -14,6 +14,7 @@ use std::sync::Arc;
 use super::Device;
 use crate::error::Result;
 use crate::records::CheckIn;
+use gridwork_model::search::TermMatch;
 
 /// Where a change already is on the server, by its hash.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -173,6 +174,8 @@ pub struct QueueQuery {
     pub reported_before_ms: Option<i64>,
     /// Counts per status ignore it; rows and pins honour it.
     pub status: Option<String>,
+    /// And holding every one of these search terms (`model::search`, schema 12).
+    pub terms: Vec<TermMatch>,
 }
 
 impl QueueQuery {
@@ -185,6 +188,7 @@ impl QueueQuery {
             && self.overdue_below.is_none()
             && self.reported_from_ms.is_none()
             && self.reported_before_ms.is_none()
+            && self.terms.is_empty()
     }
 }
 
@@ -328,6 +332,9 @@ pub trait ReadTx {
     fn counts(&self) -> Result<(i64, i64, i64)>;
     /// Every lifecycle event stored for a case, as JSON.
     fn case_events(&self, doc_id: &str) -> Result<Vec<String>>;
+    /// (sequence number, document) of the applied changes after `seq`, in order, at most `limit`:
+    /// what the search index has not seen yet.
+    fn changes_after(&self, seq: i64, limit: usize) -> Result<Vec<(i64, String)>>;
 
     // The console's reads (`rules::console`).
 
@@ -525,6 +532,8 @@ pub trait WriteTx: ReadTx {
     fn device_seen_at_least(&self, device_id: &str, at_ms: i64, state_json: &str) -> Result<()>;
 
     fn set_meta(&self, key: &str, value: &str) -> Result<()>;
+    /// A case's search terms are now exactly these (schema 12): the ones it lost are deleted.
+    fn set_case_terms(&self, doc_id: &str, terms: &BTreeSet<String>) -> Result<()>;
     /// A pending device whose enrolment code hashes to this.
     fn pending_device(&self, enrol_hash: &str) -> Result<Option<String>>;
     /// The enrolment code is used: the device is active with this token.

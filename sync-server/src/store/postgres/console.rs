@@ -1,6 +1,7 @@
 //! The console's queue as PostgreSQL statements: the filters of a [`QueueQuery`] (decided by
 //! `rules::console`) as one WHERE clause, scopes matched with `= ANY($n)`.
 
+use gridwork_model::search::{prefix_end, TermMatch};
 use postgres::types::ToSql;
 
 use super::port::PgTx;
@@ -22,6 +23,18 @@ fn filter(q: &QueueQuery, with_status: bool) -> (String, Vec<Arg>) {
     for scopes in [&q.visible, &q.area].into_iter().flatten() {
         let a = arg(Box::new(scopes.clone()));
         clauses.push(format!("EXISTS (SELECT 1 FROM membership m WHERE m.doc_id = d.doc_id AND m.scope = ANY({a}))"));
+    }
+    // Each search term: the cases holding it, from the term index (schema 5).
+    for term in &q.terms {
+        let test = match term {
+            TermMatch::Exact(t) => format!("t.term = {}", arg(Box::new(t.clone()))),
+            TermMatch::Prefix(p) => {
+                let lo = arg(Box::new(p.clone()));
+                let hi = arg(Box::new(prefix_end(p)));
+                format!("t.term >= {lo} AND t.term < {hi}")
+            }
+        };
+        clauses.push(format!("d.doc_id IN (SELECT t.doc_id FROM case_terms t WHERE {test})"));
     }
     if let Some(c) = &q.category {
         let a = arg(Box::new(c.clone()));

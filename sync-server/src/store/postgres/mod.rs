@@ -38,11 +38,15 @@ use gridwork_model::places::Places;
 use port::{PgTx, Statements};
 
 /// The schema this server writes (`meta.schema_version`).
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Each schema after the first, by the version it brings the database to.
-const MIGRATIONS: &[(i64, &str)] =
-    &[(2, include_str!("schema_2.sql")), (3, include_str!("schema_3.sql")), (4, include_str!("schema_4.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (2, include_str!("schema_2.sql")),
+    (3, include_str!("schema_3.sql")),
+    (4, include_str!("schema_4.sql")),
+    (5, include_str!("schema_5.sql")),
+];
 
 /// Reader connections kept open between requests.
 const MAX_READERS: usize = 16;

@@ -680,6 +680,14 @@ impl ReadTx for PgTx<'_, '_> {
         self.strings("SELECT json FROM doc_events WHERE doc_id = $1", &[&doc_id])
     }
 
+    fn changes_after(&self, seq: i64, limit: usize) -> Result<Vec<(i64, String)>> {
+        Ok(self
+            .rows("SELECT seq, doc_id FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2", &[&seq, &(limit as i64)])?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
     fn person(&self, user: &str) -> Result<Option<(String, Option<String>)>> {
         Ok(self.row("SELECT role, department FROM users WHERE id = $1", &[&user])?.map(|r| (r.get(0), r.get(1))))
     }
@@ -1273,6 +1281,29 @@ impl WriteTx for PgTx<'_, '_> {
         if let Some(m) = self.meta.borrow_mut().as_mut() {
             m.insert(key.to_owned(), value.to_owned());
         }
+        Ok(())
+    }
+
+    fn set_case_terms(&self, doc_id: &str, terms: &BTreeSet<String>) -> Result<()> {
+        let before: String = self
+            .row("SELECT terms FROM search_docs WHERE doc_id = $1", &[&doc_id])?
+            .map(|r| r.get(0))
+            .unwrap_or_default();
+        let before: BTreeSet<&str> = before.split(' ').filter(|t| !t.is_empty()).collect();
+        // One statement each way, whatever the number of terms (every statement is a round trip).
+        let gone: Vec<&str> = before.iter().copied().filter(|t| !terms.contains(*t)).collect();
+        let new: Vec<&str> = terms.iter().map(String::as_str).filter(|t| !before.contains(t)).collect();
+        self.exec("DELETE FROM case_terms WHERE doc_id = $1 AND term = ANY($2)", &[&doc_id, &gone])?;
+        self.exec(
+            "INSERT INTO case_terms (term, doc_id) SELECT t, $1 FROM unnest($2::text[]) AS t ON CONFLICT DO NOTHING",
+            &[&doc_id, &new],
+        )?;
+        let joined = terms.iter().map(String::as_str).collect::<Vec<_>>().join(" ");
+        self.exec(
+            "INSERT INTO search_docs (doc_id, terms) VALUES ($1, $2)
+             ON CONFLICT (doc_id) DO UPDATE SET terms = excluded.terms",
+            &[&doc_id, &joined],
+        )?;
         Ok(())
     }
 

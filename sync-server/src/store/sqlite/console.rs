@@ -3,6 +3,7 @@
 //! the queue reads.
 
 use gridwork_model::lifecycle::{self, Event, EventKind};
+use gridwork_model::search::{prefix_end, TermMatch};
 
 use super::*;
 use crate::ingest::read_change;
@@ -115,6 +116,22 @@ fn filter_sql(q: &QueueQuery) -> FilterSql {
         let per_row = format!(
             "EXISTS (SELECT 1 FROM membership {alias} WHERE {alias}.doc_id = d.doc_id AND {alias}.scope IN ({marks}))"
         );
+        clauses.push(in_form.clone());
+        area_forms.push((in_form, per_row));
+    }
+    // Each search term: the cases holding it, from the term index (schema 12).
+    for (i, term) in q.terms.iter().enumerate() {
+        let alias = format!("t{i}");
+        let test = match term {
+            TermMatch::Exact(t) => format!("{alias}.term = {}", arg(Box::new(t.clone()), &mut args)),
+            TermMatch::Prefix(p) => {
+                let lo = arg(Box::new(p.clone()), &mut args);
+                let hi = arg(Box::new(prefix_end(p)), &mut args);
+                format!("{alias}.term >= {lo} AND {alias}.term < {hi}")
+            }
+        };
+        let in_form = format!("d.doc_id IN (SELECT {alias}.doc_id FROM case_terms {alias} WHERE {test})");
+        let per_row = format!("EXISTS (SELECT 1 FROM case_terms {alias} WHERE {test} AND {alias}.doc_id = d.doc_id)");
         clauses.push(in_form.clone());
         area_forms.push((in_form, per_row));
     }

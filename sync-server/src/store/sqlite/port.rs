@@ -377,6 +377,14 @@ impl ReadTx for SqliteTx<'_> {
         strings(self.conn, "SELECT json FROM doc_events WHERE doc_id = ?1", [doc_id])
     }
 
+    fn changes_after(&self, seq: i64, limit: usize) -> Result<Vec<(i64, String)>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT seq, doc_id FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2")?
+            .query_map(params![seq, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
     fn person(&self, user: &str) -> Result<Option<(String, Option<String>)>> {
         Ok(q1(self.conn, "SELECT role, department FROM users WHERE id = ?1", [user], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?)
@@ -921,6 +929,28 @@ impl WriteTx for SqliteTx<'_> {
 
     fn set_meta(&self, key: &str, value: &str) -> Result<()> {
         meta_set(self.conn, key, value)
+    }
+
+    fn set_case_terms(&self, doc_id: &str, terms: &BTreeSet<String>) -> Result<()> {
+        let before: Option<String> =
+            q1(self.conn, "SELECT terms FROM search_docs WHERE doc_id = ?1", [doc_id], |r| r.get(0)).optional()?;
+        let before: BTreeSet<&str> = before.as_deref().unwrap_or("").split(' ').filter(|t| !t.is_empty()).collect();
+        let mut delete = self.conn.prepare_cached("DELETE FROM case_terms WHERE term = ?1 AND doc_id = ?2")?;
+        for gone in before.iter().filter(|t| !terms.contains(**t)) {
+            delete.execute(params![gone, doc_id])?;
+        }
+        let mut insert = self.conn.prepare_cached("INSERT OR IGNORE INTO case_terms (term, doc_id) VALUES (?1, ?2)")?;
+        for new in terms.iter().filter(|t| !before.contains(t.as_str())) {
+            insert.execute(params![new, doc_id])?;
+        }
+        let joined = terms.iter().map(String::as_str).collect::<Vec<_>>().join(" ");
+        exec(
+            self.conn,
+            "INSERT INTO search_docs (doc_id, terms) VALUES (?1, ?2)
+             ON CONFLICT (doc_id) DO UPDATE SET terms = excluded.terms",
+            params![doc_id, joined],
+        )?;
+        Ok(())
     }
 
     fn pending_device(&self, enrol_hash: &str) -> Result<Option<String>> {

@@ -312,7 +312,7 @@ pub fn run(args: ConsoleArgs) -> Result<(), String> {
                 district: None,
                 city: false,
             };
-            let html = views::queue_page(chrome, &catalog, &user, filter, q, None, &needs)
+            let html = views::queue_page(chrome, &catalog, &user, filter, q, None, &needs, 0)
                 .render()
                 .map_err(|e| e.to_string())?;
             queue_ms.push(ms_since(t));
