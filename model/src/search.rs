@@ -56,6 +56,15 @@ pub fn terms(text: &str) -> (Vec<String>, Vec<String>) {
     (words, cjk_terms)
 }
 
+/// A space-separated token holding punctuation between letters or digits and no CJK ("w-g3",
+/// "DV137-0364", "E-bike"), lower-cased with its outer punctuation trimmed: kept whole as well as
+/// split, so an id typed as it is written finds exactly it, not every word that starts like a piece.
+fn joined_word(token: &str) -> Option<String> {
+    let t = token.trim_matches(|c: char| !c.is_alphanumeric());
+    let inner = t.chars().any(|c| !c.is_alphanumeric());
+    (inner && !t.chars().any(is_cjk)).then(|| t.to_lowercase())
+}
+
 /// Every term a case's texts are found by (title, description, code, reporter, place names…).
 pub fn index_terms<'a>(texts: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
@@ -63,6 +72,7 @@ pub fn index_terms<'a>(texts: impl IntoIterator<Item = &'a str>) -> BTreeSet<Str
         let (words, cjk) = terms(text);
         out.extend(words);
         out.extend(cjk);
+        out.extend(text.split_whitespace().filter_map(joined_word));
     }
     out
 }
@@ -74,7 +84,7 @@ pub fn code_term(code: &str) -> String {
 }
 
 /// One term of a query, as the index must hold it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TermMatch {
     /// This term exactly (a CJK bigram or character, a full code).
     Exact(String),
@@ -84,16 +94,29 @@ pub enum TermMatch {
 
 /// What a person typed as terms that must all match (AND), or none when it holds nothing to
 /// search by. For a CJK run its bigrams carry the meaning; a single character stands alone.
+/// A joined word ("w-g3") is looked for whole.
 pub fn query_terms(query: &str) -> Vec<TermMatch> {
-    let (words, cjk) = terms(query);
-    let mut out: Vec<TermMatch> = words.into_iter().map(TermMatch::Prefix).collect();
+    let mut out: Vec<TermMatch> = vec![];
+    let mut rest = String::new();
+    for token in query.split_whitespace() {
+        match joined_word(token) {
+            Some(whole) => out.push(TermMatch::Prefix(whole)),
+            None => {
+                rest.push_str(token);
+                rest.push(' ');
+            }
+        }
+    }
+    let (words, cjk) = terms(&rest);
+    out.extend(words.into_iter().map(TermMatch::Prefix));
     let bigrams: Vec<&String> = cjk.iter().filter(|t| t.chars().count() == 2).collect();
     if bigrams.is_empty() {
         out.extend(cjk.iter().map(|t| TermMatch::Exact(t.clone())));
     } else {
         out.extend(bigrams.into_iter().map(|t| TermMatch::Exact(t.clone())));
     }
-    out.dedup();
+    let mut seen = BTreeSet::new();
+    out.retain(|t| seen.insert(t.clone()));
     out
 }
 
@@ -125,6 +148,19 @@ mod tests {
         assert_eq!(query_terms("水"), vec![TermMatch::Exact("水".into())]);
         assert_eq!(query_terms("Noise 噪音"), vec![TermMatch::Prefix("noise".into()), TermMatch::Exact("噪音".into())]);
         assert!(query_terms("  ,. ").is_empty());
+    }
+
+    #[test]
+    fn an_id_with_punctuation_is_found_whole() {
+        let t = index_terms(["w-g3", "DV137-0364", "an E-bike, charging"]);
+        assert!(["w-g3", "w", "g3", "dv137-0364", "dv137", "0364", "e-bike", "bike"].iter().all(|w| t.contains(*w)));
+        assert!(!t.contains("e-bike,"), "outer punctuation trimmed: {t:?}");
+        assert_eq!(query_terms("W-G3"), vec![TermMatch::Prefix("w-g3".into())]);
+        assert_eq!(
+            query_terms("dv137-03 漏水"),
+            vec![TermMatch::Prefix("dv137-03".into()), TermMatch::Exact("漏水".into())]
+        );
+        assert_eq!(query_terms("楼-道"), vec![TermMatch::Exact("楼".into()), TermMatch::Exact("道".into())]);
     }
 
     #[test]

@@ -250,6 +250,27 @@ pub fn run(args: ConsoleArgs) -> Result<(), String> {
     let console: &dyn ConsoleStore = &server;
     let catalog = server.current_catalog();
     let grids_per_community = 10.min(args.grids);
+    // The search index, as the serving process's upkeep builds it: the seeded server's whole
+    // change log the first time, nothing on a reused one already indexed.
+    let indexing = Instant::now();
+    let mut last_report = Instant::now();
+    let indexed = gridwork_sync_server::rules::search::index_all(&server, &catalog, |p| {
+        if last_report.elapsed().as_secs() >= 10 {
+            progress(&format!("console: search index: {} changes to go", p.behind));
+            last_report = Instant::now();
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    let index_s = indexing.elapsed().as_secs_f64();
+    if indexed > 0 {
+        let per_case_ms = index_s * 1000.0 / indexed as f64;
+        progress(&format!("console: indexed {indexed} cases for search in {index_s:.1} s ({per_case_ms:.2} ms each)"));
+        println!(
+            "{}",
+            serde_json::json!({"bench": "search_index", "cases": indexed, "total_s": (index_s * 10.0).round() / 10.0,
+                "ms_per_case": (per_case_ms * 1000.0).round() / 1000.0})
+        );
+    }
     for (who, label) in [("admin", "administrator, every case"), ("sup-Community-0", "one community's supervisor")] {
         console.set_password(who, "bench-password", now_ms()).map_err(|e| e.to_string())?;
         let (_, session) = console.sign_in(who, "bench-password", now_ms()).map_err(|e| e.to_string())?;
@@ -340,6 +361,56 @@ pub fn run(args: ConsoleArgs) -> Result<(), String> {
             detail_ms.push(ms_since(t));
             std::hint::black_box(html);
         }
+        // Search as the queue handler runs it: the index's catch-up (nothing to take in here), a
+        // full code looked up, else the queue filtered by the words, rendered.
+        const SEARCH_KINDS: [&str; 3] = ["code", "word", "reporter"];
+        let mut search_by_kind: Vec<Vec<f64>> = vec![vec![]; SEARCH_KINDS.len()];
+        let mut search_ms = vec![];
+        let mut search_hits = vec![];
+        for i in 0..args.samples {
+            let kind = i % SEARCH_KINDS.len();
+            let typed = match kind {
+                0 => {
+                    let r = &openable[rng.below(openable.len())];
+                    r.code.clone()
+                }
+                1 => TITLES[rng.below(TITLES.len())].chars().take(2).collect(),
+                _ => format!("w-g{}", rng.below(grids_per_community)),
+            };
+            let t = Instant::now();
+            console.index_for_search(500).map_err(|e| e.to_string())?;
+            if let Some(id) = console.case_by_code(&user, &typed).map_err(|e| e.to_string())? {
+                std::hint::black_box(id);
+                search_hits.push(1.0);
+            } else {
+                if kind == 0 {
+                    return Err(format!("{who}: the code {typed} of a case they see opened nothing"));
+                }
+                let filter = CaseFilter { q: typed.clone(), ..Default::default() };
+                let q = console.case_queue(&user, &filter, now_ms()).map_err(|e| e.to_string())?;
+                if q.total == 0 {
+                    return Err(format!("{who}: searching {typed:?} found nothing"));
+                }
+                search_hits.push(q.total as f64);
+                let chrome = Chrome {
+                    lang: Lang::Zh,
+                    title: "queue".into(),
+                    user: Some(user.id.clone()),
+                    csrf: session.csrf.clone(),
+                    notice: None,
+                    error: None,
+                    admin: false,
+                    district: None,
+                    city: false,
+                };
+                let html = views::queue_page(chrome, &catalog, &user, filter, q, None, &[], 0)
+                    .render()
+                    .map_err(|e| e.to_string())?;
+                std::hint::black_box(html);
+            }
+            search_ms.push(ms_since(t));
+            search_by_kind[kind].push(ms_since(t));
+        }
         let extra = [
             ("cases_on_server", serde_json::json!(total_cases)),
             ("visible_cases", serde_json::json!(visible)),
@@ -355,6 +426,15 @@ pub fn run(args: ConsoleArgs) -> Result<(), String> {
         queue_extra.push(("p50_ms_by_filter", serde_json::Value::Object(breakdown)));
         line("queue_page", &stats(queue_ms), &queue_extra);
         line("case_detail", &stats(detail_ms), &extra);
+        let search_breakdown: serde_json::Map<String, serde_json::Value> = SEARCH_KINDS
+            .iter()
+            .zip(search_by_kind)
+            .map(|(k, v)| ((*k).to_owned(), serde_json::json!((stats(v).p50 * 100.0).round() / 100.0)))
+            .collect();
+        let mut search_extra = extra.to_vec();
+        search_extra.push(("p50_ms_by_kind", serde_json::Value::Object(search_breakdown)));
+        search_extra.push(("median_matches", serde_json::json!(stats(search_hits).p50)));
+        line("search", &stats(search_ms), &search_extra);
     }
     Ok(())
 }
