@@ -93,6 +93,14 @@ uuid_id!(
     /// One lifecycle event inside a case document.
     EventId
 );
+impl EventId {
+    /// An id every server derives alike for one automatic step (`sync-server` escalation rules):
+    /// the same step taken twice is the same event, which a case holds once.
+    pub fn derived(digest: [u8; 16]) -> Self {
+        Self(uuid::Builder::from_custom_bytes(digest).into_uuid())
+    }
+}
+
 uuid_id!(
     /// An immutable record (patrol start/finish, check-in).
     RecordId

@@ -98,6 +98,123 @@ impl DistrictCalendar {
     }
 }
 
+/// When a district works: the days of the week, the hours of a working day, and the dates that
+/// differ from the week (public holidays off; weekend days worked instead, 调休). Deadlines and
+/// escalation rules count working time by it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkingHours {
+    /// ISO weekdays worked: 1 = Monday … 7 = Sunday.
+    pub weekdays: Vec<u8>,
+    /// The working day, in minutes after local midnight: [start, end).
+    pub start_minute: u16,
+    pub end_minute: u16,
+    /// Local dates (YYYY-MM-DD) not worked.
+    #[serde(default)]
+    pub holidays: Vec<String>,
+    /// Local dates worked although their weekday is not.
+    #[serde(default)]
+    pub extra_workdays: Vec<String>,
+}
+
+impl Default for WorkingHours {
+    /// Monday to Friday, 09:00–17:30.
+    fn default() -> Self {
+        WorkingHours {
+            weekdays: vec![1, 2, 3, 4, 5],
+            start_minute: 9 * 60,
+            end_minute: 17 * 60 + 30,
+            holidays: vec![],
+            extra_workdays: vec![],
+        }
+    }
+}
+
+/// Working hours that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("working hours: {reason}")]
+pub struct BadWorkingHours {
+    pub reason: String,
+}
+
+impl WorkingHours {
+    /// How long a working day is.
+    pub fn day_ms(&self) -> i64 {
+        i64::from(self.end_minute.saturating_sub(self.start_minute)) * 60_000
+    }
+
+    pub fn validate(&self) -> Result<(), BadWorkingHours> {
+        let bad = |reason: String| Err(BadWorkingHours { reason });
+        if self.start_minute >= self.end_minute || self.end_minute > 24 * 60 {
+            return bad(format!(
+                "the day must start before it ends, within a day ({} to {})",
+                hhmm(self.start_minute),
+                hhmm(self.end_minute)
+            ));
+        }
+        if let Some(d) = self.weekdays.iter().find(|d| !(1..=7).contains(*d)) {
+            return bad(format!("{d} is not a weekday: use 1 (Monday) to 7 (Sunday)"));
+        }
+        if self.weekdays.is_empty() && self.extra_workdays.is_empty() {
+            return bad("no day is worked".into());
+        }
+        if let Some(d) =
+            self.holidays.iter().chain(&self.extra_workdays).find(|d| d.parse::<jiff::civil::Date>().is_err())
+        {
+            return bad(format!("{d:?} is not a date: use YYYY-MM-DD"));
+        }
+        Ok(())
+    }
+
+    fn works_on(&self, date: jiff::civil::Date) -> bool {
+        let day = date.to_string();
+        if self.holidays.contains(&day) {
+            return false;
+        }
+        self.extra_workdays.contains(&day) || self.weekdays.contains(&(date.weekday().to_monday_one_offset() as u8))
+    }
+}
+
+/// `HH:MM` of minutes after midnight.
+pub fn hhmm(minutes: u16) -> String {
+    format!("{:02}:{:02}", minutes / 60, minutes % 60)
+}
+
+/// How many days ahead working time is looked for: a calendar that works on none of them has no
+/// answer (`None`), rather than a loop without end.
+const WORKING_SEARCH_DAYS: usize = 3700;
+
+impl DistrictCalendar {
+    /// The instant `working_ms` of working time after `from_ms`, counting only `hours`' working
+    /// time in this calendar's zone; `None` if there is none within ten years or `from_ms` is
+    /// not a time.
+    pub fn add_working(&self, hours: &WorkingHours, from_ms: i64, working_ms: i64) -> Option<i64> {
+        if working_ms <= 0 {
+            return Some(from_ms);
+        }
+        let mut remaining = working_ms;
+        let mut date = jiff::Timestamp::from_millisecond(from_ms).ok()?.to_zoned_datetime(self.tz.clone()).date();
+        let at = |date: jiff::civil::Date, minute: u16| -> Option<i64> {
+            let (h, m) = ((minute / 60) as i8, (minute % 60) as i8);
+            let local = if minute >= 24 * 60 { date.tomorrow().ok()?.at(0, 0, 0, 0) } else { date.at(h, m, 0, 0) };
+            Some(local.to_zoned_datetime(self.tz.clone()).ok()?.timestamp().as_millisecond())
+        };
+        for _ in 0..WORKING_SEARCH_DAYS {
+            if hours.works_on(date) {
+                let (open, close) = (at(date, hours.start_minute)?, at(date, hours.end_minute)?);
+                let begin = from_ms.max(open);
+                if begin < close {
+                    if remaining <= close - begin {
+                        return Some(begin + remaining);
+                    }
+                    remaining -= close - begin;
+                }
+            }
+            date = date.tomorrow().ok()?;
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,5 +230,43 @@ mod tests {
         assert_eq!(end - start, 86_400_000);
         assert!(start <= ms && ms < end);
         assert!(DistrictCalendar::new("Mars/Olympus").is_err());
+    }
+
+    fn shanghai(local: &str) -> i64 {
+        let dt: jiff::civil::DateTime = local.parse().expect("local time");
+        dt.to_zoned_datetime(jiff::tz::TimeZone::get("Asia/Shanghai").expect("zone"))
+            .expect("zoned")
+            .timestamp()
+            .as_millisecond()
+    }
+
+    #[test]
+    fn working_time_skips_nights_weekends_and_holidays() {
+        let cal = DistrictCalendar::default();
+        let mut hours = WorkingHours::default();
+        let h = 3_600_000;
+        // Friday 2026-11-27 16:00 + 4 working hours: 1.5 h on Friday, 2.5 h from Monday 09:00.
+        assert_eq!(cal.add_working(&hours, shanghai("2026-11-27T16:00"), 4 * h), Some(shanghai("2026-11-30T11:30")));
+        // Reported on Saturday night: counting starts Monday morning.
+        assert_eq!(cal.add_working(&hours, shanghai("2026-11-28T22:00"), h), Some(shanghai("2026-11-30T10:00")));
+        // A working day ahead is the same time the next working day.
+        assert_eq!(
+            cal.add_working(&hours, shanghai("2026-11-30T10:00"), hours.day_ms()),
+            Some(shanghai("2026-12-01T10:00"))
+        );
+        // A holiday Monday is skipped; a make-up Sunday is worked.
+        hours.holidays.push("2026-11-30".into());
+        assert_eq!(cal.add_working(&hours, shanghai("2026-11-28T22:00"), h), Some(shanghai("2026-12-01T10:00")));
+        hours.extra_workdays.push("2026-11-29".into());
+        assert_eq!(cal.add_working(&hours, shanghai("2026-11-28T22:00"), h), Some(shanghai("2026-11-29T10:00")));
+        assert_eq!(cal.add_working(&hours, 5, 0), Some(5));
+        // No working day at all: no answer, quickly.
+        let never = WorkingHours { weekdays: vec![], extra_workdays: vec![], ..WorkingHours::default() };
+        assert!(never.validate().is_err());
+        assert_eq!(cal.add_working(&never, shanghai("2026-11-28T22:00"), h), None);
+        assert!(WorkingHours { start_minute: 600, end_minute: 540, ..WorkingHours::default() }.validate().is_err());
+        assert!(WorkingHours { weekdays: vec![8], ..WorkingHours::default() }.validate().is_err());
+        assert!(WorkingHours { holidays: vec!["May 1".into()], ..WorkingHours::default() }.validate().is_err());
+        assert!(WorkingHours::default().validate().is_ok());
     }
 }

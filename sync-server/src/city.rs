@@ -412,6 +412,29 @@ impl ConsoleStore for City {
         self.reading(user)?.case_view(user, case_id)
     }
 
+    /// Every store's rules, each under its own lease: the sums.
+    fn run_escalations(&self, instance: &str, now_ms: i64) -> Result<crate::rules::escalation::Ran> {
+        let mut sum = crate::rules::escalation::Ran::default();
+        for member in std::iter::once(&self.home).chain(self.districts.values()) {
+            if let Some(console) = member.sync.console() {
+                let r = console.run_escalations(instance, now_ms)?;
+                sum.skipped |= r.skipped;
+                sum.checked += r.checked;
+                sum.applied += r.applied;
+                sum.failed += r.failed;
+            }
+        }
+        Ok(sum)
+    }
+
+    fn escalation_policy(&self, user: &ConsoleUser) -> Result<crate::rules::escalation::Policy> {
+        self.reading(user)?.escalation_policy(user)
+    }
+
+    fn set_escalation_policy(&self, user: &ConsoleUser, policy: &crate::rules::escalation::Policy) -> Result<()> {
+        self.changing(user)?.set_escalation_policy(user, policy)
+    }
+
     fn case_by_code(&self, user: &ConsoleUser, code: &str) -> Result<Option<String>> {
         self.reading(user)?.case_by_code(user, code)
     }

@@ -390,9 +390,7 @@ async fn queue(
             &session.user,
             filter,
             queue,
-            bulk,
-            &needs,
-            index_behind,
+            views::QueueNotes { bulk, needs: &needs, index_behind },
         );
         Ok(html(StatusCode::OK, page.render()))
     })
@@ -870,12 +868,13 @@ async fn admin(
     let note = q.get("note").cloned();
     signed_in(&state, &headers, &q, |lang, session| async move {
         let user = session.user.clone();
-        let (devices, quarantine, people, catalog) = with_console(store, &session, move |console| {
+        let (devices, quarantine, people, catalog, policy) = with_console(store, &session, move |console| {
             Ok((
                 console.devices(&user, now_ms())?,
                 console.quarantine(&user)?,
                 console.people(&user)?,
                 console.catalog(&user),
+                console.escalation_policy(&user)?,
             ))
         })
         .await?;
@@ -886,7 +885,7 @@ async fn admin(
                 None => lang.t("done").to_owned(),
             });
         }
-        Ok(html(StatusCode::OK, views::admin_page(c, &catalog, &devices, quarantine, &people).render()))
+        Ok(html(StatusCode::OK, views::admin_page(c, &catalog, &devices, quarantine, &people, &policy).render()))
     })
     .await
 }
@@ -938,6 +937,50 @@ enum AdminOutcome {
     Done(Option<String>),
     /// A device was enrolled: show its one-time code and QR code.
     Enrolled { for_user: String, device: String, code: String, uri: String },
+}
+
+/// The escalation policy an administration form describes; a typed error names the field.
+fn escalation_form(
+    console: &dyn ConsoleStore,
+    user: &crate::store::console::ConsoleUser,
+    get: &dyn Fn(&str) -> String,
+) -> Result<crate::rules::escalation::Policy, ServerError> {
+    use crate::rules::escalation::{parse_rules, Policy};
+    let bad = |e: &dyn std::fmt::Display| ServerError::BadRequest(e.to_string());
+    let minute = |field: &str| -> Result<u16, ServerError> {
+        let v = get(field);
+        v.split_once(':')
+            .and_then(|(h, m)| Some(h.parse::<u16>().ok()? * 60 + m.parse::<u16>().ok().filter(|m| *m < 60)?))
+            .ok_or_else(|| ServerError::BadRequest(format!("{field} {v:?}: write a time as HH:MM")))
+    };
+    let weekdays = get("weekdays")
+        .split_whitespace()
+        .map(|d| {
+            d.parse::<u8>().map_err(|_| ServerError::BadRequest(format!("weekday {d:?}: 1 (Monday) to 7 (Sunday)")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let dates = |field: &str| get(field).split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    let mut policy = Policy {
+        working_hours: gridwork_model::time::WorkingHours {
+            weekdays,
+            start_minute: minute("start")?,
+            end_minute: minute("end")?,
+            holidays: dates("holidays"),
+            extra_workdays: dates("extra_workdays"),
+        },
+        default_rules: parse_rules(&get("default_rules")).map_err(|e| bad(&e))?,
+        by_category: Default::default(),
+    };
+    for c in &console.catalog(user).categories {
+        let text = get(&format!("rules_{}", c.id.0));
+        let own = match text.trim() {
+            "" => continue,
+            "none" => vec![],
+            t => parse_rules(t).map_err(|e| ServerError::BadRequest(format!("{}: {e}", c.id.0)))?,
+        };
+        policy.by_category.insert(c.id.0.clone(), own);
+    }
+    Ok(policy)
 }
 
 /// Applies one administration form.
@@ -1007,6 +1050,7 @@ fn admin_change(
             c.retired = get("retired") == "1";
             console.set_catalog(user, &catalog)?;
         }
+        "escalation" => console.set_escalation_policy(user, &escalation_form(console, user, &get)?)?,
         "grids" => {
             let datum = match get("datum").as_str() {
                 "gcj02" => gridwork_model::geo::Datum::Gcj02,

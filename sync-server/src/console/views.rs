@@ -187,6 +187,8 @@ pub struct TimelineRow {
     pub verified: bool,
     /// "" or how far the wall clock that stamped it was from the true time ("−2 h 03 min").
     pub clock_off: String,
+    /// Taken by the server's escalation rules (`rules::escalation::SYSTEM_USER`).
+    pub automatic: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -292,16 +294,26 @@ fn area_choices(catalog: &Catalog, user: &ConsoleUser, selected: &str) -> Vec<Ch
     out.into_iter().map(|(value, label)| Choice { selected: value == selected, value, label }).collect()
 }
 
+/// What the queue page says above its rows besides the queue itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueNotes<'a> {
+    /// What the last bulk action did: (cases done, codes refused).
+    pub bulk: Option<(u32, &'a str)>,
+    /// "Needs you today" (on the page a person lands on).
+    pub needs: &'a [crate::store::console::NeedsYou],
+    /// A search ran while the index had not seen this many changes.
+    pub index_behind: i64,
+}
+
 pub fn queue_page(
     chrome: Chrome,
     catalog: &Catalog,
     user: &ConsoleUser,
     filter: CaseFilter,
     queue: CaseQueue,
-    bulk: Option<(u32, &str)>,
-    needs: &[crate::store::console::NeedsYou],
-    index_behind: i64,
+    notes: QueueNotes<'_>,
 ) -> QueuePage {
+    let QueueNotes { bulk, needs, index_behind } = notes;
     let lang = chrome.lang;
     let calendar = DistrictCalendar::default();
     let counts = queue
@@ -575,6 +587,7 @@ pub fn case_page(chrome: Chrome, catalog: &Catalog, user: &ConsoleUser, view: &C
             when: calendar.minute_of(e.event.clock.estimated_ms()),
             who: format!("{} ({})", e.event.actor.user, role_label(e.event.actor.role, lang)),
             device: e.event.actor.device.0.clone(),
+            automatic: e.event.actor.user.0 == crate::rules::escalation::SYSTEM_USER,
             verified: view.signing_devices.contains(&e.event.actor.device.0),
             clock_off: view.clock_off.get(&e.event.id.to_string()).map(|ms| signed_duration(*ms)).unwrap_or_default(),
             event: describe(&e.event.kind, lang, catalog, &calendar),
@@ -914,6 +927,47 @@ pub struct AdminPage {
     pub people: Vec<PersonRow>,
     pub categories: Vec<CategoryRow>,
     pub catalog_version: u64,
+    pub escalation: EscalationView,
+}
+
+/// The escalation policy as the administration form shows it.
+#[derive(Debug, Clone)]
+pub struct EscalationView {
+    /// ISO weekdays, space-separated ("1 2 3 4 5").
+    pub weekdays: String,
+    pub start: String,
+    pub end: String,
+    pub holidays: String,
+    pub extra_workdays: String,
+    pub default_rules: String,
+    /// (category id, name, its own rules' text or "" for the default, "none" for no rules).
+    pub categories: Vec<(String, String, String)>,
+}
+
+pub fn escalation_view(policy: &crate::rules::escalation::Policy, catalog: &Catalog, lang: Lang) -> EscalationView {
+    use crate::rules::escalation::rules_text;
+    let h = &policy.working_hours;
+    EscalationView {
+        weekdays: h.weekdays.iter().map(u8::to_string).collect::<Vec<_>>().join(" "),
+        start: gridwork_model::time::hhmm(h.start_minute),
+        end: gridwork_model::time::hhmm(h.end_minute),
+        holidays: h.holidays.join(" "),
+        extra_workdays: h.extra_workdays.join(" "),
+        default_rules: rules_text(&policy.default_rules),
+        categories: catalog
+            .categories
+            .iter()
+            .filter(|c| !c.retired)
+            .map(|c| {
+                let own = match policy.by_category.get(&c.id.0) {
+                    None => String::new(),
+                    Some(r) if r.is_empty() => "none".to_owned(),
+                    Some(r) => rules_text(r),
+                };
+                (c.id.0.clone(), category_name(catalog, lang, &c.id.0), own)
+            })
+            .collect(),
+    }
 }
 
 /// "+1 h 05 min" / "−2 h 03 min" / "−12 min".
@@ -942,6 +996,7 @@ pub fn admin_page(
     devices: &[crate::store::DeviceInfo],
     quarantine: Vec<crate::store::QuarantinedItem>,
     people: &[crate::store::console::PersonView],
+    policy: &crate::rules::escalation::Policy,
 ) -> AdminPage {
     let lang = chrome.lang;
     let calendar = DistrictCalendar::default();
@@ -989,6 +1044,7 @@ pub fn admin_page(
             })
             .collect(),
         catalog_version: catalog.version,
+        escalation: escalation_view(policy, catalog, lang),
         chrome,
     }
 }

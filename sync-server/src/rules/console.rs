@@ -403,8 +403,22 @@ impl<B: Backend> ConsoleStore for B {
         let epoch = rules.epoch.to_owned();
         let catalog = Arc::clone(rules.places.catalog());
         let device = write(self, |tx: &dyn WriteTx| register_console_device(tx, &epoch, user, now_ms))?;
-        match &action {
-            ConsoleAction::Event(kind) => {
+        let (kind, id) = match &action {
+            ConsoleAction::Event(kind) => (Some(kind), EventId::generate()),
+            ConsoleAction::Automatic { id, kind } => {
+                if user.id != super::escalation::SYSTEM_USER {
+                    return Err(ServerError::Forbidden("only the server's own person takes automatic steps".into()));
+                }
+                // Taken already (another run, another instance): nothing to write.
+                if case.timeline.entries.iter().any(|e| e.event.id == *id) {
+                    return Ok(());
+                }
+                (Some(kind), *id)
+            }
+            ConsoleAction::Keep(_) => (None, EventId::generate()),
+        };
+        match (&action, kind) {
+            (_, Some(kind)) => {
                 if let EventKind::Dispatch { departments, .. } = kind {
                     for d in departments {
                         if !catalog.departments.iter().any(|x| x.id == *d) {
@@ -423,11 +437,11 @@ impl<B: Backend> ConsoleStore for B {
                     boot_id: "server".into(),
                     server_offset_ms: Some(0),
                 };
-                let event = Event { id: EventId::generate(), parents, lamport, actor, clock, kind: kind.clone() };
+                let event = Event { id, parents, lamport, actor, clock, kind: kind.clone() };
                 doc.transact::<_, _, gridwork_model::error::ModelError>(|t| doc::put_event(t, &event))
                     .map_err(|f| ServerError::BadRequest(f.error.to_string()))?;
             }
-            ConsoleAction::Keep(patch) => {
+            (ConsoleAction::Keep(patch), None) => {
                 if user.role == Role::DepartmentHandler {
                     return Err(ServerError::Forbidden("department handlers do not edit case fields".into()));
                 }
@@ -439,6 +453,7 @@ impl<B: Backend> ConsoleStore for B {
                     return Err(ServerError::BadRequest("that value is already the case's only value".into()));
                 }
             }
+            (_, None) => return Err(ServerError::Internal("an action with nothing to write".into())),
         }
         let bytes = doc
             .get_last_local_change()
@@ -491,6 +506,30 @@ impl<B: Backend> ConsoleStore for B {
     fn index_for_search(&self, max_changes: usize) -> Result<crate::rules::search::IndexProgress> {
         let catalog = Arc::clone(self.rules().places.catalog());
         crate::rules::search::index_some(self, &catalog, max_changes)
+    }
+
+    fn run_escalations(&self, instance: &str, now_ms: i64) -> Result<super::escalation::Ran> {
+        super::escalation::run_due(self, instance, now_ms)
+    }
+
+    fn escalation_policy(&self, _user: &ConsoleUser) -> Result<super::escalation::Policy> {
+        read(self, |tx: &dyn ReadTx| {
+            super::escalation::Policy::from_meta(tx.meta(super::escalation::POLICY_KEY)?.as_deref())
+        })
+    }
+
+    fn set_escalation_policy(&self, user: &ConsoleUser, policy: &super::escalation::Policy) -> Result<()> {
+        user.must_administer()?;
+        policy.validate()?;
+        let catalog = Arc::clone(self.rules().places.catalog());
+        if let Some(c) = policy.by_category.keys().find(|c| !catalog.categories.iter().any(|k| &k.id.0 == *c)) {
+            return Err(ServerError::BadRequest(format!("unknown category {c}")));
+        }
+        let json = serde_json::to_string(policy).map_err(|e| ServerError::Internal(e.to_string()))?;
+        write(self, |tx: &dyn WriteTx| {
+            tx.set_meta(super::escalation::POLICY_KEY, &json)?;
+            tx.recheck_waiting_cases()
+        })
     }
 
     fn catalog(&self, _user: &ConsoleUser) -> Arc<Catalog> {

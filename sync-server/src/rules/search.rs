@@ -1,9 +1,13 @@
-//! The console's case search index (schema 12, ADR 27): each case's terms — the words, CJK
+//! The pass that follows the change log behind the sync path: for each changed case, its search
+//! terms (schema 12, ADR 27) and when the escalation rules next look at it (schema 13,
+//! `rules::escalation`).
+//!
+//! A case's terms — the words, CJK
 //! characters and bigrams of its title (every standing value), description, code, reporter,
 //! official number and place names, split as the phone splits them (`gridwork_model::search`) —
 //! and `=code` for the exact code.
 //!
-//! It is filled behind the sync path, never inside a push: a description is an Automerge text
+//! Both are filled behind the sync path, never inside a push: a description is an Automerge text
 //! object the server's change reader does not follow, so indexing loads the case's document, and
 //! a push storm must not pay for that. The index follows the change log by its own cursor (meta
 //! `search_seq`): a batch reads the changes after it and loads their cases on a snapshot, then
@@ -16,8 +20,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use gridwork_model::catalog::Catalog;
 use gridwork_model::doc::CaseDoc;
 use gridwork_model::search::{code_term, index_terms};
+use gridwork_model::time::DistrictCalendar;
 
 use super::console::load_case;
+use super::escalation::{first_due, pending, Policy, POLICY_KEY};
 use crate::error::Result;
 use crate::store::port::{read, write, Backend, ReadTx, WriteTx};
 
@@ -70,12 +76,17 @@ pub fn index_some(b: &(impl Backend + ?Sized), catalog: &Catalog, max_changes: u
         // number committed before a lower one), so the cursor moves to it.
         let upto = if changes.len() < max_changes { last } else { changes.last().map_or(from, |c| c.0) };
         let docs: BTreeSet<&str> = changes.iter().map(|(_, d)| d.as_str()).collect();
+        let policy = Policy::from_meta(tx.meta(POLICY_KEY)?.as_deref())?;
+        let calendar = DistrictCalendar::default();
         let mut terms = BTreeMap::new();
         for doc in docs {
             // A document not yet readable as a case (its report has not arrived) or damaged
-            // (`ServerError::DamagedDocument`, shown on its page) is found by nothing yet.
-            let t = load_case(tx, doc).map(|(_, case)| case_terms(&case, catalog)).unwrap_or_default();
-            terms.insert(doc.to_owned(), t);
+            // (`ServerError::DamagedDocument`, shown on its page) is found by nothing yet, and
+            // waits for no rule.
+            let followed = load_case(tx, doc)
+                .map(|(_, case)| (case_terms(&case, catalog), first_due(&pending(doc, &case, &policy, &calendar))))
+                .unwrap_or_default();
+            terms.insert(doc.to_owned(), followed);
         }
         Ok((from, upto, terms, last))
     })?;
@@ -86,8 +97,9 @@ pub fn index_some(b: &(impl Backend + ?Sized), catalog: &Catalog, max_changes: u
         if cursor(tx)? != from {
             return Ok(0);
         }
-        for (doc, t) in &terms {
+        for (doc, (t, due)) in &terms {
             tx.set_case_terms(doc, t)?;
+            tx.set_escalation_due(doc, *due)?;
         }
         tx.set_meta(CURSOR_KEY, &upto.to_string())?;
         Ok(terms.len())

@@ -367,25 +367,18 @@ impl<B: Backend> AdminStore for B {
                 "scope {own}: use grid:ID, community:NAME, street:NAME or department:ID"
             )));
         }
-        write(self, |tx| {
-            tx.upsert_user(user, Role::as_str(role), department)?;
-            let current = tx.granted_scopes(user)?;
-            let wanted: BTreeSet<String> = scopes.iter().map(Scope::to_string).collect();
-            if current != wanted {
-                // A sequence number marks the moment, so devices' cursors can tell what is new to them.
-                let seq = tx.next_seq()?;
-                for s in wanted.difference(&current) {
-                    tx.grant_scope(user, s, seq)?;
-                }
-                for s in current.difference(&wanted) {
-                    tx.remove_scope(user, s, seq)?;
-                }
-            }
-            Ok(())
-        })
+        if user == super::escalation::SYSTEM_USER {
+            return Err(ServerError::BadRequest(format!(
+                "{user:?} is the server's own person (automatic escalations): choose another id"
+            )));
+        }
+        put_user(self, user, role, department, scopes)
     }
 
     fn enrol_device(&self, user: &str, now_ms: i64) -> Result<(String, String)> {
+        if user == super::escalation::SYSTEM_USER {
+            return Err(ServerError::BadRequest(format!("{user:?} is the server's own person: no phone is theirs")));
+        }
         let id = format!("dev-{}", random_hex(6)?);
         let secret = random_hex(10)?;
         write(self, |tx| {
@@ -538,4 +531,31 @@ impl<B: Backend> AdminStore for B {
     fn blob_bytes_received(&self, sha256: &str) -> u64 {
         self.blobs().bytes_received(sha256)
     }
+}
+
+/// Stores a person with their role and granted scopes (scopes they lose are removed at a new
+/// sequence number), without `set_user`'s checks: the server's own person is made here.
+pub(crate) fn put_user<B: Backend + ?Sized>(
+    b: &B,
+    user: &str,
+    role: Role,
+    department: Option<&str>,
+    scopes: &[Scope],
+) -> Result<()> {
+    write(b, |tx| {
+        tx.upsert_user(user, Role::as_str(role), department)?;
+        let current = tx.granted_scopes(user)?;
+        let wanted: BTreeSet<String> = scopes.iter().map(Scope::to_string).collect();
+        if current != wanted {
+            // A sequence number marks the moment, so devices' cursors can tell what is new to them.
+            let seq = tx.next_seq()?;
+            for s in wanted.difference(&current) {
+                tx.grant_scope(user, s, seq)?;
+            }
+            for s in current.difference(&wanted) {
+                tx.remove_scope(user, s, seq)?;
+            }
+        }
+        Ok(())
+    })
 }

@@ -267,6 +267,12 @@ pub struct PersonView {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ConsoleAction {
     Event(EventKind),
+    /// A step of the escalation rules, by the server's own person only, under the id the rule
+    /// derives (`rules::escalation::step_id`): written once however often it is tried.
+    Automatic {
+        id: gridwork_model::ids::EventId,
+        kind: EventKind,
+    },
     /// "Keep this one": writes the chosen value of a conflicted field, which resolves it.
     Keep(CasePatch),
 }
@@ -295,8 +301,16 @@ pub trait ConsoleStore: Send + Sync {
     /// The case whose code this is, typed in full, if the person may see it (`None` otherwise,
     /// whether or not it exists: a code is no way to learn what is outside one's area).
     fn case_by_code(&self, user: &ConsoleUser, code: &str) -> Result<Option<String>>;
-    /// Brings the search index up to at most `max_changes` more changes (`rules::search`).
+    /// Brings the search index (and the escalation schedule) up to at most `max_changes` more
+    /// changes (`rules::search`).
     fn index_for_search(&self, max_changes: usize) -> Result<crate::rules::search::IndexProgress>;
+    /// Applies the escalation rules due at `now_ms` (`rules::escalation`), unless another
+    /// instance (`instance` names this one) holds the lease.
+    fn run_escalations(&self, instance: &str, now_ms: i64) -> Result<crate::rules::escalation::Ran>;
+    /// The district's escalation policy (anyone signed in may read it).
+    fn escalation_policy(&self, user: &ConsoleUser) -> Result<crate::rules::escalation::Policy>;
+    /// Replaces it (administrators only); every waiting case is looked at again by the next run.
+    fn set_escalation_policy(&self, user: &ConsoleUser, policy: &crate::rules::escalation::Policy) -> Result<()>;
     /// Writes an action as an Automerge change by the person's server-side actor, stored and
     /// synced like any device's change. Refused (nothing written) if the role, scope or the
     /// case's state does not allow it.

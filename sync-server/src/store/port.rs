@@ -335,6 +335,8 @@ pub trait ReadTx {
     /// (sequence number, document) of the applied changes after `seq`, in order, at most `limit`:
     /// what the search index has not seen yet.
     fn changes_after(&self, seq: i64, limit: usize) -> Result<Vec<(i64, String)>>;
+    /// Cases whose escalation rules are due at or before `now_ms` (schema 13), soonest first.
+    fn escalation_due_by(&self, now_ms: i64, limit: usize) -> Result<Vec<String>>;
 
     // The console's reads (`rules::console`).
 
@@ -534,6 +536,10 @@ pub trait WriteTx: ReadTx {
     fn set_meta(&self, key: &str, value: &str) -> Result<()>;
     /// A case's search terms are now exactly these (schema 12): the ones it lost are deleted.
     fn set_case_terms(&self, doc_id: &str, terms: &BTreeSet<String>) -> Result<()>;
+    /// When the escalation rules next look at a case (`None`: only once it changes).
+    fn set_escalation_due(&self, doc_id: &str, due_ms: Option<i64>) -> Result<()>;
+    /// Every case waiting on a department is looked at by the next run (the policy changed).
+    fn recheck_waiting_cases(&self) -> Result<()>;
     /// A pending device whose enrolment code hashes to this.
     fn pending_device(&self, enrol_hash: &str) -> Result<Option<String>>;
     /// The enrolment code is used: the device is active with this token.

@@ -680,6 +680,13 @@ impl ReadTx for PgTx<'_, '_> {
         self.strings("SELECT json FROM doc_events WHERE doc_id = $1", &[&doc_id])
     }
 
+    fn escalation_due_by(&self, now_ms: i64, limit: usize) -> Result<Vec<String>> {
+        self.strings(
+            "SELECT doc_id FROM escalation_due WHERE due_ms <= $1 ORDER BY due_ms LIMIT $2",
+            &[&now_ms, &(limit as i64)],
+        )
+    }
+
     fn changes_after(&self, seq: i64, limit: usize) -> Result<Vec<(i64, String)>> {
         Ok(self
             .rows("SELECT seq, doc_id FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2", &[&seq, &(limit as i64)])?
@@ -1281,6 +1288,28 @@ impl WriteTx for PgTx<'_, '_> {
         if let Some(m) = self.meta.borrow_mut().as_mut() {
             m.insert(key.to_owned(), value.to_owned());
         }
+        Ok(())
+    }
+
+    fn set_escalation_due(&self, doc_id: &str, due_ms: Option<i64>) -> Result<()> {
+        match due_ms {
+            Some(ms) => self.exec(
+                "INSERT INTO escalation_due (doc_id, due_ms) VALUES ($1, $2)
+                 ON CONFLICT (doc_id) DO UPDATE SET due_ms = excluded.due_ms",
+                &[&doc_id, &ms],
+            )?,
+            None => self.exec("DELETE FROM escalation_due WHERE doc_id = $1", &[&doc_id])?,
+        };
+        Ok(())
+    }
+
+    fn recheck_waiting_cases(&self) -> Result<()> {
+        self.exec(
+            "INSERT INTO escalation_due (doc_id, due_ms)
+             SELECT doc_id, 0 FROM docs WHERE status IN ('dispatched', 'in_progress')
+             ON CONFLICT (doc_id) DO UPDATE SET due_ms = 0",
+            &[],
+        )?;
         Ok(())
     }
 

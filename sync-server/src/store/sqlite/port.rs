@@ -377,6 +377,14 @@ impl ReadTx for SqliteTx<'_> {
         strings(self.conn, "SELECT json FROM doc_events WHERE doc_id = ?1", [doc_id])
     }
 
+    fn escalation_due_by(&self, now_ms: i64, limit: usize) -> Result<Vec<String>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT doc_id FROM escalation_due WHERE due_ms <= ?1 ORDER BY due_ms LIMIT ?2")?
+            .query_map(params![now_ms, limit as i64], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
     fn changes_after(&self, seq: i64, limit: usize) -> Result<Vec<(i64, String)>> {
         Ok(self
             .conn
@@ -929,6 +937,30 @@ impl WriteTx for SqliteTx<'_> {
 
     fn set_meta(&self, key: &str, value: &str) -> Result<()> {
         meta_set(self.conn, key, value)
+    }
+
+    fn set_escalation_due(&self, doc_id: &str, due_ms: Option<i64>) -> Result<()> {
+        match due_ms {
+            Some(ms) => exec(
+                self.conn,
+                "INSERT INTO escalation_due (doc_id, due_ms) VALUES (?1, ?2)
+                 ON CONFLICT (doc_id) DO UPDATE SET due_ms = excluded.due_ms",
+                params![doc_id, ms],
+            )?,
+            None => exec(self.conn, "DELETE FROM escalation_due WHERE doc_id = ?1", [doc_id])?,
+        };
+        Ok(())
+    }
+
+    fn recheck_waiting_cases(&self) -> Result<()> {
+        exec(
+            self.conn,
+            "INSERT INTO escalation_due (doc_id, due_ms)
+             SELECT doc_id, 0 FROM docs WHERE status IN ('dispatched', 'in_progress')
+             ON CONFLICT (doc_id) DO UPDATE SET due_ms = 0",
+            [],
+        )?;
+        Ok(())
     }
 
     fn set_case_terms(&self, doc_id: &str, terms: &BTreeSet<String>) -> Result<()> {

@@ -333,9 +333,16 @@ pub fn run(args: ConsoleArgs) -> Result<(), String> {
                 district: None,
                 city: false,
             };
-            let html = views::queue_page(chrome, &catalog, &user, filter, q, None, &needs, 0)
-                .render()
-                .map_err(|e| e.to_string())?;
+            let html = views::queue_page(
+                chrome,
+                &catalog,
+                &user,
+                filter,
+                q,
+                views::QueueNotes { needs: &needs, ..Default::default() },
+            )
+            .render()
+            .map_err(|e| e.to_string())?;
             queue_ms.push(ms_since(t));
             by_kind[kind].push(ms_since(t));
             std::hint::black_box(html);
@@ -403,7 +410,7 @@ pub fn run(args: ConsoleArgs) -> Result<(), String> {
                     district: None,
                     city: false,
                 };
-                let html = views::queue_page(chrome, &catalog, &user, filter, q, None, &[], 0)
+                let html = views::queue_page(chrome, &catalog, &user, filter, q, views::QueueNotes::default())
                     .render()
                     .map_err(|e| e.to_string())?;
                 std::hint::black_box(html);
