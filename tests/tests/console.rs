@@ -331,6 +331,60 @@ fn map_coverage_assessment_and_administration(d: District) {
     let catalog = d.store.current_catalog();
     assert_eq!(catalog.version, before + 1, "a new catalog version goes to the phones");
     assert_eq!(catalog.categories[0].default_deadline_hours, 36);
+    // The escalation rules: shown with the default, edited per category, refused whole with
+    // what to fix (nothing stored changes).
+    let page = admin.get("/console/admin");
+    assert!(
+        page.body.contains("id=\"escalation-form\"") && page.body.contains("overdue 1d street"),
+        "the default rules"
+    );
+    let rules_field = format!("rules_{cat}");
+    let form = |rules: &str, start: &str| -> Vec<(String, String)> {
+        [
+            ("csrf", csrf.as_str()),
+            ("weekdays", "1 2 3 4 5 6"),
+            ("start", start),
+            ("end", "17:30"),
+            ("holidays", "2027-01-01"),
+            ("extra_workdays", ""),
+            ("default_rules", "overdue 2d street"),
+            (rules_field.as_str(), rules),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    };
+    let post_form = |b: &mut Browser, f: Vec<(String, String)>| {
+        let refs: Vec<(&str, &str)> = f.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        b.post("/console/admin/escalation", &refs)
+    };
+    let saved = post_form(&mut admin, form("not_started 2h urge\noverdue 4h district", "08:30"));
+    assert_eq!(saved.status, 303, "{}", saved.body);
+    let console = d.store.as_ref() as &dyn ConsoleStore;
+    let admin_user = console.sign_in("admin", PASSWORD, 0).expect("sign in").1.user;
+    let policy = console.escalation_policy(&admin_user).expect("policy");
+    assert_eq!(policy.working_hours.start_minute, 8 * 60 + 30);
+    assert_eq!(policy.working_hours.weekdays, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(gridwork_sync_server::rules::escalation::rules_text(&policy.default_rules), "overdue 2d street");
+    assert_eq!(
+        gridwork_sync_server::rules::escalation::rules_text(&policy.by_category[&cat]),
+        "not_started 2h urge\noverdue 4h district"
+    );
+    for (rules, start) in [("overdue 4 hours district", "08:30"), ("overdue 4h", "08:30"), ("", "8.30"), ("", "18:00")]
+    {
+        let refused = post_form(&mut admin, form(rules, start));
+        assert_eq!(refused.status, 400, "{rules:?} {start:?}: {}", refused.body);
+    }
+    assert_eq!(console.escalation_policy(&admin_user).expect("policy"), policy, "a refused form changes nothing");
+    let mut s1 = Browser::new(&d.url());
+    assert_eq!(s1.sign_in("s1", PASSWORD).status, 303);
+    let s1_csrf = s1.get("/console/cases").csrf().expect("token");
+    let not_admin = s1.post(
+        "/console/admin/escalation",
+        &[("csrf", &s1_csrf), ("weekdays", "1"), ("start", "09:00"), ("end", "10:00")],
+    );
+    assert_eq!(not_admin.status, 403);
+
     let forged = admin.post("/console/admin/revoke", &[("device", &e.device_id)]);
     assert_eq!(forged.status, 403, "no token, no change");
     let devices_csv = admin.get("/console/admin.csv?list=devices");
