@@ -435,6 +435,16 @@ impl ConsoleStore for City {
         self.changing(user)?.set_escalation_policy(user, policy)
     }
 
+    fn overview(
+        &self,
+        user: &ConsoleUser,
+        area: Option<crate::rules::overview::Area>,
+        days: (&str, &str),
+        now_ms: i64,
+    ) -> Result<crate::rules::overview::Overview> {
+        self.reading(user)?.overview(user, area, days, now_ms)
+    }
+
     fn case_by_code(&self, user: &ConsoleUser, code: &str) -> Result<Option<String>> {
         self.reading(user)?.case_by_code(user, code)
     }

@@ -237,3 +237,82 @@ fn the_case_chain_worked_in_a_real_browser() {
         assert!(std::fs::metadata(shot).expect("written").len() > 10_000, "{} is a real page", shot.display());
     }
 }
+
+/// Supervision that runs itself, seen in the browser: a bulk dispatch from the queue, the
+/// escalation rules acting on the late cases (automatic steps on the timeline), a case found by
+/// its code from the header's search box, and the district overview with its charts.
+#[test]
+fn bulk_dispatch_automatic_escalation_search_and_overview_in_a_real_browser() {
+    let d = District::new();
+    let console = d.store.as_ref() as &dyn ConsoleStore;
+    d.store.set_user("a1", gridwork_core::model::catalog::Role::Administrator, None, &[]).expect("admin");
+    for u in ["s1", "a1"] {
+        console.set_password(u, PASSWORD, 0).expect("password");
+    }
+    let mut w1 = phone(&d, "w1", None);
+    let cases = capture(&w1, 0, 3, 43);
+    w1.sync(&d.url()).expect("worker pushes");
+    let ids: Vec<String> = cases.iter().map(|c| c.to_string()).collect();
+    let code = w1.store.get_case(&cases[2]).expect("case").case.code;
+
+    let driver = Driver::start();
+    let web = Web::open(&driver, &d.url());
+    web.sign_in("s1");
+    // Bulk: accept two cases, then dispatch both to the police within 24 hours.
+    for action in ["accept", "dispatch"] {
+        web.goto("/console/cases");
+        for id in &ids[..2] {
+            web.click(&format!("tr[data-case=\"{id}\"] input.pick"));
+        }
+        if action == "dispatch" {
+            web.click("#bulk-dept-police");
+        }
+        web.click(&format!("#bulk-{action}"));
+        assert!(web.text("#bulk-result").starts_with('2'), "two cases taken by bulk {action}");
+    }
+    for id in &ids[..2] {
+        assert_eq!(
+            console.case_view(&admin_of(console), id).expect("case").case.timeline.state.status.label(),
+            "dispatched"
+        );
+    }
+
+    // Ten days later nobody has started: the rules urge the police and escalate, on their own.
+    console.index_for_search(10_000).expect("follow the log");
+    let ran =
+        console.run_escalations("browser-test", gridwork_sync_server::clock::now_ms() + 10 * 86_400_000).expect("run");
+    // Of the two escalations due at once only the higher is taken: an urge and the district each.
+    assert_eq!(ran.applied, 4, "an urge and an escalation for each late case: {ran:?}");
+    web.goto(&format!("/console/cases/{}", ids[0]));
+    web.wait_for("#timeline tr[data-automatic=\"1\"][data-kind=\"escalate\"]");
+    assert!(web.text("#timeline").contains("system"), "the rules act as the server's own person");
+    let escalated_shot = web.screenshot("case-escalated-automatically.png");
+
+    // The third case's code typed in the header's search box opens it.
+    web.goto("/console/cases");
+    web.fill("#search-box", &code);
+    web.rt
+        .block_on(web.client.execute("document.getElementById('search-box').form.submit();", vec![]))
+        .expect("submit the search");
+    web.wait_for("#case-title");
+    assert!(web.text("#case-title").contains(&code), "the code opened its case");
+
+    // The overview of the supervisor's community, with its charts and their CSVs.
+    console.index_for_search(10_000).expect("follow the log");
+    web.goto("/console/overview");
+    web.wait_for("svg#chart-per-day");
+    web.wait_for("svg#heat-map");
+    assert_eq!(web.text("#ov-reported"), "3");
+    assert_eq!(web.text("#ov-overdue"), "0", "their deadline is tomorrow in real time");
+    assert!(web.attr("#csv-departments", "href").contains("chart=departments"));
+    let overview_shot = web.screenshot("overview.png");
+    web.close();
+    for shot in [&escalated_shot, &overview_shot] {
+        println!("screenshot: {}", shot.display());
+        assert!(std::fs::metadata(shot).expect("written").len() > 10_000, "{} is a real page", shot.display());
+    }
+}
+
+fn admin_of(console: &dyn ConsoleStore) -> gridwork_sync_server::store::console::ConsoleUser {
+    console.sign_in("a1", PASSWORD, gridwork_sync_server::clock::now_ms()).expect("admin signs in").1.user
+}

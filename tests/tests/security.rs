@@ -664,7 +664,8 @@ fn a_store_from_before_schema_8_learns_its_cases_actors_when_opened() {
     let case = capture(&w1, 0, 1, 10)[0];
     w1.sync(&d.url()).expect("w1 reports");
     // The store as schema 7 left it: no actors table, no `vouched` column on parked changes, and
-    // nothing of schemas 10 to 13 (signatures, mock fixes, clock flags, wiping, search, escalation).
+    // nothing of schemas 10 to 14 (signatures, mock fixes, clock flags, wiping, search, escalation,
+    // overview).
     {
         let db = rusqlite::Connection::open(d.dir.path().join("server.db")).expect("open the store");
         db.execute_batch(
@@ -673,6 +674,7 @@ fn a_store_from_before_schema_8_learns_its_cases_actors_when_opened() {
              ALTER TABLE devices DROP COLUMN wipe_ordered_ms; ALTER TABLE devices DROP COLUMN wipe_confirmed_ms;
              ALTER TABLE devices DROP COLUMN wiped_ms; DROP TABLE device_boots;
              DROP TABLE case_terms; DROP TABLE search_docs; DROP TABLE escalation_due;
+             DROP TABLE case_facts; DROP TABLE department_facts;
              DROP VIEW check_ins; ALTER TABLE records DROP COLUMN mock;
              CREATE VIEW check_ins (id, grid_id, point_id, user_id, device_id, at_ms, day, inside_grid, distance_m) AS
                 SELECT id, grid_id, point_id, user_id, device_id, at_ms, day, inside_grid, distance_m

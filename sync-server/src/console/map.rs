@@ -161,6 +161,46 @@ pub fn district_map(grids: &[(&str, &Polygon)], pins: &[crate::store::console::M
     DistrictMap { svg, outside }
 }
 
+/// The overview's heat map: the area's grids, fitted and named, each filled by how many cases
+/// were reported in it (white to deep red, relative to the busiest grid), the count in its title.
+pub fn heat_map(grids: &[(&str, &Polygon, i64)]) -> String {
+    let points: Vec<(f64, f64)> = grids.iter().flat_map(|(_, p, _)| p.ring.iter().copied()).collect();
+    if points.is_empty() {
+        return String::new();
+    }
+    const SIZE: f64 = 600.0;
+    let frame = Frame::around(&points, SIZE);
+    let max = grids.iter().map(|(_, _, n)| *n).max().unwrap_or(0).max(1) as f64;
+    let mut svg = String::from(
+        r#"<svg class="map" id="heat-map" viewBox="0 0 600 600" xmlns="http://www.w3.org/2000/svg" role="img">"#,
+    );
+    for (name, g, n) in grids {
+        // Square root, so a grid with a quarter of the busiest one's cases is still half-dark.
+        let t = (*n as f64 / max).sqrt();
+        let (r, gr, b) = (255.0 - t * 75.0, 247.0 - t * 212.0, 237.0 - t * 213.0);
+        let _ = write!(
+            svg,
+            r##"<polygon points="{}" fill="rgb({r:.0},{gr:.0},{b:.0})" stroke="#7a8899" stroke-width="1" data-cases="{n}"><title>{}: {n}</title></polygon>"##,
+            frame.points(g),
+            escape(name)
+        );
+    }
+    if grids.len() <= 60 {
+        for (name, g, _) in grids {
+            let drawn: Vec<(f64, f64)> = g.ring.iter().map(|(la, lo)| frame.xy(*la, *lo)).collect();
+            let k = drawn.len().max(1) as f64;
+            let (cx, cy) = drawn.iter().fold((0.0, 0.0), |(x, y), (a, b)| (x + a / k, y + b / k));
+            let _ = write!(
+                svg,
+                r##"<text class="grid-name" x="{cx:.1}" y="{cy:.1}" font-size="10" text-anchor="middle" fill="#1f2937">{}</text>"##,
+                escape(name)
+            );
+        }
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
 /// Text inside SVG markup the server writes by hand (the templates escape everything else).
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")

@@ -9,8 +9,10 @@
 //!
 //! Handlers are thin: parse, call the store off the async runtime, build a view, render.
 
+pub mod charts;
 pub mod i18n;
 pub mod map;
+pub mod overview;
 pub mod views;
 
 use std::collections::HashMap;
@@ -68,6 +70,8 @@ pub fn routes(store: Arc<dyn SyncStore>, secure: bool) -> Router {
         .route("/console/cases/{id}/bundle", get(bundle))
         .route("/console/photos/{sha256}", get(photo))
         .route("/console/map", get(map_view))
+        .route("/console/overview", get(overview::overview))
+        .route("/console/overview.csv", get(overview::overview_csv))
         .route("/console/coverage", get(coverage))
         .route("/console/coverage.csv", get(coverage_csv))
         .route("/console/assessment", get(assessment))

@@ -255,7 +255,7 @@ fn flag_label(lang: Lang, flag: &str) -> String {
     lang.t(&format!("fl_{flag}")).to_owned()
 }
 
-fn category_name(catalog: &Catalog, lang: Lang, id: &str) -> String {
+pub(super) fn category_name(catalog: &Catalog, lang: Lang, id: &str) -> String {
     catalog
         .categories
         .iter()
@@ -264,7 +264,7 @@ fn category_name(catalog: &Catalog, lang: Lang, id: &str) -> String {
         .unwrap_or_else(|| id.to_owned())
 }
 
-fn department_name(catalog: &Catalog, id: &str) -> String {
+pub(super) fn department_name(catalog: &Catalog, id: &str) -> String {
     catalog.departments.iter().find(|d| d.id.0 == id).map(|d| d.name.clone()).unwrap_or_else(|| id.to_owned())
 }
 

@@ -503,6 +503,17 @@ impl<B: Backend> ConsoleStore for B {
         })
     }
 
+    fn overview(
+        &self,
+        user: &ConsoleUser,
+        area: Option<super::overview::Area>,
+        days: (&str, &str),
+        now_ms: i64,
+    ) -> Result<super::overview::Overview> {
+        let catalog = Arc::clone(self.rules().places.catalog());
+        super::overview::overview(self, &catalog, user, area, days, now_ms)
+    }
+
     fn index_for_search(&self, max_changes: usize) -> Result<crate::rules::search::IndexProgress> {
         let catalog = Arc::clone(self.rules().places.catalog());
         crate::rules::search::index_some(self, &catalog, max_changes)

@@ -6,6 +6,7 @@
 pub mod bundle;
 pub mod console;
 pub mod escalation;
+pub mod overview;
 pub mod pull;
 pub mod push;
 pub mod search;

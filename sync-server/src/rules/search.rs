@@ -1,6 +1,6 @@
 //! The pass that follows the change log behind the sync path: for each changed case, its search
-//! terms (schema 12, ADR 27) and when the escalation rules next look at it (schema 13,
-//! `rules::escalation`).
+//! terms (schema 12, ADR 27), when the escalation rules next look at it (schema 13,
+//! `rules::escalation`) and its overview facts (schema 14, `rules::overview`).
 //!
 //! A case's terms — the words, CJK
 //! characters and bigrams of its title (every standing value), description, code, reporter,
@@ -24,6 +24,7 @@ use gridwork_model::time::DistrictCalendar;
 
 use super::console::load_case;
 use super::escalation::{first_due, pending, Policy, POLICY_KEY};
+use super::overview::case_facts;
 use crate::error::Result;
 use crate::store::port::{read, write, Backend, ReadTx, WriteTx};
 
@@ -84,7 +85,10 @@ pub fn index_some(b: &(impl Backend + ?Sized), catalog: &Catalog, max_changes: u
             // (`ServerError::DamagedDocument`, shown on its page) is found by nothing yet, and
             // waits for no rule.
             let followed = load_case(tx, doc)
-                .map(|(_, case)| (case_terms(&case, catalog), first_due(&pending(doc, &case, &policy, &calendar))))
+                .map(|(_, case)| {
+                    let due = first_due(&pending(doc, &case, &policy, &calendar));
+                    (case_terms(&case, catalog), due, case_facts(&case, &calendar))
+                })
                 .unwrap_or_default();
             terms.insert(doc.to_owned(), followed);
         }
@@ -97,9 +101,10 @@ pub fn index_some(b: &(impl Backend + ?Sized), catalog: &Catalog, max_changes: u
         if cursor(tx)? != from {
             return Ok(0);
         }
-        for (doc, (t, due)) in &terms {
+        for (doc, (t, due, facts)) in &terms {
             tx.set_case_terms(doc, t)?;
             tx.set_escalation_due(doc, *due)?;
+            tx.set_case_facts(doc, facts.as_ref())?;
         }
         tx.set_meta(CURSOR_KEY, &upto.to_string())?;
         Ok(terms.len())

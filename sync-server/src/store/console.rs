@@ -304,6 +304,15 @@ pub trait ConsoleStore: Send + Sync {
     /// Brings the search index (and the escalation schedule) up to at most `max_changes` more
     /// changes (`rules::search`).
     fn index_for_search(&self, max_changes: usize) -> Result<crate::rules::search::IndexProgress>;
+    /// The district overview of `area` (the person's widest when `None`) over local days
+    /// `from_day..=to_day` (`rules::overview`).
+    fn overview(
+        &self,
+        user: &ConsoleUser,
+        area: Option<crate::rules::overview::Area>,
+        days: (&str, &str),
+        now_ms: i64,
+    ) -> Result<crate::rules::overview::Overview>;
     /// Applies the escalation rules due at `now_ms` (`rules::escalation`), unless another
     /// instance (`instance` names this one) holds the lease.
     fn run_escalations(&self, instance: &str, now_ms: i64) -> Result<crate::rules::escalation::Ran>;

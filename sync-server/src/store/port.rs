@@ -337,6 +337,8 @@ pub trait ReadTx {
     fn changes_after(&self, seq: i64, limit: usize) -> Result<Vec<(i64, String)>>;
     /// Cases whose escalation rules are due at or before `now_ms` (schema 13), soonest first.
     fn escalation_due_by(&self, now_ms: i64, limit: usize) -> Result<Vec<String>>;
+    /// The overview's facts of a period and an area, grouped (schema 14, `rules::overview`).
+    fn overview_facts(&self, q: &crate::rules::overview::FactsQuery) -> Result<crate::rules::overview::FactRows>;
 
     // The console's reads (`rules::console`).
 
@@ -538,6 +540,8 @@ pub trait WriteTx: ReadTx {
     fn set_case_terms(&self, doc_id: &str, terms: &BTreeSet<String>) -> Result<()>;
     /// When the escalation rules next look at a case (`None`: only once it changes).
     fn set_escalation_due(&self, doc_id: &str, due_ms: Option<i64>) -> Result<()>;
+    /// A case's overview facts are now these (`None`: it counts nowhere yet).
+    fn set_case_facts(&self, doc_id: &str, facts: Option<&crate::rules::overview::CaseFacts>) -> Result<()>;
     /// Every case waiting on a department is looked at by the next run (the policy changed).
     fn recheck_waiting_cases(&self) -> Result<()>;
     /// A pending device whose enrolment code hashes to this.

@@ -31,7 +31,7 @@ use port::SqliteTx;
 const MAX_READERS: usize = 64;
 
 /// The schema this server writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 13;
+const SCHEMA_VERSION: i64 = 14;
 
 pub struct SqliteStore {
     /// Evidence blobs beside the database.
@@ -143,7 +143,7 @@ impl SqliteStore {
             return Err(ServerError::Internal(format!("store schema {version} is newer than this server: update it")));
         }
         // Each step in its own transaction with its version bump: a crash leaves a whole schema.
-        let steps: [(i64, &str); 13] = [
+        let steps: [(i64, &str); 14] = [
             (1, include_str!("schema.sql")),
             (2, include_str!("schema_2_blobs.sql")),
             (3, include_str!("schema_3_retire.sql")),
@@ -157,6 +157,7 @@ impl SqliteStore {
             (11, include_str!("schema_11_wipe_boots.sql")),
             (12, include_str!("schema_12_search.sql")),
             (13, include_str!("schema_13_escalation.sql")),
+            (14, include_str!("schema_14_overview.sql")),
         ];
         let mut conn = conn;
         for (to, sql) in steps {

@@ -6,6 +6,7 @@ use postgres::types::ToSql;
 
 use super::port::PgTx;
 use crate::error::Result;
+use crate::rules::overview::{CaseFacts, DepartmentRow, FactRows, FactsQuery, GridRow};
 use crate::store::console::MapPin;
 use crate::store::port::{QueuePage, QueueQuery, QueueRow};
 
@@ -146,4 +147,113 @@ pub(super) fn map_pins(tx: &PgTx<'_, '_>, q: &QueueQuery, limit: u32) -> Result<
         .iter()
         .map(|r| MapPin { id: r.get(0), code: r.get(1), status: r.get(2), lat: r.get(3), lon: r.get(4) })
         .collect())
+}
+
+/// The overview's grouped facts (schema 6): a period is a range of the facts' primary key, an
+/// area a list of grids (`$4`, none for the whole district).
+pub(super) fn overview_facts(tx: &PgTx<'_, '_>, q: &FactsQuery) -> Result<FactRows> {
+    let period = "reported_ms >= $1 AND reported_ms < $2 AND ($4::text[] IS NULL OR grid_id = ANY($4))";
+    let args: [&(dyn ToSql + Sync); 4] = [&q.from_ms, &q.to_ms, &q.now_ms, &q.grids];
+    let by_day = tx
+        .rows(
+            &format!(
+                "SELECT day, category_id, count(*) FROM case_facts WHERE {period} AND $3::bigint IS NOT NULL
+                 GROUP BY day, category_id"
+            ),
+            &args,
+        )?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let overdue = |level: &str| {
+        let level =
+            if level.is_empty() { "escalated_to IS NULL".to_owned() } else { format!("escalated_to = '{level}'") };
+        format!("count(*) FILTER (WHERE waiting_deadline_ms < $3 AND {level})")
+    };
+    let by_grid = tx
+        .rows(
+            &format!(
+                "SELECT grid_id, count(*), count(closed_hours), {}, {}, {}, {}, {} FROM case_facts WHERE {period}
+                 GROUP BY grid_id",
+                overdue(""),
+                overdue("community"),
+                overdue("street"),
+                overdue("district"),
+                (1..=5).map(|s| format!("count(*) FILTER (WHERE satisfaction = {s})")).collect::<Vec<_>>().join(", ")
+            ),
+            &args,
+        )?
+        .iter()
+        .map(|r| GridRow {
+            grid_id: r.get(0),
+            reported: r.get(1),
+            closed: r.get(2),
+            overdue: [r.get(3), r.get(4), r.get(5), r.get(6)],
+            satisfaction: [r.get(7), r.get(8), r.get(9), r.get(10), r.get(11)],
+        })
+        .collect();
+    let closure_hours = tx
+        .rows(
+            &format!(
+                "SELECT category_id, closed_hours, count(*) FROM case_facts
+                 WHERE {period} AND $3::bigint IS NOT NULL AND closed_hours IS NOT NULL GROUP BY category_id, closed_hours"
+            ),
+            &args,
+        )?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let departments = tx
+        .rows(
+            &format!(
+                "SELECT department, count(*), count(done_ms), count(*) FILTER (WHERE done_ms <= deadline_ms),
+                        count(*) FILTER (WHERE done_ms IS NULL AND deadline_ms < $3)
+                 FROM department_facts WHERE {period} GROUP BY department ORDER BY department"
+            ),
+            &args,
+        )?
+        .iter()
+        .map(|r| DepartmentRow {
+            department: r.get(0),
+            dispatched: r.get(1),
+            done: r.get(2),
+            done_on_time: r.get(3),
+            overdue: r.get(4),
+        })
+        .collect();
+    Ok(FactRows { by_day, by_grid, closure_hours, departments })
+}
+
+/// Replaces a case's overview facts.
+pub(super) fn set_case_facts(tx: &PgTx<'_, '_>, doc_id: &str, facts: Option<&CaseFacts>) -> Result<()> {
+    tx.exec("DELETE FROM case_facts WHERE doc_id = $1", &[&doc_id])?;
+    tx.exec("DELETE FROM department_facts WHERE doc_id = $1", &[&doc_id])?;
+    let Some(f) = facts else { return Ok(()) };
+    let satisfaction = f.satisfaction.map(i32::from);
+    tx.exec(
+        "INSERT INTO case_facts (reported_ms, doc_id, day, grid_id, category_id, closed_hours, waiting_deadline_ms,
+                                 escalated_to, satisfaction)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        &[
+            &f.reported_ms,
+            &doc_id,
+            &f.day,
+            &f.grid_id,
+            &f.category_id,
+            &f.closed_hours,
+            &f.waiting_deadline_ms,
+            &f.escalated_to,
+            &satisfaction,
+        ],
+    )?;
+    let departments: Vec<&str> = f.departments.iter().map(|d| d.department.as_str()).collect();
+    let deadlines: Vec<i64> = f.departments.iter().map(|d| d.deadline_ms).collect();
+    let done: Vec<Option<i64>> = f.departments.iter().map(|d| d.done_ms).collect();
+    tx.exec(
+        "INSERT INTO department_facts (reported_ms, doc_id, department, grid_id, deadline_ms, done_ms)
+         SELECT $1, $2, d, $3, dl, dn FROM unnest($4::text[], $5::bigint[], $6::bigint[]) AS u (d, dl, dn)
+         ON CONFLICT DO NOTHING",
+        &[&f.reported_ms, &doc_id, &f.grid_id, &departments, &deadlines, &done],
+    )?;
+    Ok(())
 }

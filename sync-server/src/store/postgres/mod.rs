@@ -38,7 +38,7 @@ use gridwork_model::places::Places;
 use port::{PgTx, Statements};
 
 /// The schema this server writes (`meta.schema_version`).
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 /// Each schema after the first, by the version it brings the database to.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -46,6 +46,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("schema_3.sql")),
     (4, include_str!("schema_4.sql")),
     (5, include_str!("schema_5.sql")),
+    (6, include_str!("schema_6.sql")),
 ];
 
 /// Reader connections kept open between requests.

@@ -680,6 +680,10 @@ impl ReadTx for PgTx<'_, '_> {
         self.strings("SELECT json FROM doc_events WHERE doc_id = $1", &[&doc_id])
     }
 
+    fn overview_facts(&self, q: &crate::rules::overview::FactsQuery) -> Result<crate::rules::overview::FactRows> {
+        super::console::overview_facts(self, q)
+    }
+
     fn escalation_due_by(&self, now_ms: i64, limit: usize) -> Result<Vec<String>> {
         self.strings(
             "SELECT doc_id FROM escalation_due WHERE due_ms <= $1 ORDER BY due_ms LIMIT $2",
@@ -1289,6 +1293,10 @@ impl WriteTx for PgTx<'_, '_> {
             m.insert(key.to_owned(), value.to_owned());
         }
         Ok(())
+    }
+
+    fn set_case_facts(&self, doc_id: &str, facts: Option<&crate::rules::overview::CaseFacts>) -> Result<()> {
+        super::console::set_case_facts(self, doc_id, facts)
     }
 
     fn set_escalation_due(&self, doc_id: &str, due_ms: Option<i64>) -> Result<()> {

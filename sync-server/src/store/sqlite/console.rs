@@ -7,6 +7,7 @@ use gridwork_model::search::{prefix_end, TermMatch};
 
 use super::*;
 use crate::ingest::read_change;
+use crate::rules::overview::{CaseFacts, DepartmentRow, FactRows, FactsQuery, GridRow};
 use crate::store::console::{departments_column, queue_key, CheckInView, MapPin};
 use crate::store::port::{QueuePage, QueueQuery, QueueRow};
 
@@ -277,4 +278,106 @@ pub(super) fn check_ins_on(conn: &Connection, grid: &str, day: &str) -> Result<V
             })
         })?
         .collect::<rusqlite::Result<_>>()?)
+}
+
+/// The overview's grouped facts (schema 14): a period is a range of the facts' primary key, an
+/// area a list of grids checked on each row.
+pub(super) fn overview_facts(conn: &Connection, q: &FactsQuery) -> Result<FactRows> {
+    let mut args: Vec<rusqlite::types::Value> = vec![q.from_ms.into(), q.to_ms.into(), q.now_ms.into()];
+    let grids = match &q.grids {
+        None => String::new(),
+        Some(grids) => {
+            let marks = (0..grids.len()).map(|i| format!("?{}", i + 4)).collect::<Vec<_>>().join(",");
+            args.extend(grids.iter().map(|g| rusqlite::types::Value::from(g.clone())));
+            format!("AND grid_id IN ({marks})")
+        }
+    };
+    let period = format!("reported_ms >= ?1 AND reported_ms < ?2 AND ?3 = ?3 {grids}");
+    let params = rusqlite::params_from_iter(args.iter());
+    let by_day = conn
+        .prepare_cached(&format!(
+            "SELECT day, category_id, count(*) FROM case_facts WHERE {period} GROUP BY day, category_id"
+        ))?
+        .query_map(params.clone(), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let overdue = |level: &str| {
+        let level =
+            if level.is_empty() { "escalated_to IS NULL".to_owned() } else { format!("escalated_to = '{level}'") };
+        format!("count(*) FILTER (WHERE waiting_deadline_ms < ?3 AND {level})")
+    };
+    let by_grid = conn
+        .prepare_cached(&format!(
+            "SELECT grid_id, count(*), count(closed_hours), {}, {}, {}, {},
+                    {} FROM case_facts WHERE {period} GROUP BY grid_id",
+            overdue(""),
+            overdue("community"),
+            overdue("street"),
+            overdue("district"),
+            (1..=5).map(|s| format!("count(*) FILTER (WHERE satisfaction = {s})")).collect::<Vec<_>>().join(", ")
+        ))?
+        .query_map(params.clone(), |r| {
+            Ok(GridRow {
+                grid_id: r.get(0)?,
+                reported: r.get(1)?,
+                closed: r.get(2)?,
+                overdue: [r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?],
+                satisfaction: [r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?],
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let closure_hours = conn
+        .prepare_cached(&format!(
+            "SELECT category_id, closed_hours, count(*) FROM case_facts
+             WHERE {period} AND closed_hours IS NOT NULL GROUP BY category_id, closed_hours"
+        ))?
+        .query_map(params.clone(), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let departments = conn
+        .prepare_cached(&format!(
+            "SELECT department, count(*), count(done_ms), count(*) FILTER (WHERE done_ms <= deadline_ms),
+                    count(*) FILTER (WHERE done_ms IS NULL AND deadline_ms < ?3)
+             FROM department_facts WHERE {period} GROUP BY department ORDER BY department"
+        ))?
+        .query_map(params, |r| {
+            Ok(DepartmentRow {
+                department: r.get(0)?,
+                dispatched: r.get(1)?,
+                done: r.get(2)?,
+                done_on_time: r.get(3)?,
+                overdue: r.get(4)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(FactRows { by_day, by_grid, closure_hours, departments })
+}
+
+/// Replaces a case's overview facts.
+pub(super) fn set_case_facts(conn: &Connection, doc_id: &str, facts: Option<&CaseFacts>) -> Result<()> {
+    conn.prepare_cached("DELETE FROM case_facts WHERE doc_id = ?1")?.execute([doc_id])?;
+    conn.prepare_cached("DELETE FROM department_facts WHERE doc_id = ?1")?.execute([doc_id])?;
+    let Some(f) = facts else { return Ok(()) };
+    conn.prepare_cached(
+        "INSERT INTO case_facts (reported_ms, doc_id, day, grid_id, category_id, closed_hours, waiting_deadline_ms,
+                                 escalated_to, satisfaction)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        f.reported_ms,
+        doc_id,
+        f.day,
+        f.grid_id,
+        f.category_id,
+        f.closed_hours,
+        f.waiting_deadline_ms,
+        f.escalated_to,
+        f.satisfaction
+    ])?;
+    let mut insert = conn.prepare_cached(
+        "INSERT OR REPLACE INTO department_facts (reported_ms, doc_id, department, grid_id, deadline_ms, done_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for d in &f.departments {
+        insert.execute(params![f.reported_ms, doc_id, d.department, f.grid_id, d.deadline_ms, d.done_ms])?;
+    }
+    Ok(())
 }

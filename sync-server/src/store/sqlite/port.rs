@@ -377,6 +377,10 @@ impl ReadTx for SqliteTx<'_> {
         strings(self.conn, "SELECT json FROM doc_events WHERE doc_id = ?1", [doc_id])
     }
 
+    fn overview_facts(&self, q: &crate::rules::overview::FactsQuery) -> Result<crate::rules::overview::FactRows> {
+        console::overview_facts(self.conn, q)
+    }
+
     fn escalation_due_by(&self, now_ms: i64, limit: usize) -> Result<Vec<String>> {
         Ok(self
             .conn
@@ -937,6 +941,10 @@ impl WriteTx for SqliteTx<'_> {
 
     fn set_meta(&self, key: &str, value: &str) -> Result<()> {
         meta_set(self.conn, key, value)
+    }
+
+    fn set_case_facts(&self, doc_id: &str, facts: Option<&crate::rules::overview::CaseFacts>) -> Result<()> {
+        console::set_case_facts(self.conn, doc_id, facts)
     }
 
     fn set_escalation_due(&self, doc_id: &str, due_ms: Option<i64>) -> Result<()> {

@@ -9,7 +9,8 @@
 //!
 //! One JSON line per page and person: `queue_page` (the queue with a rotation of filters, and
 //! random pages) and `case_detail` (random cases), for an administrator who sees every case and
-//! for one community's supervisor. Goal: p99 ≤ 50 ms.
+//! for one community's supervisor; `search` (a code, a two-character Chinese word, a reporter) and
+//! `overview` (the district overview page, 30 or 60 days, at several areas). Goal: p99 ≤ 50 ms.
 
 use gridwork_model::access::Scope;
 use gridwork_sync_server::AdminStore;
@@ -26,6 +27,7 @@ use gridwork_core::model::time::ClockStamp;
 use gridwork_core::model::wire::{DeviceState, EnrolRequest, PushedChange, SyncRequest, PROTOCOL_VERSION};
 use gridwork_sync_server::console::i18n::Lang;
 use gridwork_sync_server::console::views::{self, Chrome};
+use gridwork_sync_server::rules::overview::Area;
 use gridwork_sync_server::store::console::{queue_key, CaseFilter, CaseRow, ConsoleStore};
 use gridwork_sync_server::store::Device;
 use gridwork_sync_server::{SqliteStore, SyncStore};
@@ -322,17 +324,7 @@ pub fn run(args: ConsoleArgs) -> Result<(), String> {
             } else {
                 vec![]
             };
-            let chrome = Chrome {
-                lang: Lang::Zh,
-                title: "queue".into(),
-                user: Some(user.id.clone()),
-                csrf: session.csrf.clone(),
-                notice: None,
-                error: None,
-                admin: false,
-                district: None,
-                city: false,
-            };
+            let chrome = page_chrome("queue", &user.id, &session.csrf);
             let html = views::queue_page(
                 chrome,
                 &catalog,
@@ -352,17 +344,7 @@ pub fn run(args: ConsoleArgs) -> Result<(), String> {
             let id = &openable[rng.below(openable.len())].id;
             let t = Instant::now();
             let view = console.case_view(&user, id).map_err(|e| e.to_string())?;
-            let chrome = Chrome {
-                lang: Lang::Zh,
-                title: view.case.code.clone(),
-                user: Some(user.id.clone()),
-                csrf: session.csrf.clone(),
-                notice: None,
-                error: None,
-                admin: false,
-                district: None,
-                city: false,
-            };
+            let chrome = page_chrome(view.case.code.clone(), &user.id, &session.csrf);
             let html =
                 views::case_page(chrome, &catalog, &user, &view, now_ms()).render().map_err(|e| e.to_string())?;
             detail_ms.push(ms_since(t));
@@ -399,17 +381,7 @@ pub fn run(args: ConsoleArgs) -> Result<(), String> {
                     return Err(format!("{who}: searching {typed:?} found nothing"));
                 }
                 search_hits.push(q.total as f64);
-                let chrome = Chrome {
-                    lang: Lang::Zh,
-                    title: "queue".into(),
-                    user: Some(user.id.clone()),
-                    csrf: session.csrf.clone(),
-                    notice: None,
-                    error: None,
-                    admin: false,
-                    district: None,
-                    city: false,
-                };
+                let chrome = page_chrome("queue", &user.id, &session.csrf);
                 let html = views::queue_page(chrome, &catalog, &user, filter, q, views::QueueNotes::default())
                     .render()
                     .map_err(|e| e.to_string())?;
@@ -442,6 +414,55 @@ pub fn run(args: ConsoleArgs) -> Result<(), String> {
         search_extra.push(("p50_ms_by_kind", serde_json::Value::Object(search_breakdown)));
         search_extra.push(("median_matches", serde_json::json!(stats(search_hits).p50)));
         line("search", &stats(search_ms), &search_extra);
+
+        // The overview page as its handler makes it: the facts grouped, the charts drawn, the page
+        // rendered — the last 30 days (the default) or the whole 60 seeded, at the person's widest
+        // area or, for the administrator, a street or community.
+        let calendar = gridwork_core::model::time::DistrictCalendar::default();
+        let today = calendar.day_of(now_ms());
+        let month_ago = calendar.day_of(now_ms() - 29 * 86_400_000);
+        let two_months_ago = calendar.day_of(now_ms() - 59 * 86_400_000);
+        let areas: Vec<Option<Area>> = if user.sees_everything() {
+            vec![None, Some(Area::Community("Community 0".into())), Some(Area::Street("Street 0".into()))]
+        } else {
+            vec![None]
+        };
+        let mut overview_ms = vec![];
+        let mut overview_cases = vec![];
+        for i in 0..args.samples {
+            let area = areas[i % areas.len()].clone();
+            let from = if i % 2 == 0 { &month_ago } else { &two_months_ago };
+            let t = Instant::now();
+            let o = console.overview(&user, area, (from, &today), now_ms()).map_err(|e| e.to_string())?;
+            let chrome = page_chrome("overview", &user.id, &session.csrf);
+            let html = gridwork_sync_server::console::overview::overview_page(chrome, &o, &catalog)
+                .render()
+                .map_err(|e| e.to_string())?;
+            overview_ms.push(ms_since(t));
+            overview_cases.push(o.reported as f64);
+            std::hint::black_box(html);
+        }
+        if overview_cases.iter().all(|n| *n == 0.0) {
+            return Err(format!("{who}: the overview counted no case"));
+        }
+        let mut overview_extra = extra.to_vec();
+        overview_extra.push(("median_cases_counted", serde_json::json!(stats(overview_cases).p50)));
+        line("overview", &stats(overview_ms), &overview_extra);
     }
     Ok(())
+}
+
+/// The page frame the console's handlers give a signed-in person (Chinese, no notices).
+fn page_chrome(title: impl Into<String>, user: &str, csrf: &str) -> Chrome {
+    Chrome {
+        lang: Lang::Zh,
+        title: title.into(),
+        user: Some(user.to_owned()),
+        csrf: csrf.to_owned(),
+        notice: None,
+        error: None,
+        admin: false,
+        district: None,
+        city: false,
+    }
 }

@@ -1,0 +1,28 @@
+-- Schema 14: the district overview's facts (ADR 29), one row per reported case and one per
+-- department it was dispatched to, written by the log-following pass (rules::search) next to the
+-- search terms. Keyed by the report time first, so a period is one range of the primary key.
+CREATE TABLE case_facts (
+    reported_ms        INTEGER NOT NULL,
+    doc_id             TEXT NOT NULL,
+    day                TEXT NOT NULL,
+    grid_id            TEXT NOT NULL,
+    category_id        TEXT NOT NULL,
+    closed_hours       INTEGER,
+    waiting_deadline_ms INTEGER,
+    escalated_to       TEXT,
+    satisfaction       INTEGER,
+    PRIMARY KEY (reported_ms, doc_id)
+) WITHOUT ROWID;
+CREATE INDEX case_facts_by_doc ON case_facts (doc_id);
+CREATE TABLE department_facts (
+    reported_ms INTEGER NOT NULL,
+    doc_id      TEXT NOT NULL,
+    department  TEXT NOT NULL,
+    grid_id     TEXT NOT NULL,
+    deadline_ms INTEGER NOT NULL,
+    done_ms     INTEGER,
+    PRIMARY KEY (reported_ms, doc_id, department)
+) WITHOUT ROWID;
+CREATE INDEX department_facts_by_doc ON department_facts (doc_id);
+-- Every case already stored gets its facts (and its terms again) from the start of the log.
+DELETE FROM meta WHERE key = 'search_seq';
