@@ -123,6 +123,17 @@ fn the_overview_counts_each_case_once_by_its_history_within_the_persons_area(d: 
     // A person with a single grid has no area to overview.
     assert!(matches!(overview(&d, &s3, None), Err(ServerError::Forbidden(_))));
 
+    // What needs each person today counts the overdue case at their level: the community's
+    // supervisor, the police, the administrator; not a supervisor of another grid.
+    let overdue = |who: &ConsoleUser| {
+        let needs = console(&d).needs_you(who, None, now()).expect("needs");
+        needs.iter().find(|n| n.what == "needs_overdue").map(|n| (n.count, n.query))
+    };
+    for who in [&s1, &h1, &admin] {
+        assert_eq!(overdue(who), Some((1, "overdue=1")), "{}", who.id);
+    }
+    assert_eq!(overdue(&s3), Some((0, "overdue=1")));
+
     // Later changes reach the facts on the next pass: the late case is handled now.
     event(
         &d,
@@ -135,6 +146,9 @@ fn the_overview_counts_each_case_once_by_its_history_within_the_persons_area(d: 
     let police = after.departments.iter().find(|r| r.department == "police").expect("police row");
     assert_eq!((police.done, police.done_on_time, police.overdue), (2, 1, 0), "done, late");
     assert_eq!(after.overdue_by_level, [0, 0, 0, 0]);
+    for who in [&s1, &h1, &admin] {
+        assert_eq!(overdue(who), Some((0, "overdue=1")), "{}", who.id);
+    }
 
     // A period without these cases counts none; a bad period is refused with how to write one.
     let yesterday = DistrictCalendar::default().day_of(now() - 24 * H);

@@ -205,6 +205,7 @@ const WORDS: &[(&str, &str, &str)] = &[
     ("needs_dispatch", "待派遣", "to dispatch"),
     ("needs_close", "待核查结案", "to verify and close"),
     ("needs_resolve", "有冲突待裁定", "conflicts to resolve"),
+    ("needs_overdue", "已超期", "overdue"),
     ("needs_start", "待开始处置", "to start"),
     ("needs_handler_report", "处置中待反馈", "to report back"),
     ("bulk_triage", "批量处理所选案件", "Selected cases"),

@@ -276,19 +276,41 @@ impl<B: Backend> ConsoleStore for B {
                 None => tx.queue_counts(&queue_query(tx, user, &CaseFilter::default(), now_ms)?)?,
             };
             let of = |s: &str| counts.iter().filter(|(x, _)| x == s).map(|(_, n)| *n).sum::<i64>();
-            // What the role table lets this role do next, by the state it does it from. (Overdue
-            // cases are a filter of the queue, not counted here: counting them doubled the cost
-            // of a community supervisor's landing page, `gridwork-bench console`.)
+            // What the role table lets this role do next, by the state it does it from, and what
+            // is overdue at the person's level: their department's, or their area's. Overdue is
+            // counted from the overview's facts (a partial index of waiting cases by deadline,
+            // trailing the log by one upkeep pass), not the queue: counting it there doubled the
+            // cost of a community supervisor's landing page (`gridwork-bench console`).
+            let overdue = match (&user.department, user.role) {
+                (Some(d), Role::DepartmentHandler) => tx.overdue_count(None, Some(d), now_ms)?,
+                _ if user.sees_everything() => tx.overdue_count(None, None, now_ms)?,
+                _ => {
+                    let grids: Vec<String> = tx
+                        .user_scopes(&user.id)?
+                        .keys()
+                        .filter_map(|s| s.strip_prefix("grid:"))
+                        .map(str::to_owned)
+                        .collect();
+                    if grids.is_empty() {
+                        0
+                    } else {
+                        tx.overdue_count(Some(&grids), None, now_ms)?
+                    }
+                }
+            };
+            let overdue = NeedsYou { what: "needs_overdue", count: overdue, query: "overdue=1" };
             let needs = match user.role {
                 Role::DepartmentHandler => vec![
                     NeedsYou { what: "needs_start", count: of("dispatched"), query: "status=dispatched" },
                     NeedsYou { what: "needs_handler_report", count: of("in_progress"), query: "status=in_progress" },
+                    overdue,
                 ],
                 _ => vec![
                     NeedsYou { what: "needs_triage", count: of("reported"), query: "status=reported" },
                     NeedsYou { what: "needs_dispatch", count: of("accepted"), query: "status=accepted" },
                     NeedsYou { what: "needs_close", count: of("followed_up"), query: "status=followed_up" },
                     NeedsYou { what: "needs_resolve", count: of("contested"), query: "status=contested" },
+                    overdue,
                 ],
             };
             Ok(needs)

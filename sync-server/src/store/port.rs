@@ -337,6 +337,9 @@ pub trait ReadTx {
     fn changes_after(&self, seq: i64, limit: usize) -> Result<Vec<(i64, String)>>;
     /// Cases whose escalation rules are due at or before `now_ms` (schema 13), soonest first.
     fn escalation_due_by(&self, now_ms: i64, limit: usize) -> Result<Vec<String>>;
+    /// Cases waiting past their deadline at `now_ms` (schema 14's facts): in these grids (`None`:
+    /// anywhere), or those a department has not done (`department`).
+    fn overdue_count(&self, grids: Option<&[String]>, department: Option<&str>, now_ms: i64) -> Result<i64>;
     /// The overview's facts of a period and an area, grouped (schema 14, `rules::overview`).
     fn overview_facts(&self, q: &crate::rules::overview::FactsQuery) -> Result<crate::rules::overview::FactRows>;
 

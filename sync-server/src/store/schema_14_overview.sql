@@ -14,6 +14,8 @@ CREATE TABLE case_facts (
     PRIMARY KEY (reported_ms, doc_id)
 ) WITHOUT ROWID;
 CREATE INDEX case_facts_by_doc ON case_facts (doc_id);
+-- What is overdue now, for "needs you": only cases waiting on a department, by deadline.
+CREATE INDEX case_facts_waiting ON case_facts (waiting_deadline_ms, grid_id) WHERE waiting_deadline_ms IS NOT NULL;
 CREATE TABLE department_facts (
     reported_ms INTEGER NOT NULL,
     doc_id      TEXT NOT NULL,
@@ -24,5 +26,6 @@ CREATE TABLE department_facts (
     PRIMARY KEY (reported_ms, doc_id, department)
 ) WITHOUT ROWID;
 CREATE INDEX department_facts_by_doc ON department_facts (doc_id);
+CREATE INDEX department_facts_open ON department_facts (department, deadline_ms) WHERE done_ms IS NULL;
 -- Every case already stored gets its facts (and its terms again) from the start of the log.
 DELETE FROM meta WHERE key = 'search_seq';

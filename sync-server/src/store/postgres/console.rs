@@ -257,3 +257,28 @@ pub(super) fn set_case_facts(tx: &PgTx<'_, '_>, doc_id: &str, facts: Option<&Cas
     )?;
     Ok(())
 }
+
+/// Cases overdue now, from the facts' partial indexes (`ReadTx::overdue_count`).
+pub(super) fn overdue_count(
+    tx: &PgTx<'_, '_>,
+    grids: Option<&[String]>,
+    department: Option<&str>,
+    now_ms: i64,
+) -> Result<i64> {
+    let row = match department {
+        Some(department) => tx.one(
+            "SELECT count(DISTINCT doc_id) FROM department_facts
+             WHERE department = $1 AND done_ms IS NULL AND deadline_ms < $2",
+            &[&department, &now_ms],
+        )?,
+        None => {
+            let grids: Option<Vec<String>> = grids.map(<[String]>::to_vec);
+            tx.one(
+                "SELECT count(*) FROM case_facts WHERE waiting_deadline_ms IS NOT NULL AND waiting_deadline_ms < $1
+                 AND ($2::text[] IS NULL OR grid_id = ANY($2))",
+                &[&now_ms, &grids],
+            )?
+        }
+    };
+    Ok(row.get(0))
+}

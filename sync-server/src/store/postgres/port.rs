@@ -680,6 +680,10 @@ impl ReadTx for PgTx<'_, '_> {
         self.strings("SELECT json FROM doc_events WHERE doc_id = $1", &[&doc_id])
     }
 
+    fn overdue_count(&self, grids: Option<&[String]>, department: Option<&str>, now_ms: i64) -> Result<i64> {
+        super::console::overdue_count(self, grids, department, now_ms)
+    }
+
     fn overview_facts(&self, q: &crate::rules::overview::FactsQuery) -> Result<crate::rules::overview::FactRows> {
         super::console::overview_facts(self, q)
     }

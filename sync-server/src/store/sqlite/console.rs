@@ -381,3 +381,33 @@ pub(super) fn set_case_facts(conn: &Connection, doc_id: &str, facts: Option<&Cas
     }
     Ok(())
 }
+
+/// Cases overdue now, from the facts' partial indexes (`ReadTx::overdue_count`).
+pub(super) fn overdue_count(
+    conn: &Connection,
+    grids: Option<&[String]>,
+    department: Option<&str>,
+    now_ms: i64,
+) -> Result<i64> {
+    if let Some(department) = department {
+        return Ok(conn
+            .prepare_cached(
+                "SELECT count(DISTINCT doc_id) FROM department_facts
+                 WHERE department = ?1 AND done_ms IS NULL AND deadline_ms < ?2",
+            )?
+            .query_row(params![department, now_ms], |r| r.get(0))?);
+    }
+    let mut args: Vec<rusqlite::types::Value> = vec![now_ms.into()];
+    let area = match grids {
+        None => String::new(),
+        Some(grids) => {
+            args.extend(grids.iter().map(|g| rusqlite::types::Value::from(g.clone())));
+            format!("AND grid_id IN ({})", (2..grids.len() + 2).map(|i| format!("?{i}")).collect::<Vec<_>>().join(","))
+        }
+    };
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT count(*) FROM case_facts WHERE waiting_deadline_ms IS NOT NULL AND waiting_deadline_ms < ?1 {area}"
+        ))?
+        .query_row(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?)
+}

@@ -377,6 +377,10 @@ impl ReadTx for SqliteTx<'_> {
         strings(self.conn, "SELECT json FROM doc_events WHERE doc_id = ?1", [doc_id])
     }
 
+    fn overdue_count(&self, grids: Option<&[String]>, department: Option<&str>, now_ms: i64) -> Result<i64> {
+        console::overdue_count(self.conn, grids, department, now_ms)
+    }
+
     fn overview_facts(&self, q: &crate::rules::overview::FactsQuery) -> Result<crate::rules::overview::FactRows> {
         console::overview_facts(self.conn, q)
     }
