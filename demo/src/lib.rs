@@ -474,6 +474,21 @@ fn escalate_a_late_case(server: &SqliteStore) -> Result<(bool, bool), String> {
         if escalated { "escalated to the district" } else { "NOT escalated" },
         if found { "yes" } else { "NO" }
     ));
+    // The community's overview, as the page draws it (today's reports: the demo's district is a
+    // day old).
+    let today = gridwork_core::model::time::DistrictCalendar::default().day_of(now_ms());
+    let o = console.overview(&sup, None, (&today, &today), now_ms()).map_err(|e| e.to_string())?;
+    let (done, on_time) = o.departments.iter().fold((0, 0), |(d, t), r| (d + r.done, t + r.done_on_time));
+    say(&format!(
+        "overview of {} for sup0: {} reported today, {} closed (median {} h from report), {} overdue now, {}/{} departments' reports on time",
+        o.area.key(),
+        o.reported,
+        o.closure.first().map_or(0, |c| c.closed),
+        o.closure.first().and_then(|c| c.median_hours).map_or("–".to_owned(), |h| h.to_string()),
+        o.overdue_by_level.iter().sum::<i64>(),
+        on_time,
+        done
+    ));
     Ok((escalated, found))
 }
 
