@@ -112,32 +112,30 @@ pub fn case_facts(case: &CaseDoc, calendar: &DistrictCalendar) -> Option<CaseFac
 pub struct FactsQuery {
     /// Cases in these grids (`None`: every case).
     pub grids: Option<Vec<String>>,
+    /// Cases reported on these local days, `YYYY-MM-DD`, both included...
+    pub from_day: String,
+    pub to_day: String,
+    /// ...which are these moments (for the departments' rows, kept by report time).
     pub from_ms: i64,
     pub to_ms: i64,
     /// "Overdue now" is judged at this moment.
     pub now_ms: i64,
 }
 
-/// The store's grouped answer to a [`FactsQuery`].
+/// The store's grouped answer to a [`FactsQuery`], each list from one covering index.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FactRows {
     /// (day, category, cases reported).
     pub by_day: Vec<(String, String, i64)>,
-    pub by_grid: Vec<GridRow>,
+    /// (grid, cases reported, of them closed).
+    pub by_grid: Vec<(String, i64, i64)>,
+    /// (grid, escalation level or "" for none, cases waiting past their deadline now).
+    pub overdue: Vec<(String, String, i64)>,
+    /// (grid, satisfaction 1 to 5, follow-up visits).
+    pub satisfaction: Vec<(String, i64, i64)>,
     /// (category, whole hours from report to closure, cases).
     pub closure_hours: Vec<(String, i64, i64)>,
     pub departments: Vec<DepartmentRow>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GridRow {
-    pub grid_id: String,
-    pub reported: i64,
-    pub closed: i64,
-    /// Waiting past their deadline now: not escalated, to the community, street, district.
-    pub overdue: [i64; 4],
-    /// Follow-up visits by satisfaction 1 to 5.
-    pub satisfaction: [i64; 5],
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -307,7 +305,8 @@ pub fn overview(
     };
     let in_area: Vec<&gridwork_model::catalog::Grid> = catalog.grids.iter().filter(|g| area.holds(g)).collect();
     let grids = (area != Area::District).then(|| in_area.iter().map(|g| g.id.0.clone()).collect());
-    let rows = read(b, |tx: &dyn ReadTx| tx.overview_facts(&FactsQuery { grids, from_ms, to_ms, now_ms }))?;
+    let query = FactsQuery { grids, from_day: from_day.to_owned(), to_day: to_day.to_owned(), from_ms, to_ms, now_ms };
+    let rows = read(b, |tx: &dyn ReadTx| tx.overview_facts(&query))?;
 
     let mut days = vec![];
     let mut d = from_ms;
@@ -325,8 +324,7 @@ pub fn overview(
             per_day.entry(category.clone()).or_insert_with(|| vec![0; days.len()])[*i] += n;
         }
     }
-    let grid_by_id: BTreeMap<&str, &gridwork_model::catalog::Grid> =
-        in_area.iter().map(|g| (g.id.0.as_str(), *g)).collect();
+    let part_of: BTreeMap<&str, String> = in_area.iter().map(|g| (g.id.0.as_str(), area.part_of(g))).collect();
     let mut parts: BTreeMap<String, PartRow> = in_area
         .iter()
         .map(|g| area.part_of(g))
@@ -335,25 +333,29 @@ pub fn overview(
     let mut per_grid = BTreeMap::new();
     let mut overdue_by_level = [0; 4];
     let mut satisfaction = [0; 5];
-    for r in &rows.by_grid {
-        per_grid.insert(r.grid_id.clone(), r.reported);
-        for (total, n) in overdue_by_level.iter_mut().zip(r.overdue) {
-            *total += n;
+    // A grid no longer in the catalog is counted in the totals, not in any part.
+    for (grid, reported, closed) in &rows.by_grid {
+        per_grid.insert(grid.clone(), *reported);
+        if let Some(p) = part_of.get(grid.as_str()).and_then(|name| parts.get_mut(name)) {
+            p.reported += reported;
+            p.closed += closed;
         }
-        for (total, n) in satisfaction.iter_mut().zip(r.satisfaction) {
-            *total += n;
+    }
+    for (grid, level, n) in &rows.overdue {
+        let i = match level.as_str() {
+            "community" => 1,
+            "street" => 2,
+            "district" => 3,
+            _ => 0,
+        };
+        overdue_by_level[i] += n;
+        if let Some(p) = part_of.get(grid.as_str()).and_then(|name| parts.get_mut(name)) {
+            p.overdue += n;
         }
-        // A grid no longer in the catalog is counted in the totals, not in any part.
-        if let Some(g) = grid_by_id.get(r.grid_id.as_str()) {
-            let p = parts.entry(area.part_of(g)).or_insert_with(|| PartRow {
-                name: area.part_of(g),
-                reported: 0,
-                closed: 0,
-                overdue: 0,
-            });
-            p.reported += r.reported;
-            p.closed += r.closed;
-            p.overdue += r.overdue.iter().sum::<i64>();
+    }
+    for (_, score, n) in &rows.satisfaction {
+        if let Some(total) = usize::try_from(*score - 1).ok().and_then(|i| satisfaction.get_mut(i)) {
+            *total += n;
         }
     }
     let mut all: BTreeMap<i64, i64> = BTreeMap::new();

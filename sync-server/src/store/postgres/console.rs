@@ -6,7 +6,7 @@ use postgres::types::ToSql;
 
 use super::port::PgTx;
 use crate::error::Result;
-use crate::rules::overview::{CaseFacts, DepartmentRow, FactRows, FactsQuery, GridRow};
+use crate::rules::overview::{CaseFacts, DepartmentRow, FactRows, FactsQuery};
 use crate::store::console::MapPin;
 use crate::store::port::{QueuePage, QueueQuery, QueueRow};
 
@@ -149,68 +149,63 @@ pub(super) fn map_pins(tx: &PgTx<'_, '_>, q: &QueueQuery, limit: u32) -> Result<
         .collect())
 }
 
-/// The overview's grouped facts (schema 6): a period is a range of the facts' primary key, an
-/// area a list of grids (`$4`, none for the whole district).
+/// The overview's grouped facts (schema 6): each grouping from its covering index, a period as a
+/// range of days, an area a list of grids (`$3`, none for the whole district).
 pub(super) fn overview_facts(tx: &PgTx<'_, '_>, q: &FactsQuery) -> Result<FactRows> {
-    let period = "reported_ms >= $1 AND reported_ms < $2 AND ($4::text[] IS NULL OR grid_id = ANY($4))";
-    let args: [&(dyn ToSql + Sync); 4] = [&q.from_ms, &q.to_ms, &q.now_ms, &q.grids];
-    let by_day = tx
-        .rows(
-            &format!(
-                "SELECT day, category_id, count(*) FROM case_facts WHERE {period} AND $3::bigint IS NOT NULL
-                 GROUP BY day, category_id"
-            ),
-            &args,
-        )?
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
-    let overdue = |level: &str| {
-        let level =
-            if level.is_empty() { "escalated_to IS NULL".to_owned() } else { format!("escalated_to = '{level}'") };
-        format!("count(*) FILTER (WHERE waiting_deadline_ms < $3 AND {level})")
+    let period = "day >= $1 AND day <= $2 AND ($3::text[] IS NULL OR grid_id = ANY($3))";
+    let args: [&(dyn ToSql + Sync); 3] = [&q.from_day, &q.to_day, &q.grids];
+    // (text, text, count) rows; numbers are cast to text so every list reads alike.
+    let triples = |sql: String, args: &[&(dyn ToSql + Sync)]| -> Result<Vec<(String, String, i64)>> {
+        Ok(tx.rows(&sql, args)?.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
     };
-    let by_grid = tx
-        .rows(
-            &format!(
-                "SELECT grid_id, count(*), count(closed_hours), {}, {}, {}, {}, {} FROM case_facts WHERE {period}
-                 GROUP BY grid_id",
-                overdue(""),
-                overdue("community"),
-                overdue("street"),
-                overdue("district"),
-                (1..=5).map(|s| format!("count(*) FILTER (WHERE satisfaction = {s})")).collect::<Vec<_>>().join(", ")
-            ),
-            &args,
-        )?
-        .iter()
-        .map(|r| GridRow {
-            grid_id: r.get(0),
-            reported: r.get(1),
-            closed: r.get(2),
-            overdue: [r.get(3), r.get(4), r.get(5), r.get(6)],
-            satisfaction: [r.get(7), r.get(8), r.get(9), r.get(10), r.get(11)],
-        })
-        .collect();
-    let closure_hours = tx
-        .rows(
-            &format!(
-                "SELECT category_id, closed_hours, count(*) FROM case_facts
-                 WHERE {period} AND $3::bigint IS NOT NULL AND closed_hours IS NOT NULL GROUP BY category_id, closed_hours"
-            ),
-            &args,
-        )?
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
+    let number = |s: String| s.parse::<i64>().unwrap_or(0);
+    let by_day = triples(
+        format!("SELECT day, category_id, count(*) FROM case_facts WHERE {period} GROUP BY day, category_id"),
+        &args,
+    )?;
+    let by_grid = triples(
+        format!("SELECT grid_id, count(closed_hours)::text, count(*) FROM case_facts WHERE {period} GROUP BY grid_id"),
+        &args,
+    )?
+    .into_iter()
+    .map(|(g, closed, n)| (g, n, number(closed)))
+    .collect();
+    let satisfaction = triples(
+        format!(
+            "SELECT grid_id, satisfaction::text, count(*) FROM case_facts
+             WHERE satisfaction IS NOT NULL AND {period} GROUP BY grid_id, satisfaction"
+        ),
+        &args,
+    )?
+    .into_iter()
+    .map(|(g, score, n)| (g, number(score), n))
+    .collect();
+    let closure_hours = triples(
+        format!(
+            "SELECT category_id, closed_hours::text, count(*) FROM case_facts
+             WHERE closed_hours IS NOT NULL AND {period} GROUP BY category_id, closed_hours"
+        ),
+        &args,
+    )?
+    .into_iter()
+    .map(|(c, hours, n)| (c, number(hours), n))
+    .collect();
+    let overdue = triples(
+        format!(
+            "SELECT grid_id, coalesce(escalated_to, ''), count(*) FROM case_facts
+             WHERE waiting_deadline_ms IS NOT NULL AND waiting_deadline_ms < $4 AND {period}
+             GROUP BY grid_id, escalated_to"
+        ),
+        &[&q.from_day, &q.to_day, &q.grids, &q.now_ms],
+    )?;
     let departments = tx
         .rows(
-            &format!(
-                "SELECT department, count(*), count(done_ms), count(*) FILTER (WHERE done_ms <= deadline_ms),
-                        count(*) FILTER (WHERE done_ms IS NULL AND deadline_ms < $3)
-                 FROM department_facts WHERE {period} GROUP BY department ORDER BY department"
-            ),
-            &args,
+            "SELECT department, count(*), count(done_ms), count(*) FILTER (WHERE done_ms <= deadline_ms),
+                    count(*) FILTER (WHERE done_ms IS NULL AND deadline_ms < $3)
+             FROM department_facts
+             WHERE reported_ms >= $1 AND reported_ms < $2 AND ($4::text[] IS NULL OR grid_id = ANY($4))
+             GROUP BY department ORDER BY department",
+            &[&q.from_ms, &q.to_ms, &q.now_ms, &q.grids],
         )?
         .iter()
         .map(|r| DepartmentRow {
@@ -221,7 +216,7 @@ pub(super) fn overview_facts(tx: &PgTx<'_, '_>, q: &FactsQuery) -> Result<FactRo
             overdue: r.get(4),
         })
         .collect();
-    Ok(FactRows { by_day, by_grid, closure_hours, departments })
+    Ok(FactRows { by_day, by_grid, overdue, satisfaction, closure_hours, departments })
 }
 
 /// Replaces a case's overview facts.

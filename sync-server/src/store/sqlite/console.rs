@@ -7,7 +7,7 @@ use gridwork_model::search::{prefix_end, TermMatch};
 
 use super::*;
 use crate::ingest::read_change;
-use crate::rules::overview::{CaseFacts, DepartmentRow, FactRows, FactsQuery, GridRow};
+use crate::rules::overview::{CaseFacts, DepartmentRow, FactRows, FactsQuery};
 use crate::store::console::{departments_column, queue_key, CheckInView, MapPin};
 use crate::store::port::{QueuePage, QueueQuery, QueueRow};
 
@@ -280,65 +280,107 @@ pub(super) fn check_ins_on(conn: &Connection, grid: &str, day: &str) -> Result<V
         .collect::<rusqlite::Result<_>>()?)
 }
 
-/// The overview's grouped facts (schema 14): a period is a range of the facts' primary key, an
-/// area a list of grids checked on each row.
+/// The overview's grouped facts (schema 14): each grouping read from the covering index that
+/// holds it in order, a period as a range of days, an area as a list of grids. The indexes are
+/// named (`INDEXED BY`): SQLite's planner, without statistics for a partial index that is still
+/// empty, chose a range of another index and a sort — 95 ms instead of none for 100,000 facts.
 pub(super) fn overview_facts(conn: &Connection, q: &FactsQuery) -> Result<FactRows> {
-    let mut args: Vec<rusqlite::types::Value> = vec![q.from_ms.into(), q.to_ms.into(), q.now_ms.into()];
-    let grids = match &q.grids {
-        None => String::new(),
-        Some(grids) => {
-            let marks = (0..grids.len()).map(|i| format!("?{}", i + 4)).collect::<Vec<_>>().join(",");
-            args.extend(grids.iter().map(|g| rusqlite::types::Value::from(g.clone())));
-            format!("AND grid_id IN ({marks})")
-        }
+    use rusqlite::types::Value;
+    // `?1`, `?2` the days (or moments), `?3` the moment overdue is judged at where used; the
+    // grids after. Every list is (text, text or number, count).
+    let grids = |first: usize| match &q.grids {
+        None => (String::new(), vec![]),
+        Some(grids) => (
+            format!(
+                "AND grid_id IN ({})",
+                (first..first + grids.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(",")
+            ),
+            grids.iter().map(|g| Value::from(g.clone())).collect(),
+        ),
     };
-    let period = format!("reported_ms >= ?1 AND reported_ms < ?2 AND ?3 = ?3 {grids}");
-    let params = rusqlite::params_from_iter(args.iter());
-    let by_day = conn
-        .prepare_cached(&format!(
-            "SELECT day, category_id, count(*) FROM case_facts WHERE {period} GROUP BY day, category_id"
-        ))?
-        .query_map(params.clone(), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    let overdue = |level: &str| {
-        let level =
-            if level.is_empty() { "escalated_to IS NULL".to_owned() } else { format!("escalated_to = '{level}'") };
-        format!("count(*) FILTER (WHERE waiting_deadline_ms < ?3 AND {level})")
+    let days = || vec![Value::from(q.from_day.clone()), Value::from(q.to_day.clone())];
+    let triples = |sql: String, mut args: Vec<Value>, extra: Vec<Value>| -> Result<Vec<(String, String, i64)>> {
+        args.extend(extra);
+        Ok(conn
+            .prepare_cached(&sql)?
+            .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                // Counts and scores come back as numbers, names as text: read each as text or number.
+                let text = |i: usize| -> rusqlite::Result<String> {
+                    Ok(match r.get_ref(i)? {
+                        rusqlite::types::ValueRef::Integer(n) => n.to_string(),
+                        rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                        _ => String::new(),
+                    })
+                };
+                Ok((text(0)?, text(1)?, r.get(2)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?)
     };
-    let by_grid = conn
-        .prepare_cached(&format!(
-            "SELECT grid_id, count(*), count(closed_hours), {}, {}, {}, {},
-                    {} FROM case_facts WHERE {period} GROUP BY grid_id",
-            overdue(""),
-            overdue("community"),
-            overdue("street"),
-            overdue("district"),
-            (1..=5).map(|s| format!("count(*) FILTER (WHERE satisfaction = {s})")).collect::<Vec<_>>().join(", ")
-        ))?
-        .query_map(params.clone(), |r| {
-            Ok(GridRow {
-                grid_id: r.get(0)?,
-                reported: r.get(1)?,
-                closed: r.get(2)?,
-                overdue: [r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?],
-                satisfaction: [r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?],
-            })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    let closure_hours = conn
-        .prepare_cached(&format!(
-            "SELECT category_id, closed_hours, count(*) FROM case_facts
-             WHERE {period} AND closed_hours IS NOT NULL GROUP BY category_id, closed_hours"
-        ))?
-        .query_map(params.clone(), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+    let number = |s: String| s.parse::<i64>().unwrap_or(0);
+    let (area, area_args) = grids(3);
+    let by_day = triples(
+        format!(
+            "SELECT day, category_id, count(*) FROM case_facts INDEXED BY case_facts_by_day WHERE day >= ?1 AND day <= ?2 {area}
+             GROUP BY day, category_id"
+        ),
+        days(),
+        area_args.clone(),
+    )?;
+    let by_grid = triples(
+        format!(
+            "SELECT grid_id, count(closed_hours), count(*) FROM case_facts INDEXED BY case_facts_by_grid WHERE day >= ?1 AND day <= ?2 {area}
+             GROUP BY grid_id"
+        ),
+        days(),
+        area_args.clone(),
+    )?
+    .into_iter()
+    .map(|(g, closed, n)| (g, n, number(closed)))
+    .collect();
+    let satisfaction = triples(
+        format!(
+            "SELECT grid_id, satisfaction, count(*) FROM case_facts INDEXED BY case_facts_satisfied
+             WHERE satisfaction IS NOT NULL AND day >= ?1 AND day <= ?2 {area} GROUP BY grid_id, satisfaction"
+        ),
+        days(),
+        area_args.clone(),
+    )?
+    .into_iter()
+    .map(|(g, score, n)| (g, number(score), n))
+    .collect();
+    let closure_hours = triples(
+        format!(
+            "SELECT category_id, closed_hours, count(*) FROM case_facts INDEXED BY case_facts_closed
+             WHERE closed_hours IS NOT NULL AND day >= ?1 AND day <= ?2 {area} GROUP BY category_id, closed_hours"
+        ),
+        days(),
+        area_args,
+    )?
+    .into_iter()
+    .map(|(c, hours, n)| (c, number(hours), n))
+    .collect();
+    let (area, area_args) = grids(4);
+    let mut overdue_args = days();
+    overdue_args.push(Value::from(q.now_ms));
+    let overdue = triples(
+        format!(
+            "SELECT grid_id, coalesce(escalated_to, ''), count(*) FROM case_facts INDEXED BY case_facts_waiting
+             WHERE waiting_deadline_ms IS NOT NULL AND waiting_deadline_ms < ?3 AND day >= ?1 AND day <= ?2 {area}
+             GROUP BY grid_id, escalated_to"
+        ),
+        overdue_args,
+        area_args.clone(),
+    )?;
+    let mut args = vec![Value::from(q.from_ms), Value::from(q.to_ms), Value::from(q.now_ms)];
+    args.extend(area_args);
     let departments = conn
         .prepare_cached(&format!(
             "SELECT department, count(*), count(done_ms), count(*) FILTER (WHERE done_ms <= deadline_ms),
                     count(*) FILTER (WHERE done_ms IS NULL AND deadline_ms < ?3)
-             FROM department_facts WHERE {period} GROUP BY department ORDER BY department"
+             FROM department_facts WHERE reported_ms >= ?1 AND reported_ms < ?2 {area}
+             GROUP BY department ORDER BY department"
         ))?
-        .query_map(params, |r| {
+        .query_map(rusqlite::params_from_iter(args.iter()), |r| {
             Ok(DepartmentRow {
                 department: r.get(0)?,
                 dispatched: r.get(1)?,
@@ -348,7 +390,7 @@ pub(super) fn overview_facts(conn: &Connection, q: &FactsQuery) -> Result<FactRo
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
-    Ok(FactRows { by_day, by_grid, closure_hours, departments })
+    Ok(FactRows { by_day, by_grid, overdue, satisfaction, closure_hours, departments })
 }
 
 /// Replaces a case's overview facts.
