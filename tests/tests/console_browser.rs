@@ -286,6 +286,10 @@ fn bulk_dispatch_automatic_escalation_search_and_overview_in_a_real_browser() {
     web.goto(&format!("/console/cases/{}", ids[0]));
     web.wait_for("#timeline tr[data-automatic=\"1\"][data-kind=\"escalate\"]");
     assert!(web.text("#timeline").contains("system"), "the rules act as the server's own person");
+    // The screenshot shows the timeline's automatic steps, not the top of the page.
+    web.rt
+        .block_on(web.client.execute("document.getElementById('timeline').scrollIntoView();", vec![]))
+        .expect("scroll to the timeline");
     let escalated_shot = web.screenshot("case-escalated-automatically.png");
 
     // The third case's code typed in the header's search box opens it.

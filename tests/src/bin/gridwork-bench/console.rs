@@ -71,6 +71,9 @@ struct Writer {
     device: Device,
     actor: ActorId,
     pending: Vec<PushedChange>,
+    /// Changes that build on another writer's `pending` (a follow-up visit on the department's
+    /// report, a close on the visit): pushed after them.
+    later: Vec<PushedChange>,
 }
 
 fn enrol(server: &SqliteStore, user: &str) -> Result<Writer, String> {
@@ -79,7 +82,7 @@ fn enrol(server: &SqliteStore, user: &str) -> Result<Writer, String> {
         .redeem(&EnrolRequest { code, app_version: "bench".into(), public_key: None }, now_ms())
         .map_err(|e| e.to_string())?;
     let device = server.authenticate(&resp.token).map_err(|e| e.to_string())?;
-    Ok(Writer { device, actor: ActorId::random(), pending: vec![] })
+    Ok(Writer { device, actor: ActorId::random(), pending: vec![], later: vec![] })
 }
 
 fn flush(server: &SqliteStore, w: &mut Writer) -> Result<(), String> {
@@ -101,6 +104,28 @@ fn flush(server: &SqliteStore, w: &mut Writer) -> Result<(), String> {
     let resp = server.sync(&w.device, req, now_ms()).map_err(|e| e.to_string())?;
     if let Some(bad) = resp.results.iter().find(|r| r.outcome != gridwork_core::model::wire::Outcome::Accepted) {
         return Err(format!("the server did not accept a seeded change: {bad:?}"));
+    }
+    Ok(())
+}
+
+/// Pushes every writer's changes in the order they build on each other: reports, triage, the
+/// department's reports, then the visits and closes that follow them.
+fn flush_all(
+    server: &SqliteStore,
+    workers: &mut [Writer],
+    supervisors: &mut std::collections::BTreeMap<String, Writer>,
+    police: &mut Writer,
+) -> Result<(), String> {
+    for w in workers.iter_mut() {
+        flush(server, w)?;
+    }
+    for s in supervisors.values_mut() {
+        flush(server, s)?;
+    }
+    flush(server, police)?;
+    for w in workers.iter_mut().chain(supervisors.values_mut()) {
+        w.pending = std::mem::take(&mut w.later);
+        flush(server, w)?;
     }
     Ok(())
 }
@@ -151,6 +176,10 @@ fn seed(server: &SqliteStore, args: &ConsoleArgs) -> Result<Vec<String>, String>
             .map_err(|e| e.to_string())?;
         supervisors.insert(c.clone(), enrol(server, &user)?);
     }
+    server
+        .set_user("police-bench", Role::DepartmentHandler, Some("police"), &[Scope::Department("police".into())])
+        .map_err(|e| e.to_string())?;
+    let mut police = enrol(server, "police-bench")?;
     let mut rng = Rng::new(7);
     let mut ids = Vec::with_capacity(args.cases);
     let started = Instant::now();
@@ -208,28 +237,50 @@ fn seed(server: &SqliteStore, args: &ConsoleArgs) -> Result<Vec<String>, String>
                     link: None,
                 });
             }
+            // An eighth of the cases go the whole way: the police report it done five hours after
+            // the report, the worker visits the resident (a satisfaction of 1 to 5), the supervisor
+            // closes it — so the overview's closure and satisfaction have something to count.
+            if i % 8 == 3 {
+                let change = |d: &Automerge| -> Result<PushedChange, String> {
+                    Ok(PushedChange { doc: new.id.to_string(), bytes: change_of(d)?, receipt: None, link: None })
+                };
+                let mut hd = sd.fork().with_actor(police.actor.clone());
+                let done =
+                    EventKind::HandlerReport { department: "police".into(), note: String::new(), evidence: vec![] };
+                let mut e = event(&police, Role::DepartmentHandler, done, &hd, created + 5 * 3_600_000)?;
+                e.actor.department = Some("police".into());
+                hd.transact::<_, _, gridwork_core::model::error::ModelError>(|t| doc::put_event(t, &e))
+                    .map_err(|f| f.error.to_string())?;
+                police.pending.push(change(&hd)?);
+                let mut wd = hd.fork().with_actor(workers[g].actor.clone());
+                let visit = EventKind::FollowUp { satisfaction: 1 + rng.below(5) as u8, note: String::new() };
+                let e = event(&workers[g], Role::Worker, visit, &wd, created + 8 * 3_600_000)?;
+                wd.transact::<_, _, gridwork_core::model::error::ModelError>(|t| doc::put_event(t, &e))
+                    .map_err(|f| f.error.to_string())?;
+                workers[g].later.push(change(&wd)?);
+                let mut cd = wd.fork().with_actor(sup.actor.clone());
+                let e = event(
+                    sup,
+                    Role::Supervisor,
+                    EventKind::Close { note: String::new() },
+                    &cd,
+                    created + 10 * 3_600_000,
+                )?;
+                cd.transact::<_, _, gridwork_core::model::error::ModelError>(|t| doc::put_event(t, &e))
+                    .map_err(|f| f.error.to_string())?;
+                sup.later.push(change(&cd)?);
+            }
         }
         ids.push(new.id.to_string());
         if workers[g].pending.len() >= 400 {
             flush(server, &mut workers[g])?;
         }
         if (i + 1) % 10_000 == 0 {
-            // A supervisor's changes build on the workers': the workers go first.
-            for w in workers.iter_mut() {
-                flush(server, w)?;
-            }
-            for s in supervisors.values_mut() {
-                flush(server, s)?;
-            }
+            flush_all(server, &mut workers, &mut supervisors, &mut police)?;
             progress(&format!("console: {} cases stored ({:.0} s)", i + 1, started.elapsed().as_secs_f64()));
         }
     }
-    for w in workers.iter_mut() {
-        flush(server, w)?;
-    }
-    for s in supervisors.values_mut() {
-        flush(server, s)?;
-    }
+    flush_all(server, &mut workers, &mut supervisors, &mut police)?;
     Ok(ids)
 }
 
