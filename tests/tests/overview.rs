@@ -150,6 +150,25 @@ fn the_overview_counts_each_case_once_by_its_history_within_the_persons_area(d: 
         assert_eq!(overdue(who), Some((0, "overdue=1")), "{}", who.id);
     }
 
+    // The page and its CSVs over HTTP, with the same area rules.
+    let mut web = gridwork_tests::console_client::ConsoleClient::new().expect("client");
+    assert!(web.sign_in(&d.url(), "s1", PASSWORD).expect("sign in"), "s1 signs in");
+    let base = format!("{}/console/overview", d.url());
+    let page = web.get(&base).expect("overview");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("id=\"chart-per-day\"") && page.body.contains("id=\"heat-map\""));
+    let day = today();
+    let csv = |web: &mut gridwork_tests::console_client::ConsoleClient, chart: &str, area: &str| {
+        web.get(&format!("{base}.csv?chart={chart}&area={area}&from={day}&to={day}&lang=en")).expect("csv")
+    };
+    let departments = csv(&mut web, "departments", "community:Community%200");
+    assert_eq!(departments.status, 200, "{}", departments.body);
+    let lines: Vec<&str> = departments.body.lines().collect();
+    assert_eq!(lines.first().copied(), Some("Department,Dispatched,Handled,Handled on time,Overdue,On-time rate"));
+    assert!(lines.iter().any(|l| l.ends_with(",2,2,1,0,50%")), "police: 2 dispatched, 2 done, 1 on time: {lines:?}");
+    assert_eq!(csv(&mut web, "parts", "district").status, 403, "the district is not s1's");
+    assert_eq!(csv(&mut web, "no-such-chart", "").status, 400);
+
     // A period without these cases counts none; a bad period is refused with how to write one.
     let yesterday = DistrictCalendar::default().day_of(now() - 24 * H);
     let before = console(&d).overview(&admin, None, (&yesterday, &yesterday), now()).expect("overview");
