@@ -171,11 +171,7 @@ pub fn overview_page(chrome: Chrome, o: &Overview, catalog: &Catalog) -> Overvie
     let grids: Vec<(&str, &gridwork_model::geo::Polygon, i64)> = catalog
         .grids
         .iter()
-        .filter(|g| match &o.area {
-            Area::District => true,
-            Area::Street(n) => &g.street == n,
-            Area::Community(n) => &g.community == n,
-        })
+        .filter(|g| o.area.holds(g))
         .map(|g| (g.name.as_str(), &g.boundary, o.per_grid.get(&g.id.0).copied().unwrap_or(0)))
         .collect();
     let (done, on_time) = o.departments.iter().fold((0, 0), |(d, t), r| (d + r.done, t + r.done_on_time));

@@ -283,20 +283,11 @@ impl<B: Backend> ConsoleStore for B {
             // cost of a community supervisor's landing page (`gridwork-bench console`).
             let overdue = match (&user.department, user.role) {
                 (Some(d), Role::DepartmentHandler) => tx.overdue_count(None, Some(d), now_ms)?,
-                _ if user.sees_everything() => tx.overdue_count(None, None, now_ms)?,
-                _ => {
-                    let grids: Vec<String> = tx
-                        .user_scopes(&user.id)?
-                        .keys()
-                        .filter_map(|s| s.strip_prefix("grid:"))
-                        .map(str::to_owned)
-                        .collect();
-                    if grids.is_empty() {
-                        0
-                    } else {
-                        tx.overdue_count(Some(&grids), None, now_ms)?
-                    }
-                }
+                _ => match super::overview::person_grids(tx, user)? {
+                    None => tx.overdue_count(None, None, now_ms)?,
+                    Some(grids) if grids.is_empty() => 0,
+                    Some(grids) => tx.overdue_count(Some(&grids.into_iter().collect::<Vec<_>>()), None, now_ms)?,
+                },
             };
             let overdue = NeedsYou { what: "needs_overdue", count: overdue, query: "overdue=1" };
             let needs = match user.role {

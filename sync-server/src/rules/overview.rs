@@ -177,7 +177,8 @@ impl Area {
         }
     }
 
-    fn holds(&self, g: &gridwork_model::catalog::Grid) -> bool {
+    /// Whether a grid lies in this area.
+    pub fn holds(&self, g: &gridwork_model::catalog::Grid) -> bool {
         match self {
             Area::District => true,
             Area::Street(n) => &g.street == n,
@@ -254,6 +255,16 @@ fn median_hours(hist: &BTreeMap<i64, i64>) -> Option<i64> {
     None
 }
 
+/// The grids a person holds now (their grants, communities and streets spelled out as the grids
+/// placed in them), `None` for an administrator: what the overview and "needs you" count within.
+pub(crate) fn person_grids(tx: &dyn ReadTx, user: &ConsoleUser) -> Result<Option<BTreeSet<String>>> {
+    if user.sees_everything() {
+        return Ok(None);
+    }
+    let scopes = tx.user_scopes(&user.id)?;
+    Ok(Some(scopes.keys().filter_map(|s| s.strip_prefix("grid:")).map(str::to_owned).collect()))
+}
+
 /// The areas a person may look at: an administrator (or a district-wide supervisor) the district,
 /// its streets and communities; others the streets and communities whose every grid they see.
 fn choices(user: &ConsoleUser, catalog: &Catalog, grids: Option<&BTreeSet<String>>) -> Vec<Area> {
@@ -288,13 +299,7 @@ pub fn overview(
     if to_ms <= from_ms || to_ms - from_ms > 400 * 86_400_000 {
         return Err(ServerError::BadRequest("the period must run forward and span at most 400 days".into()));
     }
-    let own_grids: Option<BTreeSet<String>> = read(b, |tx: &dyn ReadTx| {
-        if user.sees_everything() {
-            return Ok(None);
-        }
-        let scopes = tx.user_scopes(&user.id)?;
-        Ok(Some(scopes.keys().filter_map(|s| s.strip_prefix("grid:")).map(str::to_owned).collect()))
-    })?;
+    let own_grids = read(b, |tx: &dyn ReadTx| person_grids(tx, user))?;
     let choices = choices(user, catalog, own_grids.as_ref());
     let area = match area {
         Some(a) if choices.contains(&a) => a,

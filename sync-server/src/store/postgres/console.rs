@@ -154,44 +154,43 @@ pub(super) fn map_pins(tx: &PgTx<'_, '_>, q: &QueueQuery, limit: u32) -> Result<
 pub(super) fn overview_facts(tx: &PgTx<'_, '_>, q: &FactsQuery) -> Result<FactRows> {
     let period = "day >= $1 AND day <= $2 AND ($3::text[] IS NULL OR grid_id = ANY($3))";
     let args: [&(dyn ToSql + Sync); 3] = [&q.from_day, &q.to_day, &q.grids];
-    // (text, text, count) rows; numbers are cast to text so every list reads alike.
-    let triples = |sql: String, args: &[&(dyn ToSql + Sync)]| -> Result<Vec<(String, String, i64)>> {
-        Ok(tx.rows(&sql, args)?.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
-    };
-    let number = |s: String| s.parse::<i64>().unwrap_or(0);
-    let by_day = triples(
-        format!("SELECT day, category_id, count(*) FROM case_facts WHERE {period} GROUP BY day, category_id"),
+    // Every grouping is (a name, a name or a number, a count).
+    fn rows<T: for<'a> postgres::types::FromSql<'a>>(
+        tx: &PgTx<'_, '_>,
+        sql: &str,
+        args: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<(String, T, i64)>> {
+        Ok(tx.rows(sql, args)?.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    }
+    let by_day = rows(
+        tx,
+        &format!("SELECT day, category_id, count(*) FROM case_facts WHERE {period} GROUP BY day, category_id"),
         &args,
     )?;
-    let by_grid = triples(
-        format!("SELECT grid_id, count(closed_hours)::text, count(*) FROM case_facts WHERE {period} GROUP BY grid_id"),
+    let by_grid = rows(
+        tx,
+        &format!("SELECT grid_id, count(*), count(closed_hours) FROM case_facts WHERE {period} GROUP BY grid_id"),
         &args,
-    )?
-    .into_iter()
-    .map(|(g, closed, n)| (g, n, number(closed)))
-    .collect();
-    let satisfaction = triples(
-        format!(
-            "SELECT grid_id, satisfaction::text, count(*) FROM case_facts
+    )?;
+    let satisfaction = rows(
+        tx,
+        &format!(
+            "SELECT grid_id, satisfaction::bigint, count(*) FROM case_facts
              WHERE satisfaction IS NOT NULL AND {period} GROUP BY grid_id, satisfaction"
         ),
         &args,
-    )?
-    .into_iter()
-    .map(|(g, score, n)| (g, number(score), n))
-    .collect();
-    let closure_hours = triples(
-        format!(
-            "SELECT category_id, closed_hours::text, count(*) FROM case_facts
+    )?;
+    let closure_hours = rows(
+        tx,
+        &format!(
+            "SELECT category_id, closed_hours, count(*) FROM case_facts
              WHERE closed_hours IS NOT NULL AND {period} GROUP BY category_id, closed_hours"
         ),
         &args,
-    )?
-    .into_iter()
-    .map(|(c, hours, n)| (c, number(hours), n))
-    .collect();
-    let overdue = triples(
-        format!(
+    )?;
+    let overdue = rows(
+        tx,
+        &format!(
             "SELECT grid_id, coalesce(escalated_to, ''), count(*) FROM case_facts
              WHERE waiting_deadline_ms IS NOT NULL AND waiting_deadline_ms < $4 AND {period}
              GROUP BY grid_id, escalated_to"

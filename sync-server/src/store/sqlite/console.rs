@@ -287,7 +287,7 @@ pub(super) fn check_ins_on(conn: &Connection, grid: &str, day: &str) -> Result<V
 pub(super) fn overview_facts(conn: &Connection, q: &FactsQuery) -> Result<FactRows> {
     use rusqlite::types::Value;
     // `?1`, `?2` the days (or moments), `?3` the moment overdue is judged at where used; the
-    // grids after. Every list is (text, text or number, count).
+    // grids after.
     let grids = |first: usize| match &q.grids {
         None => (String::new(), vec![]),
         Some(grids) => (
@@ -299,71 +299,63 @@ pub(super) fn overview_facts(conn: &Connection, q: &FactsQuery) -> Result<FactRo
         ),
     };
     let days = || vec![Value::from(q.from_day.clone()), Value::from(q.to_day.clone())];
-    let triples = |sql: String, mut args: Vec<Value>, extra: Vec<Value>| -> Result<Vec<(String, String, i64)>> {
-        args.extend(extra);
+    // Every grouping is (a name, a name or a number, a count).
+    fn rows<T: rusqlite::types::FromSql>(
+        conn: &Connection,
+        sql: &str,
+        args: Vec<Value>,
+        extra: Vec<Value>,
+    ) -> Result<Vec<(String, T, i64)>> {
         Ok(conn
-            .prepare_cached(&sql)?
-            .query_map(rusqlite::params_from_iter(args.iter()), |r| {
-                // Counts and scores come back as numbers, names as text: read each as text or number.
-                let text = |i: usize| -> rusqlite::Result<String> {
-                    Ok(match r.get_ref(i)? {
-                        rusqlite::types::ValueRef::Integer(n) => n.to_string(),
-                        rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
-                        _ => String::new(),
-                    })
-                };
-                Ok((text(0)?, text(1)?, r.get(2)?))
+            .prepare_cached(sql)?
+            .query_map(rusqlite::params_from_iter(args.iter().chain(&extra)), |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })?
             .collect::<rusqlite::Result<_>>()?)
-    };
-    let number = |s: String| s.parse::<i64>().unwrap_or(0);
+    }
     let (area, area_args) = grids(3);
-    let by_day = triples(
-        format!(
+    let by_day = rows(
+        conn,
+        &format!(
             "SELECT day, category_id, count(*) FROM case_facts INDEXED BY case_facts_by_day WHERE day >= ?1 AND day <= ?2 {area}
              GROUP BY day, category_id"
         ),
         days(),
         area_args.clone(),
     )?;
-    let by_grid = triples(
-        format!(
-            "SELECT grid_id, count(closed_hours), count(*) FROM case_facts INDEXED BY case_facts_by_grid WHERE day >= ?1 AND day <= ?2 {area}
+    let by_grid = rows(
+        conn,
+        &format!(
+            "SELECT grid_id, count(*), count(closed_hours) FROM case_facts INDEXED BY case_facts_by_grid WHERE day >= ?1 AND day <= ?2 {area}
              GROUP BY grid_id"
         ),
         days(),
         area_args.clone(),
-    )?
-    .into_iter()
-    .map(|(g, closed, n)| (g, n, number(closed)))
-    .collect();
-    let satisfaction = triples(
-        format!(
+    )?;
+    let satisfaction = rows(
+        conn,
+        &format!(
             "SELECT grid_id, satisfaction, count(*) FROM case_facts INDEXED BY case_facts_satisfied
              WHERE satisfaction IS NOT NULL AND day >= ?1 AND day <= ?2 {area} GROUP BY grid_id, satisfaction"
         ),
         days(),
         area_args.clone(),
-    )?
-    .into_iter()
-    .map(|(g, score, n)| (g, number(score), n))
-    .collect();
-    let closure_hours = triples(
-        format!(
+    )?;
+    let closure_hours = rows(
+        conn,
+        &format!(
             "SELECT category_id, closed_hours, count(*) FROM case_facts INDEXED BY case_facts_closed
              WHERE closed_hours IS NOT NULL AND day >= ?1 AND day <= ?2 {area} GROUP BY category_id, closed_hours"
         ),
         days(),
         area_args,
-    )?
-    .into_iter()
-    .map(|(c, hours, n)| (c, number(hours), n))
-    .collect();
+    )?;
     let (area, area_args) = grids(4);
     let mut overdue_args = days();
     overdue_args.push(Value::from(q.now_ms));
-    let overdue = triples(
-        format!(
+    let overdue = rows(
+        conn,
+        &format!(
             "SELECT grid_id, coalesce(escalated_to, ''), count(*) FROM case_facts INDEXED BY case_facts_waiting
              WHERE waiting_deadline_ms IS NOT NULL AND waiting_deadline_ms < ?3 AND day >= ?1 AND day <= ?2 {area}
              GROUP BY grid_id, escalated_to"
